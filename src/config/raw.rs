@@ -1,0 +1,115 @@
+//! The config file as written: serde structs that mirror the TOML, before any checking.
+//!
+//! Required keys are `Option`s here on purpose: the compile step reports every missing key
+//! at once instead of serde stopping at the first. Unknown keys are collected by
+//! `serde_ignored` in the loader (rather than `deny_unknown_fields`, which would also stop
+//! at the first one).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Deserialize)]
+pub struct RawDialler {
+    pub base_url: Option<String>,
+    pub client_id: Option<i64>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub max_concurrency: Option<i64>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawState {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawJob {
+    pub name: Option<String>,
+    pub schedule: Option<String>,
+    pub campaign_id: Option<i64>,
+    pub campaign_name: Option<String>,
+    pub on_missing: Option<OnMissing>,
+    pub default_country: Option<String>,
+    pub phone_format: Option<PhoneFormat>,
+    pub overwrite_duplicates: Option<bool>,
+    pub reset_contact: Option<bool>,
+    pub unlock_contact: Option<bool>,
+    pub reset_when_changed: Option<Vec<String>>,
+    pub source: Option<RawSource>,
+    /// Dialler field name -> CRM column name.
+    pub fields: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSource {
+    #[serde(rename = "type")]
+    pub kind: Option<SourceKind>,
+    pub path: Option<PathBuf>,
+    pub delimiter: Option<String>,
+    pub encoding: Option<String>,
+}
+
+/// What happens to a contact whose record left the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    /// Lock it: reversible, keeps its call history (the default).
+    Lock,
+    /// Delete it with its call history: irreversible.
+    Delete,
+    /// Leave it as it is.
+    Keep,
+}
+
+/// How phone numbers are written in what dialsync sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneFormat {
+    /// `+4989123456` (E.164, the default).
+    E164,
+    /// `4989123456`: country code first, no plus sign, as the dialler's own history shows.
+    Digits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Csv,
+    Json,
+}
+
+/// A duration written as `"30s"`, `"2m 30s"`, `"500ms"`, or a whole number of seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a duration such as "30s", "2m" or "500ms", or whole seconds"#)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(|s| HumanDuration(Duration::from_secs(s)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                humantime::parse_duration(v)
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!("`{v}` is not a duration ({e}); write e.g. \"30s\""))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

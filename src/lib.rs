@@ -1,0 +1,16 @@
+//! dialsync keeps a jtel ACD dialler campaign in step with a CRM export.
+//!
+//! The modules follow the data flow of a sync run:
+//! [`source`] (CRM export rows) -> [`mapping`] (dialler contacts) -> [`plan`] (diff against
+//! [`state`]) -> [`execute`] (dialler API calls via [`dialler`], state commits) -> [`report`].
+//! [`sync`] drives one run; [`config`] loads and checks the TOML; [`emulator`] is an
+//! in-memory dialler for the demo, tests and benchmarks.
+
+pub mod config;
+pub mod fields;
+pub mod mapping;
+pub mod phone;
+pub mod plan;
+pub mod schedule;
+pub mod source;
+pub mod state;

@@ -1,0 +1,422 @@
+//! From a CRM record to a dialler contact: column mapping, validation against the
+//! dialler's rules, phone normalisation, and the per-field hashes the state keeps.
+//!
+//! A row either becomes a [`Contact`] or is [`Rejected`] with every reason found. A
+//! rejected row that still has a readable key keeps its contact from being treated as
+//! missing (see the planner); nothing from it is sent.
+
+use chrono::NaiveDateTime;
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::{JobConfig, PhoneFormat};
+use crate::fields::{self, Field, Kind};
+use crate::phone;
+use crate::source::{Item, Record, RowRef};
+
+/// A value as sent to the dialler.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Text(String),
+    Number(f64),
+    /// Empty in the CRM: omitted from an import, sent as `null` to clear it on update.
+    Null,
+}
+
+impl FieldValue {
+    /// A stable hash of the value (xxh3, fixed across platforms and releases).
+    pub fn hash(&self) -> u64 {
+        match self {
+            FieldValue::Text(s) => {
+                let mut buf = Vec::with_capacity(s.len() + 1);
+                buf.push(b'T');
+                buf.extend_from_slice(s.as_bytes());
+                xxh3_64(&buf)
+            }
+            FieldValue::Number(n) => {
+                let mut buf = [0u8; 9];
+                buf[0] = b'N';
+                buf[1..].copy_from_slice(&n.to_bits().to_le_bytes());
+                xxh3_64(&buf)
+            }
+            FieldValue::Null => xxh3_64(b"0"),
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, FieldValue::Null)
+    }
+}
+
+/// The hash of a reset-trigger column's raw value.
+pub fn trigger_hash(value: Option<&str>) -> u64 {
+    match value {
+        Some(v) => FieldValue::Text(v.trim().to_string()).hash(),
+        None => FieldValue::Null.hash(),
+    }
+}
+
+/// A valid CRM row, ready to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub at: RowRef,
+    /// UserData.
+    pub key: String,
+    /// Every mapped field except UserData, in field order.
+    pub fields: Vec<(&'static Field, FieldValue)>,
+    /// Hash per mapped field (by field code), in field order.
+    pub hashes: Vec<(u8, u64)>,
+    /// Hash per reset-trigger column, in config order.
+    pub triggers: Vec<(String, u64)>,
+}
+
+/// A row that is not sent, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rejected {
+    pub at: RowRef,
+    /// The row's UserData, when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub reason: String,
+    /// The row could not even be read as a record (broken structure or encoding): its key,
+    /// even if present, may belong to another column, so removals are withheld.
+    #[serde(skip)]
+    pub unreadable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Contact(Contact),
+    Rejected(Rejected),
+}
+
+/// Maps the records of one job. Built once per run from the job config and the column
+/// order the source was asked for ([`JobConfig::columns`]).
+pub struct Mapper {
+    key_column: String,
+    fields: Vec<(&'static Field, usize, String)>,
+    triggers: Vec<(String, usize)>,
+    region: Option<phonenumber::country::Id>,
+    format: PhoneFormat,
+}
+
+impl Mapper {
+    pub fn new(job: &JobConfig) -> Mapper {
+        let columns = job.columns();
+        let idx = |c: &str| {
+            columns
+                .iter()
+                .position(|x| x == c)
+                .expect("columns() lists every column")
+        };
+        Mapper {
+            key_column: job.key_column.clone(),
+            fields: job
+                .fields
+                .iter()
+                .map(|(f, c)| (*f, idx(c), c.clone()))
+                .collect(),
+            triggers: job
+                .reset_when_changed
+                .iter()
+                .map(|c| (c.clone(), idx(c)))
+                .collect(),
+            region: job.default_country,
+            format: job.phone_format,
+        }
+    }
+
+    pub fn map(&self, item: Item) -> Outcome {
+        let record = match item {
+            Item::Record(r) => r,
+            Item::Bad(b) => {
+                return Outcome::Rejected(Rejected {
+                    at: b.at,
+                    key: b.key,
+                    reason: b.reason,
+                    unreadable: true,
+                })
+            }
+        };
+        self.map_record(record)
+    }
+
+    fn map_record(&self, record: Record) -> Outcome {
+        let Record { at, values } = record;
+        let mut reasons = Vec::new();
+        let key = values[0]
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string();
+        if key.is_empty() {
+            reasons.push(format!(
+                "no UserData: column `{}` is empty",
+                self.key_column
+            ));
+        } else if let Some(r) = too_long(fields::user_data(), &key) {
+            reasons.push(r);
+        }
+        let mut out = Vec::with_capacity(self.fields.len());
+        for (field, i, column) in &self.fields {
+            let raw = values[*i]
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty());
+            match convert(field, raw, self.region, self.format) {
+                Ok(v) => out.push((*field, v)),
+                Err(why) => reasons.push(format!("{} (column `{column}`) {why}", field.name)),
+            }
+        }
+        if !out.iter().any(|(f, v)| f.name == "Name" && !v.is_null())
+            && reasons.iter().all(|r| !r.starts_with("Name "))
+        {
+            reasons.push("no Name: the dialler requires one".into());
+        }
+        if !out
+            .iter()
+            .any(|(f, v)| f.kind == Kind::Phone && !v.is_null())
+            && reasons.iter().all(|r| !r.starts_with("PhoneNumber"))
+        {
+            reasons.push("no phone number: the dialler requires at least one".into());
+        }
+        if !reasons.is_empty() {
+            return Outcome::Rejected(Rejected {
+                at,
+                key: Some(key).filter(|k| !k.is_empty()),
+                reason: reasons.join("; "),
+                unreadable: false,
+            });
+        }
+        let hashes = out.iter().map(|(f, v)| (f.code, v.hash())).collect();
+        let triggers = self
+            .triggers
+            .iter()
+            .map(|(c, i)| (c.clone(), trigger_hash(values[*i].as_deref())))
+            .collect();
+        Outcome::Contact(Contact {
+            at,
+            key,
+            fields: out,
+            hashes,
+            triggers,
+        })
+    }
+}
+
+fn too_long(field: &Field, value: &str) -> Option<String> {
+    let max = field.max_len?;
+    let n = value.chars().count();
+    (n > max).then(|| {
+        format!(
+            "{} is {n} characters long, the dialler allows {max}",
+            field.name
+        )
+    })
+}
+
+/// Converts one CRM value; the error says what is wrong without repeating the value.
+fn convert(
+    field: &Field,
+    raw: Option<&str>,
+    region: Option<phonenumber::country::Id>,
+    format: PhoneFormat,
+) -> Result<FieldValue, String> {
+    let Some(raw) = raw else {
+        return Ok(FieldValue::Null);
+    };
+    let value = match field.kind {
+        Kind::Text => FieldValue::Text(raw.to_string()),
+        Kind::Phone => {
+            FieldValue::Text(phone::normalise(raw, region, format).map_err(|e| e.to_string())?)
+        }
+        Kind::Amount => FieldValue::Number(
+            parse_amount(raw).ok_or("is not an amount (e.g. 1234.50 or 1.234,50)")?,
+        ),
+        Kind::DateTime => FieldValue::Text(
+            parse_datetime(raw)
+                .ok_or("is not a date (e.g. 2026-12-31, 2026-12-31T08:00:00 or 31.12.2026)")?
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string(),
+        ),
+    };
+    if let FieldValue::Text(s) = &value {
+        if let Some(max) = field.max_len {
+            let n = s.chars().count();
+            if n > max {
+                return Err(format!("is {n} characters long, the dialler allows {max}"));
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// `1234.50`, `1234,50`, `1.234,50`, `1,234.50`: whichever separator comes last is the
+/// decimal one.
+fn parse_amount(s: &str) -> Option<f64> {
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '€' && *c != '\'')
+        .collect();
+    let normalised = match (s.rfind(','), s.rfind('.')) {
+        (Some(c), Some(d)) if c > d => s.replace('.', "").replace(',', "."),
+        (Some(_), Some(_)) => s.replace(',', ""),
+        (Some(_), None) if s.matches(',').count() == 1 => s.replace(',', "."),
+        (Some(_), None) => return None,
+        _ => s,
+    };
+    normalised.parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+fn parse_datetime(s: &str) -> Option<NaiveDateTime> {
+    const WITH_TIME: [&str; 6] = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%d.%m.%Y %H:%M:%S",
+        "%d.%m.%Y %H:%M",
+    ];
+    for f in WITH_TIME {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t);
+        }
+    }
+    for f in ["%Y-%m-%d", "%d.%m.%Y"] {
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(s, f) {
+            return d.and_hms_opt(0, 0, 0);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn job(extra_fields: &str) -> JobConfig {
+        let text = format!(
+            r#"
+[dialler]
+base_url = "http://127.0.0.1:1/rest/v1.0"
+client_id = 7
+token = "t"
+[[job]]
+name = "j"
+campaign_id = 1
+default_country = "DE"
+reset_when_changed = ["Round"]
+[job.source]
+type = "csv"
+path = "x.csv"
+[job.fields]
+UserData = "Nr"
+Name = "Name"
+PhoneNumber1 = "Tel"
+{extra_fields}
+"#
+        );
+        crate::config::Config::from_str(&text, Path::new("t.toml"))
+            .unwrap()
+            .jobs
+            .remove(0)
+    }
+
+    fn rec(values: &[Option<&str>]) -> Item {
+        Item::Record(Record {
+            at: RowRef { row: 2, line: None },
+            values: values.iter().map(|v| v.map(str::to_string)).collect(),
+        })
+    }
+
+    #[test]
+    fn maps_normalises_and_hashes() {
+        let j = job("Amount = \"Betrag\"\ndtBeginDate = \"Start\"");
+        assert_eq!(
+            j.columns(),
+            vec!["Nr", "Name", "Betrag", "Tel", "Start", "Round"]
+        );
+        let m = Mapper::new(&j);
+        let Outcome::Contact(c) = m.map(rec(&[
+            Some("K1"),
+            Some("Müller"),
+            Some("1.234,50"),
+            Some("089 1234567"),
+            Some("31.12.2026"),
+            Some("2"),
+        ])) else {
+            panic!()
+        };
+        assert_eq!(c.key, "K1");
+        let names: Vec<_> = c.fields.iter().map(|(f, v)| (f.name, v.clone())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("Name", FieldValue::Text("Müller".into())),
+                ("Amount", FieldValue::Number(1234.5)),
+                ("PhoneNumber1", FieldValue::Text("+49891234567".into())),
+                (
+                    "dtBeginDate",
+                    FieldValue::Text("2026-12-31T00:00:00".into())
+                ),
+            ]
+        );
+        assert_eq!(c.hashes.len(), 4);
+        assert_eq!(
+            c.triggers,
+            vec![("Round".to_string(), trigger_hash(Some("2")))]
+        );
+    }
+
+    #[test]
+    fn rejects_with_every_reason_and_keeps_the_key() {
+        let m = Mapper::new(&job(""));
+        let long = "x".repeat(65);
+        let Outcome::Rejected(r) = m.map(rec(&[Some("K1"), Some(&long), Some("12"), None])) else {
+            panic!()
+        };
+        assert_eq!(r.key.as_deref(), Some("K1"));
+        assert!(
+            r.reason
+                .contains("Name (column `Name`) is 65 characters long"),
+            "{}",
+            r.reason
+        );
+        assert!(
+            r.reason
+                .contains("PhoneNumber1 (column `Tel`) is not a valid phone number"),
+            "{}",
+            r.reason
+        );
+        assert!(
+            !r.reason.contains("12"),
+            "values must not leak into reports: {}",
+            r.reason
+        );
+        assert!(!r.unreadable);
+
+        let Outcome::Rejected(r) = m.map(rec(&[None, Some("A"), None, None])) else {
+            panic!()
+        };
+        assert_eq!(r.key, None);
+        assert!(
+            r.reason.contains("no UserData") && r.reason.contains("no phone number"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn amounts_and_dates() {
+        assert_eq!(parse_amount("1234.5"), Some(1234.5));
+        assert_eq!(parse_amount("1,234.50"), Some(1234.5));
+        assert_eq!(parse_amount("12,5"), Some(12.5));
+        assert_eq!(parse_amount("1,2,3"), None);
+        assert_eq!(parse_amount("abc"), None);
+        assert!(parse_datetime("2026-01-02T03:04:05").is_some());
+        assert!(parse_datetime("02.01.2026 03:04").is_some());
+        assert!(parse_datetime("yesterday").is_none());
+    }
+}

@@ -1,0 +1,535 @@
+//! The planner: from the export's rows, the stored state and the job's policy to the list
+//! of dialler operations that makes the campaign match the export. No I/O beyond reading
+//! the state view; this is where the sync semantics live.
+//!
+//! The rules (the behaviour contract in the README):
+//! - a new UserData is imported;
+//! - a known one whose mapped fields changed is updated with only the changed fields;
+//! - a known one whose reset-trigger column changed is reset (a trigger added to the config
+//!   records its first value and fires on the next change);
+//! - a contact we locked that is back in the export is unlocked;
+//! - a stored contact missing from the export is locked, deleted or kept per `on_missing`;
+//! - a rejected row with a readable UserData keeps its contact from counting as missing;
+//!   a row that could not be read at all withholds every removal of the run, since it might
+//!   be any contact;
+//! - a UserData seen twice: the first row wins, later ones are rejected;
+//! - anything else is unchanged and costs no call.
+
+use std::collections::HashMap;
+
+use crate::config::OnMissing;
+use crate::fields::Field;
+use crate::mapping::{Contact, FieldValue, Outcome, Rejected};
+use crate::source::RowRef;
+use crate::state::{Entry, LastOp, StateError, StateView};
+
+/// The job settings the planner needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub on_missing: OnMissing,
+}
+
+/// Changes to a contact the dialler already has, applied in this order: update, reset,
+/// unlock (so the dialler never dials a contact before its data and counters are right).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub at: RowRef,
+    pub key: String,
+    pub old: Entry,
+    /// The changed fields only; `Null` clears a field.
+    pub update: Vec<(&'static Field, FieldValue)>,
+    pub reset: bool,
+    pub unlock: bool,
+    /// The field and trigger hashes to store once the change is confirmed.
+    pub fields: Vec<(u8, u64)>,
+    pub triggers: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovalKind {
+    Lock,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    pub key: String,
+    pub old: Entry,
+    pub kind: RemovalKind,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub imports: Vec<Contact>,
+    pub changes: Vec<Change>,
+    pub removals: Vec<Removal>,
+    /// State-only refreshes (no call): hashes recorded for a newly mapped field or trigger.
+    pub baselines: Vec<(String, Entry)>,
+    pub unchanged: u64,
+    pub rejected: Vec<Rejected>,
+    /// Removals not planned because some rows could not be read.
+    pub withheld_removals: u64,
+    /// Rows read (valid and rejected).
+    pub rows: u64,
+}
+
+impl Plan {
+    pub fn updates(&self) -> usize {
+        self.changes.iter().filter(|c| !c.update.is_empty()).count()
+    }
+    pub fn resets(&self) -> usize {
+        self.changes.iter().filter(|c| c.reset).count()
+    }
+    pub fn unlocks(&self) -> usize {
+        self.changes.iter().filter(|c| c.unlock).count()
+    }
+    pub fn removals(&self, kind: RemovalKind) -> usize {
+        self.removals.iter().filter(|r| r.kind == kind).count()
+    }
+    /// The API calls the plan needs.
+    pub fn calls(&self) -> usize {
+        self.imports.len() + self.updates() + self.resets() + self.unlocks() + self.removals.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.calls() == 0 && self.baselines.is_empty()
+    }
+}
+
+/// Builds a plan incrementally, one row at a time, so the export is never held in memory.
+pub struct Planner<'s, S: StateView + ?Sized> {
+    state: &'s S,
+    policy: Policy,
+    /// Every UserData seen in this export, with its first row.
+    seen: HashMap<String, RowRef>,
+    unreadable: u64,
+    plan: Plan,
+}
+
+impl<'s, S: StateView + ?Sized> Planner<'s, S> {
+    pub fn new(state: &'s S, policy: Policy) -> Self {
+        Planner {
+            state,
+            policy,
+            seen: HashMap::new(),
+            unreadable: 0,
+            plan: Plan::default(),
+        }
+    }
+
+    pub fn push(&mut self, outcome: Outcome) -> Result<(), StateError> {
+        self.plan.rows += 1;
+        match outcome {
+            Outcome::Rejected(r) => {
+                if r.unreadable {
+                    self.unreadable += 1;
+                }
+                if let Some(k) = &r.key {
+                    self.seen.entry(k.clone()).or_insert(r.at);
+                }
+                self.plan.rejected.push(r);
+            }
+            Outcome::Contact(c) => {
+                if let Some(first) = self.seen.get(&c.key) {
+                    self.plan.rejected.push(Rejected {
+                        at: c.at,
+                        reason: format!("UserData {:?} appears again (first at {first}); only the first row is synced", c.key),
+                        key: Some(c.key),
+                        unreadable: false,
+                    });
+                    return Ok(());
+                }
+                self.seen.insert(c.key.clone(), c.at);
+                self.plan_contact(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_contact(&mut self, c: Contact) -> Result<(), StateError> {
+        let Some(old) = self.state.get(&c.key)? else {
+            self.plan.imports.push(c);
+            return Ok(());
+        };
+        let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
+        let update: Vec<_> = c
+            .fields
+            .iter()
+            .zip(&c.hashes)
+            .filter(|((_, value), (code, hash))| match stored(*code) {
+                Some(h) => h != *hash,
+                // Newly mapped: send it unless there is nothing to send.
+                None => !value.is_null(),
+            })
+            .map(|(fv, _)| fv.clone())
+            .collect();
+        let reset = c.triggers.iter().any(|(col, hash)| {
+            old.triggers
+                .iter()
+                .find(|(c, _)| c == col)
+                .is_some_and(|(_, h)| h != hash)
+        });
+        let unlock = old.locked;
+        if update.is_empty() && !reset && !unlock {
+            if old.fields != c.hashes || old.triggers != c.triggers {
+                let mut entry = old;
+                entry.fields = c.hashes;
+                entry.triggers = c.triggers;
+                entry.last_op = LastOp::Baseline;
+                self.plan.baselines.push((c.key, entry));
+            }
+            self.plan.unchanged += 1;
+            return Ok(());
+        }
+        self.plan.changes.push(Change {
+            at: c.at,
+            key: c.key,
+            old,
+            update,
+            reset,
+            unlock,
+            fields: c.hashes,
+            triggers: c.triggers,
+        });
+        Ok(())
+    }
+
+    /// Adds the removals of contacts missing from the export and returns the plan.
+    pub fn finish(mut self) -> Result<Plan, StateError> {
+        let mut removals = Vec::new();
+        let mut already = 0u64;
+        let seen = &self.seen;
+        let on_missing = self.policy.on_missing;
+        self.state.for_each(&mut |key, entry| {
+            if seen.contains_key(key) {
+                return;
+            }
+            let kind = match on_missing {
+                OnMissing::Keep => None,
+                OnMissing::Lock if entry.locked => None,
+                OnMissing::Lock => Some(RemovalKind::Lock),
+                OnMissing::Delete => Some(RemovalKind::Delete),
+            };
+            match kind {
+                Some(kind) => removals.push(Removal {
+                    key: key.to_string(),
+                    old: entry,
+                    kind,
+                }),
+                None => already += 1,
+            }
+        })?;
+        self.plan.unchanged += already;
+        if self.unreadable > 0 {
+            self.plan.withheld_removals = removals.len() as u64;
+        } else {
+            self.plan.removals = removals;
+        }
+        Ok(self.plan)
+    }
+}
+
+/// Plans a whole export at once: the pure form of [`Planner`], for tests and tools.
+pub fn plan(
+    rows: impl IntoIterator<Item = Outcome>,
+    state: &(impl StateView + ?Sized),
+    policy: Policy,
+) -> Result<Plan, StateError> {
+    let mut planner = Planner::new(state, policy);
+    for r in rows {
+        planner.push(r)?;
+    }
+    planner.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields;
+    use crate::mapping::trigger_hash;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn at(row: u64) -> RowRef {
+        RowRef { row, line: None }
+    }
+
+    fn contact(key: &str, name: &str, phone: &str, round: &str) -> Outcome {
+        let fields = vec![
+            (
+                fields::by_name("Name").unwrap(),
+                FieldValue::Text(name.into()),
+            ),
+            (
+                fields::by_name("PhoneNumber1").unwrap(),
+                FieldValue::Text(phone.into()),
+            ),
+        ];
+        let hashes = fields.iter().map(|(f, v)| (f.code, v.hash())).collect();
+        Outcome::Contact(Contact {
+            at: at(2),
+            key: key.into(),
+            fields,
+            hashes,
+            triggers: vec![("Round".into(), trigger_hash(Some(round)))],
+        })
+    }
+
+    fn rejected(key: Option<&str>, unreadable: bool) -> Outcome {
+        Outcome::Rejected(Rejected {
+            at: at(9),
+            key: key.map(str::to_string),
+            reason: "bad".into(),
+            unreadable,
+        })
+    }
+
+    /// The state after the dialler confirmed every operation of `plan`.
+    fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
+        for c in &plan.imports {
+            state.insert(
+                c.key.clone(),
+                Entry {
+                    id: state.len() as i64 + 1000,
+                    fields: c.hashes.clone(),
+                    triggers: c.triggers.clone(),
+                    locked: false,
+                    last_op: LastOp::Imported,
+                    last_run: 0,
+                },
+            );
+        }
+        for c in &plan.changes {
+            let e = state.get_mut(&c.key).unwrap();
+            e.fields = c.fields.clone();
+            e.triggers = c.triggers.clone();
+            e.locked = false;
+        }
+        for r in &plan.removals {
+            match r.kind {
+                RemovalKind::Lock => state.get_mut(&r.key).unwrap().locked = true,
+                RemovalKind::Delete => {
+                    state.remove(&r.key);
+                }
+            }
+        }
+        for (k, e) in &plan.baselines {
+            state.insert(k.clone(), e.clone());
+        }
+    }
+
+    const LOCK: Policy = Policy {
+        on_missing: OnMissing::Lock,
+    };
+
+    #[test]
+    fn full_cycle() {
+        let mut state = BTreeMap::new();
+        let p = plan(
+            [contact("A", "a", "1", "1"), contact("B", "b", "2", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!((p.imports.len(), p.calls()), (2, 2));
+        apply(&mut state, &p);
+
+        let p = plan(
+            [contact("A", "a", "1", "1"), contact("B", "b", "2", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.unchanged, 2);
+
+        // A's phone changes, B's round changes, C is new.
+        let p = plan(
+            [
+                contact("A", "a", "9", "1"),
+                contact("B", "b", "2", "2"),
+                contact("C", "c", "3", "1"),
+            ],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.imports.len(), 1);
+        let a = p.changes.iter().find(|c| c.key == "A").unwrap();
+        assert_eq!(a.update.len(), 1);
+        assert_eq!(a.update[0].0.name, "PhoneNumber1");
+        assert!(!a.reset && !a.unlock);
+        let b = p.changes.iter().find(|c| c.key == "B").unwrap();
+        assert!(b.update.is_empty() && b.reset);
+        assert_eq!(p.calls(), 3);
+        apply(&mut state, &p);
+
+        // B leaves: locked once, then nothing; back: unlocked.
+        let p = plan(
+            [contact("A", "a", "9", "1"), contact("C", "c", "3", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.removals.len(), 1);
+        assert_eq!(
+            (p.removals[0].key.as_str(), p.removals[0].kind),
+            ("B", RemovalKind::Lock)
+        );
+        apply(&mut state, &p);
+        let p = plan(
+            [contact("A", "a", "9", "1"), contact("C", "c", "3", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert!(p.is_empty());
+        let p = plan(
+            [
+                contact("A", "a", "9", "1"),
+                contact("B", "b", "2", "2"),
+                contact("C", "c", "3", "1"),
+            ],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.changes.len(), 1);
+        assert!(p.changes[0].unlock && p.changes[0].update.is_empty() && !p.changes[0].reset);
+    }
+
+    #[test]
+    fn missing_policy() {
+        let mut state = BTreeMap::new();
+        let p = plan([contact("A", "a", "1", "1")], &state, LOCK).unwrap();
+        apply(&mut state, &p);
+        let del = Policy {
+            on_missing: OnMissing::Delete,
+        };
+        let keep = Policy {
+            on_missing: OnMissing::Keep,
+        };
+        assert_eq!(
+            plan([], &state, del).unwrap().removals[0].kind,
+            RemovalKind::Delete
+        );
+        let p = plan([], &state, keep).unwrap();
+        assert!(p.is_empty());
+        assert_eq!(p.unchanged, 1);
+    }
+
+    #[test]
+    fn rejected_rows_protect_their_contact() {
+        let mut state = BTreeMap::new();
+        let p = plan(
+            [contact("A", "a", "1", "1"), contact("B", "b", "1", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        apply(&mut state, &p);
+        // A's row is invalid but readable: A is not missing; B is.
+        let p = plan([rejected(Some("A"), false)], &state, LOCK).unwrap();
+        assert_eq!(
+            p.removals
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["B"]
+        );
+        // An unreadable row might be anyone: no removal at all.
+        let p = plan(
+            [rejected(None, true), contact("A", "a", "1", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert!(p.removals.is_empty());
+        assert_eq!(p.withheld_removals, 1);
+        // A row without a key that was read fine does not hold removals back.
+        let p = plan(
+            [rejected(None, false), contact("A", "a", "1", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.removals.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_keys_first_row_wins() {
+        let state = BTreeMap::new();
+        let p = plan(
+            [contact("A", "a", "1", "1"), contact("A", "z", "2", "1")],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.imports.len(), 1);
+        assert_eq!(p.rejected.len(), 1);
+        assert!(p.rejected[0].reason.contains("appears again"));
+    }
+
+    #[test]
+    fn new_trigger_and_new_field_are_baselined_without_a_call() {
+        let mut state = BTreeMap::new();
+        let p = plan([contact("A", "a", "1", "1")], &state, LOCK).unwrap();
+        apply(&mut state, &p);
+        state.get_mut("A").unwrap().triggers.clear();
+        let p = plan([contact("A", "a", "1", "5")], &state, LOCK).unwrap();
+        assert_eq!(p.calls(), 0);
+        assert_eq!(p.baselines.len(), 1);
+        apply(&mut state, &p);
+        let p = plan([contact("A", "a", "1", "6")], &state, LOCK).unwrap();
+        assert!(p.changes[0].reset);
+    }
+
+    fn arb_rows() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {
+        // (key, name, round, kind): kind 0-5 valid, 6 invalid with key, 7 unreadable.
+        prop::collection::vec((0u8..20, 0u8..3, 0u8..3, 0u8..8), 0..30)
+    }
+
+    fn rows(spec: &[(u8, u8, u8, u8)]) -> Vec<Outcome> {
+        spec.iter()
+            .map(|(k, n, r, kind)| match kind {
+                6 => rejected(Some(&format!("K{k}")), false),
+                7 => rejected(None, true),
+                _ => contact(&format!("K{k}"), &format!("n{n}"), "1", &r.to_string()),
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Applying a plan and planning again has nothing left to do.
+        #[test]
+        fn planning_is_idempotent(history in prop::collection::vec(arb_rows(), 1..4), policy in 0u8..3) {
+            let policy = Policy { on_missing: [OnMissing::Lock, OnMissing::Delete, OnMissing::Keep][policy as usize] };
+            let mut state = BTreeMap::new();
+            for spec in &history {
+                let p = plan(rows(spec), &state, policy).unwrap();
+                apply(&mut state, &p);
+                let again = plan(rows(spec), &state, policy).unwrap();
+                prop_assert!(again.is_empty() || again.withheld_removals > 0 && again.calls() == 0, "{again:?}");
+            }
+        }
+
+        /// A contact whose row is present but invalid is never locked or deleted.
+        #[test]
+        fn invalid_rows_never_remove(first in arb_rows(), second in arb_rows(), policy in 0u8..2) {
+            let policy = Policy { on_missing: [OnMissing::Lock, OnMissing::Delete][policy as usize] };
+            let mut state = BTreeMap::new();
+            let p = plan(rows(&first), &state, policy).unwrap();
+        apply(&mut state, &p);
+            let p = plan(rows(&second), &state, policy).unwrap();
+            for (k, _, _, kind) in &second {
+                if *kind == 6 {
+                    let key = format!("K{k}");
+                    prop_assert!(!p.removals.iter().any(|r| r.key == key));
+                }
+            }
+            if second.iter().any(|s| s.3 == 7) {
+                prop_assert!(p.removals.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! CSV exports: header row, quoted fields (with embedded delimiters and newlines), CRLF,
+//! delimiter `,` `;` tab or `|` given or detected from the header line.
+
+use std::io::{BufRead, BufReader, Cursor, Read};
+use std::path::Path;
+
+use super::{BadRow, Item, Record, RowRef, SourceError, ENCODING_HINT};
+
+pub(super) fn read(
+    delimiter: Option<u8>,
+    path: &Path,
+    input: impl Read,
+    columns: &[String],
+    sink: &mut dyn FnMut(Item),
+) -> Result<(), SourceError> {
+    let read_err = |source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut input = BufReader::with_capacity(64 * 1024, input);
+    let mut first_line = Vec::new();
+    input.read_until(b'\n', &mut first_line).map_err(read_err)?;
+    if first_line.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(SourceError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&first_line));
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .flexible(true)
+        .buffer_capacity(64 * 1024)
+        .from_reader(Cursor::new(first_line).chain(input));
+
+    let header = reader
+        .byte_headers()
+        .map_err(|e| read_err(std::io::Error::other(e)))?
+        .clone();
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_string())
+        .collect();
+    let mut index = Vec::with_capacity(columns.len());
+    let mut missing = Vec::new();
+    for c in columns {
+        match names.iter().position(|n| n == c) {
+            Some(i) => index.push(i),
+            None => missing.push(c.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(SourceError::MissingColumns {
+            path: path.to_path_buf(),
+            missing,
+            available: names,
+        });
+    }
+
+    let mut record = csv::ByteRecord::new();
+    let mut data_rows: u64 = 0;
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => match e.kind() {
+                csv::ErrorKind::Io(_) => {
+                    let csv::ErrorKind::Io(io) = e.into_kind() else {
+                        unreachable!()
+                    };
+                    return Err(read_err(io));
+                }
+                // Any other error is about this one record: report it and go on.
+                _ => {
+                    data_rows += 1;
+                    let at = RowRef {
+                        row: data_rows + 1,
+                        line: e.position().map(|p| p.line()),
+                    };
+                    sink(Item::Bad(BadRow {
+                        at,
+                        key: None,
+                        reason: e.to_string(),
+                    }));
+                    continue;
+                }
+            },
+        }
+        data_rows += 1;
+        let at = RowRef {
+            row: data_rows + 1,
+            line: record.position().map(|p| p.line()),
+        };
+        let key = record
+            .get(index[0])
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty());
+        if record.len() != names.len() {
+            sink(Item::Bad(BadRow {
+                at,
+                key,
+                reason: format!(
+                    "has {} fields where the header has {}: a delimiter or quote inside a value is \
+                     probably not quoted",
+                    record.len(),
+                    names.len()
+                ),
+            }));
+            continue;
+        }
+        let mut values = Vec::with_capacity(index.len());
+        let mut bad = None;
+        for (&i, name) in index.iter().zip(columns) {
+            let raw = record.get(i).unwrap_or_default();
+            match std::str::from_utf8(raw) {
+                Ok(v) => values.push(Some(v.to_string()).filter(|v| !v.trim().is_empty())),
+                Err(_) => {
+                    bad = Some(format!("column `{name}` is {ENCODING_HINT}"));
+                    break;
+                }
+            }
+        }
+        match bad {
+            Some(reason) => sink(Item::Bad(BadRow { at, key, reason })),
+            None => sink(Item::Record(Record { at, values })),
+        }
+    }
+    Ok(())
+}
+
+/// The delimiter of a header line: whichever of `;` `,` tab `|` occurs most often outside
+/// quotes (`,` when none does, i.e. a single-column file).
+fn detect_delimiter(line: &[u8]) -> u8 {
+    const CANDIDATES: [u8; 4] = [b';', b',', b'\t', b'|'];
+    let mut counts = [0usize; 4];
+    let mut quoted = false;
+    for &b in line {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            if let Some(i) = CANDIDATES.iter().position(|&c| c == b) {
+                counts[i] += 1;
+            }
+        }
+    }
+    let (best, n) = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, n)| (**n, usize::MAX - i))
+        .unwrap();
+    if *n == 0 {
+        b','
+    } else {
+        CANDIDATES[best]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{read_all, Item, SourceError};
+    use super::*;
+    use crate::config::{SourceConfig, SourceKind};
+
+    fn cfg(
+        delimiter: Option<u8>,
+        encoding: Option<&'static encoding_rs::Encoding>,
+    ) -> SourceConfig {
+        SourceConfig {
+            kind: SourceKind::Csv,
+            path: "export.csv".into(),
+            delimiter,
+            encoding,
+        }
+    }
+
+    fn records(items: &[Item]) -> Vec<(u64, Vec<Option<&str>>)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Record(r) => {
+                    Some((r.at.row, r.values.iter().map(|v| v.as_deref()).collect()))
+                }
+                Item::Bad(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_1252_semicolons_crlf() {
+        let text = "Nr;Name;Telefon\r\n1;M\u{fc}ller;089 1234567\r\n2;\"Stra\u{df}e; Ecke\";\r\n";
+        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(text);
+        let items = read_all(
+            &cfg(None, Some(encoding_rs::WINDOWS_1252)),
+            &bytes,
+            &["Nr", "Name", "Telefon"],
+        )
+        .unwrap();
+        assert_eq!(
+            records(&items),
+            vec![
+                (2, vec![Some("1"), Some("Müller"), Some("089 1234567")]),
+                (3, vec![Some("2"), Some("Straße; Ecke"), None]),
+            ]
+        );
+    }
+
+    #[test]
+    fn utf8_bom_tabs_and_embedded_newlines() {
+        let text = "\u{feff}id\tname\tnote\n1\t\"two\nlines\"\tx\n2\tb\ty\n";
+        let items = read_all(&cfg(None, None), text.as_bytes(), &["id", "note", "name"]).unwrap();
+        assert_eq!(
+            records(&items)[0],
+            (2, vec![Some("1"), Some("x"), Some("two\nlines")])
+        );
+        match &items[1] {
+            Item::Record(r) => assert_eq!((r.at.row, r.at.line), (3, Some(4))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_reported_and_skipped() {
+        let mut bytes = b"id,name\n1,a\n2,b,extra\n3,\xfcber\n4,d\n".to_vec();
+        bytes.extend_from_slice(b"");
+        let items = read_all(&cfg(None, None), &bytes, &["id", "name"]).unwrap();
+        let bad: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Bad(b) => Some((b.at.row, b.key.clone(), b.reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bad.len(), 2);
+        assert_eq!((bad[0].0, bad[0].1.as_deref()), (3, Some("2")));
+        assert!(bad[0].2.contains("3 fields"));
+        assert_eq!(bad[1].0, 4);
+        assert!(bad[1].2.contains("windows-1252"));
+        assert_eq!(records(&items).len(), 2);
+    }
+
+    #[test]
+    fn missing_column_names_what_is_there() {
+        let err = read_all(&cfg(None, None), b"id;Name\n1;a\n", &["id", "Phone"]).unwrap_err();
+        match &err {
+            SourceError::MissingColumns {
+                missing, available, ..
+            } => {
+                assert_eq!(missing, &["Phone"]);
+                assert_eq!(available, &["id", "Name"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("`Phone`"));
+        assert!(matches!(
+            read_all(&cfg(None, None), b"", &["id"]),
+            Err(SourceError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn delimiter_detection() {
+        assert_eq!(detect_delimiter(b"a;b;c\r\n"), b';');
+        assert_eq!(detect_delimiter(b"a,b,\"c;d\"\n"), b',');
+        assert_eq!(detect_delimiter(b"a\tb\n"), b'\t');
+        assert_eq!(detect_delimiter(b"single\n"), b',');
+    }
+}

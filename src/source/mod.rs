@@ -1,0 +1,192 @@
+//! Reading the CRM export: a stream of records, each with its row number, plus the rows
+//! that could not be read.
+//!
+//! A source never loads the whole export: records are handed to a callback one at a time.
+//! Only the columns the job uses are kept, in the order the caller asks for them, so the
+//! mapping step indexes a small vector instead of looking names up per row.
+//!
+//! Row numbers are what an operator finds in a spreadsheet: for CSV the header is row 1 and
+//! the first record row 2 (the file line is added when a quoted field spanned lines); for a
+//! JSON array the first element is row 1; for NDJSON the row is the line.
+
+mod csv;
+mod json;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::config::{SourceConfig, SourceKind};
+
+/// Where a record is in the export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RowRef {
+    pub row: u64,
+    /// The line in the file where it starts, when that differs from `row`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+}
+
+impl fmt::Display for RowRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) if line != self.row => write!(f, "row {} (line {line})", self.row),
+            _ => write!(f, "row {}", self.row),
+        }
+    }
+}
+
+/// One record: the values of the requested columns (`None`: absent or empty).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub at: RowRef,
+    pub values: Vec<Option<String>>,
+}
+
+/// A row that could not be read as a record. `key` is the value found in the first
+/// requested column (the key) when it could still be read, for reporting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    pub at: RowRef,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Record(Record),
+    Bad(BadRow),
+}
+
+/// Totals of one read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub records: u64,
+    pub bad: u64,
+}
+
+/// A problem that makes the whole export unusable for this run.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open the CRM export {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the CRM export {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CRM export {path} is empty: not even a header line")]
+    Empty { path: PathBuf },
+    #[error(
+        "the CRM export {path} has no column {} named in [job.fields] or reset_when_changed; \
+         its columns are: {}",
+        quoted(.missing), quoted(.available)
+    )]
+    MissingColumns {
+        path: PathBuf,
+        missing: Vec<String>,
+        available: Vec<String>,
+    },
+    #[error(
+        "the CRM export {path} is not valid JSON at {at}: {message} (the file may be truncated)"
+    )]
+    Json {
+        path: PathBuf,
+        at: String,
+        message: String,
+    },
+    #[error(
+        "the CRM export {path} is neither a JSON array nor newline-delimited JSON objects \
+         (it starts with {found:?})"
+    )]
+    NotJson { path: PathBuf, found: char },
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`.
+pub fn read(
+    cfg: &SourceConfig,
+    columns: &[String],
+    sink: &mut dyn FnMut(Item),
+) -> Result<Summary, SourceError> {
+    let file = std::fs::File::open(&cfg.path).map_err(|source| SourceError::Open {
+        path: cfg.path.clone(),
+        source,
+    })?;
+    read_from(cfg, &cfg.path, file, columns, sink)
+}
+
+/// Like [`read`], from any reader; `path` is only used in messages.
+pub fn read_from(
+    cfg: &SourceConfig,
+    path: &Path,
+    input: impl Read,
+    columns: &[String],
+    sink: &mut dyn FnMut(Item),
+) -> Result<Summary, SourceError> {
+    // Decode to UTF-8 on the fly. Without a configured encoding, a BOM decides (UTF-8 or
+    // UTF-16, as Excel writes them); with none, bytes pass through and each value is
+    // checked as UTF-8 where it is used, so a wrongly encoded row is reported, not mangled.
+    let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
+        .encoding(cfg.encoding)
+        .utf8_passthru(true)
+        .strip_bom(true)
+        .bom_override(true)
+        .build(input);
+    let mut counted = Counting {
+        inner: sink,
+        summary: Summary::default(),
+    };
+    match cfg.kind {
+        SourceKind::Csv => csv::read(cfg.delimiter, path, decoded, columns, &mut |i| {
+            counted.push(i)
+        })?,
+        SourceKind::Json => json::read(path, decoded, columns, &mut |i| counted.push(i))?,
+    }
+    Ok(counted.summary)
+}
+
+struct Counting<'a> {
+    inner: &'a mut dyn FnMut(Item),
+    summary: Summary,
+}
+
+impl Counting<'_> {
+    fn push(&mut self, item: Item) {
+        match &item {
+            Item::Record(_) => self.summary.records += 1,
+            Item::Bad(_) => self.summary.bad += 1,
+        }
+        (self.inner)(item)
+    }
+}
+
+/// The hint appended to an invalid UTF-8 report.
+const ENCODING_HINT: &str = "not valid UTF-8: if the export comes from Excel or an older CRM, \
+     set encoding = \"windows-1252\" in [job.source]";
+
+#[cfg(test)]
+pub(crate) fn read_all(
+    cfg: &SourceConfig,
+    bytes: &[u8],
+    columns: &[&str],
+) -> Result<Vec<Item>, SourceError> {
+    let columns: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    read_from(cfg, Path::new("export"), bytes, &columns, &mut |i| {
+        out.push(i)
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,249 @@
+//! The sync state: what dialsync knows of each contact it synced, per job, keyed by
+//! UserData. Everything sled-specific stays in this module.
+//!
+//! An entry holds the dialler contact ID, a hash of each mapped field as last confirmed by
+//! the dialler (never the personal data itself), the reset-trigger hashes, whether we
+//! locked the contact, and what the last run did to it. Entries are written only after the
+//! dialler confirmed an operation. sled makes writes durable on `flush`, which the sync
+//! calls at the end of each run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Encoding version of [`Entry`]; bump when its layout changes.
+const ENTRY_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The dialler's contact ID.
+    pub id: i64,
+    /// Hash per mapped field (field code, hash), in field-code order.
+    pub fields: Vec<(u8, u64)>,
+    /// Hash per reset-trigger column.
+    pub triggers: Vec<(String, u64)>,
+    /// Whether dialsync locked the contact (the API does not expose a lock flag).
+    pub locked: bool,
+    /// What the last run that touched this contact did.
+    pub last_op: LastOp,
+    /// When that was (Unix seconds).
+    pub last_run: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LastOp {
+    Imported,
+    Updated,
+    Reset,
+    Locked,
+    Unlocked,
+    /// Hashes recorded without a call (a field or trigger newly added to the config).
+    Baseline,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENTRY_VERSION];
+        out.extend(postcard::to_stdvec(self).expect("an Entry always serializes"));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        match bytes.split_first() {
+            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state database {path} is in use by another dialsync process; \
+         if the daemon is running, stop it or let it run the sync"
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("the state database failed")]
+    Db(#[from] sled::Error),
+    #[error("the state entry for UserData {key:?} is unreadable (written by a newer dialsync?)")]
+    Corrupt { key: String },
+}
+
+/// Read access to one job's state: what the planner needs.
+pub trait StateView {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StateError>;
+    /// Calls `f` for every entry, in key order.
+    fn for_each(&self, f: &mut dyn FnMut(&str, Entry)) -> Result<(), StateError>;
+}
+
+impl StateView for BTreeMap<String, Entry> {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
+        Ok(BTreeMap::get(self, key).cloned())
+    }
+    fn for_each(&self, f: &mut dyn FnMut(&str, Entry)) -> Result<(), StateError> {
+        for (k, v) in self {
+            f(k, v.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The state database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StateError::Open {
+                path: path.to_path_buf(),
+                source: sled::Error::Io(e),
+            })?;
+        }
+        match sled::Config::new().path(path).open() {
+            Ok(db) => Ok(Store {
+                db,
+                path: path.to_path_buf(),
+            }),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                Err(StateError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => Err(StateError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state of job `name`.
+    pub fn job(&self, name: &str) -> Result<JobState, StateError> {
+        Ok(JobState {
+            tree: self.db.open_tree(format!("job/{name}"))?,
+        })
+    }
+
+    /// Stores the summary of a job's latest run (JSON, for `status`).
+    pub fn put_last_run(&self, job: &str, summary: &[u8]) -> Result<(), StateError> {
+        self.db.open_tree("runs")?.insert(job, summary)?;
+        Ok(())
+    }
+
+    pub fn last_run(&self, job: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.db.open_tree("runs")?.get(job)?.map(|v| v.to_vec()))
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// One job's entries.
+#[derive(Clone)]
+pub struct JobState {
+    tree: sled::Tree,
+}
+
+impl JobState {
+    pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
+        self.tree.insert(key, entry.encode())?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &str) -> Result<(), StateError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+impl StateView for JobState {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => Entry::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StateError::Corrupt { key: key.into() }),
+        }
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&str, Entry)) -> Result<(), StateError> {
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k);
+            let entry = Entry::decode(&v).ok_or_else(|| StateError::Corrupt {
+                key: key.to_string(),
+            })?;
+            f(&key, entry);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            id: 100_001,
+            fields: vec![(4, 42), (20, 7)],
+            triggers: vec![("Round".into(), 9)],
+            locked: true,
+            last_op: LastOp::Locked,
+            last_run: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_stay_small() {
+        let e = entry();
+        let bytes = e.encode();
+        assert_eq!(Entry::decode(&bytes), Some(e));
+        assert!(bytes.len() < 48, "{} bytes", bytes.len());
+        assert_eq!(Entry::decode(&[99, 1, 2]), None);
+    }
+
+    #[test]
+    fn second_open_is_a_clear_error_and_state_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        {
+            let store = Store::open(&path).unwrap();
+            store.job("a").unwrap().put("K1", &entry()).unwrap();
+            let err = Store::open(&path).err().unwrap();
+            assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+            assert!(err
+                .to_string()
+                .contains("in use by another dialsync process"));
+        }
+        let store = Store::open(&path).unwrap();
+        let job = store.job("a").unwrap();
+        assert_eq!(job.get("K1").unwrap(), Some(entry()));
+        assert!(store.job("b").unwrap().is_empty());
+    }
+}
