@@ -7,10 +7,15 @@
 //! in-memory dialler for the demo, tests and benchmarks.
 
 pub mod config;
+pub mod dialler;
+pub mod emulator;
+pub mod execute;
 pub mod fields;
 pub mod mapping;
 pub mod phone;
 pub mod plan;
+pub mod report;
 pub mod schedule;
 pub mod source;
 pub mod state;
+pub mod sync;

@@ -1,1 +1,31 @@
-fn main() {}
+//! The `dialsync` command: parse the command line, set up logging, run the command from
+//! the library, print the error chain and return the documented exit code.
+
+mod cli;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(&args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(dialsync::report::Exit::Aborted as u8);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}

@@ -26,6 +26,9 @@ pub(super) fn read(
         });
     }
     let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&first_line));
+    // The csv crate takes a position before it consumes the `\n` of a `\r\n` line end, so
+    // in CRLF files its line numbers are one short. The header tells the file's line end.
+    let line_offset = u64::from(first_line.ends_with(b"\r\n"));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
@@ -75,7 +78,7 @@ pub(super) fn read(
                     data_rows += 1;
                     let at = RowRef {
                         row: data_rows + 1,
-                        line: e.position().map(|p| p.line()),
+                        line: e.position().map(|p| p.line() + line_offset),
                     };
                     sink(Item::Bad(BadRow {
                         at,
@@ -89,7 +92,7 @@ pub(super) fn read(
         data_rows += 1;
         let at = RowRef {
             row: data_rows + 1,
-            line: record.position().map(|p| p.line()),
+            line: record.position().map(|p| p.line() + line_offset),
         };
         let key = record
             .get(index[0])
@@ -184,6 +187,25 @@ mod tests {
                 Item::Bad(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn line_numbers_with_crlf_and_lf() {
+        for text in ["id\r\n1\r\n\"2\r\nb\"\r\n3\r\n", "id\n1\n\"2\nb\"\n3\n"] {
+            let items = read_all(&cfg(None, None), text.as_bytes(), &["id"]).unwrap();
+            let at: Vec<_> = items
+                .iter()
+                .map(|i| match i {
+                    Item::Record(r) => (r.at.row, r.at.line),
+                    Item::Bad(b) => panic!("{b:?}"),
+                })
+                .collect();
+            assert_eq!(
+                at,
+                vec![(2, Some(2)), (3, Some(3)), (4, Some(5))],
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,236 @@
+//! The command line: subcommands, logging set-up, and printing results.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use dialsync::config::Config;
+use dialsync::emulator::{Emulator, EmulatorConfig};
+use dialsync::report::{self, Exit};
+use dialsync::sync::{sync, SyncOptions};
+
+const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dialsync",
+    version,
+    about = "Keeps a jtel ACD dialler campaign in step with a CRM export"
+)]
+pub struct Cli {
+    /// Log format on stderr (the level comes from RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sync now: read each job's export and make the dialler match it.
+    Sync {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Show what would be done; change nothing on the dialler or in the state.
+        #[arg(long)]
+        dry_run: bool,
+        /// `human` (a summary per job) or `json` (one JSON object).
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Check a config file (and that its token can be read) without contacting the dialler.
+    Validate {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Serve an in-memory jtel dialler API for trying configs, tests and benchmarks.
+    Emulator {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// The ClientsID the emulated tenant answers to.
+        #[arg(long, default_value_t = 7)]
+        client_id: u32,
+        /// The bearer token it accepts.
+        #[arg(long, default_value = "emulator-token")]
+        token: String,
+        /// A campaign as ID:NAME, e.g. 538:"My Campaign" (repeatable; default 538:My Campaign).
+        #[arg(long = "campaign", value_parser = parse_campaign)]
+        campaigns: Vec<(i64, String)>,
+    },
+    /// Show a whole sync cycle against a built-in emulator, with nothing to set up.
+    Demo,
+}
+
+fn parse_campaign(s: &str) -> Result<(i64, String), String> {
+    let (id, name) = s
+        .split_once(':')
+        .ok_or("write a campaign as ID:NAME, e.g. 538:\"My Campaign\"")?;
+    let id = id
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| format!("`{id}` is not a campaign ID"))?;
+    let name = name.trim().trim_matches('"').to_string();
+    if name.is_empty() {
+        return Err("the campaign name is empty".into());
+    }
+    Ok((id, name))
+}
+
+/// Logs go to stderr: no colours unless it is a terminal, no timestamps under journald
+/// (it adds its own), JSON on request. Interactive commands log warnings and errors by
+/// default (their summary is on stdout); long-running ones also log at INFO.
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        Command::Emulator { .. } => "info",
+        // The demo's report already shows every skipped row.
+        Command::Demo => "error",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text if journald => builder.without_time().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// An error with the exit code it maps to.
+pub struct Failure {
+    pub exit: Exit,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    fn new(exit: Exit, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            exit,
+            error: error.into(),
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, Failure> {
+    let config = Config::load(path).map_err(|e| Failure::new(Exit::Config, e))?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> Result<Exit, Failure> {
+    match cli.command {
+        Command::Sync {
+            config,
+            job,
+            dry_run,
+            output,
+        } => {
+            let config = load(&config)?;
+            let reports = sync(&config, &SyncOptions { job, dry_run })
+                .await
+                .map_err(|e| Failure::new(e.exit(), e))?;
+            match output {
+                Output::Json => println!("{}", report::json(&reports)),
+                Output::Human => {
+                    for r in &reports {
+                        print!("{}", r.human());
+                    }
+                }
+            }
+            Ok(report::exit_of(&reports))
+        }
+        Command::Validate { config } => {
+            let cfg = load(&config)?;
+            cfg.dialler.token.resolve().map_err(|e| {
+                Failure::new(
+                    Exit::Config,
+                    anyhow::Error::from(e).context(format!("{} is not usable", config.display())),
+                )
+            })?;
+            let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
+            println!(
+                "{}: OK ({} job{}: {})",
+                config.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Emulator {
+            listen,
+            client_id,
+            token,
+            campaigns,
+        } => {
+            let mut cfg = EmulatorConfig {
+                client_id,
+                token,
+                ..EmulatorConfig::default()
+            };
+            if !campaigns.is_empty() {
+                cfg.campaigns = campaigns;
+            }
+            let emulator = Emulator::new(cfg.clone());
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            // One line on stdout, flushed, so scripts and tests can wait for it.
+            println!(
+                "dialsync emulator listening on http://{addr}/rest/v1.0/{}",
+                cfg.client_id
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?cfg.campaigns, "emulator ready");
+            emulator
+                .serve(listener, shutdown_signal())
+                .await
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            Ok(Exit::Ok)
+        }
+        Command::Demo => crate::demo::run()
+            .await
+            .map_err(|e| Failure::new(Exit::Aborted, e)),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,320 @@
+//! The executor: carries out a plan against the dialler and commits the state of each
+//! operation the dialler confirmed, and only then.
+//!
+//! Concurrency: each contact is one task whose calls run in order (update, reset, unlock;
+//! or one import, lock or delete), and at most `max_concurrency` tasks are in flight
+//! (`buffer_unordered`), so two calls never race on one contact while distinct contacts
+//! proceed in parallel. Tasks are created lazily, so after a fatal error (401, missing
+//! endpoint, unreachable server) no new task starts; those in flight finish. A task's
+//! state write happens right after its call returns, inside the task, so a confirmed
+//! operation is recorded even if the run stops afterwards.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use futures_util::stream::{self, StreamExt};
+use serde_json::{Map, Value};
+
+use crate::config::JobConfig;
+use crate::dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
+use crate::mapping::Contact;
+use crate::plan::{Change, Plan, Removal, RemovalKind};
+use crate::report::{Failure, JobReport, LIST_LIMIT};
+use crate::state::{Entry, JobState, LastOp, StateError};
+
+/// One contact's work.
+enum Task {
+    Import(Contact),
+    Change(Change),
+    Remove(Removal),
+}
+
+/// What a task did.
+#[derive(Default)]
+struct Done {
+    imported: u64,
+    updated: u64,
+    reset: u64,
+    unlocked: u64,
+    locked: u64,
+    deleted: u64,
+    already_gone: u64,
+    failure: Option<Failure>,
+}
+
+/// Shared by the tasks of one run.
+struct Run<'a> {
+    dialler: &'a Dialler,
+    state: &'a JobState,
+    job: &'a JobConfig,
+    campaign_id: i64,
+    now: i64,
+    stop: AtomicBool,
+    /// The first fatal error, which ends the run.
+    fatal: Mutex<Option<String>>,
+    unauthorized: AtomicBool,
+}
+
+/// Why a task could not finish.
+enum TaskError {
+    Dialler(&'static str, DiallerError),
+    /// The state write after a confirmed call failed: stop, the state can't be trusted.
+    State(StateError),
+}
+
+/// Executes `plan` with at most `concurrency` contacts in flight, adding counts and
+/// failures to `report`.
+pub async fn execute(
+    plan: Plan,
+    dialler: &Dialler,
+    state: &JobState,
+    job: &JobConfig,
+    campaign_id: i64,
+    concurrency: usize,
+    report: &mut JobReport,
+) {
+    let run = Run {
+        dialler,
+        state,
+        job,
+        campaign_id,
+        now: chrono::Utc::now().timestamp(),
+        stop: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        unauthorized: AtomicBool::new(false),
+    };
+    for (key, entry) in &plan.baselines {
+        if let Err(e) = state.put(key, entry) {
+            report.aborted = Some(error_chain(&e));
+            return;
+        }
+    }
+    let tasks = plan
+        .changes
+        .into_iter()
+        .map(Task::Change)
+        .chain(plan.imports.into_iter().map(Task::Import))
+        .chain(plan.removals.into_iter().map(Task::Remove));
+    let mut results = stream::iter(tasks)
+        .map(|t| run.task(t))
+        .buffer_unordered(concurrency);
+    while let Some(done) = results.next().await {
+        let Some(done) = done else { continue };
+        report.imported += done.imported;
+        report.updated += done.updated;
+        report.reset += done.reset;
+        report.unlocked += done.unlocked;
+        report.locked += done.locked;
+        report.deleted += done.deleted;
+        report.already_gone += done.already_gone;
+        if let Some(f) = done.failure {
+            report.failed += 1;
+            if report.failures.len() < LIST_LIMIT {
+                report.failures.push(f);
+            }
+        }
+    }
+    drop(results);
+    if let Some(why) = run.fatal.into_inner().unwrap() {
+        report.aborted = Some(why);
+        report.unauthorized = run.unauthorized.load(Ordering::Relaxed);
+    }
+}
+
+impl Run<'_> {
+    /// Runs one task; `None` if it was not started because the run is stopping.
+    async fn task(&self, task: Task) -> Option<Done> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut done = Done::default();
+        let (key, result) = match task {
+            Task::Import(c) => {
+                let key = c.key.clone();
+                (key, self.import(c, &mut done).await)
+            }
+            Task::Change(c) => {
+                let key = c.key.clone();
+                (key, self.change(c, &mut done).await)
+            }
+            Task::Remove(r) => {
+                let key = r.key.clone();
+                (key, self.remove(r, &mut done).await)
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(TaskError::Dialler(op, e)) => {
+                if e.is_fatal() {
+                    self.halt(&e, matches!(e, DiallerError::Unauthorized { .. }));
+                }
+                let error = error_chain(&e);
+                tracing::warn!(job = %self.job.name, user_data = %key, operation = op, %error, "operation failed");
+                done.failure = Some(Failure {
+                    user_data: key,
+                    operation: op,
+                    error,
+                });
+            }
+            Err(TaskError::State(e)) => {
+                self.halt(&e, false);
+                done.failure = Some(Failure {
+                    user_data: key,
+                    operation: "state write",
+                    error: error_chain(&e),
+                });
+            }
+        }
+        Some(done)
+    }
+
+    fn halt(&self, e: &(dyn std::error::Error + 'static), unauthorized: bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut fatal = self.fatal.lock().unwrap();
+        if fatal.is_none() {
+            *fatal = Some(error_chain(e));
+            if unauthorized {
+                self.unauthorized.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn import(&self, c: Contact, done: &mut Done) -> Result<(), TaskError> {
+        let mut body = Map::new();
+        body.insert("DiallerCampaignsID".into(), Value::from(self.campaign_id));
+        body.insert("UserData".into(), Value::from(c.key.clone()));
+        for (f, v) in &c.fields {
+            if !v.is_null() {
+                body.insert(
+                    f.name.into(),
+                    serde_json::to_value(v).expect("values serialize"),
+                );
+            }
+        }
+        let flags = ImportFlags {
+            overwrite_duplicates: self.job.overwrite_duplicates,
+            reset_contact: self.job.reset_contact,
+            unlock_contact: self.job.unlock_contact,
+        };
+        let record = self
+            .dialler
+            .import(&Value::Object(body), flags)
+            .await
+            .map_err(|e| match e {
+                // The only object an import refers to is its campaign.
+                e if e.is_not_found() => {
+                    TaskError::Dialler("import", DiallerError::CampaignIdNotFound(self.campaign_id))
+                }
+                e => TaskError::Dialler("import", e),
+            })?;
+        let id = record_id(&record).ok_or_else(|| {
+            TaskError::Dialler(
+                "import",
+                DiallerError::Decode("the imported contact has no ID".into()),
+            )
+        })?;
+        let entry = Entry {
+            id,
+            fields: c.hashes,
+            triggers: c.triggers,
+            locked: false,
+            last_op: LastOp::Imported,
+            last_run: self.now,
+        };
+        self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+        done.imported += 1;
+        Ok(())
+    }
+
+    async fn change(&self, c: Change, done: &mut Done) -> Result<(), TaskError> {
+        let mut entry = c.old.clone();
+        entry.last_run = self.now;
+        let target = Target::Id(entry.id);
+        if !c.update.is_empty() {
+            let mut body = Map::new();
+            body.insert("ID".into(), Value::from(entry.id));
+            for (f, v) in &c.update {
+                body.insert(
+                    f.name.into(),
+                    serde_json::to_value(v).expect("values serialize"),
+                );
+            }
+            self.dialler
+                .update(&Value::Object(body))
+                .await
+                .map_err(|e| TaskError::Dialler("update", e))?;
+            entry.fields = c.fields.clone();
+            entry.last_op = LastOp::Updated;
+            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+            done.updated += 1;
+        }
+        if c.reset {
+            self.dialler
+                .reset(target)
+                .await
+                .map_err(|e| TaskError::Dialler("reset", e))?;
+            entry.triggers = c.triggers.clone();
+            entry.last_op = LastOp::Reset;
+            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+            done.reset += 1;
+        }
+        // Whatever else changed, the hashes now describe the row (a trigger added to the
+        // config is recorded here too).
+        entry.fields = c.fields;
+        entry.triggers = c.triggers;
+        if c.unlock {
+            self.dialler
+                .unlock(target)
+                .await
+                .map_err(|e| TaskError::Dialler("unlock", e))?;
+            entry.locked = false;
+            entry.last_op = LastOp::Unlocked;
+            done.unlocked += 1;
+        }
+        self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+        Ok(())
+    }
+
+    async fn remove(&self, r: Removal, done: &mut Done) -> Result<(), TaskError> {
+        let target = Target::Id(r.old.id);
+        let (op, result) = match r.kind {
+            RemovalKind::Lock => ("lock", self.dialler.lock(target).await),
+            RemovalKind::Delete => ("delete", self.dialler.delete(target).await),
+        };
+        match result {
+            Ok(()) => match r.kind {
+                RemovalKind::Lock => {
+                    let mut entry = r.old;
+                    entry.locked = true;
+                    entry.last_op = LastOp::Locked;
+                    entry.last_run = self.now;
+                    self.state.put(&r.key, &entry).map_err(TaskError::State)?;
+                    done.locked += 1;
+                }
+                RemovalKind::Delete => {
+                    self.state.remove(&r.key).map_err(TaskError::State)?;
+                    done.deleted += 1;
+                }
+            },
+            // Already gone from the dialler: nothing left to lock or delete; forget it.
+            Err(e) if e.is_not_found() => {
+                self.state.remove(&r.key).map_err(TaskError::State)?;
+                done.already_gone += 1;
+            }
+            Err(e) => return Err(TaskError::Dialler(op, e)),
+        }
+        Ok(())
+    }
+}
+
+/// `e` and its causes, joined with ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,224 @@
+//! What a run did, for people (a summary per job) and scripts (`--output json`), and the
+//! exit code that sums it up.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::mapping::Rejected;
+
+/// How many rejected rows and failures a report lists (the counts are always complete).
+pub const LIST_LIMIT: usize = 100;
+/// How many of each kind the human summary shows.
+const SHOW: usize = 10;
+
+/// The result of one job's run. In a dry run the counts are what the run would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub dry_run: bool,
+    pub imported: u64,
+    pub updated: u64,
+    pub reset: u64,
+    pub locked: u64,
+    pub unlocked: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub invalid: u64,
+    pub failed: u64,
+    pub api_calls: u64,
+    /// Rows read from the export.
+    pub rows: u64,
+    /// Contacts to lock or delete that were gone from the dialler already.
+    pub already_gone: u64,
+    /// Removals held back because some rows could not be read.
+    pub withheld_removals: u64,
+    pub duration_ms: u64,
+    /// Why the run stopped early, if it did. Nothing after this point was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Set when `aborted` is a 401: the exit code differs.
+    #[serde(skip)]
+    pub unauthorized: bool,
+    /// The first rejected rows (row number, UserData if readable, reason).
+    pub problems: Vec<Rejected>,
+    /// The first failed operations.
+    pub failures: Vec<Failure>,
+    /// In a dry run: samples of what would be done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<PreviewLine>,
+}
+
+/// One operation the dialler did not confirm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub user_data: String,
+    pub operation: &'static str,
+    pub error: String,
+}
+
+/// One planned operation, for the dry-run listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewLine {
+    pub operation: &'static str,
+    pub user_data: String,
+    /// The fields an update would send (names only, never values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+}
+
+/// Exit codes, as documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything in the export is on the dialler.
+    Ok = 0,
+    /// The run finished, but rows were rejected, operations failed or removals were held back.
+    Partial = 1,
+    /// The config (or the command line) is wrong; nothing was done.
+    Config = 2,
+    /// The run stopped early: the export, the state or the dialler failed.
+    Aborted = 3,
+    /// The dialler rejected the token or ClientsID (HTTP 401).
+    Unauthorized = 4,
+}
+
+impl JobReport {
+    pub fn exit(&self) -> Exit {
+        if self.unauthorized {
+            Exit::Unauthorized
+        } else if self.aborted.is_some() {
+            Exit::Aborted
+        } else if self.invalid > 0 || self.failed > 0 || self.withheld_removals > 0 {
+            Exit::Partial
+        } else {
+            Exit::Ok
+        }
+    }
+
+    /// A few lines for a terminal.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let verb =
+            |done: &'static str, would: &'static str| if self.dry_run { would } else { done };
+        let _ = writeln!(
+            s,
+            "job {}{}: {} rows read",
+            self.job,
+            if self.dry_run {
+                " (dry run: nothing was changed)"
+            } else {
+                ""
+            },
+            self.rows
+        );
+        let counts = [
+            (verb("imported", "would import"), self.imported),
+            (verb("updated", "would update"), self.updated),
+            (verb("reset", "would reset"), self.reset),
+            (verb("unlocked", "would unlock"), self.unlocked),
+            (verb("locked", "would lock"), self.locked),
+            (verb("deleted", "would delete"), self.deleted),
+        ];
+        let mut line = counts
+            .iter()
+            .map(|(w, n)| format!("{n} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(line, ", {} unchanged", self.unchanged);
+        let _ = writeln!(s, "  {line}");
+        let _ = writeln!(
+            s,
+            "  {} invalid rows, {} failed operations, {} API calls",
+            self.invalid, self.failed, self.api_calls
+        );
+        if self.already_gone > 0 {
+            let _ = writeln!(
+                s,
+                "  {} contacts were already gone from the dialler; forgotten",
+                self.already_gone
+            );
+        }
+        if self.withheld_removals > 0 {
+            let _ = writeln!(
+                s,
+                "  {} locks/deletes held back: some rows could not be read, and any of them could be one of these contacts; fix the rows below and sync again",
+                self.withheld_removals
+            );
+        }
+        if let Some(why) = &self.aborted {
+            let _ = writeln!(s, "  STOPPED: {why}");
+        }
+        if !self.preview.is_empty() {
+            let _ = writeln!(s, "  planned:");
+            let mut shown: Vec<(&str, usize)> = Vec::new();
+            for p in &self.preview {
+                let n = match shown.iter_mut().find(|(op, _)| *op == p.operation) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        shown.push((p.operation, 1));
+                        1
+                    }
+                };
+                if n <= SHOW {
+                    let fields = if p.fields.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.fields.join(", "))
+                    };
+                    let row = p.row.map(|r| format!(" [row {r}]")).unwrap_or_default();
+                    let _ = writeln!(s, "    {:<7} {}{fields}{row}", p.operation, p.user_data);
+                }
+            }
+        }
+        for p in self.problems.iter().take(SHOW) {
+            let key = p
+                .key
+                .as_deref()
+                .map(|k| format!(" (UserData {k})"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "  invalid {}{key}: {}", p.at, p.reason);
+        }
+        if self.invalid as usize > SHOW.min(self.problems.len()) {
+            let _ = writeln!(
+                s,
+                "  ... and {} more invalid rows (see --output json)",
+                self.invalid as usize - SHOW.min(self.problems.len())
+            );
+        }
+        for f in self.failures.iter().take(SHOW) {
+            let _ = writeln!(
+                s,
+                "  failed {} of UserData {}: {}",
+                f.operation, f.user_data, f.error
+            );
+        }
+        if self.failed as usize > SHOW.min(self.failures.len()) {
+            let _ = writeln!(
+                s,
+                "  ... and {} more failed operations (see --output json)",
+                self.failed as usize - SHOW.min(self.failures.len())
+            );
+        }
+        s
+    }
+}
+
+/// The exit code of a run over several jobs: the worst of them.
+pub fn exit_of(reports: &[JobReport]) -> Exit {
+    reports
+        .iter()
+        .map(JobReport::exit)
+        .max_by_key(|e| *e as u8)
+        .unwrap_or(Exit::Ok)
+}
+
+/// The `--output json` document.
+pub fn json(reports: &[JobReport]) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({ "jobs": reports }))
+        .expect("reports serialize")
+}
