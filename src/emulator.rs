@@ -12,7 +12,8 @@
 //!
 //! Two extra endpoints serve tests and checks, without authentication:
 //! `GET /_emulator/state` (every contact with all fields, its lock flag and reset count)
-//! and `GET /_emulator/requests` (method, path, query and status of every API call).
+//! and `GET /_emulator/requests` (method, path, query, status and JSON body of every API
+//! call).
 //!
 //! All data sits behind one mutex: every request holds it only for an in-memory update, so
 //! contention costs less than the HTTP handling around it.
@@ -71,6 +72,9 @@ pub struct RequestLog {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// The JSON body, when the request had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
 }
 
 #[derive(Default)]
@@ -233,6 +237,7 @@ async fn handle(
         path,
         query,
         status: reply.0.as_u16(),
+        body: serde_json::from_slice(&body).ok(),
     });
     respond(reply)
 }

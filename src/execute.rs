@@ -4,7 +4,7 @@
 //! Concurrency: each contact is one task whose calls run in order (update, reset, unlock;
 //! or one import, lock or delete), and at most `max_concurrency` tasks are in flight
 //! (`buffer_unordered`), so two calls never race on one contact while distinct contacts
-//! proceed in parallel. Tasks are created lazily, so after a fatal error (401, missing
+//! proceed in parallel. The first task runs alone, as a probe of token and base URL. Tasks are created lazily, so after a fatal error (401, missing
 //! endpoint, unreachable server) no new task starts; those in flight finish. A task's
 //! state write happens right after its call returns, inside the task, so a confirmed
 //! operation is recorded even if the run stops afterwards.
@@ -89,15 +89,22 @@ pub async fn execute(
             return;
         }
     }
-    let tasks = plan
+    let mut tasks = plan
         .changes
         .into_iter()
         .map(Task::Change)
         .chain(plan.imports.into_iter().map(Task::Import))
         .chain(plan.removals.into_iter().map(Task::Remove));
-    let mut results = stream::iter(tasks)
+    // The first task runs alone: a wrong token, ClientsID or base URL then costs the
+    // dialler one call, not one per slot of concurrency.
+    let first = match tasks.next() {
+        Some(t) => run.task(t).await,
+        None => None,
+    };
+    let rest = stream::iter(tasks)
         .map(|t| run.task(t))
         .buffer_unordered(concurrency);
+    let mut results = stream::iter([first]).chain(rest);
     while let Some(done) = results.next().await {
         let Some(done) = done else { continue };
         report.imported += done.imported;

@@ -1,0 +1,190 @@
+//! The command line: `validate` on every shipped config, config errors and their exit
+//! code, the demo, and the emulator as a separate process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn dialsync() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dialsync"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+#[test]
+fn every_example_config_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            // The example reads its token from this variable, as an operator's would.
+            let out = dialsync()
+                .args(["validate", "--config"])
+                .arg(&path)
+                .env("DIALSYNC_TOKEN", "t")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}{}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected the example configs in config/");
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[dialler]\nbase_url = \"http://x/rest/v1.0\"\nclient_id = 7\ntoken = \"secret-t0ken\"\ntimeuot = \"5s\"\n\n\
+         [[job]]\nname = \"a\"\ncampaign_id = 1\non_missing = \"purge\"\n[job.source]\ntype = \"csv\"\npath = \"x.csv\"\n\
+         [job.fields]\nUserData = \"id\"\nName = \"n\"\nPhonenumber1 = \"p\"\n",
+    )
+    .unwrap();
+    for cmd in ["validate", "sync"] {
+        let out = dialsync()
+            .args([cmd, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let file = path.display().to_string();
+        assert!(
+            err.contains(&format!("{file}:5: dialler.timeuot: unknown key")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{file}:10: job[1].on_missing")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{file}:17: job[1].fields.Phonenumber1"))
+                && err.contains("did you mean `PhoneNumber1`"),
+            "{err}"
+        );
+        assert!(!err.contains("secret-t0ken"));
+    }
+}
+
+#[test]
+fn validate_reports_an_unreadable_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/dialsync.example.toml"
+    ))
+    .unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        text.replace(
+            "token_env = \"DIALSYNC_TOKEN\"",
+            "token_file = \"missing-token\"",
+        ),
+    )
+    .unwrap();
+    let out = dialsync()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token_file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_the_whole_cycle() {
+    let out = dialsync()
+        .arg("demo")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("9 imported"), "{text}");
+    assert!(
+        text.contains("1 imported, 1 updated, 1 reset, 0 unlocked, 1 locked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10 unchanged") && text.contains("0 API calls"),
+        "{text}"
+    );
+}
+
+#[test]
+fn emulator_process_serves_the_api_until_sigterm() {
+    let mut child = dialsync()
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--client-id",
+            "3",
+            "--token",
+            "T",
+            "--campaign",
+            "12:Leads",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first line says where it listens: the readiness signal.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(base.ends_with("/rest/v1.0/3"), "{line}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let campaigns = http
+            .get(format!("{base}/dialler/campaigns"))
+            .bearer_auth("T")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(campaigns.status(), 200);
+        let v: serde_json::Value = campaigns.json().await.unwrap();
+        assert_eq!(v["records"][0]["Name"], "Leads");
+        let denied = http
+            .get(format!("{base}/dialler/campaigns"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 401);
+    });
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}

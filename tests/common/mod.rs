@@ -1,0 +1,160 @@
+//! Shared set-up of the integration tests: an emulator on a free loopback port (bound
+//! before the test goes on, so there is nothing to wait for), a temporary directory with
+//! a config and an export, and the `dialsync` binary run against them.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+
+use dialsync::emulator::{EmuContact, Emulator, EmulatorConfig, RequestLog};
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token";
+
+pub struct Env {
+    pub emu: Emulator,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// The mapping used by most tests; `{extra}` goes at the end of the [[job]] table.
+pub const JOB: &str = r#"
+[[job]]
+name = "leads"
+campaign_id = 538
+default_country = "DE"
+reset_when_changed = ["Round"]
+{extra}
+
+[job.source]
+type = "csv"
+path = "export.csv"
+encoding = "windows-1252"
+
+[job.fields]
+UserData = "CustomerNo"
+Name = "LastName"
+FirstName = "FirstName"
+PhoneNumber1 = "Phone"
+City = "City"
+"#;
+
+pub const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
+
+impl Env {
+    pub fn new() -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = Emulator::new(EmulatorConfig {
+            client_id: 7,
+            token: TOKEN.into(),
+            campaigns: vec![(538, "My Campaign".into()), (539, "Other".into())],
+        });
+        let addr = rt
+            .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let env = Env {
+            emu,
+            addr,
+            dir: tempfile::tempdir().unwrap(),
+            _rt: rt,
+        };
+        env.write_config(TOKEN, "");
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `dialsync.toml` with `token` and `extra` lines in the job.
+    pub fn write_config(&self, token: &str, extra: &str) {
+        let text = format!(
+            "[dialler]\nbase_url = \"http://{}/rest/v1.0\"\nclient_id = 7\ntoken = \"{token}\"\n\n[state]\npath = \"state\"\n{}",
+            self.addr,
+            JOB.replace("{extra}", extra)
+        );
+        std::fs::write(self.path("dialsync.toml"), text).unwrap();
+    }
+
+    /// Replaces `from` by `to` in the config file.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let path = self.path("dialsync.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from} is not in the config");
+        std::fs::write(path, text.replace(from, to)).unwrap();
+    }
+
+    /// Writes the export as a Windows-1252, `;`-separated CSV with CRLF line ends.
+    pub fn write_export(&self, rows: &[&str]) {
+        let mut text = format!("{HEADER}\r\n");
+        for r in rows {
+            text.push_str(r);
+            text.push_str("\r\n");
+        }
+        let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(&text);
+        assert!(!unmappable, "test data must be Windows-1252");
+        std::fs::write(self.path("export.csv"), bytes).unwrap();
+    }
+
+    pub fn dialsync(&self, args: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// `dialsync sync --output json` plus `args`: the job's report and the exit code.
+    pub fn sync(&self, args: &[&str]) -> (Value, i32) {
+        let mut all = vec!["sync", "--config", "dialsync.toml", "--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.dialsync(&all);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (v["jobs"][0].clone(), out.status.code().unwrap())
+    }
+
+    pub fn contacts(&self) -> Vec<EmuContact> {
+        self.emu.contacts()
+    }
+
+    pub fn contact(&self, user_data: &str) -> EmuContact {
+        let found: Vec<_> = self
+            .contacts()
+            .into_iter()
+            .filter(|c| c.fields["UserData"] == user_data)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "exactly one contact with UserData {user_data}: {found:?}"
+        );
+        found.into_iter().next().unwrap()
+    }
+
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.emu.requests()
+    }
+
+    /// The requests received since `n` were.
+    pub fn requests_since(&self, n: usize) -> Vec<RequestLog> {
+        self.requests().split_off(n)
+    }
+}
+
+pub fn field<'a>(c: &'a EmuContact, name: &str) -> &'a str {
+    c.fields.get(name).and_then(Value::as_str).unwrap_or("")
+}

@@ -1,0 +1,361 @@
+//! End-to-end syncs with the `dialsync` binary against the emulator on a loopback port.
+
+mod common;
+
+use common::{field, Env};
+use serde_json::json;
+
+const ROWS: [&str; 4] = [
+    "K1;Müller;Jürgen;089 / 123 456-78;München;1",
+    "K2;Weiß;Anna;0171 2345678;Köln;1",
+    "K3;Schäfer;Tom;+49 (0)40 1234567;Hamburg;1",
+    "K4;Öztürk;Aylin;0049 30 12345678;Berlin;1",
+];
+
+fn count(report: &serde_json::Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {key} in {report}"))
+}
+
+#[test]
+fn initial_sync_imports_every_valid_row_once_with_umlauts_intact() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "imported"), 4);
+    assert_eq!(count(&report, "api_calls"), 4);
+
+    let contacts = env.contacts();
+    assert_eq!(contacts.len(), 4);
+    let k1 = env.contact("K1");
+    assert_eq!(field(&k1, "Name"), "Müller");
+    assert_eq!(field(&k1, "FirstName"), "Jürgen");
+    assert_eq!(field(&k1, "City"), "München");
+    assert_eq!(field(&k1, "PhoneNumber1"), "+498912345678");
+    assert_eq!(k1.campaign_id, 538);
+    assert_eq!(field(&env.contact("K3"), "PhoneNumber1"), "+49401234567");
+    assert_eq!(field(&env.contact("K4"), "PhoneNumber1"), "+493012345678");
+    // Imports overwrite duplicates, so a re-import can never create a second contact.
+    for r in env.requests() {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/rest/v1.0/7/dialler/contacts/import")
+        );
+        assert!(r.query.contains("overwriteDuplicates=true"), "{r:?}");
+        assert!(
+            !r.query.contains("resetContact"),
+            "an unset flag is not sent: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn unchanged_export_makes_no_call_and_changed_field_one_update() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    assert_eq!(env.sync(&[]).1, 0);
+    let n = env.requests().len();
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (count(&report, "api_calls"), count(&report, "unchanged")),
+        (0, 4)
+    );
+    assert!(env.requests_since(n).is_empty());
+
+    let mut rows = ROWS;
+    rows[1] = "K2;Weiß;Anna;0171 2345678;Düsseldorf;1";
+    env.write_export(&rows);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "api_calls")),
+        (1, 1)
+    );
+    let calls = env.requests_since(n);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/rest/v1.0/7/dialler/contacts/update");
+    let k2 = env.contact("K2");
+    assert_eq!(
+        calls[0].body,
+        Some(json!({"ID": k2.id, "City": "Düsseldorf"})),
+        "only the changed field"
+    );
+    assert_eq!(field(&k2, "City"), "Düsseldorf");
+}
+
+#[test]
+fn removed_row_is_locked_once_and_unlocked_when_back() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.sync(&[]);
+    env.write_export(&ROWS[..3]);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (count(&report, "locked"), count(&report, "api_calls")),
+        (1, 1)
+    );
+    let k4 = env.contact("K4");
+    assert!(k4.locked);
+    let last = env.requests().pop().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path),
+        (
+            "PATCH",
+            format!("/rest/v1.0/7/dialler/contacts/contact/{}/lock", k4.id)
+        )
+    );
+
+    // Still missing: nothing more to do.
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+
+    env.write_export(&ROWS);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "unlocked"), count(&report, "api_calls")),
+        (1, 1)
+    );
+    assert!(!env.contact("K4").locked);
+    assert_eq!(env.contacts().len(), 4, "no duplicate on return");
+}
+
+#[test]
+fn on_missing_delete_deletes_and_a_return_imports_again() {
+    let env = Env::new();
+    env.write_config(common::TOKEN, "on_missing = \"delete\"");
+    env.write_export(&ROWS);
+    env.sync(&[]);
+    env.write_export(&ROWS[1..]);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "deleted"), count(&report, "api_calls")),
+        (1, 1)
+    );
+    assert_eq!(env.contacts().len(), 3);
+    assert!(env.contacts().iter().all(|c| c.fields["UserData"] != "K1"));
+    env.write_export(&ROWS);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(count(&report, "imported"), 1);
+    env.contact("K1");
+}
+
+#[test]
+fn reset_trigger_column_resets_the_contact() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.sync(&[]);
+    let k3 = env.contact("K3");
+    env.emu.add_tries(k3.id, 5);
+    let mut rows = ROWS;
+    rows[2] = "K3;Schäfer;Tom;+49 (0)40 1234567;Hamburg;2";
+    env.write_export(&rows);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (
+            count(&report, "reset"),
+            count(&report, "updated"),
+            count(&report, "api_calls")
+        ),
+        (1, 0, 1)
+    );
+    let k3 = env.contact("K3");
+    assert_eq!((k3.reset_count, k3.tries), (1, 0));
+    let last = env.requests().pop().unwrap();
+    assert_eq!(
+        last.path,
+        format!("/rest/v1.0/7/dialler/contacts/contact/{}/reset", k3.id)
+    );
+}
+
+#[test]
+fn invalid_rows_are_reported_by_row_and_never_removed() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.sync(&[]);
+    // K2's phone turns invalid, K3's name is missing, and a row has a stray delimiter.
+    env.write_export(&[
+        ROWS[0],
+        "K2;Weiß;Anna;0123;Köln;1",
+        "K3;;Tom;+49 (0)40 1234567;Hamburg;1",
+        ROWS[3],
+        "K5;Neu;Nina;0171 9999999;Bonn;1;extra",
+    ]);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "invalid rows make a partial run: {report}");
+    assert_eq!(count(&report, "invalid"), 3);
+    let problems = report["problems"].as_array().unwrap();
+    let rows: Vec<u64> = problems
+        .iter()
+        .map(|p| p["at"]["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, vec![3, 4, 6]);
+    assert_eq!(problems[0]["key"], "K2");
+    assert!(problems[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("PhoneNumber1"));
+    assert!(problems[1]["reason"].as_str().unwrap().contains("Name"));
+    // The unreadable row (row 6) could be anyone: no lock or delete this run, and none of
+    // K2 and K3 in any case.
+    assert_eq!(
+        (count(&report, "locked"), count(&report, "api_calls")),
+        (0, 0)
+    );
+    assert!(env.contacts().iter().all(|c| !c.locked));
+
+    // With only the invalid-but-readable rows left, nothing is locked either.
+    env.write_export(&[
+        ROWS[0],
+        "K2;Weiß;Anna;0123;Köln;1",
+        "K3;;Tom;+49 (0)40 1234567;Hamburg;1",
+    ]);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        count(&report, "locked"),
+        1,
+        "only K4, which left the export: {report}"
+    );
+    assert!(!env.contact("K2").locked && !env.contact("K3").locked && env.contact("K4").locked);
+
+    // The human summary names the rows too.
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("invalid row 3 (UserData K2)"), "{text}");
+}
+
+#[test]
+fn dry_run_changes_nothing_in_emulator_or_state() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    let (report, code) = env.sync(&["--dry-run"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        (
+            report["dry_run"].as_bool(),
+            count(&report, "imported"),
+            count(&report, "api_calls")
+        ),
+        (Some(true), 4, 0)
+    );
+    assert!(env.requests().is_empty());
+    assert!(
+        !env.path("state").exists(),
+        "a dry run creates no state database"
+    );
+
+    env.sync(&[]);
+    let n = env.requests().len();
+    let contacts = serde_json::to_string(&env.contacts()).unwrap();
+    let mut rows = ROWS;
+    rows[0] = "K1;Müller;Jürgen;089 / 123 456-78;Augsburg;2";
+    env.write_export(&rows[..3]);
+    let (report, _) = env.sync(&["--dry-run"]);
+    assert_eq!(
+        (
+            count(&report, "updated"),
+            count(&report, "reset"),
+            count(&report, "locked")
+        ),
+        (1, 1, 1)
+    );
+    let preview = report["preview"].as_array().unwrap();
+    assert!(
+        preview
+            .iter()
+            .any(|p| p["operation"] == "update" && p["fields"] == json!(["City"])),
+        "{report}"
+    );
+    assert!(env.requests_since(n).is_empty());
+    assert_eq!(serde_json::to_string(&env.contacts()).unwrap(), contacts);
+    // The state did not move either: the real run still has all of it to do.
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (
+            count(&report, "updated"),
+            count(&report, "reset"),
+            count(&report, "locked")
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn wrong_token_stops_with_a_clear_error() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config("wrong-token", "");
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("401") && stdout.contains("token") && stdout.contains("client_id = 7"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("wrong-token")
+            && !String::from_utf8_lossy(&out.stderr).contains("wrong-token")
+    );
+    // The first 401 stops the run: the other three imports are never sent.
+    assert_eq!(env.requests().len(), 1, "{:?}", env.requests());
+    assert!(env.contacts().is_empty());
+}
+
+#[test]
+fn wrong_client_id_is_a_401_too() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.edit_config("client_id = 7", "client_id = 8");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 4);
+    assert!(
+        report["aborted"]
+            .as_str()
+            .unwrap()
+            .contains("client_id = 8"),
+        "{report}"
+    );
+}
+
+#[test]
+fn unknown_campaign_stops_the_run() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.edit_config("campaign_id = 538", "campaign_id = 999");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 3);
+    assert!(
+        report["aborted"].as_str().unwrap().contains("campaign 999"),
+        "{report}"
+    );
+    assert!(env.contacts().is_empty());
+}
+
+#[test]
+fn campaign_by_name_is_resolved_exactly() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.edit_config("campaign_id = 538", "campaign_name = \"Other\"");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert!(env.contacts().iter().all(|c| c.campaign_id == 539));
+    // One look-up, one import per contact.
+    assert_eq!(count(&report, "api_calls"), 5);
+}
+
+#[test]
+fn wrong_base_url_says_so() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.edit_config("/rest/v1.0", "/api/v1");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 3);
+    let why = report["aborted"].as_str().unwrap();
+    assert!(
+        why.contains("empty body") && why.contains("base_url"),
+        "{why}"
+    );
+    assert_eq!(env.requests().len(), 1);
+}
