@@ -1,0 +1,216 @@
+//! Every dialler function of the client against the emulator: the client's paths and
+//! error typing, and the emulator's documented semantics, checked together.
+
+use dialsync::config::{Config, Secret};
+use dialsync::dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
+use dialsync::emulator::{Emulator, EmulatorConfig};
+use serde_json::{json, Value};
+
+/// A client of the emulator at `base_url` with `token`.
+fn client(base_url: &str, token: &str) -> Dialler {
+    let text = format!(
+        "[dialler]\nbase_url = \"{base_url}\"\nclient_id = 7\ntoken = \"x\"\n\
+         [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+         [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+    );
+    let cfg = Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+    Dialler::new(&cfg.dialler, &Secret::new(token)).unwrap()
+}
+
+async fn setup_with_url() -> (Emulator, Dialler, String) {
+    let emu = Emulator::new(EmulatorConfig::default());
+    let addr = emu.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{addr}/rest/v1.0");
+    let dialler = client(&base, &emu.config().token);
+    (emu, dialler, base)
+}
+
+async fn setup() -> (Emulator, Dialler) {
+    let (emu, d, _) = setup_with_url().await;
+    (emu, d)
+}
+
+fn contact(user_data: &str, name: &str) -> Value {
+    json!({"DiallerCampaignsID": 538, "UserData": user_data, "Name": name, "PhoneNumber1": "+498912345678"})
+}
+
+const OVERWRITE: ImportFlags = ImportFlags {
+    overwrite_duplicates: true,
+    reset_contact: None,
+    unlock_contact: None,
+};
+
+#[tokio::test]
+async fn import_flags_follow_the_documentation() {
+    let (emu, d) = setup().await;
+    let a = record_id(&d.import(&contact("U1", "A"), OVERWRITE).await.unwrap()).unwrap();
+    // overwriteDuplicates=true: the same contact, overwritten.
+    let again = d.import(&contact("U1", "A2"), OVERWRITE).await.unwrap();
+    assert_eq!(record_id(&again), Some(a));
+    assert_eq!(again["Name"], "A2");
+    assert_eq!(emu.contacts().len(), 1);
+
+    // resetContact=true resets the existing contact; unlockContact=false leaves it locked.
+    d.lock(Target::Id(a)).await.unwrap();
+    emu.add_tries(a, 3);
+    let flags = ImportFlags {
+        overwrite_duplicates: true,
+        reset_contact: Some(true),
+        unlock_contact: Some(false),
+    };
+    d.import(&contact("U1", "A3"), flags).await.unwrap();
+    let c = &emu.contacts()[0];
+    assert_eq!((c.locked, c.tries, c.reset_count), (true, 0, 1));
+    // Without the flag, the old behaviour: unlocked.
+    d.import(&contact("U1", "A4"), OVERWRITE).await.unwrap();
+    assert!(!emu.contacts()[0].locked);
+
+    // overwriteDuplicates=false creates a duplicate, as the real server does.
+    let no_overwrite = ImportFlags {
+        overwrite_duplicates: false,
+        ..OVERWRITE
+    };
+    let b = record_id(&d.import(&contact("U1", "B"), no_overwrite).await.unwrap()).unwrap();
+    assert_ne!(a, b);
+    let both = d.contacts_by_user_data("U1").await.unwrap();
+    assert_eq!(
+        both.iter()
+            .map(|r| record_id(r).unwrap())
+            .collect::<Vec<_>>(),
+        vec![a, b]
+    );
+    // By-UserData calls act on the first one found.
+    d.lock(Target::UserData("U1")).await.unwrap();
+    let locked: Vec<_> = emu.contacts().iter().map(|c| (c.id, c.locked)).collect();
+    assert_eq!(locked, vec![(a, true), (b, false)]);
+}
+
+#[tokio::test]
+async fn mandatory_fields_and_unknown_campaigns() {
+    let (_emu, d) = setup().await;
+    let err = d
+        .import(&json!({"DiallerCampaignsID": 538, "Name": "A"}), OVERWRITE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::BadRequest { message } if message.contains("PhoneNumber")),
+        "{err}"
+    );
+    let err = d
+        .import(
+            &json!({"DiallerCampaignsID": 538, "PhoneNumber1": "+4989"}),
+            OVERWRITE,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::BadRequest { message } if message.contains("Name")),
+        "{err}"
+    );
+    let mut c = contact("U1", "A");
+    c["DiallerCampaignsID"] = json!(1);
+    let err = d.import(&c, OVERWRITE).await.unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::NotFound { message } if message.contains("campaign")),
+        "{err}"
+    );
+    // By name works too.
+    let by_name = json!({"DiallerCampaignsName": "My Campaign", "UserData": "U2", "Name": "N", "PhoneNumber2": "+4930123456"});
+    assert!(d.import(&by_name, OVERWRITE).await.is_ok());
+}
+
+#[tokio::test]
+async fn reads_updates_and_by_id_functions() {
+    let (emu, d) = setup().await;
+    let a = record_id(&d.import(&contact("U1", "A"), OVERWRITE).await.unwrap()).unwrap();
+    let b = record_id(&d.import(&contact("U2", "B"), OVERWRITE).await.unwrap()).unwrap();
+
+    assert_eq!(d.list_contacts(Some(538)).await.unwrap().len(), 2);
+    assert_eq!(d.list_contacts(None).await.unwrap().len(), 2);
+    assert!(d.list_contacts(Some(1)).await.unwrap().is_empty());
+    assert_eq!(d.get_contact(a).await.unwrap().unwrap()["Name"], "A");
+    assert_eq!(
+        d.get_contact(999).await.unwrap(),
+        None,
+        "a JSON 404 is 'no such contact'"
+    );
+    assert!(d.contacts_by_user_data("nope").await.unwrap().is_empty());
+
+    // Update by ID changes only the fields sent, UserData included.
+    let updated = d
+        .update(&json!({"ID": a, "UserData": "U1b", "City": "Bonn"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            updated["UserData"].as_str(),
+            updated["Name"].as_str(),
+            updated["City"].as_str()
+        ),
+        (Some("U1b"), Some("A"), Some("Bonn"))
+    );
+    assert_eq!(d.contacts_by_user_data("U1b").await.unwrap().len(), 1);
+    // Update by UserData.
+    d.update(&json!({"UserData": "U2", "Name": "B2"}))
+        .await
+        .unwrap();
+    assert_eq!(d.get_contact(b).await.unwrap().unwrap()["Name"], "B2");
+    let err = d
+        .update(&json!({"ID": 999, "Name": "x"}))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found());
+    let err = d.update(&json!({"Name": "x"})).await.unwrap_err();
+    assert!(matches!(err, DiallerError::BadRequest { .. }));
+
+    for t in [Target::Id(a), Target::UserData("U2")] {
+        d.lock(t).await.unwrap();
+        d.unlock(t).await.unwrap();
+        d.reset(t).await.unwrap();
+        assert!(d.history(t).await.unwrap().is_empty());
+    }
+    assert!(emu
+        .contacts()
+        .iter()
+        .all(|c| !c.locked && c.reset_count == 1));
+
+    d.delete(Target::Id(a)).await.unwrap();
+    d.delete(Target::UserData("U2")).await.unwrap();
+    assert!(emu.contacts().is_empty());
+    for t in [Target::Id(a), Target::UserData("U2")] {
+        assert!(d.lock(t).await.unwrap_err().is_not_found());
+        assert!(d.delete(t).await.unwrap_err().is_not_found());
+        assert!(d.history(t).await.unwrap_err().is_not_found());
+    }
+}
+
+#[tokio::test]
+async fn campaigns_and_typed_errors() {
+    let (emu, d, base) = setup_with_url().await;
+    assert_eq!(d.campaigns().await.unwrap().len(), 1);
+    assert_eq!(
+        d.campaign(538).await.unwrap().unwrap()["Name"],
+        "My Campaign"
+    );
+    assert_eq!(d.campaign(1).await.unwrap(), None);
+    assert_eq!(
+        d.campaigns_by_name("camp").await.unwrap().len(),
+        1,
+        "partial match"
+    );
+    assert_eq!(d.resolve_campaign("My Campaign").await.unwrap(), 538);
+    let err = d.resolve_campaign("My").await.unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::CampaignNotFound { similar, .. } if similar.len() == 1),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+
+    // A wrong token is typed, fatal, and says nothing of the token itself.
+    let before = emu.requests().len();
+    let wrong = client(&base, "s3cret");
+    let err = wrong.campaigns().await.unwrap_err();
+    assert!(matches!(err, DiallerError::Unauthorized { client_id: 7 }) && err.is_fatal());
+    assert!(!format!("{err} {err:?} {wrong:?}").contains("s3cret"));
+    assert_eq!(emu.requests().len(), before + 1);
+}
