@@ -47,7 +47,8 @@ struct Run<'a> {
     dialler: &'a Dialler,
     state: &'a JobState,
     job: &'a JobConfig,
-    campaign_id: i64,
+    /// The campaign imports go to; `None` when the plan has no import.
+    campaign_id: Option<i64>,
     now: i64,
     stop: AtomicBool,
     /// The first fatal error, which ends the run.
@@ -69,7 +70,7 @@ pub async fn execute(
     dialler: &Dialler,
     state: &JobState,
     job: &JobConfig,
-    campaign_id: i64,
+    campaign_id: Option<i64>,
     concurrency: usize,
     report: &mut JobReport,
 ) {
@@ -187,8 +188,11 @@ impl Run<'_> {
     }
 
     async fn import(&self, c: Contact, done: &mut Done) -> Result<(), TaskError> {
+        let campaign_id = self
+            .campaign_id
+            .expect("the caller resolves the campaign of a plan with imports");
         let mut body = Map::new();
-        body.insert("DiallerCampaignsID".into(), Value::from(self.campaign_id));
+        body.insert("DiallerCampaignsID".into(), Value::from(campaign_id));
         body.insert("UserData".into(), Value::from(c.key.clone()));
         for (f, v) in &c.fields {
             if !v.is_null() {
@@ -210,7 +214,7 @@ impl Run<'_> {
             .map_err(|e| match e {
                 // The only object an import refers to is its campaign.
                 e if e.is_not_found() => {
-                    TaskError::Dialler("import", DiallerError::CampaignIdNotFound(self.campaign_id))
+                    TaskError::Dialler("import", DiallerError::CampaignIdNotFound(campaign_id))
                 }
                 e => TaskError::Dialler("import", e),
             })?;

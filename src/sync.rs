@@ -178,31 +178,32 @@ pub async fn run_job(
         return report;
     }
 
+    // Only imports name the campaign: no look-up (and no call) for a plan without any.
     let campaign_id = match (&job.campaign, plan.imports.is_empty()) {
-        (CampaignRef::Id(id), _) => Some(*id),
-        // Only imports name the campaign; no look-up (and no call) when there are none.
-        (CampaignRef::Name(_), true) => Some(0),
-        (CampaignRef::Name(name), false) => match dialler.resolve_campaign(name).await {
-            Ok(id) => Some(id),
-            Err(e) => {
-                report.aborted = Some(error_chain(&e));
-                report.unauthorized =
-                    matches!(e, crate::dialler::DiallerError::Unauthorized { .. });
-                None
-            }
-        },
+        (_, true) => Ok(None),
+        (CampaignRef::Id(id), false) => Ok(Some(*id)),
+        (CampaignRef::Name(name), false) => dialler.resolve_campaign(name).await.map(Some),
     };
-    if let Some(campaign_id) = campaign_id {
-        execute(
-            plan,
-            dialler,
-            state.as_ref().expect("a real run has a state"),
-            job,
-            campaign_id,
-            config.dialler.max_concurrency,
-            &mut report,
-        )
-        .await;
+    match campaign_id {
+        Ok(campaign_id) => {
+            let state = state
+                .as_ref()
+                .expect("a run that is not a dry run has a state");
+            execute(
+                plan,
+                dialler,
+                state,
+                job,
+                campaign_id,
+                config.dialler.max_concurrency,
+                &mut report,
+            )
+            .await;
+        }
+        Err(e) => {
+            report.unauthorized = matches!(e, crate::dialler::DiallerError::Unauthorized { .. });
+            report.aborted = Some(error_chain(&e));
+        }
     }
     report.api_calls = dialler.calls() - calls_before;
     report.duration_ms = started.elapsed().as_millis() as u64;
