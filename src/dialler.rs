@@ -350,17 +350,20 @@ impl Dialler {
     }
 
     pub async fn lock(&self, target: Target<'_>) -> Result<(), DiallerError> {
-        let (path, q) = target_path(target, Some("lock"));
-        self.call(Method::PATCH, &path, &q, None).await.map(drop)
+        self.patch(target, "lock").await
     }
 
     pub async fn unlock(&self, target: Target<'_>) -> Result<(), DiallerError> {
-        let (path, q) = target_path(target, Some("unlock"));
-        self.call(Method::PATCH, &path, &q, None).await.map(drop)
+        self.patch(target, "unlock").await
     }
 
     pub async fn reset(&self, target: Target<'_>) -> Result<(), DiallerError> {
-        let (path, q) = target_path(target, Some("reset"));
+        self.patch(target, "reset").await
+    }
+
+    /// The PATCH functions: lock, unlock, reset.
+    async fn patch(&self, target: Target<'_>, action: &str) -> Result<(), DiallerError> {
+        let (path, q) = target_path(target, Some(action));
         self.call(Method::PATCH, &path, &q, None).await.map(drop)
     }
 
