@@ -284,6 +284,11 @@ impl Dialler {
         }
     }
 
+    /// The one object at `path`, `None` on a JSON 404.
+    async fn one_or_none(&self, path: &str) -> Result<Option<Record>, DiallerError> {
+        Ok(self.records_or_none(path, &[]).await?.into_iter().next())
+    }
+
     // ---- contacts ----
 
     /// Every contact of a campaign (or of the tenant). The API has no paging.
@@ -300,11 +305,7 @@ impl Dialler {
     }
 
     pub async fn get_contact(&self, id: i64) -> Result<Option<Record>, DiallerError> {
-        Ok(self
-            .records_or_none(&format!("/dialler/contacts/{id}"), &[])
-            .await?
-            .into_iter()
-            .next())
+        self.one_or_none(&format!("/dialler/contacts/{id}")).await
     }
 
     pub async fn contacts_by_user_data(
@@ -380,11 +381,7 @@ impl Dialler {
     }
 
     pub async fn campaign(&self, id: i64) -> Result<Option<Record>, DiallerError> {
-        Ok(self
-            .records_or_none(&format!("/dialler/campaigns/{id}"), &[])
-            .await?
-            .into_iter()
-            .next())
+        self.one_or_none(&format!("/dialler/campaigns/{id}")).await
     }
 
     /// Campaigns whose name contains `name` (the API matches partially).

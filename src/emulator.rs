@@ -231,8 +231,18 @@ async fn handle(
         return respond(reply);
     }
 
-    let reply = api(&shared, &method, &path, &params, &headers, &body);
-    shared.data.lock().unwrap().requests.push(RequestLog {
+    // One lock per request: the call and its log entry are one step.
+    let mut data = shared.data.lock().unwrap();
+    let reply = api(
+        &shared.cfg,
+        &mut data,
+        &method,
+        &path,
+        &params,
+        &headers,
+        &body,
+    );
+    data.requests.push(RequestLog {
         method: method.to_string(),
         path,
         query,
@@ -255,7 +265,8 @@ fn respond((status, body): Reply) -> Response {
 }
 
 fn api(
-    shared: &Shared,
+    cfg: &EmulatorConfig,
+    d: &mut Data,
     method: &Method,
     path: &str,
     params: &HashMap<String, String>,
@@ -272,14 +283,12 @@ fn api(
     let Some((client, segs)) = segs.split_first() else {
         return no_endpoint();
     };
-    let expected = format!("Bearer {}", shared.cfg.token);
+    let expected = format!("Bearer {}", cfg.token);
     let auth_ok =
         headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
-    if !auth_ok || client.parse::<u32>().ok() != Some(shared.cfg.client_id) {
+    if !auth_ok || client.parse::<u32>().ok() != Some(cfg.client_id) {
         return fail(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let mut data = shared.data.lock().unwrap();
-    let d = &mut *data;
     let ud = || params.get("userData").cloned();
     let id_of = |s: &str| s.parse::<i64>().ok();
     use Method as M;
@@ -300,7 +309,7 @@ fn api(
             }))
         }
         (&M::POST, ["dialler", "contacts"]) => batch_read(d, body),
-        (&M::POST, ["dialler", "contacts", "import"]) => import(shared, d, params, headers, body),
+        (&M::POST, ["dialler", "contacts", "import"]) => import(cfg, d, params, headers, body),
         (&M::POST, ["dialler", "contacts", "update"]) => update(d, headers, body),
         (&M::GET, ["dialler", "contacts", "contact"]) => match ud() {
             None => fail(StatusCode::BAD_REQUEST, "Missing parameter userData"),
@@ -341,11 +350,9 @@ fn api(
             by_id(d, id, |_, _| ok(records(vec![])))
         }
         (&M::GET, ["dialler", "campaigns"]) => ok(records(
-            shared
-                .cfg
-                .campaigns
+            cfg.campaigns
                 .iter()
-                .map(|(id, n)| campaign_json(shared, *id, n))
+                .map(|(id, n)| campaign_json(cfg, *id, n))
                 .collect(),
         )),
         (&M::GET, ["dialler", "campaigns", "campaign"]) => {
@@ -353,12 +360,11 @@ fn api(
                 .get("name")
                 .map(|n| n.to_lowercase())
                 .unwrap_or_default();
-            let items: Vec<Value> = shared
-                .cfg
+            let items: Vec<Value> = cfg
                 .campaigns
                 .iter()
                 .filter(|(_, n)| n.to_lowercase().contains(&name))
-                .map(|(id, n)| campaign_json(shared, *id, n))
+                .map(|(id, n)| campaign_json(cfg, *id, n))
                 .collect();
             if items.is_empty() {
                 fail(StatusCode::NOT_FOUND, "Dialler campaign not found")
@@ -366,21 +372,18 @@ fn api(
                 ok(records(items))
             }
         }
-        (&M::GET, ["dialler", "campaigns", id]) => match shared
-            .cfg
-            .campaigns
-            .iter()
-            .find(|(c, _)| Some(*c) == id_of(id))
-        {
-            Some((id, n)) => ok(records(vec![campaign_json(shared, *id, n)])),
-            None => fail(StatusCode::NOT_FOUND, "Dialler campaign not found"),
-        },
+        (&M::GET, ["dialler", "campaigns", id]) => {
+            match cfg.campaigns.iter().find(|(c, _)| Some(*c) == id_of(id)) {
+                Some((id, n)) => ok(records(vec![campaign_json(cfg, *id, n)])),
+                None => fail(StatusCode::NOT_FOUND, "Dialler campaign not found"),
+            }
+        }
         _ => no_endpoint(),
     }
 }
 
-fn campaign_json(shared: &Shared, id: i64, name: &str) -> Value {
-    json!({"ID": id, "Name": name, "ClientsID": shared.cfg.client_id})
+fn campaign_json(cfg: &EmulatorConfig, id: i64, name: &str) -> Value {
+    json!({"ID": id, "Name": name, "ClientsID": cfg.client_id})
 }
 
 fn contact_json(c: &EmuContact) -> Value {
@@ -546,66 +549,83 @@ fn bool_param(params: &HashMap<String, String>, name: &str) -> Result<Option<boo
     }
 }
 
+/// A checked import request: the contact's fields, its campaign and the flags.
+struct ImportRequest {
+    fields: Map<String, Value>,
+    campaign_id: i64,
+    overwrite: bool,
+    reset: Option<bool>,
+    unlock: Option<bool>,
+}
+
+fn import_request(
+    cfg: &EmulatorConfig,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<ImportRequest, Reply> {
+    let mut m = json_body(headers, body)?;
+    check_fields(&m, &IMPORT_ONLY)?;
+    let overwrite = bool_param(params, "overwriteDuplicates")?.unwrap_or(false);
+    let reset = bool_param(params, "resetContact")?;
+    let unlock = bool_param(params, "unlockContact")?;
+    let nonempty = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.trim().is_empty())
+    };
+    if !nonempty("Name") {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "Missing mandatory field Name",
+        ));
+    }
+    if !(1..=6).any(|i| nonempty(&format!("PhoneNumber{i}"))) {
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "At least one of PhoneNumber1 ... PhoneNumber6 is mandatory",
+        ));
+    }
+    let campaign = match (
+        m.remove("DiallerCampaignsID"),
+        m.remove("DiallerCampaignsName"),
+    ) {
+        (Some(Value::Number(n)), _) => cfg.campaigns.iter().find(|(id, _)| Some(*id) == n.as_i64()),
+        (_, Some(Value::String(name))) => cfg.campaigns.iter().find(|(_, n)| *n == name),
+        _ => {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "Missing mandatory field DiallerCampaignsID or DiallerCampaignsName",
+            ))
+        }
+    };
+    let Some((campaign_id, _)) = campaign else {
+        return Err(fail(StatusCode::NOT_FOUND, "Dialler campaign not found"));
+    };
+    Ok(ImportRequest {
+        fields: m,
+        campaign_id: *campaign_id,
+        overwrite,
+        reset,
+        unlock,
+    })
+}
+
 fn import(
-    shared: &Shared,
+    cfg: &EmulatorConfig,
     d: &mut Data,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Reply {
-    let result = (|| {
-        let mut m = json_body(headers, body)?;
-        check_fields(&m, &IMPORT_ONLY)?;
-        let overwrite = bool_param(params, "overwriteDuplicates")?.unwrap_or(false);
-        let reset_flag = bool_param(params, "resetContact")?;
-        let unlock_flag = bool_param(params, "unlockContact")?;
-        let nonempty = |k: &str| {
-            m.get(k)
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.trim().is_empty())
-        };
-        if !nonempty("Name") {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "Missing mandatory field Name",
-            ));
-        }
-        if !(1..=6).any(|i| nonempty(&format!("PhoneNumber{i}"))) {
-            return Err(fail(
-                StatusCode::BAD_REQUEST,
-                "At least one of PhoneNumber1 ... PhoneNumber6 is mandatory",
-            ));
-        }
-        let campaign = match (
-            m.remove("DiallerCampaignsID"),
-            m.remove("DiallerCampaignsName"),
-        ) {
-            (Some(Value::Number(n)), _) => shared
-                .cfg
-                .campaigns
-                .iter()
-                .find(|(id, _)| Some(*id) == n.as_i64())
-                .map(|c| c.0),
-            (_, Some(Value::String(name))) => shared
-                .cfg
-                .campaigns
-                .iter()
-                .find(|(_, n)| *n == name)
-                .map(|c| c.0),
-            _ => {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    "Missing mandatory field DiallerCampaignsID or DiallerCampaignsName",
-                ))
-            }
-        };
-        let Some(campaign_id) = campaign else {
-            return Err(fail(StatusCode::NOT_FOUND, "Dialler campaign not found"));
-        };
-        Ok((m, campaign_id, overwrite, reset_flag, unlock_flag))
-    })();
-    let (m, campaign_id, overwrite, reset_flag, unlock_flag) = match result {
-        Ok(v) => v,
+    let ImportRequest {
+        fields: m,
+        campaign_id,
+        overwrite,
+        reset: reset_flag,
+        unlock: unlock_flag,
+    } = match import_request(cfg, params, headers, body) {
+        Ok(r) => r,
         Err(reply) => return reply,
     };
     let existing = m
@@ -653,8 +673,7 @@ fn update(d: &mut Data, headers: &HeaderMap, body: &Bytes) -> Reply {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let allowed: Vec<&str> = UPDATE_ONLY.to_vec();
-    if let Err(r) = check_fields(&m, &allowed) {
+    if let Err(r) = check_fields(&m, &UPDATE_ONLY) {
         return r;
     }
     let id = match (m.remove("ID"), m.get("UserData").and_then(Value::as_str)) {

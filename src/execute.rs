@@ -4,10 +4,11 @@
 //! Concurrency: each contact is one task whose calls run in order (update, reset, unlock;
 //! or one import, lock or delete), and at most `max_concurrency` tasks are in flight
 //! (`buffer_unordered`), so two calls never race on one contact while distinct contacts
-//! proceed in parallel. The first task runs alone, as a probe of token and base URL. Tasks are created lazily, so after a fatal error (401, missing
-//! endpoint, unreachable server) no new task starts; those in flight finish. A task's
-//! state write happens right after its call returns, inside the task, so a confirmed
-//! operation is recorded even if the run stops afterwards.
+//! proceed in parallel. The first task runs alone, as a probe of token and base URL.
+//! Tasks are created lazily, so after a fatal error (401, missing endpoint, unreachable
+//! server) no new task starts; those in flight finish. A task writes the state right
+//! after each call the dialler confirmed, once per call, so a confirmed operation is
+//! recorded even if the run stops afterwards.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -51,9 +52,8 @@ struct Run<'a> {
     campaign_id: Option<i64>,
     now: i64,
     stop: AtomicBool,
-    /// The first fatal error, which ends the run.
-    fatal: Mutex<Option<String>>,
-    unauthorized: AtomicBool,
+    /// The first fatal error, which ends the run, and whether it was a 401.
+    fatal: Mutex<Option<(String, bool)>>,
 }
 
 /// Why a task could not finish.
@@ -82,7 +82,6 @@ pub async fn execute(
         now: chrono::Utc::now().timestamp(),
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
-        unauthorized: AtomicBool::new(false),
     };
     for (key, entry) in &plan.baselines {
         if let Err(e) = state.put(key, entry) {
@@ -123,9 +122,9 @@ pub async fn execute(
         }
     }
     drop(results);
-    if let Some(why) = run.fatal.into_inner().unwrap() {
+    if let Some((why, unauthorized)) = run.fatal.into_inner().unwrap() {
         report.aborted = Some(why);
-        report.unauthorized = run.unauthorized.load(Ordering::Relaxed);
+        report.unauthorized = unauthorized;
     }
 }
 
@@ -178,13 +177,10 @@ impl Run<'_> {
 
     fn halt(&self, e: &(dyn std::error::Error + 'static), unauthorized: bool) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut fatal = self.fatal.lock().unwrap();
-        if fatal.is_none() {
-            *fatal = Some(error_chain(e));
-            if unauthorized {
-                self.unauthorized.store(true, Ordering::Relaxed);
-            }
-        }
+        self.fatal
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| (error_chain(e), unauthorized));
     }
 
     async fn import(&self, c: Contact, done: &mut Done) -> Result<(), TaskError> {
@@ -237,8 +233,13 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Update, reset, unlock, in that order, storing after each confirmed call what it made
+    /// true: after the update the new field hashes (and, unless a reset is still due, the
+    /// trigger hashes, which then differ only by triggers newly added to the config);
+    /// after the reset the trigger hashes; after the unlock the lock flag. A step that
+    /// fails leaves its part of the entry as it was, so the next run does it again.
     async fn change(&self, c: Change, done: &mut Done) -> Result<(), TaskError> {
-        let mut entry = c.old.clone();
+        let mut entry = c.old;
         entry.last_run = self.now;
         let target = Target::Id(entry.id);
         if !c.update.is_empty() {
@@ -254,35 +255,38 @@ impl Run<'_> {
                 .update(&Value::Object(body))
                 .await
                 .map_err(|e| TaskError::Dialler("update", e))?;
-            entry.fields = c.fields.clone();
+            entry.fields.clone_from(&c.fields);
+            if !c.reset {
+                entry.triggers.clone_from(&c.triggers);
+            }
             entry.last_op = LastOp::Updated;
             self.state.put(&c.key, &entry).map_err(TaskError::State)?;
             done.updated += 1;
         }
+        // Without an update, the field hashes can still differ by fields newly added to
+        // the config; they go with the next write.
+        entry.fields = c.fields;
         if c.reset {
             self.dialler
                 .reset(target)
                 .await
                 .map_err(|e| TaskError::Dialler("reset", e))?;
-            entry.triggers = c.triggers.clone();
+            entry.triggers.clone_from(&c.triggers);
             entry.last_op = LastOp::Reset;
             self.state.put(&c.key, &entry).map_err(TaskError::State)?;
             done.reset += 1;
         }
-        // Whatever else changed, the hashes now describe the row (a trigger added to the
-        // config is recorded here too).
-        entry.fields = c.fields;
-        entry.triggers = c.triggers;
         if c.unlock {
             self.dialler
                 .unlock(target)
                 .await
                 .map_err(|e| TaskError::Dialler("unlock", e))?;
+            entry.triggers = c.triggers;
             entry.locked = false;
             entry.last_op = LastOp::Unlocked;
+            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
             done.unlocked += 1;
         }
-        self.state.put(&c.key, &entry).map_err(TaskError::State)?;
         Ok(())
     }
 

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use crate::config::{CampaignRef, Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
 use crate::execute::{error_chain, execute};
@@ -108,8 +110,24 @@ fn read_and_plan(job: &JobConfig, state: Option<&JobState>) -> Result<Plan, Plan
     Ok(planner.finish()?)
 }
 
-/// Runs one job; every outcome, including an early stop, ends up in the report.
+/// Runs one job; every outcome, including an early stop, ends up in the report. Its
+/// log events carry a `sync` span with the job name.
 pub async fn run_job(
+    config: &Config,
+    job: &JobConfig,
+    dialler: &Dialler,
+    store: Option<&Store>,
+    dry_run: bool,
+) -> JobReport {
+    // `instrument`, not `span.enter()`: an entered guard held across `.await` would tag
+    // whatever else runs on the thread meanwhile.
+    let span = tracing::info_span!("sync", job = %job.name, dry_run);
+    run_job_in_span(config, job, dialler, store, dry_run)
+        .instrument(span)
+        .await
+}
+
+async fn run_job_in_span(
     config: &Config,
     job: &JobConfig,
     dialler: &Dialler,
@@ -123,8 +141,6 @@ pub async fn run_job(
         dry_run,
         ..JobReport::default()
     };
-    let span = tracing::info_span!("sync", job = %job.name, dry_run);
-    let _enter = span.enter();
 
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,

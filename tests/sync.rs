@@ -120,6 +120,37 @@ fn removed_row_is_locked_once_and_unlocked_when_back() {
     );
     assert!(!env.contact("K4").locked);
     assert_eq!(env.contacts().len(), 4, "no duplicate on return");
+
+    // A locked contact that returns with changed data: update first, unlock last, so
+    // the dialler never dials it with the old data.
+    env.write_export(&ROWS[1..]);
+    env.sync(&[]);
+    assert!(env.contact("K1").locked);
+    let mut rows = ROWS;
+    rows[0] = "K1;Müller;Jürgen;089 / 123 456-78;Augsburg;1";
+    env.write_export(&rows);
+    let n = env.requests().len();
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (
+            count(&report, "updated"),
+            count(&report, "unlocked"),
+            count(&report, "api_calls")
+        ),
+        (1, 1, 2)
+    );
+    let k1 = env.contact("K1");
+    let calls: Vec<String> = env.requests_since(n).into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        calls,
+        vec![
+            "/rest/v1.0/7/dialler/contacts/update".to_string(),
+            format!("/rest/v1.0/7/dialler/contacts/contact/{}/unlock", k1.id),
+        ]
+    );
+    assert!(!k1.locked && field(&k1, "City") == "Augsburg");
+    // Both steps were recorded: nothing is left to do.
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }
 
 #[test]
@@ -280,6 +311,8 @@ fn dry_run_changes_nothing_in_emulator_or_state() {
         ),
         (1, 1, 1)
     );
+    // An update and a reset of one contact were both recorded: nothing is left to do.
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }
 
 #[test]
