@@ -7,11 +7,19 @@
 //! accepts the 5-field crontab form (and the 6/7-field forms with seconds and year),
 //! rewrites weekday numbers, and represents an either-or day rule as two `cron` schedules
 //! whose next fire times are merged.
+//!
+//! Fire times are wall-clock times in the job's time zone. On the days the clocks change
+//! this module follows cron (Vixie/cronie): a time that does not exist (the hour skipped
+//! in spring) fires at the first instant after the gap, so a daily 02:30 job still runs
+//! once that day; a time that exists twice (the hour repeated in autumn) fires once, at
+//! its first occurrence, unless the hour field is a wildcard (`*`, `*/2`), in which case
+//! the job keeps its rhythm through both passes.
 
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
 
 /// A parsed schedule; `Display` gives back what the operator wrote.
 #[derive(Clone)]
@@ -19,6 +27,8 @@ pub struct CronSchedule {
     expr: String,
     /// One schedule, or two whose union is the crontab meaning (day-of-month OR weekday).
     parts: Vec<cron::Schedule>,
+    /// The hour field starts with `*`: such a job fires in both passes of a repeated hour.
+    every_hour: bool,
 }
 
 impl fmt::Debug for CronSchedule {
@@ -97,6 +107,7 @@ impl CronSchedule {
         }
         Ok(CronSchedule {
             expr: trimmed.to_string(),
+            every_hour: f[2].starts_with('*'),
             parts,
         })
     }
@@ -108,6 +119,98 @@ impl CronSchedule {
             .filter_map(|p| p.after(after).next())
             .min()
     }
+}
+
+impl CronSchedule {
+    /// The first fire time strictly after the instant `now`, for wall-clock times in `tz`
+    /// (see the module notes for the days the clocks change).
+    pub fn next_fire(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let first = self.next_local(now, tz)?;
+        // Walking local times misses the second pass of a repeated hour when `now` is in
+        // the first: after 02:45 CEST the next local time is 03:00, which is after the
+        // repeated 02:00-02:59 CET. Jobs with a wildcard hour get the second pass too.
+        if !self.every_hour || offset(tz, first) >= offset(tz, now) {
+            return Some(first);
+        }
+        let change = transition(tz, now, first);
+        let local = change.with_timezone(&tz).naive_local() - chrono::Duration::seconds(1);
+        let second_pass = self
+            .next_after(&Utc.from_utc_datetime(&local))
+            .and_then(|n| tz.from_local_datetime(&n.naive_utc()).latest())
+            .map(|t| t.with_timezone(&Utc))
+            .filter(|t| *t > now && *t < first);
+        Some(second_pass.unwrap_or(first))
+    }
+
+    fn next_local(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        // Walk the matching wall-clock times after the local time of `now`, treating them as
+        // naive (as UTC, which has no gaps), and map each to an instant in `tz`.
+        let local_now = now.with_timezone(&tz).naive_local();
+        let mut naive = Utc.from_utc_datetime(&local_now);
+        // A few candidates can fall into the past (the second pass of a repeated hour);
+        // the bound only guards against a schedule that never matches again.
+        for _ in 0..10_000 {
+            naive = self.next_after(&naive)?;
+            let candidate = match tz.from_local_datetime(&naive.naive_utc()) {
+                LocalResult::Single(t) => Some(t),
+                LocalResult::Ambiguous(first, second) => {
+                    if first.with_timezone(&Utc) > now {
+                        Some(first)
+                    } else if self.every_hour {
+                        Some(second)
+                    } else {
+                        None
+                    }
+                }
+                LocalResult::None => Some(after_gap(tz, naive.naive_utc())),
+            };
+            if let Some(t) = candidate.map(|t| t.with_timezone(&Utc)) {
+                if t > now {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The UTC offset in seconds of `tz` at instant `t`.
+fn offset(tz: Tz, t: DateTime<Utc>) -> i32 {
+    use chrono::Offset;
+    tz.offset_from_utc_datetime(&t.naive_utc())
+        .fix()
+        .local_minus_utc()
+}
+
+/// The instant (to the second) at which the offset changes between `from` and `to`.
+fn transition(tz: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> DateTime<Utc> {
+    let before = offset(tz, from);
+    let (mut lo, mut hi) = (from, to);
+    while hi - lo > chrono::Duration::seconds(1) {
+        let mid = lo + (hi - lo) / 2;
+        if offset(tz, mid) == before {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// The first instant after a gap in local time (the hour skipped when clocks go forward).
+fn after_gap(tz: Tz, inside: NaiveDateTime) -> DateTime<Tz> {
+    use chrono::{Duration, Timelike};
+    let mut t = inside.with_second(0).unwrap_or(inside);
+    // Gaps are whole minutes and at most a few hours (a day for a time-zone change at a
+    // date line); step minute by minute to the first local time that exists.
+    for _ in 0..(26 * 60) {
+        t += Duration::minutes(1);
+        if let Some(found) = tz.from_local_datetime(&t).earliest() {
+            return found;
+        }
+    }
+    // Unreachable with real time-zone data; fall back to reading the time as standard time.
+    tz.from_utc_datetime(&inside)
 }
 
 /// The crontab weekdays (0 = Sunday … 6 = Saturday) a weekday field selects;
@@ -230,5 +333,79 @@ mod tests {
             .to_string()
             .contains("out of range"));
         assert!(CronSchedule::parse("61 * * * *").is_err());
+    }
+
+    fn fires(expr: &str, tz: &str, from: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let s = CronSchedule::parse(expr).unwrap();
+        let tz: Tz = tz.parse().unwrap();
+        let mut t = from;
+        (0..n)
+            .map(|_| {
+                t = s.next_fire(t, tz).unwrap();
+                t
+            })
+            .collect()
+    }
+
+    fn hm(ts: &[DateTime<Utc>]) -> Vec<String> {
+        ts.iter()
+            .map(|t| t.format("%m-%d %H:%M").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn fixed_time_keeps_local_time_across_dst() {
+        // 09:00 in Berlin is 08:00 UTC in winter and 07:00 UTC in summer.
+        let f = fires("0 9 * * *", "Europe/Berlin", at(2026, 3, 27, 12, 0), 3);
+        assert_eq!(hm(&f), ["03-28 08:00", "03-29 07:00", "03-30 07:00"]);
+        let f = fires("0 9 * * *", "Europe/Berlin", at(2026, 10, 24, 12, 0), 2);
+        assert_eq!(hm(&f), ["10-25 08:00", "10-26 08:00"]);
+    }
+
+    #[test]
+    fn skipped_hour_fires_once_right_after_the_gap() {
+        // 2026-03-29 in Berlin: 02:00 CET jumps to 03:00 CEST (01:00 UTC). A daily 02:30
+        // job runs at 03:00 CEST that day, not never.
+        let f = fires("30 2 * * *", "Europe/Berlin", at(2026, 3, 28, 12, 0), 2);
+        assert_eq!(hm(&f), ["03-29 01:00", "03-30 00:30"]);
+        // Every 15 minutes: 01:45 CET, then 03:00 CEST, then on; 15 minutes apart.
+        let f = fires("*/15 * * * *", "Europe/Berlin", at(2026, 3, 29, 0, 30), 3);
+        assert_eq!(hm(&f), ["03-29 00:45", "03-29 01:00", "03-29 01:15"]);
+    }
+
+    #[test]
+    fn repeated_hour_fires_fixed_times_once_and_wildcards_in_both_passes() {
+        // 2026-10-25 in Berlin: 03:00 CEST goes back to 02:00 CET (01:00 UTC).
+        let f = fires("30 2 * * *", "Europe/Berlin", at(2026, 10, 24, 12, 0), 2);
+        assert_eq!(hm(&f), ["10-25 00:30", "10-26 01:30"]);
+        // Every 15 minutes, from 00:00 CEST to 04:00 CET: 5 hours of wall time, 20 fires,
+        // each exactly 15 minutes after the one before.
+        let f = fires("*/15 * * * *", "Europe/Berlin", at(2026, 10, 24, 22, 0), 20);
+        for w in f.windows(2) {
+            assert_eq!(w[1] - w[0], chrono::Duration::minutes(15), "{:?}", hm(&f));
+        }
+        assert_eq!(hm(&f[..1]), ["10-24 22:15"]);
+        assert_eq!(hm(&f[19..]), ["10-25 03:00"]);
+        // Hourly keeps firing every hour, both 02:00 CEST and 02:00 CET included.
+        let f = fires("0 * * * *", "Europe/Berlin", at(2026, 10, 24, 23, 30), 3);
+        assert_eq!(hm(&f), ["10-25 00:00", "10-25 01:00", "10-25 02:00"]);
+    }
+
+    #[test]
+    fn utc_fires_on_the_quarter_hours() {
+        let f = fires("*/15 * * * *", "UTC", at(2026, 11, 22, 9, 59), 5);
+        assert_eq!(
+            hm(&f),
+            [
+                "11-22 10:00",
+                "11-22 10:15",
+                "11-22 10:30",
+                "11-22 10:45",
+                "11-22 11:00"
+            ]
+        );
+        // Sundays only, 09:00 Berlin time: 2026-11-22 and -29 are Sundays.
+        let f = fires("0 9 * * 0", "Europe/Berlin", at(2026, 11, 20, 0, 0), 2);
+        assert_eq!(hm(&f), ["11-22 08:00", "11-29 08:00"]);
     }
 }

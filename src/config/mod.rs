@@ -69,6 +69,8 @@ pub enum TokenSource {
     Inline(Secret),
     File(PathBuf),
     Env(String),
+    /// A systemd credential (`LoadCredential=`), read from `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
 }
 
 impl fmt::Debug for TokenSource {
@@ -77,6 +79,7 @@ impl fmt::Debug for TokenSource {
             TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
             TokenSource::File(p) => write!(f, "File({})", p.display()),
             TokenSource::Env(v) => write!(f, "Env({v})"),
+            TokenSource::Credential(c) => write!(f, "Credential({c})"),
         }
     }
 }
@@ -113,6 +116,20 @@ pub enum TokenError {
     EmptyFile(PathBuf),
     #[error("dialler.token_env: the environment variable `{0}` is not set or empty")]
     Env(String),
+    #[error(
+        "dialler.token_credential `{0}`: $CREDENTIALS_DIRECTORY is not set, so this command runs \
+         outside the dialsync service. Start the service (`systemctl start dialsync`; a manual \
+         `dialsync sync` is then handed to it), or give this command the token another way \
+         (`token_file` or `token_env` in a copy of the config)"
+    )]
+    NoCredentials(String),
+    #[error("dialler.token_credential `{name}`: cannot read {path}")]
+    Credential {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl TokenSource {
@@ -127,6 +144,22 @@ impl TokenSource {
                 let token = text.trim();
                 if token.is_empty() {
                     return Err(TokenError::EmptyFile(path.clone()));
+                }
+                Ok(Secret::new(token))
+            }
+            TokenSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| TokenError::NoCredentials(name.clone()))?;
+                let path = PathBuf::from(dir).join(name);
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| TokenError::Credential {
+                        name: name.clone(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(TokenError::EmptyFile(path));
                 }
                 Ok(Secret::new(token))
             }
@@ -159,6 +192,8 @@ impl fmt::Display for CampaignRef {
 pub struct JobConfig {
     pub name: String,
     pub schedule: Option<CronSchedule>,
+    /// The time zone of `schedule` (UTC unless set).
+    pub timezone: chrono_tz::Tz,
     pub campaign: CampaignRef,
     pub on_missing: OnMissing,
     pub default_country: Option<phonenumber::country::Id>,
@@ -679,6 +714,7 @@ fn compile_dialler(
         d.token.is_some(),
         d.token_file.is_some(),
         d.token_env.is_some(),
+        d.token_credential.is_some(),
     ];
     let token = match sources.iter().filter(|s| **s).count() {
         0 => {
@@ -686,7 +722,7 @@ fn compile_dialler(
                 root,
                 &[key("dialler")],
                 "token",
-                "missing token: set exactly one of `token`, `token_file` or `token_env`",
+                "missing token: set exactly one of `token`, `token_file`, `token_env` or `token_credential`",
             );
             None
         }
@@ -698,6 +734,15 @@ fn compile_dialler(
                 Some(TokenSource::Inline(Secret::new(t.trim())))
             } else if let Some(f) = d.token_file {
                 Some(TokenSource::File(resolve(f)))
+            } else if let Some(c) = d.token_credential {
+                if c.is_empty() || c.contains('/') {
+                    fail(
+                        ctx,
+                        "token_credential",
+                        "names a credential of the unit's LoadCredential=, e.g. \"token\"".into(),
+                    );
+                }
+                Some(TokenSource::Credential(c))
             } else {
                 d.token_env.map(TokenSource::Env)
             }
@@ -705,13 +750,15 @@ fn compile_dialler(
         _ => {
             let k = if d.token.is_some() {
                 "token"
-            } else {
+            } else if d.token_file.is_some() {
                 "token_file"
+            } else {
+                "token_env"
             };
             fail(
                 ctx,
                 k,
-                "set only one of `token`, `token_file` and `token_env`".into(),
+                "set only one of `token`, `token_file`, `token_env` and `token_credential`".into(),
             );
             None
         }
@@ -802,6 +849,21 @@ fn compile_job(
                 None
             }
         });
+
+    let timezone = match j.timezone.as_deref() {
+        None => chrono_tz::Tz::UTC,
+        Some(tz) => match tz.parse::<chrono_tz::Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                ctx.at(
+                    root,
+                    &at(&["timezone"]),
+                    format!("`{tz}` is not a time zone: use an IANA name such as \"Europe/Berlin\" or \"UTC\""),
+                );
+                chrono_tz::Tz::UTC
+            }
+        },
+    };
 
     let campaign = match (j.campaign_id, j.campaign_name) {
         (Some(id), None) if id > 0 => Some(CampaignRef::Id(id)),
@@ -943,6 +1005,7 @@ fn compile_job(
     Some(JobConfig {
         name,
         schedule,
+        timezone,
         campaign: campaign?,
         on_missing: j.on_missing.unwrap_or(DEFAULT_ON_MISSING),
         default_country,

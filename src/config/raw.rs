@@ -18,6 +18,7 @@ pub struct RawDialler {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+    pub token_credential: Option<String>,
     pub timeout: Option<HumanDuration>,
     pub connect_timeout: Option<HumanDuration>,
     pub max_concurrency: Option<i64>,
@@ -33,6 +34,7 @@ pub struct RawState {
 pub struct RawJob {
     pub name: Option<String>,
     pub schedule: Option<String>,
+    pub timezone: Option<String>,
     pub campaign_id: Option<i64>,
     pub campaign_name: Option<String>,
     pub on_missing: Option<OnMissing>,
