@@ -2,14 +2,22 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use dialsync::config::Config;
+use dialsync::control::{self, Client, Event, Request};
 use dialsync::emulator::{Emulator, EmulatorConfig};
+use dialsync::progress::RunHandle;
 use dialsync::report::{self, Exit};
+use dialsync::state::Store;
+use dialsync::status;
 use dialsync::sync::{sync, SyncOptions};
+
+use crate::bars::Bars;
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
 
@@ -53,6 +61,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// `human` (a summary per job) or `json` (one JSON object).
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Run as a daemon: sync each job on its schedule until SIGTERM (SIGHUP reloads the
+    /// config). Manual `sync` runs are handed to it.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Per job: the last run, the next scheduled run and the contacts in the state.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// `human` or `json`.
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -101,7 +123,7 @@ fn parse_campaign(s: &str) -> Result<(i64, String), String> {
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
-        Command::Emulator { .. } => "info",
+        Command::Emulator { .. } | Command::Run { .. } => "info",
         // The demo's report already shows every skipped row.
         Command::Demo => "error",
         _ => "warn",
@@ -152,18 +174,91 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             output,
         } => {
             let config = load(&config)?;
-            let reports = sync(&config, &SyncOptions { job, dry_run })
+            let socket = control::socket_path(&config.state.path);
+            if let Some(client) = connect(&socket).await? {
+                return sync_in_daemon(client, job, dry_run, output).await;
+            }
+            let handle = Arc::new(RunHandle::new());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let progress = tokio::spawn(show_progress(Arc::clone(&handle), done_rx));
+            let ctrl_c = tokio::spawn(stop_on_ctrl_c(Arc::clone(&handle)));
+            let result = sync(
+                &config,
+                &SyncOptions {
+                    job,
+                    dry_run,
+                    handle: Some(handle),
+                },
+            )
+            .await;
+            ctrl_c.abort();
+            let _ = done_tx.send(());
+            let _ = progress.await;
+            let reports = result.map_err(|e| match e {
+                dialsync::sync::SyncError::State(dialsync::state::StateError::Locked { path }) => {
+                    Failure::new(
+                        Exit::Aborted,
+                        anyhow::anyhow!(
+                            "the state database {} is in use by another dialsync process, and no \
+                             daemon answers on {}: another manual sync, `status` or `state` \
+                             command is probably running. Wait for it to end and run this again",
+                            path.display(),
+                            socket.display()
+                        ),
+                    )
+                }
+                e => Failure::new(e.exit(), e),
+            })?;
+            print_reports(&reports, output);
+            Ok(report::exit_of(&reports))
+        }
+        Command::Run { config } => {
+            let path = std::path::absolute(&config).unwrap_or(config);
+            dialsync::daemon::run(&path)
                 .await
                 .map_err(|e| Failure::new(e.exit(), e))?;
-            match output {
-                Output::Json => println!("{}", report::json(&reports)),
-                Output::Human => {
-                    for r in &reports {
-                        print!("{}", r.human());
+            Ok(Exit::Ok)
+        }
+        Command::Status { config, output } => {
+            let cfg = load(&config)?;
+            let socket = control::socket_path(&cfg.state.path);
+            let status = match connect(&socket).await? {
+                Some(mut client) => {
+                    client
+                        .send(&Request::Status)
+                        .await
+                        .map_err(|e| Failure::new(Exit::Aborted, e))?;
+                    match client.next().await {
+                        Ok(Some(Event::Status(s))) => s,
+                        Ok(Some(Event::Error { exit, message })) => {
+                            return Err(Failure::new(
+                                Exit::from_code(exit),
+                                anyhow::anyhow!(message),
+                            ))
+                        }
+                        other => {
+                            return Err(Failure::new(
+                                Exit::Aborted,
+                                anyhow::anyhow!("the daemon gave no status ({other:?})"),
+                            ))
+                        }
                     }
                 }
+                None => {
+                    let store =
+                        Store::open(&cfg.state.path).map_err(|e| Failure::new(Exit::Aborted, e))?;
+                    status::collect(&cfg, &store, chrono::Utc::now())
+                        .map_err(|e| Failure::new(Exit::Aborted, e))?
+                }
+            };
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).expect("status serializes")
+                ),
+                Output::Human => print!("{}", status.human()),
             }
-            Ok(report::exit_of(&reports))
+            Ok(Exit::Ok)
         }
         Command::Validate { config } => {
             let cfg = load(&config)?;
@@ -222,6 +317,117 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Demo => crate::demo::run()
             .await
             .map_err(|e| Failure::new(Exit::Aborted, e)),
+    }
+}
+
+fn print_reports(reports: &[report::JobReport], output: Output) {
+    match output {
+        Output::Json => println!("{}", report::json(reports)),
+        Output::Human => {
+            for r in reports {
+                print!("{}", r.human());
+            }
+        }
+    }
+}
+
+/// Connects to the daemon's control socket, if a daemon listens there.
+async fn connect(socket: &Path) -> Result<Option<Client>, Failure> {
+    Client::connect(socket).await.map_err(|e| {
+        Failure::new(
+            Exit::Aborted,
+            anyhow::Error::from(e).context(format!(
+                "cannot reach the daemon on {} (run this command as the service's user, \
+                 e.g. `sudo -u dialsync dialsync ...`)",
+                socket.display()
+            )),
+        )
+    })
+}
+
+/// A manual sync carried out by the running daemon: its progress on the terminal, its
+/// report on stdout, its exit code.
+async fn sync_in_daemon(
+    mut client: Client,
+    job: Option<String>,
+    dry_run: bool,
+    output: Output,
+) -> Result<Exit, Failure> {
+    let lost = |e: std::io::Error| {
+        Failure::new(
+            Exit::Aborted,
+            anyhow::Error::from(e).context("lost the connection to the daemon"),
+        )
+    };
+    let mut bars = Bars::new();
+    bars.note("dialsync: the daemon is running; this sync runs in it (Ctrl-C stops it after the calls in flight)");
+    client
+        .send(&Request::Sync { job, dry_run })
+        .await
+        .map_err(lost)?;
+    loop {
+        match client.next().await.map_err(lost)? {
+            Some(Event::Progress(s)) => bars.update(&s),
+            Some(Event::Waiting { job }) => bars.note(&format!(
+                "dialsync: job {job} is running on its schedule; this run starts when that one ends"
+            )),
+            Some(Event::Done { exit, json, human }) => {
+                bars.finish();
+                match output {
+                    Output::Json => println!("{json}"),
+                    Output::Human => print!("{human}"),
+                }
+                return Ok(Exit::from_code(exit));
+            }
+            Some(Event::Error { exit, message }) => {
+                bars.finish();
+                return Err(Failure::new(
+                    Exit::from_code(exit),
+                    anyhow::anyhow!(message),
+                ));
+            }
+            Some(Event::Status(_)) => {}
+            None => {
+                bars.finish();
+                return Err(Failure::new(
+                    Exit::Aborted,
+                    anyhow::anyhow!(
+                        "the daemon closed the connection before the run ended (was it stopped?); \
+                         `dialsync status` shows what the run did"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Draws the progress of a local run until `done`.
+async fn show_progress(handle: Arc<RunHandle>, mut done: tokio::sync::oneshot::Receiver<()>) {
+    let mut bars = Bars::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => bars.update(&handle.snapshot()),
+            _ = &mut done => break,
+        }
+    }
+    bars.finish();
+}
+
+/// Ctrl-C stops the run after the calls in flight (each bounded by the HTTP timeout), so
+/// that every confirmed call is in the state.
+async fn stop_on_ctrl_c(handle: Arc<RunHandle>) {
+    let mut first = true;
+    while tokio::signal::ctrl_c().await.is_ok() {
+        handle.request_stop();
+        if first {
+            eprintln!("\ndialsync: stopping after the calls in flight; no new call starts");
+        } else {
+            eprintln!(
+                "dialsync: still waiting for the calls in flight (at most the dialler timeout)"
+            );
+        }
+        first = false;
     }
 }
 

@@ -63,8 +63,8 @@ async fn cycle(
         let dry = sync(
             &config,
             &SyncOptions {
-                job: None,
                 dry_run: true,
+                ..SyncOptions::default()
             },
         )
         .await?;

@@ -17,9 +17,10 @@ use futures_util::stream::{self, StreamExt};
 use serde_json::{Map, Value};
 
 use crate::config::JobConfig;
-use crate::dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
+use crate::dialler::{self, record_id, Dialler, DiallerError, ImportFlags};
 use crate::mapping::Contact;
 use crate::plan::{Change, Plan, Removal, RemovalKind};
+use crate::progress::RunHandle;
 use crate::report::{Failure, JobReport, LIST_LIMIT};
 use crate::state::{Entry, JobState, LastOp, StateError};
 
@@ -51,6 +52,7 @@ struct Run<'a> {
     /// The campaign imports go to; `None` when the plan has no import.
     campaign_id: Option<i64>,
     now: i64,
+    handle: &'a RunHandle,
     stop: AtomicBool,
     /// The first fatal error, which ends the run, and whether it was a 401.
     fatal: Mutex<Option<(String, bool)>>,
@@ -63,23 +65,34 @@ enum TaskError {
     State(StateError),
 }
 
+/// Where a plan is carried out.
+pub struct Target<'a> {
+    pub dialler: &'a Dialler,
+    pub state: &'a JobState,
+    pub job: &'a JobConfig,
+    /// The campaign imports go to; `None` when the plan has no import.
+    pub campaign_id: Option<i64>,
+    /// Contacts in flight at most.
+    pub concurrency: usize,
+}
+
 /// Executes `plan` with at most `concurrency` contacts in flight, adding counts and
-/// failures to `report`.
-pub async fn execute(
-    plan: Plan,
-    dialler: &Dialler,
-    state: &JobState,
-    job: &JobConfig,
-    campaign_id: Option<i64>,
-    concurrency: usize,
-    report: &mut JobReport,
-) {
+/// failures to `report`. Stops starting operations when `handle` asks to.
+pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report: &mut JobReport) {
+    let Target {
+        dialler,
+        state,
+        job,
+        campaign_id,
+        concurrency,
+    } = target;
     let run = Run {
         dialler,
         state,
         job,
         campaign_id,
         now: chrono::Utc::now().timestamp(),
+        handle,
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
     };
@@ -89,6 +102,8 @@ pub async fn execute(
             return;
         }
     }
+    let planned = plan.changes.len() + plan.imports.len() + plan.removals.len();
+    handle.sending(planned as u64);
     let mut tasks = plan
         .changes
         .into_iter()
@@ -105,8 +120,10 @@ pub async fn execute(
         .map(|t| run.task(t))
         .buffer_unordered(concurrency);
     let mut results = stream::iter([first]).chain(rest);
+    let mut finished = 0usize;
     while let Some(done) = results.next().await {
         let Some(done) = done else { continue };
+        finished += 1;
         report.imported += done.imported;
         report.updated += done.updated;
         report.reset += done.reset;
@@ -125,13 +142,18 @@ pub async fn execute(
     if let Some((why, unauthorized)) = run.fatal.into_inner().unwrap() {
         report.aborted = Some(why);
         report.unauthorized = unauthorized;
+    } else if finished < planned {
+        report.aborted = Some(format!(
+            "stopped on request after {finished} of {planned} contacts; \
+             the next run does the rest"
+        ));
     }
 }
 
 impl Run<'_> {
     /// Runs one task; `None` if it was not started because the run is stopping.
     async fn task(&self, task: Task) -> Option<Done> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.handle.stop_requested() {
             return None;
         }
         let mut done = Done::default();
@@ -172,6 +194,7 @@ impl Run<'_> {
                 });
             }
         }
+        self.handle.operation_done(done.failure.is_some());
         Some(done)
     }
 
@@ -241,7 +264,7 @@ impl Run<'_> {
     async fn change(&self, c: Change, done: &mut Done) -> Result<(), TaskError> {
         let mut entry = c.old;
         entry.last_run = self.now;
-        let target = Target::Id(entry.id);
+        let target = dialler::Target::Id(entry.id);
         if !c.update.is_empty() {
             let mut body = Map::new();
             body.insert("ID".into(), Value::from(entry.id));
@@ -291,7 +314,7 @@ impl Run<'_> {
     }
 
     async fn remove(&self, r: Removal, done: &mut Done) -> Result<(), TaskError> {
-        let target = Target::Id(r.old.id);
+        let target = dialler::Target::Id(r.old.id);
         let (op, result) = match r.kind {
             RemovalKind::Lock => ("lock", self.dialler.lock(target).await),
             RemovalKind::Delete => ("delete", self.dialler.delete(target).await),

@@ -7,6 +7,8 @@
 //! in-memory dialler for the demo, tests and benchmarks.
 
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dialler;
 pub mod emulator;
 pub mod execute;
@@ -14,8 +16,10 @@ pub mod fields;
 pub mod mapping;
 pub mod phone;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod sync;

@@ -1,6 +1,7 @@
 //! The `dialsync` command: parse the command line, set up logging, run the command from
 //! the library, print the error chain and return the documented exit code.
 
+mod bars;
 mod cli;
 mod demo;
 

@@ -16,7 +16,13 @@ const SHOW: usize = 10;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct JobReport {
     pub job: String,
+    /// Unique per run; log lines of the run carry it as `run`.
+    pub run_id: String,
+    /// When the run started (RFC 3339, UTC).
+    pub started_at: String,
     pub dry_run: bool,
+    /// `ok`, `partial`, `aborted` or `unauthorized` (see [`Exit`]).
+    pub outcome: &'static str,
     pub imported: u64,
     pub updated: u64,
     pub reset: u64,
@@ -82,6 +88,29 @@ pub enum Exit {
     Aborted = 3,
     /// The dialler rejected the token or ClientsID (HTTP 401).
     Unauthorized = 4,
+}
+
+impl Exit {
+    /// The word `outcome` uses for a job that ended with this code.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Partial => "partial",
+            Exit::Config => "config",
+            Exit::Aborted => "aborted",
+            Exit::Unauthorized => "unauthorized",
+        }
+    }
+
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            1 => Exit::Partial,
+            2 => Exit::Config,
+            4 => Exit::Unauthorized,
+            _ => Exit::Aborted,
+        }
+    }
 }
 
 impl JobReport {

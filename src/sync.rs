@@ -6,15 +6,18 @@
 //! (no token, no state database) is an error of the whole sync.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
 
 use crate::config::{CampaignRef, Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
-use crate::execute::{error_chain, execute};
+use crate::execute::{error_chain, execute, Target};
 use crate::mapping::Mapper;
 use crate::plan::{Plan, Planner, Policy, RemovalKind};
+use crate::progress::RunHandle;
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
 use crate::state::{Entry, JobState, StateError, StateView, Store};
@@ -26,6 +29,8 @@ pub struct SyncOptions {
     pub job: Option<String>,
     /// Plan and report, but send no write and store nothing.
     pub dry_run: bool,
+    /// Progress counters to update and the stop request to obey (a fresh one when `None`).
+    pub handle: Option<Arc<RunHandle>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,26 +56,60 @@ impl SyncError {
 
 /// Runs the selected jobs one after the other.
 pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>, SyncError> {
-    let jobs: Vec<&JobConfig> = match &opts.job {
-        Some(name) => vec![config.job(name).map_err(SyncError::NoSuchJob)?],
-        None => config.jobs.iter().collect(),
-    };
-    let token = config.dialler.token.resolve()?;
-    let dialler = Dialler::new(&config.dialler, &token)?;
+    let jobs = select_jobs(config, opts.job.as_deref())?;
+    // Check the token before touching the state.
+    config.dialler.token.resolve()?;
     // A dry run must not create a state database where there is none.
     let store = if opts.dry_run && !config.state.path.exists() {
         None
     } else {
         Some(Store::open(&config.state.path)?)
     };
+    let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_job(config, job, &dialler, store.as_ref(), opts.dry_run).await);
+        reports.push(run_one(config, job, store.as_ref(), opts.dry_run, &handle).await?);
     }
     if let Some(store) = &store {
         store.flush().await?;
     }
     Ok(reports)
+}
+
+/// The jobs a run covers: the named one, or all.
+pub fn select_jobs<'c>(
+    config: &'c Config,
+    job: Option<&str>,
+) -> Result<Vec<&'c JobConfig>, SyncError> {
+    Ok(match job {
+        Some(name) => vec![config.job(name).map_err(SyncError::NoSuchJob)?],
+        None => config.jobs.iter().collect(),
+    })
+}
+
+/// Runs one job with a client of its own (so its call count is its own, whatever else
+/// runs beside it). The token is read now, so a rotated token file takes effect.
+pub async fn run_one(
+    config: &Config,
+    job: &JobConfig,
+    store: Option<&Store>,
+    dry_run: bool,
+    handle: &Arc<RunHandle>,
+) -> Result<JobReport, SyncError> {
+    let token = config.dialler.token.resolve()?;
+    let dialler = Dialler::new(&config.dialler, &token)?;
+    Ok(run_job(config, job, &dialler, store, dry_run, handle).await)
+}
+
+/// A short id for a run, unique within the process and sortable by start time.
+fn run_id(job: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        job,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Why reading and planning stopped.
@@ -80,10 +119,16 @@ enum PlanError {
     Source(#[from] SourceError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("stopped while reading the export (shutdown or cancelled); nothing was changed")]
+    Stopped,
 }
 
 /// Reads the export and plans it against `state` (empty when `None`).
-fn read_and_plan(job: &JobConfig, state: Option<&JobState>) -> Result<Plan, PlanError> {
+fn read_and_plan(
+    job: &JobConfig,
+    state: Option<&JobState>,
+    handle: &RunHandle,
+) -> Result<Plan, PlanError> {
     let mapper = Mapper::new(job);
     let empty: BTreeMap<String, Entry> = BTreeMap::new();
     let view: &dyn StateView = match state {
@@ -96,16 +141,19 @@ fn read_and_plan(job: &JobConfig, state: Option<&JobState>) -> Result<Plan, Plan
             on_missing: job.on_missing,
         },
     );
-    let mut failed: Option<StateError> = None;
+    let mut failed: Option<PlanError> = None;
     source::read(&job.source, &job.columns(), &mut |item| {
         if failed.is_none() {
-            if let Err(e) = planner.push(mapper.map(item)) {
-                failed = Some(e);
+            handle.row_read();
+            if handle.stop_requested() {
+                failed = Some(PlanError::Stopped);
+            } else if let Err(e) = planner.push(mapper.map(item)) {
+                failed = Some(e.into());
             }
         }
     })?;
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(e);
     }
     Ok(planner.finish()?)
 }
@@ -118,13 +166,52 @@ pub async fn run_job(
     dialler: &Dialler,
     store: Option<&Store>,
     dry_run: bool,
+    handle: &Arc<RunHandle>,
 ) -> JobReport {
     // `instrument`, not `span.enter()`: an entered guard held across `.await` would tag
     // whatever else runs on the thread meanwhile.
-    let span = tracing::info_span!("sync", job = %job.name, dry_run);
-    run_job_in_span(config, job, dialler, store, dry_run)
-        .instrument(span)
-        .await
+    let run_id = run_id(&job.name);
+    let span = tracing::info_span!("sync", job = %job.name, run = %run_id, dry_run);
+    handle.begin(&job.name);
+    let mut report = JobReport {
+        job: job.name.clone(),
+        run_id,
+        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        dry_run,
+        ..JobReport::default()
+    };
+    let started = Instant::now();
+    let calls_before = dialler.calls();
+    run_job_in_span(config, job, dialler, store, handle, &mut report)
+        .instrument(span.clone())
+        .await;
+    report.api_calls = dialler.calls() - calls_before;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.outcome = report.exit().outcome();
+    handle.finish();
+    let _entered = span.enter(); // no await from here on
+    if let (Some(store), false) = (store, dry_run) {
+        let summary = serde_json::to_vec(&report).expect("reports serialize");
+        if let Err(e) = store.put_last_run(&job.name, &summary) {
+            tracing::error!(error = %error_chain(&e), "could not record the run");
+        }
+    }
+    tracing::info!(
+        imported = report.imported,
+        updated = report.updated,
+        reset = report.reset,
+        locked = report.locked,
+        unlocked = report.unlocked,
+        deleted = report.deleted,
+        unchanged = report.unchanged,
+        invalid = report.invalid,
+        failed = report.failed,
+        api_calls = report.api_calls,
+        duration_ms = report.duration_ms,
+        aborted = report.aborted.as_deref().unwrap_or(""),
+        "sync finished"
+    );
+    report
 }
 
 async fn run_job_in_span(
@@ -132,38 +219,34 @@ async fn run_job_in_span(
     job: &JobConfig,
     dialler: &Dialler,
     store: Option<&Store>,
-    dry_run: bool,
-) -> JobReport {
-    let started = Instant::now();
-    let calls_before = dialler.calls();
-    let mut report = JobReport {
-        job: job.name.clone(),
-        dry_run,
-        ..JobReport::default()
-    };
+    handle: &Arc<RunHandle>,
+    report: &mut JobReport,
+) {
+    let dry_run = report.dry_run;
 
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,
         Err(e) => {
             report.aborted = Some(error_chain(&e));
-            return report;
+            return;
         }
     };
     let planned = {
         let job = job.clone();
         let state = state.clone();
-        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref())).await
+        let handle = Arc::clone(handle);
+        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), &handle)).await
     };
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             tracing::error!(error = %error_chain(&e), "the export could not be used; nothing was changed");
             report.aborted = Some(error_chain(&e));
-            return report;
+            return;
         }
         Err(e) => {
             report.aborted = Some(format!("reading the export failed unexpectedly: {e}"));
-            return report;
+            return;
         }
     };
 
@@ -190,8 +273,7 @@ async fn run_job_in_span(
         report.locked = plan.removals(RemovalKind::Lock) as u64;
         report.deleted = plan.removals(RemovalKind::Delete) as u64;
         report.preview = preview(&plan);
-        report.duration_ms = started.elapsed().as_millis() as u64;
-        return report;
+        return;
     }
 
     // Only imports name the campaign: no look-up (and no call) for a plan without any.
@@ -205,46 +287,20 @@ async fn run_job_in_span(
             let state = state
                 .as_ref()
                 .expect("a run that is not a dry run has a state");
-            execute(
-                plan,
+            let target = Target {
                 dialler,
                 state,
                 job,
                 campaign_id,
-                config.dialler.max_concurrency,
-                &mut report,
-            )
-            .await;
+                concurrency: config.dialler.max_concurrency,
+            };
+            execute(plan, target, handle, report).await;
         }
         Err(e) => {
             report.unauthorized = matches!(e, crate::dialler::DiallerError::Unauthorized { .. });
             report.aborted = Some(error_chain(&e));
         }
     }
-    report.api_calls = dialler.calls() - calls_before;
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    if let Some(store) = store {
-        let summary = serde_json::to_vec(&report).expect("reports serialize");
-        if let Err(e) = store.put_last_run(&job.name, &summary) {
-            tracing::error!(error = %error_chain(&e), "could not record the run");
-        }
-    }
-    tracing::info!(
-        imported = report.imported,
-        updated = report.updated,
-        reset = report.reset,
-        locked = report.locked,
-        unlocked = report.unlocked,
-        deleted = report.deleted,
-        unchanged = report.unchanged,
-        invalid = report.invalid,
-        failed = report.failed,
-        api_calls = report.api_calls,
-        duration_ms = report.duration_ms,
-        aborted = report.aborted.is_some(),
-        "sync finished"
-    );
-    report
 }
 
 /// The planned operations, in the order a dry run lists them.

@@ -1,0 +1,316 @@
+//! `dialsync run` as a process: scheduled runs, SIGTERM, SIGHUP, manual syncs handed to
+//! it, and `status`. The tests wait on the daemon's own systemd notifications (READY=1,
+//! STATUS= after each run, STOPPING=1) received on a socket given as NOTIFY_SOCKET, so
+//! nothing sleeps on a guess.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{field, Env, TOKEN};
+use serde_json::Value;
+
+/// Generous bound for one event on a slow, busy machine; never reached when things work.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Daemon {
+    child: Child,
+    notify: UnixDatagram,
+    /// Every notification received so far.
+    seen: Vec<String>,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `dialsync run` on the env's config and waits for READY=1.
+    fn start(env: &Env) -> Daemon {
+        let sock = env.path("notify.sock");
+        let notify = UnixDatagram::bind(&sock).unwrap();
+        notify.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["run", "--config", "dialsync.toml"])
+            .current_dir(env.dir.path())
+            .env("NOTIFY_SOCKET", &sock)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child,
+            notify,
+            seen: Vec::new(),
+            logs,
+        };
+        d.wait_for(|m| m.contains("READY=1"));
+        d
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The next notification that satisfies `pred`.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                    self.seen.push(msg.clone());
+                    if pred(&msg) {
+                        return msg;
+                    }
+                }
+                Err(e) => panic!(
+                    "no notification from the daemon ({e}); logs:\n{}",
+                    self.logs()
+                ),
+            }
+        }
+        panic!(
+            "no matching notification; seen {:?}\nlogs:\n{}",
+            self.seen,
+            self.logs()
+        );
+    }
+
+    /// Waits for `n` finished runs (each one sends a STATUS= with its outcome).
+    fn wait_runs(&mut self, n: usize) {
+        for _ in 0..n {
+            self.wait_for(|m| m.starts_with("STATUS=") && m.contains("last "));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.pid()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit; logs:\n{}",
+                self.logs()
+            );
+            // Waiting for a process to exit: there is no readiness signal for that
+            // besides wait(), which cannot time out.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Reads the notifications already sent (after the daemon exited, say).
+    fn drain(&mut self) {
+        self.notify.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+        self.notify.set_nonblocking(false).unwrap();
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_json(env: &Env) -> Value {
+    let out = env.dialsync(&["status", "--config", "dialsync.toml", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const ROWS: [&str; 3] = [
+    "C1;Meier;Anna;089 1234567;München;1",
+    "C2;Schulz;Bernd;030 7654321;Berlin;1",
+    "C3;Wagner;Carla;040 1112223;Hamburg;1",
+];
+
+#[test]
+fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
+    let mut daemon = Daemon::start(&env);
+    daemon.wait_runs(2);
+
+    let status = status_json(&env);
+    assert_eq!(
+        status["daemon"]["pid"].as_u64().unwrap().to_string(),
+        daemon.pid()
+    );
+    let job = &status["jobs"][0];
+    assert!(job["runs"].as_u64().unwrap() >= 2, "{job}");
+    assert_eq!(job["contacts"], 3);
+    assert_eq!(job["last_run"]["outcome"], "ok", "{job}");
+    assert!(job["next_run"].is_string());
+    // Exactly one contact per UserData: later runs found nothing to do.
+    assert_eq!(env.contacts().len(), 3);
+    for ud in ["C1", "C2", "C3"] {
+        env.contact(ud);
+    }
+
+    daemon.signal("TERM");
+    let exit = daemon.wait_exit();
+    assert_eq!(exit.code(), Some(0), "logs:\n{}", daemon.logs());
+    daemon.drain();
+    assert!(daemon.seen.iter().any(|m| m.contains("STOPPING=1")));
+    assert!(!env.path("state.sock").exists(), "the socket is removed");
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("run=") && logs.contains("job=leads"),
+        "{logs}"
+    );
+
+    // Without the daemon, status reads the state itself.
+    let status = status_json(&env);
+    assert!(status["daemon"].is_null());
+    assert_eq!(status["jobs"][0]["contacts"], 3);
+    assert_eq!(status["jobs"][0]["last_run"]["outcome"], "ok");
+    // The state is intact: a manual sync finds nothing to do.
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, report["api_calls"].as_u64()),
+        (0, Some(0)),
+        "{report}"
+    );
+}
+
+#[test]
+fn sighup_picks_up_a_changed_mapping_and_rejects_a_broken_config() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
+    let mut daemon = Daemon::start(&env);
+    daemon.wait_runs(1);
+    assert_eq!(field(&env.contact("C1"), "City"), "München");
+
+    // The City field now comes from the LastName column.
+    env.edit_config("City = \"City\"", "City = \"LastName\"");
+    daemon.signal("HUP");
+    daemon.wait_for(|m| m.contains("READY=1"));
+    // A run that started before the reload may finish first; the one after uses the new
+    // mapping.
+    daemon.wait_runs(2);
+    assert_eq!(field(&env.contact("C1"), "City"), "Meier");
+    assert!(
+        daemon.logs().contains("config reloaded"),
+        "{}",
+        daemon.logs()
+    );
+
+    // A broken config is rejected and the daemon keeps running the old one.
+    let good = std::fs::read_to_string(env.path("dialsync.toml")).unwrap();
+    std::fs::write(
+        env.path("dialsync.toml"),
+        good.replace("campaign_id = 538", "campaign_id = \"five\""),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for(|m| m.contains("READY=1"));
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("the changed config was rejected") && logs.contains("campaign_id"),
+        "{logs}"
+    );
+    daemon.wait_runs(1);
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    let last = daemon.seen.last().unwrap();
+    assert!(last.contains("leads: last ok"), "{last}");
+
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_manual_sync_is_handed_to_the_running_daemon() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    // A schedule that does not fire during the test: the runs below are the manual ones.
+    env.write_config(TOKEN, r#"schedule = "0 0 1 1 *""#);
+    let mut daemon = Daemon::start(&env);
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["imported"], 3);
+    assert_eq!(env.contacts().len(), 3);
+    // A dry run through the daemon changes nothing.
+    env.write_export(&ROWS[..2]);
+    let (report, code) = env.sync(&["--dry-run"]);
+    assert_eq!((code, &report["locked"]), (0, &Value::from(1)), "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert!(!env.contact("C3").locked);
+    // The real one locks C3; a second finds nothing to do.
+    let (report, _) = env.sync(&["--job", "leads"]);
+    assert_eq!(report["locked"], 1, "{report}");
+    assert!(env.contact("C3").locked);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(report["api_calls"], 0, "{report}");
+
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--job", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+
+    let status = status_json(&env);
+    assert_eq!(
+        status["jobs"][0]["runs"], 3,
+        "dry runs are not counted: {status}"
+    );
+    daemon.signal("INT");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_sync_beside_another_process_holding_the_state_says_what_to_do() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    let store = dialsync::state::Store::open(&env.path("state")).unwrap();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    drop(store);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("in use by another dialsync process") && stderr.contains("run this again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("could not acquire lock"), "{stderr}");
+    assert!(env.contacts().is_empty());
+}
