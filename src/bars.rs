@@ -49,7 +49,7 @@ impl Bars {
             Phase::Reading => bar.set_message(format!("{} rows read", s.rows)),
             Phase::Sending | Phase::Finished => {
                 bar.set_position(s.done);
-                bar.set_message(format!("{} rows read, {} failed", s.rows, s.failed));
+                bar.set_message(format!("{} failed", s.failed));
             }
         }
         if s.phase == Phase::Finished {
@@ -80,7 +80,7 @@ fn reading_style() -> ProgressStyle {
 
 fn sending_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{spinner} {prefix}: [{bar:30}] {pos}/{len} contacts ({msg}) {elapsed}",
+        "{spinner} {prefix}: [{bar:30}] {pos}/{len} contacts, {msg}, {elapsed}",
     )
     .expect("valid template")
     .progress_chars("=> ")

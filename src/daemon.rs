@@ -502,7 +502,7 @@ impl Daemon {
                     Some(n) => format!("next {}", n.format("%Y-%m-%dT%H:%M:%SZ")),
                     None => "not scheduled".to_string(),
                 };
-                format!("{name}: {last}, {next}")
+                format!("{name}: {} runs, {last}, {next}", i.runs)
             })
             .collect();
         notify(&[sd_notify::NotifyState::Status(&parts.join("; "))]);

@@ -64,6 +64,12 @@ pub enum StateError {
          if the daemon is running, stop it or let it run the sync"
     )]
     Locked { path: PathBuf },
+    #[error(
+        "the state database {path} belongs to user {owner}; run this command as that user \
+         (`sudo -u {owner} dialsync ...`), or start the service, which takes manual syncs over \
+         its control socket. Run as root it would write files the service cannot open"
+    )]
+    ForeignOwner { path: PathBuf, owner: String },
     #[error("cannot open the state database {path}")]
     Open {
         path: PathBuf,
@@ -104,6 +110,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StateError> {
+        refuse_as_root(path)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StateError::Open {
                 path: path.to_path_buf(),
@@ -153,6 +160,37 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// Root opening a state that belongs to the service's user would leave root-owned files
+/// in it, and the service could not open it any more: refuse, and say as whom to run.
+fn refuse_as_root(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    Err(StateError::ForeignOwner {
+        path: path.to_path_buf(),
+        owner: user_name(meta.uid()).unwrap_or_else(|| format!("#{}", meta.uid())),
+    })
+}
+
+/// The name of user `uid` from /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?.parse::<u32>().ok()?;
+        (id == uid).then(|| name.to_string())
+    })
 }
 
 /// One job's entries.
@@ -245,5 +283,24 @@ mod tests {
         let job = store.job("a").unwrap();
         assert_eq!(job.get("K1").unwrap(), Some(entry()));
         assert!(store.job("b").unwrap().is_empty());
+    }
+
+    #[test]
+    fn root_does_not_open_a_state_owned_by_the_service_user() {
+        // Only root can hand a directory to another user; as anyone else this test has
+        // nothing to check (CI runs as root).
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let err = Store::open(&path).err().expect("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, StateError::ForeignOwner { .. }), "{msg}");
+        assert!(msg.contains("sudo -u"), "{msg}");
+        // Nothing was written into it.
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
     }
 }

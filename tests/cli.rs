@@ -188,3 +188,43 @@ fn emulator_process_serves_the_api_until_sigterm() {
         .success());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn token_credential_comes_from_the_credentials_directory() {
+    let env = common::Env::new();
+    env.edit_config(
+        &format!("token = \"{}\"", common::TOKEN),
+        "token_credential = \"token\"",
+    );
+    let creds = env.path("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("token"), format!("{}\n", common::TOKEN)).unwrap();
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+
+    let ok = dialsync()
+        .args(["sync", "--config", "dialsync.toml", "--output", "json"])
+        .current_dir(env.dir.path())
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(env.contacts().len(), 1);
+
+    // Outside the service: a message that says what to do, exit code 2.
+    let out = dialsync()
+        .args(["validate", "--config", "dialsync.toml"])
+        .current_dir(env.dir.path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("token_credential") && stderr.contains("systemctl start dialsync"),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{field, Env, TOKEN};
@@ -22,7 +22,9 @@ struct Daemon {
     notify: UnixDatagram,
     /// Every notification received so far.
     seen: Vec<String>,
-    logs: Arc<Mutex<String>>,
+    logs: Arc<(Mutex<String>, Condvar)>,
+    /// Runs counted so far from the STATUS= lines.
+    runs: u64,
 }
 
 impl Daemon {
@@ -41,15 +43,16 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
+        let logs = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let mut l = sink.lock().unwrap();
+                let mut l = sink.0.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
+                sink.1.notify_all();
             }
         });
         let mut d = Daemon {
@@ -57,6 +60,7 @@ impl Daemon {
             notify,
             seen: Vec::new(),
             logs,
+            runs: 0,
         };
         d.wait_for(|m| m.contains("READY=1"));
         d
@@ -92,11 +96,21 @@ impl Daemon {
         );
     }
 
-    /// Waits for `n` finished runs (each one sends a STATUS= with its outcome).
-    fn wait_runs(&mut self, n: usize) {
-        for _ in 0..n {
-            self.wait_for(|m| m.starts_with("STATUS=") && m.contains("last "));
-        }
+    /// Waits for `n` more finished runs (after each the STATUS= line counts them).
+    fn wait_runs(&mut self, n: u64) {
+        let target = self.runs + n;
+        let msg = self.wait_for(|m| runs_in(m).is_some_and(|r| r >= target));
+        self.runs = runs_in(&msg).unwrap();
+    }
+
+    /// Waits until the daemon has logged a line containing `pat`.
+    fn wait_log(&self, pat: &str) -> String {
+        let (lock, cv) = &*self.logs;
+        let (logs, timeout) = cv
+            .wait_timeout_while(lock.lock().unwrap(), PATIENCE, |l| !l.contains(pat))
+            .unwrap();
+        assert!(!timeout.timed_out(), "no log line with {pat:?}:\n{logs}");
+        logs.clone()
     }
 
     fn signal(&self, sig: &str) {
@@ -137,8 +151,14 @@ impl Daemon {
     }
 
     fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        self.logs.0.lock().unwrap().clone()
     }
+}
+
+/// The run count of job `leads` in a STATUS= line (`leads: 3 runs, ...`).
+fn runs_in(msg: &str) -> Option<u64> {
+    let rest = msg.strip_prefix("STATUS=")?.split("leads: ").nth(1)?;
+    rest.split(' ').next()?.parse().ok()
 }
 
 impl Drop for Daemon {
@@ -245,16 +265,12 @@ fn sighup_picks_up_a_changed_mapping_and_rejects_a_broken_config() {
     )
     .unwrap();
     daemon.signal("HUP");
-    daemon.wait_for(|m| m.contains("READY=1"));
-    let logs = daemon.logs();
-    assert!(
-        logs.contains("the changed config was rejected") && logs.contains("campaign_id"),
-        "{logs}"
-    );
+    let logs = daemon.wait_log("the changed config was rejected");
+    assert!(logs.contains("campaign_id"), "{logs}");
     daemon.wait_runs(1);
     assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
     let last = daemon.seen.last().unwrap();
-    assert!(last.contains("leads: last ok"), "{last}");
+    assert!(last.contains("last ok"), "{last}");
 
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0));
@@ -285,13 +301,23 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     let (report, _) = env.sync(&[]);
     assert_eq!(report["api_calls"], 0, "{report}");
 
+    // Not a terminal: a note that the daemon ran it, and no progress bar.
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the daemon is running"), "{stderr}");
+    assert!(
+        !stderr.contains("contacts,") && !stderr.contains("reading the export"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("job leads"));
+
     let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--job", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 
     let status = status_json(&env);
     assert_eq!(
-        status["jobs"][0]["runs"], 3,
+        status["jobs"][0]["runs"], 4,
         "dry runs are not counted: {status}"
     );
     daemon.signal("INT");

@@ -1233,6 +1233,43 @@ PhoneNumber1 = "Phone"
     }
 
     #[test]
+    fn timezone_is_an_iana_name_and_defaults_to_utc() {
+        let c = Config::from_str(GOOD, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+        assert_eq!(c.jobs[0].timezone, chrono_tz::UTC);
+        let berlin = GOOD.replace(
+            "*/15 * * * *\"",
+            "*/15 * * * *\"\ntimezone = \"Europe/Berlin\"",
+        );
+        let c = Config::from_str(&berlin, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+        assert_eq!(c.jobs[0].timezone, chrono_tz::Europe::Berlin);
+        let bad = berlin.replace("Europe/Berlin", "CET+1");
+        let p = problems(&bad);
+        assert!(
+            p.iter().any(|(line, k, m)| k == "job[1].timezone"
+                && line.is_some()
+                && m.contains("Europe/Berlin")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn token_credential_reads_the_systemd_credentials_directory() {
+        let text = GOOD.replace("token = \"secret-token\"", "token_credential = \"token\"");
+        let c = Config::from_str(&text, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+        let TokenSource::Credential(name) = &c.dialler.token else {
+            panic!("{:?}", c.dialler.token)
+        };
+        assert_eq!(name, "token");
+        let bad = GOOD.replace(
+            "token = \"secret-token\"",
+            "token_credential = \"/etc/dialsync/token\"",
+        );
+        assert!(problems(&bad)
+            .iter()
+            .any(|(_, k, m)| k == "dialler.token_credential" && m.contains("LoadCredential")));
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let p = problems("[dialler]\nbase_url = \"x\nclient_id = 7\n");
         assert_eq!(p.len(), 1);
