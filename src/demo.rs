@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Context;
 use dialsync::config::{Config, Secret, TokenSource};
 use dialsync::emulator::{Emulator, EmulatorConfig};
-use dialsync::sync::{sync, SyncOptions};
+use dialsync::sync::{sync_with, SyncOptions};
 
 const EXAMPLE: &str = include_str!("../config/dialsync.example.toml");
 const EXPORT: &[u8] = include_bytes!("../config/sample-export.csv");
@@ -57,15 +57,19 @@ async fn cycle(
         ("3. The same export again: nothing changed, so no API call at all", EXPORT_CHANGED),
     ];
     let mut exit = dialsync::report::Exit::Ok;
+    // One state for the whole demo: reopening it in the same process races sled's
+    // background threads for its lock.
+    let store = dialsync::state::Store::open(&config.state.path)?;
     for (title, bytes) in steps {
         std::fs::write(&export, bytes)?;
         println!("{title}");
-        let dry = sync(
+        let dry = sync_with(
             &config,
             &SyncOptions {
                 dry_run: true,
                 ..SyncOptions::default()
             },
+            Some(&store),
         )
         .await?;
         if dry
@@ -77,7 +81,7 @@ async fn cycle(
                 print!("{}", indent(&r.human()));
             }
         }
-        let reports = sync(&config, &SyncOptions::default()).await?;
+        let reports = sync_with(&config, &SyncOptions::default(), Some(&store)).await?;
         println!("   sync:");
         for r in &reports {
             print!("{}", indent(&r.human()));

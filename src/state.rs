@@ -279,7 +279,17 @@ mod tests {
                 .to_string()
                 .contains("in use by another dialsync process"));
         }
-        let store = Store::open(&path).unwrap();
+        // sled's background threads may hold the dropped database (and its file lock) a
+        // moment longer; within one process there is nothing to wait on but the lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&path) {
+                Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         let job = store.job("a").unwrap();
         assert_eq!(job.get("K1").unwrap(), Some(entry()));
         assert!(store.job("b").unwrap().is_empty());

@@ -54,9 +54,9 @@ impl SyncError {
     }
 }
 
-/// Runs the selected jobs one after the other.
+/// Runs the selected jobs one after the other, opening the state for the run.
 pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>, SyncError> {
-    let jobs = select_jobs(config, opts.job.as_deref())?;
+    select_jobs(config, opts.job.as_deref())?;
     // Check the token before touching the state.
     config.dialler.token.resolve()?;
     // A dry run must not create a state database where there is none.
@@ -65,12 +65,24 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     } else {
         Some(Store::open(&config.state.path)?)
     };
+    sync_with(config, opts, store.as_ref()).await
+}
+
+/// Runs the selected jobs one after the other on an open state (`None`: a dry run
+/// against an empty state). For a process that syncs more than once: sled keeps a closed
+/// database locked for a moment, so open it once.
+pub async fn sync_with(
+    config: &Config,
+    opts: &SyncOptions,
+    store: Option<&Store>,
+) -> Result<Vec<JobReport>, SyncError> {
+    let jobs = select_jobs(config, opts.job.as_deref())?;
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_one(config, job, store.as_ref(), opts.dry_run, &handle).await?);
+        reports.push(run_one(config, job, store, opts.dry_run, &handle).await?);
     }
-    if let Some(store) = &store {
+    if let Some(store) = store {
         store.flush().await?;
     }
     Ok(reports)

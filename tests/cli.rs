@@ -214,9 +214,19 @@ fn token_credential_comes_from_the_credentials_directory() {
     );
     assert_eq!(env.contacts().len(), 1);
 
-    // Outside the service: a message that says what to do, exit code 2.
+    // `validate` outside the service checks the rest and says when the token is checked.
     let out = dialsync()
         .args(["validate", "--config", "dialsync.toml"])
+        .current_dir(env.dir.path())
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checked when the service starts"));
+    // A sync outside the service: a message that says what to do, exit code 2.
+    env.write_export(&["C2;Schulz;Bernd;030 7654321;Berlin;1"]);
+    let out = dialsync()
+        .args(["sync", "--config", "dialsync.toml"])
         .current_dir(env.dir.path())
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
@@ -227,4 +237,5 @@ fn token_credential_comes_from_the_credentials_directory() {
         stderr.contains("token_credential") && stderr.contains("systemctl start dialsync"),
         "{stderr}"
     );
+    assert_eq!(env.contacts().len(), 1, "nothing was sent");
 }
