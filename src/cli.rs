@@ -369,7 +369,10 @@ async fn sync_in_daemon(
         )
     };
     let mut bars = Bars::new();
-    bars.note("dialsync: the daemon is running; this sync runs in it (Ctrl-C stops it after the calls in flight)");
+    bars.note(
+        "dialsync: the daemon is running; this sync runs in it, with the config it loaded \
+         (Ctrl-C stops it after the calls in flight)",
+    );
     client
         .send(&Request::Sync { job, dry_run })
         .await

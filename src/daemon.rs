@@ -479,16 +479,18 @@ impl Daemon {
             j.running = info.running.map(|h| h.snapshot());
             j.runs = Some(info.runs);
             j.skipped_slots = Some(info.skipped);
-            // The daemon's own idea of the next run (it may skip a slot).
-            if info.next.is_some() {
+            // The daemon's own idea of the next run, unless that slot is the one running.
+            if info.next.is_some_and(|n| n > Utc::now()) {
                 j.next_run = info.next;
             }
         }
         Ok(status)
     }
 
-    /// systemd's STATUS= line: per job the last outcome and the next run.
+    /// systemd's STATUS= line: per job the runs so far, the last outcome and the next run.
     fn notify_status(&self) {
+        let cfg = self.current();
+        let now = Utc::now();
         let slots = self.slots.lock().unwrap();
         let parts: Vec<String> = slots
             .iter()
@@ -498,7 +500,11 @@ impl Daemon {
                     Some((at, outcome)) => format!("last {outcome} at {at}"),
                     None => "no run yet".to_string(),
                 };
-                let next = match i.next {
+                let next = cfg
+                    .job(name)
+                    .ok()
+                    .and_then(|j| j.schedule.as_ref()?.next_fire(now, j.timezone));
+                let next = match next {
                     Some(n) => format!("next {}", n.format("%Y-%m-%dT%H:%M:%SZ")),
                     None => "not scheduled".to_string(),
                 };

@@ -37,6 +37,8 @@ impl Daemon {
             .args(["run", "--config", "dialsync.toml"])
             .current_dir(env.dir.path())
             .env("NOTIFY_SOCKET", &sock)
+            // As systemd's WatchdogSec= would: pings every half period while healthy.
+            .env("WATCHDOG_USEC", "400000")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -191,6 +193,9 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
     let mut daemon = Daemon::start(&env);
     daemon.wait_runs(2);
+    if !daemon.seen.iter().any(|m| m.trim() == "WATCHDOG=1") {
+        daemon.wait_for(|m| m.trim() == "WATCHDOG=1");
+    }
 
     let status = status_json(&env);
     assert_eq!(
