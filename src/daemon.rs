@@ -265,7 +265,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         sd_notify::NotifyState::Stopping,
         sd_notify::NotifyState::Status("stopping"),
     ]);
-    let _ = daemon.stop.send(true);
+    daemon.stop.send_replace(true);
     for slot in daemon.slots.lock().unwrap().values() {
         if let Some(h) = &slot.info.lock().unwrap().running {
             h.request_stop();
