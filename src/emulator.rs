@@ -15,13 +15,21 @@
 //! and `GET /_emulator/requests` (method, path, query, status and JSON body of every API
 //! call).
 //!
+//! Fault injection ([`Faults`], flags of `dialsync emulator`) makes it a bad network and
+//! a struggling server on demand: latency, 5xx answers, 429 with `Retry-After`, dropped
+//! connections and calls that are carried out but never answered. Faults are drawn from
+//! a seeded sequence, so a run with the same requests in the same order sees the same
+//! faults.
+//!
 //! All data sits behind one mutex: every request holds it only for an in-memory update, so
 //! contention costs less than the HTTP handling around it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -39,6 +47,73 @@ pub struct EmulatorConfig {
     pub token: String,
     /// Campaigns as (ID, name).
     pub campaigns: Vec<(i64, String)>,
+    pub faults: Faults,
+}
+
+/// Faults to inject into API calls (never into the `/_emulator/` endpoints). The rates
+/// are fractions of calls (0.0 to 1.0) and add up: one draw per call picks at most one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Answered 500, 502, 503 or 504, without carrying the call out.
+    pub error_rate: f64,
+    /// Answered 429 with `Retry-After: retry_after` seconds, without carrying it out.
+    pub throttle_rate: f64,
+    pub retry_after: u64,
+    /// The connection is closed without an answer; the call is not carried out.
+    pub drop_rate: f64,
+    /// The call IS carried out, but no answer ever comes (the client times out): the
+    /// worst case for a client that must not duplicate on retry.
+    pub timeout_rate: f64,
+    /// Seeds the sequence of draws.
+    pub seed: u64,
+}
+
+/// What a draw decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Throttle,
+    Error(StatusCode),
+    Drop,
+    Timeout,
+}
+
+impl Faults {
+    pub fn any(&self) -> bool {
+        !self.latency.is_zero()
+            || self.error_rate + self.throttle_rate + self.drop_rate + self.timeout_rate > 0.0
+    }
+
+    /// The fault of draw number `n`.
+    fn draw(&self, n: u64) -> Fault {
+        let x = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed);
+        let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let mut edge = self.throttle_rate;
+        if u < edge {
+            return Fault::Throttle;
+        }
+        edge += self.error_rate;
+        if u < edge {
+            const CODES: [StatusCode; 4] = [
+                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::GATEWAY_TIMEOUT,
+            ];
+            return Fault::Error(CODES[(x & 3) as usize]);
+        }
+        edge += self.drop_rate;
+        if u < edge {
+            return Fault::Drop;
+        }
+        edge += self.timeout_rate;
+        if u < edge {
+            return Fault::Timeout;
+        }
+        Fault::None
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -47,6 +122,7 @@ impl Default for EmulatorConfig {
             client_id: 7,
             token: "emulator-token".into(),
             campaigns: vec![(538, "My Campaign".into())],
+            faults: Faults::default(),
         }
     }
 }
@@ -89,6 +165,8 @@ struct Data {
 struct Shared {
     cfg: EmulatorConfig,
     data: Mutex<Data>,
+    /// API calls so far: the draw number of the next fault.
+    draws: AtomicU64,
 }
 
 /// A handle on a running emulator's data.
@@ -119,6 +197,7 @@ impl Emulator {
                     next_id: 100_001,
                     ..Data::default()
                 }),
+                draws: AtomicU64::new(0),
             }),
         }
     }
@@ -231,24 +310,71 @@ async fn handle(
         return respond(reply);
     }
 
+    let faults = &shared.cfg.faults;
+    let fault = if faults.any() {
+        if !faults.latency.is_zero() {
+            tokio::time::sleep(faults.latency).await;
+        }
+        faults.draw(shared.draws.fetch_add(1, Ordering::Relaxed))
+    } else {
+        Fault::None
+    };
+    let log = |data: &mut Data, status: u16| {
+        data.requests.push(RequestLog {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            status,
+            body: serde_json::from_slice(&body).ok(),
+        })
+    };
+    match fault {
+        Fault::None | Fault::Timeout => {}
+        Fault::Throttle => {
+            log(&mut shared.data.lock().unwrap(), 429);
+            let mut r = respond(fail(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests (injected)",
+            ));
+            r.headers_mut().insert(
+                "retry-after",
+                faults.retry_after.to_string().parse().expect("a number"),
+            );
+            return r;
+        }
+        Fault::Error(code) => {
+            log(&mut shared.data.lock().unwrap(), code.as_u16());
+            return respond(fail(code, "server error (injected)"));
+        }
+        Fault::Drop => {
+            // Logged as status 0: no answer. Headers go out, then a body that fails, so
+            // the server closes the connection mid-answer.
+            log(&mut shared.data.lock().unwrap(), 0);
+            return Response::new(Body::from_stream(futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::other("connection dropped (injected)"))
+            })));
+        }
+    }
+
     // One lock per request: the call and its log entry are one step.
-    let mut data = shared.data.lock().unwrap();
-    let reply = api(
-        &shared.cfg,
-        &mut data,
-        &method,
-        &path,
-        &params,
-        &headers,
-        &body,
-    );
-    data.requests.push(RequestLog {
-        method: method.to_string(),
-        path,
-        query,
-        status: reply.0.as_u16(),
-        body: serde_json::from_slice(&body).ok(),
-    });
+    let reply = {
+        let mut data = shared.data.lock().unwrap();
+        let reply = api(
+            &shared.cfg,
+            &mut data,
+            &method,
+            &path,
+            &params,
+            &headers,
+            &body,
+        );
+        log(&mut data, reply.0.as_u16());
+        reply
+    };
+    if fault == Fault::Timeout {
+        // Carried out, never answered; the connection ends when the client gives up.
+        std::future::pending::<()>().await;
+    }
     respond(reply)
 }
 

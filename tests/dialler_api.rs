@@ -214,3 +214,83 @@ async fn campaigns_and_typed_errors() {
     assert!(!format!("{err} {err:?} {wrong:?}").contains("s3cret"));
     assert_eq!(emu.requests().len(), before + 1);
 }
+
+/// An emulator with `faults` and a client that gives up after 300 ms.
+async fn faulty(faults: dialsync::emulator::Faults) -> (Emulator, Dialler) {
+    let emu = Emulator::new(EmulatorConfig {
+        faults,
+        ..EmulatorConfig::default()
+    });
+    let addr = emu.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let text = format!(
+        "[dialler]\nbase_url = \"http://{addr}/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\n\
+         timeout = \"300ms\"\n\
+         [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+         [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+    );
+    let cfg = Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+    let d = Dialler::new(&cfg.dialler, &Secret::new(&emu.config().token)).unwrap();
+    (emu, d)
+}
+
+#[tokio::test]
+async fn injected_faults_do_what_their_flags_say() {
+    use dialsync::emulator::Faults;
+    // 5xx and 429: answered, not carried out.
+    let (emu, d) = faulty(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
+    assert!(matches!(err, DiallerError::Server { .. }), "{err:?}");
+    assert!(emu.contacts().is_empty());
+    assert!([500, 502, 503, 504].contains(&emu.requests()[0].status));
+
+    let (emu, d) = faulty(Faults {
+        throttle_rate: 1.0,
+        retry_after: 7,
+        ..Faults::default()
+    })
+    .await;
+    let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
+    assert!(emu.contacts().is_empty(), "{err:?}");
+    assert_eq!(emu.requests()[0].status, 429);
+
+    // Dropped: no answer, not carried out.
+    let (emu, d) = faulty(Faults {
+        drop_rate: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    assert!(d.import(&contact("U1", "A"), OVERWRITE).await.is_err());
+    assert!(emu.contacts().is_empty());
+
+    // Timeout: carried out, never answered.
+    let (emu, d) = faulty(Faults {
+        timeout_rate: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    assert!(d.import(&contact("U1", "A"), OVERWRITE).await.is_err());
+    assert_eq!(emu.contacts().len(), 1);
+
+    // A rate of 0.3 hits about 30% of calls, the same ones for the same seed.
+    let run = |seed| async move {
+        let (emu, d) = faulty(Faults {
+            error_rate: 0.3,
+            seed,
+            ..Faults::default()
+        })
+        .await;
+        for i in 0..200 {
+            let _ = d.import(&contact(&format!("U{i}"), "A"), OVERWRITE).await;
+        }
+        emu.requests().iter().map(|r| r.status).collect::<Vec<_>>()
+    };
+    let first = run(5).await;
+    let failed = first.iter().filter(|s| **s >= 500).count();
+    assert!((30..=90).contains(&failed), "{failed} of 200");
+    assert_eq!(first, run(5).await);
+    assert_ne!(first, run(6).await);
+}

@@ -55,6 +55,7 @@ impl Env {
             client_id: 7,
             token: TOKEN.into(),
             campaigns: vec![(538, "My Campaign".into()), (539, "Other".into())],
+            faults: Default::default(),
         });
         let addr = rt
             .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))
