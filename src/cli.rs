@@ -97,39 +97,11 @@ enum Command {
         /// A campaign as ID:NAME, e.g. 538:"My Campaign" (repeatable; default 538:My Campaign).
         #[arg(long = "campaign", value_parser = parse_campaign)]
         campaigns: Vec<(i64, String)>,
-        /// Fault injection: added to every API answer, e.g. 20ms.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-        latency: std::time::Duration,
-        /// Fraction of API calls answered 500/502/503/504 (not carried out).
-        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-        error_rate: f64,
-        /// Fraction of API calls answered 429 with Retry-After (not carried out).
-        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-        throttle_rate: f64,
-        /// The Retry-After of those 429 answers, in seconds.
-        #[arg(long, default_value_t = 1)]
-        retry_after: u64,
-        /// Fraction of API calls whose connection is dropped (not carried out).
-        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-        drop_rate: f64,
-        /// Fraction of API calls carried out but never answered (the client times out).
-        #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-        timeout_rate: f64,
-        /// Seed of the fault draws (same seed, same requests: same faults).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        faults: Faults,
     },
     /// Show a whole sync cycle against a built-in emulator, with nothing to set up.
     Demo,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "`{s}` is not a fraction between 0 and 1 (e.g. 0.1 for 10%)"
-        )),
-    }
 }
 
 fn parse_campaign(s: &str) -> Result<(i64, String), String> {
@@ -261,10 +233,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                     match client.next().await {
                         Ok(Some(Event::Status(s))) => s,
                         Ok(Some(Event::Error { exit, message })) => {
-                            return Err(Failure::new(
-                                Exit::from_code(exit),
-                                anyhow::anyhow!(message),
-                            ))
+                            return Err(Failure::new(exit, anyhow::anyhow!(message)))
                         }
                         other => {
                             return Err(Failure::new(
@@ -322,30 +291,11 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             client_id,
             token,
             campaigns,
-            latency,
-            error_rate,
-            throttle_rate,
-            retry_after,
-            drop_rate,
-            timeout_rate,
-            seed,
+            faults,
         } => {
-            let faults = Faults {
-                latency,
-                error_rate,
-                throttle_rate,
-                retry_after,
-                drop_rate,
-                timeout_rate,
-                seed,
-            };
-            let total = error_rate + throttle_rate + drop_rate + timeout_rate;
-            if total > 1.0 {
-                return Err(Failure::new(
-                    Exit::Config,
-                    anyhow::anyhow!("the fault rates add up to {total}; at most 1 is possible"),
-                ));
-            }
+            faults
+                .check()
+                .map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?;
             let mut cfg = EmulatorConfig {
                 client_id,
                 token,
@@ -443,14 +393,11 @@ async fn sync_in_daemon(
                     Output::Json => println!("{json}"),
                     Output::Human => print!("{human}"),
                 }
-                return Ok(Exit::from_code(exit));
+                return Ok(exit);
             }
             Some(Event::Error { exit, message }) => {
                 bars.finish();
-                return Err(Failure::new(
-                    Exit::from_code(exit),
-                    anyhow::anyhow!(message),
-                ));
+                return Err(Failure::new(exit, anyhow::anyhow!(message)));
             }
             Some(Event::Status(_)) => {}
             None => {

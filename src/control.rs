@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::progress::Snapshot;
+use crate::report::Exit;
 use crate::status::Status;
 
 /// The control socket of the daemon that uses the state at `state_path`.
@@ -41,14 +42,14 @@ pub enum Event {
     Progress(Snapshot),
     /// The run is over: what `dialsync sync` prints and its exit code.
     Done {
-        exit: u8,
+        exit: Exit,
         json: String,
         human: String,
     },
     Status(Status),
     /// The request could not be carried out.
     Error {
-        exit: u8,
+        exit: Exit,
         message: String,
     },
 }
@@ -84,9 +85,7 @@ impl Client {
     }
 
     pub async fn send(&mut self, request: &Request) -> io::Result<()> {
-        let mut line = serde_json::to_vec(request).expect("requests serialize");
-        line.push(b'\n');
-        self.write.write_all(&line).await
+        write_line(&mut self.write, request).await
     }
 
     /// The next event; `None` when the daemon closed the connection.
@@ -102,7 +101,11 @@ impl Client {
 
 /// Writes one event as a JSON line.
 pub async fn write_event<W: AsyncWriteExt + Unpin>(w: &mut W, event: &Event) -> io::Result<()> {
-    let mut line = serde_json::to_vec(event).expect("events serialize");
+    write_line(w, event).await
+}
+
+async fn write_line<W: AsyncWriteExt + Unpin>(w: &mut W, v: &impl Serialize) -> io::Result<()> {
+    let mut line = serde_json::to_vec(v).expect("protocol messages serialize");
     line.push(b'\n');
     w.write_all(&line).await
 }

@@ -80,18 +80,14 @@ pub struct Slot {
 
 #[derive(Default, Clone)]
 struct SlotInfo {
-    next: Option<DateTime<Utc>>,
     running: Option<Arc<RunHandle>>,
     runs: u64,
     skipped: u64,
     /// The last run's outcome and when it started, for the systemd STATUS line.
-    last: Option<(String, &'static str)>,
+    last: Option<(String, Exit)>,
 }
 
 impl Slot {
-    pub fn runs(&self) -> u64 {
-        self.info.lock().unwrap().runs
-    }
     pub fn skipped(&self) -> u64 {
         self.info.lock().unwrap().skipped
     }
@@ -126,9 +122,7 @@ pub async fn job_loop<C, F, Fut>(
         };
         let schedule = job.schedule.clone();
         let tz = job.timezone;
-        let next = schedule.as_ref().and_then(|s| s.next_fire(clock.now(), tz));
-        slot.update(|i| i.next = next);
-        let Some(next) = next else {
+        let Some(next) = schedule.as_ref().and_then(|s| s.next_fire(clock.now(), tz)) else {
             // No schedule (or one that never fires again): manual runs only.
             tokio::select! {
                 r = config.changed() => if r.is_err() { return },
@@ -382,7 +376,7 @@ impl Daemon {
         let handle = Arc::new(RunHandle::new());
         let report = self.run_locked(cfg, job, false, &handle).await;
         if report.aborted.is_some() {
-            tracing::error!(job, run = %report.run_id, outcome = report.outcome, error = report.aborted.as_deref().unwrap_or(""), "scheduled run stopped early");
+            tracing::error!(job, run = %report.run_id, outcome = ?report.exit(), error = report.aborted.as_deref().unwrap_or(""), "scheduled run stopped early");
         }
     }
 
@@ -400,19 +394,12 @@ impl Daemon {
             handle.request_stop();
         }
         let report = match cfg.job(job) {
-            Err(e) => failed_report(job, e),
-            Ok(j) => match sync::run_one(cfg, j, Some(&self.store), dry_run, handle).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let r = failed_report(job, error_chain(&e));
-                    if !dry_run {
-                        let _ = self
-                            .store
-                            .put_last_run(job, &serde_json::to_vec(&r).expect("serializes"));
-                    }
-                    r
-                }
+            // Removed by a reload between the request and its turn.
+            Err(e) => JobReport {
+                aborted: Some(e),
+                ..JobReport::begin(job, dry_run)
             },
+            Ok(j) => sync::run_one(cfg, j, Some(&self.store), dry_run, handle).await,
         };
         if let Err(e) = self.store.flush().await {
             tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
@@ -421,7 +408,7 @@ impl Daemon {
             i.running = None;
             if !dry_run {
                 i.runs += 1;
-                i.last = Some((report.started_at.clone(), report.outcome));
+                i.last = Some((report.started_at.clone(), report.exit()));
             }
         });
         self.notify_status();
@@ -479,10 +466,6 @@ impl Daemon {
             j.running = info.running.map(|h| h.snapshot());
             j.runs = Some(info.runs);
             j.skipped_slots = Some(info.skipped);
-            // The daemon's own idea of the next run, unless that slot is the one running.
-            if info.next.is_some_and(|n| n > Utc::now()) {
-                j.next_run = info.next;
-            }
         }
         Ok(status)
     }
@@ -497,7 +480,7 @@ impl Daemon {
             .map(|(name, slot)| {
                 let i = slot.info.lock().unwrap();
                 let last = match &i.last {
-                    Some((at, outcome)) => format!("last {outcome} at {at}"),
+                    Some((at, outcome)) => format!("last {} at {at}", outcome_word(*outcome)),
                     None => "no run yet".to_string(),
                 };
                 let next = cfg
@@ -526,7 +509,7 @@ impl Daemon {
             Ok(j) => j,
             Err(e) => {
                 let event = Event::Error {
-                    exit: e.exit() as u8,
+                    exit: e.exit(),
                     message: e.to_string(),
                 };
                 return control::write_event(stream, &event).await;
@@ -539,7 +522,7 @@ impl Daemon {
         for job in jobs {
             if *self.stop.borrow() {
                 let event = Event::Error {
-                    exit: Exit::Aborted as u8,
+                    exit: Exit::Aborted,
                     message: "the daemon is shutting down; run the sync again once it is back"
                         .into(),
                 };
@@ -590,7 +573,7 @@ impl Daemon {
         }
         let human: String = reports.iter().map(JobReport::human).collect();
         let event = Event::Done {
-            exit: report::exit_of(&reports) as u8,
+            exit: report::exit_of(&reports),
             json: report::json(&reports),
             human,
         };
@@ -598,15 +581,12 @@ impl Daemon {
     }
 }
 
-fn failed_report(job: &str, why: String) -> JobReport {
-    let mut r = JobReport {
-        job: job.to_string(),
-        started_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        aborted: Some(why),
-        ..JobReport::default()
-    };
-    r.outcome = r.exit().outcome();
-    r
+/// The word an outcome is in JSON (`ok`, `partial`, ...), for the STATUS line.
+fn outcome_word(e: Exit) -> String {
+    serde_json::to_value(e)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {
@@ -640,7 +620,7 @@ async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::Result<()> {
         Ok(None) => Ok(()),
         Err(e) => {
             let event = Event::Error {
-                exit: Exit::Config as u8,
+                exit: Exit::Config,
                 message: format!("bad request: {e}"),
             };
             control::write_event(&mut stream, &event).await
@@ -649,7 +629,7 @@ async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::Result<()> {
             let event = match daemon.status() {
                 Ok(s) => Event::Status(s),
                 Err(e) => Event::Error {
-                    exit: Exit::Aborted as u8,
+                    exit: Exit::Aborted,
                     message: error_chain(&e),
                 },
             };
@@ -748,6 +728,53 @@ PhoneNumber1 = "phone"
         Arc::new(Config::from_str(&text, Path::new("/etc/dialsync/t.toml")).unwrap())
     }
 
+    /// Job `j` of `schedule` on its loop from wall time `start`; each run takes `run_time`
+    /// and records when it fired.
+    struct Sim {
+        config: watch::Sender<Arc<Config>>,
+        stop: watch::Sender<bool>,
+        slot: Arc<Slot>,
+        fired: Arc<Mutex<Vec<DateTime<Utc>>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Sim {
+        fn start(schedule: &str, start: DateTime<Utc>, run_time: Duration) -> Sim {
+            let clock = TestClock::at(start);
+            let (config, cfg_rx) = watch::channel(self::config(schedule));
+            let (stop, stop_rx) = watch::channel(false);
+            let slot = Arc::new(Slot::default());
+            let fired = Arc::new(Mutex::new(Vec::new()));
+            let f = Arc::clone(&fired);
+            let task = tokio::spawn(job_loop(
+                clock.clone(),
+                "j".into(),
+                Arc::clone(&slot),
+                cfg_rx,
+                stop_rx,
+                move |_| {
+                    f.lock().unwrap().push(clock.now());
+                    tokio::time::sleep(run_time)
+                },
+            ));
+            Sim {
+                config,
+                stop,
+                slot,
+                fired,
+                task,
+            }
+        }
+
+        /// Stops the loop (a run in progress finishes) and returns the fire times.
+        async fn end(self) -> (Vec<DateTime<Utc>>, Arc<Slot>) {
+            self.stop.send(true).unwrap();
+            self.task.await.unwrap();
+            let fired = self.fired.lock().unwrap().clone();
+            (fired, self.slot)
+        }
+    }
+
     /// Runs job `j` of `schedule` from `start` for `span` of simulated time; each run
     /// takes `run_time`. Returns the fire times (wall clock) and the slot.
     async fn simulate(
@@ -756,30 +783,9 @@ PhoneNumber1 = "phone"
         span: chrono::Duration,
         run_time: Duration,
     ) -> (Vec<DateTime<Utc>>, Arc<Slot>) {
-        let clock = TestClock::at(start);
-        let (_cfg_tx, cfg_rx) = watch::channel(config(schedule));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let slot = Arc::new(Slot::default());
-        let fired = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let (clock, fired) = (clock.clone(), Arc::clone(&fired));
-            tokio::spawn(job_loop(
-                clock.clone(),
-                "j".into(),
-                Arc::clone(&slot),
-                cfg_rx,
-                stop_rx,
-                move |_| {
-                    fired.lock().unwrap().push(clock.now());
-                    tokio::time::sleep(run_time)
-                },
-            ))
-        };
+        let sim = Sim::start(schedule, start, run_time);
         tokio::time::sleep(span.to_std().unwrap()).await;
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
-        let fired = fired.lock().unwrap().clone();
-        (fired, slot)
+        sim.end().await
     }
 
     fn berlin(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
@@ -870,57 +876,23 @@ PhoneNumber1 = "phone"
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_that_finds_a_manual_run_going_is_skipped() {
-        let clock = TestClock::at(berlin(2026, 11, 23, 9, 58));
-        let (_cfg_tx, cfg_rx) = watch::channel(config("*/15 * * * *"));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let slot = Arc::new(Slot::default());
-        let manual = slot.run_lock.try_lock().unwrap();
-        let fired = Arc::new(Mutex::new(0));
-        let f = Arc::clone(&fired);
-        let task = tokio::spawn(job_loop(
-            clock,
-            "j".into(),
-            Arc::clone(&slot),
-            cfg_rx,
-            stop_rx,
-            move |_| {
-                *f.lock().unwrap() += 1;
-                std::future::ready(())
-            },
-        ));
+        let sim = Sim::start("*/15 * * * *", berlin(2026, 11, 23, 9, 58), Duration::ZERO);
+        let manual = sim.slot.run_lock.try_lock().unwrap();
         tokio::time::sleep(Duration::from_secs(5 * 60)).await; // past 10:00
         drop(manual);
         tokio::time::sleep(Duration::from_secs(15 * 60)).await; // past 10:15
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
-        assert_eq!(*fired.lock().unwrap(), 1);
+        let (fired, slot) = sim.end().await;
+        assert_eq!(local(&fired), ["Mon 23 10:15:00"]);
         assert_eq!(slot.skipped(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_changed_schedule_takes_effect_at_once() {
-        let clock = TestClock::at(berlin(2026, 11, 23, 9, 58));
-        let (cfg_tx, cfg_rx) = watch::channel(config("0 12 * * *"));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let slot = Arc::new(Slot::default());
-        let fired = Arc::new(Mutex::new(Vec::new()));
-        let (c, f) = (clock.clone(), Arc::clone(&fired));
-        let task = tokio::spawn(job_loop(
-            clock,
-            "j".into(),
-            Arc::clone(&slot),
-            cfg_rx,
-            stop_rx,
-            move |_| {
-                f.lock().unwrap().push(c.now());
-                std::future::ready(())
-            },
-        ));
+        let sim = Sim::start("0 12 * * *", berlin(2026, 11, 23, 9, 58), Duration::ZERO);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        cfg_tx.send(config("*/15 * * * *")).unwrap();
+        sim.config.send(config("*/15 * * * *")).unwrap();
         tokio::time::sleep(Duration::from_secs(3 * 60)).await;
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
-        assert_eq!(local(&fired.lock().unwrap()), ["Mon 23 10:00:00"]);
+        let (fired, _) = sim.end().await;
+        assert_eq!(local(&fired), ["Mon 23 10:00:00"]);
     }
 }

@@ -52,22 +52,40 @@ pub struct EmulatorConfig {
 
 /// Faults to inject into API calls (never into the `/_emulator/` endpoints). The rates
 /// are fractions of calls (0.0 to 1.0) and add up: one draw per call picks at most one.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Also the fault flags of `dialsync emulator`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct Faults {
-    /// Added before every answer.
+    /// Fault injection: added to every API answer, e.g. 20ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub latency: Duration,
-    /// Answered 500, 502, 503 or 504, without carrying the call out.
+    /// Fraction of API calls answered 500/502/503/504 (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
-    /// Answered 429 with `Retry-After: retry_after` seconds, without carrying it out.
+    /// Fraction of API calls answered 429 with Retry-After (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub throttle_rate: f64,
+    /// The Retry-After of those 429 answers, in seconds.
+    #[arg(long, default_value_t = 1)]
     pub retry_after: u64,
-    /// The connection is closed without an answer; the call is not carried out.
+    /// Fraction of API calls whose connection is dropped (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub drop_rate: f64,
-    /// The call IS carried out, but no answer ever comes (the client times out): the
+    /// Fraction of API calls carried out but never answered (the client times out): the
     /// worst case for a client that must not duplicate on retry.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub timeout_rate: f64,
-    /// Seeds the sequence of draws.
+    /// Seed of the fault draws (same seed, same requests: same faults).
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a fraction between 0 and 1 (e.g. 0.1 for 10%)"
+        )),
+    }
 }
 
 /// What a draw decided for one call.
@@ -81,6 +99,17 @@ enum Fault {
 }
 
 impl Faults {
+    /// Why these faults cannot be drawn, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let total = self.error_rate + self.throttle_rate + self.drop_rate + self.timeout_rate;
+        if total > 1.0 {
+            return Err(format!(
+                "the fault rates add up to {total}; at most 1 is possible"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn any(&self) -> bool {
         !self.latency.is_zero()
             || self.error_rate + self.throttle_rate + self.drop_rate + self.timeout_rate > 0.0

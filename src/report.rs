@@ -2,6 +2,7 @@
 //! exit code that sums it up.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -21,8 +22,6 @@ pub struct JobReport {
     /// When the run started (RFC 3339, UTC).
     pub started_at: String,
     pub dry_run: bool,
-    /// `ok`, `partial`, `aborted` or `unauthorized` (see [`Exit`]).
-    pub outcome: &'static str,
     pub imported: u64,
     pub updated: u64,
     pub reset: u64,
@@ -75,8 +74,10 @@ pub struct PreviewLine {
     pub row: Option<u64>,
 }
 
-/// Exit codes, as documented in the README.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Exit codes, as documented in the README. In JSON (a report's `outcome`, the control
+/// socket) they are words: `ok`, `partial`, `config`, `aborted`, `unauthorized`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exit {
     /// Everything in the export is on the dialler.
     Ok = 0,
@@ -90,30 +91,46 @@ pub enum Exit {
     Unauthorized = 4,
 }
 
-impl Exit {
-    /// The word `outcome` uses for a job that ended with this code.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            Exit::Ok => "ok",
-            Exit::Partial => "partial",
-            Exit::Config => "config",
-            Exit::Aborted => "aborted",
-            Exit::Unauthorized => "unauthorized",
-        }
-    }
-
-    pub fn from_code(code: u8) -> Exit {
-        match code {
-            0 => Exit::Ok,
-            1 => Exit::Partial,
-            2 => Exit::Config,
-            4 => Exit::Unauthorized,
-            _ => Exit::Aborted,
-        }
-    }
+/// A report as scripts and `status` read it: its fields and its `outcome`, which is
+/// derived, not stored.
+#[derive(Serialize)]
+struct Published<'a> {
+    #[serde(flatten)]
+    report: &'a JobReport,
+    outcome: Exit,
 }
 
 impl JobReport {
+    fn published(&self) -> Published<'_> {
+        Published {
+            report: self,
+            outcome: self.exit(),
+        }
+    }
+
+    /// The report as one JSON object (what the state keeps as the job's last run).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.published()).expect("reports serialize")
+    }
+
+    /// The report of a run of `job` starting now, with a fresh run id: unique within the
+    /// process and sortable by start time.
+    pub fn begin(job: &str, dry_run: bool) -> JobReport {
+        static SEQ: AtomicU64 = AtomicU64::new(1);
+        let now = chrono::Utc::now();
+        JobReport {
+            job: job.to_string(),
+            run_id: format!(
+                "{}-{job}-{}",
+                now.format("%Y%m%dT%H%M%SZ"),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+            started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            dry_run,
+            ..JobReport::default()
+        }
+    }
+
     pub fn exit(&self) -> Exit {
         if self.unauthorized {
             Exit::Unauthorized
@@ -248,6 +265,6 @@ pub fn exit_of(reports: &[JobReport]) -> Exit {
 
 /// The `--output json` document.
 pub fn json(reports: &[JobReport]) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "jobs": reports }))
-        .expect("reports serialize")
+    let jobs: Vec<Published> = reports.iter().map(JobReport::published).collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "jobs": jobs })).expect("reports serialize")
 }

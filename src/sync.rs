@@ -6,7 +6,6 @@
 //! (no token, no state database) is an error of the whole sync.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,8 +56,9 @@ impl SyncError {
 /// Runs the selected jobs one after the other, opening the state for the run.
 pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>, SyncError> {
     select_jobs(config, opts.job.as_deref())?;
-    // Check the token before touching the state.
-    config.dialler.token.resolve()?;
+    // Check the token and client settings before touching the state: a mistake there is
+    // a config error (exit 2), not a failed run.
+    Dialler::new(&config.dialler, &config.dialler.token.resolve()?)?;
     // A dry run must not create a state database where there is none.
     let store = if opts.dry_run && !config.state.path.exists() {
         None
@@ -80,7 +80,7 @@ pub async fn sync_with(
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_one(config, job, store, opts.dry_run, &handle).await?);
+        reports.push(run_one(config, job, store, opts.dry_run, &handle).await);
     }
     if let Some(store) = store {
         store.flush().await?;
@@ -100,28 +100,59 @@ pub fn select_jobs<'c>(
 }
 
 /// Runs one job with a client of its own (so its call count is its own, whatever else
-/// runs beside it). The token is read now, so a rotated token file takes effect.
+/// runs beside it), records it as the job's last run and logs its summary. The token is
+/// read now, so a rotated token file takes effect; if it cannot be, the report says so.
 pub async fn run_one(
     config: &Config,
     job: &JobConfig,
     store: Option<&Store>,
     dry_run: bool,
     handle: &Arc<RunHandle>,
-) -> Result<JobReport, SyncError> {
-    let token = config.dialler.token.resolve()?;
-    let dialler = Dialler::new(&config.dialler, &token)?;
-    Ok(run_job(config, job, &dialler, store, dry_run, handle).await)
-}
-
-/// A short id for a run, unique within the process and sortable by start time.
-fn run_id(job: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{}-{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        job,
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+) -> JobReport {
+    let mut report = JobReport::begin(&job.name, dry_run);
+    let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
+    let started = Instant::now();
+    handle.begin(&job.name);
+    let client = match config.dialler.token.resolve() {
+        Ok(token) => Dialler::new(&config.dialler, &token).map_err(|e| error_chain(&e)),
+        Err(e) => Err(error_chain(&e)),
+    };
+    match client {
+        Ok(dialler) => {
+            // `instrument`, not `span.enter()`: an entered guard held across `.await` would
+            // tag whatever else runs on the thread meanwhile.
+            run_job(config, job, &dialler, store, handle, &mut report)
+                .instrument(span.clone())
+                .await;
+            // The client is this run's own: its count is the run's.
+            report.api_calls = dialler.calls();
+        }
+        Err(why) => report.aborted = Some(why),
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    handle.finish();
+    let _entered = span.enter(); // no await from here on
+    if let (Some(store), false) = (store, dry_run) {
+        if let Err(e) = store.put_last_run(&job.name, &report.to_json()) {
+            tracing::error!(error = %error_chain(&e), "could not record the run");
+        }
+    }
+    tracing::info!(
+        imported = report.imported,
+        updated = report.updated,
+        reset = report.reset,
+        locked = report.locked,
+        unlocked = report.unlocked,
+        deleted = report.deleted,
+        unchanged = report.unchanged,
+        invalid = report.invalid,
+        failed = report.failed,
+        api_calls = report.api_calls,
+        duration_ms = report.duration_ms,
+        aborted = report.aborted.as_deref().unwrap_or(""),
+        "sync finished"
+    );
+    report
 }
 
 /// Why reading and planning stopped.
@@ -170,63 +201,9 @@ fn read_and_plan(
     Ok(planner.finish()?)
 }
 
-/// Runs one job; every outcome, including an early stop, ends up in the report. Its
-/// log events carry a `sync` span with the job name.
-pub async fn run_job(
-    config: &Config,
-    job: &JobConfig,
-    dialler: &Dialler,
-    store: Option<&Store>,
-    dry_run: bool,
-    handle: &Arc<RunHandle>,
-) -> JobReport {
-    // `instrument`, not `span.enter()`: an entered guard held across `.await` would tag
-    // whatever else runs on the thread meanwhile.
-    let run_id = run_id(&job.name);
-    let span = tracing::info_span!("sync", job = %job.name, run = %run_id, dry_run);
-    handle.begin(&job.name);
-    let mut report = JobReport {
-        job: job.name.clone(),
-        run_id,
-        started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        dry_run,
-        ..JobReport::default()
-    };
-    let started = Instant::now();
-    let calls_before = dialler.calls();
-    run_job_in_span(config, job, dialler, store, handle, &mut report)
-        .instrument(span.clone())
-        .await;
-    report.api_calls = dialler.calls() - calls_before;
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    report.outcome = report.exit().outcome();
-    handle.finish();
-    let _entered = span.enter(); // no await from here on
-    if let (Some(store), false) = (store, dry_run) {
-        let summary = serde_json::to_vec(&report).expect("reports serialize");
-        if let Err(e) = store.put_last_run(&job.name, &summary) {
-            tracing::error!(error = %error_chain(&e), "could not record the run");
-        }
-    }
-    tracing::info!(
-        imported = report.imported,
-        updated = report.updated,
-        reset = report.reset,
-        locked = report.locked,
-        unlocked = report.unlocked,
-        deleted = report.deleted,
-        unchanged = report.unchanged,
-        invalid = report.invalid,
-        failed = report.failed,
-        api_calls = report.api_calls,
-        duration_ms = report.duration_ms,
-        aborted = report.aborted.as_deref().unwrap_or(""),
-        "sync finished"
-    );
-    report
-}
-
-async fn run_job_in_span(
+/// Reads, plans and executes one job; every outcome, including an early stop, ends up
+/// in `report`.
+async fn run_job(
     config: &Config,
     job: &JobConfig,
     dialler: &Dialler,

@@ -292,6 +292,8 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     let (report, code) = env.sync(&[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["imported"], 3);
+    assert_eq!(report["outcome"], "ok");
+    assert!(report["run_id"].as_str().unwrap().contains("-leads-"));
     assert_eq!(env.contacts().len(), 3);
     // A dry run through the daemon changes nothing.
     env.write_export(&ROWS[..2]);
@@ -344,4 +346,57 @@ fn a_sync_beside_another_process_holding_the_state_says_what_to_do() {
     );
     assert!(!stderr.contains("could not acquire lock"), "{stderr}");
     assert!(env.contacts().is_empty());
+}
+
+#[test]
+fn a_second_sigterm_quits_at_once_and_leaves_a_state_that_opens() {
+    // The emulator carries every call out and never answers: a call stays in flight.
+    let env = Env::with_faults(dialsync::emulator::Faults {
+        timeout_rate: 1.0,
+        ..Default::default()
+    });
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, "");
+    env.edit_config("client_id = 7", "client_id = 7\ntimeout = \"10m\"");
+    let mut daemon = Daemon::start(&env);
+    let manual = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["sync", "--config", "dialsync.toml"])
+        .current_dir(env.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first import reaches the emulator (it runs alone, as the probe of the run).
+    let deadline = Instant::now() + PATIENCE;
+    while env.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no call arrived; logs:\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    daemon.signal("TERM");
+    daemon.wait_log("stopping");
+    // The first signal waits for the call in flight (up to the 10-minute timeout)...
+    assert!(daemon.child.try_wait().unwrap().is_none());
+    // ...the second quits now, with exit 0.
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit().code(),
+        Some(0),
+        "logs:\n{}",
+        daemon.logs()
+    );
+    assert!(daemon.logs().contains("second signal"), "{}", daemon.logs());
+    let out = manual.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed the connection"));
+
+    // The state opens cleanly without the daemon; the unconfirmed import is not in it.
+    let status = status_json(&env);
+    assert!(status["daemon"].is_null());
+    assert_eq!(status["jobs"][0]["contacts"], 0, "{status}");
+    assert_eq!(env.requests().len(), 1, "nothing more was sent");
 }

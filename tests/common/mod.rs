@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
 
-use dialsync::emulator::{EmuContact, Emulator, EmulatorConfig, RequestLog};
+use dialsync::emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog};
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token";
@@ -46,6 +46,11 @@ pub const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
 
 impl Env {
     pub fn new() -> Env {
+        Env::with_faults(Faults::default())
+    }
+
+    /// An env whose emulator injects `faults`.
+    pub fn with_faults(faults: Faults) -> Env {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -55,7 +60,7 @@ impl Env {
             client_id: 7,
             token: TOKEN.into(),
             campaigns: vec![(538, "My Campaign".into()), (539, "Other".into())],
-            faults: Default::default(),
+            faults,
         });
         let addr = rt
             .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))
