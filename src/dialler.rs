@@ -4,14 +4,33 @@
 //! One `reqwest::Client` is shared by all calls (keep-alive pool, connect and total
 //! timeouts). The bearer header is set once and marked sensitive, so neither `Debug`
 //! output nor any error message carries the token.
+//!
+//! Retries: a call that fails for a passing reason (no connection, timeout, dropped
+//! connection, 429, 502, 503, 504; a 500 at most twice) is sent again after an exponential
+//! backoff with jitter, and never sooner than the dialler's `Retry-After`. Each call has
+//! `max_retries`, each run (one client) a shared budget; a call that runs out of either
+//! fails with [`DiallerError::GaveUp`] or [`DiallerError::RetryBudget`], which end the
+//! run. Every call but one is idempotent; the exception, an import with
+//! `overwriteDuplicates=false`, first looks the contact up by UserData before it is sent
+//! again, since a timed-out attempt may have created it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::config::{DiallerConfig, Secret};
+use crate::config::{DiallerConfig, RetryConfig, Secret};
+
+/// The longest `Retry-After` honoured; a longer one is waited for this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The least retry budget of a run.
+pub const MIN_RETRY_BUDGET: u64 = 100;
+/// Retries of a call answered with HTTP 500 (which may be a bug on the dialler's side
+/// that no retry mends, unlike 502/503/504).
+const MAX_RETRIES_ON_500: u32 = 2;
 
 /// A JSON record as the dialler returns it (a contact, campaign or history entry).
 pub type Record = Map<String, Value>;
@@ -41,7 +60,28 @@ pub enum DiallerError {
     #[error("the dialler reports a conflict (HTTP 409): {message}")]
     Conflict { message: String },
     #[error("the dialler failed (HTTP {status}): {message}")]
-    Server { status: u16, message: String },
+    Server {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the dialler asks to slow down (HTTP 429)")]
+    Throttled { retry_after: Option<Duration> },
+    #[error("the dialler kept failing; gave up after {attempts} attempts")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        last: Box<DiallerError>,
+    },
+    #[error(
+        "the dialler failed too often in this run: {retries} retries, the run's bound \
+         ([dialler] max_retries_per_run); stopping, the next run carries on"
+    )]
+    RetryBudget {
+        retries: u64,
+        #[source]
+        last: Box<DiallerError>,
+    },
     #[error("unexpected answer from the dialler (HTTP {status}): {message}")]
     Unexpected { status: u16, message: String },
     #[error(
@@ -71,16 +111,45 @@ fn hint(similar: &[String]) -> String {
 }
 
 impl DiallerError {
-    /// Errors after which no further call can succeed in this run: stop at once.
+    /// Errors after which no further call can succeed in this run: stop at once. A
+    /// passing failure that outlasted its retries counts, as the dialler is then down or
+    /// overloaded, and the next run carries on where this one stopped.
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            DiallerError::Unauthorized { .. }
-                | DiallerError::EndpointMissing { .. }
-                | DiallerError::Connect { .. }
-                | DiallerError::CampaignNotFound { .. }
-                | DiallerError::CampaignIdNotFound(_)
-        )
+        self.is_transient()
+            || matches!(
+                self,
+                DiallerError::Unauthorized { .. }
+                    | DiallerError::EndpointMissing { .. }
+                    | DiallerError::CampaignNotFound { .. }
+                    | DiallerError::CampaignIdNotFound(_)
+                    | DiallerError::GaveUp { .. }
+                    | DiallerError::RetryBudget { .. }
+            )
+    }
+
+    /// A passing failure: the same call may succeed if sent again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DiallerError::Connect { .. }
+            | DiallerError::Transport(_)
+            | DiallerError::Throttled { .. } => true,
+            DiallerError::Server { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DiallerError::Server { retry_after, .. } | DiallerError::Throttled { retry_after } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the dialler is unauthorized (401): the run ends with its own exit code.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, DiallerError::Unauthorized { .. })
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -112,6 +181,11 @@ pub struct Dialler {
     root: String,
     client_id: u32,
     calls: AtomicU64,
+    retry: RetryConfig,
+    /// Retries sent so far.
+    retries: AtomicU64,
+    /// Retries this client may still send.
+    retry_budget: AtomicU64,
 }
 
 impl std::fmt::Debug for Dialler {
@@ -176,6 +250,9 @@ impl Dialler {
             root: format!("{}/{}", cfg.base_url, cfg.client_id),
             client_id: cfg.client_id,
             calls: AtomicU64::new(0),
+            retry: cfg.retry,
+            retries: AtomicU64::new(0),
+            retry_budget: AtomicU64::new(cfg.retry.per_run.unwrap_or(MIN_RETRY_BUDGET)),
         })
     }
 
@@ -184,7 +261,100 @@ impl Dialler {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Retries sent so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Sets the run's retry budget for a run of `planned` operations: the configured
+    /// `max_retries_per_run`, else 20% of `planned`, at least [`MIN_RETRY_BUDGET`].
+    pub fn budget_retries_for(&self, planned: u64) {
+        let budget = self
+            .retry
+            .per_run
+            .unwrap_or((planned / 5).max(MIN_RETRY_BUDGET));
+        self.retry_budget.store(budget, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the run's budget; false when it is used up.
+    fn take_retry(&self) -> bool {
+        let ok = self
+            .retry_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+            .is_ok();
+        if ok {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The wait before retry `n` (0-based): `delay * 2^n` capped at `max_delay`, of which
+    /// a random half ("equal jitter", so that many clients failing at once spread out),
+    /// and never less than the dialler's `Retry-After`.
+    fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        let full = self
+            .retry
+            .delay
+            .saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX))
+            .min(self.retry.max_delay);
+        let jittered = full / 2 + full.mul_f64(fastrand::f64() / 2.0);
+        jittered.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+    }
+
+    /// Runs `attempt(n)` for n = 0, 1, ... until it succeeds, fails for good, or its
+    /// retries or the run's are used up.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, DiallerError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, DiallerError>>,
+    {
+        let mut n = 0;
+        loop {
+            let e = match attempt(n).await {
+                Err(e) if e.is_transient() => e,
+                other => return other,
+            };
+            let bound = match e {
+                DiallerError::Server { status: 500, .. } => {
+                    self.retry.max_retries.min(MAX_RETRIES_ON_500)
+                }
+                _ => self.retry.max_retries,
+            };
+            if n >= bound {
+                return Err(if n == 0 {
+                    e
+                } else {
+                    DiallerError::GaveUp {
+                        attempts: n + 1,
+                        last: Box::new(e),
+                    }
+                });
+            }
+            if !self.take_retry() {
+                return Err(DiallerError::RetryBudget {
+                    retries: self.retries(),
+                    last: Box::new(e),
+                });
+            }
+            let wait = self.backoff(n, e.retry_after());
+            tracing::debug!(retry = n + 1, wait_ms = wait.as_millis() as u64, error = %e, "retrying a call");
+            tokio::time::sleep(wait).await;
+            n += 1;
+        }
+    }
+
     async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, DiallerError> {
+        self.retrying(|_| self.call_once(method.clone(), path, query, body))
+            .await
+    }
+
+    async fn call_once(
         &self,
         method: Method,
         path: &str,
@@ -214,6 +384,12 @@ impl Dialler {
             }
         })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let bytes = resp
             .bytes()
             .await
@@ -224,10 +400,17 @@ impl Dialler {
             }
             return serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()));
         }
-        Err(self.error(status, method, path, &bytes))
+        Err(self.error(status, method, path, &bytes, retry_after))
     }
 
-    fn error(&self, status: StatusCode, method: Method, path: &str, body: &[u8]) -> DiallerError {
+    fn error(
+        &self,
+        status: StatusCode,
+        method: Method,
+        path: &str,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> DiallerError {
         let empty = body.iter().all(u8::is_ascii_whitespace);
         let message = error_text(body);
         match status.as_u16() {
@@ -242,7 +425,12 @@ impl Dialler {
             404 => DiallerError::NotFound { message },
             400 => DiallerError::BadRequest { message },
             409 => DiallerError::Conflict { message },
-            s @ 500..=599 => DiallerError::Server { status: s, message },
+            429 => DiallerError::Throttled { retry_after },
+            s @ 500..=599 => DiallerError::Server {
+                status: s,
+                message,
+                retry_after,
+            },
             s => DiallerError::Unexpected { status: s, message },
         }
     }
@@ -265,11 +453,7 @@ impl Dialler {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Record, DiallerError> {
-        self.records(method, path, query, body)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| DiallerError::Decode("the answer holds no record".into()))
+        first_record(self.call(method, path, query, body).await?)
     }
 
     /// Treats a JSON 404 ("no such contact/campaign") as an empty result.
@@ -320,23 +504,52 @@ impl Dialler {
     }
 
     /// Imports one contact; returns the imported (or overwritten) contact.
+    ///
+    /// Without `overwrite_duplicates`, an import sent twice makes two contacts; so before
+    /// a retry, the contact is looked up by UserData in its campaign, and if the failed
+    /// attempt did create it, that contact is the result.
     pub async fn import(
         &self,
         contact: &Value,
         flags: ImportFlags,
     ) -> Result<Record, DiallerError> {
-        let mut q = vec![(
-            "overwriteDuplicates",
-            flags.overwrite_duplicates.to_string(),
-        )];
-        if let Some(r) = flags.reset_contact {
-            q.push(("resetContact", r.to_string()));
+        let q = import_query(flags);
+        if flags.overwrite_duplicates {
+            return self
+                .one(Method::POST, "/dialler/contacts/import", &q, Some(contact))
+                .await;
         }
-        if let Some(u) = flags.unlock_contact {
-            q.push(("unlockContact", u.to_string()));
-        }
-        self.one(Method::POST, "/dialler/contacts/import", &q, Some(contact))
-            .await
+        let user_data = contact.get("UserData").and_then(Value::as_str);
+        let campaign = contact.get("DiallerCampaignsID").and_then(Value::as_i64);
+        let q = &q;
+        self.retrying(|n| async move {
+            if let (true, Some(user_data)) = (n > 0, user_data) {
+                let found = self
+                    .call_once(
+                        Method::GET,
+                        "/dialler/contacts/contact",
+                        &[("userData", user_data.to_string())],
+                        None,
+                    )
+                    .await;
+                let found = match found {
+                    Err(e) if e.is_not_found() => Vec::new(),
+                    other => records_of(other?)?,
+                };
+                if let Some(r) = found
+                    .into_iter()
+                    .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
+                    .min_by_key(|r| record_id(r))
+                {
+                    return Ok(r);
+                }
+            }
+            let v = self
+                .call_once(Method::POST, "/dialler/contacts/import", q, Some(contact))
+                .await?;
+            first_record(v)
+        })
+        .await
     }
 
     /// Updates the fields present in `contact`, which must hold `ID` or `UserData`.
@@ -419,6 +632,29 @@ impl Dialler {
     }
 }
 
+/// The query of an import: `overwriteDuplicates` always, the other flags if set.
+fn import_query(flags: ImportFlags) -> Vec<(&'static str, String)> {
+    let mut q = vec![(
+        "overwriteDuplicates",
+        flags.overwrite_duplicates.to_string(),
+    )];
+    if let Some(r) = flags.reset_contact {
+        q.push(("resetContact", r.to_string()));
+    }
+    if let Some(u) = flags.unlock_contact {
+        q.push(("unlockContact", u.to_string()));
+    }
+    q
+}
+
+/// The first record of an answer.
+fn first_record(v: Value) -> Result<Record, DiallerError> {
+    records_of(v)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| DiallerError::Decode("the answer holds no record".into()))
+}
+
 fn target_path(target: Target<'_>, action: Option<&str>) -> (String, Vec<(&'static str, String)>) {
     match (target, action) {
         (Target::Id(id), None) => (format!("/dialler/contacts/contact/{id}"), vec![]),
@@ -472,7 +708,62 @@ fn error_text(body: &[u8]) -> String {
     text.chars().take(300).collect()
 }
 
+/// The campaign of a returned contact.
+pub fn record_campaign(r: &Record) -> Option<i64> {
+    r.get("DiallerCampaignsID").and_then(Value::as_i64)
+}
+
 /// The contact ID in a returned record.
 pub fn record_id(r: &Record) -> Option<i64> {
     r.get("ID").and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(settings: &str) -> Dialler {
+        let text = format!(
+            "[dialler]\nbase_url = \"http://127.0.0.1:9/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\n{settings}\n\
+             [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+             [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+        );
+        let cfg = crate::config::Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+        Dialler::new(&cfg.dialler, &Secret::new("x")).unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_honours_retry_after() {
+        let d = client("retry_delay = \"100ms\"\nmax_retry_delay = \"1s\"");
+        for _ in 0..50 {
+            for (n, full) in [
+                (0, 100),
+                (1, 200),
+                (2, 400),
+                (3, 800),
+                (4, 1000),
+                (30, 1000),
+            ] {
+                let w = d.backoff(n, None).as_millis() as u64;
+                assert!((full / 2..=full).contains(&w), "retry {n}: {w} ms");
+            }
+            assert!(d.backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+            assert_eq!(
+                d.backoff(0, Some(Duration::from_secs(86_400))),
+                MAX_RETRY_AFTER
+            );
+        }
+    }
+
+    #[test]
+    fn the_run_budget_is_planned_from_the_run_or_configured() {
+        let d = client("");
+        d.budget_retries_for(10);
+        assert_eq!(d.retry_budget.load(Ordering::Relaxed), MIN_RETRY_BUDGET);
+        d.budget_retries_for(10_000);
+        assert_eq!(d.retry_budget.load(Ordering::Relaxed), 2_000);
+        let d = client("max_retries_per_run = 7");
+        d.budget_retries_for(10_000);
+        assert_eq!(d.retry_budget.load(Ordering::Relaxed), 7);
+    }
 }

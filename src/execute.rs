@@ -5,24 +5,39 @@
 //! or one import, lock or delete), and at most `max_concurrency` tasks are in flight
 //! (`buffer_unordered`), so two calls never race on one contact while distinct contacts
 //! proceed in parallel. The first task runs alone, as a probe of token and base URL.
-//! Tasks are created lazily, so after a fatal error (401, missing endpoint, unreachable
-//! server) no new task starts; those in flight finish. A task writes the state right
+//! Tasks are created lazily, so after a fatal error (401, missing endpoint, a dialler that
+//! stays down) no new task starts; those in flight finish. A task writes the state right
 //! after each call the dialler confirmed, once per call, so a confirmed operation is
 //! recorded even if the run stops afterwards.
+//!
+//! Crash safety: every operation but an import is safe to repeat (an update, reset, lock
+//! or unlock sent again changes nothing more; a delete sent again finds the contact gone).
+//! An import is not: its contact ID is only known from the answer. So imports are
+//! journalled: a window of the imports ahead is recorded as pending and flushed to disk
+//! before any of them is sent, and each is cleared once its ID is stored. The next run
+//! resolves what is still pending against the dialler before it plans (`reconcile`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use futures_util::stream::{self, StreamExt};
-use serde_json::{Map, Value};
+use std::collections::VecDeque;
 
-use crate::config::JobConfig;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
+
+use crate::config::{CampaignRef, JobConfig};
 use crate::dialler::{self, record_id, Dialler, DiallerError, ImportFlags};
-use crate::mapping::Contact;
+use crate::fields::Field;
+use crate::mapping::{Contact, FieldValue};
 use crate::plan::{Change, Plan, Removal, RemovalKind};
 use crate::progress::RunHandle;
 use crate::report::{Failure, JobReport, LIST_LIMIT};
-use crate::state::{Entry, JobState, LastOp, StateError};
+use crate::state::{Entry, JobState, LastOp, Pending, StateError};
+
+/// After this many runs in a row in which a row failed, its failure is logged as needing
+/// attention (it is retried on every run regardless).
+pub const FAILING_RUNS_WARN: u32 = 3;
 
 /// One contact's work.
 enum Task {
@@ -31,9 +46,20 @@ enum Task {
     Remove(Removal),
 }
 
+impl Task {
+    fn key(&self) -> &str {
+        match self {
+            Task::Import(c) => &c.key,
+            Task::Change(c) => &c.key,
+            Task::Remove(r) => &r.key,
+        }
+    }
+}
+
 /// What a task did.
 #[derive(Default)]
 struct Done {
+    key: String,
     imported: u64,
     updated: u64,
     reset: u64,
@@ -49,8 +75,8 @@ struct Run<'a> {
     dialler: &'a Dialler,
     state: &'a JobState,
     job: &'a JobConfig,
-    /// The campaign imports go to; `None` when the plan has no import.
-    campaign_id: Option<i64>,
+    /// The campaign imports go to, looked up at the first import.
+    campaign: OnceCell<i64>,
     now: i64,
     handle: &'a RunHandle,
     stop: AtomicBool,
@@ -65,15 +91,27 @@ enum TaskError {
     State(StateError),
 }
 
+impl From<StateError> for TaskError {
+    fn from(e: StateError) -> Self {
+        TaskError::State(e)
+    }
+}
+
 /// Where a plan is carried out.
 pub struct Target<'a> {
     pub dialler: &'a Dialler,
     pub state: &'a JobState,
     pub job: &'a JobConfig,
-    /// The campaign imports go to; `None` when the plan has no import.
-    pub campaign_id: Option<i64>,
     /// Contacts in flight at most.
     pub concurrency: usize,
+}
+
+/// The ID of the campaign `campaign` names (a call only for a name).
+pub async fn campaign_id(dialler: &Dialler, campaign: &CampaignRef) -> Result<i64, DiallerError> {
+    match campaign {
+        CampaignRef::Id(id) => Ok(*id),
+        CampaignRef::Name(name) => dialler.resolve_campaign(name).await,
+    }
 }
 
 /// Executes `plan` with at most `concurrency` contacts in flight, adding counts and
@@ -83,14 +121,13 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         dialler,
         state,
         job,
-        campaign_id,
         concurrency,
     } = target;
     let run = Run {
         dialler,
         state,
         job,
-        campaign_id,
+        campaign: OnceCell::new(),
         now: chrono::Utc::now().timestamp(),
         handle,
         stop: AtomicBool::new(false),
@@ -102,8 +139,16 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
             return;
         }
     }
+    let mut failing = match state.failure_counts() {
+        Ok(f) => f,
+        Err(e) => {
+            report.aborted = Some(error_chain(&e));
+            return;
+        }
+    };
     let planned = plan.changes.len() + plan.imports.len() + plan.removals.len();
     handle.sending(planned as u64);
+    dialler.budget_retries_for(planned as u64);
     let mut tasks = plan
         .changes
         .into_iter()
@@ -112,17 +157,9 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         .chain(plan.removals.into_iter().map(Task::Remove));
     // The first task runs alone: a wrong token, ClientsID or base URL then costs the
     // dialler one call, not one per slot of concurrency.
-    let first = match tasks.next() {
-        Some(t) => run.task(t).await,
-        None => None,
-    };
-    let rest = stream::iter(tasks)
-        .map(|t| run.task(t))
-        .buffer_unordered(concurrency);
-    let mut results = stream::iter([first]).chain(rest);
     let mut finished = 0usize;
-    while let Some(done) = results.next().await {
-        let Some(done) = done else { continue };
+    let mut absorb = |done: Option<Done>| {
+        let Some(done) = done else { return };
         finished += 1;
         report.imported += done.imported;
         report.updated += done.updated;
@@ -131,15 +168,73 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         report.locked += done.locked;
         report.deleted += done.deleted;
         report.already_gone += done.already_gone;
-        if let Some(f) = done.failure {
-            report.failed += 1;
-            if report.failures.len() < LIST_LIMIT {
-                report.failures.push(f);
+        let counted = match done.failure {
+            Some(mut f) => {
+                report.failed += 1;
+                let runs = failing.get(&done.key).copied().unwrap_or(0) + 1;
+                f.runs = runs;
+                if runs >= FAILING_RUNS_WARN {
+                    tracing::warn!(job = %job.name, user_data = %done.key, runs, error = %f.error,
+                        "this contact has failed in every one of its last runs; fix the record in the CRM or on the dialler");
+                }
+                if report.failures.len() < LIST_LIMIT {
+                    report.failures.push(f);
+                }
+                failing.insert(done.key.clone(), runs);
+                state.set_failures(&done.key, runs)
+            }
+            None if failing.remove(&done.key).is_some() => state.clear_failures(&done.key),
+            None => Ok(()),
+        };
+        if let Err(e) = counted {
+            run.halt(&e, false);
+        }
+    };
+    if let Some(t) = tasks.next() {
+        run.journal(std::slice::from_ref(&t)).await;
+        absorb(run.task(t).await);
+    }
+    // The journal runs up to this many tasks ahead of those started, so at most about
+    // this many imports are pending after a crash. It is written while the calls in
+    // flight go on.
+    let ahead = (concurrency * 4).max(64);
+    let mut ready: VecDeque<Task> = VecDeque::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut exhausted = false;
+    loop {
+        while in_flight.len() < concurrency {
+            match ready.pop_front() {
+                Some(t) => in_flight.push(run.task(t)),
+                None => break,
             }
         }
+        if ready.len() < concurrency && !exhausted {
+            let chunk: Vec<Task> = tasks.by_ref().take(ahead).collect();
+            if chunk.is_empty() || run.stopping() {
+                exhausted = true;
+                // Not journalled and never to be started: counted as not finished.
+                drop(chunk);
+            } else {
+                let mut journal = std::pin::pin!(run.journalled(chunk));
+                let chunk = loop {
+                    tokio::select! {
+                        chunk = &mut journal => break chunk,
+                        Some(done) = in_flight.next() => absorb(done),
+                    }
+                };
+                ready.extend(chunk);
+                continue;
+            }
+        }
+        match in_flight.next().await {
+            Some(done) => absorb(done),
+            None if ready.is_empty() => break,
+            None => {}
+        }
     }
-    drop(results);
-    if let Some((why, unauthorized)) = run.fatal.into_inner().unwrap() {
+    report.retries = dialler.retries();
+    let fatal = run.fatal.lock().unwrap().take();
+    if let Some((why, unauthorized)) = fatal {
         report.aborted = Some(why);
         report.unauthorized = unauthorized;
     } else if finished < planned {
@@ -151,46 +246,82 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
 }
 
 impl Run<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.handle.stop_requested()
+    }
+
+    /// Records the imports among `tasks` as pending and makes that durable, before any of
+    /// them is sent. On failure the run stops (and so none of them is sent).
+    async fn journal(&self, tasks: &[Task]) {
+        if self.stopping() {
+            return;
+        }
+        let mut any = false;
+        for t in tasks {
+            if let Task::Import(c) = t {
+                any = true;
+                let p = Pending {
+                    fields: c.hashes.clone(),
+                    triggers: c.triggers.clone(),
+                };
+                if let Err(e) = self.state.put_pending(&c.key, &p) {
+                    return self.halt(&e, false);
+                }
+            }
+        }
+        if any {
+            if let Err(e) = self.state.flush().await {
+                self.halt(&e, false);
+            }
+        }
+    }
+
+    /// `tasks`, once their imports are journalled.
+    async fn journalled(&self, tasks: Vec<Task>) -> Vec<Task> {
+        self.journal(&tasks).await;
+        tasks
+    }
+
     /// Runs one task; `None` if it was not started because the run is stopping.
     async fn task(&self, task: Task) -> Option<Done> {
-        if self.stop.load(Ordering::Relaxed) || self.handle.stop_requested() {
+        if self.stopping() {
+            // Never sent: no longer pending (if this fails, the next run looks it up).
+            if let Task::Import(c) = &task {
+                let _ = self.state.clear_pending(&c.key);
+            }
             return None;
         }
-        let mut done = Done::default();
-        let (key, result) = match task {
-            Task::Import(c) => {
-                let key = c.key.clone();
-                (key, self.import(c, &mut done).await)
-            }
-            Task::Change(c) => {
-                let key = c.key.clone();
-                (key, self.change(c, &mut done).await)
-            }
-            Task::Remove(r) => {
-                let key = r.key.clone();
-                (key, self.remove(r, &mut done).await)
-            }
+        let mut done = Done {
+            key: task.key().to_string(),
+            ..Done::default()
+        };
+        let result = match task {
+            Task::Import(c) => self.import(c, &mut done).await,
+            Task::Change(c) => self.change(c, &mut done).await,
+            Task::Remove(r) => self.remove(r, &mut done).await,
         };
         match result {
             Ok(()) => {}
             Err(TaskError::Dialler(op, e)) => {
                 if e.is_fatal() {
-                    self.halt(&e, matches!(e, DiallerError::Unauthorized { .. }));
+                    self.halt(&e, e.is_unauthorized());
                 }
                 let error = error_chain(&e);
-                tracing::warn!(job = %self.job.name, user_data = %key, operation = op, %error, "operation failed");
+                tracing::warn!(job = %self.job.name, user_data = %done.key, operation = op, %error, "operation failed");
                 done.failure = Some(Failure {
-                    user_data: key,
+                    user_data: done.key.clone(),
                     operation: op,
                     error,
+                    runs: 1,
                 });
             }
             Err(TaskError::State(e)) => {
                 self.halt(&e, false);
                 done.failure = Some(Failure {
-                    user_data: key,
+                    user_data: done.key.clone(),
                     operation: "state write",
                     error: error_chain(&e),
+                    runs: 1,
                 });
             }
         }
@@ -206,14 +337,41 @@ impl Run<'_> {
             .get_or_insert_with(|| (error_chain(e), unauthorized));
     }
 
+    async fn campaign_id(&self) -> Result<i64, DiallerError> {
+        if let Some(id) = self.campaign.get() {
+            return Ok(*id);
+        }
+        let id = campaign_id(self.dialler, &self.job.campaign).await?;
+        let _ = self.campaign.set(id);
+        Ok(id)
+    }
+
     async fn import(&self, c: Contact, done: &mut Done) -> Result<(), TaskError> {
+        let pending = Pending {
+            fields: c.hashes,
+            triggers: c.triggers,
+        };
+        self.send_import(&c.key, &c.fields, pending).await?;
+        done.imported += 1;
+        Ok(())
+    }
+
+    /// Imports `key` (already journalled as `pending`), stores its entry and clears the
+    /// journal.
+    async fn send_import(
+        &self,
+        key: &str,
+        values: &[(&'static Field, FieldValue)],
+        pending: Pending,
+    ) -> Result<i64, TaskError> {
         let campaign_id = self
-            .campaign_id
-            .expect("the caller resolves the campaign of a plan with imports");
+            .campaign_id()
+            .await
+            .map_err(|e| TaskError::Dialler("import", e))?;
         let mut body = Map::new();
         body.insert("DiallerCampaignsID".into(), Value::from(campaign_id));
-        body.insert("UserData".into(), Value::from(c.key.clone()));
-        for (f, v) in &c.fields {
+        body.insert("UserData".into(), Value::from(key));
+        for (f, v) in values {
             if !v.is_null() {
                 body.insert(
                     f.name.into(),
@@ -245,13 +403,36 @@ impl Run<'_> {
         })?;
         let entry = Entry {
             id,
-            fields: c.hashes,
-            triggers: c.triggers,
+            fields: pending.fields,
+            triggers: pending.triggers,
             locked: false,
             last_op: LastOp::Imported,
             last_run: self.now,
         };
-        self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+        self.state.put(key, &entry)?;
+        self.state.clear_pending(key)?;
+        Ok(id)
+    }
+
+    /// The contact of `c` is gone from the dialler (deleted there by someone): import it
+    /// again with every field, as if new. Its old entry goes first, so that after a crash
+    /// the journal, not a dead ID, says what to do.
+    async fn reimport(
+        &self,
+        c: Change,
+        gone: DiallerError,
+        done: &mut Done,
+    ) -> Result<(), TaskError> {
+        self.state.remove(&c.key)?;
+        let pending = Pending {
+            fields: c.fields,
+            triggers: c.triggers,
+        };
+        self.state.put_pending(&c.key, &pending)?;
+        self.state.flush().await?;
+        let id = self.send_import(&c.key, &c.values, pending).await?;
+        tracing::warn!(job = %self.job.name, user_data = %c.key, old_id = c.old.id, new_id = id, error = %gone,
+            "the contact was gone from the dialler; imported it again");
         done.imported += 1;
         Ok(())
     }
@@ -260,9 +441,10 @@ impl Run<'_> {
     /// true: after the update the new field hashes (and, unless a reset is still due, the
     /// trigger hashes, which then differ only by triggers newly added to the config);
     /// after the reset the trigger hashes; after the unlock the lock flag. A step that
-    /// fails leaves its part of the entry as it was, so the next run does it again.
+    /// fails leaves its part of the entry as it was, so the next run does it again. A
+    /// contact found gone (404) is imported again.
     async fn change(&self, c: Change, done: &mut Done) -> Result<(), TaskError> {
-        let mut entry = c.old;
+        let mut entry = c.old.clone();
         entry.last_run = self.now;
         let target = dialler::Target::Id(entry.id);
         if !c.update.is_empty() {
@@ -274,40 +456,43 @@ impl Run<'_> {
                     serde_json::to_value(v).expect("values serialize"),
                 );
             }
-            self.dialler
-                .update(&Value::Object(body))
-                .await
-                .map_err(|e| TaskError::Dialler("update", e))?;
+            match self.dialler.update(&Value::Object(body)).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => return self.reimport(c, e, done).await,
+                Err(e) => return Err(TaskError::Dialler("update", e)),
+            }
             entry.fields.clone_from(&c.fields);
             if !c.reset {
                 entry.triggers.clone_from(&c.triggers);
             }
             entry.last_op = LastOp::Updated;
-            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+            self.state.put(&c.key, &entry)?;
             done.updated += 1;
         }
         // Without an update, the field hashes can still differ by fields newly added to
         // the config; they go with the next write.
-        entry.fields = c.fields;
+        entry.fields.clone_from(&c.fields);
         if c.reset {
-            self.dialler
-                .reset(target)
-                .await
-                .map_err(|e| TaskError::Dialler("reset", e))?;
+            match self.dialler.reset(target).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => return self.reimport(c, e, done).await,
+                Err(e) => return Err(TaskError::Dialler("reset", e)),
+            }
             entry.triggers.clone_from(&c.triggers);
             entry.last_op = LastOp::Reset;
-            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+            self.state.put(&c.key, &entry)?;
             done.reset += 1;
         }
         if c.unlock {
-            self.dialler
-                .unlock(target)
-                .await
-                .map_err(|e| TaskError::Dialler("unlock", e))?;
-            entry.triggers = c.triggers;
+            match self.dialler.unlock(target).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => return self.reimport(c, e, done).await,
+                Err(e) => return Err(TaskError::Dialler("unlock", e)),
+            }
+            entry.triggers.clone_from(&c.triggers);
             entry.locked = false;
             entry.last_op = LastOp::Unlocked;
-            self.state.put(&c.key, &entry).map_err(TaskError::State)?;
+            self.state.put(&c.key, &entry)?;
             done.unlocked += 1;
         }
         Ok(())
@@ -326,17 +511,17 @@ impl Run<'_> {
                     entry.locked = true;
                     entry.last_op = LastOp::Locked;
                     entry.last_run = self.now;
-                    self.state.put(&r.key, &entry).map_err(TaskError::State)?;
+                    self.state.put(&r.key, &entry)?;
                     done.locked += 1;
                 }
                 RemovalKind::Delete => {
-                    self.state.remove(&r.key).map_err(TaskError::State)?;
+                    self.state.remove(&r.key)?;
                     done.deleted += 1;
                 }
             },
             // Already gone from the dialler: nothing left to lock or delete; forget it.
             Err(e) if e.is_not_found() => {
-                self.state.remove(&r.key).map_err(TaskError::State)?;
+                self.state.remove(&r.key)?;
                 done.already_gone += 1;
             }
             Err(e) => return Err(TaskError::Dialler(op, e)),

@@ -38,6 +38,8 @@ pub struct Change {
     pub old: Entry,
     /// The changed fields only; `Null` clears a field.
     pub update: Vec<(&'static Field, FieldValue)>,
+    /// Every mapped field (to import the contact again should it be gone).
+    pub values: Vec<(&'static Field, FieldValue)>,
     pub reset: bool,
     pub unlock: bool,
     /// The field and trigger hashes to store once the change is confirmed.
@@ -186,6 +188,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             key: c.key,
             old,
             update,
+            values: c.fields,
             reset,
             unlock,
             fields: c.hashes,

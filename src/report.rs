@@ -32,6 +32,8 @@ pub struct JobReport {
     pub invalid: u64,
     pub failed: u64,
     pub api_calls: u64,
+    /// Calls sent again after a passing failure (included in `api_calls`).
+    pub retries: u64,
     /// Rows read from the export.
     pub rows: u64,
     /// Contacts to lock or delete that were gone from the dialler already.
@@ -60,6 +62,8 @@ pub struct Failure {
     pub user_data: String,
     pub operation: &'static str,
     pub error: String,
+    /// Runs in a row in which this contact failed, this one included.
+    pub runs: u32,
 }
 
 /// One planned operation, for the dry-run listing.

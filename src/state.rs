@@ -6,6 +6,12 @@
 //! locked the contact, and what the last run did to it. Entries are written only after the
 //! dialler confirmed an operation. sled makes writes durable on `flush`, which the sync
 //! calls at the end of each run.
+//!
+//! Beside the entries, per job: the *pending* imports (the journal: an import is recorded
+//! here, durably, before it is sent, and cleared once its contact ID is stored; after a
+//! crash the next run looks each one up on the dialler before planning), and how many runs
+//! in a row each failing row has failed. Per store: the row count of each job's last run
+//! that was not aborted (the truncated-export guard compares against it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,30 @@ pub struct Entry {
     pub last_op: LastOp,
     /// When that was (Unix seconds).
     pub last_run: i64,
+}
+
+/// An import that was (or was about to be) sent but whose contact ID is not stored yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The field hashes the import sends.
+    pub fields: Vec<(u8, u64)>,
+    /// The trigger hashes to store with it.
+    pub triggers: Vec<(String, u64)>,
+}
+
+impl Pending {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ENTRY_VERSION];
+        out.extend(postcard::to_stdvec(self).expect("a Pending always serializes"));
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Pending> {
+        match bytes.split_first() {
+            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +100,10 @@ pub enum StateError {
          its control socket. Run as root it would write files the service cannot open"
     )]
     ForeignOwner { path: PathBuf, owner: String },
-    #[error("cannot open the state database {path}")]
+    #[error(
+        "cannot open the state database {path}; if it is damaged, `dialsync state rebuild` \
+         moves it aside and rebuilds it from the dialler"
+    )]
     Open {
         path: PathBuf,
         #[source]
@@ -142,7 +175,26 @@ impl Store {
     pub fn job(&self, name: &str) -> Result<JobState, StateError> {
         Ok(JobState {
             tree: self.db.open_tree(format!("job/{name}"))?,
+            pending: self.db.open_tree(format!("pending/{name}"))?,
+            failures: self.db.open_tree(format!("failures/{name}"))?,
         })
+    }
+
+    /// The rows of job `name`'s last run that was not aborted.
+    pub fn good_rows(&self, job: &str) -> Result<Option<u64>, StateError> {
+        Ok(self
+            .db
+            .open_tree("good_rows")?
+            .get(job)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    pub fn set_good_rows(&self, job: &str, rows: u64) -> Result<(), StateError> {
+        self.db
+            .open_tree("good_rows")?
+            .insert(job, &rows.to_le_bytes())?;
+        Ok(())
     }
 
     /// Stores the summary of a job's latest run (JSON, for `status`).
@@ -193,13 +245,77 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// One job's entries.
+/// One job's entries, pending imports and failure counts.
 #[derive(Clone)]
 pub struct JobState {
     tree: sled::Tree,
+    pending: sled::Tree,
+    failures: sled::Tree,
 }
 
 impl JobState {
+    /// Records an import about to be sent; durable after the next [`JobState::flush`].
+    pub fn put_pending(&self, key: &str, p: &Pending) -> Result<(), StateError> {
+        self.pending.insert(key, p.encode())?;
+        Ok(())
+    }
+
+    pub fn clear_pending(&self, key: &str) -> Result<(), StateError> {
+        self.pending.remove(key)?;
+        Ok(())
+    }
+
+    /// Every pending import, in key order.
+    pub fn pending(&self) -> Result<Vec<(String, Pending)>, StateError> {
+        self.pending
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match Pending::decode(&v) {
+                    Some(p) => Ok((key, p)),
+                    None => Err(StateError::Corrupt { key }),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs in a row in which each failing row failed.
+    pub fn failure_counts(&self) -> Result<std::collections::HashMap<String, u32>, StateError> {
+        self.failures
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let n = <[u8; 4]>::try_from(v.as_ref()).map_or(1, u32::from_le_bytes);
+                Ok((String::from_utf8_lossy(&k).into_owned(), n))
+            })
+            .collect()
+    }
+
+    pub fn set_failures(&self, key: &str, runs: u32) -> Result<(), StateError> {
+        self.failures.insert(key, &runs.to_le_bytes())?;
+        Ok(())
+    }
+
+    pub fn clear_failures(&self, key: &str) -> Result<(), StateError> {
+        self.failures.remove(key)?;
+        Ok(())
+    }
+
+    /// Empties the job's state (entries, pending imports, failure counts).
+    pub fn clear(&self) -> Result<(), StateError> {
+        self.tree.clear()?;
+        self.pending.clear()?;
+        self.failures.clear()?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (of the whole store).
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
     pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
         self.tree.insert(key, entry.encode())?;
         Ok(())

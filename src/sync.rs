@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use crate::config::{CampaignRef, Config, JobConfig, TokenError};
+use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
 use crate::execute::{error_chain, execute, Target};
 use crate::mapping::Mapper;
@@ -265,31 +265,16 @@ async fn run_job(
         return;
     }
 
-    // Only imports name the campaign: no look-up (and no call) for a plan without any.
-    let campaign_id = match (&job.campaign, plan.imports.is_empty()) {
-        (_, true) => Ok(None),
-        (CampaignRef::Id(id), false) => Ok(Some(*id)),
-        (CampaignRef::Name(name), false) => dialler.resolve_campaign(name).await.map(Some),
+    let state = state
+        .as_ref()
+        .expect("a run that is not a dry run has a state");
+    let target = Target {
+        dialler,
+        state,
+        job,
+        concurrency: config.dialler.max_concurrency,
     };
-    match campaign_id {
-        Ok(campaign_id) => {
-            let state = state
-                .as_ref()
-                .expect("a run that is not a dry run has a state");
-            let target = Target {
-                dialler,
-                state,
-                job,
-                campaign_id,
-                concurrency: config.dialler.max_concurrency,
-            };
-            execute(plan, target, handle, report).await;
-        }
-        Err(e) => {
-            report.unauthorized = matches!(e, crate::dialler::DiallerError::Unauthorized { .. });
-            report.aborted = Some(error_chain(&e));
-        }
-    }
+    execute(plan, target, handle, report).await;
 }
 
 /// The planned operations, in the order a dry run lists them.

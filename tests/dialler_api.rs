@@ -215,8 +215,14 @@ async fn campaigns_and_typed_errors() {
     assert_eq!(emu.requests().len(), before + 1);
 }
 
-/// An emulator with `faults` and a client that gives up after 300 ms.
+/// An emulator with `faults` and a client that gives up on a call after 300 ms and never
+/// retries.
 async fn faulty(faults: dialsync::emulator::Faults) -> (Emulator, Dialler) {
+    faulty_with(faults, "max_retries = 0").await
+}
+
+/// An emulator with `faults` and a client with `settings` in its [dialler] section.
+async fn faulty_with(faults: dialsync::emulator::Faults, settings: &str) -> (Emulator, Dialler) {
     let emu = Emulator::new(EmulatorConfig {
         faults,
         ..EmulatorConfig::default()
@@ -224,7 +230,7 @@ async fn faulty(faults: dialsync::emulator::Faults) -> (Emulator, Dialler) {
     let addr = emu.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let text = format!(
         "[dialler]\nbase_url = \"http://{addr}/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\n\
-         timeout = \"300ms\"\n\
+         timeout = \"300ms\"\n{settings}\n\
          [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
          [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
     );
@@ -293,4 +299,86 @@ async fn injected_faults_do_what_their_flags_say() {
     assert!((30..=90).contains(&failed), "{failed} of 200");
     assert_eq!(first, run(5).await);
     assert_ne!(first, run(6).await);
+}
+
+#[tokio::test]
+async fn passing_failures_are_retried_within_the_call_and_run_bounds() {
+    use dialsync::emulator::Faults;
+    // 429 every time: 1 + max_retries attempts, then the call gives up (and that ends a run).
+    let (emu, d) = faulty_with(
+        Faults {
+            throttle_rate: 1.0,
+            retry_after: 0,
+            ..Faults::default()
+        },
+        "max_retries = 3\nretry_delay = \"1ms\"",
+    )
+    .await;
+    let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::GaveUp { attempts: 4, last } if matches!(**last, DiallerError::Throttled { .. })),
+        "{err:?}"
+    );
+    assert!(err.is_fatal());
+    assert_eq!(emu.requests().len(), 4);
+    assert_eq!(d.retries(), 3);
+
+    // The run's budget is shared by all calls: 2 retries in all, then every call fails.
+    let (emu, d) = faulty_with(
+        Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+        "max_retries = 5\nretry_delay = \"1ms\"\nmax_retries_per_run = 2",
+    )
+    .await;
+    let err = d.campaigns().await.unwrap_err();
+    assert!(
+        matches!(err, DiallerError::RetryBudget { retries: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max_retries_per_run"), "{err}");
+    assert_eq!(emu.requests().len(), 3);
+
+    // Permanent errors are not retried.
+    let (emu, d) = faulty_with(Faults::default(), "retry_delay = \"1ms\"").await;
+    let err = d.lock(Target::Id(999_999)).await.unwrap_err();
+    assert!(err.is_not_found() && !err.is_fatal(), "{err:?}");
+    assert_eq!(emu.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn an_import_without_overwrite_is_looked_up_before_it_is_sent_again() {
+    use dialsync::emulator::Faults;
+    // Half the calls are carried out but never answered: a blind retry of such an import
+    // would make a second contact, since it may not overwrite.
+    let (emu, d) = faulty_with(
+        Faults {
+            timeout_rate: 0.5,
+            seed: 11,
+            ..Faults::default()
+        },
+        "max_retries = 20\nretry_delay = \"1ms\"\nmax_retry_delay = \"2ms\"",
+    )
+    .await;
+    let flags = ImportFlags {
+        overwrite_duplicates: false,
+        reset_contact: None,
+        unlock_contact: None,
+    };
+    for i in 0..20 {
+        let c = contact(&format!("U{i}"), "A");
+        let r = d.import(&c, flags).await.unwrap();
+        assert_eq!(r["UserData"], format!("U{i}"));
+    }
+    assert!(d.retries() > 0, "the seed must make some imports time out");
+    let mut keys: Vec<_> = emu
+        .contacts()
+        .iter()
+        .map(|c| c.fields["UserData"].as_str().unwrap().to_string())
+        .collect();
+    keys.sort();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!((before, keys.len()), (20, 20));
 }

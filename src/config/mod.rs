@@ -32,6 +32,12 @@ pub const DEFAULT_STATE_PATH: &str = "/var/lib/dialsync/state";
 pub const DEFAULT_ON_MISSING: OnMissing = OnMissing::Lock;
 pub const DEFAULT_OVERWRITE_DUPLICATES: bool = true;
 pub const DEFAULT_PHONE_FORMAT: PhoneFormat = PhoneFormat::E164;
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(500);
+pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_REMOVALS_PERCENT: f64 = 10.0;
+pub const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
+pub const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -55,6 +61,56 @@ pub struct DiallerConfig {
     pub connect_timeout: Duration,
     pub max_concurrency: usize,
     pub ca_file: Option<PathBuf>,
+    pub retry: RetryConfig,
+}
+
+/// How calls that failed for a passing reason (connection, timeout, 429, 5xx) are retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryConfig {
+    /// Retries of one call after its first attempt.
+    pub max_retries: u32,
+    /// The first backoff; it doubles per retry, with jitter, up to `max_delay`.
+    pub delay: Duration,
+    pub max_delay: Duration,
+    /// Retries of one run, all calls together; `None`: 20% of the run's planned
+    /// operations, at least 100.
+    pub per_run: Option<u64>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: DEFAULT_MAX_RETRIES,
+            delay: DEFAULT_RETRY_DELAY,
+            max_delay: DEFAULT_MAX_RETRY_DELAY,
+            per_run: None,
+        }
+    }
+}
+
+/// A job's limits on what one run may do before it stops and asks for `--force`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Guards {
+    /// Locks and deletes per run, as a count.
+    pub max_removals: Option<u64>,
+    /// Locks and deletes per run, as a percentage of the contacts in the state (100: off).
+    pub max_removals_percent: f64,
+    pub max_resets: Option<u64>,
+    pub max_resets_percent: f64,
+    /// Rows an export must have, as a percentage of the last good run's (0: off).
+    pub min_rows_percent: f64,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            max_removals: None,
+            max_removals_percent: DEFAULT_MAX_REMOVALS_PERCENT,
+            max_resets: None,
+            max_resets_percent: DEFAULT_MAX_RESETS_PERCENT,
+            min_rows_percent: DEFAULT_MIN_ROWS_PERCENT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +261,7 @@ pub struct JobConfig {
     pub unlock_contact: Option<bool>,
     /// CRM columns whose change triggers a reset.
     pub reset_when_changed: Vec<String>,
+    pub guards: Guards,
     pub source: SourceConfig,
     /// The CRM column holding UserData.
     pub key_column: String,
@@ -786,6 +843,45 @@ fn compile_dialler(
         }
     }
     let ca_file = d.ca_file.map(resolve);
+    let max_retries = match d.max_retries {
+        None => DEFAULT_MAX_RETRIES,
+        Some(n) if (0..=20).contains(&n) => n as u32,
+        Some(n) => {
+            fail(
+                ctx,
+                "max_retries",
+                format!("{n} is out of range: use 0 to 20"),
+            );
+            DEFAULT_MAX_RETRIES
+        }
+    };
+    let retry_delay = d.retry_delay.map(|t| t.0).unwrap_or(DEFAULT_RETRY_DELAY);
+    let max_retry_delay = d
+        .max_retry_delay
+        .map(|t| t.0)
+        .unwrap_or(DEFAULT_MAX_RETRY_DELAY);
+    if max_retry_delay < retry_delay {
+        fail(
+            ctx,
+            "max_retry_delay",
+            format!(
+                "is shorter than retry_delay ({})",
+                humantime::format_duration(retry_delay)
+            ),
+        );
+    }
+    let per_run = match d.max_retries_per_run {
+        None => None,
+        Some(n) if n >= 0 => Some(n as u64),
+        Some(n) => {
+            fail(
+                ctx,
+                "max_retries_per_run",
+                format!("{n} cannot be negative"),
+            );
+            None
+        }
+    };
     if ctx.problems.len() > start {
         return None;
     }
@@ -797,6 +893,12 @@ fn compile_dialler(
         connect_timeout,
         max_concurrency,
         ca_file,
+        retry: RetryConfig {
+            max_retries,
+            delay: retry_delay,
+            max_delay: max_retry_delay,
+            per_run,
+        },
     })
 }
 
@@ -865,6 +967,17 @@ fn compile_job(
         },
     };
 
+    let guards = compile_guards(
+        ctx,
+        root,
+        prefix,
+        [j.max_removals, j.max_resets],
+        [
+            j.max_removals_percent,
+            j.max_resets_percent,
+            j.min_rows_percent,
+        ],
+    );
     let campaign = match (j.campaign_id, j.campaign_name) {
         (Some(id), None) if id > 0 => Some(CampaignRef::Id(id)),
         (Some(id), None) => {
@@ -1014,10 +1127,58 @@ fn compile_job(
         reset_contact: j.reset_contact,
         unlock_contact: j.unlock_contact,
         reset_when_changed,
+        guards,
         source: source?,
         key_column: key_column?,
         fields,
     })
+}
+
+/// The guard keys of a job: counts are whole numbers from 0, percentages 0 to 100.
+/// A percentage set to 100 (or `min_rows_percent = 0`) turns that guard off.
+fn compile_guards(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    prefix: &[Seg],
+    [max_removals, max_resets]: [Option<i64>; 2],
+    [removals_percent, resets_percent, rows_percent]: [Option<f64>; 3],
+) -> Guards {
+    let mut bad = |k: &str, msg: String| {
+        let path: Vec<Seg> = prefix.iter().cloned().chain([key(k)]).collect();
+        ctx.at(root, &path, msg);
+    };
+    let mut count = |k: &str, v: Option<i64>| match v {
+        Some(n) if n < 0 => {
+            bad(k, format!("{n} cannot be negative"));
+            None
+        }
+        v => v.map(|n| n as u64),
+    };
+    let max_removals = count("max_removals", max_removals);
+    let max_resets = count("max_resets", max_resets);
+    let mut percent = |k: &str, v: Option<f64>, default: f64| match v {
+        None => default,
+        Some(p) if (0.0..=100.0).contains(&p) => p,
+        Some(p) => {
+            bad(k, format!("{p} is not a percentage from 0 to 100"));
+            default
+        }
+    };
+    Guards {
+        max_removals,
+        max_removals_percent: percent(
+            "max_removals_percent",
+            removals_percent,
+            DEFAULT_MAX_REMOVALS_PERCENT,
+        ),
+        max_resets,
+        max_resets_percent: percent(
+            "max_resets_percent",
+            resets_percent,
+            DEFAULT_MAX_RESETS_PERCENT,
+        ),
+        min_rows_percent: percent("min_rows_percent", rows_percent, DEFAULT_MIN_ROWS_PERCENT),
+    }
 }
 
 fn compile_source(

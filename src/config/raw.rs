@@ -23,6 +23,10 @@ pub struct RawDialler {
     pub connect_timeout: Option<HumanDuration>,
     pub max_concurrency: Option<i64>,
     pub ca_file: Option<PathBuf>,
+    pub max_retries: Option<i64>,
+    pub retry_delay: Option<HumanDuration>,
+    pub max_retry_delay: Option<HumanDuration>,
+    pub max_retries_per_run: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +48,11 @@ pub struct RawJob {
     pub reset_contact: Option<bool>,
     pub unlock_contact: Option<bool>,
     pub reset_when_changed: Option<Vec<String>>,
+    pub max_removals: Option<i64>,
+    pub max_removals_percent: Option<f64>,
+    pub max_resets: Option<i64>,
+    pub max_resets_percent: Option<f64>,
+    pub min_rows_percent: Option<f64>,
     pub source: Option<RawSource>,
     /// Dialler field name -> CRM column name.
     pub fields: Option<BTreeMap<String, String>>,
