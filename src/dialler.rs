@@ -539,7 +539,7 @@ impl Dialler {
                 if let Some(r) = found
                     .into_iter()
                     .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
-                    .min_by_key(|r| record_id(r))
+                    .min_by_key(record_id)
                 {
                     return Ok(r);
                 }
