@@ -10,12 +10,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use dialsync::config::{Config, TokenSource};
 use dialsync::control::{self, Client, Event, Request};
+use dialsync::dialler::Dialler;
 use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
 use dialsync::progress::RunHandle;
+use dialsync::reconcile;
 use dialsync::report::{self, Exit};
-use dialsync::state::Store;
+use dialsync::state::{StateError, Store};
 use dialsync::status;
-use dialsync::sync::{sync, SyncOptions};
+use dialsync::sync::{select_jobs, sync, SyncOptions};
 
 use crate::bars::Bars;
 
@@ -60,6 +62,10 @@ enum Command {
         /// Show what would be done; change nothing on the dialler or in the state.
         #[arg(long)]
         dry_run: bool,
+        /// Run even if a guard trips (an empty or truncated export, more removals or
+        /// resets than the job's limits). For this run only.
+        #[arg(long)]
+        force: bool,
         /// `human` (a summary per job) or `json` (one JSON object).
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -102,6 +108,26 @@ enum Command {
     },
     /// Show a whole sync cycle against a built-in emulator, with nothing to set up.
     Demo,
+    /// Work on the state database.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Rebuild a job's state from the dialler (its campaign's contacts, by UserData):
+    /// after the state was lost or damaged, on a new server, or before a first sync into
+    /// a campaign that already has contacts. A database that cannot be opened is moved
+    /// aside first. Stop the daemon before.
+    Rebuild {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only this job (all jobs when left out).
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 fn parse_campaign(s: &str) -> Result<(i64, String), String> {
@@ -173,12 +199,18 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             config,
             job,
             dry_run,
+            force,
             output,
         } => {
             let config = load(&config)?;
             let socket = control::socket_path(&config.state.path);
             if let Some(client) = connect(&socket).await? {
-                return sync_in_daemon(client, job, dry_run, output).await;
+                let request = Request::Sync {
+                    job,
+                    dry_run,
+                    force,
+                };
+                return sync_in_daemon(client, request, output).await;
             }
             let handle = Arc::new(RunHandle::new());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -189,6 +221,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 &SyncOptions {
                     job,
                     dry_run,
+                    force,
                     handle: Some(handle),
                 },
             )
@@ -330,7 +363,106 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Demo => crate::demo::run()
             .await
             .map_err(|e| Failure::new(Exit::Aborted, e)),
+        Command::State {
+            command: StateCommand::Rebuild { config, job },
+        } => rebuild(&load(&config)?, job.as_deref()).await,
     }
+}
+
+/// `state rebuild`: each selected job's state from its campaign on the dialler.
+async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
+    let path = &cfg.state.path;
+    let socket = control::socket_path(path);
+    if connect(&socket).await?.is_some() {
+        return Err(Failure::new(
+            Exit::Aborted,
+            anyhow::anyhow!(
+                "the daemon is running on this state ({}): stop it (`systemctl stop dialsync`), \
+                 rebuild, then start it again",
+                path.display()
+            ),
+        ));
+    }
+    let jobs = select_jobs(cfg, job).map_err(|e| Failure::new(e.exit(), e))?;
+    let token = cfg
+        .dialler
+        .token
+        .resolve()
+        .map_err(|e| Failure::new(Exit::Config, e))?;
+    let dialler = Dialler::new(&cfg.dialler, &token).map_err(|e| Failure::new(Exit::Config, e))?;
+    let store = match Store::open(path) {
+        Ok(s) => s,
+        Err(StateError::Open { source, .. }) if path.exists() => {
+            let aside = PathBuf::from(format!(
+                "{}.broken-{}",
+                path.display(),
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ));
+            std::fs::rename(path, &aside)
+                .with_context(|| format!("cannot move {} aside", path.display()))
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            eprintln!(
+                "the state database {} could not be opened ({source}); moved it to {} and \
+                 starting a new one",
+                path.display(),
+                aside.display()
+            );
+            if job.is_some() && cfg.jobs.len() > 1 {
+                eprintln!(
+                    "note: it held the state of every job: rebuild the others too \
+                     (`dialsync state rebuild` without --job rebuilds all)"
+                );
+            }
+            Store::open(path).map_err(|e| Failure::new(Exit::Aborted, e))?
+        }
+        Err(e) => return Err(Failure::new(Exit::Aborted, e)),
+    };
+    for job in jobs {
+        let state = store
+            .job(&job.name)
+            .map_err(|e| Failure::new(Exit::Aborted, e))?;
+        let r = reconcile::rebuild(&dialler, job, &state)
+            .await
+            .map_err(|e| {
+                let unauthorized = matches!(
+                    &e,
+                    reconcile::ReconcileError::Dialler(d) if d.is_unauthorized()
+                );
+                let exit = if unauthorized {
+                    Exit::Unauthorized
+                } else {
+                    Exit::Aborted
+                };
+                Failure::new(
+                    exit,
+                    anyhow::Error::from(e).context(format!("job {}", job.name)),
+                )
+            })?;
+        println!(
+            "job {}: rebuilt from campaign {}: {} contacts",
+            job.name, r.campaign, r.contacts
+        );
+        if r.without_user_data > 0 {
+            println!(
+                "  {} contacts of the campaign have no UserData and were left out",
+                r.without_user_data
+            );
+        }
+        for (key, ids) in r.shared.iter().take(10) {
+            println!(
+                "  UserData {key} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
+                 others in the jtel portal",
+                ids.len()
+            );
+        }
+        println!(
+            "  the dialler does not show which contacts are locked: {} locks were kept from the \
+             old state, any other contact counts as unlocked",
+            r.locked_kept
+        );
+    }
+    println!("the next sync sends only what differs between the export and the dialler");
+    Ok(Exit::Ok)
 }
 
 fn print_reports(reports: &[report::JobReport], output: Output) {
@@ -362,8 +494,7 @@ async fn connect(socket: &Path) -> Result<Option<Client>, Failure> {
 /// report on stdout, its exit code.
 async fn sync_in_daemon(
     mut client: Client,
-    job: Option<String>,
-    dry_run: bool,
+    request: Request,
     output: Output,
 ) -> Result<Exit, Failure> {
     let lost = |e: std::io::Error| {
@@ -377,10 +508,7 @@ async fn sync_in_daemon(
         "dialsync: the daemon is running; this sync runs in it, with the config it loaded \
          (Ctrl-C stops it after the calls in flight)",
     );
-    client
-        .send(&Request::Sync { job, dry_run })
-        .await
-        .map_err(lost)?;
+    client.send(&request).await.map_err(lost)?;
     loop {
         match client.next().await.map_err(lost)? {
             Some(Event::Progress(s)) => bars.update(&s),

@@ -28,7 +28,13 @@ pub fn socket_path(state_path: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    Sync { job: Option<String>, dry_run: bool },
+    Sync {
+        job: Option<String>,
+        dry_run: bool,
+        /// Run even if a guard trips.
+        #[serde(default)]
+        force: bool,
+    },
     Status,
 }
 

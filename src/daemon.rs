@@ -35,7 +35,7 @@ use crate::progress::RunHandle;
 use crate::report::{self, Exit, JobReport};
 use crate::state::{StateError, Store};
 use crate::status::{self, DaemonInfo, Status};
-use crate::sync;
+use crate::sync::{self, Mode};
 
 /// Where the time comes from: the wall clock in production, tokio's (pausable) clock in
 /// tests.
@@ -374,7 +374,7 @@ impl Daemon {
     /// One scheduled run of `job` (the caller holds its run lock).
     async fn run_scheduled(&self, cfg: &Config, job: &str) {
         let handle = Arc::new(RunHandle::new());
-        let report = self.run_locked(cfg, job, false, &handle).await;
+        let report = self.run_locked(cfg, job, Mode::default(), &handle).await;
         if report.aborted.is_some() {
             tracing::error!(job, run = %report.run_id, outcome = ?report.exit(), error = report.aborted.as_deref().unwrap_or(""), "scheduled run stopped early");
         }
@@ -385,9 +385,10 @@ impl Daemon {
         &self,
         cfg: &Config,
         job: &str,
-        dry_run: bool,
+        mode: Mode,
         handle: &Arc<RunHandle>,
     ) -> JobReport {
+        let dry_run = mode.dry_run;
         let slot = self.slot(job);
         slot.update(|i| i.running = Some(Arc::clone(handle)));
         if *self.stop.borrow() {
@@ -399,7 +400,7 @@ impl Daemon {
                 aborted: Some(e),
                 ..JobReport::begin(job, dry_run)
             },
-            Ok(j) => sync::run_one(cfg, j, Some(&self.store), dry_run, handle).await,
+            Ok(j) => sync::run_one(cfg, j, Some(&self.store), mode, handle).await,
         };
         if let Err(e) = self.store.flush().await {
             tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
@@ -501,7 +502,7 @@ impl Daemon {
     async fn manual(
         &self,
         job: Option<&str>,
-        dry_run: bool,
+        mode: Mode,
         stream: &mut UnixStream,
     ) -> std::io::Result<()> {
         let cfg = self.current();
@@ -540,7 +541,7 @@ impl Daemon {
                 }
             };
             let handle = Arc::new(RunHandle::new());
-            let run = self.run_locked(&cfg, &job.name, dry_run, &handle);
+            let run = self.run_locked(&cfg, &job.name, mode, &handle);
             tokio::pin!(run);
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             let mut buf = Vec::new();
@@ -635,13 +636,19 @@ async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::Result<()> {
             };
             control::write_event(&mut stream, &event).await
         }
-        Ok(Some(Request::Sync { job, dry_run })) => {
+        Ok(Some(Request::Sync {
+            job,
+            dry_run,
+            force,
+        })) => {
             tracing::info!(
                 job = job.as_deref().unwrap_or("(all)"),
                 dry_run,
+                force,
                 "manual sync requested"
             );
-            daemon.manual(job.as_deref(), dry_run, &mut stream).await
+            let mode = Mode { dry_run, force };
+            daemon.manual(job.as_deref(), mode, &mut stream).await
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct Plan {
     pub withheld_removals: u64,
     /// Rows read (valid and rejected).
     pub rows: u64,
+    /// Contacts in the state before the run.
+    pub known: u64,
 }
 
 impl Plan {
@@ -203,7 +205,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let mut already = 0u64;
         let seen = &self.seen;
         let on_missing = self.policy.on_missing;
+        let mut known = 0u64;
         self.state.for_each(&mut |key, entry| {
+            known += 1;
             if seen.contains_key(key) {
                 return;
             }
@@ -223,6 +227,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             }
         })?;
         self.plan.unchanged += already;
+        self.plan.known = known;
         if self.unreadable > 0 {
             self.plan.withheld_removals = removals.len() as u64;
         } else {

@@ -47,6 +47,14 @@ pub struct JobReport {
     /// Set when `aborted` is a 401: the exit code differs.
     #[serde(skip)]
     pub unauthorized: bool,
+    /// Set when `aborted` is a tripped guard: the exit code differs.
+    #[serde(skip)]
+    pub guard: bool,
+    /// A guard that tripped but was overridden with `--force`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
+    /// Imports of an interrupted earlier run found on the dialler and stored.
+    pub recovered: u64,
     /// The first rejected rows (row number, UserData if readable, reason).
     pub problems: Vec<Rejected>,
     /// The first failed operations.
@@ -93,6 +101,9 @@ pub enum Exit {
     Aborted = 3,
     /// The dialler rejected the token or ClientsID (HTTP 401).
     Unauthorized = 4,
+    /// A guard stopped the run before any change (empty or truncated export, too many
+    /// removals or resets): check, then `--force` once or raise the limit.
+    Guard = 5,
 }
 
 /// A report as scripts and `status` read it: its fields and its `outcome`, which is
@@ -138,6 +149,8 @@ impl JobReport {
     pub fn exit(&self) -> Exit {
         if self.unauthorized {
             Exit::Unauthorized
+        } else if self.guard {
+            Exit::Guard
         } else if self.aborted.is_some() {
             Exit::Aborted
         } else if self.invalid > 0 || self.failed > 0 || self.withheld_removals > 0 {

@@ -14,9 +14,11 @@ use tracing::Instrument;
 use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
 use crate::execute::{error_chain, execute, Target};
+use crate::guard::{self, Facts};
 use crate::mapping::Mapper;
 use crate::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::progress::RunHandle;
+use crate::reconcile::{resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
 use crate::state::{Entry, JobState, StateError, StateView, Store};
@@ -28,6 +30,9 @@ pub struct SyncOptions {
     pub job: Option<String>,
     /// Plan and report, but send no write and store nothing.
     pub dry_run: bool,
+    /// Run even if a guard trips (an empty or truncated export, too many removals or
+    /// resets).
+    pub force: bool,
     /// Progress counters to update and the stop request to obey (a fresh one when `None`).
     pub handle: Option<Arc<RunHandle>>,
 }
@@ -68,6 +73,13 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     sync_with(config, opts, store.as_ref()).await
 }
 
+/// How a job runs: for real or as a dry run, and whether its guards apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mode {
+    pub dry_run: bool,
+    pub force: bool,
+}
+
 /// Runs the selected jobs one after the other on an open state (`None`: a dry run
 /// against an empty state). For a process that syncs more than once: sled keeps a closed
 /// database locked for a moment, so open it once.
@@ -80,7 +92,11 @@ pub async fn sync_with(
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_one(config, job, store, opts.dry_run, &handle).await);
+        let mode = Mode {
+            dry_run: opts.dry_run,
+            force: opts.force,
+        };
+        reports.push(run_one(config, job, store, mode, &handle).await);
     }
     if let Some(store) = store {
         store.flush().await?;
@@ -106,9 +122,10 @@ pub async fn run_one(
     config: &Config,
     job: &JobConfig,
     store: Option<&Store>,
-    dry_run: bool,
+    mode: Mode,
     handle: &Arc<RunHandle>,
 ) -> JobReport {
+    let dry_run = mode.dry_run;
     let mut report = JobReport::begin(&job.name, dry_run);
     let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
     let started = Instant::now();
@@ -121,7 +138,7 @@ pub async fn run_one(
         Ok(dialler) => {
             // `instrument`, not `span.enter()`: an entered guard held across `.await` would
             // tag whatever else runs on the thread meanwhile.
-            run_job(config, job, &dialler, store, handle, &mut report)
+            run_job(config, job, &dialler, store, mode, handle, &mut report)
                 .instrument(span.clone())
                 .await;
             // The client is this run's own: its count is the run's.
@@ -133,7 +150,11 @@ pub async fn run_one(
     handle.finish();
     let _entered = span.enter(); // no await from here on
     if let (Some(store), false) = (store, dry_run) {
-        if let Err(e) = store.put_last_run(&job.name, &report.to_json()) {
+        let mut recorded = store.put_last_run(&job.name, &report.to_json());
+        if report.aborted.is_none() {
+            recorded = recorded.and_then(|()| store.set_good_rows(&job.name, report.rows));
+        }
+        if let Err(e) = recorded {
             tracing::error!(error = %error_chain(&e), "could not record the run");
         }
     }
@@ -148,6 +169,8 @@ pub async fn run_one(
         invalid = report.invalid,
         failed = report.failed,
         api_calls = report.api_calls,
+        retries = report.retries,
+        recovered = report.recovered,
         duration_ms = report.duration_ms,
         aborted = report.aborted.as_deref().unwrap_or(""),
         "sync finished"
@@ -208,10 +231,11 @@ async fn run_job(
     job: &JobConfig,
     dialler: &Dialler,
     store: Option<&Store>,
+    mode: Mode,
     handle: &Arc<RunHandle>,
     report: &mut JobReport,
 ) {
-    let dry_run = report.dry_run;
+    let dry_run = mode.dry_run;
 
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,
@@ -220,6 +244,39 @@ async fn run_job(
             return;
         }
     };
+    let last_good_rows = match store.map(|s| s.good_rows(&job.name)).transpose() {
+        Ok(n) => n.flatten(),
+        Err(e) => {
+            report.aborted = Some(error_chain(&e));
+            return;
+        }
+    };
+    // Imports an earlier run sent without storing their result: settle them first, or
+    // the plan would import them again. (A dry run only reads, and plans them as imports.)
+    if let (Some(state), false) = (&state, dry_run) {
+        match resolve_pending(dialler, job, state).await {
+            Ok(r) => {
+                report.recovered = r.found;
+                if r.found + r.absent > 0 {
+                    tracing::info!(
+                        found = r.found,
+                        not_sent = r.absent,
+                        "resolved the imports an interrupted run left pending"
+                    );
+                }
+            }
+            Err(e) => {
+                report.unauthorized =
+                    matches!(&e, ReconcileError::Dialler(d) if d.is_unauthorized());
+                report.aborted = Some(format!(
+                    "could not settle the imports an interrupted run left pending, so nothing \
+                     was changed: {}",
+                    error_chain(&e)
+                ));
+                return;
+            }
+        }
+    }
     let planned = {
         let job = job.clone();
         let state = state.clone();
@@ -254,7 +311,28 @@ async fn run_job(
         );
     }
 
+    let facts = Facts {
+        rows: plan.rows,
+        valid: plan.rows - plan.rejected.len() as u64,
+        known: plan.known,
+        last_good_rows,
+        removals: plan.removals.len() as u64,
+        resets: plan.resets() as u64,
+    };
+    let tripped = guard::check(&job.name, &job.guards, &facts).err();
+    if let Some(why) = &tripped {
+        if mode.force {
+            tracing::warn!(guard = %why, "guard overridden by --force");
+            report.forced = Some(why.clone());
+        } else {
+            tracing::error!(guard = %why, "guard tripped");
+        }
+    }
+    let stop = tripped.filter(|_| !mode.force);
+
     if dry_run {
+        report.guard = stop.is_some();
+        report.aborted = stop;
         report.imported = plan.imports.len() as u64;
         report.updated = plan.updates() as u64;
         report.reset = plan.resets() as u64;
@@ -265,6 +343,11 @@ async fn run_job(
         return;
     }
 
+    if let Some(why) = stop {
+        report.guard = true;
+        report.aborted = Some(why);
+        return;
+    }
     let state = state
         .as_ref()
         .expect("a run that is not a dry run has a state");

@@ -1,0 +1,307 @@
+//! The guards a plan passes before anything is written: they catch a broken CRM export
+//! (empty, or much shorter than the last good one) and a plan that would remove or reset
+//! much of the campaign at once. A tripped guard stops the run before its first call
+//! and says what it saw and how to go on (`--force` for one run, or a higher limit).
+
+use crate::config::Guards;
+
+/// Percentage limits do not stop a plan of this many operations or fewer (nor an export
+/// this many rows shorter than the last good one), so that a small campaign can lose a
+/// contact or two without an operator stepping in. Count limits (`max_removals`,
+/// `max_resets`) apply from the first.
+pub const PERCENT_FLOOR: u64 = 10;
+
+/// What the guards look at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// Rows read, valid or not.
+    pub rows: u64,
+    /// Valid rows.
+    pub valid: u64,
+    /// Contacts in the state before the run.
+    pub known: u64,
+    /// Rows of the last run that was not aborted, if any.
+    pub last_good_rows: Option<u64>,
+    /// Locks and deletes planned.
+    pub removals: u64,
+    /// Resets planned.
+    pub resets: u64,
+}
+
+/// Why the run stops: the numbers and what to do, ready to show.
+pub fn check(job: &str, g: &Guards, f: &Facts) -> Result<(), String> {
+    let force = format!("`dialsync sync --job {job} --force`");
+    if f.valid == 0 && f.known > 0 {
+        return Err(format!(
+            "guard: the export has no usable rows ({} read, all invalid or none at all), but the \
+             state holds {} contacts. An empty export is taken for a failed CRM export; nothing \
+             was changed. Check the export; if the campaign is really to be emptied, run once \
+             with {force}",
+            f.rows, f.known
+        ));
+    }
+    if let Some(last) = f.last_good_rows {
+        let least = last as f64 * g.min_rows_percent / 100.0;
+        if (f.rows as f64) < least && last - f.rows > PERCENT_FLOOR {
+            return Err(format!(
+                "guard: the export has {} rows, fewer than {}% of the last good run's {last} \
+                 (min_rows_percent); it is taken for a truncated export and nothing was changed. \
+                 Check the CRM export; if the drop is real, run once with {force} or lower \
+                 min_rows_percent in job {job}",
+                f.rows, g.min_rows_percent
+            ));
+        }
+    }
+    over(
+        job,
+        "lock or delete",
+        "max_removals",
+        f.removals,
+        g.max_removals,
+        g.max_removals_percent,
+        f.known,
+        &force,
+    )?;
+    over(
+        job,
+        "reset",
+        "max_resets",
+        f.resets,
+        g.max_resets,
+        g.max_resets_percent,
+        f.known,
+        &force,
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn over(
+    job: &str,
+    what: &str,
+    key: &str,
+    n: u64,
+    count: Option<u64>,
+    percent: f64,
+    known: u64,
+    force: &str,
+) -> Result<(), String> {
+    let share = if known == 0 {
+        100.0
+    } else {
+        n as f64 * 100.0 / known as f64
+    };
+    let limit = if count.is_some_and(|c| n > c) {
+        format!("{key} = {}", count.unwrap_or_default())
+    } else if n > PERCENT_FLOOR && share > percent {
+        format!("{key}_percent = {percent}")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "guard: the plan would {what} {n} of the {known} contacts in the state ({share:.1}%), \
+         over the job's limit ({limit}); nothing was changed. Check that the export is \
+         complete; if this is intended, run once with {force}, or raise {key} / \
+         {key}_percent in job {job}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            rows: 1000,
+            valid: 990,
+            known: 1000,
+            last_good_rows: Some(1000),
+            removals: 10,
+            resets: 0,
+        }
+    }
+
+    #[test]
+    fn a_normal_run_passes() {
+        assert_eq!(check("j", &Guards::default(), &facts()), Ok(()));
+        // A first run: nothing known, nothing to compare with.
+        let first = Facts {
+            known: 0,
+            last_good_rows: None,
+            removals: 0,
+            ..facts()
+        };
+        assert_eq!(check("j", &Guards::default(), &first), Ok(()));
+        // Empty export with an empty state: nothing to protect.
+        let empty = Facts {
+            rows: 0,
+            valid: 0,
+            known: 0,
+            last_good_rows: None,
+            removals: 0,
+            resets: 0,
+        };
+        assert_eq!(check("j", &Guards::default(), &empty), Ok(()));
+    }
+
+    #[test]
+    fn empty_and_truncated_exports_trip() {
+        let g = Guards::default();
+        let e = check(
+            "j",
+            &g,
+            &Facts {
+                rows: 3,
+                valid: 0,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("no usable rows") && e.contains("--force"), "{e}");
+        let e = check(
+            "j",
+            &g,
+            &Facts {
+                rows: 500,
+                valid: 500,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("500 rows") && e.contains("1000") && e.contains("min_rows_percent"),
+            "{e}"
+        );
+        // 75% of 1000 is allowed, 749 is not.
+        assert!(check(
+            "j",
+            &g,
+            &Facts {
+                rows: 750,
+                valid: 750,
+                removals: 0,
+                ..facts()
+            }
+        )
+        .is_ok());
+        assert!(check(
+            "j",
+            &g,
+            &Facts {
+                rows: 749,
+                valid: 749,
+                removals: 0,
+                ..facts()
+            }
+        )
+        .is_err());
+        // A small export may shrink by a few rows.
+        let small = Facts {
+            rows: 2,
+            valid: 2,
+            known: 3,
+            last_good_rows: Some(3),
+            removals: 1,
+            resets: 0,
+        };
+        assert!(check("j", &g, &small).is_ok());
+        let off = Guards {
+            min_rows_percent: 0.0,
+            ..g
+        };
+        assert!(check(
+            "j",
+            &off,
+            &Facts {
+                rows: 1,
+                valid: 1,
+                removals: 0,
+                ..facts()
+            }
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn removal_and_reset_limits_by_count_and_percent() {
+        let g = Guards::default();
+        // 10% of 1000 is the default limit.
+        assert!(check(
+            "j",
+            &g,
+            &Facts {
+                removals: 100,
+                ..facts()
+            }
+        )
+        .is_ok());
+        let e = check(
+            "j",
+            &g,
+            &Facts {
+                removals: 101,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("lock or delete 101 of the 1000") && e.contains("max_removals_percent = 10"),
+            "{e}"
+        );
+        // A small campaign may lose a few without a guard.
+        assert!(check(
+            "j",
+            &g,
+            &Facts {
+                known: 12,
+                removals: 10,
+                rows: 2,
+                valid: 2,
+                last_good_rows: None,
+                ..facts()
+            }
+        )
+        .is_ok());
+        // A count limit applies from the first.
+        let counted = Guards {
+            max_removals: Some(5),
+            ..g
+        };
+        let e = check(
+            "j",
+            &counted,
+            &Facts {
+                removals: 6,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains("max_removals = 5"), "{e}");
+        let e = check(
+            "j",
+            &g,
+            &Facts {
+                resets: 251,
+                ..facts()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("reset 251") && e.contains("max_resets_percent = 25"),
+            "{e}"
+        );
+        let off = Guards {
+            max_removals_percent: 100.0,
+            ..g
+        };
+        assert!(check(
+            "j",
+            &off,
+            &Facts {
+                removals: 1000,
+                ..facts()
+            }
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,244 @@
+//! The state resolved against the dialler: the imports a stopped or crashed run left
+//! pending (before each run plans), and a whole job's state rebuilt from its campaign
+//! (`dialsync state rebuild`).
+//!
+//! Both read contacts back from the dialler and store, per mapped field, the hash of the
+//! value the dialler holds, computed as the mapping computes it from the export. So the
+//! next plan sends exactly the fields in which the dialler differs from the export, and
+//! nothing when they agree.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::config::JobConfig;
+use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
+use crate::execute::campaign_id;
+use crate::fields::{self, Field};
+use crate::mapping::FieldValue;
+use crate::state::{Entry, JobState, LastOp, StateError, StateView};
+
+/// Up to this many pending imports are looked up one by one; more, with one listing of
+/// the campaign.
+const LOOK_UP_ONE_BY_ONE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Dialler(#[from] DiallerError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The hash of `field` as `record` holds it, equal to the mapping's hash of the same value.
+pub fn dialler_hash(record: &Record, field: &Field) -> u64 {
+    let value = match record.get(field.name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => FieldValue::Text(s.trim().to_string()),
+        Some(Value::Number(n)) => n.as_f64().map_or(FieldValue::Null, FieldValue::Number),
+        _ => FieldValue::Null,
+    };
+    value.hash()
+}
+
+/// The campaign's contacts by UserData, each list in ID order. Older servers ignore the
+/// campaign filter and list the whole tenant: other campaigns' contacts are dropped.
+async fn contacts_by_key(
+    dialler: &Dialler,
+    campaign: i64,
+) -> Result<(HashMap<String, Vec<Record>>, u64), DiallerError> {
+    let mut by_key: HashMap<String, Vec<Record>> = HashMap::new();
+    let mut without_key = 0;
+    for r in dialler.list_contacts(Some(campaign)).await? {
+        if record_campaign(&r).is_some_and(|c| c != campaign) {
+            continue;
+        }
+        match r.get("UserData").and_then(Value::as_str).map(str::trim) {
+            Some(k) if !k.is_empty() => by_key.entry(k.to_string()).or_default().push(r),
+            _ => without_key += 1,
+        }
+    }
+    for list in by_key.values_mut() {
+        list.sort_by_key(record_id);
+    }
+    Ok((by_key, without_key))
+}
+
+/// What resolving the pending imports found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Imports that reached the dialler: their contact is now in the state.
+    pub found: u64,
+    /// Imports that never reached it: the plan imports them again.
+    pub absent: u64,
+}
+
+/// Resolves every pending import of `state` against the dialler: a contact found by
+/// UserData in the campaign is stored with its ID and the hashes of what the dialler
+/// holds; one not found is forgotten, so the plan imports it. Nothing is sent but reads.
+pub async fn resolve_pending(
+    dialler: &Dialler,
+    job: &JobConfig,
+    state: &JobState,
+) -> Result<Resolved, ReconcileError> {
+    let pending = state.pending()?;
+    let mut out = Resolved::default();
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let campaign = campaign_id(dialler, &job.campaign).await?;
+    let found: HashMap<String, Vec<Record>> = if pending.len() > LOOK_UP_ONE_BY_ONE {
+        contacts_by_key(dialler, campaign).await?.0
+    } else {
+        let mut m = HashMap::new();
+        for (key, _) in &pending {
+            let mut list: Vec<Record> = dialler
+                .contacts_by_user_data(key)
+                .await?
+                .into_iter()
+                .filter(|r| record_campaign(r).is_none_or(|c| c == campaign))
+                .collect();
+            list.sort_by_key(record_id);
+            m.insert(key.clone(), list);
+        }
+        m
+    };
+    let now = chrono::Utc::now().timestamp();
+    for (key, p) in pending {
+        // Stored already: the run stopped between storing the contact and clearing this.
+        if state.get(&key)?.is_some() {
+            state.clear_pending(&key)?;
+            continue;
+        }
+        let Some((first, others)) = found.get(&key).and_then(|l| l.split_first()) else {
+            state.clear_pending(&key)?;
+            out.absent += 1;
+            continue;
+        };
+        let Some(id) = record_id(first) else {
+            return Err(DiallerError::Decode(format!(
+                "the contact with UserData {key:?} has no ID"
+            ))
+            .into());
+        };
+        if !others.is_empty() {
+            tracing::warn!(job = %job.name, user_data = %key, kept = id,
+                others = ?others.iter().filter_map(record_id).collect::<Vec<_>>(),
+                "several contacts share this UserData on the dialler; dialsync keeps the oldest, remove the others in the jtel portal");
+        }
+        let entry = Entry {
+            id,
+            fields: p
+                .fields
+                .iter()
+                .map(|&(code, h)| {
+                    (
+                        code,
+                        fields::by_code(code).map_or(h, |f| dialler_hash(first, f)),
+                    )
+                })
+                .collect(),
+            triggers: p.triggers,
+            locked: false,
+            last_op: LastOp::Imported,
+            last_run: now,
+        };
+        state.put(&key, &entry)?;
+        state.clear_pending(&key)?;
+        out.found += 1;
+    }
+    state.flush().await?;
+    Ok(out)
+}
+
+/// What `state rebuild` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub campaign: i64,
+    /// Contacts now in the state.
+    pub contacts: u64,
+    /// Contacts of the campaign without UserData (not dialsync's; left out).
+    pub without_user_data: u64,
+    /// UserData values held by several contacts: (UserData, IDs), the first kept.
+    pub shared: Vec<(String, Vec<i64>)>,
+    /// Contacts the old state said dialsync had locked, kept as locked.
+    pub locked_kept: u64,
+}
+
+/// Replaces the state of `job` with the contacts of its campaign on the dialler: ID and
+/// field hashes by UserData. The dialler does not say which contacts are locked; a lock
+/// recorded in the old state for the same contact ID is kept. Reset triggers start
+/// afresh (their first value is recorded by the next run, without a reset).
+pub async fn rebuild(
+    dialler: &Dialler,
+    job: &JobConfig,
+    state: &JobState,
+) -> Result<Rebuilt, ReconcileError> {
+    let campaign = campaign_id(dialler, &job.campaign).await?;
+    let (by_key, without_user_data) = contacts_by_key(dialler, campaign).await?;
+    let mut locked: HashMap<String, i64> = HashMap::new();
+    // An unreadable old state is what a rebuild is for: its lock flags are lost.
+    let _ = state.for_each(&mut |key, e| {
+        if e.locked {
+            locked.insert(key.to_string(), e.id);
+        }
+    });
+    state.clear()?;
+    let now = chrono::Utc::now().timestamp();
+    let mut out = Rebuilt {
+        campaign,
+        without_user_data,
+        ..Rebuilt::default()
+    };
+    let mut keys: Vec<&String> = by_key.keys().collect();
+    keys.sort();
+    for key in keys {
+        let list = &by_key[key];
+        let first = &list[0];
+        let Some(id) = record_id(first) else { continue };
+        if list.len() > 1 {
+            out.shared
+                .push((key.clone(), list.iter().filter_map(record_id).collect()));
+        }
+        let was_locked = locked.get(key) == Some(&id);
+        out.locked_kept += u64::from(was_locked);
+        let entry = Entry {
+            id,
+            fields: job
+                .fields
+                .iter()
+                .map(|(f, _)| (f.code, dialler_hash(first, f)))
+                .collect(),
+            triggers: Vec::new(),
+            locked: was_locked,
+            last_op: LastOp::Baseline,
+            last_run: now,
+        };
+        state.put(key, &entry)?;
+        out.contacts += 1;
+    }
+    state.flush().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialler_values_hash_as_the_mapping_hashes_them() {
+        let name = fields::by_name("Name").unwrap();
+        let amount = fields::by_name("Amount").unwrap();
+        let mut r = Record::new();
+        r.insert("Name".into(), Value::from("Müller"));
+        r.insert("Amount".into(), serde_json::json!(12.5));
+        assert_eq!(
+            dialler_hash(&r, name),
+            FieldValue::Text("Müller".into()).hash()
+        );
+        assert_eq!(dialler_hash(&r, amount), FieldValue::Number(12.5).hash());
+        r.insert("Name".into(), Value::from(""));
+        assert_eq!(dialler_hash(&r, name), FieldValue::Null.hash());
+        r.remove("Name");
+        assert_eq!(dialler_hash(&r, name), FieldValue::Null.hash());
+    }
+}
