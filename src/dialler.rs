@@ -113,18 +113,23 @@ fn hint(similar: &[String]) -> String {
 impl DiallerError {
     /// Errors after which no further call can succeed in this run: stop at once. A
     /// passing failure that outlasted its retries counts, as the dialler is then down or
-    /// overloaded, and the next run carries on where this one stopped.
+    /// overloaded, and the next run carries on where this one stopped; except a repeated
+    /// HTTP 500, which is more likely this one request's problem: that contact fails,
+    /// the run goes on.
     pub fn is_fatal(&self) -> bool {
-        self.is_transient()
-            || matches!(
+        match self {
+            DiallerError::Server { status: 500, .. } => false,
+            DiallerError::GaveUp { last, .. } => last.is_fatal(),
+            e if e.is_transient() => true,
+            _ => matches!(
                 self,
                 DiallerError::Unauthorized { .. }
                     | DiallerError::EndpointMissing { .. }
                     | DiallerError::CampaignNotFound { .. }
                     | DiallerError::CampaignIdNotFound(_)
-                    | DiallerError::GaveUp { .. }
                     | DiallerError::RetryBudget { .. }
-            )
+            ),
+        }
     }
 
     /// A passing failure: the same call may succeed if sent again.

@@ -282,6 +282,18 @@ impl Emulator {
         self.shared.data.lock().unwrap().requests.clone()
     }
 
+    /// Removes a contact as someone in the jtel portal would (tests of a contact gone).
+    pub fn remove_contact(&self, id: i64) -> bool {
+        let mut d = self.shared.data.lock().unwrap();
+        match d.contacts.remove(&id) {
+            Some(c) => {
+                unindex(&mut d, &c);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).
     pub fn add_tries(&self, id: i64, n: u64) {
         if let Some(c) = self.shared.data.lock().unwrap().contacts.get_mut(&id) {

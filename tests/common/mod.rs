@@ -164,3 +164,45 @@ impl Env {
 pub fn field<'a>(c: &'a EmuContact, name: &str) -> &'a str {
     c.fields.get(name).and_then(Value::as_str).unwrap_or("")
 }
+
+/// `n` valid export rows K1..Kn (in the `HEADER` columns), with `city` as City.
+pub fn rows(n: usize, city: &str) -> Vec<String> {
+    (1..=n)
+        .map(|i| format!("K{i};Name{i};First{i};0171 {:07};{city};1", 1_000_000 + i))
+        .collect()
+}
+
+impl Env {
+    /// Writes `rows` as the export.
+    pub fn write_rows(&self, rows: &[String]) {
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        self.write_export(&refs);
+    }
+
+    /// Asserts that the emulator holds exactly one contact per row of `rows`, with the
+    /// row's name and city, and nothing else.
+    pub fn assert_holds_exactly(&self, rows: &[String]) {
+        let contacts = self.contacts();
+        let mut by_key = std::collections::HashMap::new();
+        for c in &contacts {
+            let key = field(c, "UserData").to_string();
+            assert!(
+                by_key.insert(key.clone(), c.clone()).is_none(),
+                "two contacts with UserData {key}"
+            );
+        }
+        assert_eq!(contacts.len(), rows.len(), "one contact per row");
+        for r in rows {
+            let cols: Vec<&str> = r.split(';').collect();
+            let c = by_key
+                .get(cols[0])
+                .unwrap_or_else(|| panic!("no contact {}", cols[0]));
+            assert_eq!(
+                (field(c, "Name"), field(c, "City")),
+                (cols[1], cols[4]),
+                "{}",
+                cols[0]
+            );
+        }
+    }
+}

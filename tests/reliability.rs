@@ -1,0 +1,252 @@
+//! What happens when things go wrong: a struggling dialler, a broken export, a lost
+//! state, a contact deleted behind dialsync's back.
+
+mod common;
+
+use common::{field, rows, Env};
+use dialsync::emulator::Faults;
+use serde_json::Value;
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {key} in {report}"))
+}
+
+#[test]
+fn a_struggling_dialler_ends_exactly_right_within_the_retry_bounds() {
+    let env = Env::with_faults(Faults {
+        error_rate: 0.10,
+        timeout_rate: 0.02,
+        seed: 42,
+        ..Faults::default()
+    });
+    // No overwrite: a blind retry of an import that timed out would duplicate it.
+    env.write_config(common::TOKEN, "overwrite_duplicates = false");
+    env.edit_config(
+        "token = ",
+        "timeout = \"500ms\"\nretry_delay = \"1ms\"\nmax_retry_delay = \"20ms\"\nmax_retries = 8\ntoken = ",
+    );
+    let all = rows(2000, "Köln");
+    env.write_rows(&all);
+    let (report, code) = env.sync(&[]);
+    let retries = count(&report, "retries");
+    // About 12% of the calls fail once; the run's bound is 20% of its 2000 operations.
+    assert!((100..=400).contains(&retries), "{retries} retries");
+    assert_eq!(count(&report, "api_calls"), env.requests().len() as u64);
+    let imported = count(&report, "imported");
+    settle(&env, &report, code, imported, 2000);
+    env.assert_holds_exactly(&all);
+
+    // Changes go through the same faults: every city updated once, nothing duplicated.
+    let moved = rows(2000, "Bonn");
+    env.write_rows(&moved);
+    let (report, code) = env.sync(&[]);
+    let updated = count(&report, "updated");
+    settle(&env, &report, code, updated, 2000);
+    env.assert_holds_exactly(&moved);
+}
+
+/// A run under faults either did all `expected` operations, or gave up on a few contacts
+/// after HTTP 500 kept coming back (bounded: 500 may be the request's own fault); those
+/// are listed as failed with their run count, and the next run does them.
+fn settle(env: &Env, report: &Value, code: i32, done: u64, expected: u64) {
+    if code == 0 {
+        assert_eq!(done, expected, "{report}");
+        return;
+    }
+    assert_eq!(code, 1, "{report}");
+    let failed = count(report, "failed");
+    assert_eq!(done + failed, expected, "{report}");
+    for f in report["failures"].as_array().unwrap() {
+        let error = f["error"].as_str().unwrap();
+        assert!(
+            error.contains("gave up after") && error.contains("HTTP 500"),
+            "{error}"
+        );
+        assert_eq!(f["runs"], 1);
+    }
+    let (again, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(count(&again, "failed"), 0);
+}
+
+#[test]
+fn a_dialler_that_stays_down_stops_the_run_after_the_probe() {
+    let env = Env::with_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    env.edit_config(
+        "token = ",
+        "retry_delay = \"1ms\"\nmax_retries = 2\ntoken = ",
+    );
+    let all = rows(50, "Köln");
+    env.write_rows(&all);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 3, "{report}");
+    let why = report["aborted"].as_str().unwrap();
+    assert!(why.contains("gave up after 3 attempts"), "{why}");
+    // The probe (the first contact) failed: nothing else was sent.
+    assert_eq!(env.requests().len(), 3);
+    assert!(env.contacts().is_empty());
+}
+
+#[test]
+fn guards_stop_an_empty_a_truncated_export_and_mass_removals() {
+    let env = Env::new();
+    let all = rows(100, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let n = env.requests().len();
+
+    let tripped = |rows: &[String], expect: &str| {
+        env.write_rows(rows);
+        let (report, code) = env.sync(&[]);
+        assert_eq!(code, 5, "{report}");
+        assert_eq!(report["outcome"], "guard");
+        let why = report["aborted"].as_str().unwrap();
+        assert!(why.contains(expect) && why.contains("--force"), "{why}");
+        assert_eq!(env.requests().len(), n, "nothing was sent");
+        // A dry run shows the same stop, with the plan.
+        let (dry, code) = env.sync(&["--dry-run"]);
+        assert_eq!(code, 5, "{dry}");
+        report
+    };
+    // Empty: header only.
+    tripped(&[], "no usable rows");
+    // Half the rows: truncated.
+    let report = tripped(&all[..50], "fewer than 75% of the last good run's 100");
+    assert_eq!(count(&report, "rows"), 50);
+    // 80 of 100 rows is long enough, but 20 locks are over 10% of the contacts.
+    let report = tripped(&all[..80], "lock or delete 20 of the 100");
+    assert!(report["aborted"]
+        .as_str()
+        .unwrap()
+        .contains("max_removals_percent = 10"));
+
+    // Nothing changed in the state either: the full export is still in step.
+    env.write_rows(&all);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+    env.assert_holds_exactly(&all);
+
+    // --force carries a tripped run out once; a raised limit makes it pass.
+    env.write_rows(&all[..80]);
+    let (report, code) = env.sync(&["--force"]);
+    assert_eq!((code, count(&report, "locked")), (0, 20), "{report}");
+    assert!(report["forced"]
+        .as_str()
+        .unwrap()
+        .contains("lock or delete 20"));
+    env.write_rows(&all[..60]);
+    assert_eq!(env.sync(&[]).1, 5);
+    env.edit_config(
+        "reset_when_changed",
+        "max_removals_percent = 50\nreset_when_changed",
+    );
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "locked")), (0, 20), "{report}");
+}
+
+#[test]
+fn an_empty_export_into_an_empty_state_is_no_error() {
+    let env = Env::new();
+    env.write_rows(&[]);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+}
+
+#[test]
+fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_nothing() {
+    let env = Env::new();
+    let all = rows(30, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    // Locked by dialsync: the rebuild keeps the lock it still knows of.
+    env.write_rows(&all[..29]);
+    assert_eq!(count(&env.sync(&[]).0, "locked"), 1);
+    env.write_rows(&all);
+
+    std::fs::remove_dir_all(env.path("state")).unwrap();
+    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rebuilt from campaign 538: 30 contacts"),
+        "{stdout}"
+    );
+    let n = env.requests().len();
+    let (report, code) = env.sync(&[]);
+    // Lost with the state: that K30 was locked. The dialler does not say so; K30 stays
+    // locked there, and the sync has nothing to send.
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+    assert_eq!(env.requests().len(), n);
+
+    // A changed row after a rebuild is one update of one field.
+    let mut changed = all.clone();
+    changed[4] = changed[4].replace("Köln", "Bonn");
+    env.write_rows(&changed);
+    let n = env.requests().len();
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "api_calls")),
+        (1, 1)
+    );
+    let body = env.requests()[n].body.clone().unwrap();
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "ID and City only: {body}"
+    );
+}
+
+#[test]
+fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
+    let env = Env::new();
+    let all = rows(5, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    std::fs::write(env.path("state").join("conf"), b"\xff\xfe garbage").unwrap();
+    std::fs::write(env.path("state").join("db"), vec![0xA5u8; 4096]).unwrap();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("dialsync state rebuild"), "{stderr}");
+
+    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("moved it to"), "{stderr}");
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+}
+
+#[test]
+fn a_contact_deleted_on_the_dialler_is_imported_again_when_it_changes() {
+    let env = Env::new();
+    let all = rows(3, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let gone = env.contact("K2");
+    assert!(env.emu.remove_contact(gone.id));
+    let mut changed = all.clone();
+    changed[1] = changed[1].replace("Köln", "Bonn");
+    env.write_rows(&changed);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "imported")),
+        (0, 1)
+    );
+    let back = env.contact("K2");
+    assert_ne!(back.id, gone.id);
+    assert_eq!(field(&back, "City"), "Bonn");
+    assert_eq!(field(&back, "Name"), "Name2");
+    // Its new ID is stored: nothing left to do.
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+}
