@@ -361,6 +361,7 @@ async fn handle(
         Fault::None
     };
     let log = |data: &mut Data, status: u16| {
+        tracing::debug!(%method, %path, status, "request");
         data.requests.push(RequestLog {
             method: method.to_string(),
             path: path.clone(),

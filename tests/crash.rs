@@ -1,0 +1,188 @@
+//! Crash safety: a sync killed with SIGKILL at many moments, each time run again, leaves
+//! the dialler exactly right. The emulator runs in a process of its own, so only
+//! dialsync dies; the moments are set by how many requests the emulator has seen since
+//! the sync started (its debug log, read as it comes), drawn from a fixed seed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const CONTACTS: usize = 5_000;
+const KILLS: usize = 24;
+
+/// The emulator process, and the count of requests it has answered.
+struct EmulatorProcess {
+    child: Child,
+    base: String,
+    served: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl EmulatorProcess {
+    fn start() -> EmulatorProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["emulator", "--listen", "127.0.0.1:0", "--client-id", "7"])
+            .args(["--token", common::TOKEN, "--campaign", "538:Leads"])
+            .env("RUST_LOG", "dialsync=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line.trim().rsplit(' ').next().unwrap().to_string();
+        let served = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let counter = Arc::clone(&served);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" request ") || line.ends_with(" request") {
+                    let (n, cv) = &*counter;
+                    *n.lock().unwrap() += 1;
+                    cv.notify_all();
+                }
+            }
+        });
+        EmulatorProcess {
+            child,
+            base,
+            served,
+        }
+    }
+
+    fn served(&self) -> usize {
+        *self.served.0.lock().unwrap()
+    }
+
+    /// Waits until the emulator has served `n` requests or `sync` has ended.
+    fn wait_for(&self, n: usize, sync: &mut Child) {
+        let (count, cv) = &*self.served;
+        let mut c = count.lock().unwrap();
+        while *c < n {
+            if sync.try_wait().unwrap().is_some() {
+                return;
+            }
+            c = cv.wait_timeout(c, Duration::from_millis(20)).unwrap().0;
+        }
+    }
+
+    /// Every contact the emulator holds.
+    fn contacts(&self) -> Vec<Value> {
+        let root = self.base.trim_end_matches("/rest/v1.0/7");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let v: Value = reqwest::get(format!("{root}/_emulator/state"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["contacts"].as_array().unwrap().clone()
+        })
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sync(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dialsync"));
+    c.args(["sync", "--config", "dialsync.toml", "--output", "json"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+#[test]
+fn a_sync_killed_at_any_moment_never_duplicates_loses_or_leaves_stale_contacts() {
+    let emu = EmulatorProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    // overwrite_duplicates = false: a contact imported twice would be two contacts.
+    let config = format!(
+        "[dialler]\nbase_url = \"{}\"\nclient_id = 7\ntoken = \"{}\"\nretry_delay = \"1ms\"\n\n\
+         [state]\npath = \"state\"\n{}",
+        emu.base.trim_end_matches("/7"),
+        common::TOKEN,
+        common::JOB.replace("{extra}", "overwrite_duplicates = false")
+    );
+    std::fs::write(dir.path().join("dialsync.toml"), config).unwrap();
+    let first = common::rows(CONTACTS, "Köln");
+    // Half the contacts change while the runs are being killed: updates too must land.
+    let mut second = first.clone();
+    for r in second.iter_mut().step_by(2) {
+        *r = r.replace("Köln", "Bonn");
+    }
+    let write = |rows: &[String]| {
+        let mut text = format!("{}\r\n", common::HEADER);
+        for r in rows {
+            text.push_str(r);
+            text.push_str("\r\n");
+        }
+        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
+        std::fs::write(dir.path().join("export.csv"), bytes).unwrap();
+    };
+    write(&first);
+
+    let mut rng = fastrand::Rng::with_seed(20261122);
+    let mut killed_mid_run = 0;
+    for i in 0..KILLS {
+        if i == KILLS / 2 {
+            write(&second);
+        }
+        let start = emu.served();
+        // Some kills before the first call (reading, planning, settling the journal).
+        let after = if i % 6 == 0 { 0 } else { rng.usize(1..400) };
+        let mut child = sync(dir.path()).spawn().unwrap();
+        emu.wait_for(start + after, &mut child);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+    }
+    assert!(
+        killed_mid_run >= 20,
+        "only {killed_mid_run} runs were killed before they ended"
+    );
+
+    // Run to the end: the dialler holds each contact once, with the latest fields.
+    let out = sync(dir.path()).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let contacts = emu.contacts();
+    let mut seen = std::collections::HashMap::new();
+    for c in &contacts {
+        let key = c["fields"]["UserData"].as_str().unwrap().to_string();
+        assert!(
+            seen.insert(key.clone(), c["fields"]["City"].clone())
+                .is_none(),
+            "two contacts with UserData {key}"
+        );
+        assert_eq!(c["locked"], false, "{key}");
+    }
+    assert_eq!(contacts.len(), CONTACTS);
+    for r in &second {
+        let cols: Vec<&str> = r.split(';').collect();
+        assert_eq!(seen[cols[0]], cols[4], "{}", cols[0]);
+    }
+    // And the state knows it all: nothing left to send.
+    let out = sync(dir.path()).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["jobs"][0]["api_calls"], 0, "{report}");
+}
