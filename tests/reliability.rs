@@ -250,3 +250,57 @@ fn a_contact_deleted_on_the_dialler_is_imported_again_when_it_changes() {
     // Its new ID is stored: nothing left to do.
     assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }
+
+#[test]
+fn trace_logs_hold_no_token_and_no_personal_data_at_info_and_above() {
+    let env = Env::with_faults(Faults {
+        error_rate: 0.3,
+        seed: 3,
+        ..Faults::default()
+    });
+    env.edit_config(
+        "token = ",
+        "retry_delay = \"1ms\"\nmax_retries = 10\ntoken = ",
+    );
+    let all = rows(20, "Köln");
+    env.write_rows(&all);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["--log-format", "json", "sync", "--config", "dialsync.toml"])
+            .args(args)
+            .current_dir(env.dir.path())
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mut logs = run(&[]);
+    // A change, a lock and a rejected row: every kind of log line.
+    let mut next = all.clone();
+    next[0] = next[0].replace("Name1", "Other1");
+    next[1] = "K2;;First2;0171 1000002;Köln;1".into();
+    next.pop();
+    env.write_rows(&next);
+    logs.push_str(&run(&[]));
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(
+        lines.len() > 100,
+        "trace logging is on: {} lines",
+        lines.len()
+    );
+    assert!(!logs.contains(common::TOKEN), "the token is in the logs");
+    let mut checked = 0;
+    for line in lines {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if !matches!(v["level"].as_str(), Some("INFO" | "WARN" | "ERROR")) {
+            continue;
+        }
+        checked += 1;
+        for secret in ["0171", "+49171", "Name1", "Other1", "First", "Köln"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+    assert!(checked >= 2, "{checked} lines at INFO and above");
+}

@@ -190,3 +190,85 @@ pub(crate) fn read_all(
     })?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cfg(kind: SourceKind, encoding: Option<&'static encoding_rs::Encoding>) -> SourceConfig {
+        SourceConfig {
+            kind,
+            path: "export".into(),
+            delimiter: None,
+            encoding,
+        }
+    }
+
+    /// Bytes drawn mostly from the characters that steer the parsers (quotes, delimiters,
+    /// line ends, brackets, escapes, BOMs, invalid UTF-8), so the fuzzing gets past the
+    /// header and into records.
+    fn tricky() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"id;name\n".to_vec()),
+            Just(b"id,name\r\n".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b";".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"[".to_vec()),
+            Just(b"]".to_vec()),
+            Just(b"{\"id\":".to_vec()),
+            Just(b"}".to_vec()),
+            Just(b"\\u00".to_vec()),
+            Just(b"\xEF\xBB\xBF".to_vec()),
+            Just(b"\xFF\xFE".to_vec()),
+            Just(b"\xC3".to_vec()),
+            Just(b"\x00".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    fn read_bytes(kind: SourceKind, enc: Option<&'static encoding_rs::Encoding>, bytes: &[u8]) {
+        let columns = vec!["id".to_string(), "name".to_string()];
+        let mut rows = 0u64;
+        let result = read_from(
+            &cfg(kind, enc),
+            Path::new("export"),
+            bytes,
+            &columns,
+            &mut |i| {
+                rows += 1;
+                if let Item::Record(r) = i {
+                    assert_eq!(r.values.len(), 2);
+                }
+            },
+        );
+        if let Ok(summary) = result {
+            assert_eq!(summary.records + summary.bad, rows);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The readers never panic: any bytes give records, bad rows or an error.
+        #[test]
+        fn readers_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            for kind in [SourceKind::Csv, SourceKind::Json] {
+                read_bytes(kind, None, &bytes);
+                read_bytes(kind, Some(encoding_rs::WINDOWS_1252), &bytes);
+            }
+        }
+
+        #[test]
+        fn readers_never_panic_on_near_valid_exports(bytes in tricky()) {
+            for kind in [SourceKind::Csv, SourceKind::Json] {
+                read_bytes(kind, None, &bytes);
+                read_bytes(kind, Some(encoding_rs::UTF_16LE), &bytes);
+            }
+        }
+    }
+}
