@@ -187,6 +187,9 @@ pub struct Dialler {
     client_id: u32,
     calls: AtomicU64,
     retry: RetryConfig,
+    /// `max_requests_per_second`: a token bucket holding one token, so calls are spaced
+    /// evenly and no second ever sees more than the limit.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
     /// Retries sent so far.
     retries: AtomicU64,
     /// Retries this client may still send.
@@ -256,6 +259,11 @@ impl Dialler {
             client_id: cfg.client_id,
             calls: AtomicU64::new(0),
             retry: cfg.retry,
+            limiter: cfg.max_requests_per_second.map(|n| {
+                governor::RateLimiter::direct(
+                    governor::Quota::per_second(n).allow_burst(std::num::NonZeroU32::MIN),
+                )
+            }),
             retries: AtomicU64::new(0),
             retry_budget: AtomicU64::new(cfg.retry.per_run.unwrap_or(MIN_RETRY_BUDGET)),
         })
@@ -376,6 +384,9 @@ impl Dialler {
             req = req
                 .header(CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(b).expect("JSON values serialize"));
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| {

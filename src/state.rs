@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +141,8 @@ impl StateView for BTreeMap<String, Entry> {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// Writes to job state (entries, journal, failure counts) through this handle.
+    writes: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -154,6 +158,7 @@ impl Store {
             Ok(db) => Ok(Store {
                 db,
                 path: path.to_path_buf(),
+                writes: Arc::default(),
             }),
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 Err(StateError::Locked {
@@ -171,12 +176,18 @@ impl Store {
         &self.path
     }
 
+    /// Writes to job state so far (entries, journal, failure counts; not run records).
+    pub fn job_writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// The state of job `name`.
     pub fn job(&self, name: &str) -> Result<JobState, StateError> {
         Ok(JobState {
             tree: self.db.open_tree(format!("job/{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
+            writes: Arc::clone(&self.writes),
         })
     }
 
@@ -251,16 +262,23 @@ pub struct JobState {
     tree: sled::Tree,
     pending: sled::Tree,
     failures: sled::Tree,
+    writes: Arc<AtomicU64>,
 }
 
 impl JobState {
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records an import about to be sent; durable after the next [`JobState::flush`].
     pub fn put_pending(&self, key: &str, p: &Pending) -> Result<(), StateError> {
+        self.wrote();
         self.pending.insert(key, p.encode())?;
         Ok(())
     }
 
     pub fn clear_pending(&self, key: &str) -> Result<(), StateError> {
+        self.wrote();
         self.pending.remove(key)?;
         Ok(())
     }
@@ -293,17 +311,20 @@ impl JobState {
     }
 
     pub fn set_failures(&self, key: &str, runs: u32) -> Result<(), StateError> {
+        self.wrote();
         self.failures.insert(key, &runs.to_le_bytes())?;
         Ok(())
     }
 
     pub fn clear_failures(&self, key: &str) -> Result<(), StateError> {
+        self.wrote();
         self.failures.remove(key)?;
         Ok(())
     }
 
     /// Empties the job's state (entries, pending imports, failure counts).
     pub fn clear(&self) -> Result<(), StateError> {
+        self.wrote();
         self.tree.clear()?;
         self.pending.clear()?;
         self.failures.clear()?;
@@ -317,11 +338,13 @@ impl JobState {
     }
 
     pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
+        self.wrote();
         self.tree.insert(key, entry.encode())?;
         Ok(())
     }
 
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
+        self.wrote();
         self.tree.remove(key)?;
         Ok(())
     }

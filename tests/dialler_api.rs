@@ -382,3 +382,17 @@ async fn an_import_without_overwrite_is_looked_up_before_it_is_sent_again() {
     keys.dedup();
     assert_eq!((before, keys.len()), (20, 20));
 }
+
+#[tokio::test]
+async fn max_requests_per_second_spaces_the_calls() {
+    let (emu, d) = faulty_with(Default::default(), "max_requests_per_second = 50").await;
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..11).map(|_| d.campaigns()).collect();
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    // 11 calls at 50 per second are spread over at least 10 intervals of 20 ms. (A lower
+    // bound only: a slow machine can only make it longer.)
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    assert_eq!(emu.requests().len(), 11);
+}

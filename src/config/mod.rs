@@ -60,6 +60,8 @@ pub struct DiallerConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_concurrency: usize,
+    /// Calls per second at most (each attempt counts); `None`: no limit but concurrency.
+    pub max_requests_per_second: Option<std::num::NonZeroU32>,
     pub ca_file: Option<PathBuf>,
     pub retry: RetryConfig,
 }
@@ -882,6 +884,18 @@ fn compile_dialler(
             None
         }
     };
+    let max_requests_per_second = match d.max_requests_per_second {
+        None => None,
+        Some(n) if (1..=100_000).contains(&n) => std::num::NonZeroU32::new(n as u32),
+        Some(n) => {
+            fail(
+                ctx,
+                "max_requests_per_second",
+                format!("{n} is out of range: use 1 to 100000, or leave it out for no limit"),
+            );
+            None
+        }
+    };
     if ctx.problems.len() > start {
         return None;
     }
@@ -892,6 +906,7 @@ fn compile_dialler(
         timeout,
         connect_timeout,
         max_concurrency,
+        max_requests_per_second,
         ca_file,
         retry: RetryConfig {
             max_retries,

@@ -27,6 +27,7 @@ pub struct RawDialler {
     pub retry_delay: Option<HumanDuration>,
     pub max_retry_delay: Option<HumanDuration>,
     pub max_retries_per_run: Option<i64>,
+    pub max_requests_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
