@@ -1,0 +1,296 @@
+//! `cargo bench`: the performance targets, measured end to end with the release binary
+//! against the in-process emulator. Prints one table (markdown) for the README.
+//!
+//! Exports are generated deterministically (realistic columns, 100k and 1M rows) under
+//! `target/bench-data`. Each scenario runs `dialsync sync` as a child process and reads
+//! its wall time, its peak RSS (from `wait4`) and its API calls (from its JSON report).
+//! The parse baseline reads the same file with the `csv` crate, touching every field.
+//!
+//! `DIALSYNC_BENCH=quick cargo bench` runs the 100k scenarios only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
+
+const TOKEN: &str = "bench-token";
+
+struct Outcome {
+    wall: Duration,
+    rss_mb: f64,
+    calls: u64,
+    rows: u64,
+}
+
+fn data_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `n` rows; every `change_every`-th row (if any) gets another city.
+fn export(path: &Path, n: usize, change_every: Option<usize>) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(
+        w,
+        "CustomerNo,LastName,FirstName,Phone,Mobile,Street,PostalCode,City,Email,Round"
+    )
+    .unwrap();
+    const CITIES: [&str; 8] = [
+        "München", "Köln", "Berlin", "Hamburg", "Leipzig", "Bonn", "Jena", "Kiel",
+    ];
+    for i in 0..n {
+        let city = match change_every {
+            Some(k) if i % k == 0 => "Neustadt",
+            _ => CITIES[i % CITIES.len()],
+        };
+        writeln!(
+            w,
+            "C{i:08},Müller-{i},Anna {},089 {:07},0171 {:07},Hauptstraße {},{:05},{city},anna.{i}@example.com,1",
+            i % 97,
+            1_000_000 + i % 8_999_999,
+            2_000_000 + i % 7_999_999,
+            i % 200 + 1,
+            10_000 + i % 89_999,
+        )
+        .unwrap();
+    }
+}
+
+fn config(dir: &Path, base: &str, export: &Path, concurrency: usize, extra: &str) -> PathBuf {
+    let path = dir.join("dialsync.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dialler]\nbase_url = \"{base}\"\nclient_id = 7\ntoken = \"{TOKEN}\"\n\
+             max_concurrency = {concurrency}\n{extra}\n\
+             [state]\npath = \"state\"\n\
+             [[job]]\nname = \"bench\"\ncampaign_id = 538\ndefault_country = \"DE\"\n\
+             reset_when_changed = [\"Round\"]\nmax_removals_percent = 100\nmax_resets_percent = 100\n\
+             [job.source]\ntype = \"csv\"\npath = \"{}\"\n\
+             [job.fields]\nUserData = \"CustomerNo\"\nName = \"LastName\"\nFirstName = \"FirstName\"\n\
+             PhoneNumber1 = \"Phone\"\nPhoneNumber2 = \"Mobile\"\nAddress = \"Street\"\n\
+             PostalCode = \"PostalCode\"\nCity = \"City\"\nEmail = \"Email\"\n",
+            export.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The child's peak RSS so far (VmHWM), in MB. Not `wait4`'s `ru_maxrss`: Linux carries
+/// over the high-water mark of the forked copy of this (large) process into the child.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs `dialsync sync` in `dir`; wall time, peak RSS (sampled every 2 ms; the mark only
+/// grows) and calls.
+fn sync(dir: &Path) -> Outcome {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["sync", "--config", "dialsync.toml", "--output", "json"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+        out
+    });
+    let mut rss = 0f64;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(r) = peak_rss_mb(child.id()) {
+            rss = rss.max(r);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = started.elapsed();
+    let out = reader.join().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let job = &report["jobs"][0];
+    assert!(job["aborted"].is_null(), "{job}");
+    Outcome {
+        wall,
+        rss_mb: rss,
+        calls: job["api_calls"].as_u64().unwrap(),
+        rows: job["rows"].as_u64().unwrap(),
+    }
+}
+
+/// The baseline: the same file read with the `csv` crate, every field touched.
+fn parse_baseline(path: &Path) -> Duration {
+    let started = Instant::now();
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let mut rec = csv::ByteRecord::new();
+    let mut bytes = 0usize;
+    while r.read_byte_record(&mut rec).unwrap() {
+        bytes += rec.iter().map(<[u8]>::len).sum::<usize>();
+    }
+    std::hint::black_box(bytes);
+    started.elapsed()
+}
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    rows: Vec<String>,
+}
+
+impl Bench {
+    fn emulator(&self, faults: Faults) -> (Emulator, String) {
+        let emu = Emulator::new(EmulatorConfig {
+            client_id: 7,
+            token: TOKEN.into(),
+            campaigns: vec![(538, "Bench".into())],
+            faults,
+        });
+        let addr = self
+            .rt
+            .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        (emu, format!("http://{addr}/rest/v1.0"))
+    }
+
+    fn row(&mut self, scenario: &str, o: &Outcome, baseline: Option<Duration>) {
+        let secs = o.wall.as_secs_f64();
+        self.rows.push(format!(
+            "| {scenario} | {} | {:.2} s | {:.0} | {} | {:.0} | {:.0} MB | {} |",
+            o.rows,
+            secs,
+            o.rows as f64 / secs,
+            o.calls,
+            o.calls as f64 / secs,
+            o.rss_mb,
+            baseline.map_or("".into(), |b| format!(
+                "{:.2}x ({:.2} s)",
+                secs / b.as_secs_f64(),
+                b.as_secs_f64()
+            )),
+        ));
+        eprintln!("{}", self.rows.last().unwrap());
+    }
+}
+
+/// A minimal reqwest load generator: `n` GETs with `concurrency` in flight; calls/s.
+fn load_generator(rt: &tokio::runtime::Runtime, base: &str, n: usize, concurrency: usize) -> f64 {
+    use futures_util::stream::StreamExt;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/7/dialler/campaigns/538");
+    let started = Instant::now();
+    rt.block_on(
+        futures_util::stream::iter(0..n)
+            .map(|_| {
+                let req = client.get(&url).bearer_auth(TOKEN).send();
+                async move { req.await.unwrap().bytes().await.unwrap() }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {}),
+    );
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only
+    // when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let quick = std::env::var("DIALSYNC_BENCH").as_deref() == Ok("quick");
+    let mut b = Bench {
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+        rows: Vec::new(),
+    };
+    let data = data_dir();
+    let sizes: &[usize] = if quick {
+        &[100_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
+    for &n in sizes {
+        let label = if n >= 1_000_000 { "1M" } else { "100k" };
+        let file = data.join(format!("export-{label}.csv"));
+        let changed = data.join(format!("export-{label}-1pct.csv"));
+        export(&file, n, None);
+        export(&changed, n, Some(100));
+        let baseline = parse_baseline(&file);
+        let dir = tempfile::tempdir_in(&data).unwrap();
+        let (_emu, base) = b.emulator(Faults::default());
+        config(dir.path(), &base, &file, 32, "");
+        let o = sync(dir.path());
+        b.row(
+            &format!("initial import {label}, no latency, concurrency 32"),
+            &o,
+            None,
+        );
+        let o = sync(dir.path());
+        assert_eq!(o.calls, 0);
+        b.row(&format!("no-op {label}"), &o, Some(baseline));
+        config(dir.path(), &base, &changed, 32, "");
+        let o = sync(dir.path());
+        assert_eq!(o.calls, n as u64 / 100);
+        b.row(&format!("1% changed {label}"), &o, Some(baseline));
+    }
+
+    // Throughput at the dialler's pace: 20 ms per call, 32 in flight; ideal 1,600 calls/s.
+    let dir = tempfile::tempdir_in(&data).unwrap();
+    let (_emu, base) = b.emulator(Faults {
+        latency: Duration::from_millis(20),
+        ..Faults::default()
+    });
+    let file = data.join("export-100k.csv");
+    config(dir.path(), &base, &file, 32, "");
+    let o = sync(dir.path());
+    b.row(
+        "initial import 100k, 20 ms latency, concurrency 32",
+        &o,
+        None,
+    );
+
+    // The rate limit: 4,000 imports at max_requests_per_second = 200.
+    let small = data.join("export-4k.csv");
+    export(&small, 4_000, None);
+    let dir = tempfile::tempdir_in(&data).unwrap();
+    let (_emu, base) = b.emulator(Faults::default());
+    config(
+        dir.path(),
+        &base,
+        &small,
+        32,
+        "max_requests_per_second = 200",
+    );
+    let o = sync(dir.path());
+    b.row("import 4k, max_requests_per_second = 200", &o, None);
+
+    // A plain load generator on the same emulator, for comparison with the no-latency import.
+    let rate = load_generator(&b.rt, &base, 100_000, 32);
+    b.rows.push(format!(
+        "| plain reqwest loop, GET campaign, concurrency 32 | | | | 100000 | {rate:.0} | | |"
+    ));
+
+    println!(
+        "\n| scenario | rows | wall | rows/s | API calls | calls/s | peak RSS | vs csv parse |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &b.rows {
+        println!("{r}");
+    }
+}
