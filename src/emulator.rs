@@ -189,6 +189,8 @@ struct Data {
     /// UserData -> contact IDs in ascending order ("the first one found" is the lowest).
     by_user_data: HashMap<String, Vec<i64>>,
     requests: Vec<RequestLog>,
+    /// Calls to answer 400 instead of carrying out: (path fragment, how many more).
+    reject: Vec<(String, usize)>,
 }
 
 struct Shared {
@@ -292,6 +294,13 @@ impl Emulator {
             }
             None => false,
         }
+    }
+
+    /// Answers the next `n` API calls whose path contains `fragment` with 400 and does not
+    /// carry them out (tests of a permanent error on one operation).
+    pub fn reject_next(&self, fragment: &str, n: usize) {
+        let mut d = self.shared.data.lock().unwrap();
+        d.reject.push((fragment.to_string(), n));
     }
 
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).
@@ -401,15 +410,25 @@ async fn handle(
     // One lock per request: the call and its log entry are one step.
     let reply = {
         let mut data = shared.data.lock().unwrap();
-        let reply = api(
-            &shared.cfg,
-            &mut data,
-            &method,
-            &path,
-            &params,
-            &headers,
-            &body,
-        );
+        let rejected = data
+            .reject
+            .iter_mut()
+            .find(|(fragment, n)| *n > 0 && path.contains(fragment.as_str()));
+        let reply = match rejected {
+            Some((_, n)) => {
+                *n -= 1;
+                fail(StatusCode::BAD_REQUEST, "rejected (injected)")
+            }
+            None => api(
+                &shared.cfg,
+                &mut data,
+                &method,
+                &path,
+                &params,
+                &headers,
+                &body,
+            ),
+        };
         log(&mut data, reply.0.as_u16());
         reply
     };

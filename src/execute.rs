@@ -263,6 +263,7 @@ impl Run<'_> {
                 let p = Pending {
                     fields: c.hashes.clone(),
                     triggers: c.triggers.clone(),
+                    row: c.row,
                 };
                 if let Err(e) = self.state.put_pending(&c.key, &p) {
                     return self.halt(&e, false);
@@ -350,6 +351,7 @@ impl Run<'_> {
         let pending = Pending {
             fields: c.hashes,
             triggers: c.triggers,
+            row: c.row,
         };
         self.send_import(&c.key, &c.fields, pending).await?;
         done.imported += 1;
@@ -408,6 +410,7 @@ impl Run<'_> {
             locked: false,
             last_op: LastOp::Imported,
             last_run: self.now,
+            row: pending.row,
         };
         self.state.put(key, &entry)?;
         self.state.clear_pending(key)?;
@@ -427,6 +430,7 @@ impl Run<'_> {
         let pending = Pending {
             fields: c.fields,
             triggers: c.triggers,
+            row: c.row,
         };
         self.state.put_pending(&c.key, &pending)?;
         self.state.flush().await?;
@@ -446,6 +450,9 @@ impl Run<'_> {
     async fn change(&self, c: Change, done: &mut Done) -> Result<(), TaskError> {
         let mut entry = c.old.clone();
         entry.last_run = self.now;
+        // Until the last step is confirmed the contact reflects no row in full: a row
+        // hash stored earlier could match a later export that reverts the change.
+        entry.row = 0;
         let target = dialler::Target::Id(entry.id);
         if !c.update.is_empty() {
             let mut body = Map::new();
@@ -466,6 +473,9 @@ impl Run<'_> {
                 entry.triggers.clone_from(&c.triggers);
             }
             entry.last_op = LastOp::Updated;
+            if !c.reset && !c.unlock {
+                entry.row = c.row;
+            }
             self.state.put(&c.key, &entry)?;
             done.updated += 1;
         }
@@ -480,6 +490,9 @@ impl Run<'_> {
             }
             entry.triggers.clone_from(&c.triggers);
             entry.last_op = LastOp::Reset;
+            if !c.unlock {
+                entry.row = c.row;
+            }
             self.state.put(&c.key, &entry)?;
             done.reset += 1;
         }
@@ -492,6 +505,7 @@ impl Run<'_> {
             entry.triggers.clone_from(&c.triggers);
             entry.locked = false;
             entry.last_op = LastOp::Unlocked;
+            entry.row = c.row;
             self.state.put(&c.key, &entry)?;
             done.unlocked += 1;
         }

@@ -2,7 +2,7 @@
 //!
 //! The modules follow the data flow of a sync run:
 //! [`source`] (CRM export rows) -> [`mapping`] (dialler contacts) -> [`plan`] (diff against
-//! [`state`]) -> [`execute`] (dialler API calls via [`dialler`], state commits) -> [`report`].
+//! [`state`], whose [`digest`] spots unchanged rows) -> [`execute`] (dialler API calls via [`dialler`], state commits) -> [`report`].
 //! [`sync`] drives one run; [`config`] loads and checks the TOML; [`emulator`] is an
 //! in-memory dialler for the demo, tests and benchmarks.
 
@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dialler;
+pub mod digest;
 pub mod emulator;
 pub mod execute;
 pub mod fields;

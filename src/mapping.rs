@@ -7,7 +7,7 @@
 
 use chrono::NaiveDateTime;
 use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::config::{JobConfig, PhoneFormat};
 use crate::fields::{self, Field, Kind};
@@ -69,6 +69,17 @@ pub struct Contact {
     pub hashes: Vec<(u8, u64)>,
     /// Hash per reset-trigger column, in config order.
     pub triggers: Vec<(String, u64)>,
+    /// The row's [`Mapper::row_hash`].
+    pub row: u64,
+}
+
+/// Change when the same row would map to other values (normalisation, validation, value
+/// hashes): every stored row hash then misses, and rows are mapped and compared again.
+const MAPPING_VERSION: u32 = 1;
+
+/// The hash of a UserData value (trimmed): how the state digest finds a row's entry.
+pub fn key_hash(key: &str) -> u64 {
+    xxh3_64(key.as_bytes())
 }
 
 /// A row that is not sent, and why.
@@ -99,6 +110,8 @@ pub struct Mapper {
     triggers: Vec<(String, usize)>,
     region: Option<phonenumber::country::Id>,
     format: PhoneFormat,
+    /// Everything besides the row's values that its mapping depends on.
+    fingerprint: u64,
 }
 
 impl Mapper {
@@ -124,10 +137,34 @@ impl Mapper {
                 .collect(),
             region: job.default_country,
             format: job.phone_format,
+            fingerprint: fingerprint(job),
         }
     }
 
-    pub fn map(&self, item: Item) -> Outcome {
+    /// A hash of the raw values of a row (every column the job reads) and of the mapping
+    /// itself: equal hashes mean the row maps to the same contact as before, so a row whose
+    /// hash matches its stored entry's is unchanged without being mapped. Never 0 (the
+    /// state's "not known").
+    pub fn row_hash(&self, values: &[Option<&str>]) -> u64 {
+        let mut h = Xxh3::with_seed(self.fingerprint);
+        for v in values {
+            match v {
+                Some(v) => {
+                    h.update(&(v.len() as u64 + 1).to_le_bytes());
+                    h.update(v.as_bytes());
+                }
+                None => h.update(&0u64.to_le_bytes()),
+            }
+        }
+        h.digest().max(1)
+    }
+
+    /// The row's UserData as the state keys it (trimmed; `None` if blank).
+    pub fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<&'v str> {
+        values[0].map(str::trim).filter(|k| !k.is_empty())
+    }
+
+    pub fn map(&self, item: Item<'_>) -> Outcome {
         let record = match item {
             Item::Record(r) => r,
             Item::Bad(b) => {
@@ -142,14 +179,10 @@ impl Mapper {
         self.map_record(record)
     }
 
-    fn map_record(&self, record: Record) -> Outcome {
+    fn map_record(&self, record: Record<'_>) -> Outcome {
         let Record { at, values } = record;
         let mut reasons = Vec::new();
-        let key = values[0]
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or("")
-            .to_string();
+        let key = self.key(values).unwrap_or("").to_string();
         if key.is_empty() {
             reasons.push(format!(
                 "no UserData: column `{}` is empty",
@@ -160,10 +193,7 @@ impl Mapper {
         }
         let mut out = Vec::with_capacity(self.fields.len());
         for (field, i, column) in &self.fields {
-            let raw = values[*i]
-                .as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty());
+            let raw = values[*i].map(str::trim).filter(|s| !s.is_empty());
             match convert(field, raw, self.region, self.format) {
                 Ok(v) => out.push((*field, v)),
                 Err(why) => reasons.push(format!("{} (column `{column}`) {why}", field.name)),
@@ -193,7 +223,7 @@ impl Mapper {
         let triggers = self
             .triggers
             .iter()
-            .map(|(c, i)| (c.clone(), trigger_hash(values[*i].as_deref())))
+            .map(|(c, i)| (c.clone(), trigger_hash(values[*i])))
             .collect();
         Outcome::Contact(Contact {
             at,
@@ -201,8 +231,35 @@ impl Mapper {
             fields: out,
             hashes,
             triggers,
+            row: self.row_hash(values),
         })
     }
+}
+
+/// What a job's mapping depends on besides the row: the columns and fields, the phone
+/// settings and the mapping code's version.
+fn fingerprint(job: &JobConfig) -> u64 {
+    let mut h = Xxh3::new();
+    let mut put = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put(&MAPPING_VERSION.to_string());
+    for c in job.columns() {
+        put(&c);
+    }
+    put(&job.key_column);
+    for (f, c) in &job.fields {
+        put(f.name);
+        put(c);
+    }
+    for c in &job.reset_when_changed {
+        put("trigger");
+        put(c);
+    }
+    put(&format!("{:?}", job.default_country));
+    put(&format!("{:?}", job.phone_format));
+    h.digest()
 }
 
 fn too_long(field: &Field, value: &str) -> Option<String> {
@@ -324,10 +381,10 @@ PhoneNumber1 = "Tel"
             .remove(0)
     }
 
-    fn rec(values: &[Option<&str>]) -> Item {
+    fn rec<'a>(values: &'a [Option<&'a str>]) -> Item<'a> {
         Item::Record(Record {
             at: RowRef { row: 2, line: None },
-            values: values.iter().map(|v| v.map(str::to_string)).collect(),
+            values,
         })
     }
 

@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 
 use crate::config::OnMissing;
+use crate::digest::Digest;
 use crate::fields::Field;
-use crate::mapping::{Contact, FieldValue, Outcome, Rejected};
+use crate::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::source::RowRef;
 use crate::state::{Entry, LastOp, StateError, StateView};
 
@@ -45,6 +46,8 @@ pub struct Change {
     /// The field and trigger hashes to store once the change is confirmed.
     pub fields: Vec<(u8, u64)>,
     pub triggers: Vec<(String, u64)>,
+    /// The row hash to store once every part of the change is confirmed.
+    pub row: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -69,6 +72,8 @@ pub struct Plan {
     /// State-only refreshes (no call): hashes recorded for a newly mapped field or trigger.
     pub baselines: Vec<(String, Entry)>,
     pub unchanged: u64,
+    /// Of the unchanged rows, those settled by their hash (see [`Planner::unchanged`]).
+    pub unchanged_by_hash: u64,
     pub rejected: Vec<Rejected>,
     /// Removals not planned because some rows could not be read.
     pub withheld_removals: u64,
@@ -101,10 +106,20 @@ impl Plan {
 }
 
 /// Builds a plan incrementally, one row at a time, so the export is never held in memory.
+///
+/// With the state's [`Digest`], a row whose hash matches its entry's is settled by
+/// [`Planner::unchanged`] without reading the entry or mapping the row; which entries
+/// were seen is then kept by digest position (`seen_at`), and the other rows' UserData
+/// in `seen`.
 pub struct Planner<'s, S: StateView + ?Sized> {
     state: &'s S,
     policy: Policy,
-    /// Every UserData seen in this export, with its first row.
+    /// The digest of `state`, exactly (see [`crate::state::JobState::digest`]).
+    digest: Option<&'s Digest>,
+    /// Per digest position: the row that named its entry, or 0.
+    seen_at: Vec<u64>,
+    /// The UserData of every other row (mapped, or rejected with a readable key), with its
+    /// first row.
     seen: HashMap<String, RowRef>,
     unreadable: u64,
     plan: Plan,
@@ -115,9 +130,56 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         Planner {
             state,
             policy,
+            digest: None,
+            seen_at: Vec::new(),
             seen: HashMap::new(),
             unreadable: 0,
             plan: Plan::default(),
+        }
+    }
+
+    /// A planner that uses `digest`, which must describe `state` exactly.
+    pub fn with_digest(state: &'s S, policy: Policy, digest: &'s Digest) -> Self {
+        let mut p = Planner::new(state, policy);
+        p.digest = Some(digest);
+        p.seen_at = vec![0; digest.len()];
+        p
+    }
+
+    /// Settles a row that is unchanged since its contact was last synced: its UserData
+    /// (`key`, trimmed) has an entry whose row hash is `row`, not locked, and no earlier
+    /// row named it. True if so (the row is counted); false: the row is to be mapped and
+    /// [`Planner::push`]ed.
+    pub fn unchanged(&mut self, key: &str, row: u64, at: RowRef) -> bool {
+        let Some(digest) = self.digest else {
+            return false;
+        };
+        let Some(i) = digest.find(key_hash(key)) else {
+            return false;
+        };
+        if digest.row(i) != row || digest.locked(i) || self.seen_at[i] != 0 {
+            return false;
+        }
+        if !self.seen.is_empty() && self.seen.contains_key(key) {
+            return false;
+        }
+        self.seen_at[i] = at.row;
+        self.plan.rows += 1;
+        self.plan.unchanged += 1;
+        self.plan.unchanged_by_hash += 1;
+        true
+    }
+
+    /// Marks the entry of `key` (which the state has) as seen at `at`; the row that saw it
+    /// first if it was already.
+    fn mark_seen(&mut self, key: &str, at: RowRef) -> Option<u64> {
+        let i = self.digest?.find(key_hash(key))?;
+        match self.seen_at[i] {
+            0 => {
+                self.seen_at[i] = at.row;
+                None
+            }
+            first => Some(first),
         }
     }
 
@@ -129,7 +191,13 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                     self.unreadable += 1;
                 }
                 if let Some(k) = &r.key {
-                    self.seen.entry(k.clone()).or_insert(r.at);
+                    let mut first = r.at;
+                    if self.digest.is_some() && self.state.get(k)?.is_some() {
+                        if let Some(row) = self.mark_seen(k, r.at) {
+                            first = RowRef { row, line: None };
+                        }
+                    }
+                    self.seen.entry(k.clone()).or_insert(first);
                 }
                 self.plan.rejected.push(r);
             }
@@ -155,6 +223,19 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             self.plan.imports.push(c);
             return Ok(());
         };
+        // The state has it, so the digest has it (at its key hash's position).
+        if let Some(first) = self.mark_seen(&c.key, c.at) {
+            self.plan.rejected.push(Rejected {
+                at: c.at,
+                reason: format!(
+                    "UserData {:?} appears again (first at row {first}); only the first row is synced",
+                    c.key
+                ),
+                key: Some(c.key),
+                unreadable: false,
+            });
+            return Ok(());
+        }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
         let update: Vec<_> = c
             .fields
@@ -175,10 +256,11 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         });
         let unlock = old.locked;
         if update.is_empty() && !reset && !unlock {
-            if old.fields != c.hashes || old.triggers != c.triggers {
+            if old.fields != c.hashes || old.triggers != c.triggers || old.row != c.row {
                 let mut entry = old;
                 entry.fields = c.hashes;
                 entry.triggers = c.triggers;
+                entry.row = c.row;
                 entry.last_op = LastOp::Baseline;
                 self.plan.baselines.push((c.key, entry));
             }
@@ -195,29 +277,44 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             unlock,
             fields: c.hashes,
             triggers: c.triggers,
+            row: c.row,
         });
         Ok(())
     }
 
     /// Adds the removals of contacts missing from the export and returns the plan.
     pub fn finish(mut self) -> Result<Plan, StateError> {
+        let on_missing = self.policy.on_missing;
+        let kind_for = |locked: bool| match on_missing {
+            OnMissing::Keep => None,
+            OnMissing::Lock if locked => None,
+            OnMissing::Lock => Some(RemovalKind::Lock),
+            OnMissing::Delete => Some(RemovalKind::Delete),
+        };
+        if let Some(d) = self.digest {
+            // Every entry a row named is marked in `seen_at`: if none of the others is to
+            // be removed, the entries need not be read.
+            let unseen = || (0..d.len()).filter(|&i| self.seen_at[i] == 0);
+            if unseen().all(|i| kind_for(d.locked(i)).is_none()) {
+                self.plan.unchanged += unseen().count() as u64;
+                self.plan.known = d.len() as u64;
+                return Ok(self.plan);
+            }
+        }
         let mut removals = Vec::new();
         let mut already = 0u64;
-        let seen = &self.seen;
-        let on_missing = self.policy.on_missing;
+        let (seen, seen_at, digest) = (&self.seen, &self.seen_at, self.digest);
         let mut known = 0u64;
         self.state.for_each(&mut |key, entry| {
             known += 1;
-            if seen.contains_key(key) {
+            let named = seen.contains_key(key)
+                || digest
+                    .and_then(|d| d.find(key_hash(key)))
+                    .is_some_and(|i| seen_at[i] != 0);
+            if named {
                 return;
             }
-            let kind = match on_missing {
-                OnMissing::Keep => None,
-                OnMissing::Lock if entry.locked => None,
-                OnMissing::Lock => Some(RemovalKind::Lock),
-                OnMissing::Delete => Some(RemovalKind::Delete),
-            };
-            match kind {
+            match kind_for(entry.locked) {
                 Some(kind) => removals.push(Removal {
                     key: key.to_string(),
                     old: entry,
@@ -280,6 +377,7 @@ mod tests {
             fields,
             hashes,
             triggers: vec![("Round".into(), trigger_hash(Some(round)))],
+            row: xxhash_rust::xxh3::xxh3_64(format!("{key}\0{name}\0{phone}\0{round}").as_bytes()),
         })
     }
 
@@ -304,6 +402,7 @@ mod tests {
                     locked: false,
                     last_op: LastOp::Imported,
                     last_run: 0,
+                    row: c.row,
                 },
             );
         }
@@ -312,6 +411,7 @@ mod tests {
             e.fields = c.fields.clone();
             e.triggers = c.triggers.clone();
             e.locked = false;
+            e.row = c.row;
         }
         for r in &plan.removals {
             match r.kind {
@@ -324,6 +424,14 @@ mod tests {
         for (k, e) in &plan.baselines {
             state.insert(k.clone(), e.clone());
         }
+    }
+
+    /// The state after a first run on `rows`.
+    fn synced<const N: usize>(rows: [Outcome; N]) -> BTreeMap<String, Entry> {
+        let mut state = BTreeMap::new();
+        let p = plan(rows, &state, LOCK).unwrap();
+        apply(&mut state, &p);
+        state
     }
 
     const LOCK: Policy = Policy {
@@ -428,14 +536,7 @@ mod tests {
 
     #[test]
     fn rejected_rows_protect_their_contact() {
-        let mut state = BTreeMap::new();
-        let p = plan(
-            [contact("A", "a", "1", "1"), contact("B", "b", "1", "1")],
-            &state,
-            LOCK,
-        )
-        .unwrap();
-        apply(&mut state, &p);
+        let state = synced([contact("A", "a", "1", "1"), contact("B", "b", "1", "1")]);
         // A's row is invalid but readable: A is not missing; B is.
         let p = plan([rejected(Some("A"), false)], &state, LOCK).unwrap();
         assert_eq!(
@@ -527,7 +628,7 @@ mod tests {
             let policy = Policy { on_missing: [OnMissing::Lock, OnMissing::Delete][policy as usize] };
             let mut state = BTreeMap::new();
             let p = plan(rows(&first), &state, policy).unwrap();
-        apply(&mut state, &p);
+            apply(&mut state, &p);
             let p = plan(rows(&second), &state, policy).unwrap();
             for (k, _, _, kind) in &second {
                 if *kind == 6 {
@@ -539,5 +640,77 @@ mod tests {
                 prop_assert!(p.removals.is_empty());
             }
         }
+
+        /// With the state's digest, the plan is exactly the plan without it: the digest
+        /// only saves reading entries and mapping rows. Entries with an unknown row hash
+        /// (0) or a stale one, and locked ones, take the long way.
+        #[test]
+        fn the_digest_changes_nothing_but_speed(
+            history in prop::collection::vec(arb_rows(), 1..3),
+            next in arb_rows(),
+            forget in prop::collection::vec(any::<bool>(), 20),
+            policy in 0u8..3,
+        ) {
+            let policy = Policy { on_missing: [OnMissing::Lock, OnMissing::Delete, OnMissing::Keep][policy as usize] };
+            let mut state = BTreeMap::new();
+            for spec in &history {
+                let p = plan(rows(spec), &state, policy).unwrap();
+                apply(&mut state, &p);
+            }
+            for (e, forget) in state.values_mut().zip(&forget) {
+                if *forget {
+                    e.row = 0;
+                }
+            }
+            let slow = plan(rows(&next), &state, policy).unwrap();
+            let mut fast = plan_with_digest(rows(&next), &state, policy);
+            prop_assert!(fast.unchanged_by_hash <= fast.unchanged);
+            fast.unchanged_by_hash = 0;
+            prop_assert_eq!(fast, slow);
+        }
+    }
+
+    fn plan_with_digest(
+        rows: Vec<Outcome>,
+        state: &BTreeMap<String, Entry>,
+        policy: Policy,
+    ) -> Plan {
+        let digest = Digest::build(
+            state
+                .iter()
+                .map(|(k, e)| (key_hash(k), e.row, e.locked))
+                .collect(),
+        )
+        .unwrap();
+        let mut planner = Planner::with_digest(state, policy, &digest);
+        for r in rows {
+            if let Outcome::Contact(c) = &r {
+                if planner.unchanged(&c.key, c.row, c.at) {
+                    continue;
+                }
+            }
+            planner.push(r).unwrap();
+        }
+        planner.finish().unwrap()
+    }
+
+    #[test]
+    fn the_digest_settles_unchanged_rows_and_still_finds_duplicates() {
+        let state = synced([contact("A", "a", "1", "1"), contact("B", "b", "2", "1")]);
+        // A twice, the first time unchanged (settled by the digest), then changed.
+        let p = plan_with_digest(
+            vec![contact("A", "a", "1", "1"), contact("A", "x", "1", "1")],
+            &state,
+            LOCK,
+        );
+        assert_eq!(p.unchanged, 1);
+        assert!(p.changes.is_empty());
+        assert_eq!(p.rejected.len(), 1, "{p:?}");
+        assert!(p.rejected[0]
+            .reason
+            .contains("appears again (first at row 2)"));
+        // B left: locked, found without the digest's help.
+        assert_eq!(p.removals.len(), 1);
+        assert_eq!(p.removals[0].key, "B");
     }
 }

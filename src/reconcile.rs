@@ -141,6 +141,8 @@ pub async fn resolve_pending(
             locked: false,
             last_op: LastOp::Imported,
             last_run: now,
+            // The dialler's values, not the row's: the next run compares them in full.
+            row: 0,
         };
         state.put(&key, &entry)?;
         state.clear_pending(&key)?;
@@ -212,6 +214,7 @@ pub async fn rebuild(
             locked: was_locked,
             last_op: LastOp::Baseline,
             last_run: now,
+            row: 0,
         };
         state.put(key, &entry)?;
         out.contacts += 1;

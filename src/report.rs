@@ -29,6 +29,9 @@ pub struct JobReport {
     pub unlocked: u64,
     pub deleted: u64,
     pub unchanged: u64,
+    /// Of those, rows recognised as unchanged by their hash alone, without being mapped
+    /// (see the state digest).
+    pub unchanged_by_hash: u64,
     pub invalid: u64,
     pub failed: u64,
     pub api_calls: u64,

@@ -10,18 +10,24 @@
 //! Beside the entries, per job: the *pending* imports (the journal: an import is recorded
 //! here, durably, before it is sent, and cleared once its contact ID is stored; after a
 //! crash the next run looks each one up on the dialler before planning), and how many runs
-//! in a row each failing row has failed. Per store: the row count of each job's last run
-//! that was not aborted (the truncated-export guard compares against it).
+//! in a row each failing row has failed; and the job's [`Digest`] (a compact copy of the
+//! entries' key and row hashes, removed before the entries change and stored again at the
+//! end of the run). Per store: the row count of each job's last run that was not aborted
+//! (the truncated-export guard compares against it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-/// Encoding version of [`Entry`]; bump when its layout changes.
-const ENTRY_VERSION: u8 = 1;
+use crate::digest::Digest;
+use crate::mapping::key_hash;
+
+/// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
+/// keep decoding the older ones).
+const ENTRY_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -37,6 +43,21 @@ pub struct Entry {
     pub last_op: LastOp,
     /// When that was (Unix seconds).
     pub last_run: i64,
+    /// The hash of the CRM row (`Mapper::row_hash`) the dialler's contact reflects in
+    /// full, or 0 when not known (after a partial change, a recovery or a rebuild). A row
+    /// with this hash is unchanged without being mapped.
+    pub row: u64,
+}
+
+/// An [`Entry`] as version 1 wrote it (no row hash).
+#[derive(Deserialize)]
+struct EntryV1 {
+    id: i64,
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
+    locked: bool,
+    last_op: LastOp,
+    last_run: i64,
 }
 
 /// An import that was (or was about to be) sent but whose contact ID is not stored yet.
@@ -46,6 +67,15 @@ pub struct Pending {
     pub fields: Vec<(u8, u64)>,
     /// The trigger hashes to store with it.
     pub triggers: Vec<(String, u64)>,
+    /// The row hash to store with it.
+    pub row: u64,
+}
+
+/// A [`Pending`] as version 1 wrote it.
+#[derive(Deserialize)]
+struct PendingV1 {
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
 }
 
 impl Pending {
@@ -58,6 +88,13 @@ impl Pending {
     fn decode(bytes: &[u8]) -> Option<Pending> {
         match bytes.split_first() {
             Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            Some((1, rest)) => postcard::from_bytes::<PendingV1>(rest)
+                .ok()
+                .map(|p| Pending {
+                    fields: p.fields,
+                    triggers: p.triggers,
+                    row: 0,
+                }),
             _ => None,
         }
     }
@@ -84,6 +121,15 @@ impl Entry {
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
         match bytes.split_first() {
             Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            Some((1, rest)) => postcard::from_bytes::<EntryV1>(rest).ok().map(|e| Entry {
+                id: e.id,
+                fields: e.fields,
+                triggers: e.triggers,
+                locked: e.locked,
+                last_op: e.last_op,
+                last_run: e.last_run,
+                row: 0,
+            }),
             _ => None,
         }
     }
@@ -187,6 +233,9 @@ impl Store {
             tree: self.db.open_tree(format!("job/{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
+            digests: self.db.open_tree("digest")?,
+            name: name.to_string(),
+            digest: Arc::default(),
             writes: Arc::clone(&self.writes),
         })
     }
@@ -256,18 +305,106 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// One job's entries, pending imports and failure counts.
+/// One job's entries, pending imports, failure counts and digest.
 #[derive(Clone)]
 pub struct JobState {
     tree: sled::Tree,
     pending: sled::Tree,
     failures: sled::Tree,
+    /// Every job's stored digest, by job name.
+    digests: sled::Tree,
+    name: String,
+    digest: Arc<Mutex<DigestCache>>,
     writes: Arc<AtomicU64>,
+}
+
+/// The job's digest as this handle knows it: the stored one (read at the first need) and
+/// the entries written since.
+#[derive(Default)]
+struct DigestCache {
+    loaded: bool,
+    /// The digest stored when this handle first needed it (`None`: none, or unreadable).
+    base: Option<Arc<Digest>>,
+    /// Whether that copy is still stored (it is removed before the first entry write).
+    stored: bool,
+    /// Entries written since, by key hash: (row hash, locked), or `None` if removed.
+    changes: HashMap<u64, Option<(u64, bool)>>,
 }
 
 impl JobState {
     fn wrote(&self) {
         self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn cache(&self) -> Result<std::sync::MutexGuard<'_, DigestCache>, StateError> {
+        let mut cache = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.loaded {
+            let stored = self.digests.get(&self.name)?;
+            cache.stored = stored.is_some();
+            cache.base = stored.and_then(|b| Digest::decode(&b)).map(Arc::new);
+            cache.loaded = true;
+        }
+        Ok(cache)
+    }
+
+    /// Before an entry changes: the stored digest goes, durably, so that no crash can leave
+    /// a digest that does not match the entries.
+    fn before_entry_write(&self) -> Result<(), StateError> {
+        self.wrote();
+        let mut cache = self.cache()?;
+        if cache.stored {
+            self.digests.remove(&self.name)?;
+            self.digests.flush()?;
+            cache.stored = false;
+        }
+        Ok(())
+    }
+
+    fn after_entry_write(&self, key: &str, now: Option<&Entry>) -> Result<(), StateError> {
+        self.cache()?
+            .changes
+            .insert(key_hash(key), now.map(|e| (e.row, e.locked)));
+        Ok(())
+    }
+
+    /// The digest of the entries as they are now, if the job has one (see [`Digest`]).
+    pub fn digest(&self) -> Result<Option<Arc<Digest>>, StateError> {
+        let cache = self.cache()?;
+        Ok(match &cache.base {
+            Some(base) if cache.changes.is_empty() => Some(Arc::clone(base)),
+            Some(base) => base.with_changes(&cache.changes).map(Arc::new),
+            None => None,
+        })
+    }
+
+    /// Stores the digest of the entries as they are now, unless the stored one still
+    /// matches: from what was stored and what changed since, or else (no usable digest was
+    /// stored) by reading every entry. Called at the end of a run, after its writes.
+    pub async fn save_digest(&self) -> Result<(), StateError> {
+        if self.cache()?.stored {
+            return Ok(());
+        }
+        let digest = match self.digest()? {
+            Some(d) => Some(d),
+            None if self.cache()?.base.is_some() => None, // a key hash collision
+            None => {
+                let mut items = Vec::new();
+                self.for_each(&mut |key, e| items.push((key_hash(key), e.row, e.locked)))?;
+                Digest::build(items).map(Arc::new)
+            }
+        };
+        let Some(digest) = digest else {
+            tracing::debug!(job = %self.name, "two UserData values share a hash: no digest, every row is compared in full");
+            return Ok(());
+        };
+        // The entries first: the digest must never be durable before what it describes.
+        self.tree.flush_async().await?;
+        self.digests.insert(self.name.as_str(), digest.encode())?;
+        let mut cache = self.cache()?;
+        cache.base = Some(digest);
+        cache.stored = true;
+        cache.changes.clear();
+        Ok(())
     }
 
     /// Records an import about to be sent; durable after the next [`JobState::flush`].
@@ -324,10 +461,13 @@ impl JobState {
 
     /// Empties the job's state (entries, pending imports, failure counts).
     pub fn clear(&self) -> Result<(), StateError> {
-        self.wrote();
+        self.before_entry_write()?;
         self.tree.clear()?;
         self.pending.clear()?;
         self.failures.clear()?;
+        let mut cache = self.cache()?;
+        cache.base = Some(Arc::default());
+        cache.changes.clear();
         Ok(())
     }
 
@@ -338,15 +478,15 @@ impl JobState {
     }
 
     pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
-        self.wrote();
+        self.before_entry_write()?;
         self.tree.insert(key, entry.encode())?;
-        Ok(())
+        self.after_entry_write(key, Some(entry))
     }
 
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
-        self.wrote();
+        self.before_entry_write()?;
         self.tree.remove(key)?;
-        Ok(())
+        self.after_entry_write(key, None)
     }
 
     pub fn len(&self) -> usize {
@@ -393,6 +533,7 @@ mod tests {
             locked: true,
             last_op: LastOp::Locked,
             last_run: 1_700_000_000,
+            row: 0x1234_5678_9abc_def0,
         }
     }
 
@@ -451,5 +592,109 @@ mod tests {
         assert!(msg.contains("sudo -u"), "{msg}");
         // Nothing was written into it.
         assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn version_1_entries_and_journal_still_decode() {
+        let e = entry();
+        #[derive(Serialize)]
+        struct V1<'a>(i64, &'a [(u8, u64)], &'a [(String, u64)], bool, LastOp, i64);
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_stdvec(&V1(
+                e.id,
+                &e.fields,
+                &e.triggers,
+                e.locked,
+                e.last_op,
+                e.last_run,
+            ))
+            .unwrap(),
+        );
+        assert_eq!(
+            Entry::decode(&bytes),
+            Some(Entry {
+                row: 0,
+                ..e.clone()
+            })
+        );
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&(&e.fields, &e.triggers)).unwrap());
+        assert_eq!(
+            Pending::decode(&bytes),
+            Some(Pending {
+                fields: e.fields.clone(),
+                triggers: e.triggers.clone(),
+                row: 0
+            })
+        );
+    }
+
+    /// The stored digest always matches the entries: it goes (durably) before the first
+    /// entry write, comes back at the end of the run, and a handle that finds none
+    /// rebuilds it from the entries.
+    #[tokio::test]
+    async fn the_digest_follows_the_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let digest_of = |job: &JobState| -> Vec<(u64, u64, bool)> {
+            let d = job.digest().unwrap().expect("a digest");
+            let mut items = Vec::new();
+            job.for_each(&mut |k, e| {
+                let i = d.find(key_hash(k)).expect("every entry is in the digest");
+                assert_eq!((d.row(i), d.locked(i)), (e.row, e.locked));
+                items.push((key_hash(k), e.row, e.locked));
+            })
+            .unwrap();
+            assert_eq!(d.len(), items.len());
+            items
+        };
+
+        let job = store.job("a").unwrap();
+        assert!(job.digest().unwrap().is_none(), "none before the first run");
+        job.put("K1", &entry()).unwrap();
+        job.put(
+            "K2",
+            &Entry {
+                locked: false,
+                row: 7,
+                ..entry()
+            },
+        )
+        .unwrap();
+        job.save_digest().await.unwrap();
+        assert_eq!(digest_of(&job).len(), 2);
+
+        // A new handle (the next run) reads it; its first write removes the stored copy.
+        let next = store.job("a").unwrap();
+        assert_eq!(digest_of(&next).len(), 2);
+        next.remove("K1").unwrap();
+        next.put("K3", &Entry { row: 9, ..entry() }).unwrap();
+        assert!(
+            store.job("a").unwrap().digest().unwrap().is_none(),
+            "stored copy gone"
+        );
+        assert_eq!(
+            digest_of(&next).len(),
+            2,
+            "K2 and K3, from the old one and the changes"
+        );
+        next.save_digest().await.unwrap();
+        assert_eq!(digest_of(&store.job("a").unwrap()).len(), 2);
+
+        // A run that stopped before storing it: the next one builds it from the entries.
+        let interrupted = store.job("a").unwrap();
+        interrupted.put("K4", &entry()).unwrap();
+        drop(interrupted);
+        let after = store.job("a").unwrap();
+        assert!(after.digest().unwrap().is_none());
+        after.save_digest().await.unwrap();
+        assert_eq!(digest_of(&store.job("a").unwrap()).len(), 3);
+
+        // Emptied (state rebuild): an empty digest plus what is written after.
+        let rebuilt = store.job("a").unwrap();
+        rebuilt.clear().unwrap();
+        rebuilt.put("K9", &entry()).unwrap();
+        assert_eq!(digest_of(&rebuilt).len(), 1);
     }
 }

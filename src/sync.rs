@@ -20,7 +20,7 @@ use crate::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::progress::RunHandle;
 use crate::reconcile::{resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
-use crate::source::{self, SourceError};
+use crate::source::{self, Item, SourceError};
 use crate::state::{Entry, JobState, StateError, StateView, Store};
 
 /// What to run.
@@ -201,21 +201,34 @@ fn read_and_plan(
         Some(s) => s,
         None => &empty,
     };
-    let mut planner = Planner::new(
-        view,
-        Policy {
-            on_missing: job.on_missing,
-        },
-    );
+    let policy = Policy {
+        on_missing: job.on_missing,
+    };
+    let digest = state.map(JobState::digest).transpose()?.flatten();
+    let mut planner = match &digest {
+        Some(d) => Planner::with_digest(view, policy, d),
+        None => Planner::new(view, policy),
+    };
     let mut failed: Option<PlanError> = None;
     source::read(&job.source, &job.columns(), &mut |item| {
-        if failed.is_none() {
-            handle.row_read();
-            if handle.stop_requested() {
-                failed = Some(PlanError::Stopped);
-            } else if let Err(e) = planner.push(mapper.map(item)) {
-                failed = Some(e.into());
+        if failed.is_some() {
+            return;
+        }
+        handle.row_read();
+        if handle.stop_requested() {
+            failed = Some(PlanError::Stopped);
+            return;
+        }
+        // An unchanged row is settled from its bytes; only the others are mapped.
+        if let Item::Record(r) = &item {
+            if let Some(key) = mapper.key(r.values) {
+                if planner.unchanged(key, mapper.row_hash(r.values), r.at) {
+                    return;
+                }
             }
+        }
+        if let Err(e) = planner.push(mapper.map(item)) {
+            failed = Some(e.into());
         }
     })?;
     if let Some(e) = failed {
@@ -225,7 +238,7 @@ fn read_and_plan(
 }
 
 /// Reads, plans and executes one job; every outcome, including an early stop, ends up
-/// in `report`.
+/// in `report`. Then stores the state's digest for the next run.
 async fn run_job(
     config: &Config,
     job: &JobConfig,
@@ -235,8 +248,6 @@ async fn run_job(
     handle: &Arc<RunHandle>,
     report: &mut JobReport,
 ) {
-    let dry_run = mode.dry_run;
-
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,
         Err(e) => {
@@ -244,6 +255,38 @@ async fn run_job(
             return;
         }
     };
+    plan_and_execute(
+        config,
+        job,
+        dialler,
+        store,
+        state.as_ref(),
+        mode,
+        handle,
+        report,
+    )
+    .await;
+    if let (Some(state), false) = (&state, mode.dry_run) {
+        if let Err(e) = state.save_digest().await {
+            // Only the next run's speed depends on it.
+            tracing::warn!(error = %error_chain(&e), "could not store the state digest");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_and_execute(
+    config: &Config,
+    job: &JobConfig,
+    dialler: &Dialler,
+    store: Option<&Store>,
+    state: Option<&JobState>,
+    mode: Mode,
+    handle: &Arc<RunHandle>,
+    report: &mut JobReport,
+) {
+    let dry_run = mode.dry_run;
+
     let last_good_rows = match store.map(|s| s.good_rows(&job.name)).transpose() {
         Ok(n) => n.flatten(),
         Err(e) => {
@@ -253,7 +296,7 @@ async fn run_job(
     };
     // Imports an earlier run sent without storing their result: settle them first, or
     // the plan would import them again. (A dry run only reads, and plans them as imports.)
-    if let (Some(state), false) = (&state, dry_run) {
+    if let (Some(state), false) = (state, dry_run) {
         match resolve_pending(dialler, job, state).await {
             Ok(r) => {
                 report.recovered = r.found;
@@ -279,7 +322,7 @@ async fn run_job(
     }
     let planned = {
         let job = job.clone();
-        let state = state.clone();
+        let state = state.cloned();
         let handle = Arc::clone(handle);
         tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), &handle)).await
     };
@@ -299,6 +342,7 @@ async fn run_job(
     report.rows = plan.rows;
     report.invalid = plan.rejected.len() as u64;
     report.unchanged = plan.unchanged;
+    report.unchanged_by_hash = plan.unchanged_by_hash;
     report.withheld_removals = plan.withheld_removals;
     report.problems = plan.rejected.iter().take(LIST_LIMIT).cloned().collect();
     for r in plan.rejected.iter().take(20) {
@@ -348,9 +392,7 @@ async fn run_job(
         report.aborted = Some(why);
         return;
     }
-    let state = state
-        .as_ref()
-        .expect("a run that is not a dry run has a state");
+    let state = state.expect("a run that is not a dry run has a state");
     let target = Target {
         dialler,
         state,

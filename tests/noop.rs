@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rows, Env};
+use common::{count, rows, Env};
 use dialsync::config::Config;
 use dialsync::state::Store;
 use dialsync::sync::{sync_with, SyncOptions};
@@ -33,6 +33,10 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
 
     let again = run();
     assert_eq!(again[0].unchanged, 10_000);
+    assert_eq!(
+        again[0].unchanged_by_hash, 10_000,
+        "every row settled by its hash, none mapped"
+    );
     assert_eq!(again[0].api_calls, 0);
     assert_eq!(
         env.requests().len(),
@@ -44,4 +48,74 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
         writes,
         "nothing was written to the job's state"
     );
+}
+
+/// A change of the mapping (here the phone format) makes the stored row hashes miss:
+/// every row is mapped and compared again, and each contact gets its new number, once.
+#[test]
+fn a_changed_mapping_compares_every_row_again() {
+    let env = Env::new();
+    env.write_rows(&rows(50, "Bonn"));
+    assert_eq!(env.sync(&[]).1, 0);
+    let (again, _) = env.sync(&[]);
+    assert_eq!(count(&again, "unchanged_by_hash"), 50);
+
+    env.write_config(common::TOKEN, "phone_format = \"digits\"");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        (
+            count(&report, "updated"),
+            count(&report, "unchanged_by_hash")
+        ),
+        (50, 0)
+    );
+    assert_eq!(
+        common::field(&env.contact("K7"), "PhoneNumber1"),
+        "491711000007"
+    );
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (
+            count(&report, "api_calls"),
+            count(&report, "unchanged_by_hash")
+        ),
+        (0, 50)
+    );
+}
+
+/// A change that is only partly carried out (the update went through, the reset was
+/// refused) leaves no row hash behind: when the CRM then reverts the row, the next run
+/// still sees that the dialler holds other values and sends them back.
+#[test]
+fn a_partly_applied_change_is_not_mistaken_for_unchanged_later() {
+    let env = Env::new();
+    let original = rows(3, "Bonn");
+    env.write_rows(&original);
+    assert_eq!(env.sync(&[]).1, 0);
+
+    let mut changed = original.clone();
+    changed[0] = changed[0].replace(";Bonn;1", ";Kiel;2"); // City and Round
+    env.write_rows(&changed);
+    env.emu.reject_next("/reset", 1);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "failed")),
+        (1, 1),
+        "{report}"
+    );
+    assert_eq!(common::field(&env.contact("K1"), "City"), "Kiel");
+
+    env.write_rows(&original);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "updated"), 1, "{report}");
+    assert_eq!(
+        count(&report, "reset"),
+        0,
+        "the round is back to the one reset last"
+    );
+    env.assert_holds_exactly(&original);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(count(&report, "api_calls"), 0);
 }

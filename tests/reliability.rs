@@ -3,15 +3,9 @@
 
 mod common;
 
-use common::{field, rows, Env};
+use common::{count, field, rows, Env};
 use dialsync::emulator::Faults;
 use serde_json::Value;
-
-fn count(report: &Value, key: &str) -> u64 {
-    report[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no count {key} in {report}"))
-}
 
 #[test]
 fn a_struggling_dialler_ends_exactly_right_within_the_retry_bounds() {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{field, Env};
+use common::{count, field, Env};
 use serde_json::json;
 
 const ROWS: [&str; 4] = [
@@ -11,12 +11,6 @@ const ROWS: [&str; 4] = [
     "K3;Schäfer;Tom;+49 (0)40 1234567;Hamburg;1",
     "K4;Öztürk;Aylin;0049 30 12345678;Berlin;1",
 ];
-
-fn count(report: &serde_json::Value, key: &str) -> u64 {
-    report[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no count {key} in {report}"))
-}
 
 #[test]
 fn initial_sync_imports_every_valid_row_once_with_umlauts_intact() {

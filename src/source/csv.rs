@@ -4,14 +4,14 @@
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::Path;
 
-use super::{BadRow, Item, Record, RowRef, SourceError, ENCODING_HINT};
+use super::{recycle, BadRow, Item, Record, RowRef, SourceError, ENCODING_HINT};
 
 pub(super) fn read(
     delimiter: Option<u8>,
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item),
+    sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<(), SourceError> {
     let read_err = |source| SourceError::Read {
         path: path.to_path_buf(),
@@ -61,6 +61,7 @@ pub(super) fn read(
     }
 
     let mut record = csv::ByteRecord::new();
+    let mut spare: Vec<Option<&'static str>> = Vec::with_capacity(index.len());
     let mut data_rows: u64 = 0;
     loop {
         match reader.read_byte_record(&mut record) {
@@ -94,15 +95,17 @@ pub(super) fn read(
             row: data_rows + 1,
             line: record.position().map(|p| p.line() + line_offset),
         };
-        let key = record
-            .get(index[0])
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty());
+        let key = || {
+            record
+                .get(index[0])
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+        };
         if record.len() != names.len() {
             sink(Item::Bad(BadRow {
                 at,
-                key,
+                key: key(),
                 reason: format!(
                     "has {} fields where the header has {}: a delimiter or quote inside a value is \
                      probably not quoted",
@@ -112,12 +115,12 @@ pub(super) fn read(
             }));
             continue;
         }
-        let mut values = Vec::with_capacity(index.len());
+        let mut values = recycle(std::mem::take(&mut spare));
         let mut bad = None;
         for (&i, name) in index.iter().zip(columns) {
             let raw = record.get(i).unwrap_or_default();
             match std::str::from_utf8(raw) {
-                Ok(v) => values.push(Some(v.to_string()).filter(|v| !v.trim().is_empty())),
+                Ok(v) => values.push(Some(v).filter(|v| !v.trim().is_empty())),
                 Err(_) => {
                     bad = Some(format!("column `{name}` is {ENCODING_HINT}"));
                     break;
@@ -125,9 +128,17 @@ pub(super) fn read(
             }
         }
         match bad {
-            Some(reason) => sink(Item::Bad(BadRow { at, key, reason })),
-            None => sink(Item::Record(Record { at, values })),
+            Some(reason) => sink(Item::Bad(BadRow {
+                at,
+                key: key(),
+                reason,
+            })),
+            None => sink(Item::Record(Record {
+                at,
+                values: &values,
+            })),
         }
+        spare = recycle(values);
     }
     Ok(())
 }
@@ -161,7 +172,7 @@ fn detect_delimiter(line: &[u8]) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{read_all, Item, SourceError};
+    use super::super::{read_all, OwnedItem as Item, SourceError};
     use super::*;
     use crate::config::{SourceConfig, SourceKind};
 
@@ -181,8 +192,8 @@ mod tests {
         items
             .iter()
             .filter_map(|i| match i {
-                Item::Record(r) => {
-                    Some((r.at.row, r.values.iter().map(|v| v.as_deref()).collect()))
+                Item::Record(at, values) => {
+                    Some((at.row, values.iter().map(|v| v.as_deref()).collect()))
                 }
                 Item::Bad(_) => None,
             })
@@ -196,7 +207,7 @@ mod tests {
             let at: Vec<_> = items
                 .iter()
                 .map(|i| match i {
-                    Item::Record(r) => (r.at.row, r.at.line),
+                    Item::Record(at, _) => (at.row, at.line),
                     Item::Bad(b) => panic!("{b:?}"),
                 })
                 .collect();
@@ -236,7 +247,7 @@ mod tests {
             (2, vec![Some("1"), Some("x"), Some("two\nlines")])
         );
         match &items[1] {
-            Item::Record(r) => assert_eq!((r.at.row, r.at.line), (3, Some(4))),
+            Item::Record(at, _) => assert_eq!((at.row, at.line), (3, Some(4))),
             other => panic!("{other:?}"),
         }
     }

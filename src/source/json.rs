@@ -17,7 +17,7 @@ pub(super) fn read(
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item),
+    sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<(), SourceError> {
     let read_err = |source| SourceError::Read {
         path: path.to_path_buf(),
@@ -44,8 +44,16 @@ pub(super) fn read(
             }
         }
     };
-    let mut emit = |at: RowRef, value: Result<Value, BadRow>| match value {
-        Ok(v) => sink(to_item(at, v, columns, &mut seen)),
+    let mut emit = |at: RowRef, value: Result<Value, BadRow>| match value
+        .and_then(|v| to_values(at, v, columns, &mut seen))
+    {
+        Ok(owned) => {
+            let values: Vec<Option<&str>> = owned.iter().map(|v| v.as_deref()).collect();
+            sink(Item::Record(Record {
+                at,
+                values: &values,
+            }))
+        }
         Err(bad) => sink(Item::Bad(bad)),
     };
     match first {
@@ -126,9 +134,15 @@ fn json_error(path: &Path, e: &serde_json::Error, at: String) -> SourceError {
     }
 }
 
-fn to_item(at: RowRef, value: Value, columns: &[String], seen: &mut [bool]) -> Item {
+/// The values of the requested columns of one element (`None`: absent, null or blank).
+fn to_values(
+    at: RowRef,
+    value: Value,
+    columns: &[String],
+    seen: &mut [bool],
+) -> Result<Vec<Option<String>>, BadRow> {
     let Value::Object(map) = value else {
-        return Item::Bad(BadRow {
+        return Err(BadRow {
             at,
             key: None,
             reason: format!("is a JSON {}, not an object", kind(&value)),
@@ -146,7 +160,7 @@ fn to_item(at: RowRef, value: Value, columns: &[String], seen: &mut [bool]) -> I
                     Value::Number(n) => Some(n.to_string()),
                     Value::Bool(b) => Some(b.to_string()),
                     other => {
-                        return Item::Bad(BadRow {
+                        return Err(BadRow {
                             at,
                             key: values.first().cloned().flatten(),
                             reason: format!(
@@ -160,7 +174,7 @@ fn to_item(at: RowRef, value: Value, columns: &[String], seen: &mut [bool]) -> I
         };
         values.push(v.filter(|s| !s.trim().is_empty()));
     }
-    Item::Record(Record { at, values })
+    Ok(values)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -201,7 +215,7 @@ impl<'de> Visitor<'de> for Elements<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{read_all, Item, SourceError};
+    use super::super::{read_all, OwnedItem as Item, SourceError};
     use crate::config::{SourceConfig, SourceKind};
 
     fn cfg() -> SourceConfig {
@@ -222,8 +236,8 @@ mod tests {
             let items = read_all(&cfg(), bytes, &["id", "name"]).unwrap();
             assert_eq!(items.len(), 3, "{items:?}");
             match &items[0] {
-                Item::Record(r) => {
-                    assert_eq!(r.values, vec![Some("1".into()), Some("Müller".into())])
+                Item::Record(_, values) => {
+                    assert_eq!(values, &vec![Some("1".into()), Some("Müller".into())])
                 }
                 other => panic!("{other:?}"),
             }
@@ -232,7 +246,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
             match &items[2] {
-                Item::Record(r) => assert_eq!(r.values, vec![Some("2".into()), None]),
+                Item::Record(_, values) => assert_eq!(values, &vec![Some("2".into()), None]),
                 other => panic!("{other:?}"),
             }
         }

@@ -36,11 +36,21 @@ impl fmt::Display for RowRef {
     }
 }
 
-/// One record: the values of the requested columns (`None`: absent or empty).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
+/// One record: the values of the requested columns (`None`: absent or blank), borrowed
+/// from the reader's buffers for the duration of the callback, so reading a row allocates
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Record<'a> {
     pub at: RowRef,
-    pub values: Vec<Option<String>>,
+    pub values: &'a [Option<&'a str>],
+}
+
+/// An empty vector for the values of the next record, reusing the allocation of the
+/// previous record's (the lifetimes differ, the layout does not; `collect` over a mapped
+/// `into_iter` reuses the buffer in place).
+fn recycle<'b>(mut values: Vec<Option<&str>>) -> Vec<Option<&'b str>> {
+    values.clear();
+    values.into_iter().map(|_| None).collect()
 }
 
 /// A row that could not be read as a record. `key` is the value found in the first
@@ -53,8 +63,8 @@ pub struct BadRow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Item {
-    Record(Record),
+pub enum Item<'a> {
+    Record(Record<'a>),
     Bad(BadRow),
 }
 
@@ -119,7 +129,7 @@ fn quoted(names: &[String]) -> String {
 pub fn read(
     cfg: &SourceConfig,
     columns: &[String],
-    sink: &mut dyn FnMut(Item),
+    sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<Summary, SourceError> {
     let file = std::fs::File::open(&cfg.path).map_err(|source| SourceError::Open {
         path: cfg.path.clone(),
@@ -134,7 +144,7 @@ pub fn read_from(
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item),
+    sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<Summary, SourceError> {
     // Decode to UTF-8 on the fly. Without a configured encoding, a BOM decides (UTF-8 or
     // UTF-16, as Excel writes them); with none, bytes pass through and each value is
@@ -159,12 +169,12 @@ pub fn read_from(
 }
 
 struct Counting<'a> {
-    inner: &'a mut dyn FnMut(Item),
+    inner: &'a mut dyn FnMut(Item<'_>),
     summary: Summary,
 }
 
 impl Counting<'_> {
-    fn push(&mut self, item: Item) {
+    fn push(&mut self, item: Item<'_>) {
         match &item {
             Item::Record(_) => self.summary.records += 1,
             Item::Bad(_) => self.summary.bad += 1,
@@ -177,16 +187,30 @@ impl Counting<'_> {
 const ENCODING_HINT: &str = "not valid UTF-8: if the export comes from Excel or an older CRM, \
      set encoding = \"windows-1252\" in [job.source]";
 
+/// An owned copy of an [`Item`], for tests.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum OwnedItem {
+    Record(RowRef, Vec<Option<String>>),
+    Bad(BadRow),
+}
+
 #[cfg(test)]
 pub(crate) fn read_all(
     cfg: &SourceConfig,
     bytes: &[u8],
     columns: &[&str],
-) -> Result<Vec<Item>, SourceError> {
+) -> Result<Vec<OwnedItem>, SourceError> {
     let columns: Vec<String> = columns.iter().map(|s| s.to_string()).collect();
     let mut out = Vec::new();
     read_from(cfg, Path::new("export"), bytes, &columns, &mut |i| {
-        out.push(i)
+        out.push(match i {
+            Item::Record(r) => OwnedItem::Record(
+                r.at,
+                r.values.iter().map(|v| v.map(str::to_string)).collect(),
+            ),
+            Item::Bad(b) => OwnedItem::Bad(b),
+        })
     })?;
     Ok(out)
 }

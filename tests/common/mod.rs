@@ -206,3 +206,10 @@ impl Env {
         }
     }
 }
+
+/// A count from a job's JSON report.
+pub fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {key} in {report}"))
+}
