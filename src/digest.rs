@@ -18,19 +18,15 @@ const VERSION: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Digest {
-    /// Key hashes, sorted, unique.
+    /// Key hashes, sorted, unique, never 0.
     keys: Vec<u64>,
     rows: Vec<u64>,
     locked: Vec<bool>,
-    /// `starts[b]..starts[b + 1]` are the keys of bucket `b` (the top bits of the hash).
-    starts: Vec<u32>,
-    /// How far a key hash is shifted right to give its bucket.
-    shift: u32,
 }
 
 impl Digest {
-    /// A digest of `items` in any order; `None` if two of them share a key hash (or there
-    /// are more than 4 billion).
+    /// A digest of `items` in any order; `None` if two of them share a key hash (or one
+    /// hashes to 0).
     pub fn build(mut items: Vec<Item>) -> Option<Digest> {
         items.sort_unstable_by_key(|i| i.0);
         Digest::from_sorted(items)
@@ -42,42 +38,18 @@ impl Digest {
             keys: Vec::with_capacity(n),
             rows: Vec::with_capacity(n),
             locked: Vec::with_capacity(n),
-            starts: Vec::new(),
-            shift: 0,
         };
         for (k, r, l) in items {
             d.keys.push(k);
             d.rows.push(r);
             d.locked.push(l);
         }
-        d.index().then_some(d)
+        d.valid().then_some(d)
     }
 
-    /// Builds the bucket index (about four keys per bucket); false if the keys are not
-    /// sorted and unique.
-    fn index(&mut self) -> bool {
-        let n = self.keys.len();
-        if u32::try_from(n).is_err() || self.keys.windows(2).any(|w| w[0] >= w[1]) {
-            return false;
-        }
-        let bits = (n / 4).max(1).next_power_of_two().trailing_zeros();
-        self.shift = 64 - bits;
-        let buckets = 1usize << bits;
-        self.starts = Vec::with_capacity(buckets + 1);
-        let mut i = 0usize;
-        for b in 0..buckets {
-            while i < n && self.bucket(self.keys[i]) < b {
-                i += 1;
-            }
-            self.starts.push(i as u32);
-        }
-        self.starts.push(n as u32);
-        true
-    }
-
-    fn bucket(&self, key: u64) -> usize {
-        // `checked_shr`: a shift by 64 (one bucket) puts every key in bucket 0.
-        key.checked_shr(self.shift).unwrap_or(0) as usize
+    /// Keys sorted, unique and never 0 (the probe table's "empty").
+    fn valid(&self) -> bool {
+        self.keys.first() != Some(&0) && self.keys.windows(2).all(|w| w[0] < w[1])
     }
 
     pub fn len(&self) -> usize {
@@ -90,9 +62,7 @@ impl Digest {
 
     /// The position of the entry with key hash `key`.
     pub fn find(&self, key: u64) -> Option<usize> {
-        let b = self.bucket(key);
-        let (lo, hi) = (*self.starts.get(b)? as usize, self.starts[b + 1] as usize);
-        self.keys[lo..hi].binary_search(&key).ok().map(|i| lo + i)
+        self.keys.binary_search(&key).ok()
     }
 
     pub fn row(&self, i: usize) -> u64 {
@@ -158,14 +128,146 @@ impl Digest {
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect()
         };
-        let mut d = Digest {
+        let d = Digest {
             keys: words(&rest[..n * 8]),
             rows: words(&rest[n * 8..n * 16]),
             locked: rest[n * 16..].iter().map(|&b| b != 0).collect(),
-            starts: Vec::new(),
-            shift: 0,
         };
-        d.index().then_some(d)
+        d.valid().then_some(d)
+    }
+
+    /// The lookup table of one run (see [`Probe`]).
+    pub fn probe(&self) -> Probe {
+        let n = self.len();
+        // About two slots for every three entries used: short probes.
+        let size = n + n / 2 + 1;
+        let mut slots: Vec<Slot> = Vec::with_capacity(size + 16);
+        slots.resize(size, Slot::EMPTY);
+        let mut next = 0usize;
+        for i in 0..n {
+            let at = home(self.keys[i], size).max(next);
+            if at >= slots.len() {
+                slots.resize(at + 1, Slot::EMPTY);
+            }
+            slots[at] = Slot {
+                key: self.keys[i],
+                row: self.rows[i],
+                meta: if self.locked[i] { LOCKED } else { 0 },
+            };
+            next = at + 1;
+        }
+        // An empty slot at the end ends every probe.
+        slots.push(Slot::EMPTY);
+        Probe { slots, size, n }
+    }
+}
+
+/// Where a key's probe starts: its hash scaled to the table (monotonic, so keys keep their
+/// order in the table).
+fn home(key: u64, size: usize) -> usize {
+    ((u128::from(key) * size as u128) >> 64) as usize
+}
+
+const LOCKED: u64 = 1 << 63;
+
+/// One entry in the probe table: 24 bytes, everything a row's lookup touches in one
+/// place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    /// 0: empty.
+    key: u64,
+    row: u64,
+    /// [`LOCKED`], and the row that first named the entry in this run (0: none yet).
+    meta: u64,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        key: 0,
+        row: 0,
+        meta: 0,
+    };
+}
+
+/// A run's view of the digest for lookups by key hash, with a mark per entry for the row
+/// that named it: an open-addressing table laid out in key order (each key at or after
+/// its scaled hash, later keys after earlier ones), so it is built in one pass and a
+/// lookup touches one or two cache lines. The digest's arrays would take four misses.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    slots: Vec<Slot>,
+    size: usize,
+    n: usize,
+}
+
+impl Probe {
+    /// Entries (not slots).
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The slot of the entry with key hash `key`.
+    pub fn find(&self, key: u64) -> Option<usize> {
+        let mut i = home(key, self.size);
+        loop {
+            let k = self.slots[i].key;
+            if k == key {
+                return Some(i);
+            }
+            // Keys ascend through the table: past `key`, or at an empty slot, it is absent.
+            if k == 0 || k > key {
+                return None;
+            }
+            i += 1;
+        }
+    }
+
+    /// Asks the CPU to fetch the slot where a lookup of `key` starts, so that the lookup
+    /// a few rows later finds it in cache.
+    pub fn prefetch(&self, key: u64) {
+        // A slot may straddle two cache lines, and a probe often reads the next slot too.
+        let slot: *const Slot = &self.slots[home(key, self.size)];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint: it reads nothing and cannot fault, whatever
+        // the address (the second one may lie past the end of the table).
+        unsafe {
+            use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(slot.cast());
+            _mm_prefetch::<_MM_HINT_T0>(slot.cast::<i8>().wrapping_add(40));
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
+    pub fn row(&self, slot: usize) -> u64 {
+        self.slots[slot].row
+    }
+
+    pub fn locked(&self, slot: usize) -> bool {
+        self.slots[slot].meta & LOCKED != 0
+    }
+
+    /// The row that first named the entry in this run, or 0.
+    pub fn seen_at(&self, slot: usize) -> u64 {
+        self.slots[slot].meta & !LOCKED
+    }
+
+    pub fn set_seen_at(&mut self, slot: usize, row: u64) {
+        let s = &mut self.slots[slot];
+        s.meta = (s.meta & LOCKED) | (row & !LOCKED);
+    }
+
+    /// The slots of the entries no row named, with their lock flag.
+    pub fn unseen(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.key != 0 && s.meta & !LOCKED == 0)
+            .map(|(i, s)| (i, s.meta & LOCKED != 0))
     }
 }
 
@@ -192,9 +294,19 @@ mod tests {
                 let i = d.find(k).unwrap_or_else(|| panic!("{k} of {n}"));
                 assert_eq!((d.row(i), d.locked(i)), (r, l));
             }
-            for probe in [0u64, 1, u64::MAX, 12345] {
+            let mut p = d.probe();
+            assert_eq!(p.len(), n);
+            for &(k, r, l) in &items {
+                let s = p.find(k).unwrap_or_else(|| panic!("{k} of {n}"));
+                assert_eq!((p.row(s), p.locked(s), p.seen_at(s)), (r, l, 0));
+                p.set_seen_at(s, r + 1);
+                assert_eq!((p.locked(s), p.seen_at(s)), (l, r + 1));
+            }
+            assert_eq!(p.unseen().count(), 0);
+            for probe in [1u64, u64::MAX, 12345, 1 << 63] {
                 if !items.iter().any(|i| i.0 == probe) {
                     assert_eq!(d.find(probe), None);
+                    assert_eq!(p.find(probe), None);
                 }
             }
             assert_eq!(Digest::decode(&d.encode()), Some(d));
@@ -204,6 +316,7 @@ mod tests {
     #[test]
     fn a_shared_key_hash_or_garbage_gives_no_digest() {
         assert_eq!(Digest::build(vec![(5, 1, false), (5, 2, false)]), None);
+        assert_eq!(Digest::build(vec![(0, 1, false)]), None);
         let d = Digest::build(vec![(5, 1, false), (9, 2, true)]).unwrap();
         let bytes = d.encode();
         assert_eq!(Digest::decode(&bytes[..bytes.len() - 1]), None);
@@ -217,6 +330,24 @@ mod tests {
     }
 
     proptest! {
+        /// Every key is found in the probe table, clustered or not, and no other.
+        #[test]
+        fn the_probe_finds_exactly_the_keys(keys in prop::collection::btree_set(1u64.., 0..300), clustered in any::<bool>(), others in prop::collection::vec(1u64.., 20)) {
+            // Clustered: keys squeezed into a narrow range, so that probes run long.
+            let keys: Vec<u64> = keys.into_iter().map(|k| if clustered { k % 1000 + 1 } else { k }).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let d = Digest::build(keys.iter().map(|&k| (k, k, false)).collect()).unwrap();
+            let p = d.probe();
+            for &k in &keys {
+                let s = p.find(k);
+                prop_assert!(s.is_some());
+                prop_assert_eq!(p.row(s.unwrap()), k);
+            }
+            for o in others {
+                let o = if clustered { o % 2000 + 1 } else { o };
+                prop_assert_eq!(p.find(o).is_some(), keys.contains(&o));
+            }
+        }
+
         /// Applying changes gives the digest of the changed set.
         #[test]
         fn changes_apply_like_a_rebuild(

@@ -17,6 +17,7 @@ pub mod fields;
 pub mod guard;
 pub mod mapping;
 pub mod phone;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod reconcile;

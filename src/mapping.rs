@@ -7,7 +7,7 @@
 
 use chrono::NaiveDateTime;
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use crate::config::{JobConfig, PhoneFormat};
 use crate::fields::{self, Field, Kind};
@@ -146,17 +146,23 @@ impl Mapper {
     /// hash matches its stored entry's is unchanged without being mapped. Never 0 (the
     /// state's "not known").
     pub fn row_hash(&self, values: &[Option<&str>]) -> u64 {
-        let mut h = Xxh3::with_seed(self.fingerprint);
+        self.row_hash_with(values, &mut Vec::new())
+    }
+
+    /// [`Mapper::row_hash`], with `buf` as scratch space (one hash call over the whole
+    /// row is several times faster than feeding a hasher value by value).
+    pub fn row_hash_with(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
+        buf.clear();
         for v in values {
             match v {
                 Some(v) => {
-                    h.update(&(v.len() as u64 + 1).to_le_bytes());
-                    h.update(v.as_bytes());
+                    buf.extend_from_slice(&(v.len() as u64 + 1).to_le_bytes());
+                    buf.extend_from_slice(v.as_bytes());
                 }
-                None => h.update(&0u64.to_le_bytes()),
+                None => buf.extend_from_slice(&0u64.to_le_bytes()),
             }
         }
-        h.digest().max(1)
+        xxh3_64_with_seed(buf, self.fingerprint).max(1)
     }
 
     /// The row's UserData as the state keys it (trimmed; `None` if blank).

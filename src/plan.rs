@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use crate::config::OnMissing;
-use crate::digest::Digest;
+use crate::digest::{Digest, Probe};
 use crate::fields::Field;
 use crate::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::source::RowRef;
@@ -109,15 +109,14 @@ impl Plan {
 ///
 /// With the state's [`Digest`], a row whose hash matches its entry's is settled by
 /// [`Planner::unchanged`] without reading the entry or mapping the row; which entries
-/// were seen is then kept by digest position (`seen_at`), and the other rows' UserData
-/// in `seen`.
+/// were seen is then marked in the digest's [`Probe`] table, and the other rows' UserData
+/// kept in `seen`.
 pub struct Planner<'s, S: StateView + ?Sized> {
     state: &'s S,
     policy: Policy,
-    /// The digest of `state`, exactly (see [`crate::state::JobState::digest`]).
-    digest: Option<&'s Digest>,
-    /// Per digest position: the row that named its entry, or 0.
-    seen_at: Vec<u64>,
+    /// The digest of `state`, exactly (see [`crate::state::JobState::digest`]), as a
+    /// lookup table with a mark per entry for the row that named it.
+    probe: Option<Probe>,
     /// The UserData of every other row (mapped, or rejected with a readable key), with its
     /// first row.
     seen: HashMap<String, RowRef>,
@@ -130,8 +129,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         Planner {
             state,
             policy,
-            digest: None,
-            seen_at: Vec::new(),
+            probe: None,
             seen: HashMap::new(),
             unreadable: 0,
             plan: Plan::default(),
@@ -139,44 +137,51 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     /// A planner that uses `digest`, which must describe `state` exactly.
-    pub fn with_digest(state: &'s S, policy: Policy, digest: &'s Digest) -> Self {
+    pub fn with_digest(state: &'s S, policy: Policy, digest: &Digest) -> Self {
         let mut p = Planner::new(state, policy);
-        p.digest = Some(digest);
-        p.seen_at = vec![0; digest.len()];
+        p.probe = Some(digest.probe());
         p
     }
 
     /// Settles a row that is unchanged since its contact was last synced: its UserData
-    /// (`key`, trimmed) has an entry whose row hash is `row`, not locked, and no earlier
-    /// row named it. True if so (the row is counted); false: the row is to be mapped and
-    /// [`Planner::push`]ed.
-    pub fn unchanged(&mut self, key: &str, row: u64, at: RowRef) -> bool {
-        let Some(digest) = self.digest else {
+    /// (`key`, trimmed, hashing to `key_hash`) has an entry whose row hash is `row`, not
+    /// locked, and no earlier row named it. True if so (the row is counted); false: the
+    /// row is to be mapped and [`Planner::push`]ed.
+    pub fn unchanged(&mut self, key: &str, key_hash: u64, row: u64, at: RowRef) -> bool {
+        let Some(probe) = &mut self.probe else {
             return false;
         };
-        let Some(i) = digest.find(key_hash(key)) else {
+        let Some(i) = probe.find(key_hash) else {
             return false;
         };
-        if digest.row(i) != row || digest.locked(i) || self.seen_at[i] != 0 {
+        if probe.row(i) != row || probe.locked(i) || probe.seen_at(i) != 0 {
             return false;
         }
         if !self.seen.is_empty() && self.seen.contains_key(key) {
             return false;
         }
-        self.seen_at[i] = at.row;
+        probe.set_seen_at(i, at.row);
         self.plan.rows += 1;
         self.plan.unchanged += 1;
         self.plan.unchanged_by_hash += 1;
         true
     }
 
+    /// Prefetches the digest slot of a row to be looked up soon.
+    pub fn prefetch(&self, key_hash: u64) {
+        if let Some(p) = &self.probe {
+            p.prefetch(key_hash);
+        }
+    }
+
     /// Marks the entry of `key` (which the state has) as seen at `at`; the row that saw it
     /// first if it was already.
     fn mark_seen(&mut self, key: &str, at: RowRef) -> Option<u64> {
-        let i = self.digest?.find(key_hash(key))?;
-        match self.seen_at[i] {
+        let probe = self.probe.as_mut()?;
+        let i = probe.find(key_hash(key))?;
+        match probe.seen_at(i) {
             0 => {
-                self.seen_at[i] = at.row;
+                probe.set_seen_at(i, at.row);
                 None
             }
             first => Some(first),
@@ -192,7 +197,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 }
                 if let Some(k) = &r.key {
                     let mut first = r.at;
-                    if self.digest.is_some() && self.state.get(k)?.is_some() {
+                    if self.probe.is_some() && self.state.get(k)?.is_some() {
                         if let Some(row) = self.mark_seen(k, r.at) {
                             first = RowRef { row, line: None };
                         }
@@ -291,26 +296,25 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             OnMissing::Lock => Some(RemovalKind::Lock),
             OnMissing::Delete => Some(RemovalKind::Delete),
         };
-        if let Some(d) = self.digest {
-            // Every entry a row named is marked in `seen_at`: if none of the others is to
-            // be removed, the entries need not be read.
-            let unseen = || (0..d.len()).filter(|&i| self.seen_at[i] == 0);
-            if unseen().all(|i| kind_for(d.locked(i)).is_none()) {
-                self.plan.unchanged += unseen().count() as u64;
-                self.plan.known = d.len() as u64;
+        if let Some(p) = &self.probe {
+            // Every entry a row named is marked: if none of the others is to be removed,
+            // the entries need not be read.
+            if p.unseen().all(|(_, locked)| kind_for(locked).is_none()) {
+                self.plan.unchanged += p.unseen().count() as u64;
+                self.plan.known = p.len() as u64;
                 return Ok(self.plan);
             }
         }
         let mut removals = Vec::new();
         let mut already = 0u64;
-        let (seen, seen_at, digest) = (&self.seen, &self.seen_at, self.digest);
+        let (seen, probe) = (&self.seen, &self.probe);
         let mut known = 0u64;
         self.state.for_each(&mut |key, entry| {
             known += 1;
             let named = seen.contains_key(key)
-                || digest
-                    .and_then(|d| d.find(key_hash(key)))
-                    .is_some_and(|i| seen_at[i] != 0);
+                || probe
+                    .as_ref()
+                    .is_some_and(|p| p.find(key_hash(key)).is_some_and(|i| p.seen_at(i) != 0));
             if named {
                 return;
             }
@@ -685,7 +689,7 @@ mod tests {
         let mut planner = Planner::with_digest(state, policy, &digest);
         for r in rows {
             if let Outcome::Contact(c) = &r {
-                if planner.unchanged(&c.key, c.row, c.at) {
+                if planner.unchanged(&c.key, key_hash(&c.key), c.row, c.at) {
                     continue;
                 }
             }

@@ -16,11 +16,11 @@ use crate::dialler::{ClientError, Dialler};
 use crate::execute::{error_chain, execute, Target};
 use crate::guard::{self, Facts};
 use crate::mapping::Mapper;
+use crate::pipeline::{self, PlanError};
 use crate::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::progress::RunHandle;
 use crate::reconcile::{resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
-use crate::source::{self, Item, SourceError};
 use crate::state::{Entry, JobState, StateError, StateView, Store};
 
 /// What to run.
@@ -178,17 +178,6 @@ pub async fn run_one(
     report
 }
 
-/// Why reading and planning stopped.
-#[derive(Debug, thiserror::Error)]
-enum PlanError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("stopped while reading the export (shutdown or cancelled); nothing was changed")]
-    Stopped,
-}
-
 /// Reads the export and plans it against `state` (empty when `None`).
 fn read_and_plan(
     job: &JobConfig,
@@ -197,7 +186,7 @@ fn read_and_plan(
 ) -> Result<Plan, PlanError> {
     let mapper = Mapper::new(job);
     let empty: BTreeMap<String, Entry> = BTreeMap::new();
-    let view: &dyn StateView = match state {
+    let view: &(dyn StateView + Sync) = match state {
         Some(s) => s,
         None => &empty,
     };
@@ -205,36 +194,11 @@ fn read_and_plan(
         on_missing: job.on_missing,
     };
     let digest = state.map(JobState::digest).transpose()?.flatten();
-    let mut planner = match &digest {
+    let planner = match &digest {
         Some(d) => Planner::with_digest(view, policy, d),
         None => Planner::new(view, policy),
     };
-    let mut failed: Option<PlanError> = None;
-    source::read(&job.source, &job.columns(), &mut |item| {
-        if failed.is_some() {
-            return;
-        }
-        handle.row_read();
-        if handle.stop_requested() {
-            failed = Some(PlanError::Stopped);
-            return;
-        }
-        // An unchanged row is settled from its bytes; only the others are mapped.
-        if let Item::Record(r) = &item {
-            if let Some(key) = mapper.key(r.values) {
-                if planner.unchanged(key, mapper.row_hash(r.values), r.at) {
-                    return;
-                }
-            }
-        }
-        if let Err(e) = planner.push(mapper.map(item)) {
-            failed = Some(e.into());
-        }
-    })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    Ok(planner.finish()?)
+    pipeline::read_and_plan(&job.source, &job.columns(), &mapper, planner, handle)
 }
 
 /// Reads, plans and executes one job; every outcome, including an early stop, ends up

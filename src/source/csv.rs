@@ -117,10 +117,18 @@ pub(super) fn read(
         }
         let mut values = recycle(std::mem::take(&mut spare));
         let mut bad = None;
+        // One check of the whole record is much cheaper than one per value. A value of a
+        // valid record is valid if it starts and ends on character boundaries (two bad
+        // halves of a character could sit in adjacent fields); a record that fails is
+        // checked value by value (the bad byte may be in a column not used).
+        let whole = std::str::from_utf8(record.as_slice()).ok();
         for (&i, name) in index.iter().zip(columns) {
-            let raw = record.get(i).unwrap_or_default();
-            match std::str::from_utf8(raw) {
-                Ok(v) => values.push(Some(v).filter(|v| !v.trim().is_empty())),
+            let value = match whole.zip(record.range(i)).and_then(|(w, r)| w.get(r)) {
+                Some(v) => Ok(v),
+                None => std::str::from_utf8(record.get(i).unwrap_or_default()),
+            };
+            match value {
+                Ok(v) => values.push(Some(v).filter(|v| !v.trim_start().is_empty())),
                 Err(_) => {
                     bad = Some(format!("column `{name}` is {ENCODING_HINT}"));
                     break;
@@ -270,6 +278,22 @@ mod tests {
         assert_eq!(bad[1].0, 4);
         assert!(bad[1].2.contains("windows-1252"));
         assert_eq!(records(&items).len(), 2);
+    }
+
+    #[test]
+    fn halves_of_a_character_in_adjacent_fields_are_caught() {
+        // Together the two fields' bytes are valid UTF-8 ("ä"); each alone is not.
+        let items = read_all(
+            &cfg(None, None),
+            b"id,a,b\n1,x\xC3,\xA4y\n2,\xC3\xA4,z\n",
+            &["id", "a"],
+        )
+        .unwrap();
+        match &items[0] {
+            Item::Bad(b) => assert!(b.reason.contains("column `a`"), "{}", b.reason),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(records(&items), vec![(3, vec![Some("2"), Some("ä")])]);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct Record<'a> {
 /// An empty vector for the values of the next record, reusing the allocation of the
 /// previous record's (the lifetimes differ, the layout does not; `collect` over a mapped
 /// `into_iter` reuses the buffer in place).
-fn recycle<'b>(mut values: Vec<Option<&str>>) -> Vec<Option<&'b str>> {
+pub(crate) fn recycle<'b>(mut values: Vec<Option<&str>>) -> Vec<Option<&'b str>> {
     values.clear();
     values.into_iter().map(|_| None).collect()
 }

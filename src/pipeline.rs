@@ -1,0 +1,334 @@
+//! Reading and planning on two threads. The reader parses the export and copies each row
+//! into a batch (batches are recycled, so nothing is allocated per row); the planner
+//! hashes the rows, settles the unchanged ones against the state digest, and maps and
+//! plans the others, in export order. Each digest lookup is a cache miss, so the planner
+//! hashes a whole batch first and prefetches the slot of a row a few rows ahead of the
+//! one it looks up. With a core per side, a sync with nothing to do takes little more
+//! than parsing the export.
+
+use std::sync::mpsc;
+
+use crate::config::SourceConfig;
+use crate::mapping::{key_hash, Mapper};
+use crate::plan::{Plan, Planner};
+use crate::progress::RunHandle;
+use crate::source::{self, recycle, BadRow, Item, Record, RowRef, SourceError};
+use crate::state::{StateError, StateView};
+
+/// Rows per batch: large enough that handing batches over costs nothing per row, small
+/// enough to stay in cache.
+const BATCH_ROWS: usize = 512;
+/// Batches on their way to the planner; the reader waits when it is this far ahead.
+const IN_FLIGHT: usize = 4;
+/// How many rows ahead the planner prefetches a digest slot.
+const AHEAD: usize = 12;
+
+/// Why reading and planning stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("stopped while reading the export (shutdown or cancelled); nothing was changed")]
+    Stopped,
+}
+
+enum Row {
+    /// A record whose values are `spans[first..first + columns]`.
+    Record {
+        at: RowRef,
+        first: usize,
+    },
+    Bad(BadRow),
+}
+
+/// Rows copied out of the reader's buffers.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    /// Per record and column: the value's range in `text`, or `None` (absent or blank).
+    spans: Vec<Option<(usize, usize)>>,
+    rows: Vec<Row>,
+}
+
+impl Batch {
+    fn push(&mut self, item: Item<'_>) {
+        match item {
+            Item::Record(r) => {
+                let first = self.spans.len();
+                for v in r.values {
+                    self.spans.push(v.map(|v| {
+                        let start = self.text.len();
+                        self.text.push_str(v);
+                        (start, self.text.len())
+                    }));
+                }
+                self.rows.push(Row::Record { at: r.at, first });
+            }
+            Item::Bad(b) => self.rows.push(Row::Bad(b)),
+        }
+    }
+
+    /// The values of the record whose first span is `first`, into `out`.
+    fn values<'b>(&'b self, first: usize, columns: usize, out: &mut Vec<Option<&'b str>>) {
+        out.clear();
+        out.extend(
+            self.spans[first..first + columns]
+                .iter()
+                .map(|s| s.map(|(a, b)| &self.text[a..b])),
+        );
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.spans.clear();
+        self.rows.clear();
+    }
+}
+
+/// Reads the export of `source` (the `columns` the job uses) and plans every row with
+/// `planner`. A stop request ends the read early ([`PlanError::Stopped`]).
+pub fn read_and_plan<S: StateView + Sync + ?Sized>(
+    source: &SourceConfig,
+    columns: &[String],
+    mapper: &Mapper,
+    mut planner: Planner<'_, S>,
+    handle: &RunHandle,
+) -> Result<Plan, PlanError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(IN_FLIGHT);
+    let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
+    let n = columns.len();
+    std::thread::scope(|scope| {
+        let planning = scope.spawn(move || -> Result<Plan, StateError> {
+            let mut scratch = Scratch::default();
+            for mut batch in full_rx {
+                plan_batch(mapper, n, &mut planner, &batch, &mut scratch)?;
+                batch.clear();
+                // The reader may be done and gone: then the batch is simply dropped.
+                let _ = empty_tx.send(batch);
+            }
+            planner.finish()
+        });
+
+        let mut batch = Batch::default();
+        let mut stopped = false;
+        // The planner ended early (a state error): nothing more to hand over.
+        let mut planner_gone = false;
+        let read = source::read(source, columns, &mut |item| {
+            if stopped || planner_gone {
+                return;
+            }
+            handle.row_read();
+            if handle.stop_requested() {
+                stopped = true;
+                return;
+            }
+            batch.push(item);
+            if batch.rows.len() >= BATCH_ROWS {
+                let next = empty_rx.try_recv().unwrap_or_default();
+                planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
+            }
+        });
+        if !batch.rows.is_empty() && !stopped && !planner_gone {
+            let _ = full_tx.send(batch);
+        }
+        drop(full_tx);
+        let planned = planning
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read?;
+        if stopped {
+            return Err(PlanError::Stopped);
+        }
+        Ok(planned?)
+    })
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// Per row of the batch: (key hash, row hash) of a record with a UserData.
+    hashes: Vec<Option<(u64, u64)>>,
+    values: Vec<Option<&'static str>>,
+    buf: Vec<u8>,
+}
+
+fn plan_batch<S: StateView + ?Sized>(
+    mapper: &Mapper,
+    columns: usize,
+    planner: &mut Planner<'_, S>,
+    batch: &Batch,
+    scratch: &mut Scratch,
+) -> Result<(), StateError> {
+    let mut values = recycle(std::mem::take(&mut scratch.values));
+    scratch.hashes.clear();
+    for row in &batch.rows {
+        scratch.hashes.push(match row {
+            Row::Record { first, .. } => {
+                batch.values(*first, columns, &mut values);
+                mapper
+                    .key(&values)
+                    .map(|k| (key_hash(k), mapper.row_hash_with(&values, &mut scratch.buf)))
+            }
+            Row::Bad(_) => None,
+        });
+    }
+    for (i, row) in batch.rows.iter().enumerate() {
+        if let Some(Some((ahead, _))) = scratch.hashes.get(i + AHEAD) {
+            planner.prefetch(*ahead);
+        }
+        let outcome = match row {
+            Row::Bad(b) => mapper.map(Item::Bad(b.clone())),
+            Row::Record { at, first } => {
+                batch.values(*first, columns, &mut values);
+                if let (Some((kh, rh)), Some(key)) = (scratch.hashes[i], mapper.key(&values)) {
+                    if planner.unchanged(key, kh, rh, *at) {
+                        continue;
+                    }
+                }
+                mapper.map(Item::Record(Record {
+                    at: *at,
+                    values: &values,
+                }))
+            }
+        };
+        planner.push(outcome)?;
+    }
+    scratch.values = recycle(values);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, JobConfig};
+    use crate::digest::Digest;
+    use crate::plan::{self, Policy};
+    use crate::state::Entry;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    fn job(export: &Path) -> JobConfig {
+        let text = format!(
+            "[dialler]\nbase_url = \"http://127.0.0.1:1/rest/v1.0\"\nclient_id = 7\ntoken = \"t\"\n\
+             [[job]]\nname = \"j\"\ncampaign_id = 1\ndefault_country = \"DE\"\n\
+             [job.source]\ntype = \"csv\"\npath = \"{}\"\n\
+             [job.fields]\nUserData = \"Nr\"\nName = \"Name\"\nPhoneNumber1 = \"Tel\"\n",
+            export.display()
+        );
+        Config::from_str(&text, Path::new("t.toml"))
+            .unwrap()
+            .jobs
+            .remove(0)
+    }
+
+    /// The plan of `job`'s export made on one thread, row by row, without a digest.
+    fn plan_in_one_thread(job: &JobConfig, state: &BTreeMap<String, Entry>) -> Plan {
+        let mapper = Mapper::new(job);
+        let mut outcomes = Vec::new();
+        source::read(&job.source, &job.columns(), &mut |i| {
+            outcomes.push(mapper.map(i))
+        })
+        .unwrap();
+        plan::plan(outcomes, state, policy(job)).unwrap()
+    }
+
+    fn policy(job: &JobConfig) -> Policy {
+        Policy {
+            on_missing: job.on_missing,
+        }
+    }
+
+    /// Rows over many batches, with bad rows and duplicates across batch boundaries: the
+    /// two threads plan exactly what one thread plans, with or without the digest.
+    #[test]
+    fn plans_exactly_as_one_thread_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        let mut text = String::from("Nr,Name,Tel\n");
+        for i in 0..3 * BATCH_ROWS + 7 {
+            match i % 97 {
+                5 => text.push_str("broken,row\n"), // two fields of three: unreadable
+                11 => text.push_str(&format!("K{i},,0171 1234567\n")), // no name
+                13 => text.push_str(&format!("K{},Again,0171 1234567\n", i.saturating_sub(600))), // duplicate
+                _ => text.push_str(&format!("K{i},Name {i},0171 {:07}\n", 1_000_000 + i)),
+            }
+        }
+        std::fs::write(&path, &text).unwrap();
+        let job = job(&path);
+        let mut state = BTreeMap::new();
+        // Half the contacts are known and unchanged, a few known with other values.
+        let first = plan_in_one_thread(&job, &state);
+        for (n, c) in first.imports.iter().enumerate() {
+            if n % 2 == 0 {
+                let mut row = c.row;
+                if n % 10 == 0 {
+                    row ^= 1; // stale row hash: compared in full, still unchanged
+                }
+                state.insert(
+                    c.key.clone(),
+                    Entry {
+                        id: n as i64,
+                        fields: c.hashes.clone(),
+                        triggers: c.triggers.clone(),
+                        locked: n % 14 == 0,
+                        last_op: crate::state::LastOp::Imported,
+                        last_run: 0,
+                        row,
+                    },
+                );
+            }
+        }
+        let gone = Entry {
+            locked: false,
+            ..state.values().next().unwrap().clone()
+        };
+        state.insert("gone".into(), gone);
+        let expected = plan_in_one_thread(&job, &state);
+        let mapper = Mapper::new(&job);
+        let handle = RunHandle::new();
+
+        let without = Planner::new(&state, policy(&job));
+        let got = read_and_plan(&job.source, &job.columns(), &mapper, without, &handle).unwrap();
+        assert_eq!(got, expected);
+
+        let digest = Digest::build(
+            state
+                .iter()
+                .map(|(k, e)| (key_hash(k), e.row, e.locked))
+                .collect(),
+        )
+        .unwrap();
+        let with = Planner::with_digest(&state, policy(&job), &digest);
+        let mut got = read_and_plan(&job.source, &job.columns(), &mapper, with, &handle).unwrap();
+        assert!(got.unchanged_by_hash > 500, "{}", got.unchanged_by_hash);
+        got.unchanged_by_hash = 0;
+        assert_eq!(got, expected);
+        assert!(!expected.rejected.is_empty() && !expected.changes.is_empty());
+        assert_eq!(
+            expected.withheld_removals, 1,
+            "unreadable rows hold the removal back"
+        );
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        std::fs::write(&path, "Nr,Name,Tel\nK1,A,0171 1234567\n").unwrap();
+        let job = job(&path);
+        let state = BTreeMap::new();
+        let handle = RunHandle::new();
+        handle.request_stop();
+        let planner = Planner::new(&state, policy(&job));
+        let err = read_and_plan(
+            &job.source,
+            &job.columns(),
+            &Mapper::new(&job),
+            planner,
+            &handle,
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::Stopped), "{err}");
+    }
+}
