@@ -9,7 +9,8 @@
 //! runs (the machine is a shared VM); the other scenarios run once.
 //!
 //! `DIALSYNC_BENCH=quick cargo bench` runs the 100k scenarios only, `DIALSYNC_BENCH=1m`
-//! the 1M-row ones only (import, no-op, 1% changed). With `DIALSYNC_BENCH_KEEP=1` the
+//! the 1M-row ones only (import, no-op, 1% changed), `DIALSYNC_BENCH=net` only those
+//! about the network (latency, rate limit, load generator). With `DIALSYNC_BENCH_KEEP=1` the
 //! state and config of the size scenarios stay in `target/bench-data` for profiling (a
 //! no-op sync makes no call, so it needs no emulator).
 
@@ -24,6 +25,8 @@ const TOKEN: &str = "bench-token";
 
 struct Outcome {
     wall: Duration,
+    /// Reading the export and planning, from the run's report.
+    plan: Duration,
     rss_mb: f64,
     calls: u64,
     rows: u64,
@@ -132,6 +135,7 @@ fn sync(dir: &Path) -> Outcome {
     assert!(job["aborted"].is_null(), "{job}");
     Outcome {
         wall,
+        plan: Duration::from_millis(job["plan_ms"].as_u64().unwrap()),
         rss_mb: rss,
         calls: job["api_calls"].as_u64().unwrap(),
         rows: job["rows"].as_u64().unwrap(),
@@ -174,9 +178,10 @@ impl Bench {
     fn row(&mut self, scenario: &str, o: &Outcome, baseline: Option<Duration>) {
         let secs = o.wall.as_secs_f64();
         self.rows.push(format!(
-            "| {scenario} | {} | {:.2} s | {:.0} | {} | {:.0} | {:.0} MB | {} |",
+            "| {scenario} | {} | {:.2} s | {:.2} s | {:.0} | {} | {:.0} | {:.0} MB | {} |",
             o.rows,
             secs,
+            o.plan.as_secs_f64(),
             o.rows as f64 / secs,
             o.calls,
             o.calls as f64 / secs,
@@ -229,6 +234,7 @@ fn main() {
     let sizes: &[usize] = match mode.as_str() {
         "quick" => &[100_000],
         "1m" => &[1_000_000],
+        "net" => &[],
         _ => &[100_000, 1_000_000],
     };
     for &n in sizes {
@@ -273,6 +279,7 @@ fn main() {
 
     // Throughput at the dialler's pace: 20 ms per call, 32 in flight; ideal 1,600 calls/s.
     let dir = tempfile::tempdir_in(&data).unwrap();
+    export(&data.join("export-100k.csv"), 100_000, None);
     let (_emu, base) = b.emulator(Faults {
         latency: Duration::from_millis(20),
         ..Faults::default()
@@ -285,12 +292,18 @@ fn main() {
         &o,
         None,
     );
+    // What the same emulator allows a client that does nothing but send (the timer and
+    // the shared cores cost something over the ideal 1,600).
+    let rate = load_generator(&b.rt, &base, 20_000, 32);
+    b.rows.push(format!(
+        "| plain reqwest loop, GET campaign, 20 ms latency, concurrency 32 | | | | | 20000 | {rate:.0} | | |"
+    ));
 
     // The rate limit: 4,000 imports at max_requests_per_second = 200.
     let small = data.join("export-4k.csv");
     export(&small, 4_000, None);
     let dir = tempfile::tempdir_in(&data).unwrap();
-    let (_emu, base) = b.emulator(Faults::default());
+    let (rate_emu, base) = b.emulator(Faults::default());
     config(
         dir.path(),
         &base,
@@ -300,11 +313,28 @@ fn main() {
     );
     let o = sync(dir.path());
     b.row("import 4k, max_requests_per_second = 200", &o, None);
+    // The calls as the emulator saw them arrive: the rate between the first and the last,
+    // and the most calls in any one-second window.
+    let arrivals: Vec<u64> = rate_emu.requests().iter().map(|r| r.at_us).collect();
+    let span = (arrivals[arrivals.len() - 1] - arrivals[0]) as f64 / 1e6;
+    let steady = (arrivals.len() - 1) as f64 / span;
+    let mut busiest = 0;
+    let mut start = 0;
+    for end in 0..arrivals.len() {
+        while arrivals[end] - arrivals[start] >= 1_000_000 {
+            start += 1;
+        }
+        busiest = busiest.max(end - start + 1);
+    }
+    b.rows.push(format!(
+        "| of which as the emulator saw them: {} calls over {span:.2} s | | | | | | {steady:.1} | | busiest second: {busiest} calls |",
+        arrivals.len()
+    ));
 
     // A plain load generator on the same emulator, for comparison with the no-latency import.
     let rate = load_generator(&b.rt, &base, 100_000, 32);
     b.rows.push(format!(
-        "| plain reqwest loop, GET campaign, concurrency 32 | | | | 100000 | {rate:.0} | | |"
+        "| plain reqwest loop, GET campaign, concurrency 32 | | | | | 100000 | {rate:.0} | | |"
     ));
 
     b.print();
@@ -313,9 +343,9 @@ fn main() {
 impl Bench {
     fn print(&self) {
         println!(
-            "\n| scenario | rows | wall | rows/s | API calls | calls/s | peak RSS | vs csv parse |"
+            "\n| scenario | rows | wall | read+plan | rows/s | API calls | calls/s | peak RSS | wall vs csv parse |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for r in &self.rows {
             println!("{r}");
         }

@@ -23,6 +23,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::config::{DiallerConfig, RetryConfig, Secret};
+use crate::pace::Pacer;
 
 /// The longest `Retry-After` honoured; a longer one is waited for this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -187,9 +188,9 @@ pub struct Dialler {
     client_id: u32,
     calls: AtomicU64,
     retry: RetryConfig,
-    /// `max_requests_per_second`: a token bucket holding one token, so calls are spaced
-    /// evenly and no second ever sees more than the limit.
-    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// `max_requests_per_second`: calls spaced evenly, never more than the limit in any
+    /// second.
+    pacer: Option<Pacer>,
     /// Retries sent so far.
     retries: AtomicU64,
     /// Retries this client may still send.
@@ -259,11 +260,7 @@ impl Dialler {
             client_id: cfg.client_id,
             calls: AtomicU64::new(0),
             retry: cfg.retry,
-            limiter: cfg.max_requests_per_second.map(|n| {
-                governor::RateLimiter::direct(
-                    governor::Quota::per_second(n).allow_burst(std::num::NonZeroU32::MIN),
-                )
-            }),
+            pacer: cfg.max_requests_per_second.map(|n| Pacer::new(n.get())),
             retries: AtomicU64::new(0),
             retry_budget: AtomicU64::new(cfg.retry.per_run.unwrap_or(MIN_RETRY_BUDGET)),
         })
@@ -385,8 +382,8 @@ impl Dialler {
                 .header(CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(b).expect("JSON values serialize"));
         }
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+        if let Some(pacer) = &self.pacer {
+            pacer.wait().await;
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| {

@@ -180,6 +180,9 @@ pub struct RequestLog {
     /// The JSON body, when the request had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// When it arrived: microseconds since the emulator was created.
+    #[serde(default)]
+    pub at_us: u64,
 }
 
 #[derive(Default)]
@@ -198,6 +201,7 @@ struct Shared {
     data: Mutex<Data>,
     /// API calls so far: the draw number of the next fault.
     draws: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// A handle on a running emulator's data.
@@ -229,6 +233,7 @@ impl Emulator {
                     ..Data::default()
                 }),
                 draws: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             }),
         }
     }
@@ -339,6 +344,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = shared.started.elapsed().as_micros() as u64;
     let path = uri.path().to_string();
     let query = uri.query().unwrap_or("").to_string();
     let params: HashMap<String, String> =
@@ -377,6 +383,7 @@ async fn handle(
             query: query.clone(),
             status,
             body: serde_json::from_slice(&body).ok(),
+            at_us: arrived,
         })
     };
     match fault {

@@ -208,7 +208,9 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
                 None => break,
             }
         }
-        if ready.len() < concurrency && !exhausted {
+        // The next window is journalled while at least a window's worth is ready, so the
+        // slots never wait for the journal's flush.
+        if ready.len() < ahead && !exhausted {
             let chunk: Vec<Task> = tasks.by_ref().take(ahead).collect();
             if chunk.is_empty() || run.stopping() {
                 exhausted = true;
@@ -219,7 +221,13 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
                 let chunk = loop {
                     tokio::select! {
                         chunk = &mut journal => break chunk,
-                        Some(done) = in_flight.next() => absorb(done),
+                        Some(done) = in_flight.next() => {
+                            absorb(done);
+                            // Keep the slots busy with what is journalled already.
+                            if let Some(t) = ready.pop_front() {
+                                in_flight.push(run.task(t));
+                            }
+                        }
                     }
                 };
                 ready.extend(chunk);

@@ -16,6 +16,7 @@ pub mod execute;
 pub mod fields;
 pub mod guard;
 pub mod mapping;
+pub mod pace;
 pub mod phone;
 pub mod pipeline;
 pub mod plan;

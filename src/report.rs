@@ -44,6 +44,8 @@ pub struct JobReport {
     /// Removals held back because some rows could not be read.
     pub withheld_removals: u64,
     pub duration_ms: u64,
+    /// Of that, reading the export and planning (no network).
+    pub plan_ms: u64,
     /// Why the run stopped early, if it did. Nothing after this point was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,

@@ -172,6 +172,7 @@ pub async fn run_one(
         retries = report.retries,
         recovered = report.recovered,
         duration_ms = report.duration_ms,
+        plan_ms = report.plan_ms,
         aborted = report.aborted.as_deref().unwrap_or(""),
         "sync finished"
     );
@@ -284,12 +285,14 @@ async fn plan_and_execute(
             }
         }
     }
+    let planning = Instant::now();
     let planned = {
         let job = job.clone();
         let state = state.cloned();
         let handle = Arc::clone(handle);
         tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), &handle)).await
     };
+    report.plan_ms = planning.elapsed().as_millis() as u64;
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
