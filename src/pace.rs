@@ -90,7 +90,8 @@ mod tests {
         let pacer = Pacer::new(100);
         let start = Instant::now();
         pacer.wait().await;
-        pacer.wait().await; // its slot: 10 ms; the next free one: 20 ms
+        // Its slot: 10 ms; the next free one: 20 ms.
+        pacer.wait().await;
         // Busy until 23 ms before the next call: it goes at once, and the one after it a
         // full interval later (no two calls closer than the interval).
         tokio::time::sleep(Duration::from_millis(13)).await;
