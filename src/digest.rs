@@ -32,6 +32,17 @@ impl Digest {
         Digest::from_sorted(items)
     }
 
+    /// The digest of `entries` (UserData, entry); panics on a key hash collision.
+    #[cfg(test)]
+    pub fn of<'e>(entries: impl Iterator<Item = (&'e String, &'e crate::state::Entry)>) -> Digest {
+        Digest::build(
+            entries
+                .map(|(k, e)| (crate::mapping::key_hash(k), e.row, e.locked))
+                .collect(),
+        )
+        .expect("no two keys share a hash")
+    }
+
     fn from_sorted(items: Vec<Item>) -> Option<Digest> {
         let n = items.len();
         let mut d = Digest {

@@ -292,13 +292,7 @@ mod tests {
         let got = read_and_plan(&job.source, &job.columns(), &mapper, without, &handle).unwrap();
         assert_eq!(got, expected);
 
-        let digest = Digest::build(
-            state
-                .iter()
-                .map(|(k, e)| (key_hash(k), e.row, e.locked))
-                .collect(),
-        )
-        .unwrap();
+        let digest = Digest::of(state.iter());
         let with = Planner::with_digest(&state, policy(&job), &digest);
         let mut got = read_and_plan(&job.source, &job.columns(), &mapper, with, &handle).unwrap();
         assert!(got.unchanged_by_hash > 500, "{}", got.unchanged_by_hash);

@@ -679,13 +679,7 @@ mod tests {
         state: &BTreeMap<String, Entry>,
         policy: Policy,
     ) -> Plan {
-        let digest = Digest::build(
-            state
-                .iter()
-                .map(|(k, e)| (key_hash(k), e.row, e.locked))
-                .collect(),
-        )
-        .unwrap();
+        let digest = Digest::of(state.iter());
         let mut planner = Planner::with_digest(state, policy, &digest);
         for r in rows {
             if let Outcome::Contact(c) = &r {
