@@ -71,19 +71,6 @@ impl Digest {
         self.keys.is_empty()
     }
 
-    /// The position of the entry with key hash `key`.
-    pub fn find(&self, key: u64) -> Option<usize> {
-        self.keys.binary_search(&key).ok()
-    }
-
-    pub fn row(&self, i: usize) -> u64 {
-        self.rows[i]
-    }
-
-    pub fn locked(&self, i: usize) -> bool {
-        self.locked[i]
-    }
-
     /// This digest with `changes` applied (key hash -> new row hash and lock flag, or
     /// `None`: removed); `None` if a new key's hash collides with another's.
     pub fn with_changes(&self, changes: &HashMap<u64, Option<(u64, bool)>>) -> Option<Digest> {
@@ -272,13 +259,12 @@ impl Probe {
         s.meta = (s.meta & LOCKED) | (row & !LOCKED);
     }
 
-    /// The slots of the entries no row named, with their lock flag.
-    pub fn unseen(&self) -> impl Iterator<Item = (usize, bool)> + '_ {
+    /// The lock flag of each entry no row named.
+    pub fn unseen(&self) -> impl Iterator<Item = bool> + '_ {
         self.slots
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.key != 0 && s.meta & !LOCKED == 0)
-            .map(|(i, s)| (i, s.meta & LOCKED != 0))
+            .filter(|s| s.key != 0 && s.meta & !LOCKED == 0)
+            .map(|s| s.meta & LOCKED != 0)
     }
 }
 
@@ -301,10 +287,6 @@ mod tests {
                 .collect();
             let d = Digest::build(items.clone()).unwrap();
             assert_eq!(d.len(), n);
-            for &(k, r, l) in &items {
-                let i = d.find(k).unwrap_or_else(|| panic!("{k} of {n}"));
-                assert_eq!((d.row(i), d.locked(i)), (r, l));
-            }
             let mut p = d.probe();
             assert_eq!(p.len(), n);
             for &(k, r, l) in &items {
@@ -316,7 +298,6 @@ mod tests {
             assert_eq!(p.unseen().count(), 0);
             for probe in [1u64, u64::MAX, 12345, 1 << 63] {
                 if !items.iter().any(|i| i.0 == probe) {
-                    assert_eq!(d.find(probe), None);
                     assert_eq!(p.find(probe), None);
                 }
             }

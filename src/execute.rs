@@ -3,8 +3,8 @@
 //!
 //! Concurrency: each contact is one task whose calls run in order (update, reset, unlock;
 //! or one import, lock or delete), and at most `max_concurrency` tasks are in flight
-//! (`buffer_unordered`), so two calls never race on one contact while distinct contacts
-//! proceed in parallel. The first task runs alone, as a probe of token and base URL.
+//! (a `FuturesUnordered` topped up as tasks finish), so two calls never race on one
+//! contact while distinct contacts proceed in parallel. The first task runs alone, as a probe of token and base URL.
 //! Tasks are created lazily, so after a fatal error (401, missing endpoint, a dialler that
 //! stays down) no new task starts; those in flight finish. A task writes the state right
 //! after each call the dialler confirmed, once per call, so a confirmed operation is

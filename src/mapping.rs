@@ -182,10 +182,15 @@ impl Mapper {
                 })
             }
         };
-        self.map_record(record)
+        self.map_record(record, None)
     }
 
-    fn map_record(&self, record: Record<'_>) -> Outcome {
+    /// [`Mapper::map`] for a record whose [`Mapper::row_hash`] the caller has already.
+    pub fn map_hashed(&self, record: Record<'_>, row_hash: u64) -> Outcome {
+        self.map_record(record, Some(row_hash))
+    }
+
+    fn map_record(&self, record: Record<'_>, row_hash: Option<u64>) -> Outcome {
         let Record { at, values } = record;
         let mut reasons = Vec::new();
         let key = self.key(values).unwrap_or("").to_string();
@@ -237,7 +242,7 @@ impl Mapper {
             fields: out,
             hashes,
             triggers,
-            row: self.row_hash(values),
+            row: row_hash.unwrap_or_else(|| self.row_hash(values)),
         })
     }
 }

@@ -181,15 +181,20 @@ fn plan_batch<S: StateView + ?Sized>(
             Row::Bad(b) => mapper.map(Item::Bad(b.clone())),
             Row::Record { at, first } => {
                 batch.values(*first, columns, &mut values);
-                if let (Some((kh, rh)), Some(key)) = (scratch.hashes[i], mapper.key(&values)) {
-                    if planner.unchanged(key, kh, rh, *at) {
-                        continue;
-                    }
-                }
-                mapper.map(Item::Record(Record {
+                let record = Record {
                     at: *at,
                     values: &values,
-                }))
+                };
+                match (scratch.hashes[i], mapper.key(&values)) {
+                    (Some((kh, rh)), Some(key)) => {
+                        if planner.unchanged(key, kh, rh, *at) {
+                            continue;
+                        }
+                        mapper.map_hashed(record, rh)
+                    }
+                    // No UserData: rejected, nothing to hash.
+                    _ => mapper.map(Item::Record(record)),
+                }
             }
         };
         planner.push(outcome)?;

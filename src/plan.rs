@@ -207,13 +207,8 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 self.plan.rejected.push(r);
             }
             Outcome::Contact(c) => {
-                if let Some(first) = self.seen.get(&c.key) {
-                    self.plan.rejected.push(Rejected {
-                        at: c.at,
-                        reason: format!("UserData {:?} appears again (first at {first}); only the first row is synced", c.key),
-                        key: Some(c.key),
-                        unreadable: false,
-                    });
+                if let Some(first) = self.seen.get(&c.key).copied() {
+                    self.plan.rejected.push(again(c, first));
                     return Ok(());
                 }
                 self.seen.insert(c.key.clone(), c.at);
@@ -229,16 +224,10 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             return Ok(());
         };
         // The state has it, so the digest has it (at its key hash's position).
-        if let Some(first) = self.mark_seen(&c.key, c.at) {
-            self.plan.rejected.push(Rejected {
-                at: c.at,
-                reason: format!(
-                    "UserData {:?} appears again (first at row {first}); only the first row is synced",
-                    c.key
-                ),
-                key: Some(c.key),
-                unreadable: false,
-            });
+        if let Some(row) = self.mark_seen(&c.key, c.at) {
+            self.plan
+                .rejected
+                .push(again(c, RowRef { row, line: None }));
             return Ok(());
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
@@ -299,7 +288,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         if let Some(p) = &self.probe {
             // Every entry a row named is marked: if none of the others is to be removed,
             // the entries need not be read.
-            if p.unseen().all(|(_, locked)| kind_for(locked).is_none()) {
+            if p.unseen().all(|locked| kind_for(locked).is_none()) {
                 self.plan.unchanged += p.unseen().count() as u64;
                 self.plan.known = p.len() as u64;
                 return Ok(self.plan);
@@ -335,6 +324,19 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             self.plan.removals = removals;
         }
         Ok(self.plan)
+    }
+}
+
+/// The rejection of a row whose UserData an earlier row (`first`) had.
+fn again(c: Contact, first: RowRef) -> Rejected {
+    Rejected {
+        at: c.at,
+        reason: format!(
+            "UserData {:?} appears again (first at {first}); only the first row is synced",
+            c.key
+        ),
+        key: Some(c.key),
+        unreadable: false,
     }
 }
 

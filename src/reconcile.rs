@@ -219,6 +219,7 @@ pub async fn rebuild(
         state.put(key, &entry)?;
         out.contacts += 1;
     }
+    state.save_digest().await?;
     state.flush().await?;
     Ok(out)
 }

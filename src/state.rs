@@ -325,7 +325,8 @@ struct DigestCache {
     loaded: bool,
     /// The digest stored when this handle first needed it (`None`: none, or unreadable).
     base: Option<Arc<Digest>>,
-    /// Whether that copy is still stored (it is removed before the first entry write).
+    /// Whether a readable copy is still stored (it is removed before the first entry
+    /// write; an unreadable one is replaced at the end of the run).
     stored: bool,
     /// Entries written since, by key hash: (row hash, locked), or `None` if removed.
     changes: HashMap<u64, Option<(u64, bool)>>,
@@ -340,8 +341,8 @@ impl JobState {
         let mut cache = self.digest.lock().unwrap_or_else(|p| p.into_inner());
         if !cache.loaded {
             let stored = self.digests.get(&self.name)?;
-            cache.stored = stored.is_some();
             cache.base = stored.and_then(|b| Digest::decode(&b)).map(Arc::new);
+            cache.stored = cache.base.is_some();
             cache.loaded = true;
         }
         Ok(cache)
@@ -489,7 +490,7 @@ impl JobState {
         self.after_entry_write(key, None)
     }
 
-    /// The number of entries: from the digest when one is stored (reading a million
+    /// The number of entries: from the digest when the job has one (reading a million
     /// entries takes a second), else by counting.
     pub fn len(&self) -> usize {
         if let Ok(Some(d)) = self.digest() {
@@ -643,7 +644,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state")).unwrap();
         let digest_of = |job: &JobState| -> Vec<(u64, u64, bool)> {
-            let d = job.digest().unwrap().expect("a digest");
+            let d = job.digest().unwrap().expect("a digest").probe();
             let mut items = Vec::new();
             job.for_each(&mut |k, e| {
                 let i = d.find(key_hash(k)).expect("every entry is in the digest");
@@ -695,6 +696,20 @@ mod tests {
         let after = store.job("a").unwrap();
         assert!(after.digest().unwrap().is_none());
         after.save_digest().await.unwrap();
+        assert_eq!(digest_of(&store.job("a").unwrap()).len(), 3);
+
+        // A stored digest that cannot be read (damaged, or another version's) is not
+        // used, and the next run stores a good one even when it writes nothing else.
+        store
+            .db
+            .open_tree("digest")
+            .unwrap()
+            .insert("a", &b"garbage"[..])
+            .unwrap();
+        let damaged = store.job("a").unwrap();
+        assert!(damaged.digest().unwrap().is_none());
+        assert_eq!(damaged.len(), 3, "counted without a digest");
+        damaged.save_digest().await.unwrap();
         assert_eq!(digest_of(&store.job("a").unwrap()).len(), 3);
 
         // Emptied (state rebuild): an empty digest plus what is written after.

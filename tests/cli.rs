@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 fn dialsync() -> Command {
@@ -133,29 +132,12 @@ fn demo_runs_the_whole_cycle() {
 
 #[test]
 fn emulator_process_serves_the_api_until_sigterm() {
-    let mut child = dialsync()
-        .args([
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--client-id",
-            "3",
-            "--token",
-            "T",
-            "--campaign",
-            "12:Leads",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The first line says where it listens: the readiness signal.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(base.ends_with("/rest/v1.0/3"), "{line}");
+    let (mut child, base) = common::emulator_process(
+        &["--client-id", "3", "--token", "T", "--campaign", "12:Leads"],
+        None,
+        Stdio::null(),
+    );
+    assert!(base.ends_with("/rest/v1.0/3"), "{base}");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -24,19 +24,18 @@ struct EmulatorProcess {
 
 impl EmulatorProcess {
     fn start() -> EmulatorProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
-            .args(["emulator", "--listen", "127.0.0.1:0", "--client-id", "7"])
-            .args(["--token", common::TOKEN, "--campaign", "538:Leads"])
-            .env("RUST_LOG", "dialsync=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line.trim().rsplit(' ').next().unwrap().to_string();
+        let (mut child, base) = common::emulator_process(
+            &[
+                "--client-id",
+                "7",
+                "--token",
+                common::TOKEN,
+                "--campaign",
+                "538:Leads",
+            ],
+            Some("dialsync=debug"),
+            Stdio::piped(),
+        );
         let served = Arc::new((Mutex::new(0usize), Condvar::new()));
         let counter = Arc::clone(&served);
         let stderr = child.stderr.take().unwrap();

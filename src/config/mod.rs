@@ -822,18 +822,26 @@ fn compile_dialler(
             None
         }
     };
-    let max_concurrency = match d.max_concurrency {
-        None => DEFAULT_MAX_CONCURRENCY,
-        Some(n) if (1..=256).contains(&n) => n as usize,
+    // An integer key with a range: `None` when absent, or out of range (reported).
+    let ranged = |ctx: &mut Ctx<'_>,
+                  k: &str,
+                  v: Option<i64>,
+                  range: std::ops::RangeInclusive<i64>,
+                  otherwise: &str| match v {
+        Some(n) if range.contains(&n) => Some(n),
         Some(n) => {
+            let (lo, hi) = range.into_inner();
             fail(
                 ctx,
-                "max_concurrency",
-                format!("{n} is out of range: use 1 to 256"),
+                k,
+                format!("{n} is out of range: use {lo} to {hi}{otherwise}"),
             );
-            DEFAULT_MAX_CONCURRENCY
+            None
         }
+        None => None,
     };
+    let max_concurrency = ranged(ctx, "max_concurrency", d.max_concurrency, 1..=256, "")
+        .map_or(DEFAULT_MAX_CONCURRENCY, |n| n as usize);
     let timeout = d.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT);
     let connect_timeout = d
         .connect_timeout
@@ -845,18 +853,8 @@ fn compile_dialler(
         }
     }
     let ca_file = d.ca_file.map(resolve);
-    let max_retries = match d.max_retries {
-        None => DEFAULT_MAX_RETRIES,
-        Some(n) if (0..=20).contains(&n) => n as u32,
-        Some(n) => {
-            fail(
-                ctx,
-                "max_retries",
-                format!("{n} is out of range: use 0 to 20"),
-            );
-            DEFAULT_MAX_RETRIES
-        }
-    };
+    let max_retries = ranged(ctx, "max_retries", d.max_retries, 0..=20, "")
+        .map_or(DEFAULT_MAX_RETRIES, |n| n as u32);
     let retry_delay = d.retry_delay.map(|t| t.0).unwrap_or(DEFAULT_RETRY_DELAY);
     let max_retry_delay = d
         .max_retry_delay
@@ -884,18 +882,14 @@ fn compile_dialler(
             None
         }
     };
-    let max_requests_per_second = match d.max_requests_per_second {
-        None => None,
-        Some(n) if (1..=100_000).contains(&n) => std::num::NonZeroU32::new(n as u32),
-        Some(n) => {
-            fail(
-                ctx,
-                "max_requests_per_second",
-                format!("{n} is out of range: use 1 to 100000, or leave it out for no limit"),
-            );
-            None
-        }
-    };
+    let max_requests_per_second = ranged(
+        ctx,
+        "max_requests_per_second",
+        d.max_requests_per_second,
+        1..=100_000,
+        ", or leave it out for no limit",
+    )
+    .and_then(|n| std::num::NonZeroU32::new(n as u32));
     if ctx.problems.len() > start {
         return None;
     }
@@ -1388,6 +1382,48 @@ PhoneNumber1 = "Phone"
             "{p:#?}"
         );
         assert_eq!(p.len(), 5, "{p:#?}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_key_line_and_range() {
+        let text = GOOD.replace(
+            "timeout = \"20s\"",
+            "timeout = \"20s\"\nmax_concurrency = 0\nmax_retries = 21\nmax_requests_per_second = 100001",
+        );
+        let p = problems(&text);
+        let got: Vec<_> = p
+            .iter()
+            .map(|(l, k, m)| (l.unwrap_or(0), k.as_str(), m.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    7,
+                    "dialler.max_concurrency",
+                    "0 is out of range: use 1 to 256"
+                ),
+                (8, "dialler.max_retries", "21 is out of range: use 0 to 20"),
+                (
+                    9,
+                    "dialler.max_requests_per_second",
+                    "100001 is out of range: use 1 to 100000, or leave it out for no limit"
+                ),
+            ]
+        );
+        let ok = GOOD.replace(
+            "timeout = \"20s\"",
+            "timeout = \"20s\"\nmax_concurrency = 256\nmax_retries = 0\nmax_requests_per_second = 1",
+        );
+        let d = Config::from_str(&ok, Path::new("t.toml")).unwrap().dialler;
+        assert_eq!(
+            (
+                d.max_concurrency,
+                d.retry.max_retries,
+                d.max_requests_per_second.map(|n| n.get())
+            ),
+            (256, 0, Some(1))
+        );
     }
 
     #[test]

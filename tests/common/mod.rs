@@ -4,9 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
 
 use dialsync::emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog};
 use serde_json::Value;
@@ -212,4 +213,23 @@ pub fn count(report: &Value, key: &str) -> u64 {
     report[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no count {key} in {report}"))
+}
+
+/// Starts `dialsync emulator --listen 127.0.0.1:0` plus `args` as a process of its own
+/// (`RUST_LOG` as given, or none; stderr as given) and waits for its first line, which
+/// says where it listens: its readiness signal. The child and the API's base URL.
+pub fn emulator_process(args: &[&str], rust_log: Option<&str>, stderr: Stdio) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialsync"));
+    cmd.args(["emulator", "--listen", "127.0.0.1:0"]).args(args);
+    match rust_log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_string();
+    (child, base)
 }
