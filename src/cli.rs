@@ -164,10 +164,28 @@ pub fn init_logging(cli: &Cli) {
         .with_target(false);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match cli.log_format {
+        // JSON strings escape control characters themselves.
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text if journald => builder.without_time().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if journald => builder.fmt_fields(one_line_fields()).without_time().init(),
+        LogFormat::Text => builder.fmt_fields(one_line_fields()).init(),
     }
+}
+
+/// Text log fields with their control characters escaped (see [`dialsync::escape`]): a
+/// UserData or a dialler message with a newline cannot start a forged log line.
+fn one_line_fields(
+) -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = dialsync::escape::printable(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// An error with the exit code it maps to.

@@ -85,6 +85,20 @@ pub enum DiallerError {
     },
     #[error("unexpected answer from the dialler (HTTP {status}): {message}")]
     Unexpected { status: u16, message: String },
+    /// The dialler API never redirects: a 3xx comes from something else behind
+    /// `base_url` (a proxy, a login page, another host). It is not followed: a redirected
+    /// request would carry personal data elsewhere, and another server's answer is no
+    /// confirmation.
+    #[error(
+        "the server at {base_url} answered HTTP {status} (a redirect to {location}); the jtel \
+         API does not redirect, so dialsync does not follow it and sent nothing there: check \
+         [dialler] base_url (scheme, host, port and the /rest/v1.0 path)"
+    )]
+    Redirect {
+        status: u16,
+        base_url: String,
+        location: String,
+    },
     #[error(
         "cannot connect to the dialler at {base_url}: check base_url and that the server is up"
     )]
@@ -129,6 +143,7 @@ impl DiallerError {
                     | DiallerError::CampaignNotFound { .. }
                     | DiallerError::CampaignIdNotFound(_)
                     | DiallerError::RetryBudget { .. }
+                    | DiallerError::Redirect { .. }
             ),
         }
     }
@@ -151,6 +166,23 @@ impl DiallerError {
             }
             _ => None,
         }
+    }
+
+    /// Whether the call was certainly not carried out: the dialler (or whatever answered
+    /// in its place) refused it. A timeout, a dropped connection, a 5xx or an answer that
+    /// could not be read may come after the dialler did the work.
+    pub fn not_carried_out(&self) -> bool {
+        matches!(
+            self,
+            DiallerError::Unauthorized { .. }
+                | DiallerError::EndpointMissing { .. }
+                | DiallerError::NotFound { .. }
+                | DiallerError::BadRequest { .. }
+                | DiallerError::Conflict { .. }
+                | DiallerError::Redirect { .. }
+                | DiallerError::CampaignNotFound { .. }
+                | DiallerError::CampaignIdNotFound(_)
+        )
     }
 
     /// Whether the dialler is unauthorized (401): the run ends with its own exit code.
@@ -237,7 +269,9 @@ impl Dialler {
             .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
-            .pool_max_idle_per_host(cfg.max_concurrency);
+            .pool_max_idle_per_host(cfg.max_concurrency)
+            // Never follow a redirect (see `DiallerError::Redirect`).
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &cfg.ca_file {
             let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
                 path: path.clone(),
@@ -397,6 +431,21 @@ impl Dialler {
             }
         })?;
         let status = resp.status();
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(
+                    || "no Location".to_string(),
+                    |l| crate::escape::printable_max(l, 200),
+                );
+            return Err(DiallerError::Redirect {
+                status: status.as_u16(),
+                base_url: self.base_url.clone(),
+                location,
+            });
+        }
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

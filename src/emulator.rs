@@ -193,7 +193,7 @@ struct Data {
     by_user_data: HashMap<String, Vec<i64>>,
     requests: Vec<RequestLog>,
     /// Calls to answer 400 instead of carrying out: (path fragment, how many more).
-    reject: Vec<(String, usize)>,
+    reject: Vec<(String, usize, String)>,
 }
 
 struct Shared {
@@ -304,8 +304,14 @@ impl Emulator {
     /// Answers the next `n` API calls whose path contains `fragment` with 400 and does not
     /// carry them out (tests of a permanent error on one operation).
     pub fn reject_next(&self, fragment: &str, n: usize) {
+        self.reject_next_with(fragment, n, "rejected (injected)");
+    }
+
+    /// [`Emulator::reject_next`] with `message` as the error text of the answers.
+    pub fn reject_next_with(&self, fragment: &str, n: usize, message: &str) {
         let mut d = self.shared.data.lock().unwrap();
-        d.reject.push((fragment.to_string(), n));
+        d.reject
+            .push((fragment.to_string(), n, message.to_string()));
     }
 
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).
@@ -420,11 +426,11 @@ async fn handle(
         let rejected = data
             .reject
             .iter_mut()
-            .find(|(fragment, n)| *n > 0 && path.contains(fragment.as_str()));
+            .find(|(fragment, n, _)| *n > 0 && path.contains(fragment.as_str()));
         let reply = match rejected {
-            Some((_, n)) => {
+            Some((_, n, message)) => {
                 *n -= 1;
-                fail(StatusCode::BAD_REQUEST, "rejected (injected)")
+                fail(StatusCode::BAD_REQUEST, message.clone())
             }
             None => api(
                 &shared.cfg,

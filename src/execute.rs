@@ -33,7 +33,7 @@ use crate::mapping::{Contact, FieldValue};
 use crate::plan::{Change, Plan, Removal, RemovalKind};
 use crate::progress::RunHandle;
 use crate::report::{Failure, JobReport, LIST_LIMIT};
-use crate::state::{Entry, JobState, LastOp, Pending, StateError};
+use crate::state::{in_doubt, Entry, JobState, LastOp, Pending, StateError};
 
 /// After this many runs in a row in which a row failed, its failure is logged as needing
 /// attention (it is retried on every run regardless).
@@ -52,6 +52,28 @@ impl Task {
             Task::Import(c) => &c.key,
             Task::Change(c) => &c.key,
             Task::Remove(r) => &r.key,
+        }
+    }
+
+    /// What the dialler may hold differently from the state while this task's calls are
+    /// in flight ([`in_doubt`] bits); imports are journalled as pending instead.
+    fn in_doubt(&self) -> u8 {
+        match self {
+            Task::Import(_) => 0,
+            Task::Change(c) => {
+                let mut bits = 0;
+                if !c.update.is_empty() || c.reset {
+                    bits |= in_doubt::FIELDS;
+                }
+                if c.unlock {
+                    bits |= in_doubt::LOCK;
+                }
+                bits
+            }
+            Task::Remove(r) => match r.kind {
+                RemovalKind::Lock => in_doubt::LOCK,
+                RemovalKind::Delete => in_doubt::GONE,
+            },
         }
     }
 }
@@ -135,6 +157,12 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
     };
     for (key, entry) in &plan.baselines {
         if let Err(e) = state.put(key, entry) {
+            report.aborted = Some(error_chain(&e));
+            return;
+        }
+    }
+    for key in &plan.settled {
+        if let Err(e) = state.clear_in_flight(key) {
             report.aborted = Some(error_chain(&e));
             return;
         }
@@ -258,30 +286,31 @@ impl Run<'_> {
         self.stop.load(Ordering::Relaxed) || self.handle.stop_requested()
     }
 
-    /// Records the imports among `tasks` as pending and makes that durable, before any of
-    /// them is sent. On failure the run stops (and so none of them is sent).
+    /// Records the imports among `tasks` as pending and every other task as in flight,
+    /// and makes that durable with one flush, before any of them is sent. On failure the
+    /// run stops (and so none of them is sent).
     async fn journal(&self, tasks: &[Task]) {
-        if self.stopping() {
+        if self.stopping() || tasks.is_empty() {
             return;
         }
-        let mut any = false;
         for t in tasks {
-            if let Task::Import(c) = t {
-                any = true;
-                let p = Pending {
-                    fields: c.hashes.clone(),
-                    triggers: c.triggers.clone(),
-                    row: c.row,
-                };
-                if let Err(e) = self.state.put_pending(&c.key, &p) {
-                    return self.halt(&e, false);
+            let written = match t {
+                Task::Import(c) => {
+                    let p = Pending {
+                        fields: c.hashes.clone(),
+                        triggers: c.triggers.clone(),
+                        row: c.row,
+                    };
+                    self.state.put_pending(&c.key, &p)
                 }
+                t => self.state.put_in_flight(t.key(), t.in_doubt()),
+            };
+            if let Err(e) = written {
+                return self.halt(&e, false);
             }
         }
-        if any {
-            if let Err(e) = self.state.flush().await {
-                self.halt(&e, false);
-            }
+        if let Err(e) = self.state.flush().await {
+            self.halt(&e, false);
         }
     }
 
@@ -294,21 +323,37 @@ impl Run<'_> {
     /// Runs one task; `None` if it was not started because the run is stopping.
     async fn task(&self, task: Task) -> Option<Done> {
         if self.stopping() {
-            // Never sent: no longer pending (if this fails, the next run looks it up).
-            if let Task::Import(c) = &task {
-                let _ = self.state.clear_pending(&c.key);
-            }
+            // Never sent: no longer pending or in flight (if this fails, the next run
+            // looks it up, or sends what the export says).
+            let _ = match &task {
+                Task::Import(c) => self.state.clear_pending(&c.key),
+                t => self.state.clear_in_flight(t.key()),
+            };
             return None;
         }
         let mut done = Done {
             key: task.key().to_string(),
             ..Done::default()
         };
+        let marked = !matches!(task, Task::Import(_));
         let result = match task {
             Task::Import(c) => self.import(c, &mut done).await,
             Task::Change(c) => self.change(c, &mut done).await,
             Task::Remove(r) => self.remove(r, &mut done).await,
         };
+        // The mark goes once the outcome is known: confirmed and stored, or refused. A
+        // call that timed out or kept failing may still have been carried out, so its
+        // mark stays, and the next run sends what the export then says.
+        let settled = match &result {
+            Ok(()) => true,
+            Err(TaskError::Dialler(_, e)) => e.not_carried_out(),
+            Err(TaskError::State(_)) => false,
+        };
+        if marked && settled {
+            if let Err(e) = self.state.clear_in_flight(&done.key) {
+                self.halt(&e, false);
+            }
+        }
         match result {
             Ok(()) => {}
             Err(TaskError::Dialler(op, e)) => {
@@ -441,6 +486,8 @@ impl Run<'_> {
             row: c.row,
         };
         self.state.put_pending(&c.key, &pending)?;
+        // No entry left to doubt: from here on the journal says what to do.
+        self.state.clear_in_flight(&c.key)?;
         self.state.flush().await?;
         let id = self.send_import(&c.key, &c.values, pending).await?;
         tracing::warn!(job = %self.job.name, user_data = %c.key, old_id = c.old.id, new_id = id, error = %gone,

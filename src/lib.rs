@@ -12,6 +12,8 @@ pub mod daemon;
 pub mod dialler;
 pub mod digest;
 pub mod emulator;
+pub mod escape;
+pub mod evidence;
 pub mod execute;
 pub mod fields;
 pub mod guard;

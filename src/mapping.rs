@@ -5,6 +5,8 @@
 //! rejected row that still has a readable key keeps its contact from being treated as
 //! missing (see the planner); nothing from it is sent.
 
+use std::borrow::Cow;
+
 use chrono::NaiveDateTime;
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
@@ -77,9 +79,45 @@ pub struct Contact {
 /// hashes): every stored row hash then misses, and rows are mapped and compared again.
 const MAPPING_VERSION: u32 = 1;
 
-/// The hash of a UserData value (trimmed): how the state digest finds a row's entry.
+/// The hash of a UserData value (as [`clean_key`] leaves it): how the state digest finds
+/// a row's entry.
 pub fn key_hash(key: &str) -> u64 {
     xxh3_64(key.as_bytes())
+}
+
+/// What a raw UserData cell holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'v> {
+    /// A key, cleaned.
+    Usable(Cow<'v, str>),
+    /// Nothing but white space (or byte order marks).
+    Blank,
+    /// Something no key may hold; the reason, ready to follow the column's name.
+    Bad(&'static str),
+}
+
+/// A UserData value as dialsync keys it, the same wherever a key is read (the export,
+/// the dialler's records, the raw text searched for removal evidence): every byte order
+/// mark (U+FEFF) removed, wherever it stands (two exports pasted together leave one
+/// mid-file), then surrounding white space trimmed. A key that still holds a control
+/// character (NUL, a line break) is not usable: such a row could belong to any contact.
+pub fn clean_key(raw: &str) -> Key<'_> {
+    let key: Cow<'_, str> = if raw.contains('\u{feff}') {
+        Cow::Owned(raw.replace('\u{feff}', ""))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let trimmed = match key {
+        Cow::Borrowed(k) => Cow::Borrowed(k.trim()),
+        Cow::Owned(k) => Cow::Owned(k.trim().to_string()),
+    };
+    if trimmed.is_empty() {
+        Key::Blank
+    } else if trimmed.chars().any(char::is_control) {
+        Key::Bad("holds a control character (a line break, tab or NUL): fix the record in the CRM")
+    } else {
+        Key::Usable(trimmed)
+    }
 }
 
 /// A row that is not sent, and why.
@@ -165,9 +203,13 @@ impl Mapper {
         xxh3_64_with_seed(buf, self.fingerprint).max(1)
     }
 
-    /// The row's UserData as the state keys it (trimmed; `None` if blank).
-    pub fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<&'v str> {
-        values[0].map(str::trim).filter(|k| !k.is_empty())
+    /// The row's UserData as the state keys it ([`clean_key`]); `None` if it has no
+    /// usable one (blank, or holding control characters).
+    pub fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<Cow<'v, str>> {
+        match clean_key(values[0]?) {
+            Key::Usable(k) => Some(k),
+            Key::Blank | Key::Bad(_) => None,
+        }
     }
 
     pub fn map(&self, item: Item<'_>) -> Outcome {
@@ -176,7 +218,10 @@ impl Mapper {
             Item::Bad(b) => {
                 return Outcome::Rejected(Rejected {
                     at: b.at,
-                    key: b.key,
+                    key: b.key.as_deref().and_then(|k| match clean_key(k) {
+                        Key::Usable(k) => Some(k.into_owned()),
+                        Key::Blank | Key::Bad(_) => None,
+                    }),
                     reason: b.reason,
                     unreadable: true,
                 })
@@ -193,15 +238,28 @@ impl Mapper {
     fn map_record(&self, record: Record<'_>, row_hash: Option<u64>) -> Outcome {
         let Record { at, values } = record;
         let mut reasons = Vec::new();
-        let key = self.key(values).unwrap_or("").to_string();
-        if key.is_empty() {
-            reasons.push(format!(
-                "no UserData: column `{}` is empty",
-                self.key_column
-            ));
-        } else if let Some(r) = too_long(fields::user_data(), &key) {
-            reasons.push(r);
-        }
+        let key = match values[0].map_or(Key::Blank, clean_key) {
+            Key::Usable(k) => {
+                if let Some(r) = too_long(fields::user_data(), &k) {
+                    reasons.push(r);
+                }
+                k.into_owned()
+            }
+            Key::Blank => {
+                reasons.push(format!(
+                    "no UserData: column `{}` is empty",
+                    self.key_column
+                ));
+                String::new()
+            }
+            Key::Bad(why) => {
+                reasons.push(format!(
+                    "no usable UserData: column `{}` {why}",
+                    self.key_column
+                ));
+                String::new()
+            }
+        };
         let mut out = Vec::with_capacity(self.fields.len());
         for (field, i, column) in &self.fields {
             let raw = values[*i].map(str::trim).filter(|s| !s.is_empty());

@@ -87,10 +87,11 @@ impl Batch {
     }
 }
 
-/// Reads the export of `source` (the `columns` the job uses) and plans every row with
-/// `planner`. A stop request ends the read early ([`PlanError::Stopped`]).
+/// Reads the export of `source` from `input` (the `columns` the job uses) and plans every
+/// row with `planner`. A stop request ends the read early ([`PlanError::Stopped`]).
 pub fn read_and_plan<S: StateView + Sync + ?Sized>(
     source: &SourceConfig,
+    input: impl std::io::Read,
     columns: &[String],
     mapper: &Mapper,
     mut planner: Planner<'_, S>,
@@ -115,7 +116,7 @@ pub fn read_and_plan<S: StateView + Sync + ?Sized>(
         let mut stopped = false;
         // The planner ended early (a state error): nothing more to hand over.
         let mut planner_gone = false;
-        let read = source::read(source, columns, &mut |item| {
+        let read = source::read_from(source, &source.path, input, columns, &mut |item| {
             if stopped || planner_gone {
                 return;
             }
@@ -166,9 +167,12 @@ fn plan_batch<S: StateView + ?Sized>(
         scratch.hashes.push(match row {
             Row::Record { first, .. } => {
                 batch.values(*first, columns, &mut values);
-                mapper
-                    .key(&values)
-                    .map(|k| (key_hash(k), mapper.row_hash_with(&values, &mut scratch.buf)))
+                mapper.key(&values).map(|k| {
+                    (
+                        key_hash(&k),
+                        mapper.row_hash_with(&values, &mut scratch.buf),
+                    )
+                })
             }
             Row::Bad(_) => None,
         });
@@ -187,7 +191,7 @@ fn plan_batch<S: StateView + ?Sized>(
                 };
                 match (scratch.hashes[i], mapper.key(&values)) {
                     (Some((kh, rh)), Some(key)) => {
-                        if planner.unchanged(key, kh, rh, *at) {
+                        if planner.unchanged(&key, kh, rh, *at) {
                             continue;
                         }
                         mapper.map_hashed(record, rh)
@@ -236,6 +240,10 @@ mod tests {
         })
         .unwrap();
         plan::plan(outcomes, state, policy(job)).unwrap()
+    }
+
+    fn open(job: &JobConfig) -> std::fs::File {
+        source::open(&job.source).unwrap()
     }
 
     fn policy(job: &JobConfig) -> Policy {
@@ -294,12 +302,28 @@ mod tests {
         let handle = RunHandle::new();
 
         let without = Planner::new(&state, policy(&job));
-        let got = read_and_plan(&job.source, &job.columns(), &mapper, without, &handle).unwrap();
+        let got = read_and_plan(
+            &job.source,
+            open(&job),
+            &job.columns(),
+            &mapper,
+            without,
+            &handle,
+        )
+        .unwrap();
         assert_eq!(got, expected);
 
         let digest = Digest::of(state.iter());
         let with = Planner::with_digest(&state, policy(&job), &digest);
-        let mut got = read_and_plan(&job.source, &job.columns(), &mapper, with, &handle).unwrap();
+        let mut got = read_and_plan(
+            &job.source,
+            open(&job),
+            &job.columns(),
+            &mapper,
+            with,
+            &handle,
+        )
+        .unwrap();
         assert!(got.unchanged_by_hash > 500, "{}", got.unchanged_by_hash);
         got.unchanged_by_hash = 0;
         assert_eq!(got, expected);
@@ -322,6 +346,7 @@ mod tests {
         let planner = Planner::new(&state, policy(&job));
         let err = read_and_plan(
             &job.source,
+            open(&job),
             &job.columns(),
             &Mapper::new(&job),
             planner,

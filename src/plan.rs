@@ -10,8 +10,9 @@
 //! - a contact we locked that is back in the export is unlocked;
 //! - a stored contact missing from the export is locked, deleted or kept per `on_missing`;
 //! - a rejected row with a readable UserData keeps its contact from counting as missing;
-//!   a row that could not be read at all withholds every removal of the run, since it might
-//!   be any contact;
+//!   a row that could not be read at all, or one without a usable UserData, withholds
+//!   every removal of the run, since it might be any contact (and the export's raw text is
+//!   searched for the key of each removal still planned: see `evidence`);
 //! - a UserData seen twice: the first row wins, later ones are rejected;
 //! - anything else is unchanged and costs no call.
 
@@ -22,7 +23,7 @@ use crate::digest::{Digest, Probe};
 use crate::fields::Field;
 use crate::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::source::RowRef;
-use crate::state::{Entry, LastOp, StateError, StateView};
+use crate::state::{in_doubt, Entry, LastOp, StateError, StateView};
 
 /// The job settings the planner needs.
 #[derive(Debug, Clone, Copy)]
@@ -75,12 +76,53 @@ pub struct Plan {
     /// Of the unchanged rows, those settled by their hash (see [`Planner::unchanged`]).
     pub unchanged_by_hash: u64,
     pub rejected: Vec<Rejected>,
-    /// Removals not planned because some rows could not be read.
+    /// Removals not planned for lack of evidence that their contact left the export.
     pub withheld_removals: u64,
+    /// Why they were held back.
+    pub doubts: Doubts,
+    /// Contacts whose last operation was in flight when an earlier run stopped: planned
+    /// from what the export says, not from the state.
+    pub rechecked: u64,
+    /// In-flight marks that need no call (the contact is kept, or has no entry): to clear.
+    pub settled: Vec<String>,
     /// Rows read (valid and rejected).
     pub rows: u64,
     /// Contacts in the state before the run.
     pub known: u64,
+}
+
+/// What kept removals back: a removal needs positive evidence that its record is gone
+/// from the CRM export, and each of these is doubt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Doubts {
+    /// Rows that could not be read as records (broken quoting, a wrong field count, bad
+    /// encoding): any of them could be any contact, so no removal is planned.
+    pub unreadable_rows: u64,
+    /// Rows read without a usable UserData (empty, `null`, control characters): likewise.
+    pub rows_without_key: u64,
+    /// Contacts to remove whose UserData still stands in the export's text as a whole
+    /// value, though no row had it as its key (the first few, with the line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys_in_export: Vec<KeyInExport>,
+}
+
+/// A UserData found in the export's text (see `evidence`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInExport {
+    pub user_data: String,
+    /// The line of the file (1-based) where it stands.
+    pub line: u64,
+}
+
+impl Doubts {
+    /// Whether every removal of the run is withheld.
+    pub fn withhold_all(&self) -> bool {
+        self.unreadable_rows > 0 || self.rows_without_key > 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.withhold_all() && self.keys_in_export.is_empty()
+    }
 }
 
 impl Plan {
@@ -120,7 +162,9 @@ pub struct Planner<'s, S: StateView + ?Sized> {
     /// The UserData of every other row (mapped, or rejected with a readable key), with its
     /// first row.
     seen: HashMap<String, RowRef>,
-    unreadable: u64,
+    /// Contacts with an operation in flight when an earlier run stopped ([`in_doubt`]
+    /// bits): what the dialler holds for them is unknown.
+    doubts: HashMap<String, u8>,
     plan: Plan,
 }
 
@@ -131,7 +175,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             policy,
             probe: None,
             seen: HashMap::new(),
-            unreadable: 0,
+            doubts: HashMap::new(),
             plan: Plan::default(),
         }
     }
@@ -141,6 +185,16 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let mut p = Planner::new(state, policy);
         p.probe = Some(digest.probe());
         p
+    }
+
+    /// Plans the contacts of `marks` (UserData -> [`in_doubt`] bits, from
+    /// [`crate::state::JobState::in_flight`]) from what the export says: a contact in the
+    /// export is updated with every mapped field (a field emptied is sent as `null`) and
+    /// unlocked if its lock state is in doubt; one missing is locked or deleted per
+    /// `on_missing` even if the state says it is locked already.
+    pub fn in_flight(mut self, marks: HashMap<String, u8>) -> Self {
+        self.doubts = marks;
+        self
     }
 
     /// Settles a row that is unchanged since its contact was last synced: its UserData
@@ -158,6 +212,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             return false;
         }
         if !self.seen.is_empty() && self.seen.contains_key(key) {
+            return false;
+        }
+        if !self.doubts.is_empty() && self.doubts.contains_key(key) {
             return false;
         }
         probe.set_seen_at(i, at.row);
@@ -193,7 +250,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         match outcome {
             Outcome::Rejected(r) => {
                 if r.unreadable {
-                    self.unreadable += 1;
+                    self.plan.doubts.unreadable_rows += 1;
+                } else if r.key.is_none() {
+                    self.plan.doubts.rows_without_key += 1;
                 }
                 if let Some(k) = &r.key {
                     let mut first = r.at;
@@ -219,10 +278,21 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     fn plan_contact(&mut self, c: Contact) -> Result<(), StateError> {
+        let doubt = self.doubts.get(&c.key).copied().unwrap_or(0);
         let Some(old) = self.state.get(&c.key)? else {
+            if doubt != 0 {
+                // Nothing stored to doubt: a pending import is the journal's business.
+                self.plan.settled.push(c.key.clone());
+            }
             self.plan.imports.push(c);
             return Ok(());
         };
+        if doubt != 0 {
+            self.plan.rechecked += 1;
+        }
+        // Fields (and, after a delete, the contact itself) unknown: send every field; a
+        // contact found gone is imported again.
+        let fields_unknown = doubt & (in_doubt::FIELDS | in_doubt::GONE) != 0;
         // The state has it, so the digest has it (at its key hash's position).
         if let Some(row) = self.mark_seen(&c.key, c.at) {
             self.plan
@@ -236,6 +306,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             .iter()
             .zip(&c.hashes)
             .filter(|((_, value), (code, hash))| match stored(*code) {
+                _ if fields_unknown => true,
                 Some(h) => h != *hash,
                 // Newly mapped: send it unless there is nothing to send.
                 None => !value.is_null(),
@@ -248,7 +319,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 .find(|(c, _)| c == col)
                 .is_some_and(|(_, h)| h != hash)
         });
-        let unlock = old.locked;
+        let unlock = old.locked || doubt & in_doubt::LOCK != 0;
         if update.is_empty() && !reset && !unlock {
             if old.fields != c.hashes || old.triggers != c.triggers || old.row != c.row {
                 let mut entry = old;
@@ -285,7 +356,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             OnMissing::Lock => Some(RemovalKind::Lock),
             OnMissing::Delete => Some(RemovalKind::Delete),
         };
-        if let Some(p) = &self.probe {
+        if let (Some(p), true) = (&self.probe, self.doubts.is_empty()) {
             // Every entry a row named is marked: if none of the others is to be removed,
             // the entries need not be read.
             if p.unseen().all(|locked| kind_for(locked).is_none()) {
@@ -296,8 +367,10 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         }
         let mut removals = Vec::new();
         let mut already = 0u64;
-        let (seen, probe) = (&self.seen, &self.probe);
+        let (seen, probe, doubts) = (&self.seen, &self.probe, &self.doubts);
         let mut known = 0u64;
+        let mut rechecked = 0u64;
+        let mut settled = Vec::new();
         self.state.for_each(&mut |key, entry| {
             known += 1;
             let named = seen.contains_key(key)
@@ -307,18 +380,36 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             if named {
                 return;
             }
-            match kind_for(entry.locked) {
+            let doubt = doubts.get(key).copied().unwrap_or(0);
+            rechecked += u64::from(doubt != 0);
+            // A lock or delete in flight: the lock flag stored may not be the dialler's.
+            let locked = entry.locked && doubt & (in_doubt::LOCK | in_doubt::GONE) == 0;
+            match kind_for(locked) {
                 Some(kind) => removals.push(Removal {
                     key: key.to_string(),
                     old: entry,
                     kind,
                 }),
-                None => already += 1,
+                None => {
+                    already += 1;
+                    if doubt != 0 {
+                        settled.push(key.to_string());
+                    }
+                }
             }
         })?;
+        self.plan.rechecked += rechecked;
+        self.plan.settled.extend(settled);
+        // Marks of contacts the state no longer has (a delete confirmed, its mark not yet
+        // cleared) and that no row named: nothing in doubt.
+        for key in self.doubts.keys() {
+            if !seen.contains_key(key) && self.state.get(key)?.is_none() {
+                self.plan.settled.push(key.clone());
+            }
+        }
         self.plan.unchanged += already;
         self.plan.known = known;
-        if self.unreadable > 0 {
+        if self.plan.doubts.withhold_all() {
             self.plan.withheld_removals = removals.len() as u64;
         } else {
             self.plan.removals = removals;
@@ -561,14 +652,26 @@ mod tests {
         .unwrap();
         assert!(p.removals.is_empty());
         assert_eq!(p.withheld_removals, 1);
-        // A row without a key that was read fine does not hold removals back.
+        assert_eq!(p.doubts.unreadable_rows, 1);
+    }
+
+    /// Promise 6: a row without a usable UserData could be any contact, like an unreadable
+    /// one: it withholds every removal of the run, and the plan says why.
+    #[test]
+    fn a_row_without_a_key_withholds_every_removal() {
+        let state = synced([contact("A", "a", "1", "1"), contact("B", "b", "1", "1")]);
         let p = plan(
             [rejected(None, false), contact("A", "a", "1", "1")],
             &state,
             LOCK,
         )
         .unwrap();
-        assert_eq!(p.removals.len(), 1);
+        assert!(p.removals.is_empty(), "{p:?}");
+        assert_eq!(p.withheld_removals, 1);
+        assert_eq!(
+            (p.doubts.rows_without_key, p.doubts.unreadable_rows),
+            (1, 0)
+        );
     }
 
     #[test]
@@ -597,6 +700,69 @@ mod tests {
         apply(&mut state, &p);
         let p = plan([contact("A", "a", "1", "6")], &state, LOCK).unwrap();
         assert!(p.changes[0].reset);
+    }
+
+    /// Promise 8: a contact whose last call was in flight when a run stopped is planned
+    /// from the export alone: every field sent, the lock made what the export requires,
+    /// whatever the state says.
+    #[test]
+    fn in_flight_contacts_are_planned_from_the_export_not_the_state() {
+        let mut state = synced([
+            contact("A", "a", "1", "1"),
+            contact("B", "b", "2", "1"),
+            contact("C", "c", "3", "1"),
+            contact("D", "d", "4", "1"),
+        ]);
+        // The state says C is locked (a lock confirmed, then an unlock in flight).
+        state.get_mut("C").unwrap().locked = true;
+        let marks: HashMap<String, u8> = [
+            ("A".to_string(), in_doubt::FIELDS),
+            ("B".to_string(), in_doubt::LOCK),
+            ("C".to_string(), in_doubt::LOCK),
+            ("D".to_string(), in_doubt::LOCK),
+            ("Z".to_string(), in_doubt::GONE),
+        ]
+        .into();
+        let rows = [contact("A", "a", "1", "1"), contact("B", "b", "2", "1")];
+        for digest in [false, true] {
+            let d = Digest::of(state.iter());
+            let mut planner = match digest {
+                true => Planner::with_digest(&state, LOCK, &d),
+                false => Planner::new(&state, LOCK),
+            }
+            .in_flight(marks.clone());
+            for r in rows.clone() {
+                if let Outcome::Contact(c) = &r {
+                    assert!(!planner.unchanged(&c.key, key_hash(&c.key), c.row, c.at));
+                }
+                planner.push(r).unwrap();
+            }
+            let p = planner.finish().unwrap();
+            let a = p.changes.iter().find(|c| c.key == "A").expect("A updated");
+            assert_eq!(a.update.len(), 2, "every field of A: {a:?}");
+            assert!(!a.unlock && !a.reset);
+            let b = p.changes.iter().find(|c| c.key == "B").expect("B unlocked");
+            assert!(b.unlock && b.update.is_empty(), "{b:?}");
+            // C and D left the export: both locked, though the state has C locked.
+            let mut removed: Vec<_> = p.removals.iter().map(|r| r.key.as_str()).collect();
+            removed.sort();
+            assert_eq!(removed, ["C", "D"]);
+            assert_eq!(p.rechecked, 4);
+            assert_eq!(p.settled, ["Z"], "Z has no entry: nothing in doubt");
+        }
+        // With on_missing = keep, the doubt of a missing contact needs no call.
+        let keep = Policy {
+            on_missing: OnMissing::Keep,
+        };
+        let p = plan(rows.clone(), &state, keep).unwrap();
+        assert!(p.removals.is_empty());
+        let mut planner = Planner::new(&state, keep).in_flight(marks);
+        for r in rows {
+            planner.push(r).unwrap();
+        }
+        let mut settled = planner.finish().unwrap().settled;
+        settled.sort();
+        assert_eq!(settled, ["C", "D", "Z"]);
     }
 
     fn arb_rows() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::escape::printable;
 use crate::mapping::Rejected;
+use crate::plan::Doubts;
 
 /// How many rejected rows and failures a report lists (the counts are always complete).
 pub const LIST_LIMIT: usize = 100;
@@ -41,8 +43,11 @@ pub struct JobReport {
     pub rows: u64,
     /// Contacts to lock or delete that were gone from the dialler already.
     pub already_gone: u64,
-    /// Removals held back because some rows could not be read.
+    /// Removals held back for lack of evidence that their record left the export.
     pub withheld_removals: u64,
+    /// Why they were held back.
+    #[serde(skip_serializing_if = "Doubts::is_empty")]
+    pub withheld: Doubts,
     pub duration_ms: u64,
     /// Of that, reading the export and planning (no network).
     pub plan_ms: u64,
@@ -60,6 +65,9 @@ pub struct JobReport {
     pub forced: Option<String>,
     /// Imports of an interrupted earlier run found on the dialler and stored.
     pub recovered: u64,
+    /// Contacts whose last call was in flight when an earlier run stopped: their state was
+    /// not trusted, and they were planned from what the export says.
+    pub rechecked: u64,
     /// The first rejected rows (row number, UserData if readable, reason).
     pub problems: Vec<Rejected>,
     /// The first failed operations.
@@ -201,6 +209,13 @@ impl JobReport {
             "  {} invalid rows, {} failed operations, {} API calls",
             self.invalid, self.failed, self.api_calls
         );
+        if self.rechecked > 0 {
+            let _ = writeln!(
+                s,
+                "  {} contacts re-sent from the export: an earlier run stopped while their calls were in flight",
+                self.rechecked
+            );
+        }
         if self.already_gone > 0 {
             let _ = writeln!(
                 s,
@@ -211,12 +226,35 @@ impl JobReport {
         if self.withheld_removals > 0 {
             let _ = writeln!(
                 s,
-                "  {} locks/deletes held back: some rows could not be read, and any of them could be one of these contacts; fix the rows below and sync again",
+                "  {} locks/deletes held back: there is no proof that their records left the export",
                 self.withheld_removals
             );
+            let d = &self.withheld;
+            if d.unreadable_rows > 0 {
+                let _ = writeln!(
+                    s,
+                    "    {} rows could not be read, and any of them could be one of these contacts: fix the rows below and sync again",
+                    d.unreadable_rows
+                );
+            }
+            if d.rows_without_key > 0 {
+                let _ = writeln!(
+                    s,
+                    "    {} rows have no usable UserData, and any of them could be one of these contacts: fix them in the CRM",
+                    d.rows_without_key
+                );
+            }
+            for k in d.keys_in_export.iter().take(SHOW) {
+                let _ = writeln!(
+                    s,
+                    "    UserData {} still stands in the export on line {}, though no row has it as its key: check the quoting around that line",
+                    printable(&k.user_data),
+                    k.line
+                );
+            }
         }
         if let Some(why) = &self.aborted {
-            let _ = writeln!(s, "  STOPPED: {why}");
+            let _ = writeln!(s, "  STOPPED: {}", printable(why));
         }
         if !self.preview.is_empty() {
             let _ = writeln!(s, "  planned:");
@@ -239,7 +277,12 @@ impl JobReport {
                         format!(" ({})", p.fields.join(", "))
                     };
                     let row = p.row.map(|r| format!(" [row {r}]")).unwrap_or_default();
-                    let _ = writeln!(s, "    {:<7} {}{fields}{row}", p.operation, p.user_data);
+                    let _ = writeln!(
+                        s,
+                        "    {:<7} {}{fields}{row}",
+                        p.operation,
+                        printable(&p.user_data)
+                    );
                 }
             }
         }
@@ -247,9 +290,9 @@ impl JobReport {
             let key = p
                 .key
                 .as_deref()
-                .map(|k| format!(" (UserData {k})"))
+                .map(|k| format!(" (UserData {})", printable(k)))
                 .unwrap_or_default();
-            let _ = writeln!(s, "  invalid {}{key}: {}", p.at, p.reason);
+            let _ = writeln!(s, "  invalid {}{key}: {}", p.at, printable(&p.reason));
         }
         if self.invalid as usize > SHOW.min(self.problems.len()) {
             let _ = writeln!(
@@ -262,7 +305,9 @@ impl JobReport {
             let _ = writeln!(
                 s,
                 "  failed {} of UserData {}: {}",
-                f.operation, f.user_data, f.error
+                f.operation,
+                printable(&f.user_data),
+                printable(&f.error)
             );
         }
         if self.failed as usize > SHOW.min(self.failures.len()) {

@@ -232,6 +232,7 @@ impl Store {
         Ok(JobState {
             tree: self.db.open_tree(format!("job/{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
+            in_flight: self.db.open_tree(format!("inflight/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
             digests: self.db.open_tree("digest")?,
             name: name.to_string(),
@@ -305,11 +306,25 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-/// One job's entries, pending imports, failure counts and digest.
+/// What may have changed on the dialler while an operation was in flight (bits of a
+/// mark, see [`JobState::put_in_flight`]).
+pub mod in_doubt {
+    /// An update or reset was sent: the contact's fields and counters are unknown.
+    pub const FIELDS: u8 = 1;
+    /// A lock or unlock was sent: whether the contact is locked is unknown.
+    pub const LOCK: u8 = 2;
+    /// A delete was sent: whether the contact still exists is unknown.
+    pub const GONE: u8 = 4;
+}
+
+/// One job's entries, pending imports, in-flight marks, failure counts and digest.
 #[derive(Clone)]
 pub struct JobState {
     tree: sled::Tree,
     pending: sled::Tree,
+    /// UserData -> [`in_doubt`] bits of the operations sent (or about to be) whose outcome
+    /// is not stored yet.
+    in_flight: sled::Tree,
     failures: sled::Tree,
     /// Every job's stored digest, by job name.
     digests: sled::Tree,
@@ -436,6 +451,35 @@ impl JobState {
             .collect()
     }
 
+    /// Marks `key` as having an operation in flight (`bits`, see [`in_doubt`]): until the
+    /// mark is cleared, what the dialler holds for it is unknown. Durable after the next
+    /// [`JobState::flush`], which comes before the operation is sent.
+    pub fn put_in_flight(&self, key: &str, bits: u8) -> Result<(), StateError> {
+        self.wrote();
+        self.in_flight.insert(key, &[bits])?;
+        Ok(())
+    }
+
+    /// Clears the mark of `key`: its operation's outcome is stored (or it was refused).
+    pub fn clear_in_flight(&self, key: &str) -> Result<(), StateError> {
+        self.wrote();
+        self.in_flight.remove(key)?;
+        Ok(())
+    }
+
+    /// Every in-flight mark: UserData -> [`in_doubt`] bits.
+    pub fn in_flight(&self) -> Result<HashMap<String, u8>, StateError> {
+        self.in_flight
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                // An unknown mark (another version's) doubts everything.
+                let bits = v.first().copied().unwrap_or(u8::MAX);
+                Ok((String::from_utf8_lossy(&k).into_owned(), bits))
+            })
+            .collect()
+    }
+
     /// Runs in a row in which each failing row failed.
     pub fn failure_counts(&self) -> Result<std::collections::HashMap<String, u32>, StateError> {
         self.failures
@@ -460,11 +504,12 @@ impl JobState {
         Ok(())
     }
 
-    /// Empties the job's state (entries, pending imports, failure counts).
+    /// Empties the job's state (entries, pending imports, in-flight marks, failure counts).
     pub fn clear(&self) -> Result<(), StateError> {
         self.before_entry_write()?;
         self.tree.clear()?;
         self.pending.clear()?;
+        self.in_flight.clear()?;
         self.failures.clear()?;
         let mut cache = self.cache()?;
         cache.base = Some(Arc::default());

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
+use crate::evidence;
 use crate::execute::{error_chain, execute, Target};
 use crate::guard::{self, Facts};
 use crate::mapping::Mapper;
@@ -21,6 +22,7 @@ use crate::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::progress::RunHandle;
 use crate::reconcile::{resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
+use crate::source::{self, SourceError};
 use crate::state::{Entry, JobState, StateError, StateView, Store};
 
 /// What to run.
@@ -195,11 +197,26 @@ fn read_and_plan(
         on_missing: job.on_missing,
     };
     let digest = state.map(JobState::digest).transpose()?.flatten();
+    let in_flight = state
+        .map(JobState::in_flight)
+        .transpose()?
+        .unwrap_or_default();
     let planner = match &digest {
         Some(d) => Planner::with_digest(view, policy, d),
         None => Planner::new(view, policy),
-    };
-    pipeline::read_and_plan(&job.source, &job.columns(), &mapper, planner, handle)
+    }
+    .in_flight(in_flight);
+    let file = source::open(&job.source)?;
+    // The same file (not the path, which the CRM may have replaced meanwhile) is read
+    // again for the evidence behind each removal.
+    let again = file.try_clone().map_err(|source| SourceError::Read {
+        path: job.source.path.clone(),
+        source,
+    })?;
+    let mut plan =
+        pipeline::read_and_plan(&job.source, file, &job.columns(), &mapper, planner, handle)?;
+    evidence::require(&job.source, again, &mut plan)?;
+    Ok(plan)
 }
 
 /// Reads, plans and executes one job; every outcome, including an early stop, ends up
@@ -307,18 +324,30 @@ async fn plan_and_execute(
     };
 
     report.rows = plan.rows;
+    report.rechecked = plan.rechecked;
+    if plan.rechecked > 0 {
+        tracing::info!(
+            contacts = plan.rechecked,
+            "an earlier run stopped with calls in flight; those contacts are sent what the export says"
+        );
+    }
     report.invalid = plan.rejected.len() as u64;
     report.unchanged = plan.unchanged;
     report.unchanged_by_hash = plan.unchanged_by_hash;
     report.withheld_removals = plan.withheld_removals;
+    report.withheld = plan.doubts.clone();
     report.problems = plan.rejected.iter().take(LIST_LIMIT).cloned().collect();
     for r in plan.rejected.iter().take(20) {
         tracing::warn!(row = r.at.row, user_data = r.key.as_deref().unwrap_or(""), reason = %r.reason, "row skipped");
     }
     if plan.withheld_removals > 0 {
+        let d = &plan.doubts;
         tracing::warn!(
             withheld = plan.withheld_removals,
-            "locks and deletes held back because some rows could not be read"
+            unreadable_rows = d.unreadable_rows,
+            rows_without_key = d.rows_without_key,
+            keys_in_export = d.keys_in_export.len(),
+            "locks and deletes held back: no proof that their records left the export"
         );
     }
 

@@ -108,34 +108,77 @@ fn sync(dir: &std::path::Path) -> Command {
     c
 }
 
-#[test]
-fn a_sync_killed_at_any_moment_never_duplicates_loses_or_leaves_stale_contacts() {
-    let emu = EmulatorProcess::start();
-    let dir = tempfile::tempdir().unwrap();
-    // overwrite_duplicates = false: a contact imported twice would be two contacts.
+/// Writes the config of a job against `emu` with `extra` job settings into `dir`.
+fn write_config(emu: &EmulatorProcess, dir: &std::path::Path, extra: &str) {
     let config = format!(
         "[dialler]\nbase_url = \"{}\"\nclient_id = 7\ntoken = \"{}\"\nretry_delay = \"1ms\"\n\n\
          [state]\npath = \"state\"\n{}",
         emu.base.trim_end_matches("/7"),
         common::TOKEN,
-        common::JOB.replace("{extra}", "overwrite_duplicates = false")
+        common::JOB.replace("{extra}", extra)
     );
-    std::fs::write(dir.path().join("dialsync.toml"), config).unwrap();
+    std::fs::write(dir.join("dialsync.toml"), config).unwrap();
+}
+
+/// Writes `rows` as the export in `dir`.
+fn write_export(dir: &std::path::Path, rows: &[String]) {
+    let mut text = format!("{}\r\n", common::HEADER);
+    for r in rows {
+        text.push_str(r);
+        text.push_str("\r\n");
+    }
+    let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
+    std::fs::write(dir.join("export.csv"), bytes).unwrap();
+}
+
+/// Asserts that the emulator holds exactly one contact per row of `rows`, with its
+/// name and city, none of them locked.
+fn assert_holds_exactly(emu: &EmulatorProcess, rows: &[String]) {
+    let contacts = emu.contacts();
+    let mut seen = std::collections::HashMap::new();
+    for c in &contacts {
+        let key = c["fields"]["UserData"].as_str().unwrap().to_string();
+        assert_eq!(c["locked"], false, "{key} is locked");
+        let values = (c["fields"]["Name"].clone(), c["fields"]["City"].clone());
+        assert!(
+            seen.insert(key.clone(), values).is_none(),
+            "two contacts with UserData {key}"
+        );
+    }
+    assert_eq!(contacts.len(), rows.len());
+    for r in rows {
+        let cols: Vec<&str> = r.split(';').collect();
+        let (name, city) = &seen[cols[0]];
+        assert_eq!(
+            (name.as_str(), city.as_str()),
+            (Some(cols[1]), Some(cols[4])),
+            "{}",
+            cols[0]
+        );
+    }
+}
+
+/// Runs a sync to its end; its report.
+fn sync_to_end(dir: &std::path::Path) -> Value {
+    let out = sync(dir).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    report["jobs"][0].clone()
+}
+
+#[test]
+fn a_sync_killed_at_any_moment_never_duplicates_loses_or_leaves_stale_contacts() {
+    let emu = EmulatorProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    // overwrite_duplicates = false: a contact imported twice would be two contacts.
+    write_config(&emu, dir.path(), "overwrite_duplicates = false");
     let first = common::rows(CONTACTS, "Köln");
     // Half the contacts change while the runs are being killed: updates too must land.
     let mut second = first.clone();
     for r in second.iter_mut().step_by(2) {
         *r = r.replace("Köln", "Bonn");
     }
-    let write = |rows: &[String]| {
-        let mut text = format!("{}\r\n", common::HEADER);
-        for r in rows {
-            text.push_str(r);
-            text.push_str("\r\n");
-        }
-        let (bytes, _, _) = encoding_rs::WINDOWS_1252.encode(&text);
-        std::fs::write(dir.path().join("export.csv"), bytes).unwrap();
-    };
+    let write = |rows: &[String]| write_export(dir.path(), rows);
     write(&first);
 
     let mut rng = fastrand::Rng::with_seed(20261122);
@@ -161,27 +204,59 @@ fn a_sync_killed_at_any_moment_never_duplicates_loses_or_leaves_stale_contacts()
     );
 
     // Run to the end: the dialler holds each contact once, with the latest fields.
-    let out = sync(dir.path()).output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{report}");
-    let contacts = emu.contacts();
-    let mut seen = std::collections::HashMap::new();
-    for c in &contacts {
-        let key = c["fields"]["UserData"].as_str().unwrap().to_string();
-        assert!(
-            seen.insert(key.clone(), c["fields"]["City"].clone())
-                .is_none(),
-            "two contacts with UserData {key}"
-        );
-        assert_eq!(c["locked"], false, "{key}");
-    }
-    assert_eq!(contacts.len(), CONTACTS);
-    for r in &second {
-        let cols: Vec<&str> = r.split(';').collect();
-        assert_eq!(seen[cols[0]], cols[4], "{}", cols[0]);
-    }
+    sync_to_end(dir.path());
+    assert_holds_exactly(&emu, &second);
     // And the state knows it all: nothing left to send.
-    let out = sync(dir.path()).output().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["jobs"][0]["api_calls"], 0, "{report}");
+    assert_eq!(sync_to_end(dir.path())["api_calls"], 0);
+}
+
+/// Promise 8 for every operation, not only imports: a run that locks and updates is
+/// killed at a seeded moment, then the CRM's previous export comes back. Whatever the
+/// killed run got confirmed but did not store must not stay behind: one run later every
+/// contact is exactly as the restored export says, none locked, and the next run makes
+/// no call.
+#[test]
+fn a_run_killed_mid_way_then_a_reverted_export_leaves_no_stale_lock_or_value() {
+    const N: usize = 2_000;
+    let emu = EmulatorProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(&emu, dir.path(), "max_removals_percent = 100");
+    let before = common::rows(N, "Köln");
+    // 8% leave the export (locks), 45% move (updates).
+    let after: Vec<String> = before
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 12 != 5)
+        .map(|(i, r)| match i % 20 < 9 {
+            true => r.replace("Köln", "Bonn"),
+            false => r.clone(),
+        })
+        .collect();
+    write_export(dir.path(), &before);
+    sync_to_end(dir.path());
+
+    let mut rng = fastrand::Rng::with_seed(20261123);
+    let mut killed_mid_run = 0;
+    for i in 0..KILLS {
+        write_export(dir.path(), &after);
+        let start = emu.served();
+        let moment = if i % 8 == 0 { 1 } else { rng.usize(2..1_000) };
+        let mut child = sync(dir.path()).spawn().unwrap();
+        emu.wait_for(start + moment, &mut child);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+
+        write_export(dir.path(), &before);
+        let report = sync_to_end(dir.path());
+        assert_holds_exactly(&emu, &before);
+        let again = sync_to_end(dir.path());
+        assert_eq!(again["api_calls"], 0, "kill {i}: {again}\nafter {report}");
+    }
+    assert!(
+        killed_mid_run >= 20,
+        "only {killed_mid_run} runs were killed before they ended"
+    );
 }

@@ -396,3 +396,37 @@ async fn max_requests_per_second_spaces_the_calls() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     assert_eq!(emu.requests().len(), 11);
 }
+
+/// Promise: no redirects. A 302 would turn an import into a GET whose answer looks like a
+/// confirmation; a 307 would send names and numbers to another host. Neither is followed:
+/// the call fails naming base_url and the Location, the run stops, and the place the
+/// redirect points to receives nothing.
+#[tokio::test]
+async fn a_redirect_is_an_error_naming_base_url_and_is_never_followed() {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let (emu, _, emu_base) = setup_with_url().await;
+    for status in [StatusCode::FOUND, StatusCode::TEMPORARY_REDIRECT] {
+        let target = format!("{emu_base}/7/dialler/contacts/import?overwriteDuplicates=true");
+        let app = axum::Router::new().fallback({
+            let target = target.clone();
+            move || async move { (status, [(header::LOCATION, target)]).into_response() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let base = format!("http://{addr}/rest/v1.0");
+        let d = client(&base, &emu.config().token);
+        let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
+        assert!(
+            matches!(err, DiallerError::Redirect { status: s, .. } if s == status.as_u16()),
+            "{err:?}"
+        );
+        assert!(err.is_fatal(), "a redirect stops the run");
+        let msg = err.to_string();
+        assert!(msg.contains(&base) && msg.contains(&target), "{msg}");
+        assert_eq!(d.calls(), 1, "not retried");
+    }
+    assert!(emu.requests().is_empty(), "{:?}", emu.requests());
+    assert!(emu.contacts().is_empty());
+}

@@ -115,6 +115,14 @@ pub(super) fn read(
             }));
             continue;
         }
+        if let Some(reason) = swallowed_rows(&record, delimiter, names.len(), at) {
+            sink(Item::Bad(BadRow {
+                at,
+                key: key(),
+                reason,
+            }));
+            continue;
+        }
         let mut values = recycle(std::mem::take(&mut spare));
         let mut bad = None;
         // One check of the whole record is much cheaper than one per value. A value of a
@@ -151,9 +159,42 @@ pub(super) fn read(
     Ok(())
 }
 
+/// Why `record` is taken for rows swallowed by a stray quote, if it is: one of its quoted
+/// values spans lines, and a later line of it has as many delimiters as a whole row
+/// (`"Rueckruf ab 14 Uhr` opened in a note and closed six lines later turns those lines
+/// into one value). Such a record is unreadable: its lines could be any contacts.
+fn swallowed_rows(
+    record: &csv::ByteRecord,
+    delimiter: u8,
+    columns: usize,
+    at: RowRef,
+) -> Option<String> {
+    if columns < 2 || !record.as_slice().contains(&b'\n') {
+        return None;
+    }
+    // Every line of a value but its first (the rest of the line the value starts on,
+    // which may hold delimiters of an opening quote's own row).
+    let looks_like_a_row = record.iter().any(|value| {
+        value
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .any(|l| l.iter().filter(|&&b| b == delimiter).count() + 1 >= columns)
+    });
+    if !looks_like_a_row {
+        return None;
+    }
+    let first = at.line.unwrap_or(at.row);
+    let last = first + record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+    Some(format!(
+        "a quoted value runs from line {first} to line {last} and holds lines that look like \
+         whole rows: probably a stray quote (\") at the start of a value on line {first}; \
+         lines {first}-{last} were not read"
+    ))
+}
+
 /// The delimiter of a header line: whichever of `;` `,` tab `|` occurs most often outside
 /// quotes (`,` when none does, i.e. a single-column file).
-fn detect_delimiter(line: &[u8]) -> u8 {
+pub(crate) fn detect_delimiter(line: &[u8]) -> u8 {
     const CANDIDATES: [u8; 4] = [b';', b',', b'\t', b'|'];
     let mut counts = [0usize; 4];
     let mut quoted = false;
@@ -313,6 +354,39 @@ mod tests {
             read_all(&cfg(None, None), b"", &["id"]),
             Err(SourceError::Empty { .. })
         ));
+    }
+
+    /// Promise 6: a stray quote that swallows the rows after it makes one unreadable
+    /// record (so removals are withheld), reported with its line range; a note that
+    /// really spans lines is a value like any other.
+    #[test]
+    fn a_stray_quote_swallowing_rows_is_unreadable_with_its_line_range() {
+        let text = "id;name;note\n\
+                    1;A;\"Rueckruf ab 14 Uhr\n\
+                    2;B;x\n\
+                    3;C;y\n\
+                    4;D;\"z\n\
+                    5;E;ok\n\
+                    6;F;\"two\nlines\"\n";
+        let items = read_all(&cfg(None, None), text.as_bytes(), &["id", "note"]).unwrap();
+        match &items[0] {
+            Item::Bad(b) => {
+                assert_eq!(b.at.row, 2);
+                assert!(
+                    b.reason.contains("from line 2 to line 5") && b.reason.contains("stray quote"),
+                    "{}",
+                    b.reason
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            records(&items),
+            vec![
+                (3, vec![Some("5"), Some("ok")]),
+                (4, vec![Some("6"), Some("two\nlines")])
+            ]
+        );
     }
 
     #[test]

@@ -131,11 +131,15 @@ pub fn read(
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<Summary, SourceError> {
-    let file = std::fs::File::open(&cfg.path).map_err(|source| SourceError::Open {
+    read_from(cfg, &cfg.path, open(cfg)?, columns, sink)
+}
+
+/// Opens the export file of `cfg`.
+pub fn open(cfg: &SourceConfig) -> Result<std::fs::File, SourceError> {
+    std::fs::File::open(&cfg.path).map_err(|source| SourceError::Open {
         path: cfg.path.clone(),
         source,
-    })?;
-    read_from(cfg, &cfg.path, file, columns, sink)
+    })
 }
 
 /// Like [`read`], from any reader; `path` is only used in messages.
@@ -146,15 +150,7 @@ pub fn read_from(
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>),
 ) -> Result<Summary, SourceError> {
-    // Decode to UTF-8 on the fly. Without a configured encoding, a BOM decides (UTF-8 or
-    // UTF-16, as Excel writes them); with none, bytes pass through and each value is
-    // checked as UTF-8 where it is used, so a wrongly encoded row is reported, not mangled.
-    let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
-        .encoding(cfg.encoding)
-        .utf8_passthru(true)
-        .strip_bom(true)
-        .bom_override(true)
-        .build(input);
+    let decoded = decoded(cfg, input);
     let mut counted = Counting {
         inner: sink,
         summary: Summary::default(),
@@ -167,6 +163,23 @@ pub fn read_from(
     }
     Ok(counted.summary)
 }
+
+/// `input` decoded to UTF-8 on the fly. Without a configured encoding, a BOM decides
+/// (UTF-8 or UTF-16, as Excel writes them); with none, bytes pass through and each value
+/// is checked as UTF-8 where it is used, so a wrongly encoded row is reported, not mangled.
+pub(crate) fn decoded<R: Read>(
+    cfg: &SourceConfig,
+    input: R,
+) -> encoding_rs_io::DecodeReaderBytes<R, Vec<u8>> {
+    encoding_rs_io::DecodeReaderBytesBuilder::new()
+        .encoding(cfg.encoding)
+        .utf8_passthru(true)
+        .strip_bom(true)
+        .bom_override(true)
+        .build(input)
+}
+
+pub(crate) use csv::detect_delimiter;
 
 struct Counting<'a> {
     inner: &'a mut dyn FnMut(Item<'_>),

@@ -1,0 +1,211 @@
+//! Positive evidence of absence. A contact is locked or deleted only when its UserData
+//! is gone from the export *as text*, not merely from the rows the reader made of it: a
+//! stray quote in a note field can turn the rows after it into one long value, and those
+//! rows' keys would look absent though the CRM still has them.
+//!
+//! So before any removal, the raw export is read once more, line by line, and every
+//! whole value on every physical line is cleaned like a key ([`clean_key`]) and looked up
+//! among the keys to be removed. CSV lines are split at the delimiter, ignoring quotes
+//! (the quoting is what is in doubt), and each piece stripped of quotes; JSON lines give
+//! their string values and bare tokens (a key may be a number). A substring is no
+//! evidence: `501` inside a phone number does not save contact `501`, only a value that
+//! is `501` as a whole does. A key found this way withholds its removal, and the report
+//! names the line. The guards keep removals few, so this pass is rare and its set small.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Seek};
+
+use crate::config::{SourceConfig, SourceKind};
+use crate::mapping::{clean_key, Key};
+use crate::plan::{KeyInExport, Plan};
+use crate::report::LIST_LIMIT;
+use crate::source::{self, SourceError};
+
+/// Withholds each removal of `plan` whose UserData stands as a whole value anywhere in
+/// the export (`file`, read again from its start), and records where.
+pub fn require(
+    cfg: &SourceConfig,
+    mut file: std::fs::File,
+    plan: &mut Plan,
+) -> Result<(), SourceError> {
+    if plan.removals.is_empty() {
+        return Ok(());
+    }
+    file.rewind().map_err(|source| SourceError::Read {
+        path: cfg.path.clone(),
+        source,
+    })?;
+    let wanted: HashSet<&str> = plan.removals.iter().map(|r| r.key.as_str()).collect();
+    let found = find_keys(cfg, file, &wanted)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut kept = Vec::with_capacity(plan.removals.len());
+    let mut listed: Vec<KeyInExport> = Vec::new();
+    for r in std::mem::take(&mut plan.removals) {
+        match found.get(r.key.as_str()) {
+            Some(&line) => {
+                plan.withheld_removals += 1;
+                listed.push(KeyInExport {
+                    user_data: r.key,
+                    line,
+                });
+            }
+            None => kept.push(r),
+        }
+    }
+    listed.sort_by_key(|k| k.line);
+    listed.truncate(LIST_LIMIT);
+    plan.doubts.keys_in_export = listed;
+    plan.removals = kept;
+    Ok(())
+}
+
+/// The keys of `wanted` that stand as a whole value on some line of the export, with the
+/// first such line (1-based).
+pub fn find_keys(
+    cfg: &SourceConfig,
+    input: impl Read,
+    wanted: &HashSet<&str>,
+) -> Result<HashMap<String, u64>, SourceError> {
+    let read_err = |source| SourceError::Read {
+        path: cfg.path.clone(),
+        source,
+    };
+    let mut input = BufReader::with_capacity(64 * 1024, source::decoded(cfg, input));
+    let mut found = HashMap::new();
+    let mut buf = Vec::new();
+    let mut delimiter = cfg.delimiter;
+    let mut line_no = 0u64;
+    let check = |value: &str, line_no: u64, found: &mut HashMap<String, u64>| {
+        if let Key::Usable(k) = clean_key(value) {
+            if wanted.contains(k.as_ref()) && !found.contains_key(k.as_ref()) {
+                found.insert(k.into_owned(), line_no);
+            }
+        }
+    };
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf).map_err(read_err)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end_matches(['\n', '\r']);
+        match cfg.kind {
+            SourceKind::Csv => {
+                let d = *delimiter.get_or_insert_with(|| source::detect_delimiter(line.as_bytes()));
+                for piece in line.split(d as char) {
+                    check(unquote(piece), line_no, &mut found);
+                }
+            }
+            SourceKind::Json => json_values(line, &mut |v| check(v, line_no, &mut found)),
+        }
+    }
+    Ok(found)
+}
+
+/// A CSV piece without its surrounding quotes and white space.
+fn unquote(piece: &str) -> &str {
+    piece.trim().trim_matches('"').trim()
+}
+
+/// Calls `f` with each string value (unescaped) and each bare token (numbers, words) of
+/// one line of JSON text. Broken JSON still gives what it can.
+fn json_values(line: &str, f: &mut dyn FnMut(&str)) {
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = (i + 1).min(bytes.len());
+                let literal = &line[start..end];
+                match serde_json::from_str::<String>(literal) {
+                    Ok(s) => f(&s),
+                    // Unterminated or a bad escape: the raw text between the quotes.
+                    Err(_) => f(literal.trim_matches('"')),
+                }
+                i = end;
+            }
+            b if is_token_byte(b) => {
+                let start = i;
+                while i < bytes.len() && is_token_byte(bytes[i]) {
+                    i += 1;
+                }
+                f(&line[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.' | b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(kind: SourceKind) -> SourceConfig {
+        SourceConfig {
+            kind,
+            path: "export".into(),
+            delimiter: None,
+            encoding: None,
+        }
+    }
+
+    fn found(kind: SourceKind, text: &str, keys: &[&str]) -> Vec<(String, u64)> {
+        let wanted: HashSet<&str> = keys.iter().copied().collect();
+        let mut v: Vec<_> = find_keys(&cfg(kind), text.as_bytes(), &wanted)
+            .unwrap()
+            .into_iter()
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn csv_keys_count_as_whole_values_only() {
+        let text = "Nr;Name;Phone;Note\n\
+                    1;A;0171 5012345;\"Rueckruf ab 14 Uhr\n\
+                    \"K6\";B;0171 1234567;x\n\
+                    7; K7 ;0171;\"\"\"K8\"\"\"\n";
+        assert_eq!(
+            found(
+                SourceKind::Csv,
+                text,
+                &["501", "K6", "K7", "K8", "K9", "Uhr"]
+            ),
+            vec![
+                ("K6".to_string(), 3),
+                ("K7".to_string(), 4),
+                ("K8".to_string(), 4)
+            ]
+        );
+        // A BOM before the key (two exports pasted together) is no disguise.
+        assert_eq!(
+            found(SourceKind::Csv, "Nr,Name\n\u{feff}K1,A\n", &["K1"]),
+            vec![("K1".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn json_keys_are_string_values_or_bare_tokens() {
+        let text = "[{\"id\": \"K\\u0031\", \"phone\": \"+49 501 123\"},\n {\"id\": 501, \"note\": \"x\"}]\n";
+        assert_eq!(
+            found(SourceKind::Json, text, &["K1", "501", "x", "49"]),
+            vec![
+                ("501".to_string(), 2),
+                ("K1".to_string(), 1),
+                ("x".to_string(), 2)
+            ]
+        );
+    }
+}

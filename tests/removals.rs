@@ -1,0 +1,224 @@
+//! A removal needs positive evidence that the record left the CRM export. Each test here
+//! is a way real exports go wrong (a stray quote in a note, emptied keys, a BOM mid-file,
+//! a NUL in a key, a key that still stands elsewhere in the file) and checks that no
+//! contact still in the export is locked or deleted, and that the report says why.
+
+mod common;
+
+use common::{count, rows, Env};
+use serde_json::Value;
+
+/// A job synced with `n` rows, removal guards off (so that nothing but the evidence
+/// rules stands between a broken export and the removals).
+fn synced(n: usize) -> (Env, Vec<String>) {
+    let env = Env::new();
+    env.write_config(
+        common::TOKEN,
+        "max_removals_percent = 100\nmin_rows_percent = 0",
+    );
+    let all = rows(n, "Köln");
+    env.write_rows(&all);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, count(&report, "imported")),
+        (0, n as u64),
+        "{report}"
+    );
+    (env, all)
+}
+
+fn locked(env: &Env) -> Vec<String> {
+    env.contacts()
+        .iter()
+        .filter(|c| c.locked)
+        .map(|c| common::field(c, "UserData").to_string())
+        .collect()
+}
+
+#[test]
+fn a_stray_quote_that_swallows_rows_never_removes_their_contacts() {
+    let (env, all) = synced(30);
+    let mut next = all.clone();
+    // A note opened with a quote on K5's row and closed six lines later: K6..K11 would
+    // vanish into one value.
+    next[4] = next[4].replace(";Köln;", ";\"Rueckruf ab 14 Uhr;");
+    next[10] = next[10].replace(";Köln;", ";Köln\";");
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(count(&report, "locked"), 0, "{report}");
+    assert!(locked(&env).is_empty());
+    assert!(count(&report, "withheld_removals") >= 6, "{report}");
+    assert_eq!(report["withheld"]["unreadable_rows"], 1, "{report}");
+    let reason = report["problems"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("from line 6 to line 12") && reason.contains("stray quote"),
+        "{reason}"
+    );
+
+    // Fixed in the CRM: nothing to do but the one change the broken row held back.
+    env.write_rows(&all);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "locked")), (0, 0), "{report}");
+}
+
+#[test]
+fn a_key_that_still_stands_in_the_export_is_not_removed() {
+    let (env, all) = synced(20);
+    // K9 and K3 leave the export; "K9" still stands as a whole value in K10's row (a
+    // reference to the old record), "K3" only inside a longer text.
+    let mut next: Vec<String> = all
+        .iter()
+        .filter(|r| !r.starts_with("K9;") && !r.starts_with("K3;"))
+        .cloned()
+        .collect();
+    let k10 = next.iter().position(|r| r.starts_with("K10;")).unwrap();
+    next[k10] = next[k10].replace("First10", " K9 ");
+    let k12 = next.iter().position(|r| r.starts_with("K12;")).unwrap();
+    next[k12] = next[k12].replace("First12", "Haus K3 links");
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(locked(&env), vec!["K3".to_string()], "{report}");
+    assert_eq!(count(&report, "withheld_removals"), 1);
+    let found = &report["withheld"]["keys_in_export"];
+    assert_eq!(found[0]["user_data"], "K9", "{report}");
+    // The header is line 1, K10's row the ninth record (K3 and K9 are gone).
+    assert_eq!(found[0]["line"], 9, "{report}");
+
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("UserData K9 still stands in the export on line 9"),
+        "{human}"
+    );
+}
+
+#[test]
+fn rows_without_a_usable_key_withhold_every_removal() {
+    let (env, all) = synced(30);
+    // Five keys emptied: those rows could be any contact.
+    let mut next = all.clone();
+    for r in next.iter_mut().take(5) {
+        *r = r
+            .split_once(';')
+            .map(|(_, rest)| format!(";{rest}"))
+            .unwrap();
+    }
+    next.pop(); // and K30 really left
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(count(&report, "locked"), 0, "{report}");
+    assert!(locked(&env).is_empty());
+    assert_eq!(count(&report, "withheld_removals"), 6, "{report}");
+    assert_eq!(report["withheld"]["rows_without_key"], 5, "{report}");
+    assert_eq!(count(&report, "invalid"), 5);
+
+    // With the keys back, K30 is locked: the doubt is gone.
+    let mut fixed = all.clone();
+    fixed.pop();
+    env.write_rows(&fixed);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "locked")), (0, 1), "{report}");
+}
+
+#[test]
+fn a_bom_or_nul_in_a_key_never_makes_a_second_contact_or_removes_the_first() {
+    let (env, all) = synced(20);
+    // UTF-8 from here on: a BOM cannot be written in Windows-1252.
+    env.edit_config("encoding = \"windows-1252\"\n", "");
+    let write = |rows: &[String]| {
+        let mut text = format!("{}\r\n", common::HEADER);
+        for r in rows {
+            text.push_str(r);
+            text.push_str("\r\n");
+        }
+        std::fs::write(env.path("export.csv"), text).unwrap();
+    };
+    // Two exports pasted together: the second one's BOM lands before K11; a NUL after K4.
+    let mut next = all.clone();
+    next[10] = format!("\u{feff}{}", next[10]);
+    next[3] = next[3].replacen(';', "\0;", 1);
+    write(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        (count(&report, "imported"), count(&report, "locked")),
+        (0, 0),
+        "{report}"
+    );
+    assert_eq!(env.contacts().len(), 20);
+    assert_eq!(report["withheld"]["rows_without_key"], 1, "{report}");
+    let reason = report["problems"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("control character"), "{reason}");
+
+    // The BOM alone is no problem at all.
+    next[3] = all[3].clone();
+    write(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+}
+
+#[test]
+fn a_json_record_with_a_null_key_withholds_every_removal() {
+    let (env, _) = synced(12);
+    env.edit_config(
+        "type = \"csv\"\npath = \"export.csv\"\nencoding = \"windows-1252\"",
+        "type = \"json\"\npath = \"export.json\"",
+    );
+    let record = |key: Value, i: usize| {
+        serde_json::json!({"CustomerNo": key, "LastName": format!("Name{i}"),
+            "FirstName": format!("First{i}"), "Phone": format!("0171 {:07}", 1_000_000 + i),
+            "City": "Köln", "Round": "1"})
+    };
+    // K1..K10 as before, K11 with a null key, K12 gone.
+    let mut records: Vec<Value> = (1..=10)
+        .map(|i| record(format!("K{i}").into(), i))
+        .collect();
+    records.push(record(Value::Null, 11));
+    std::fs::write(
+        env.path("export.json"),
+        serde_json::to_vec(&records).unwrap(),
+    )
+    .unwrap();
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(count(&report, "locked"), 0, "{report}");
+    assert_eq!(count(&report, "withheld_removals"), 2, "{report}");
+}
+
+#[test]
+fn control_characters_in_values_and_dialler_messages_never_forge_a_log_line() {
+    let (env, all) = synced(5);
+    let mut next = all.clone();
+    next[0] = next[0].replace("Name1", "Other1");
+    // A key with a line break (quoted, so the CSV holds it): an invalid row.
+    next.push("\"K9\r\nERROR forged by a key\";Name9;First9;0171 1000009;Köln;1".into());
+    env.write_rows(&next);
+    env.emu
+        .reject_next_with("update", 1, "refused\nERROR forged by the dialler");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["sync", "--config", "dialsync.toml"])
+        .current_dir(env.dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refused\\nERROR forged by the dialler"),
+        "the message is logged, escaped: {stderr}"
+    );
+    assert!(
+        stdout.contains("refused\\nERROR forged by the dialler"),
+        "and reported, escaped: {stdout}"
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !line.trim_start().starts_with("ERROR forged"),
+            "a forged line: {line}"
+        );
+    }
+}
