@@ -468,18 +468,23 @@ async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
         }
         for (key, ids) in r.shared.iter().take(10) {
             println!(
-                "  UserData {key} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
+                "  UserData {} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
                  others in the jtel portal",
+                dialsync::escape::printable(key),
                 ids.len()
             );
         }
         println!(
             "  the dialler does not show which contacts are locked: {} locks were kept from the \
-             old state, any other contact counts as unlocked",
-            r.locked_kept
+             old state; for the other {} the next sync unlocks each one that is in the export and \
+             locks (or deletes, per on_missing) each one that is not, one call each",
+            r.locked_kept, r.lock_unknown
         );
     }
-    println!("the next sync sends only what differs between the export and the dialler");
+    println!(
+        "the next sync sends what differs between the export and the dialler; \
+         `dialsync sync --dry-run` shows it first"
+    );
     Ok(Exit::Ok)
 }
 

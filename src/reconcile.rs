@@ -16,7 +16,7 @@ use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::execute::campaign_id;
 use crate::fields::{self, Field};
 use crate::mapping::FieldValue;
-use crate::state::{Entry, JobState, LastOp, StateError, StateView};
+use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView};
 
 /// Up to this many pending imports are looked up one by one; more, with one listing of
 /// the campaign.
@@ -164,11 +164,15 @@ pub struct Rebuilt {
     pub shared: Vec<(String, Vec<i64>)>,
     /// Contacts the old state said dialsync had locked, kept as locked.
     pub locked_kept: u64,
+    /// Contacts whose lock state is unknown: the next run unlocks or locks each one.
+    pub lock_unknown: u64,
 }
 
 /// Replaces the state of `job` with the contacts of its campaign on the dialler: ID and
 /// field hashes by UserData. The dialler does not say which contacts are locked; a lock
-/// recorded in the old state for the same contact ID is kept. Reset triggers start
+/// recorded in the old state for the same contact ID is kept, and every other contact's
+/// lock state is marked unknown (as if a lock or unlock had been in flight), so the next
+/// run unlocks it if it is in the export and locks it if not. Reset triggers start
 /// afresh (their first value is recorded by the next run, without a reset).
 pub async fn rebuild(
     dialler: &Dialler,
@@ -217,6 +221,10 @@ pub async fn rebuild(
             row: 0,
         };
         state.put(key, &entry)?;
+        if !was_locked {
+            state.put_in_flight(key, in_doubt::LOCK)?;
+            out.lock_unknown += 1;
+        }
         out.contacts += 1;
     }
     state.save_digest().await?;

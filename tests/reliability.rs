@@ -152,7 +152,7 @@ fn an_empty_export_into_an_empty_state_is_no_error() {
 }
 
 #[test]
-fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_nothing() {
+fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_only_what_differs() {
     let env = Env::new();
     let all = rows(30, "Köln");
     env.write_rows(&all);
@@ -174,12 +174,22 @@ fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_nothing() {
         stdout.contains("rebuilt from campaign 538: 30 contacts"),
         "{stdout}"
     );
+    assert!(stdout.contains("for the other 30 the next sync unlocks"), "{stdout}");
+    // Lost with the state: that K30 was locked, and the dialler does not say so. So each
+    // contact's lock state is unknown: those in the export are unlocked (K30 with them),
+    // one call each and nothing else.
     let n = env.requests().len();
     let (report, code) = env.sync(&[]);
-    // Lost with the state: that K30 was locked. The dialler does not say so; K30 stays
-    // locked there, and the sync has nothing to send.
-    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
-    assert_eq!(env.requests().len(), n);
+    assert_eq!(
+        (code, count(&report, "unlocked"), count(&report, "api_calls")),
+        (0, 30, 30),
+        "{report}"
+    );
+    assert!(env.requests()[n..]
+        .iter()
+        .all(|r| r.method == "PATCH" && r.path.ends_with("/unlock")));
+    assert!(env.contacts().iter().all(|c| !c.locked));
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 
     // A changed row after a rebuild is one update of one field.
     let mut changed = all.clone();
@@ -216,8 +226,52 @@ fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("moved it to"), "{stderr}");
+    // The lock flags went with the damaged state: each contact is unlocked once.
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "unlocked")), (0, 5), "{report}");
     let (report, code) = env.sync(&[]);
     assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+}
+
+/// Promise 17: after `state rebuild` no contact in the export stays locked and none
+/// that left it stays unlocked, though the dialler shows no lock flags.
+#[test]
+fn after_a_rebuild_locks_follow_the_export() {
+    let env = Env::new();
+    let all = rows(20, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    env.write_rows(&all[..18]);
+    assert_eq!(count(&env.sync(&[]).0, "locked"), 2);
+    std::fs::remove_dir_all(env.path("state")).unwrap();
+    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+    assert!(out.status.success());
+    // K19 comes back, K18 and K20 leave: unlock 18 (K19 among them), lock K18 and K20.
+    let mut next = all[..17].to_vec();
+    next.push(all[18].clone());
+    env.write_rows(&next);
+    let (dry, code) = env.sync(&["--dry-run"]);
+    assert_eq!(code, 0, "{dry}");
+    assert_eq!(
+        (count(&dry, "unlocked"), count(&dry, "locked")),
+        (18, 2),
+        "shown in the plan: {dry}"
+    );
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, count(&report, "unlocked"), count(&report, "locked")),
+        (0, 18, 2),
+        "{report}"
+    );
+    let mut locked: Vec<String> = env
+        .contacts()
+        .iter()
+        .filter(|c| c.locked)
+        .map(|c| common::field(c, "UserData").to_string())
+        .collect();
+    locked.sort();
+    assert_eq!(locked, ["K18", "K20"]);
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }
 
 #[test]
