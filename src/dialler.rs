@@ -107,6 +107,19 @@ pub enum DiallerError {
         #[source]
         source: reqwest::Error,
     },
+    /// Not a passing failure: no retry makes an untrusted certificate trusted.
+    #[error(
+        "the TLS certificate of {base_url} is not trusted ({detail}): this is a certificate \
+         problem, not a network one. If the dialler uses a certificate of your own CA, set \
+         [dialler] ca_file to that CA's PEM file{}; check also that base_url names the host \
+         the certificate is for",
+        .ca_file.as_ref().map(|p| format!(" (now: {}, which does not vouch for it)", p.display())).unwrap_or_default()
+    )]
+    Certificate {
+        base_url: String,
+        detail: String,
+        ca_file: Option<std::path::PathBuf>,
+    },
     #[error("the call to the dialler failed or timed out")]
     Transport(#[source] reqwest::Error),
     #[error("the dialler's answer could not be read: {0}")]
@@ -144,6 +157,7 @@ impl DiallerError {
                     | DiallerError::CampaignIdNotFound(_)
                     | DiallerError::RetryBudget { .. }
                     | DiallerError::Redirect { .. }
+                    | DiallerError::Certificate { .. }
             ),
         }
     }
@@ -180,6 +194,7 @@ impl DiallerError {
                 | DiallerError::BadRequest { .. }
                 | DiallerError::Conflict { .. }
                 | DiallerError::Redirect { .. }
+                | DiallerError::Certificate { .. }
                 | DiallerError::CampaignNotFound { .. }
                 | DiallerError::CampaignIdNotFound(_)
         )
@@ -218,6 +233,8 @@ pub struct Dialler {
     /// `base_url/{ClientsID}`.
     root: String,
     client_id: u32,
+    /// `[dialler] ca_file`, for messages.
+    ca_file: Option<std::path::PathBuf>,
     calls: AtomicU64,
     retry: RetryConfig,
     /// `max_requests_per_second`: calls spaced evenly, never more than the limit in any
@@ -292,6 +309,7 @@ impl Dialler {
             base_url: cfg.base_url.clone(),
             root: format!("{}/{}", cfg.base_url, cfg.client_id),
             client_id: cfg.client_id,
+            ca_file: cfg.ca_file.clone(),
             calls: AtomicU64::new(0),
             retry: cfg.retry,
             pacer: cfg.max_requests_per_second.map(|n| Pacer::new(n.get())),
@@ -311,13 +329,16 @@ impl Dialler {
     }
 
     /// Sets the run's retry budget for a run of `planned` operations: the configured
-    /// `max_retries_per_run`, else 20% of `planned`, at least [`MIN_RETRY_BUDGET`].
+    /// `max_retries_per_run`, else 20% of `planned`, at least [`MIN_RETRY_BUDGET`]. The
+    /// retries the run has sent already (settling pending imports, a campaign look-up)
+    /// count against it.
     pub fn budget_retries_for(&self, planned: u64) {
         let budget = self
             .retry
             .per_run
             .unwrap_or((planned / 5).max(MIN_RETRY_BUDGET));
-        self.retry_budget.store(budget, Ordering::Relaxed);
+        self.retry_budget
+            .store(budget.saturating_sub(self.retries()), Ordering::Relaxed);
     }
 
     /// Takes one retry from the run's budget; false when it is used up.
@@ -421,7 +442,13 @@ impl Dialler {
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(detail) = certificate_problem(&e) {
+                DiallerError::Certificate {
+                    base_url: self.base_url.clone(),
+                    detail,
+                    ca_file: self.ca_file.clone(),
+                }
+            } else if e.is_connect() {
                 DiallerError::Connect {
                     base_url: self.base_url.clone(),
                     source: e.without_url(),
@@ -709,6 +736,31 @@ fn import_query(flags: ImportFlags) -> Vec<(&'static str, String)> {
     q
 }
 
+/// The TLS library's complaint about the server's certificate, if that is why `e`
+/// failed. The rustls error sits in the chain of causes, directly or inside an
+/// `io::Error` (whose `source()` skips it, so each one is opened).
+fn certificate_problem(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        // io::Errors may nest (hyper wraps the TLS stream's): open each.
+        let mut inner = err;
+        while let Some(next) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = next;
+        }
+        if let Some(
+            t @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(t.to_string());
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// The first record of an answer.
 fn first_record(v: Value) -> Result<Record, DiallerError> {
     records_of(v)?
@@ -827,5 +879,14 @@ mod tests {
         let d = client("max_retries_per_run = 7");
         d.budget_retries_for(10_000);
         assert_eq!(d.retry_budget.load(Ordering::Relaxed), 7);
+        // Retries before the plan's budget is set count against it: 7 in all, not 9.
+        let d = client("max_retries_per_run = 7");
+        assert!(d.take_retry() && d.take_retry());
+        d.budget_retries_for(10_000);
+        let mut more = 0;
+        while d.take_retry() {
+            more += 1;
+        }
+        assert_eq!((more, d.retries()), (5, 7));
     }
 }

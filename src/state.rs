@@ -258,6 +258,25 @@ impl Store {
         Ok(())
     }
 
+    /// The guard that has stopped every run of `job` since it first tripped, if one has.
+    pub fn guard_trip(&self, job: &str) -> Result<Option<GuardTrip>, StateError> {
+        Ok(self
+            .db
+            .open_tree("guards")?
+            .get(job)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Records that a guard stops `job`'s runs (`None`: it no longer does).
+    pub fn set_guard_trip(&self, job: &str, trip: Option<&GuardTrip>) -> Result<(), StateError> {
+        let tree = self.db.open_tree("guards")?;
+        match trip {
+            Some(t) => tree.insert(job, serde_json::to_vec(t).expect("serializes"))?,
+            None => tree.remove(job)?,
+        };
+        Ok(())
+    }
+
     /// Stores the summary of a job's latest run (JSON, for `status`).
     pub fn put_last_run(&self, job: &str, summary: &[u8]) -> Result<(), StateError> {
         self.db.open_tree("runs")?.insert(job, summary)?;
@@ -273,6 +292,15 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// A guard that stops a job's runs, since when (for `status`, and to log it once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardTrip {
+    /// When it first stopped a run (RFC 3339).
+    pub since: String,
+    /// What it said the last time.
+    pub guard: String,
 }
 
 /// Root opening a state that belongs to the service's user would leave root-owned files

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::escape::printable;
 use crate::progress::Snapshot;
-use crate::state::{StateError, Store};
+use crate::state::{GuardTrip, StateError, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -36,6 +37,9 @@ pub struct JobStatus {
     /// Contacts in the job's state.
     pub contacts: u64,
     pub last_run: Option<LastRun>,
+    /// The guard that has stopped every run since it first tripped, if one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardTrip>,
     /// Set by the daemon: the run going on now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Snapshot>,
@@ -118,6 +122,7 @@ pub fn collect(config: &Config, store: &Store, now: DateTime<Utc>) -> Result<Sta
             last_run: store
                 .last_run(&job.name)?
                 .and_then(|r| LastRun::from_report(&r)),
+            guard: store.guard_trip(&job.name)?,
             running: None,
             runs: None,
             skipped_slots: None,
@@ -198,12 +203,20 @@ impl Status {
                         r.api_calls
                     );
                     if let Some(a) = &r.aborted {
-                        let _ = writeln!(s, "    stopped: {a}");
+                        let _ = writeln!(s, "    stopped: {}", printable(a));
                     }
                     for e in &r.first_errors {
-                        let _ = writeln!(s, "    {e}");
+                        let _ = writeln!(s, "    {}", printable(e));
                     }
                 }
+            }
+            if let Some(g) = &j.guard {
+                let _ = writeln!(
+                    s,
+                    "  GUARD: every run since {} was stopped: {}",
+                    g.since,
+                    printable(&g.guard)
+                );
             }
             if let Some(p) = &j.running {
                 let _ = writeln!(

@@ -23,7 +23,7 @@ use crate::progress::RunHandle;
 use crate::reconcile::{resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
-use crate::state::{Entry, JobState, StateError, StateView, Store};
+use crate::state::{Entry, GuardTrip, JobState, StateError, StateView, Store};
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -360,12 +360,18 @@ async fn plan_and_execute(
         resets: plan.resets() as u64,
     };
     let tripped = guard::check(&job.name, &job.guards, &facts).err();
-    if let Some(why) = &tripped {
-        if mode.force {
+    match &tripped {
+        Some(why) if mode.force => {
             tracing::warn!(guard = %why, "guard overridden by --force");
             report.forced = Some(why.clone());
-        } else {
-            tracing::error!(guard = %why, "guard tripped");
+        }
+        Some(why) if dry_run => tracing::warn!(guard = %why, "a guard would stop this run"),
+        _ => {}
+    }
+    if let (Some(store), false) = (store, dry_run) {
+        let stopping = tripped.as_deref().filter(|_| !mode.force);
+        if let Err(e) = note_guard(store, &job.name, stopping, &report.started_at) {
+            tracing::warn!(error = %error_chain(&e), "could not record the guard's state");
         }
     }
     let stop = tripped.filter(|_| !mode.force);
@@ -396,6 +402,45 @@ async fn plan_and_execute(
         concurrency: config.dialler.max_concurrency,
     };
     execute(plan, target, handle, report).await;
+}
+
+/// Records whether a guard stops `job` now (`tripped`) and logs the change: an ERROR when
+/// a guard starts to stop its runs, INFO while it goes on (a frequent schedule would
+/// otherwise raise the same alarm every few minutes) and when it stops.
+fn note_guard(
+    store: &Store,
+    job: &str,
+    tripped: Option<&str>,
+    now: &str,
+) -> Result<(), StateError> {
+    let before = store.guard_trip(job)?;
+    match (tripped, &before) {
+        (Some(why), None) => {
+            tracing::error!(guard = %why, "guard tripped: runs of this job change nothing until it is resolved");
+            store.set_guard_trip(
+                job,
+                Some(&GuardTrip {
+                    since: now.to_string(),
+                    guard: why.to_string(),
+                }),
+            )
+        }
+        (Some(why), Some(trip)) => {
+            tracing::info!(guard = %why, since = %trip.since, "guard still tripped");
+            store.set_guard_trip(
+                job,
+                Some(&GuardTrip {
+                    since: trip.since.clone(),
+                    guard: why.to_string(),
+                }),
+            )
+        }
+        (None, Some(trip)) => {
+            tracing::info!(since = %trip.since, "the guard no longer stops this job's runs");
+            store.set_guard_trip(job, None)
+        }
+        (None, None) => Ok(()),
+    }
 }
 
 /// The planned operations, in the order a dry run lists them.

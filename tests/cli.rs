@@ -221,3 +221,56 @@ fn token_credential_comes_from_the_credentials_directory() {
     );
     assert_eq!(env.contacts().len(), 1, "nothing was sent");
 }
+
+/// `validate` rejects what a run would: a ca_file that is missing or holds no PEM
+/// certificate, named with file, line and key.
+#[test]
+fn validate_checks_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-pem.crt"), "hello\n").unwrap();
+    for (ca, expect) in [
+        ("missing.pem", "cannot read"),
+        ("not-pem.crt", "holds no PEM certificate"),
+    ] {
+        let path = dir.path().join("dialsync.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[dialler]\nbase_url = \"https://x/rest/v1.0\"\nclient_id = 7\ntoken = \"t\"\nca_file = \"{ca}\"\n\n\
+                 [[job]]\nname = \"a\"\ncampaign_id = 1\n[job.source]\ntype = \"csv\"\npath = \"x.csv\"\n\
+                 [job.fields]\nUserData = \"id\"\nName = \"n\"\nPhoneNumber1 = \"p\"\n"
+            ),
+        )
+        .unwrap();
+        let out = dialsync()
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("{}:5: dialler.ca_file: ", path.display()))
+                && err.contains(expect),
+            "{err}"
+        );
+    }
+    // A real certificate passes.
+    let cert =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/untrusted-cert.pem");
+    let path = dir.path().join("dialsync.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("not-pem.crt", &cert.display().to_string());
+    std::fs::write(&path, text).unwrap();
+    let out = dialsync()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -430,3 +430,84 @@ async fn a_redirect_is_an_error_naming_base_url_and_is_never_followed() {
     assert!(emu.requests().is_empty(), "{:?}", emu.requests());
     assert!(emu.contacts().is_empty());
 }
+
+/// A TLS server on a free loopback port with the self-signed certificate in tests/data,
+/// answering every request with an empty record list; its base URL.
+async fn tls_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let certs = vec![CertificateDer::from_pem_file(data.join("untrusted-cert.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(data.join("untrusted-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // the client refused the certificate
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = br#"{"records": [], "count": 0, "status": 200}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    format!("https://127.0.0.1:{}/rest/v1.0", addr.port())
+}
+
+/// An untrusted certificate is a certificate problem, said as such and naming ca_file;
+/// it is not retried like a passing network failure. With the certificate's CA in
+/// ca_file, the same server is trusted.
+#[tokio::test]
+async fn an_untrusted_certificate_is_named_as_such_and_not_retried() {
+    let base = tls_server().await;
+    let d = client(&base, "t");
+    let err = d.campaigns().await.unwrap_err();
+    assert!(matches!(err, DiallerError::Certificate { .. }), "{err:?}");
+    assert!(err.is_fatal());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("certificate") && msg.contains("ca_file") && msg.contains(&base),
+        "{msg}"
+    );
+    assert!(!msg.contains("is the server up"), "{msg}");
+    assert_eq!(d.calls(), 1, "not retried");
+
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/untrusted-cert.pem");
+    let text = format!(
+        "[dialler]\nbase_url = \"{base}\"\nclient_id = 7\ntoken = \"x\"\nca_file = \"{}\"\n\
+         [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+         [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n",
+        ca.display()
+    );
+    let cfg = Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+    let trusting = Dialler::new(&cfg.dialler, &Secret::new("t")).unwrap();
+    assert!(trusting.campaigns().await.unwrap().is_empty());
+}

@@ -174,14 +174,21 @@ fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_only_what_differs(
         stdout.contains("rebuilt from campaign 538: 30 contacts"),
         "{stdout}"
     );
-    assert!(stdout.contains("for the other 30 the next sync unlocks"), "{stdout}");
+    assert!(
+        stdout.contains("for the other 30 the next sync unlocks"),
+        "{stdout}"
+    );
     // Lost with the state: that K30 was locked, and the dialler does not say so. So each
     // contact's lock state is unknown: those in the export are unlocked (K30 with them),
     // one call each and nothing else.
     let n = env.requests().len();
     let (report, code) = env.sync(&[]);
     assert_eq!(
-        (code, count(&report, "unlocked"), count(&report, "api_calls")),
+        (
+            code,
+            count(&report, "unlocked"),
+            count(&report, "api_calls")
+        ),
         (0, 30, 30),
         "{report}"
     );
@@ -351,4 +358,58 @@ fn trace_logs_hold_no_token_and_no_personal_data_at_info_and_above() {
         }
     }
     assert!(checked >= 2, "{checked} lines at INFO and above");
+}
+
+/// A guard that trips on every run of a frequent schedule raises its alarm (an ERROR)
+/// once, when it starts; `status` keeps showing it; the log says when it stops.
+#[test]
+fn a_guard_that_keeps_tripping_raises_the_alarm_once_and_status_shows_it() {
+    let env = Env::new();
+    let all = rows(100, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["sync", "--config", "dialsync.toml"])
+            .current_dir(env.dir.path())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let status = || {
+        let out = env.dialsync(&["status", "--config", "dialsync.toml", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["jobs"][0]["guard"].clone()
+    };
+    env.write_rows(&all[..50]); // a truncated export
+    let (code, first) = run();
+    assert_eq!(code, Some(5), "{first}");
+    assert!(
+        first.contains("ERROR") && first.contains("guard tripped"),
+        "{first}"
+    );
+    let since = status()["since"].clone();
+    assert!(since.is_string(), "{since}");
+    for _ in 0..2 {
+        let (code, again) = run();
+        assert_eq!(code, Some(5), "{again}");
+        assert!(
+            !again.contains("ERROR"),
+            "the alarm is raised once: {again}"
+        );
+        assert!(again.contains("guard still tripped"), "{again}");
+        assert_eq!(status()["since"], since);
+    }
+    let human = env.dialsync(&["status", "--config", "dialsync.toml"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("GUARD: every run since"));
+
+    env.write_rows(&all);
+    let (code, fixed) = run();
+    assert_eq!(code, Some(0), "{fixed}");
+    assert!(fixed.contains("no longer stops"), "{fixed}");
+    assert!(status().is_null());
 }

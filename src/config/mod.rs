@@ -397,6 +397,23 @@ impl JobConfig {
     }
 }
 
+/// What is wrong with the CA file at `path`, if anything: it must be readable and hold
+/// at least one PEM certificate (what the dialler client loads; checked here so that
+/// `validate` rejects what a run would).
+fn ca_file_problem(path: &Path) -> Option<String> {
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => return Some(format!("cannot read {}: {e}", path.display())),
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => None,
+        _ => Some(format!(
+            "{} holds no PEM certificate (a file with -----BEGIN CERTIFICATE----- blocks is expected)",
+            path.display()
+        )),
+    }
+}
+
 /// The text being compiled and the problems found so far.
 struct Ctx<'a> {
     text: &'a str,
@@ -853,6 +870,9 @@ fn compile_dialler(
         }
     }
     let ca_file = d.ca_file.map(resolve);
+    if let Some(why) = ca_file.as_deref().and_then(ca_file_problem) {
+        fail(ctx, "ca_file", why);
+    }
     let max_retries = ranged(ctx, "max_retries", d.max_retries, 0..=20, "")
         .map_or(DEFAULT_MAX_RETRIES, |n| n as u32);
     let retry_delay = d.retry_delay.map(|t| t.0).unwrap_or(DEFAULT_RETRY_DELAY);

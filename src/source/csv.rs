@@ -47,9 +47,18 @@ pub(super) fn read(
     let mut index = Vec::with_capacity(columns.len());
     let mut missing = Vec::new();
     for c in columns {
-        match names.iter().position(|n| n == c) {
-            Some(i) => index.push(i),
-            None => missing.push(c.clone()),
+        let at: Vec<usize> = (0..names.len()).filter(|&i| names[i] == *c).collect();
+        match at.as_slice() {
+            [i] => index.push(*i),
+            [] => missing.push(c.clone()),
+            // Which of them holds the value? The first might be the wrong one.
+            many => {
+                return Err(SourceError::AmbiguousColumn {
+                    path: path.to_path_buf(),
+                    column: c.clone(),
+                    positions: many.iter().map(|i| i + 1).collect(),
+                })
+            }
         }
     }
     if !missing.is_empty() {
@@ -387,6 +396,23 @@ mod tests {
                 (4, vec![Some("6"), Some("two\nlines")])
             ]
         );
+    }
+
+    #[test]
+    fn a_mapped_column_that_appears_twice_is_an_error() {
+        let err = read_all(
+            &cfg(None, None),
+            b"id;Name;Tel;Name\n1;a;b;c\n",
+            &["id", "Name"],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, SourceError::AmbiguousColumn { positions, .. } if positions == &[2, 4]),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`Name` twice"), "{err}");
+        // A repeated column the job does not use is no problem.
+        assert!(read_all(&cfg(None, None), b"id;x;x\n1;a;b\n", &["id"]).is_ok());
     }
 
     #[test]

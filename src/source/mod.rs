@@ -103,6 +103,17 @@ pub enum SourceError {
         available: Vec<String>,
     },
     #[error(
+        "the CRM export {path} has the column `{column}` {} (columns {}): dialsync cannot tell \
+         which of them holds the value; rename or remove the others in the export",
+        times(.positions.len()), .positions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+    )]
+    AmbiguousColumn {
+        path: PathBuf,
+        column: String,
+        /// 1-based.
+        positions: Vec<usize>,
+    },
+    #[error(
         "the CRM export {path} is not valid JSON at {at}: {message} (the file may be truncated)"
     )]
     Json {
@@ -115,6 +126,13 @@ pub enum SourceError {
          (it starts with {found:?})"
     )]
     NotJson { path: PathBuf, found: char },
+}
+
+fn times(n: usize) -> String {
+    match n {
+        2 => "twice".into(),
+        n => format!("{n} times"),
+    }
 }
 
 fn quoted(names: &[String]) -> String {
