@@ -300,6 +300,7 @@ impl Run<'_> {
                         fields: c.hashes.clone(),
                         triggers: c.triggers.clone(),
                         row: c.row,
+                        keyed: true,
                     };
                     self.state.put_pending(&c.key, &p)
                 }
@@ -405,6 +406,7 @@ impl Run<'_> {
             fields: c.hashes,
             triggers: c.triggers,
             row: c.row,
+            keyed: true,
         };
         self.send_import(&c.key, &c.fields, pending).await?;
         done.imported += 1;
@@ -464,6 +466,7 @@ impl Run<'_> {
             last_op: LastOp::Imported,
             last_run: self.now,
             row: pending.row,
+            keyed: pending.keyed,
         };
         self.state.put(key, &entry)?;
         self.state.clear_pending(key)?;
@@ -484,6 +487,7 @@ impl Run<'_> {
             fields: c.fields,
             triggers: c.triggers,
             row: c.row,
+            keyed: true,
         };
         self.state.put_pending(&c.key, &pending)?;
         // No entry left to doubt: from here on the journal says what to do.

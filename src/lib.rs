@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod execute;
 pub mod fields;
 pub mod guard;
+pub mod hashing;
 pub mod mapping;
 pub mod pace;
 pub mod phone;

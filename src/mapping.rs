@@ -9,10 +9,13 @@ use std::borrow::Cow;
 
 use chrono::NaiveDateTime;
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::config::{JobConfig, PhoneFormat};
 use crate::fields::{self, Field, Kind};
+use crate::hashing::{self, HashKey};
 use crate::phone;
 use crate::source::{Item, Record, RowRef};
 
@@ -27,35 +30,8 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// A stable hash of the value (xxh3, fixed across platforms and releases).
-    pub fn hash(&self) -> u64 {
-        match self {
-            FieldValue::Text(s) => {
-                let mut buf = Vec::with_capacity(s.len() + 1);
-                buf.push(b'T');
-                buf.extend_from_slice(s.as_bytes());
-                xxh3_64(&buf)
-            }
-            FieldValue::Number(n) => {
-                let mut buf = [0u8; 9];
-                buf[0] = b'N';
-                buf[1..].copy_from_slice(&n.to_bits().to_le_bytes());
-                xxh3_64(&buf)
-            }
-            FieldValue::Null => xxh3_64(b"0"),
-        }
-    }
-
     pub fn is_null(&self) -> bool {
         matches!(self, FieldValue::Null)
-    }
-}
-
-/// The hash of a reset-trigger column's raw value.
-pub fn trigger_hash(value: Option<&str>) -> u64 {
-    match value {
-        Some(v) => FieldValue::Text(v.trim().to_string()).hash(),
-        None => FieldValue::Null.hash(),
     }
 }
 
@@ -71,6 +47,9 @@ pub struct Contact {
     pub hashes: Vec<(u8, u64)>,
     /// Hash per reset-trigger column, in config order.
     pub triggers: Vec<(String, u64)>,
+    /// The same values' unkeyed hashes ([`hashing::legacy_trigger`]), to compare with an
+    /// entry stored before keyed hashing.
+    pub legacy_triggers: Vec<u64>,
     /// The row's [`Mapper::row_hash`].
     pub row: u64,
 }
@@ -150,10 +129,12 @@ pub struct Mapper {
     format: PhoneFormat,
     /// Everything besides the row's values that its mapping depends on.
     fingerprint: u64,
+    /// The state's secret: every hash of a value is keyed with it.
+    key: Arc<HashKey>,
 }
 
 impl Mapper {
-    pub fn new(job: &JobConfig) -> Mapper {
+    pub fn new(job: &JobConfig, key: Arc<HashKey>) -> Mapper {
         let columns = job.columns();
         let idx = |c: &str| {
             columns
@@ -176,6 +157,7 @@ impl Mapper {
             region: job.default_country,
             format: job.phone_format,
             fingerprint: fingerprint(job),
+            key,
         }
     }
 
@@ -191,6 +173,7 @@ impl Mapper {
     /// row is several times faster than feeding a hasher value by value).
     pub fn row_hash_with(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
         buf.clear();
+        buf.extend_from_slice(&self.fingerprint.to_le_bytes());
         for v in values {
             match v {
                 Some(v) => {
@@ -200,7 +183,7 @@ impl Mapper {
                 None => buf.extend_from_slice(&0u64.to_le_bytes()),
             }
         }
-        xxh3_64_with_seed(buf, self.fingerprint).max(1)
+        self.key.row(buf)
     }
 
     /// The row's UserData as the state keys it ([`clean_key`]); `None` if it has no
@@ -288,11 +271,19 @@ impl Mapper {
                 unreadable: false,
             });
         }
-        let hashes = out.iter().map(|(f, v)| (f.code, v.hash())).collect();
+        let hashes = out
+            .iter()
+            .map(|(f, v)| (f.code, self.key.value(v)))
+            .collect();
         let triggers = self
             .triggers
             .iter()
-            .map(|(c, i)| (c.clone(), trigger_hash(values[*i])))
+            .map(|(c, i)| (c.clone(), self.key.trigger(values[*i])))
+            .collect();
+        let legacy_triggers = self
+            .triggers
+            .iter()
+            .map(|(_, i)| hashing::legacy_trigger(values[*i]))
             .collect();
         Outcome::Contact(Contact {
             at,
@@ -300,6 +291,7 @@ impl Mapper {
             fields: out,
             hashes,
             triggers,
+            legacy_triggers,
             row: row_hash.unwrap_or_else(|| self.row_hash(values)),
         })
     }
@@ -464,7 +456,7 @@ PhoneNumber1 = "Tel"
             j.columns(),
             vec!["Nr", "Name", "Betrag", "Tel", "Start", "Round"]
         );
-        let m = Mapper::new(&j);
+        let m = Mapper::new(&j, Arc::new(HashKey::for_tests()));
         let Outcome::Contact(c) = m.map(rec(&[
             Some("K1"),
             Some("Müller"),
@@ -492,13 +484,13 @@ PhoneNumber1 = "Tel"
         assert_eq!(c.hashes.len(), 4);
         assert_eq!(
             c.triggers,
-            vec![("Round".to_string(), trigger_hash(Some("2")))]
+            vec![("Round".to_string(), HashKey::for_tests().trigger(Some("2")))]
         );
     }
 
     #[test]
     fn rejects_with_every_reason_and_keeps_the_key() {
-        let m = Mapper::new(&job(""));
+        let m = Mapper::new(&job(""), Arc::new(HashKey::for_tests()));
         let long = "x".repeat(65);
         let Outcome::Rejected(r) = m.map(rec(&[Some("K1"), Some(&long), Some("12"), None])) else {
             panic!()

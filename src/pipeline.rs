@@ -212,10 +212,12 @@ mod tests {
     use super::*;
     use crate::config::{Config, JobConfig};
     use crate::digest::Digest;
+    use crate::hashing::HashKey;
     use crate::plan::{self, Policy};
     use crate::state::Entry;
     use std::collections::BTreeMap;
     use std::path::Path;
+    use std::sync::Arc;
 
     fn job(export: &Path) -> JobConfig {
         let text = format!(
@@ -233,7 +235,7 @@ mod tests {
 
     /// The plan of `job`'s export made on one thread, row by row, without a digest.
     fn plan_in_one_thread(job: &JobConfig, state: &BTreeMap<String, Entry>) -> Plan {
-        let mapper = Mapper::new(job);
+        let mapper = Mapper::new(job, Arc::new(HashKey::for_tests()));
         let mut outcomes = Vec::new();
         source::read(&job.source, &job.columns(), &mut |i| {
             outcomes.push(mapper.map(i))
@@ -288,6 +290,7 @@ mod tests {
                         last_op: crate::state::LastOp::Imported,
                         last_run: 0,
                         row,
+                        keyed: true,
                     },
                 );
             }
@@ -298,7 +301,7 @@ mod tests {
         };
         state.insert("gone".into(), gone);
         let expected = plan_in_one_thread(&job, &state);
-        let mapper = Mapper::new(&job);
+        let mapper = Mapper::new(&job, Arc::new(HashKey::for_tests()));
         let handle = RunHandle::new();
 
         let without = Planner::new(&state, policy(&job));
@@ -348,7 +351,7 @@ mod tests {
             &job.source,
             open(&job),
             &job.columns(),
-            &Mapper::new(&job),
+            &Mapper::new(&job, Arc::new(HashKey::for_tests())),
             planner,
             &handle,
         )

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use crate::config::OnMissing;
 use crate::digest::{Digest, Probe};
 use crate::fields::Field;
+use crate::hashing;
 use crate::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::source::RowRef;
 use crate::state::{in_doubt, Entry, LastOp, StateError, StateView};
@@ -290,6 +291,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         if doubt != 0 {
             self.plan.rechecked += 1;
         }
+        let old = migrate(old, &c);
         // Fields (and, after a delete, the contact itself) unknown: send every field; a
         // contact found gone is imported again.
         let fields_unknown = doubt & (in_doubt::FIELDS | in_doubt::GONE) != 0;
@@ -418,6 +420,49 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 }
 
+/// `old` with keyed hashes ([`crate::hashing`]), if it was stored with unkeyed ones by an
+/// earlier version: each hash that matches the unkeyed hash of the row's value becomes
+/// that value's keyed hash, any other stays as it is (so it still differs). The plan then
+/// compares as usual: an unchanged contact costs no call, only a state write (a
+/// baseline), and a changed one sends exactly what changed.
+fn migrate(old: Entry, c: &Contact) -> Entry {
+    if old.keyed {
+        return old;
+    }
+    let fields = old
+        .fields
+        .iter()
+        .map(|&(code, h)| {
+            let now = c
+                .fields
+                .iter()
+                .zip(&c.hashes)
+                .find(|((f, _), _)| f.code == code);
+            match now {
+                Some(((_, v), &(_, keyed))) if hashing::legacy_value(v) == h => (code, keyed),
+                _ => (code, h),
+            }
+        })
+        .collect();
+    let triggers = old
+        .triggers
+        .iter()
+        .map(|(col, h)| {
+            let i = c.triggers.iter().position(|(c, _)| c == col);
+            match i {
+                Some(i) if c.legacy_triggers.get(i) == Some(h) => (col.clone(), c.triggers[i].1),
+                _ => (col.clone(), *h),
+            }
+        })
+        .collect();
+    Entry {
+        fields,
+        triggers,
+        keyed: true,
+        ..old
+    }
+}
+
 /// The rejection of a row whose UserData an earlier row (`first`) had.
 fn again(c: Contact, first: RowRef) -> Rejected {
     Rejected {
@@ -448,7 +493,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::fields;
-    use crate::mapping::trigger_hash;
+    use crate::hashing::HashKey;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -467,14 +512,16 @@ mod tests {
                 FieldValue::Text(phone.into()),
             ),
         ];
-        let hashes = fields.iter().map(|(f, v)| (f.code, v.hash())).collect();
+        let k = HashKey::for_tests();
+        let hashes = fields.iter().map(|(f, v)| (f.code, k.value(v))).collect();
         Outcome::Contact(Contact {
             at: at(2),
             key: key.into(),
             fields,
             hashes,
-            triggers: vec![("Round".into(), trigger_hash(Some(round)))],
-            row: xxhash_rust::xxh3::xxh3_64(format!("{key}\0{name}\0{phone}\0{round}").as_bytes()),
+            triggers: vec![("Round".into(), k.trigger(Some(round)))],
+            legacy_triggers: vec![hashing::legacy_trigger(Some(round))],
+            row: k.row(format!("{key}\0{name}\0{phone}\0{round}").as_bytes()),
         })
     }
 
@@ -500,6 +547,7 @@ mod tests {
                     last_op: LastOp::Imported,
                     last_run: 0,
                     row: c.row,
+                    keyed: true,
                 },
             );
         }
@@ -763,6 +811,72 @@ mod tests {
         let mut settled = planner.finish().unwrap().settled;
         settled.sort();
         assert_eq!(settled, ["C", "D", "Z"]);
+    }
+
+    /// Promise: a state written with unkeyed hashes (before keyed hashing) migrates on
+    /// the next run without a call: unchanged contacts get keyed hashes stored, a changed
+    /// one sends only what changed, a changed trigger still resets.
+    #[test]
+    fn unkeyed_entries_migrate_without_a_call() {
+        let keyed = synced([
+            contact("A", "a", "1", "1"),
+            contact("B", "b", "2", "1"),
+            contact("C", "c", "3", "1"),
+        ]);
+        // The same state as an older version wrote it: unkeyed hashes, no row hash.
+        let legacy_of = |o: Outcome| match o {
+            Outcome::Contact(c) => c,
+            _ => unreachable!(),
+        };
+        let mut old = BTreeMap::new();
+        for (k, n, p) in [("A", "a", "1"), ("B", "b", "2"), ("C", "c", "3")] {
+            let c = legacy_of(contact(k, n, p, "1"));
+            let mut e = keyed[k].clone();
+            e.fields = c
+                .fields
+                .iter()
+                .map(|(f, v)| (f.code, hashing::legacy_value(v)))
+                .collect();
+            e.triggers = vec![("Round".into(), hashing::legacy_trigger(Some("1")))];
+            e.row = 0;
+            e.keyed = false;
+            old.insert(k.to_string(), e);
+        }
+        let p = plan(
+            [
+                contact("A", "a", "1", "1"),
+                contact("B", "b", "9", "1"),
+                contact("C", "c", "3", "2"),
+            ],
+            &old,
+            LOCK,
+        )
+        .unwrap();
+        assert_eq!(p.calls(), 2, "{p:?}");
+        let b = p.changes.iter().find(|c| c.key == "B").unwrap();
+        assert_eq!(b.update.len(), 1);
+        assert_eq!(b.update[0].0.name, "PhoneNumber1");
+        assert!(b.old.keyed && !b.reset);
+        let c = p.changes.iter().find(|c| c.key == "C").unwrap();
+        assert!(c.reset && c.update.is_empty());
+        assert_eq!(p.baselines.len(), 1);
+        let (k, e) = &p.baselines[0];
+        assert_eq!((k.as_str(), e.keyed), ("A", true));
+        assert_eq!(e.fields, keyed["A"].fields);
+        assert_eq!(e.triggers, keyed["A"].triggers);
+        let mut state = old;
+        apply(&mut state, &p);
+        let again = plan(
+            [
+                contact("A", "a", "1", "1"),
+                contact("B", "b", "9", "1"),
+                contact("C", "c", "3", "2"),
+            ],
+            &state,
+            LOCK,
+        )
+        .unwrap();
+        assert!(again.is_empty(), "{again:?}");
     }
 
     fn arb_rows() -> impl Strategy<Value = Vec<(u8, u8, u8, u8)>> {

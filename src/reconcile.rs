@@ -15,6 +15,7 @@ use crate::config::JobConfig;
 use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::execute::campaign_id;
 use crate::fields::{self, Field};
+use crate::hashing::HashKey;
 use crate::mapping::FieldValue;
 use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView};
 
@@ -30,14 +31,15 @@ pub enum ReconcileError {
     State(#[from] StateError),
 }
 
-/// The hash of `field` as `record` holds it, equal to the mapping's hash of the same value.
-pub fn dialler_hash(record: &Record, field: &Field) -> u64 {
+/// The hash of `field` as `record` holds it, equal to the mapping's hash (with `key`) of
+/// the same value.
+pub fn dialler_hash(record: &Record, field: &Field, key: &HashKey) -> u64 {
     let value = match record.get(field.name) {
         Some(Value::String(s)) if !s.trim().is_empty() => FieldValue::Text(s.trim().to_string()),
         Some(Value::Number(n)) => n.as_f64().map_or(FieldValue::Null, FieldValue::Number),
         _ => FieldValue::Null,
     };
-    value.hash()
+    key.value(&value)
 }
 
 /// The campaign's contacts by UserData, each list in ID order. Older servers ignore the
@@ -125,6 +127,7 @@ pub async fn resolve_pending(
                 others = ?others.iter().filter_map(record_id).collect::<Vec<_>>(),
                 "several contacts share this UserData on the dialler; dialsync keeps the oldest, remove the others in the jtel portal");
         }
+        let hash_key = state.hash_key();
         let entry = Entry {
             id,
             fields: p
@@ -133,16 +136,19 @@ pub async fn resolve_pending(
                 .map(|&(code, h)| {
                     (
                         code,
-                        fields::by_code(code).map_or(h, |f| dialler_hash(first, f)),
+                        fields::by_code(code).map_or(h, |f| dialler_hash(first, f, hash_key)),
                     )
                 })
                 .collect(),
-            triggers: p.triggers,
+            // Unkeyed (journalled by an older version): unknown, recorded afresh by the
+            // next run without a reset.
+            triggers: if p.keyed { p.triggers } else { Vec::new() },
             locked: false,
             last_op: LastOp::Imported,
             last_run: now,
             // The dialler's values, not the row's: the next run compares them in full.
             row: 0,
+            keyed: true,
         };
         state.put(&key, &entry)?;
         state.clear_pending(&key)?;
@@ -212,13 +218,14 @@ pub async fn rebuild(
             fields: job
                 .fields
                 .iter()
-                .map(|(f, _)| (f.code, dialler_hash(first, f)))
+                .map(|(f, _)| (f.code, dialler_hash(first, f, state.hash_key())))
                 .collect(),
             triggers: Vec::new(),
             locked: was_locked,
             last_op: LastOp::Baseline,
             last_run: now,
             row: 0,
+            keyed: true,
         };
         state.put(key, &entry)?;
         if !was_locked {
@@ -238,19 +245,23 @@ mod tests {
 
     #[test]
     fn dialler_values_hash_as_the_mapping_hashes_them() {
+        let key = HashKey::for_tests();
         let name = fields::by_name("Name").unwrap();
         let amount = fields::by_name("Amount").unwrap();
         let mut r = Record::new();
         r.insert("Name".into(), Value::from("Müller"));
         r.insert("Amount".into(), serde_json::json!(12.5));
         assert_eq!(
-            dialler_hash(&r, name),
-            FieldValue::Text("Müller".into()).hash()
+            dialler_hash(&r, name, &key),
+            key.value(&FieldValue::Text("Müller".into()))
         );
-        assert_eq!(dialler_hash(&r, amount), FieldValue::Number(12.5).hash());
+        assert_eq!(
+            dialler_hash(&r, amount, &key),
+            key.value(&FieldValue::Number(12.5))
+        );
         r.insert("Name".into(), Value::from(""));
-        assert_eq!(dialler_hash(&r, name), FieldValue::Null.hash());
+        assert_eq!(dialler_hash(&r, name, &key), key.value(&FieldValue::Null));
         r.remove("Name");
-        assert_eq!(dialler_hash(&r, name), FieldValue::Null.hash());
+        assert_eq!(dialler_hash(&r, name, &key), key.value(&FieldValue::Null));
     }
 }

@@ -16,6 +16,7 @@
 //! (the truncated-export guard compares against it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,16 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::hashing::{HashKey, KEY_BYTES};
 use crate::mapping::key_hash;
 
 /// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
-/// keep decoding the older ones).
-const ENTRY_VERSION: u8 = 2;
+/// keep decoding the older ones). Version 3 has the layout of 2 with keyed hashes
+/// ([`crate::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry read
+/// as such is written back as such until a run compares it and stores keyed hashes.
+const ENTRY_VERSION: u8 = 3;
+/// The version of entries with unkeyed hashes.
+const UNKEYED_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -47,6 +53,10 @@ pub struct Entry {
     /// full, or 0 when not known (after a partial change, a recovery or a rebuild). A row
     /// with this hash is unchanged without being mapped.
     pub row: u64,
+    /// Whether the hashes are keyed with the state's secret (false: written by a version
+    /// before keyed hashing; the planner migrates it when a row names it).
+    #[serde(skip)]
+    pub keyed: bool,
 }
 
 /// An [`Entry`] as version 1 wrote it (no row hash).
@@ -69,6 +79,9 @@ pub struct Pending {
     pub triggers: Vec<(String, u64)>,
     /// The row hash to store with it.
     pub row: u64,
+    /// Whether the hashes are keyed (see [`Entry::keyed`]).
+    #[serde(skip)]
+    pub keyed: bool,
 }
 
 /// A [`Pending`] as version 1 wrote it.
@@ -80,20 +93,30 @@ struct PendingV1 {
 
 impl Pending {
     fn encode(&self) -> Vec<u8> {
-        let mut out = vec![ENTRY_VERSION];
+        let mut out = vec![if self.keyed {
+            ENTRY_VERSION
+        } else {
+            UNKEYED_VERSION
+        }];
         out.extend(postcard::to_stdvec(self).expect("a Pending always serializes"));
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<Pending> {
         match bytes.split_first() {
-            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes(rest).ok().map(|p| Pending {
+                    keyed: v == ENTRY_VERSION,
+                    ..p
+                })
+            }
             Some((1, rest)) => postcard::from_bytes::<PendingV1>(rest)
                 .ok()
                 .map(|p| Pending {
                     fields: p.fields,
                     triggers: p.triggers,
                     row: 0,
+                    keyed: false,
                 }),
             _ => None,
         }
@@ -113,14 +136,23 @@ pub enum LastOp {
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![ENTRY_VERSION];
+        let mut out = vec![if self.keyed {
+            ENTRY_VERSION
+        } else {
+            UNKEYED_VERSION
+        }];
         out.extend(postcard::to_stdvec(self).expect("an Entry always serializes"));
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
         match bytes.split_first() {
-            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest).ok(),
+            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes(rest).ok().map(|e| Entry {
+                    keyed: v == ENTRY_VERSION,
+                    ..e
+                })
+            }
             Some((1, rest)) => postcard::from_bytes::<EntryV1>(rest).ok().map(|e| Entry {
                 id: e.id,
                 fields: e.fields,
@@ -129,6 +161,7 @@ impl Entry {
                 last_op: e.last_op,
                 last_run: e.last_run,
                 row: 0,
+                keyed: false,
             }),
             _ => None,
         }
@@ -156,6 +189,12 @@ pub enum StateError {
         path: PathBuf,
         #[source]
         source: sled::Error,
+    },
+    #[error("cannot read or create the state's key file {path}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("the state database failed")]
     Db(#[from] sled::Error),
@@ -187,25 +226,49 @@ impl StateView for BTreeMap<String, Entry> {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    /// The state's secret (see [`crate::hashing`]), from [`key_path`].
+    key: Arc<HashKey>,
     /// Writes to job state (entries, journal, failure counts) through this handle.
     writes: Arc<AtomicU64>,
 }
 
 impl Store {
+    /// Opens (or creates) the state database at `path`. The state says who is called and
+    /// when, so it is private whatever the umask: the directory 0700, every file in it
+    /// 0600 (a state created by an older version is narrowed now), and the process's umask
+    /// becomes 077, so that what sled creates later is private too.
     pub fn open(path: &Path) -> Result<Store, StateError> {
         refuse_as_root(path)?;
+        let io = |e: std::io::Error| StateError::Open {
+            path: path.to_path_buf(),
+            source: sled::Error::Io(e),
+        };
+        // SAFETY: umask has no preconditions and cannot fail.
+        unsafe { libc::umask(0o077) };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StateError::Open {
-                path: path.to_path_buf(),
-                source: sled::Error::Io(e),
-            })?;
+            std::fs::create_dir_all(parent).map_err(io)?;
         }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io)?;
+        make_private(path).map_err(io)?;
+        let key = load_or_create_key(path).map_err(|source| StateError::Key {
+            path: key_path(path),
+            source,
+        })?;
         match sled::Config::new().path(path).open() {
-            Ok(db) => Ok(Store {
-                db,
-                path: path.to_path_buf(),
-                writes: Arc::default(),
-            }),
+            Ok(db) => {
+                let store = Store {
+                    db,
+                    path: path.to_path_buf(),
+                    key: Arc::new(key),
+                    writes: Arc::default(),
+                };
+                store.check_key()?;
+                Ok(store)
+            }
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 Err(StateError::Locked {
                     path: path.to_path_buf(),
@@ -222,6 +285,35 @@ impl Store {
         &self.path
     }
 
+    /// The state's secret, which every stored hash of a value is keyed with.
+    pub fn hash_key(&self) -> Arc<HashKey> {
+        Arc::clone(&self.key)
+    }
+
+    /// Notes the key's fingerprint in the database, or warns when it is not the one the
+    /// state was made with (the key file was lost or replaced): every stored hash then
+    /// misses, and the next run sends every contact's fields once.
+    fn check_key(&self) -> Result<(), StateError> {
+        let meta = self.db.open_tree("meta")?;
+        let check = self.key.check().to_le_bytes();
+        match meta.get("key_check")? {
+            Some(stored) if stored.as_ref() == check => {}
+            Some(_) => {
+                tracing::warn!(
+                    key = %key_path(&self.path).display(),
+                    "the state's key file is not the one its hashes were made with (lost or \
+                     replaced?): every contact is compared anew, and each one in the export is \
+                     sent its fields once"
+                );
+                meta.insert("key_check", &check)?;
+            }
+            None => {
+                meta.insert("key_check", &check)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes to job state so far (entries, journal, failure counts; not run records).
     pub fn job_writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
@@ -230,6 +322,7 @@ impl Store {
     /// The state of job `name`.
     pub fn job(&self, name: &str) -> Result<JobState, StateError> {
         Ok(JobState {
+            key: Arc::clone(&self.key),
             tree: self.db.open_tree(format!("job/{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
             in_flight: self.db.open_tree(format!("inflight/{name}"))?,
@@ -303,6 +396,73 @@ pub struct GuardTrip {
     pub guard: String,
 }
 
+/// Where the secret of the state at `state` is kept: beside the database, not in it
+/// (`/var/lib/dialsync/state.key` for `/var/lib/dialsync/state`), so that a copy of the
+/// database alone reveals no value.
+pub fn key_path(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".key");
+    PathBuf::from(p)
+}
+
+/// The state's secret: read, or made (32 random bytes, 0600, written durably) when there
+/// is none.
+fn load_or_create_key(state: &Path) -> std::io::Result<HashKey> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = key_path(state);
+    match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut bytes = [0u8; KEY_BYTES];
+            f.read_exact(&mut bytes).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("the key file is damaged ({e}); move it aside and run again: a new key is made, and each contact is sent its fields once"),
+                )
+            })?;
+            Ok(HashKey::from_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = HashKey::generate()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(key.bytes())?;
+            f.sync_all()?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Narrows `dir` to 0700 and what is in it to 0700 (directories) or 0600 (files).
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let narrow = |p: &Path, mode: u32| -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(p)?;
+        if meta.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    };
+    narrow(dir, 0o700)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_private(&entry.path())?;
+        } else if kind.is_file() {
+            narrow(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 /// Root opening a state that belongs to the service's user would leave root-owned files
 /// in it, and the service could not open it any more: refuse, and say as whom to run.
 fn refuse_as_root(path: &Path) -> Result<(), StateError> {
@@ -348,6 +508,8 @@ pub mod in_doubt {
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
 #[derive(Clone)]
 pub struct JobState {
+    /// The store's secret (see [`Store::hash_key`]).
+    key: Arc<HashKey>,
     tree: sled::Tree,
     pending: sled::Tree,
     /// UserData -> [`in_doubt`] bits of the operations sent (or about to be) whose outcome
@@ -376,6 +538,11 @@ struct DigestCache {
 }
 
 impl JobState {
+    /// The state's secret, which every stored hash of a value is keyed with.
+    pub fn hash_key(&self) -> &Arc<HashKey> {
+        &self.key
+    }
+
     fn wrote(&self) {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
@@ -613,6 +780,7 @@ mod tests {
             last_op: LastOp::Locked,
             last_run: 1_700_000_000,
             row: 0x1234_5678_9abc_def0,
+            keyed: true,
         }
     }
 
@@ -652,6 +820,45 @@ mod tests {
         let job = store.job("a").unwrap();
         assert_eq!(job.get("K1").unwrap(), Some(entry()));
         assert!(store.job("b").unwrap().is_empty());
+    }
+
+    /// Promise: the state is private, whatever the umask, also one an older version
+    /// created world-readable.
+    #[test]
+    fn the_state_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(path.join("old-file"), b"x").unwrap();
+        std::fs::set_permissions(
+            path.join("old-file"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        // SAFETY: umask has no preconditions; Store::open narrows it again.
+        unsafe { libc::umask(0o022) };
+        let store = Store::open(&path).unwrap();
+        store.job("a").unwrap().put("K1", &entry()).unwrap();
+        store.db.flush().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700);
+        let mut files = 0;
+        let mut stack = vec![path.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    assert_eq!(mode(&p), 0o700, "{}", p.display());
+                    stack.push(p);
+                } else {
+                    assert_eq!(mode(&p), 0o600, "{}", p.display());
+                    files += 1;
+                }
+            }
+        }
+        assert!(files >= 3, "sled's files and the old one: {files}");
     }
 
     #[test]
@@ -694,6 +901,7 @@ mod tests {
             Entry::decode(&bytes),
             Some(Entry {
                 row: 0,
+                keyed: false,
                 ..e.clone()
             })
         );
@@ -704,9 +912,46 @@ mod tests {
             Some(Pending {
                 fields: e.fields.clone(),
                 triggers: e.triggers.clone(),
-                row: 0
+                row: 0,
+                keyed: false,
             })
         );
+    }
+
+    /// Entries with unkeyed hashes (version 2) read as such and are written back as such
+    /// until the planner migrates them; keyed ones are version 3.
+    #[test]
+    fn unkeyed_entries_keep_their_version_until_migrated() {
+        let keyed = entry();
+        let bytes = keyed.encode();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(Entry::decode(&bytes), Some(keyed.clone()));
+        let old = Entry {
+            keyed: false,
+            ..keyed
+        };
+        let bytes = old.encode();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(Entry::decode(&bytes), Some(old));
+    }
+
+    /// The secret lives beside the database, 0600, and a store opened again uses it.
+    #[test]
+    fn the_key_is_kept_beside_the_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let first = Store::open(&path).unwrap().hash_key().bytes().to_owned();
+        let key = key_path(&path);
+        assert_eq!(key, dir.path().join("state.key"));
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o777),
+            (KEY_BYTES as u64, 0o600)
+        );
+        assert!(!path.join("state.key").exists());
+        let again = HashKey::from_bytes(first);
+        assert_eq!(load_or_create_key(&path).unwrap().check(), again.check());
     }
 
     /// The stored digest always matches the entries: it goes (durably) before the first

@@ -16,6 +16,7 @@ use crate::dialler::{ClientError, Dialler};
 use crate::evidence;
 use crate::execute::{error_chain, execute, Target};
 use crate::guard::{self, Facts};
+use crate::hashing::HashKey;
 use crate::mapping::Mapper;
 use crate::pipeline::{self, PlanError};
 use crate::plan::{Plan, Planner, Policy, RemovalKind};
@@ -187,7 +188,15 @@ fn read_and_plan(
     state: Option<&JobState>,
     handle: &RunHandle,
 ) -> Result<Plan, PlanError> {
-    let mapper = Mapper::new(job);
+    // A dry run without a state compares with nothing: any key will do.
+    let key = match state {
+        Some(s) => Arc::clone(s.hash_key()),
+        None => Arc::new(HashKey::generate().map_err(|source| StateError::Key {
+            path: "/dev/urandom".into(),
+            source,
+        })?),
+    };
+    let mapper = Mapper::new(job, key);
     let empty: BTreeMap<String, Entry> = BTreeMap::new();
     let view: &(dyn StateView + Sync) = match state {
         Some(s) => s,

@@ -413,3 +413,141 @@ fn a_guard_that_keeps_tripping_raises_the_alarm_once_and_status_shows_it() {
     assert!(fixed.contains("no longer stops"), "{fixed}");
     assert!(status().is_null());
 }
+
+/// Promise: the state is private. A copy of the database directory alone (without the
+/// key beside it) does not hold the key, and no stored hash is the plain hash of a value
+/// (a dictionary over phone numbers finds nothing).
+#[test]
+fn a_copy_of_the_database_alone_reveals_no_phone_number() {
+    use dialsync::hashing::legacy_value;
+    use dialsync::mapping::FieldValue;
+    use dialsync::state::{StateView, Store};
+    let env = Env::new();
+    let all = rows(200, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+
+    let key = std::fs::read(env.path("state.key")).unwrap();
+    assert_eq!(key.len(), 32);
+    let mut stack = vec![env.path("state")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key),
+                    "the key is in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    // Every value the dialler holds, hashed as an attacker without the key would.
+    let dictionary: std::collections::HashSet<u64> = env
+        .contacts()
+        .iter()
+        .flat_map(|c| {
+            c.fields
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .map(|v| legacy_value(&FieldValue::Text(v)))
+        .collect();
+    let store = Store::open(&env.path("state")).unwrap();
+    let mut hashes = 0;
+    store
+        .job("leads")
+        .unwrap()
+        .for_each(&mut |_, e| {
+            for (_, h) in &e.fields {
+                hashes += 1;
+                assert!(!dictionary.contains(h), "a stored hash is a plain hash");
+            }
+        })
+        .unwrap();
+    assert_eq!(hashes, 200 * 4);
+}
+
+/// Promise: a state written before keyed hashing (unkeyed hashes, entry version 2)
+/// migrates on the next run without any API call, and is keyed afterwards.
+#[test]
+fn an_unkeyed_state_migrates_without_api_calls() {
+    use dialsync::fields;
+    use dialsync::hashing::{legacy_trigger, legacy_value};
+    use dialsync::mapping::FieldValue;
+    use dialsync::state::{Entry, StateView, Store};
+    let env = Env::new();
+    let all = rows(50, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    // Rewrite the state as an older version had it: the unkeyed hashes of the values the
+    // dialler holds, no row hash.
+    let values: std::collections::HashMap<String, _> = env
+        .contacts()
+        .into_iter()
+        .map(|c| (common::field(&c, "UserData").to_string(), c))
+        .collect();
+    // One store handle for the rest of the test (sled holds a closed database's lock a
+    // moment longer), and the runs in this process.
+    let store = Store::open(&env.path("state")).unwrap();
+    let job = store.job("leads").unwrap();
+    let mut old: Vec<(String, Entry)> = Vec::new();
+    job.for_each(&mut |k, e| old.push((k.to_string(), e)))
+        .unwrap();
+    for (k, e) in old {
+        let c = &values[&k];
+        let legacy = Entry {
+            fields: e
+                .fields
+                .iter()
+                .map(|&(code, _)| {
+                    let name = fields::by_code(code).unwrap().name;
+                    let v = common::field(c, name);
+                    (code, legacy_value(&FieldValue::Text(v.to_string())))
+                })
+                .collect(),
+            triggers: vec![("Round".into(), legacy_trigger(Some("1")))],
+            row: 0,
+            keyed: false,
+            ..e
+        };
+        job.put(&k, &legacy).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(job.save_digest()).unwrap();
+    let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
+    let sync = || {
+        let opts = dialsync::sync::SyncOptions::default();
+        let mut reports = rt
+            .block_on(dialsync::sync::sync_with(&config, &opts, Some(&store)))
+            .unwrap();
+        serde_json::from_slice::<Value>(&reports.remove(0).to_json()).unwrap()
+    };
+    let n = env.requests().len();
+    let report = sync();
+    assert_eq!(count(&report, "api_calls"), 0, "{report}");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    assert_eq!(env.requests().len(), n);
+    assert_eq!(count(&report, "unchanged"), 50);
+    let mut keyed = 0;
+    store
+        .job("leads")
+        .unwrap()
+        .for_each(&mut |_, e| keyed += u32::from(e.keyed))
+        .unwrap();
+    assert_eq!(keyed, 50);
+    // Now keyed: the next run settles every row by its hash alone.
+    let report = sync();
+    assert_eq!(
+        (
+            count(&report, "api_calls"),
+            count(&report, "unchanged_by_hash")
+        ),
+        (0, 50),
+        "{report}"
+    );
+}
