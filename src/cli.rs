@@ -17,7 +17,7 @@ use dialsync::reconcile;
 use dialsync::report::{self, Exit};
 use dialsync::state::{StateError, Store};
 use dialsync::status;
-use dialsync::sync::{select_jobs, sync, SyncOptions};
+use dialsync::sync::{select_jobs, sync, SyncOptions, Verify};
 
 use crate::bars::Bars;
 
@@ -66,7 +66,29 @@ enum Command {
         /// resets than the job's limits). For this run only.
         #[arg(long)]
         force: bool,
+        /// Read the campaign back and check the state against it before planning, whether
+        /// or not the job's verify_every has passed.
+        #[arg(long)]
+        verify: bool,
         /// `human` (a summary per job) or `json` (one JSON object).
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// Read each job's campaign back from the dialler and check the state against it:
+    /// re-learn IDs that changed, forget contacts the dialler lost (the next sync imports
+    /// them again), mark values it holds differently to be sent again. Nothing else is
+    /// sent. Stops when the dialler knows most contacts no more (reset, restored, or
+    /// another server): check, then --force.
+    Verify {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Go on even if the dialler no longer knows most contacts of the state.
+        #[arg(long)]
+        force: bool,
+        /// `human` or `json`.
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
@@ -213,57 +235,38 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 
 pub async fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
+        Command::Verify {
+            config,
+            job,
+            force,
+            output,
+        } => {
+            let config = load(&config)?;
+            let opts = SyncOptions {
+                job,
+                force,
+                verify: Verify::Only,
+                ..SyncOptions::default()
+            };
+            sync_command(&config, opts, output).await
+        }
         Command::Sync {
             config,
             job,
             dry_run,
             force,
+            verify,
             output,
         } => {
             let config = load(&config)?;
-            let socket = control::socket_path(&config.state.path);
-            if let Some(client) = connect(&socket).await? {
-                let request = Request::Sync {
-                    job,
-                    dry_run,
-                    force,
-                };
-                return sync_in_daemon(client, request, output).await;
-            }
-            let handle = Arc::new(RunHandle::new());
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let progress = tokio::spawn(show_progress(Arc::clone(&handle), done_rx));
-            let ctrl_c = tokio::spawn(stop_on_ctrl_c(Arc::clone(&handle)));
-            let result = sync(
-                &config,
-                &SyncOptions {
-                    job,
-                    dry_run,
-                    force,
-                    handle: Some(handle),
-                },
-            )
-            .await;
-            ctrl_c.abort();
-            let _ = done_tx.send(());
-            let _ = progress.await;
-            let reports = result.map_err(|e| match e {
-                dialsync::sync::SyncError::State(dialsync::state::StateError::Locked { path }) => {
-                    Failure::new(
-                        Exit::Aborted,
-                        anyhow::anyhow!(
-                            "the state database {} is in use by another dialsync process, and no \
-                             daemon answers on {}: another manual sync, `status` or `state` \
-                             command is probably running. Wait for it to end and run this again",
-                            path.display(),
-                            socket.display()
-                        ),
-                    )
-                }
-                e => Failure::new(e.exit(), e),
-            })?;
-            print_reports(&reports, output);
-            Ok(report::exit_of(&reports))
+            let opts = SyncOptions {
+                job,
+                dry_run,
+                force,
+                verify: if verify { Verify::Now } else { Verify::WhenDue },
+                handle: None,
+            };
+            sync_command(&config, opts, output).await
         }
         Command::Run { config } => {
             let path = std::path::absolute(&config).unwrap_or(config);
@@ -456,6 +459,9 @@ async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
                     anyhow::Error::from(e).context(format!("job {}", job.name)),
                 )
             })?;
+        if let Err(e) = store.set_verification(&job.name, &r.as_verified()) {
+            tracing::warn!(error = %e, "could not record the rebuild as a verification");
+        }
         println!(
             "job {}: rebuilt from campaign {}: {} contacts",
             job.name, r.campaign, r.contacts
@@ -603,4 +609,51 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `sync` and `verify`: handed to the daemon when one runs for this state, else run here
+/// with progress bars and Ctrl-C.
+async fn sync_command(config: &Config, opts: SyncOptions, output: Output) -> Result<Exit, Failure> {
+    let socket = control::socket_path(&config.state.path);
+    if let Some(client) = connect(&socket).await? {
+        let request = Request::Sync {
+            job: opts.job,
+            dry_run: opts.dry_run,
+            force: opts.force,
+            verify: opts.verify,
+        };
+        return sync_in_daemon(client, request, output).await;
+    }
+    let handle = Arc::new(RunHandle::new());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let progress = tokio::spawn(show_progress(Arc::clone(&handle), done_rx));
+    let ctrl_c = tokio::spawn(stop_on_ctrl_c(Arc::clone(&handle)));
+    let result = sync(
+        config,
+        &SyncOptions {
+            handle: Some(handle),
+            ..opts
+        },
+    )
+    .await;
+    ctrl_c.abort();
+    let _ = done_tx.send(());
+    let _ = progress.await;
+    let reports = result.map_err(|e| match e {
+        dialsync::sync::SyncError::State(dialsync::state::StateError::Locked { path }) => {
+            Failure::new(
+                Exit::Aborted,
+                anyhow::anyhow!(
+                    "the state database {} is in use by another dialsync process, and no \
+                     daemon answers on {}: another manual sync, `status` or `state` \
+                     command is probably running. Wait for it to end and run this again",
+                    path.display(),
+                    socket.display()
+                ),
+            )
+        }
+        e => Failure::new(e.exit(), e),
+    })?;
+    print_reports(&reports, output);
+    Ok(report::exit_of(&reports))
 }

@@ -34,6 +34,9 @@ pub enum Request {
         /// Run even if a guard trips.
         #[serde(default)]
         force: bool,
+        /// When to verify the state against the dialler.
+        #[serde(default)]
+        verify: crate::sync::Verify,
     },
     Status,
 }

@@ -640,14 +640,20 @@ async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::Result<()> {
             job,
             dry_run,
             force,
+            verify,
         })) => {
             tracing::info!(
                 job = job.as_deref().unwrap_or("(all)"),
                 dry_run,
                 force,
+                verify = ?verify,
                 "manual sync requested"
             );
-            let mode = Mode { dry_run, force };
+            let mode = Mode {
+                dry_run,
+                force,
+                verify,
+            };
             daemon.manual(job.as_deref(), mode, &mut stream).await
         }
     }

@@ -10,10 +10,12 @@
 //! fields, wrong types and over-long values are a 400), so that a client that passes here
 //! sends nothing the real server could misread.
 //!
-//! Two extra endpoints serve tests and checks, without authentication:
-//! `GET /_emulator/state` (every contact with all fields, its lock flag and reset count)
-//! and `GET /_emulator/requests` (method, path, query, status and JSON body of every API
-//! call).
+//! A few extra endpoints serve tests and checks, without authentication:
+//! `GET /_emulator/state` (every contact with all fields, its lock flag and reset count),
+//! `GET /_emulator/requests` (method, path, query, status and JSON body of every API
+//! call), and two faults of a whole dialler: `POST /_emulator/reset` forgets every contact
+//! (a restore from an empty backup) and `POST /_emulator/renumber` gives each contact the
+//! ID of the next (old IDs then hold other contacts).
 //!
 //! Fault injection ([`Faults`], flags of `dialsync emulator`) makes it a bad network and
 //! a struggling server on demand: latency, 5xx answers, 429 with `Retry-After`, dropped
@@ -314,6 +316,34 @@ impl Emulator {
             .push((fragment.to_string(), n, message.to_string()));
     }
 
+    /// Forgets every contact, as a dialler restored from an empty backup or a wiped test
+    /// system would (IDs go on from where they were). The request log stays.
+    pub fn reset(&self) {
+        let mut d = self.shared.data.lock().unwrap();
+        d.contacts.clear();
+        d.by_user_data.clear();
+    }
+
+    /// Gives every contact the ID of the next one (the last gets the first's), so that each
+    /// old ID now holds another contact, as after a restore into a database that numbers
+    /// anew. Returns how many contacts were renumbered.
+    pub fn renumber(&self) -> usize {
+        let mut d = self.shared.data.lock().unwrap();
+        let ids: Vec<i64> = d.contacts.keys().copied().collect();
+        if ids.len() < 2 {
+            return 0;
+        }
+        let mut old = std::mem::take(&mut d.contacts);
+        d.by_user_data.clear();
+        for (i, id) in ids.iter().enumerate() {
+            let mut c = old.remove(id).expect("listed");
+            c.id = ids[(i + 1) % ids.len()];
+            index(&mut d, &c);
+            d.contacts.insert(c.id, c);
+        }
+        ids.len()
+    }
+
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).
     pub fn add_tries(&self, id: i64, n: u64) {
         if let Some(c) = self.shared.data.lock().unwrap().contacts.get_mut(&id) {
@@ -360,6 +390,20 @@ async fn handle(
             .collect();
 
     if let Some(rest) = path.strip_prefix("/_emulator/") {
+        let emulator = Emulator {
+            shared: Arc::clone(&shared),
+        };
+        match (&method, rest) {
+            (&Method::POST, "reset") => {
+                emulator.reset();
+                return respond(ok(json!({"status": 200})));
+            }
+            (&Method::POST, "renumber") => {
+                let n = emulator.renumber();
+                return respond(ok(json!({"status": 200, "renumbered": n})));
+            }
+            _ => {}
+        }
         let data = shared.data.lock().unwrap();
         let reply = match (&method, rest) {
             (&Method::GET, "state") => ok(json!({

@@ -27,9 +27,9 @@ use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::config::{CampaignRef, JobConfig};
-use crate::dialler::{self, record_id, Dialler, DiallerError, ImportFlags};
+use crate::dialler::{self, record_campaign, record_id, Dialler, DiallerError, ImportFlags};
 use crate::fields::Field;
-use crate::mapping::{Contact, FieldValue};
+use crate::mapping::{clean_key, Contact, FieldValue, Key};
 use crate::plan::{Change, Plan, Removal, RemovalKind};
 use crate::progress::RunHandle;
 use crate::report::{Failure, JobReport, LIST_LIMIT};
@@ -89,6 +89,7 @@ struct Done {
     locked: u64,
     deleted: u64,
     already_gone: u64,
+    stale_ids: u64,
     failure: Option<Failure>,
 }
 
@@ -196,6 +197,7 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         report.locked += done.locked;
         report.deleted += done.deleted;
         report.already_gone += done.already_gone;
+        report.stale_ids += done.stale_ids;
         let counted = match done.failure {
             Some(mut f) => {
                 report.failed += 1;
@@ -573,6 +575,9 @@ impl Run<'_> {
 
     async fn remove(&self, r: Removal, done: &mut Done) -> Result<(), TaskError> {
         let target = dialler::Target::Id(r.old.id);
+        if r.kind == RemovalKind::Delete && !self.still_holds(&r, done).await? {
+            return Ok(());
+        }
         let (op, result) = match r.kind {
             RemovalKind::Lock => ("lock", self.dialler.lock(target).await),
             RemovalKind::Delete => ("delete", self.dialler.delete(target).await),
@@ -600,6 +605,63 @@ impl Run<'_> {
             Err(e) => return Err(TaskError::Dialler(op, e)),
         }
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Before a delete (irreversible): whether the stored ID still holds this UserData,
+    /// with one read. If it holds another contact (the dialler was restored or renumbered)
+    /// the UserData is looked up in the campaign and its ID re-learned, so that the next
+    /// run deletes the right contact, after checking again; if the contact is gone, it is
+    /// forgotten. Either way nothing is deleted now.
+    async fn still_holds(&self, r: &Removal, done: &mut Done) -> Result<bool, TaskError> {
+        let check = |e| TaskError::Dialler("delete", e);
+        let found = self.dialler.get_contact(r.old.id).await.map_err(check)?;
+        let Some(record) = found else {
+            self.state.remove(&r.key)?;
+            done.already_gone += 1;
+            return Ok(false);
+        };
+        let holder = record
+            .get("UserData")
+            .and_then(Value::as_str)
+            .map(clean_key)
+            .and_then(|k| match k {
+                Key::Usable(k) => Some(k.into_owned()),
+                _ => None,
+            });
+        if holder.as_deref() == Some(r.key.as_str()) {
+            return Ok(true);
+        }
+        done.stale_ids += 1;
+        let campaign = self.campaign_id().await.map_err(check)?;
+        let elsewhere = self
+            .dialler
+            .contacts_by_user_data(&r.key)
+            .await
+            .map_err(check)?
+            .iter()
+            .filter(|c| record_campaign(c).is_none_or(|id| id == campaign))
+            .filter_map(record_id)
+            .min();
+        tracing::warn!(job = %self.job.name, user_data = %r.key, stale_id = r.old.id, now_id = ?elsewhere,
+            "not deleted: the stored ID now holds another contact (the dialler was restored or renumbered?)");
+        match elsewhere {
+            Some(id) => {
+                let entry = Entry {
+                    id,
+                    row: 0,
+                    last_run: self.now,
+                    ..r.old.clone()
+                };
+                self.state.put(&r.key, &entry)?;
+            }
+            None => {
+                self.state.remove(&r.key)?;
+                done.already_gone += 1;
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -7,7 +7,8 @@
 //! next plan sends exactly the fields in which the dialler differs from the export, and
 //! nothing when they agree.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -16,8 +17,8 @@ use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::execute::campaign_id;
 use crate::fields::{self, Field};
 use crate::hashing::HashKey;
-use crate::mapping::FieldValue;
-use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView};
+use crate::mapping::{clean_key, key_hash, FieldValue, Key};
+use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many pending imports are looked up one by one; more, with one listing of
 /// the campaign.
@@ -29,6 +30,21 @@ pub enum ReconcileError {
     Dialler(#[from] DiallerError),
     #[error(transparent)]
     State(#[from] StateError),
+    /// Most stored IDs are unknown to the dialler: acting on them could hit other
+    /// contacts, and importing could fill another server.
+    #[error(
+        "the dialler knows only {confirmed} of the {checked} contacts in the state under their \
+         IDs: it was probably reset or restored from a backup, or base_url now points at \
+         another server. Nothing was changed. If the dialler is right, run once with \
+         `dialsync sync --job {job} --force` (the IDs it still has are re-learned, the \
+         contacts it lacks imported again), or start the state afresh from it with \
+         `dialsync state rebuild --job {job}`"
+    )]
+    DiallerReset {
+        job: String,
+        confirmed: u64,
+        checked: u64,
+    },
 }
 
 /// The hash of `field` as `record` holds it, equal to the mapping's hash (with `key`) of
@@ -158,6 +174,153 @@ pub async fn resolve_pending(
     Ok(out)
 }
 
+/// What the verification's pass over the listing gathers.
+#[derive(Default)]
+struct Gathered {
+    listed: u64,
+    /// Key hashes of the entries found under their stored ID.
+    confirmed: HashSet<u64>,
+    /// Entries found under their ID with other values: the entry to store instead.
+    differ: Vec<(String, Entry)>,
+    /// UserData found under another ID than the stored one: the lowest such ID, and the
+    /// field hashes of what it holds.
+    elsewhere: HashMap<String, (i64, Vec<(u8, u64)>)>,
+    error: Option<StateError>,
+}
+
+/// Reads the campaign's contacts back (one streamed listing) and checks the state of
+/// `job` against them. An entry found under its ID is confirmed (and if the dialler holds
+/// other values than the state says were sent, those fields are marked to be sent
+/// again); one whose UserData is found under another ID has its ID re-learned, with its
+/// lock state unknown; one not found at all is forgotten, so that the plan imports it
+/// again if it is in the export. When most entries are not found under their ID, the
+/// dialler was probably reset or replaced: nothing is changed and
+/// [`ReconcileError::DiallerReset`] says so, unless `force`.
+pub async fn verify(
+    dialler: &Dialler,
+    job: &JobConfig,
+    state: &JobState,
+    force: bool,
+) -> Result<Verified, ReconcileError> {
+    let campaign = campaign_id(dialler, &job.campaign).await?;
+    let gathered = Arc::new(Mutex::new(Gathered::default()));
+    let each = {
+        let gathered = Arc::clone(&gathered);
+        let state = state.clone();
+        move |r: Record| {
+            if record_campaign(&r).is_some_and(|c| c != campaign) {
+                return;
+            }
+            let mut g = gathered.lock().unwrap_or_else(|p| p.into_inner());
+            g.listed += 1;
+            let (Some(id), Some(Key::Usable(key))) = (
+                record_id(&r),
+                r.get("UserData").and_then(Value::as_str).map(clean_key),
+            ) else {
+                return;
+            };
+            let hash_key = state.hash_key();
+            let held = |fields: &[(u8, u64)]| -> Vec<(u8, u64)> {
+                fields
+                    .iter()
+                    .map(|&(code, h)| {
+                        let now =
+                            fields::by_code(code).map_or(h, |f| dialler_hash(&r, f, hash_key));
+                        (code, now)
+                    })
+                    .collect()
+            };
+            match state.get(&key) {
+                Ok(Some(e)) if e.id == id => {
+                    g.confirmed.insert(key_hash(&key));
+                    let now = held(&e.fields);
+                    // Unkeyed hashes (an older state) cannot be compared here.
+                    if e.keyed && now != e.fields {
+                        let fixed = Entry {
+                            fields: now,
+                            row: 0,
+                            ..e
+                        };
+                        g.differ.push((key.into_owned(), fixed));
+                    }
+                }
+                Ok(Some(e)) => {
+                    let hashes = held(&e.fields);
+                    let slot = g
+                        .elsewhere
+                        .entry(key.into_owned())
+                        .or_insert((id, hashes.clone()));
+                    if id < slot.0 {
+                        *slot = (id, hashes);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    g.error.get_or_insert(e);
+                }
+            }
+        }
+    };
+    drop(dialler.stream_contacts(campaign, each).await?);
+    let mut g = std::mem::take(&mut *gathered.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(e) = g.error.take() {
+        return Err(e.into());
+    }
+    let mut out = Verified {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        listed: g.listed,
+        ..Verified::default()
+    };
+    let mut relearn = Vec::new();
+    let mut missing = Vec::new();
+    state.for_each(&mut |key, e| {
+        out.checked += 1;
+        if g.confirmed.contains(&key_hash(key)) {
+            out.confirmed += 1;
+        } else if let Some((id, fields)) = g.elsewhere.remove(key) {
+            relearn.push((
+                key.to_string(),
+                Entry {
+                    id,
+                    fields,
+                    row: 0,
+                    locked: false,
+                    last_op: LastOp::Baseline,
+                    ..e
+                },
+            ));
+        } else {
+            missing.push(key.to_string());
+        }
+    })?;
+    let unknown = out.checked - out.confirmed;
+    if unknown * 2 > out.checked && !force {
+        return Err(ReconcileError::DiallerReset {
+            job: job.name.clone(),
+            confirmed: out.confirmed,
+            checked: out.checked,
+        });
+    }
+    out.relearned = relearn.len() as u64;
+    out.missing = missing.len() as u64;
+    out.values_differ = g.differ.len() as u64;
+    for (key, entry) in relearn {
+        state.put(&key, &entry)?;
+        // Whether the contact under its new ID is locked, nobody knows.
+        state.put_in_flight(&key, in_doubt::LOCK)?;
+        tracing::warn!(job = %job.name, user_data = %key, id = entry.id, "the contact is on the dialler under another ID: re-learned");
+    }
+    for key in &missing {
+        state.remove(key)?;
+        state.clear_in_flight(key)?;
+    }
+    for (key, entry) in g.differ {
+        state.put(&key, &entry)?;
+    }
+    state.flush().await?;
+    Ok(out)
+}
+
 /// What `state rebuild` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Rebuilt {
@@ -237,6 +400,20 @@ pub async fn rebuild(
     state.save_digest().await?;
     state.flush().await?;
     Ok(out)
+}
+
+impl Rebuilt {
+    /// A rebuild reads the whole campaign: it is a verification too (the state now holds
+    /// exactly what the dialler has), so the next run need not read it again.
+    pub fn as_verified(&self) -> Verified {
+        Verified {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            listed: self.contacts + self.without_user_data,
+            checked: self.contacts,
+            confirmed: self.contacts,
+            ..Verified::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::escape::printable;
 use crate::mapping::Rejected;
 use crate::plan::Doubts;
+use crate::state::Verified;
 
 /// How many rejected rows and failures a report lists (the counts are always complete).
 pub const LIST_LIMIT: usize = 100;
@@ -43,6 +44,9 @@ pub struct JobReport {
     pub rows: u64,
     /// Contacts to lock or delete that were gone from the dialler already.
     pub already_gone: u64,
+    /// Deletes not done because the stored ID held another contact (the dialler was
+    /// restored or renumbered): the ID was re-learned, the next run deletes after checking.
+    pub stale_ids: u64,
     /// Removals held back for lack of evidence that their record left the export.
     pub withheld_removals: u64,
     /// Why they were held back.
@@ -68,6 +72,12 @@ pub struct JobReport {
     /// Contacts whose last call was in flight when an earlier run stopped: their state was
     /// not trusted, and they were planned from what the export says.
     pub rechecked: u64,
+    /// What reading the campaign back found and fixed, when the run verified its state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    /// The run only verified the state (`dialsync verify`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub verify_only: bool,
     /// The first rejected rows (row number, UserData if readable, reason).
     pub problems: Vec<Rejected>,
     /// The first failed operations.
@@ -166,7 +176,11 @@ impl JobReport {
             Exit::Guard
         } else if self.aborted.is_some() {
             Exit::Aborted
-        } else if self.invalid > 0 || self.failed > 0 || self.withheld_removals > 0 {
+        } else if self.invalid > 0
+            || self.failed > 0
+            || self.withheld_removals > 0
+            || self.stale_ids > 0
+        {
             Exit::Partial
         } else {
             Exit::Ok
@@ -176,6 +190,16 @@ impl JobReport {
     /// A few lines for a terminal.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        if self.verify_only {
+            let _ = writeln!(s, "job {}: verified against the dialler", self.job);
+            if let Some(why) = &self.aborted {
+                let _ = writeln!(s, "  STOPPED: {}", printable(why));
+            }
+            if let Some(v) = &self.verified {
+                verification_lines(&mut s, v);
+            }
+            return s;
+        }
         let verb =
             |done: &'static str, would: &'static str| if self.dry_run { would } else { done };
         let _ = writeln!(
@@ -209,11 +233,21 @@ impl JobReport {
             "  {} invalid rows, {} failed operations, {} API calls",
             self.invalid, self.failed, self.api_calls
         );
+        if let Some(v) = &self.verified {
+            verification_lines(&mut s, v);
+        }
         if self.rechecked > 0 {
             let _ = writeln!(
                 s,
                 "  {} contacts re-sent from the export: an earlier run stopped while their calls were in flight",
                 self.rechecked
+            );
+        }
+        if self.stale_ids > 0 {
+            let _ = writeln!(
+                s,
+                "  {} deletes not done: the stored ID held another contact (was the dialler restored?); the IDs were re-learned, the next sync checks and deletes",
+                self.stale_ids
             );
         }
         if self.already_gone > 0 {
@@ -318,6 +352,36 @@ impl JobReport {
             );
         }
         s
+    }
+}
+
+/// What a verification found, for a terminal.
+fn verification_lines(s: &mut String, v: &Verified) {
+    let _ = writeln!(
+        s,
+        "  state checked against the dialler's {} contacts: {} of {} confirmed under their ID",
+        v.listed, v.confirmed, v.checked
+    );
+    if v.relearned > 0 {
+        let _ = writeln!(
+            s,
+            "    {} found under another ID: re-learned (their lock state is set as the export says)",
+            v.relearned
+        );
+    }
+    if v.missing > 0 {
+        let _ = writeln!(
+            s,
+            "    {} missing on the dialler: imported again if they are in the export",
+            v.missing
+        );
+    }
+    if v.values_differ > 0 {
+        let _ = writeln!(
+            s,
+            "    {} hold other values than were sent: those fields are sent again",
+            v.values_differ
+        );
     }
 }
 

@@ -370,6 +370,22 @@ impl Store {
         Ok(())
     }
 
+    /// What the last read-back verification of `job` found, if one ran.
+    pub fn verification(&self, job: &str) -> Result<Option<Verified>, StateError> {
+        Ok(self
+            .db
+            .open_tree("verified")?
+            .get(job)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn set_verification(&self, job: &str, v: &Verified) -> Result<(), StateError> {
+        self.db
+            .open_tree("verified")?
+            .insert(job, serde_json::to_vec(v).expect("serializes"))?;
+        Ok(())
+    }
+
     /// Stores the summary of a job's latest run (JSON, for `status`).
     pub fn put_last_run(&self, job: &str, summary: &[u8]) -> Result<(), StateError> {
         self.db.open_tree("runs")?.insert(job, summary)?;
@@ -385,6 +401,29 @@ impl Store {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// What a read-back verification of a job's state against its campaign found and fixed
+/// (see `reconcile::verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Verified {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// Contacts of the campaign the dialler listed.
+    pub listed: u64,
+    /// Contacts in the state, checked.
+    pub checked: u64,
+    /// Of those, found under their stored ID.
+    pub confirmed: u64,
+    /// Found under another ID: the ID was re-learned (and the lock state is unknown).
+    pub relearned: u64,
+    /// Not on the dialler at all: forgotten, so a contact still in the export is imported
+    /// again.
+    pub missing: u64,
+    /// Found under their ID with other values than the state says were sent: those
+    /// fields are sent again.
+    pub values_differ: u64,
 }
 
 /// A guard that stops a job's runs, since when (for `status`, and to log it once).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::escape::printable;
 use crate::progress::Snapshot;
-use crate::state::{GuardTrip, StateError, Store};
+use crate::state::{GuardTrip, StateError, Store, Verified};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -40,6 +40,9 @@ pub struct JobStatus {
     /// The guard that has stopped every run since it first tripped, if one has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardTrip>,
+    /// The last read-back verification of the state against the dialler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
     /// Set by the daemon: the run going on now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<Snapshot>,
@@ -123,6 +126,7 @@ pub fn collect(config: &Config, store: &Store, now: DateTime<Utc>) -> Result<Sta
                 .last_run(&job.name)?
                 .and_then(|r| LastRun::from_report(&r)),
             guard: store.guard_trip(&job.name)?,
+            verified: store.verification(&job.name)?,
             running: None,
             runs: None,
             skipped_slots: None,
@@ -208,6 +212,21 @@ impl Status {
                     for e in &r.first_errors {
                         let _ = writeln!(s, "    {}", printable(e));
                     }
+                }
+            }
+            match &j.verified {
+                Some(v) if v.checked > 0 => {
+                    let _ = writeln!(
+                        s,
+                        "  last verified: {}: {} of {} contacts confirmed, {} re-learned, {} missing, {} with other values",
+                        v.at, v.confirmed, v.checked, v.relearned, v.missing, v.values_differ
+                    );
+                }
+                Some(v) => {
+                    let _ = writeln!(s, "  last verified: {} (nothing to check yet)", v.at);
+                }
+                None => {
+                    let _ = writeln!(s, "  last verified: never");
                 }
             }
             if let Some(g) = &j.guard {

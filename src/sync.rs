@@ -21,10 +21,10 @@ use crate::mapping::Mapper;
 use crate::pipeline::{self, PlanError};
 use crate::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::progress::RunHandle;
-use crate::reconcile::{resolve_pending, ReconcileError};
+use crate::reconcile::{self, resolve_pending, ReconcileError};
 use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
-use crate::state::{Entry, GuardTrip, JobState, StateError, StateView, Store};
+use crate::state::{Entry, GuardTrip, JobState, StateError, StateView, Store, Verified};
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -36,8 +36,23 @@ pub struct SyncOptions {
     /// Run even if a guard trips (an empty or truncated export, too many removals or
     /// resets).
     pub force: bool,
+    /// When to read the campaign back and check the state against it.
+    pub verify: Verify,
     /// Progress counters to update and the stop request to obey (a fresh one when `None`).
     pub handle: Option<Arc<RunHandle>>,
+}
+
+/// When a run verifies its state against the dialler (`reconcile::verify`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// When the job's `verify_every` has passed since the last verification.
+    #[default]
+    WhenDue,
+    /// In this run, before planning.
+    Now,
+    /// Only verify (and repair the state): no plan, no other call.
+    Only,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +91,13 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     sync_with(config, opts, store.as_ref()).await
 }
 
-/// How a job runs: for real or as a dry run, and whether its guards apply.
+/// How a job runs: for real or as a dry run, whether its guards apply, and when it
+/// verifies its state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mode {
     pub dry_run: bool,
     pub force: bool,
+    pub verify: Verify,
 }
 
 /// Runs the selected jobs one after the other on an open state (`None`: a dry run
@@ -98,6 +115,7 @@ pub async fn sync_with(
         let mode = Mode {
             dry_run: opts.dry_run,
             force: opts.force,
+            verify: opts.verify,
         };
         reports.push(run_one(config, job, store, mode, &handle).await);
     }
@@ -130,6 +148,7 @@ pub async fn run_one(
 ) -> JobReport {
     let dry_run = mode.dry_run;
     let mut report = JobReport::begin(&job.name, dry_run);
+    report.verify_only = mode.verify == Verify::Only;
     let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
     let started = Instant::now();
     handle.begin(&job.name);
@@ -152,7 +171,7 @@ pub async fn run_one(
     report.duration_ms = started.elapsed().as_millis() as u64;
     handle.finish();
     let _entered = span.enter(); // no await from here on
-    if let (Some(store), false) = (store, dry_run) {
+    if let (Some(store), false, false) = (store, dry_run, report.verify_only) {
         let mut recorded = store.put_last_run(&job.name, &report.to_json());
         if report.aborted.is_none() {
             recorded = recorded.and_then(|()| store.set_good_rows(&job.name, report.rows));
@@ -311,6 +330,15 @@ async fn plan_and_execute(
             }
         }
     }
+    if let (Some(state), Some(store), false) = (state, store, dry_run) {
+        if let Err(stop) = verify_if_due(dialler, job, store, state, mode, report).await {
+            report.aborted = Some(stop);
+            return;
+        }
+    }
+    if mode.verify == Verify::Only {
+        return;
+    }
     let planning = Instant::now();
     let planned = {
         let job = job.clone();
@@ -411,6 +439,77 @@ async fn plan_and_execute(
         concurrency: config.dialler.max_concurrency,
     };
     execute(plan, target, handle, report).await;
+}
+
+/// Reads the campaign back and checks the state against it, when `mode` asks for it or
+/// the job's `verify_every` has passed (an empty state has nothing to check: the clock
+/// starts). What it found and fixed goes into `report`; a dialler that no longer knows
+/// most IDs stops the run like a guard (`--force` goes on).
+async fn verify_if_due(
+    dialler: &Dialler,
+    job: &JobConfig,
+    store: &Store,
+    state: &JobState,
+    mode: Mode,
+    report: &mut JobReport,
+) -> Result<(), String> {
+    let last = store.verification(&job.name).map_err(|e| error_chain(&e))?;
+    let now = chrono::Utc::now();
+    let due = match (mode.verify, &last) {
+        (Verify::Now | Verify::Only, _) => true,
+        (Verify::WhenDue, None) => true,
+        (Verify::WhenDue, Some(v)) => {
+            chrono::DateTime::parse_from_rfc3339(&v.at).map_or(true, |at| {
+                (now - at.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .map_or(true, |age| age >= job.verify_every)
+            })
+        }
+    };
+    if !due {
+        return Ok(());
+    }
+    if state.is_empty() {
+        let started = Verified {
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ..Verified::default()
+        };
+        return store
+            .set_verification(&job.name, &started)
+            .map_err(|e| error_chain(&e));
+    }
+    match reconcile::verify(dialler, job, state, mode.force).await {
+        Ok(v) => {
+            if v.relearned + v.missing + v.values_differ > 0 {
+                tracing::warn!(
+                    checked = v.checked,
+                    relearned = v.relearned,
+                    missing = v.missing,
+                    values_differ = v.values_differ,
+                    "the dialler did not hold what the state says: repaired, and sent what is missing"
+                );
+            } else {
+                tracing::info!(checked = v.checked, "state verified against the dialler");
+            }
+            store
+                .set_verification(&job.name, &v)
+                .map_err(|e| error_chain(&e))?;
+            report.verified = Some(v);
+            Ok(())
+        }
+        Err(e @ ReconcileError::DiallerReset { .. }) => {
+            tracing::error!(error = %e, "the dialler does not know the state's contacts");
+            report.guard = true;
+            Err(e.to_string())
+        }
+        Err(e) => {
+            report.unauthorized = matches!(&e, ReconcileError::Dialler(d) if d.is_unauthorized());
+            Err(format!(
+                "could not verify the state against the dialler, so nothing was changed: {}",
+                error_chain(&e)
+            ))
+        }
+    }
 }
 
 /// Records whether a guard stops `job` now (`tripped`) and logs the change: an ERROR when

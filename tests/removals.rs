@@ -222,3 +222,170 @@ fn control_characters_in_values_and_dialler_messages_never_forge_a_log_line() {
         );
     }
 }
+
+/// The jtel portal, as a person working in it: direct calls on the emulator's API.
+fn portal(env: &Env) -> (tokio::runtime::Runtime, dialsync::dialler::Dialler) {
+    let cfg = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
+    let d = dialsync::dialler::Dialler::new(
+        &cfg.dialler,
+        &dialsync::config::Secret::new(common::TOKEN),
+    )
+    .unwrap();
+    (tokio::runtime::Runtime::new().unwrap(), d)
+}
+
+fn by_key(env: &Env, key: &str) -> i64 {
+    env.contact(key).id
+}
+
+/// Promise: IDs are checked, not trusted. After the dialler renumbered its contacts,
+/// a delete by a stored ID would hit another contact: the ID is read first, nothing is
+/// deleted, the ID is re-learned, and the next run deletes the right contact.
+#[test]
+fn a_delete_whose_id_now_holds_another_contact_deletes_nothing() {
+    let env = Env::new();
+    env.write_config(common::TOKEN, "on_missing = \"delete\"");
+    let all = rows(20, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    assert_eq!(env.emu.renumber(), 20);
+    let k7 = by_key(&env, "K7");
+
+    let next: Vec<String> = all
+        .iter()
+        .filter(|r| !r.starts_with("K7;"))
+        .cloned()
+        .collect();
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        (count(&report, "deleted"), count(&report, "stale_ids")),
+        (0, 1),
+        "{report}"
+    );
+    assert_eq!(env.contacts().len(), 20, "nothing deleted");
+    assert!(!env.requests().iter().any(|r| r.method == "DELETE"));
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "deleted")), (0, 1), "{report}");
+    assert_eq!(env.contacts().len(), 19);
+    assert!(
+        env.contacts().iter().all(|c| c.id != k7),
+        "K7 is the one deleted"
+    );
+    env.assert_holds_exactly(&next);
+}
+
+/// Promise: a dialler that lost its data (restored empty, wiped, another server behind
+/// the same URL) stops the run with a clear message instead of acting on IDs it no
+/// longer knows; confirmed with --force, the contacts come back.
+#[test]
+fn a_dialler_restored_empty_stops_the_run_until_confirmed() {
+    let (env, all) = synced(30);
+    env.emu.reset();
+    let n = env.requests().len();
+    let out = env.dialsync(&["verify", "--config", "dialsync.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{stdout}");
+    assert!(
+        stdout.contains("knows only 0 of the 30") && stdout.contains("restored from a backup"),
+        "{stdout}"
+    );
+    let sent = env.requests_since(n);
+    assert_eq!(sent.len(), 1, "one listing: {sent:?}");
+    assert_eq!(sent[0].method, "GET");
+
+    // A sync that verifies stops the same way; without --force nothing is sent.
+    let (report, code) = env.sync(&["--verify"]);
+    assert_eq!(code, 5, "{report}");
+    assert!(env.contacts().is_empty());
+
+    let (report, code) = env.sync(&["--verify", "--force"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["verified"]["missing"], 30, "{report}");
+    assert_eq!(count(&report, "imported"), 30);
+    env.assert_holds_exactly(&all);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(count(&report, "api_calls"), 0, "{report}");
+
+    let status = env.dialsync(&["status", "--config", "dialsync.toml"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("last verified:"), "{status}");
+}
+
+/// Promise: the state is read back and repaired every `verify_every`: a contact deleted
+/// in the portal is imported again, one re-created under a new ID is re-learned (and a
+/// later lock hits it, not whatever holds its old ID), a value changed behind dialsync's
+/// back is sent again.
+#[test]
+fn verification_relearns_ids_restores_lost_contacts_and_values() {
+    let env = Env::new();
+    env.write_config(
+        common::TOKEN,
+        "verify_every = \"0s\"\nmax_removals_percent = 100",
+    );
+    let all = rows(30, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+
+    let (rt, d) = portal(&env);
+    for k in ["K3", "K4", "K10"] {
+        assert!(env.emu.remove_contact(by_key(&env, k)));
+    }
+    let k10 = &all[9];
+    let cols: Vec<&str> = k10.split(';').collect();
+    rt.block_on(d.import(
+        &serde_json::json!({"DiallerCampaignsID": 538, "UserData": "K10", "Name": cols[1],
+            "FirstName": cols[2], "PhoneNumber1": "+491711000010", "City": cols[4]}),
+        dialsync::dialler::ImportFlags {
+            overwrite_duplicates: true,
+            reset_contact: None,
+            unlock_contact: None,
+        },
+    ))
+    .unwrap();
+    rt.block_on(d.update(&serde_json::json!({"ID": by_key(&env, "K12"), "City": "Bonn"})))
+        .unwrap();
+    let n = env.requests().len();
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    let v = &report["verified"];
+    assert_eq!(
+        (
+            &v["relearned"],
+            &v["missing"],
+            &v["values_differ"],
+            &v["confirmed"]
+        ),
+        (&1.into(), &2.into(), &1.into(), &27.into()),
+        "{report}"
+    );
+    // One listing, two imports, the City of K12, and K10 unlocked (its lock unknown).
+    assert_eq!(
+        (
+            count(&report, "imported"),
+            count(&report, "updated"),
+            count(&report, "unlocked"),
+            count(&report, "api_calls")
+        ),
+        (2, 1, 1, 5),
+        "{report}"
+    );
+    assert_eq!(env.requests().len() - n, 5);
+    env.assert_holds_exactly(&all);
+
+    // K10 leaves: the lock goes to its new ID.
+    let next: Vec<String> = all
+        .iter()
+        .filter(|r| !r.starts_with("K10;"))
+        .cloned()
+        .collect();
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "locked")), (0, 1), "{report}");
+    let locked: Vec<_> = env.contacts().into_iter().filter(|c| c.locked).collect();
+    assert_eq!(locked.len(), 1);
+    assert_eq!(common::field(&locked[0], "UserData"), "K10");
+}

@@ -153,11 +153,32 @@ fn on_missing_delete_deletes_and_a_return_imports_again() {
     env.write_config(common::TOKEN, "on_missing = \"delete\"");
     env.write_export(&ROWS);
     env.sync(&[]);
+    let k1 = env.contact("K1").id;
     env.write_export(&ROWS[1..]);
+    let n = env.requests().len();
     let (report, _) = env.sync(&[]);
+    // Deletes are irreversible: one read first confirms the ID still holds K1.
     assert_eq!(
         (count(&report, "deleted"), count(&report, "api_calls")),
-        (1, 1)
+        (1, 2)
+    );
+    let sent: Vec<(String, String)> = env
+        .requests_since(n)
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                "GET".to_string(),
+                format!("/rest/v1.0/7/dialler/contacts/{k1}")
+            ),
+            (
+                "DELETE".to_string(),
+                format!("/rest/v1.0/7/dialler/contacts/contact/{k1}")
+            )
+        ]
     );
     assert_eq!(env.contacts().len(), 3);
     assert!(env.contacts().iter().all(|c| c.fields["UserData"] != "K1"));

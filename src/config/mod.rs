@@ -38,6 +38,7 @@ pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_REMOVALS_PERCENT: f64 = 10.0;
 pub const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
 pub const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -269,6 +270,9 @@ pub struct JobConfig {
     pub key_column: String,
     /// Every mapped field except UserData, with its CRM column, in field order.
     pub fields: Vec<(&'static Field, String)>,
+    /// How often a run reads the campaign back to check the state against it (zero:
+    /// every run).
+    pub verify_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1160,6 +1164,7 @@ fn compile_job(
         source: source?,
         key_column: key_column?,
         fields,
+        verify_every: j.verify_every.map_or(DEFAULT_VERIFY_EVERY, |d| d.0),
     })
 }
 

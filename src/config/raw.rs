@@ -54,6 +54,7 @@ pub struct RawJob {
     pub max_resets: Option<i64>,
     pub max_resets_percent: Option<f64>,
     pub min_rows_percent: Option<f64>,
+    pub verify_every: Option<HumanDuration>,
     pub source: Option<RawSource>,
     /// Dialler field name -> CRM column name.
     pub fields: Option<BTreeMap<String, String>>,
