@@ -413,13 +413,9 @@ async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
     let dialler = Dialler::new(&cfg.dialler, &token).map_err(|e| Failure::new(Exit::Config, e))?;
     let store = match Store::open(path) {
         Ok(s) => s,
-        Err(StateError::Open { source, .. }) if path.exists() => {
-            let aside = PathBuf::from(format!(
-                "{}.broken-{}",
-                path.display(),
-                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
-            ));
-            std::fs::rename(path, &aside)
+        Err(e @ (StateError::Open { .. } | StateError::Restore { .. })) if path.exists() => {
+            let source = e;
+            let aside = dialsync::state::move_aside(path)
                 .with_context(|| format!("cannot move {} aside", path.display()))
                 .map_err(|e| Failure::new(Exit::Aborted, e))?;
             eprintln!(

@@ -394,7 +394,7 @@ impl Daemon {
         if *self.stop.borrow() {
             handle.request_stop();
         }
-        let report = match cfg.job(job) {
+        let mut report = match cfg.job(job) {
             // Removed by a reload between the request and its turn.
             Err(e) => JobReport {
                 aborted: Some(e),
@@ -402,8 +402,12 @@ impl Daemon {
             },
             Ok(j) => sync::run_one(cfg, j, Some(&self.store), mode, handle).await,
         };
-        if let Err(e) = self.store.flush().await {
-            tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
+        if dry_run {
+            if let Err(e) = self.store.flush().await {
+                tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
+            }
+        } else {
+            sync::settle(cfg, &self.store, job, &mut report).await;
         }
         slot.update(|i| {
             i.running = None;

@@ -670,6 +670,18 @@ impl Dialler {
         contact: &Value,
         flags: ImportFlags,
     ) -> Result<Record, DiallerError> {
+        self.import_with(contact, flags, false).await
+    }
+
+    /// [`Dialler::import`]; with `look_first`, an import without `overwrite_duplicates`
+    /// looks the contact up before its first attempt too (after a restore from an older
+    /// snapshot, an earlier import of it may have reached the dialler unrecorded).
+    pub async fn import_with(
+        &self,
+        contact: &Value,
+        flags: ImportFlags,
+        look_first: bool,
+    ) -> Result<Record, DiallerError> {
         let q = import_query(flags);
         if flags.overwrite_duplicates {
             return self
@@ -680,7 +692,7 @@ impl Dialler {
         let campaign = contact.get("DiallerCampaignsID").and_then(Value::as_i64);
         let q = &q;
         self.retrying(|n| async move {
-            if let (true, Some(user_data)) = (n > 0, user_data) {
+            if let (true, Some(user_data)) = (n > 0 || look_first, user_data) {
                 let found = self
                     .call_once(
                         Method::GET,

@@ -101,6 +101,7 @@ struct Run<'a> {
     /// The campaign imports go to, looked up at the first import.
     campaign: OnceCell<i64>,
     now: i64,
+    look_first: bool,
     handle: &'a RunHandle,
     stop: AtomicBool,
     /// The first fatal error, which ends the run, and whether it was a 401.
@@ -127,6 +128,8 @@ pub struct Target<'a> {
     pub job: &'a JobConfig,
     /// Contacts in flight at most.
     pub concurrency: usize,
+    /// Imports look the contact up first (see [`Dialler::import_with`]).
+    pub look_first: bool,
 }
 
 /// The ID of the campaign `campaign` names (a call only for a name).
@@ -145,6 +148,7 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         state,
         job,
         concurrency,
+        look_first,
     } = target;
     let run = Run {
         dialler,
@@ -152,6 +156,7 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         job,
         campaign: OnceCell::new(),
         now: chrono::Utc::now().timestamp(),
+        look_first,
         handle,
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
@@ -445,7 +450,7 @@ impl Run<'_> {
         };
         let record = self
             .dialler
-            .import(&Value::Object(body), flags)
+            .import_with(&Value::Object(body), flags, self.look_first)
             .await
             .map_err(|e| match e {
                 // The only object an import refers to is its campaign.

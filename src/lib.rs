@@ -27,6 +27,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod report;
 pub mod schedule;
+pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod status;

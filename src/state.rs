@@ -20,12 +20,14 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::hashing::{HashKey, KEY_BYTES};
 use crate::mapping::key_hash;
+use crate::snapshot;
 
 /// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
 /// keep decoding the older ones). Version 3 has the layout of 2 with keyed hashes
@@ -190,6 +192,22 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    #[error(
+        "cannot open the state database {path} ({broken}), nor restore it from its snapshots; \
+         `dialsync state rebuild` moves it aside and rebuilds it from the dialler"
+    )]
+    Restore {
+        path: PathBuf,
+        broken: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the state's snapshot in {path}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read or create the state's key file {path}")]
     Key {
         path: PathBuf,
@@ -274,10 +292,182 @@ impl Store {
                     path: path.to_path_buf(),
                 })
             }
+            Err(source) if is_damage(&source) && !snapshot::jobs(path).is_empty() => {
+                Store::restore(path, key, source)
+            }
             Err(source) => Err(StateError::Open {
                 path: path.to_path_buf(),
                 source,
             }),
+        }
+    }
+
+    /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
+    /// aside, opens a new one and restores each job from its snapshot (see
+    /// [`crate::snapshot`]). Every restored job is verified against the dialler by its
+    /// next run; one whose snapshot was older than its state has every contact's lock
+    /// state marked unknown, and its imports look first.
+    fn restore(path: &Path, key: HashKey, broken: sled::Error) -> Result<Store, StateError> {
+        let failed = |source: std::io::Error| StateError::Restore {
+            path: path.to_path_buf(),
+            broken: broken.to_string(),
+            source,
+        };
+        // Every snapshot is read before anything is moved: a damaged one leaves all as is.
+        let mut snapshots = Vec::new();
+        for job in snapshot::jobs(path) {
+            let sections = snapshot::read(&snapshot::file(path, &job)).map_err(failed)?;
+            let stale = snapshot::dirty_marker(path, &job).exists();
+            snapshots.push((job, sections, stale));
+        }
+        let aside = move_aside(path).map_err(failed)?;
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
+            Err(e) => {
+                // Put the old one back as it was: nothing is lost by trying.
+                let _ = std::fs::remove_dir_all(path);
+                let _ = std::fs::rename(&aside, path);
+                return Err(failed(std::io::Error::other(e)));
+            }
+        };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            key: Arc::new(key),
+            writes: Arc::default(),
+        };
+        for (job, sections, stale) in snapshots {
+            store.load_snapshot(&job, sections, stale)?;
+            tracing::warn!(
+                job = %job,
+                broken = %broken,
+                moved_to = %aside.display(),
+                snapshot_older_than_state = stale,
+                "the state database could not be opened: moved aside and restored from the job's \
+                 snapshot; its next run verifies it against the dialler{}",
+                if stale {
+                    ", sets every contact's lock as the export says and looks each import up first"
+                } else {
+                    ""
+                }
+            );
+        }
+        store.check_key()?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// Puts a job's snapshot into this (new) database.
+    fn load_snapshot(
+        &self,
+        job: &str,
+        sections: snapshot::Sections,
+        stale: bool,
+    ) -> Result<(), StateError> {
+        for (name, items) in sections.0 {
+            if name == "records" {
+                for (record, value) in items {
+                    let tree = match record.as_slice() {
+                        b"good_rows" => "good_rows",
+                        b"last_run" => "runs",
+                        _ => continue,
+                    };
+                    self.db.open_tree(tree)?.insert(job, value)?;
+                }
+                continue;
+            }
+            let tree = self.db.open_tree(format!("{name}/{job}"))?;
+            for (k, v) in items {
+                tree.insert(k, v)?;
+            }
+        }
+        if stale {
+            let state = self.job(job)?;
+            let mut keys = Vec::new();
+            state.for_each(&mut |k, _| keys.push(k.to_string()))?;
+            for k in keys {
+                let bits = state.in_flight.get(&k)?.and_then(|v| v.first().copied());
+                state.put_in_flight(&k, bits.unwrap_or(0) | in_doubt::LOCK)?;
+            }
+            self.db
+                .open_tree("meta")?
+                .insert(format!("imports_unsure/{job}"), &[1])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the imports of `job`'s next run must look the contact up first (its state
+    /// was restored from a snapshot older than it: an import may have reached the dialler
+    /// unrecorded).
+    pub fn imports_unsure(&self, job: &str) -> Result<bool, StateError> {
+        Ok(self
+            .db
+            .open_tree("meta")?
+            .contains_key(format!("imports_unsure/{job}"))?)
+    }
+
+    pub fn clear_imports_unsure(&self, job: &str) -> Result<(), StateError> {
+        self.db
+            .open_tree("meta")?
+            .remove(format!("imports_unsure/{job}"))?;
+        Ok(())
+    }
+
+    /// Writes the snapshot of `job` when it changed since the last one and that one is
+    /// older than `every` (or there is none); see [`crate::snapshot`]. After the run's
+    /// state is flushed.
+    pub fn snapshot_if_due(&self, job: &str, every: Duration) -> Result<bool, StateError> {
+        let file = snapshot::file(&self.path, job);
+        let dirty = snapshot::dirty_marker(&self.path, job);
+        let age = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| t.elapsed().unwrap_or_default());
+        let due = match age {
+            None => !self.job(job)?.is_empty(),
+            Some(age) => dirty.exists() && age >= every,
+        };
+        if !due {
+            return Ok(false);
+        }
+        self.write_snapshot(job)?;
+        match std::fs::remove_file(&dirty) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.snapshot_error(e)),
+        }
+        Ok(true)
+    }
+
+    /// Writes the snapshot of `job` now.
+    pub fn write_snapshot(&self, job: &str) -> Result<(), StateError> {
+        let tree_items = |tree: sled::Tree| -> snapshot::Items<'static> {
+            Box::new(tree.iter().map(|kv| {
+                kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(std::io::Error::other)
+            }))
+        };
+        let mut sections: Vec<(String, snapshot::Items<'static>)> = Vec::new();
+        for name in ["job", "pending", "inflight", "failures"] {
+            let tree = self.db.open_tree(format!("{name}/{job}"))?;
+            sections.push((name.to_string(), tree_items(tree)));
+        }
+        let mut records = Vec::new();
+        if let Some(v) = self.db.open_tree("good_rows")?.get(job)? {
+            records.push((b"good_rows".to_vec(), v.to_vec()));
+        }
+        if let Some(v) = self.db.open_tree("runs")?.get(job)? {
+            records.push((b"last_run".to_vec(), v.to_vec()));
+        }
+        sections.push(("records".into(), Box::new(records.into_iter().map(Ok))));
+        snapshot::write(&snapshot::file(&self.path, job), sections)
+            .map_err(|e| self.snapshot_error(e))
+    }
+
+    fn snapshot_error(&self, source: std::io::Error) -> StateError {
+        StateError::Snapshot {
+            path: snapshot::dir(&self.path),
+            source,
         }
     }
 
@@ -331,6 +521,8 @@ impl Store {
             name: name.to_string(),
             digest: Arc::default(),
             writes: Arc::clone(&self.writes),
+            state_path: self.path.clone(),
+            dirty: Arc::default(),
         })
     }
 
@@ -433,6 +625,40 @@ pub struct GuardTrip {
     pub since: String,
     /// What it said the last time.
     pub guard: String,
+}
+
+/// Whether sled's failure to open a database means the database is damaged (restore it),
+/// not that the disk is full or the files cannot be reached (try again later, move
+/// nothing).
+fn is_damage(e: &sled::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(io) => {
+            matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
+/// Moves a database that cannot be opened out of the way, to
+/// `<path>.broken-<time>` (with a number added if that is taken); where it went.
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stem = format!(
+        "{}.broken-{}",
+        path.display(),
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+    );
+    let mut aside = PathBuf::from(&stem);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{stem}-{n}"));
+    }
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 /// Where the secret of the state at `state` is kept: beside the database, not in it
@@ -560,6 +786,10 @@ pub struct JobState {
     name: String,
     digest: Arc<Mutex<DigestCache>>,
     writes: Arc<AtomicU64>,
+    /// The store's path (for the job's snapshot and its marker).
+    state_path: PathBuf,
+    /// Whether this handle made sure the snapshot is marked as older than the state.
+    dirty: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The job's digest as this handle knows it: the stored one (read at the first need) and
@@ -582,8 +812,26 @@ impl JobState {
         &self.key
     }
 
-    fn wrote(&self) {
+    /// Before each write to the job's state: counted, and the first one of this handle
+    /// marks the job's snapshot, if it has one, as older than the state (durably, before
+    /// the write).
+    fn wrote(&self) -> Result<(), StateError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.dirty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let marker = snapshot::dirty_marker(&self.state_path, &self.name);
+        if snapshot::file(&self.state_path, &self.name).exists() && !marker.exists() {
+            let made = std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::File::open(snapshot::dir(&self.state_path))?.sync_all());
+            made.map_err(|source| StateError::Snapshot {
+                path: marker.clone(),
+                source,
+            })?;
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     fn cache(&self) -> Result<std::sync::MutexGuard<'_, DigestCache>, StateError> {
@@ -600,7 +848,7 @@ impl JobState {
     /// Before an entry changes: the stored digest goes, durably, so that no crash can leave
     /// a digest that does not match the entries.
     fn before_entry_write(&self) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         let mut cache = self.cache()?;
         if cache.stored {
             self.digests.remove(&self.name)?;
@@ -659,13 +907,13 @@ impl JobState {
 
     /// Records an import about to be sent; durable after the next [`JobState::flush`].
     pub fn put_pending(&self, key: &str, p: &Pending) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.pending.insert(key, p.encode())?;
         Ok(())
     }
 
     pub fn clear_pending(&self, key: &str) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.pending.remove(key)?;
         Ok(())
     }
@@ -689,14 +937,14 @@ impl JobState {
     /// mark is cleared, what the dialler holds for it is unknown. Durable after the next
     /// [`JobState::flush`], which comes before the operation is sent.
     pub fn put_in_flight(&self, key: &str, bits: u8) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.in_flight.insert(key, &[bits])?;
         Ok(())
     }
 
     /// Clears the mark of `key`: its operation's outcome is stored (or it was refused).
     pub fn clear_in_flight(&self, key: &str) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.in_flight.remove(key)?;
         Ok(())
     }
@@ -727,13 +975,13 @@ impl JobState {
     }
 
     pub fn set_failures(&self, key: &str, runs: u32) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.failures.insert(key, &runs.to_le_bytes())?;
         Ok(())
     }
 
     pub fn clear_failures(&self, key: &str) -> Result<(), StateError> {
-        self.wrote();
+        self.wrote()?;
         self.failures.remove(key)?;
         Ok(())
     }

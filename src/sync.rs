@@ -86,7 +86,30 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     let store = if opts.dry_run && !config.state.path.exists() {
         None
     } else {
-        Some(Store::open(&config.state.path)?)
+        match Store::open(&config.state.path) {
+            Ok(store) => Some(store),
+            // Another process or user: what to do differs, the caller says it.
+            Err(e @ (StateError::Locked { .. } | StateError::ForeignOwner { .. })) => {
+                return Err(e.into())
+            }
+            // Every job's report says why (a full disk, a damaged database), so that a
+            // script reading `--output json` learns it too.
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "the state database could not be opened");
+                let why = format!(
+                    "the state could not be opened, so nothing was done: {}",
+                    error_chain(&e)
+                );
+                return Ok(select_jobs(config, opts.job.as_deref())?
+                    .into_iter()
+                    .map(|job| {
+                        let mut r = JobReport::begin(&job.name, opts.dry_run);
+                        r.aborted = Some(why.clone());
+                        r
+                    })
+                    .collect());
+            }
+        }
     };
     sync_with(config, opts, store.as_ref()).await
 }
@@ -117,12 +140,38 @@ pub async fn sync_with(
             force: opts.force,
             verify: opts.verify,
         };
-        reports.push(run_one(config, job, store, mode, &handle).await);
-    }
-    if let Some(store) = store {
-        store.flush().await?;
+        let mut report = run_one(config, job, store, mode, &handle).await;
+        if let (Some(store), false) = (store, mode.dry_run) {
+            settle(config, store, &job.name, &mut report).await;
+        }
+        reports.push(report);
     }
     Ok(reports)
+}
+
+/// After a run of `job`: makes the state durable, then writes the job's snapshot if it
+/// is due (see [`crate::snapshot`]). A run whose state cannot be made durable (a full
+/// disk) still reports, as aborted: what it confirmed may be lost, and the in-flight
+/// marks make the next run check it again.
+pub async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) {
+    if let Err(e) = store.flush().await {
+        let why = format!(
+            "the state could not be written to disk (is it full?); the next run checks this \
+             run's operations again: {}",
+            error_chain(&e)
+        );
+        tracing::error!(job, error = %why, "the state could not be flushed");
+        report.aborted.get_or_insert(why);
+        return;
+    }
+    match store.snapshot_if_due(job, config.state.snapshot_every) {
+        Ok(true) => tracing::debug!(job, "snapshot written"),
+        Ok(false) => {}
+        // The older snapshot stays, marked as older than the state.
+        Err(e) => {
+            tracing::warn!(job, error = %error_chain(&e), "could not write the job's snapshot")
+        }
+    }
 }
 
 /// The jobs a run covers: the named one, or all.
@@ -432,13 +481,26 @@ async fn plan_and_execute(
         return;
     }
     let state = state.expect("a run that is not a dry run has a state");
+    let look_first = match store.map(|s| s.imports_unsure(&job.name)).transpose() {
+        Ok(unsure) => unsure.unwrap_or(false),
+        Err(e) => {
+            report.aborted = Some(error_chain(&e));
+            return;
+        }
+    };
     let target = Target {
         dialler,
         state,
         job,
         concurrency: config.dialler.max_concurrency,
+        look_first,
     };
     execute(plan, target, handle, report).await;
+    if let (true, None, Some(store)) = (look_first, &report.aborted, store) {
+        if let Err(e) = store.clear_imports_unsure(&job.name) {
+            tracing::warn!(error = %error_chain(&e), "could not record that the imports are settled");
+        }
+    }
 }
 
 /// Reads the campaign back and checks the state against it, when `mode` asks for it or

@@ -222,12 +222,14 @@ fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
     let all = rows(5, "Köln");
     env.write_rows(&all);
     assert_eq!(env.sync(&[]).1, 0);
-    std::fs::write(env.path("state").join("conf"), b"\xff\xfe garbage").unwrap();
-    std::fs::write(env.path("state").join("db"), vec![0xA5u8; 4096]).unwrap();
+    damage_database(&env);
+    // The snapshot too: nothing to restore from.
+    std::fs::write(env.path("state.snapshots/leads.snap"), b"DSSNAP1\ncut").unwrap();
     let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("dialsync state rebuild"), "{stderr}");
+    assert!(stderr.contains("snapshot"), "{stderr}");
 
     let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -238,6 +240,84 @@ fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
     assert_eq!((code, count(&report, "unlocked")), (0, 5), "{report}");
     let (report, code) = env.sync(&[]);
     assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+}
+
+/// Garbage where sled keeps its configuration and log, as a full disk or a broken file
+/// system leaves them.
+fn damage_database(env: &Env) {
+    std::fs::write(env.path("state").join("conf"), b"\xff\xfe garbage").unwrap();
+    std::fs::write(env.path("state").join("db"), vec![0xA5u8; 4096]).unwrap();
+}
+
+/// Promise: a state database that cannot be opened is restored from the job's snapshot,
+/// then verified against the dialler; the log says so. When the snapshot is older than
+/// the state (a run changed it since), what the dialler may hold beyond the snapshot is
+/// set right too: values by the verification, locks as the export says.
+#[test]
+fn a_damaged_database_is_restored_from_the_snapshot_and_verified() {
+    let env = Env::new();
+    env.write_config(common::TOKEN, "max_removals_percent = 100");
+    let all = rows(30, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    assert!(env.path("state.snapshots/leads.snap").exists());
+
+    // The snapshot is the state: restored, verified (one listing), nothing else sent.
+    damage_database(&env);
+    let n = env.requests().len();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("restored from the job's snapshot"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &report["jobs"][0];
+    assert_eq!(report["verified"]["confirmed"], 30, "{report}");
+    assert_eq!(count(report, "api_calls"), 1, "{report}");
+    assert_eq!(env.requests().len(), n + 1);
+    assert!(std::fs::read_dir(env.dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("state.broken-")));
+
+    // A run changes 5 contacts and locks 2 after the snapshot was taken; then the
+    // database breaks and the CRM's export goes back to what it was.
+    let mut next = all.clone();
+    for r in next.iter_mut().take(5) {
+        *r = r.replace("Köln", "Bonn");
+    }
+    next.truncate(28);
+    env.write_rows(&next);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, count(&report, "updated"), count(&report, "locked")),
+        (0, 5, 2),
+        "{report}"
+    );
+    assert!(
+        env.path("state.snapshots/leads.dirty").exists(),
+        "the snapshot is older"
+    );
+    damage_database(&env);
+    env.write_rows(&all);
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("sets every contact's lock as the export says"),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &report["jobs"][0];
+    assert_eq!(report["verified"]["values_differ"], 5, "{report}");
+    assert_eq!(count(report, "updated"), 5, "{report}");
+    assert_eq!(count(report, "unlocked"), 30, "{report}");
+    env.assert_holds_exactly(&all);
+    assert!(env.contacts().iter().all(|c| !c.locked));
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }
 
 /// Promise 17: after `state rebuild` no contact in the export stays locked and none
@@ -550,4 +630,123 @@ fn an_unkeyed_state_migrates_without_api_calls() {
         (0, 50),
         "{report}"
     );
+}
+
+/// Runs `dialsync sync --output json` with the state on a file system that is full (a
+/// tmpfs in a private mount namespace, filled up), then copies the state back as the
+/// run left it. `None` (and a loud note) where no mount namespace can be made.
+fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)> {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!(
+            "SKIPPED the full-disk part of this test: it needs `unshare -rm` (util-linux, and \
+             user namespaces or root) to mount a small tmpfs of its own"
+        );
+        return None;
+    }
+    let script = r##"
+        set -e
+        mkdir -p full
+        mount -t tmpfs -o size=8m tmpfs full
+        cp -a state state.key state.snapshots full/
+        sed 's#^path = "state"#path = "full/state"#' dialsync.toml > full.toml
+        dd if=/dev/zero of=full/fill bs=4k 2>/dev/null || true
+        truncate -s "-${ROOM_KB}K" full/fill
+        set +e
+        "$BIN" sync --config full.toml --output json > out.json 2> err.txt
+        echo $? > code
+        rm -f full/fill
+        rm -rf state state.snapshots
+        cp -a full/state full/state.snapshots .
+    "##;
+    let status = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .current_dir(env.dir.path())
+        .env("BIN", env!("CARGO_BIN_EXE_dialsync"))
+        .env("ROOM_KB", room_kb.to_string())
+        .env_remove("RUST_LOG")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the full-disk script failed");
+    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap();
+    Some((
+        read("code").trim().parse().unwrap(),
+        read("out.json"),
+        read("err.txt"),
+    ))
+}
+
+/// Promise: a run on a full disk still prints its report, and once there is room again
+/// nothing is lost. When the disk is full as the state opens, the run stops with a
+/// report and moves nothing aside; when it fills up later, the run ends but its snapshot
+/// cannot be written: the old one stays, marked as older than the state, and a database
+/// damaged afterwards is restored from it and set right.
+#[test]
+fn a_full_disk_still_gives_a_report_and_loses_nothing() {
+    // Full as the state opens.
+    let env = Env::new();
+    let all = rows(3000, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let moved = rows(3000, "Bonn");
+    env.write_rows(&moved);
+    let Some((code, stdout, stderr)) = sync_on_a_full_disk(&env, 0) else {
+        return;
+    };
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report on a full disk ({e}): {stdout:?} {stderr}"));
+    let job = &report["jobs"][0];
+    assert_eq!(job["outcome"], "aborted", "{job}");
+    let why = job["aborted"].as_str().unwrap();
+    assert!(why.contains("No space left on device"), "{why}");
+    // A full disk is no damage: nothing was moved aside or restored.
+    assert!(!stderr.contains("restored"), "{stderr}");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, count(&report, "updated"), count(&report, "imported")),
+        (0, 3000, 0),
+        "{report}"
+    );
+    env.assert_holds_exactly(&moved);
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+
+    // Full after the state opened: the run's writes (or at least its snapshot) find no
+    // room. Which of the two depends on how sled lays out its log; either way the run
+    // reports, and the snapshot stays as it was, marked as older than the state.
+    env.edit_config(
+        "path = \"state\"",
+        "path = \"state\"\nsnapshot_every = \"0s\"",
+    );
+    env.write_rows(&all);
+    let (code, stdout, stderr) = sync_on_a_full_disk(&env, 50).unwrap();
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let job = &report["jobs"][0];
+    match code {
+        3 => assert!(
+            job["aborted"]
+                .as_str()
+                .unwrap()
+                .contains("No space left on device"),
+            "{job}"
+        ),
+        0 => assert!(
+            stderr.contains("could not write the job's snapshot"),
+            "{stderr}"
+        ),
+        _ => panic!("{stdout}{stderr}"),
+    }
+    assert!(env.path("state.snapshots/leads.dirty").exists());
+    // The database breaks later; the restore starts from the older snapshot (which
+    // still says Bonn) and sets right what the dialler holds beyond it.
+    damage_database(&env);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "imported"), 0, "{report}");
+    env.assert_holds_exactly(&all);
+    assert!(env.contacts().iter().all(|c| !c.locked));
+    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
 }

@@ -39,6 +39,7 @@ pub const DEFAULT_MAX_REMOVALS_PERCENT: f64 = 10.0;
 pub const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
 pub const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(3600);
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -119,6 +120,9 @@ impl Default for Guards {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub path: PathBuf,
+    /// How old a job's snapshot (see `state::Store::write_snapshot`) may grow before a
+    /// run that changed the state writes a new one (zero: after every such run).
+    pub snapshot_every: Duration,
 }
 
 /// Where the bearer token comes from. Read when a client is built, not at load time, so
@@ -683,11 +687,15 @@ fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option<Config> {
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
 
     let dialler = dialler_raw.and_then(|d| compile_dialler(ctx, &root, d, &resolve, &mut warnings));
+    let (state_path, snapshot_every) = match state_raw {
+        Some(s) => (s.path, s.snapshot_every),
+        None => (None, None),
+    };
     let state = StateConfig {
-        path: state_raw
-            .and_then(|s| s.path)
+        path: state_path
             .map(resolve)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH)),
+        snapshot_every: snapshot_every.map_or(DEFAULT_SNAPSHOT_EVERY, |d| d.0),
     };
 
     let mut jobs = Vec::new();

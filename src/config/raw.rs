@@ -33,6 +33,7 @@ pub struct RawDialler {
 #[derive(Debug, Deserialize)]
 pub struct RawState {
     pub path: Option<PathBuf>,
+    pub snapshot_every: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
