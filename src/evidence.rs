@@ -209,3 +209,155 @@ mod tests {
         );
     }
 }
+
+/// The promise behind this module, as a property: whatever a broken export looks like,
+/// no contact whose key still stands in it is removed.
+#[cfg(test)]
+mod property {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use crate::config::{Config, JobConfig};
+    use crate::hashing::HashKey;
+    use crate::mapping::Mapper;
+    use crate::pipeline;
+    use crate::plan::{Plan, Planner, Policy};
+    use crate::progress::RunHandle;
+    use crate::source;
+    use crate::state::{Entry, LastOp};
+
+    fn job(export: &Path, on_missing: &str) -> JobConfig {
+        let text = format!(
+            "[dialler]\nbase_url = \"http://127.0.0.1:1/rest/v1.0\"\nclient_id = 7\ntoken = \"t\"\n\
+             [[job]]\nname = \"j\"\ncampaign_id = 1\ndefault_country = \"DE\"\non_missing = \"{on_missing}\"\n\
+             [job.source]\ntype = \"csv\"\npath = \"{}\"\ndelimiter = \";\"\n\
+             [job.fields]\nUserData = \"Nr\"\nName = \"Name\"\nPhoneNumber1 = \"Tel\"\nComment = \"Note\"\n",
+            export.display()
+        );
+        Config::from_str(&text, Path::new("t.toml"))
+            .unwrap()
+            .jobs
+            .remove(0)
+    }
+
+    /// Reads and plans `job`'s export against `state` as a run does, evidence included.
+    fn plan(job: &JobConfig, state: &BTreeMap<String, Entry>) -> Plan {
+        let mapper = Mapper::new(job, Arc::new(HashKey::for_tests()));
+        let policy = Policy {
+            on_missing: job.on_missing,
+        };
+        let file = source::open(&job.source).unwrap();
+        let again = file.try_clone().unwrap();
+        let mut plan = pipeline::read_and_plan(
+            &job.source,
+            file,
+            &job.columns(),
+            &mapper,
+            Planner::new(state, policy),
+            &RunHandle::new(),
+        )
+        .unwrap();
+        super::require(&job.source, again, &mut plan).unwrap();
+        plan
+    }
+
+    /// A way real exports break.
+    #[derive(Debug, Clone)]
+    enum Corruption {
+        /// A quote opened at the start of line `line`'s note.
+        StrayQuote { line: usize },
+        /// Line `line`'s key emptied.
+        EmptyKey { line: usize },
+        /// Line `line` gone (its record really left).
+        Drop { line: usize },
+        /// A byte order mark before line `line`'s key.
+        Bom { line: usize },
+        /// A NUL after line `line`'s key.
+        Nul { line: usize },
+    }
+
+    fn corruption() -> impl Strategy<Value = Corruption> {
+        (0usize..5, 0usize..64).prop_map(|(kind, line)| match kind {
+            0 => Corruption::StrayQuote { line },
+            1 => Corruption::EmptyKey { line },
+            2 => Corruption::Drop { line },
+            3 => Corruption::Bom { line },
+            _ => Corruption::Nul { line },
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn no_contact_whose_key_stands_in_a_corrupted_export_is_removed(
+            n in 3usize..40,
+            corruptions in prop::collection::vec(corruption(), 1..5),
+            delete in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("export.csv");
+            // Keys of one width, so that no key stands inside another.
+            let mut lines: Vec<String> = (0..n)
+                .map(|i| format!("K{i:03};Name {i};0171 {:07};note {i}", 1_000_000 + i))
+                .collect();
+            let job = job(&path, if delete { "delete" } else { "lock" });
+            std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", lines.join("\n"))).unwrap();
+            let mut state = BTreeMap::new();
+            for (i, c) in plan(&job, &state).imports.into_iter().enumerate() {
+                state.insert(c.key.clone(), Entry {
+                    id: i as i64 + 1,
+                    fields: c.hashes,
+                    triggers: c.triggers,
+                    locked: false,
+                    last_op: LastOp::Imported,
+                    last_run: 0,
+                    row: c.row,
+                    keyed: true,
+                });
+            }
+            prop_assert_eq!(state.len(), n);
+
+            for c in &corruptions {
+                if lines.is_empty() {
+                    break;
+                }
+                let len = lines.len();
+                let at = |line: usize| line % len;
+                match *c {
+                    Corruption::StrayQuote { line } => {
+                        let l = &mut lines[at(line)];
+                        let i = l.rfind(';').unwrap();
+                        l.insert(i + 1, '"');
+                    }
+                    Corruption::EmptyKey { line } => {
+                        let l = &mut lines[at(line)];
+                        let i = l.find(';').unwrap();
+                        l.replace_range(..i, "");
+                    }
+                    Corruption::Drop { line } => {
+                        lines.remove(at(line));
+                    }
+                    Corruption::Bom { line } => lines[at(line)].insert(0, '\u{feff}'),
+                    Corruption::Nul { line } => {
+                        let l = &mut lines[at(line)];
+                        let i = l.find(';').unwrap();
+                        l.insert(i, '\0');
+                    }
+                }
+            }
+            let text = format!("Nr;Name;Tel;Note\n{}\n", lines.join("\n"));
+            std::fs::write(&path, &text).unwrap();
+            let p = plan(&job, &state);
+            for r in &p.removals {
+                prop_assert!(
+                    !text.contains(&r.key),
+                    "{} removed though it stands in the export:\n{}", r.key, text
+                );
+            }
+        }
+    }
+}
