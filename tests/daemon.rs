@@ -322,9 +322,20 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 
+    // `verify` is handed over too: the daemon reads the campaign back, nothing else.
+    env.emu.remove_contact(env.contact("C1").id);
+    let n = env.requests().len();
+    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["jobs"][0]["verified"]["missing"], 1, "{v}");
+    assert_eq!(env.requests().len(), n + 1, "one listing");
+    let (report, _) = env.sync(&[]);
+    assert_eq!(report["imported"], 1, "the lost contact is back: {report}");
+
     let status = status_json(&env);
     assert_eq!(
-        status["jobs"][0]["runs"], 4,
+        status["jobs"][0]["runs"], 6,
         "dry runs are not counted: {status}"
     );
     daemon.signal("INT");
