@@ -124,7 +124,15 @@ pub(super) fn read(
             }));
             continue;
         }
-        if let Some(reason) = swallowed_rows(&record, delimiter, names.len(), at) {
+        // Only a record that ended lines after it began can hold a value over several
+        // lines: the reader's line count says so without looking at the bytes (the
+        // end position is one line short in CRLF files, like the start positions).
+        let first_line = record.position().map_or(0, |p| p.line());
+        let spans_lines = reader.position().line() + line_offset >= first_line + 2;
+        if let Some(reason) = spans_lines
+            .then(|| swallowed_rows(&record, delimiter, names.len(), at))
+            .flatten()
+        {
             sink(Item::Bad(BadRow {
                 at,
                 key: key(),
@@ -367,16 +375,33 @@ mod tests {
 
     /// Promise 6: a stray quote that swallows the rows after it makes one unreadable
     /// record (so removals are withheld), reported with its line range; a note that
-    /// really spans lines is a value like any other.
+    /// really spans lines is a value like any other. LF and CRLF alike.
     #[test]
     fn a_stray_quote_swallowing_rows_is_unreadable_with_its_line_range() {
-        let text = "id;name;note\n\
+        let lf = "id;name;note\n\
                     1;A;\"Rueckruf ab 14 Uhr\n\
                     2;B;x\n\
                     3;C;y\n\
                     4;D;\"z\n\
                     5;E;ok\n\
                     6;F;\"two\nlines\"\n";
+        for text in [lf.to_string(), lf.replace('\n', "\r\n")] {
+            stray_quote_case(&text);
+        }
+        // A stray quote that swallows one whole row in the last column.
+        let items = read_all(
+            &cfg(None, None),
+            b"id;name;note\n1;A;\"x\n2;B;y\"\n3;C;z\n",
+            &["id"],
+        )
+        .unwrap();
+        assert!(
+            matches!(&items[0], Item::Bad(b) if b.reason.contains("stray quote")),
+            "{items:?}"
+        );
+    }
+
+    fn stray_quote_case(text: &str) {
         let items = read_all(&cfg(None, None), text.as_bytes(), &["id", "note"]).unwrap();
         match &items[0] {
             Item::Bad(b) => {
@@ -389,11 +414,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let crlf = text.contains('\r');
         assert_eq!(
             records(&items),
             vec![
                 (3, vec![Some("5"), Some("ok")]),
-                (4, vec![Some("6"), Some("two\nlines")])
+                (
+                    4,
+                    vec![
+                        Some("6"),
+                        Some(if crlf { "two\r\nlines" } else { "two\nlines" })
+                    ]
+                )
             ]
         );
     }
