@@ -167,6 +167,7 @@ impl Bench {
             token: TOKEN.into(),
             campaigns: vec![(538, "Bench".into())],
             faults,
+            keep_requests: dialsync::emulator::KEEP_REQUESTS,
         });
         let addr = self
             .rt

@@ -125,6 +125,10 @@ enum Command {
         /// A campaign as ID:NAME, e.g. 538:"My Campaign" (repeatable; default 538:My Campaign).
         #[arg(long = "campaign", value_parser = parse_campaign)]
         campaigns: Vec<(i64, String)>,
+        /// How many API calls GET /_emulator/requests keeps: the last N; older ones are
+        /// dropped, so a long-running emulator does not grow.
+        #[arg(long, default_value_t = dialsync::emulator::KEEP_REQUESTS)]
+        keep_requests: usize,
         #[command(flatten)]
         faults: Faults,
     },
@@ -345,6 +349,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             client_id,
             token,
             campaigns,
+            keep_requests,
             faults,
         } => {
             faults
@@ -354,6 +359,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 client_id,
                 token,
                 faults,
+                keep_requests,
                 ..EmulatorConfig::default()
             };
             if !campaigns.is_empty() {

@@ -50,7 +50,13 @@ pub struct EmulatorConfig {
     /// Campaigns as (ID, name).
     pub campaigns: Vec<(i64, String)>,
     pub faults: Faults,
+    /// How many API calls `GET /_emulator/requests` keeps (the last ones): a long-running
+    /// emulator would otherwise grow without bound.
+    pub keep_requests: usize,
 }
+
+/// The default of [`EmulatorConfig::keep_requests`].
+pub const KEEP_REQUESTS: usize = 100_000;
 
 /// Faults to inject into API calls (never into the `/_emulator/` endpoints). The rates
 /// are fractions of calls (0.0 to 1.0) and add up: one draw per call picks at most one.
@@ -154,6 +160,7 @@ impl Default for EmulatorConfig {
             token: "emulator-token".into(),
             campaigns: vec![(538, "My Campaign".into())],
             faults: Faults::default(),
+            keep_requests: KEEP_REQUESTS,
         }
     }
 }
@@ -193,7 +200,8 @@ struct Data {
     contacts: BTreeMap<i64, EmuContact>,
     /// UserData -> contact IDs in ascending order ("the first one found" is the lowest).
     by_user_data: HashMap<String, Vec<i64>>,
-    requests: Vec<RequestLog>,
+    /// The last `keep_requests` API calls, oldest first.
+    requests: std::collections::VecDeque<RequestLog>,
     /// Calls to answer 400 instead of carrying out: (path fragment, how many more).
     reject: Vec<(String, usize, String)>,
 }
@@ -288,7 +296,14 @@ impl Emulator {
 
     /// Every API call received so far.
     pub fn requests(&self) -> Vec<RequestLog> {
-        self.shared.data.lock().unwrap().requests.clone()
+        self.shared
+            .data
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Removes a contact as someone in the jtel portal would (tests of a contact gone).
@@ -427,7 +442,10 @@ async fn handle(
     };
     let log = |data: &mut Data, status: u16| {
         tracing::debug!(%method, %path, status, "request");
-        data.requests.push(RequestLog {
+        if data.requests.len() >= shared.cfg.keep_requests.max(1) {
+            data.requests.pop_front();
+        }
+        data.requests.push_back(RequestLog {
             method: method.to_string(),
             path: path.clone(),
             query: query.clone(),

@@ -12,7 +12,7 @@ use crate::config::SourceConfig;
 use crate::mapping::{key_hash, Mapper};
 use crate::plan::{Plan, Planner};
 use crate::progress::RunHandle;
-use crate::source::{self, recycle, BadRow, Item, Record, RowRef, SourceError};
+use crate::source::{self, recycle, BadRow, Flow, Item, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 
 /// Rows per batch: large enough that handing batches over costs nothing per row, small
@@ -116,20 +116,23 @@ pub fn read_and_plan<S: StateView + Sync + ?Sized>(
         let mut stopped = false;
         // The planner ended early (a state error): nothing more to hand over.
         let mut planner_gone = false;
+        // The reader stops within a batch of a stop request or of the planner's end (a
+        // state error): the rest of the export is not even parsed.
         let read = source::read_from(source, &source.path, input, columns, &mut |item| {
-            if stopped || planner_gone {
-                return;
-            }
             handle.row_read();
             if handle.stop_requested() {
                 stopped = true;
-                return;
+                return Flow::Break(());
             }
             batch.push(item);
             if batch.rows.len() >= BATCH_ROWS {
                 let next = empty_rx.try_recv().unwrap_or_default();
                 planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
+                if planner_gone {
+                    return Flow::Break(());
+                }
             }
+            Flow::Continue(())
         });
         if !batch.rows.is_empty() && !stopped && !planner_gone {
             let _ = full_tx.send(batch);
@@ -238,7 +241,8 @@ mod tests {
         let mapper = Mapper::new(job, Arc::new(HashKey::for_tests()));
         let mut outcomes = Vec::new();
         source::read(&job.source, &job.columns(), &mut |i| {
-            outcomes.push(mapper.map(i))
+            outcomes.push(mapper.map(i));
+            Flow::Continue(())
         })
         .unwrap();
         plan::plan(outcomes, state, policy(job)).unwrap()

@@ -239,10 +239,40 @@ impl StateView for BTreeMap<String, Entry> {
     }
 }
 
+/// Makes the state's writes durable, one flush at a time. sled 0.34's `flush_async` can
+/// hang for good when several run at once (spacejam/sled#1308: fixed on a branch that
+/// was never released), which a run does (the journal's flush beside re-imports that
+/// each flush): so every flush goes through here, as a blocking `flush` behind one lock,
+/// on a blocking thread. A flush makes every write before it durable, so one that waited
+/// for another has little left to do.
+#[derive(Clone)]
+struct Flusher {
+    db: sled::Db,
+    gate: Arc<Mutex<()>>,
+}
+
+impl Flusher {
+    /// Flushes on this thread.
+    fn now(&self) -> Result<(), StateError> {
+        let _one = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flushes on a blocking thread.
+    async fn run(&self) -> Result<(), StateError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.now())
+            .await
+            .map_err(|e| StateError::Db(sled::Error::Io(std::io::Error::other(e))))?
+    }
+}
+
 /// The state database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flusher: Flusher,
     path: PathBuf,
     /// The state's secret (see [`crate::hashing`]), from [`key_path`].
     key: Arc<HashKey>,
@@ -279,6 +309,10 @@ impl Store {
         match sled::Config::new().path(path).open() {
             Ok(db) => {
                 let store = Store {
+                    flusher: Flusher {
+                        db: db.clone(),
+                        gate: Arc::default(),
+                    },
                     db,
                     path: path.to_path_buf(),
                     key: Arc::new(key),
@@ -331,6 +365,10 @@ impl Store {
             }
         };
         let store = Store {
+            flusher: Flusher {
+                db: db.clone(),
+                gate: Arc::default(),
+            },
             db,
             path: path.to_path_buf(),
             key: Arc::new(key),
@@ -512,6 +550,7 @@ impl Store {
     /// The state of job `name`.
     pub fn job(&self, name: &str) -> Result<JobState, StateError> {
         Ok(JobState {
+            flusher: self.flusher.clone(),
             key: Arc::clone(&self.key),
             tree: self.db.open_tree(format!("job/{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
@@ -590,8 +629,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StateError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.flusher.run().await
     }
 }
 
@@ -773,6 +811,7 @@ pub mod in_doubt {
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
 #[derive(Clone)]
 pub struct JobState {
+    flusher: Flusher,
     /// The store's secret (see [`Store::hash_key`]).
     key: Arc<HashKey>,
     tree: sled::Tree,
@@ -852,7 +891,7 @@ impl JobState {
         let mut cache = self.cache()?;
         if cache.stored {
             self.digests.remove(&self.name)?;
-            self.digests.flush()?;
+            self.flusher.now()?;
             cache.stored = false;
         }
         Ok(())
@@ -896,7 +935,7 @@ impl JobState {
             return Ok(());
         };
         // The entries first: the digest must never be durable before what it describes.
-        self.tree.flush_async().await?;
+        self.flusher.run().await?;
         self.digests.insert(self.name.as_str(), digest.encode())?;
         let mut cache = self.cache()?;
         cache.base = Some(digest);
@@ -1001,8 +1040,7 @@ impl JobState {
 
     /// Makes every write so far durable (of the whole store).
     pub async fn flush(&self) -> Result<(), StateError> {
-        self.tree.flush_async().await?;
-        Ok(())
+        self.flusher.run().await
     }
 
     pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {

@@ -4,14 +4,14 @@
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::Path;
 
-use super::{recycle, BadRow, Item, Record, RowRef, SourceError, ENCODING_HINT};
+use super::{recycle, BadRow, Flow, Item, Record, RowRef, SourceError, ENCODING_HINT};
 
 pub(super) fn read(
     delimiter: Option<u8>,
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item<'_>),
+    sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<(), SourceError> {
     let read_err = |source| SourceError::Read {
         path: path.to_path_buf(),
@@ -90,11 +90,15 @@ pub(super) fn read(
                         row: data_rows + 1,
                         line: e.position().map(|p| p.line() + line_offset),
                     };
-                    sink(Item::Bad(BadRow {
+                    if sink(Item::Bad(BadRow {
                         at,
                         key: None,
                         reason: e.to_string(),
-                    }));
+                    }))
+                    .is_break()
+                    {
+                        return Ok(());
+                    }
                     continue;
                 }
             },
@@ -112,7 +116,7 @@ pub(super) fn read(
                 .filter(|k| !k.is_empty())
         };
         if record.len() != names.len() {
-            sink(Item::Bad(BadRow {
+            let bad = BadRow {
                 at,
                 key: key(),
                 reason: format!(
@@ -121,7 +125,10 @@ pub(super) fn read(
                     record.len(),
                     names.len()
                 ),
-            }));
+            };
+            if sink(Item::Bad(bad)).is_break() {
+                return Ok(());
+            }
             continue;
         }
         // Only a record that ended lines after it began can hold a value over several
@@ -133,11 +140,15 @@ pub(super) fn read(
             .then(|| swallowed_rows(&record, delimiter, names.len(), at))
             .flatten()
         {
-            sink(Item::Bad(BadRow {
+            if sink(Item::Bad(BadRow {
                 at,
                 key: key(),
                 reason,
-            }));
+            }))
+            .is_break()
+            {
+                return Ok(());
+            }
             continue;
         }
         let mut values = recycle(std::mem::take(&mut spare));
@@ -160,7 +171,7 @@ pub(super) fn read(
                 }
             }
         }
-        match bad {
+        let flow = match bad {
             Some(reason) => sink(Item::Bad(BadRow {
                 at,
                 key: key(),
@@ -170,8 +181,11 @@ pub(super) fn read(
                 at,
                 values: &values,
             })),
-        }
+        };
         spare = recycle(values);
+        if flow.is_break() {
+            return Ok(());
+        }
     }
     Ok(())
 }

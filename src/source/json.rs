@@ -11,13 +11,13 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{BadRow, Item, Record, RowRef, SourceError};
+use super::{BadRow, Flow, Item, Record, RowRef, SourceError};
 
 pub(super) fn read(
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item<'_>),
+    sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<(), SourceError> {
     let read_err = |source| SourceError::Read {
         path: path.to_path_buf(),
@@ -63,11 +63,19 @@ pub(super) fn read(
             let result = Elements {
                 f: &mut |v| {
                     row += 1;
-                    emit(RowRef { row, line: None }, Ok(v));
+                    emit(RowRef { row, line: None }, Ok(v))
                 },
             }
             .deserialize(&mut de)
-            .and_then(|()| de.end());
+            .and_then(|flow| match flow {
+                Flow::Continue(()) => de.end(),
+                Flow::Break(()) => Ok(()),
+            });
+            match result {
+                // Asked to stop: the rest is not read, and not judged.
+                Err(e) if e.to_string().starts_with(STOPPED) => return Ok(()),
+                _ => {}
+            }
             if let Err(e) = result {
                 return Err(json_error(
                     path,
@@ -89,7 +97,7 @@ pub(super) fn read(
                     continue;
                 }
                 let at = RowRef { row: n, line: None };
-                match serde_json::from_slice::<Value>(&line) {
+                let flow = match serde_json::from_slice::<Value>(&line) {
                     Ok(v) => emit(at, Ok(v)),
                     Err(e) => emit(
                         at,
@@ -99,6 +107,9 @@ pub(super) fn read(
                             reason: format!("not a JSON object ({e})"),
                         }),
                     ),
+                };
+                if flow.is_break() {
+                    return Ok(());
                 }
             }
         }
@@ -188,30 +199,37 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Calls `f` with each element of a JSON array as it is parsed.
+/// Calls `f` with each element of a JSON array as it is parsed, until it says stop.
 struct Elements<'a> {
-    f: &'a mut dyn FnMut(Value),
+    f: &'a mut dyn FnMut(Value) -> Flow,
 }
 
 impl<'de> DeserializeSeed<'de> for Elements<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Flow;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Flow, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for Elements<'_> {
-    type Value = ();
+    type Value = Flow;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of objects")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flow, A::Error> {
         while let Some(v) = seq.next_element::<Value>()? {
-            (self.f)(v);
+            if (self.f)(v).is_break() {
+                // serde_json checks that a sequence was read to its end: the stop is
+                // carried out as an error that `read` recognises.
+                return Err(serde::de::Error::custom(STOPPED));
+            }
         }
-        Ok(())
+        Ok(Flow::Continue(()))
     }
 }
+
+/// The message of the error that ends an array read on request.
+const STOPPED: &str = "dialsync: stopped on request";
 
 #[cfg(test)]
 mod tests {

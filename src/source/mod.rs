@@ -143,11 +143,16 @@ fn quoted(names: &[String]) -> String {
         .join(", ")
 }
 
-/// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`.
+/// What a sink says after each row: go on, or stop reading (the rest of the export is
+/// not read).
+pub type Flow = std::ops::ControlFlow<()>;
+
+/// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`,
+/// until the export ends or `sink` says stop.
 pub fn read(
     cfg: &SourceConfig,
     columns: &[String],
-    sink: &mut dyn FnMut(Item<'_>),
+    sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Summary, SourceError> {
     read_from(cfg, &cfg.path, open(cfg)?, columns, sink)
 }
@@ -166,7 +171,7 @@ pub fn read_from(
     path: &Path,
     input: impl Read,
     columns: &[String],
-    sink: &mut dyn FnMut(Item<'_>),
+    sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Summary, SourceError> {
     let decoded = decoded(cfg, input);
     let mut counted = Counting {
@@ -200,12 +205,12 @@ pub(crate) fn decoded<R: Read>(
 pub(crate) use csv::detect_delimiter;
 
 struct Counting<'a> {
-    inner: &'a mut dyn FnMut(Item<'_>),
+    inner: &'a mut dyn FnMut(Item<'_>) -> Flow,
     summary: Summary,
 }
 
 impl Counting<'_> {
-    fn push(&mut self, item: Item<'_>) {
+    fn push(&mut self, item: Item<'_>) -> Flow {
         match &item {
             Item::Record(_) => self.summary.records += 1,
             Item::Bad(_) => self.summary.bad += 1,
@@ -241,7 +246,8 @@ pub(crate) fn read_all(
                 r.values.iter().map(|v| v.map(str::to_string)).collect(),
             ),
             Item::Bad(b) => OwnedItem::Bad(b),
-        })
+        });
+        Flow::Continue(())
     })?;
     Ok(out)
 }
@@ -299,6 +305,7 @@ mod fuzz {
                 if let Item::Record(r) = i {
                     assert_eq!(r.values.len(), 2);
                 }
+                Flow::Continue(())
             },
         );
         if let Ok(summary) = result {

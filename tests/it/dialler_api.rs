@@ -511,3 +511,33 @@ async fn an_untrusted_certificate_is_named_as_such_and_not_retried() {
     let trusting = Dialler::new(&cfg.dialler, &Secret::new("t")).unwrap();
     assert!(trusting.campaigns().await.unwrap().is_empty());
 }
+
+/// A long-running emulator keeps only the last `keep_requests` API calls in its log.
+#[tokio::test]
+async fn the_emulator_keeps_only_the_last_requests() {
+    let emu = Emulator::new(EmulatorConfig {
+        keep_requests: 10,
+        ..EmulatorConfig::default()
+    });
+    let addr = emu.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let d = client(&format!("http://{addr}/rest/v1.0"), &emu.config().token);
+    for i in 0..25 {
+        d.import(&contact(&format!("U{i}"), "A"), OVERWRITE)
+            .await
+            .unwrap();
+    }
+    let kept = emu.requests();
+    assert_eq!(kept.len(), 10);
+    let users: Vec<_> = kept
+        .iter()
+        .map(|r| {
+            r.body.as_ref().unwrap()["UserData"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<_> = (15..25).map(|i| format!("U{i}")).collect();
+    assert_eq!(users, expected, "the last ten, oldest first");
+    assert_eq!(emu.contacts().len(), 25);
+}

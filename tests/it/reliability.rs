@@ -1,9 +1,9 @@
 //! What happens when things go wrong: a struggling dialler, a broken export, a lost
 //! state, a contact deleted behind dialsync's back.
 
-mod common;
+use crate::common;
 
-use common::{count, field, rows, Env};
+use crate::common::{count, field, rows, Env};
 use dialsync::emulator::Faults;
 use serde_json::Value;
 

@@ -1,9 +1,9 @@
 //! The performance regression guard that needs no clock: a sync with nothing to do makes
 //! no API call and writes nothing to the job's state, however large the export.
 
-mod common;
+use crate::common;
 
-use common::{count, rows, Env};
+use crate::common::{count, rows, Env};
 use dialsync::config::Config;
 use dialsync::state::Store;
 use dialsync::sync::{sync_with, SyncOptions};

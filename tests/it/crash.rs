@@ -3,7 +3,7 @@
 //! dialsync dies; the moments are set by how many requests the emulator has seen since
 //! the sync started (its debug log, read as it comes), drawn from a fixed seed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

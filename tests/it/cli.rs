@@ -1,7 +1,7 @@
 //! The command line: `validate` on every shipped config, config errors and their exit
 //! code, the demo, and the emulator as a separate process.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

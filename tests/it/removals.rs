@@ -3,9 +3,9 @@
 //! a NUL in a key, a key that still stands elsewhere in the file) and checks that no
 //! contact still in the export is locked or deleted, and that the report says why.
 
-mod common;
+use crate::common;
 
-use common::{count, rows, Env};
+use crate::common::{count, rows, Env};
 use serde_json::Value;
 
 /// A job synced with `n` rows, removal guards off (so that nothing but the evidence
@@ -388,4 +388,26 @@ fn verification_relearns_ids_restores_lost_contacts_and_values() {
     let locked: Vec<_> = env.contacts().into_iter().filter(|c| c.locked).collect();
     assert_eq!(locked.len(), 1);
     assert_eq!(common::field(&locked[0], "UserData"), "K10");
+}
+
+/// A dialler restored empty within `verify_every`: every changed contact finds itself
+/// gone and is imported again (each re-import flushes its journal entry, many at once:
+/// sled's concurrent `flush_async` used to hang here), and a verification then finds
+/// them all.
+#[test]
+fn changed_contacts_found_gone_are_imported_again_all_at_once() {
+    let env = Env::new();
+    env.edit_config("token = ", "max_concurrency = 16\ntoken = ");
+    let all = rows(300, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    env.emu.reset();
+    let moved = rows(300, "Bonn");
+    env.write_rows(&moved);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "imported")), (0, 300), "{report}");
+    env.assert_holds_exactly(&moved);
+    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["jobs"][0]["verified"]["confirmed"], 300, "{v}");
 }

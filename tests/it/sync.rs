@@ -1,8 +1,8 @@
 //! End-to-end syncs with the `dialsync` binary against the emulator on a loopback port.
 
-mod common;
+use crate::common;
 
-use common::{count, field, Env};
+use crate::common::{count, field, Env};
 use serde_json::json;
 
 const ROWS: [&str; 4] = [

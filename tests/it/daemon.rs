@@ -3,7 +3,6 @@
 //! STATUS= after each run, STOPPING=1) received on a socket given as NOTIFY_SOCKET, so
 //! nothing sleeps on a guess.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
@@ -11,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{field, Env, TOKEN};
+use crate::common::{field, Env, TOKEN};
 use serde_json::Value;
 
 /// Generous bound for one event on a slow, busy machine; never reached when things work.

@@ -1,0 +1,25 @@
+//! The integration tests, one binary (it links once instead of once per file): each
+//! module runs the `dialsync` binary or the library against the built-in emulator.
+//!
+//! - [`cli`]: validate, demo, the emulator as a process, credentials;
+//! - [`sync`]: the behaviour contract, run by run;
+//! - [`noop`]: unchanged exports cost no call and no state write;
+//! - [`removals`]: a removal needs evidence; IDs are checked; verification;
+//! - [`reliability`]: a struggling dialler, guards, state rebuild and restore, full disk,
+//!   private state;
+//! - [`crash`]: SIGKILL at seeded moments, with and without a reverted export;
+//! - [`daemon`]: the daemon as a process, synchronised on its sd_notify messages;
+//! - [`dialler_api`]: every dialler function of the client against the emulator.
+//!
+//! `cargo test --test it MODULE::` runs one module.
+
+mod common;
+
+mod cli;
+mod crash;
+mod daemon;
+mod dialler_api;
+mod noop;
+mod reliability;
+mod removals;
+mod sync;
