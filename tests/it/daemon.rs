@@ -3,7 +3,6 @@
 //! STATUS= after each run, STOPPING=1) received on a socket given as NOTIFY_SOCKET, so
 //! nothing sleeps on a guess.
 
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, ExitStatus, Stdio};
