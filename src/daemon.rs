@@ -400,7 +400,7 @@ impl Daemon {
                 aborted: Some(e),
                 ..JobReport::begin(job, dry_run)
             },
-            Ok(j) => sync::run_one(cfg, j, Some(&self.store), mode, handle).await,
+            Ok(j) => sync::run_one(cfg, j, sync::Against::Store(&self.store), mode, handle).await,
         };
         if dry_run {
             if let Err(e) = self.store.flush().await {

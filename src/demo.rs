@@ -69,7 +69,7 @@ async fn cycle(
                 dry_run: true,
                 ..SyncOptions::default()
             },
-            Some(&store),
+            dialsync::sync::Against::Store(&store),
         )
         .await?;
         if dry
@@ -81,7 +81,12 @@ async fn cycle(
                 print!("{}", indent(&r.human()));
             }
         }
-        let reports = sync_with(&config, &SyncOptions::default(), Some(&store)).await?;
+        let reports = sync_with(
+            &config,
+            &SyncOptions::default(),
+            dialsync::sync::Against::Store(&store),
+        )
+        .await?;
         println!("   sync:");
         for r in &reports {
             print!("{}", indent(&r.human()));

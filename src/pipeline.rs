@@ -362,4 +362,104 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, PlanError::Stopped), "{err}");
     }
+
+    /// A reader that counts the bytes taken from it.
+    struct Counted<R> {
+        inner: R,
+        taken: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    /// A state that cannot be read.
+    struct Broken;
+
+    impl StateView for Broken {
+        fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
+            Err(StateError::Corrupt { key: key.into() })
+        }
+        fn for_each(&self, _: &mut dyn FnMut(&str, Entry)) -> Result<(), StateError> {
+            Ok(())
+        }
+    }
+
+    /// Neither a stop request nor a planner that failed leaves the reader parsing the rest
+    /// of the export: it stops within a few batches, the file's buffers included.
+    #[test]
+    fn the_reader_stops_within_a_batch_of_a_stop_or_a_failed_planner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        let mut text = String::from("Nr,Name,Tel\n");
+        for i in 0..200_000 {
+            text.push_str(&format!("K{i},Name {i},0171 {:07}\n", 1_000_000 + i));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let job = job(&path);
+        let mapper = Mapper::new(&job, Arc::new(HashKey::for_tests()));
+        let bound = 4 * 64 * 1024 + (IN_FLIGHT + 2) * BATCH_ROWS * 40;
+        assert!(
+            bound < text.len() / 4,
+            "the export is much larger than the bound"
+        );
+
+        // Stopped on request while reading (after the first batch is handed over).
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let input = Counted {
+            inner: std::io::Cursor::new(text.clone().into_bytes()),
+            taken: Arc::clone(&taken),
+        };
+        let state = BTreeMap::new();
+        let handle = Arc::new(RunHandle::new());
+        let stopper = {
+            let handle = Arc::clone(&handle);
+            let taken = Arc::clone(&taken);
+            std::thread::spawn(move || {
+                while taken.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                handle.request_stop();
+            })
+        };
+        let planner = Planner::new(&state, policy(&job));
+        let err = read_and_plan(
+            &job.source,
+            input,
+            &job.columns(),
+            &mapper,
+            planner,
+            &handle,
+        )
+        .unwrap_err();
+        stopper.join().unwrap();
+        assert!(matches!(err, PlanError::Stopped), "{err}");
+        let read = taken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= bound, "{read} bytes read of {}", text.len());
+
+        // The planner fails at its first row: the reader stops too.
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let input = Counted {
+            inner: std::io::Cursor::new(text.clone().into_bytes()),
+            taken: Arc::clone(&taken),
+        };
+        let planner = Planner::new(&Broken, policy(&job));
+        let err = read_and_plan(
+            &job.source,
+            input,
+            &job.columns(),
+            &mapper,
+            planner,
+            &RunHandle::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::State(_)), "{err}");
+        let read = taken.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= bound, "{read} bytes read of {}", text.len());
+    }
 }

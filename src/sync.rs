@@ -111,7 +111,30 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
             }
         }
     };
-    sync_with(config, opts, store.as_ref()).await
+    let against = match &store {
+        Some(s) => Against::Store(s),
+        None => Against::NothingDryRun,
+    };
+    sync_with(config, opts, against).await
+}
+
+/// What a run compares with and writes to. Without a state database there is nothing
+/// to write to, so that variant can only be a dry run (against an empty state): a real
+/// run without a store cannot even be asked for.
+#[derive(Clone, Copy)]
+pub enum Against<'a> {
+    Store(&'a Store),
+    /// A dry run where no state database exists yet (it is not created).
+    NothingDryRun,
+}
+
+impl<'a> Against<'a> {
+    fn store(self) -> Option<&'a Store> {
+        match self {
+            Against::Store(s) => Some(s),
+            Against::NothingDryRun => None,
+        }
+    }
 }
 
 /// How a job runs: for real or as a dry run, whether its guards apply, and when it
@@ -129,8 +152,9 @@ pub struct Mode {
 pub async fn sync_with(
     config: &Config,
     opts: &SyncOptions,
-    store: Option<&Store>,
+    against: Against<'_>,
 ) -> Result<Vec<JobReport>, SyncError> {
+    let store = against.store();
     let jobs = select_jobs(config, opts.job.as_deref())?;
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
@@ -140,7 +164,7 @@ pub async fn sync_with(
             force: opts.force,
             verify: opts.verify,
         };
-        let mut report = run_one(config, job, store, mode, &handle).await;
+        let mut report = run_one(config, job, against, mode, &handle).await;
         if let (Some(store), false) = (store, mode.dry_run) {
             settle(config, store, &job.name, &mut report).await;
         }
@@ -191,10 +215,15 @@ pub fn select_jobs<'c>(
 pub async fn run_one(
     config: &Config,
     job: &JobConfig,
-    store: Option<&Store>,
+    against: Against<'_>,
     mode: Mode,
     handle: &Arc<RunHandle>,
 ) -> JobReport {
+    let store = against.store();
+    let mode = Mode {
+        dry_run: mode.dry_run || store.is_none(),
+        ..mode
+    };
     let dry_run = mode.dry_run;
     let mut report = JobReport::begin(&job.name, dry_run);
     report.verify_only = mode.verify == Verify::Only;
@@ -480,9 +509,13 @@ async fn plan_and_execute(
         report.aborted = Some(why);
         return;
     }
-    let state = state.expect("a run that is not a dry run has a state");
-    let look_first = match store.map(|s| s.imports_unsure(&job.name)).transpose() {
-        Ok(unsure) => unsure.unwrap_or(false),
+    // Not a dry run, so `run_one` had a store (see `Against`), and `run_job` its state.
+    let (Some(store), Some(state)) = (store, state) else {
+        report.aborted = Some("no state database to record the run in; nothing was sent".into());
+        return;
+    };
+    let look_first = match store.imports_unsure(&job.name) {
+        Ok(unsure) => unsure,
         Err(e) => {
             report.aborted = Some(error_chain(&e));
             return;
@@ -496,7 +529,7 @@ async fn plan_and_execute(
         look_first,
     };
     execute(plan, target, handle, report).await;
-    if let (true, None, Some(store)) = (look_first, &report.aborted, store) {
+    if let (true, None) = (look_first, &report.aborted) {
         if let Err(e) = store.clear_imports_unsure(&job.name) {
             tracing::warn!(error = %error_chain(&e), "could not record that the imports are settled");
         }

@@ -21,8 +21,12 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
     let store = Store::open(&config.state.path).unwrap();
     let opts = SyncOptions::default();
     let run = || {
-        rt.block_on(sync_with(&config, &opts, Some(&store)))
-            .unwrap()
+        rt.block_on(sync_with(
+            &config,
+            &opts,
+            dialsync::sync::Against::Store(&store),
+        ))
+        .unwrap()
     };
 
     let first = run();

@@ -603,7 +603,11 @@ fn an_unkeyed_state_migrates_without_api_calls() {
     let sync = || {
         let opts = dialsync::sync::SyncOptions::default();
         let mut reports = rt
-            .block_on(dialsync::sync::sync_with(&config, &opts, Some(&store)))
+            .block_on(dialsync::sync::sync_with(
+                &config,
+                &opts,
+                dialsync::sync::Against::Store(&store),
+            ))
             .unwrap();
         serde_json::from_slice::<Value>(&reports.remove(0).to_json()).unwrap()
     };

@@ -407,3 +407,24 @@ fn wrong_base_url_says_so() {
     );
     assert_eq!(env.requests().len(), 1);
 }
+
+/// The library's entry point cannot be asked for a real run without a state database:
+/// without one it is a dry run, whatever the options say (it used to panic).
+#[test]
+fn a_run_without_a_state_database_is_a_dry_run() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt
+        .block_on(dialsync::sync::sync_with(
+            &config,
+            &dialsync::sync::SyncOptions::default(),
+            dialsync::sync::Against::NothingDryRun,
+        ))
+        .unwrap();
+    assert!(reports[0].dry_run);
+    assert_eq!(reports[0].imported, 4, "what it would do");
+    assert!(env.requests().is_empty(), "nothing sent");
+    assert!(!env.path("state").exists(), "no state created");
+}
