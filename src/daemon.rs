@@ -89,10 +89,10 @@ struct SlotInfo {
 
 impl Slot {
     pub fn skipped(&self) -> u64 {
-        self.info.lock().unwrap().skipped
+        crate::locking::lock(&self.info).skipped
     }
     fn update(&self, f: impl FnOnce(&mut SlotInfo)) {
-        f(&mut self.info.lock().unwrap());
+        f(&mut crate::locking::lock(&self.info));
     }
 }
 
@@ -260,8 +260,8 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         sd_notify::NotifyState::Status("stopping"),
     ]);
     daemon.stop.send_replace(true);
-    for slot in daemon.slots.lock().unwrap().values() {
-        if let Some(h) = &slot.info.lock().unwrap().running {
+    for slot in crate::locking::lock(&daemon.slots).values() {
+        if let Some(h) = &crate::locking::lock(&slot.info).running {
             h.request_stop();
         }
     }
@@ -281,7 +281,10 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         let cfg = daemon.config.borrow().clone();
         cfg.dialler.timeout + cfg.dialler.connect_timeout + Duration::from_secs(5)
     };
-    let slots: Vec<Arc<Slot>> = daemon.slots.lock().unwrap().values().cloned().collect();
+    let slots: Vec<Arc<Slot>> = crate::locking::lock(&daemon.slots)
+        .values()
+        .cloned()
+        .collect();
     let all_idle = async {
         for slot in &slots {
             let _ = slot.run_lock.lock().await;
@@ -331,9 +334,7 @@ fn notify(states: &[sd_notify::NotifyState]) {
 impl Daemon {
     fn slot(&self, job: &str) -> Arc<Slot> {
         Arc::clone(
-            self.slots
-                .lock()
-                .unwrap()
+            crate::locking::lock(&self.slots)
                 .entry(job.to_string())
                 .or_default(),
         )
@@ -346,7 +347,7 @@ impl Daemon {
     /// Starts a loop for every job that has none (at start and after a reload).
     fn start_loops(self: &Arc<Self>) {
         let cfg = self.current();
-        let mut loops = self.loops.lock().unwrap();
+        let mut loops = crate::locking::lock(&self.loops);
         loops.retain(|_, h| !h.is_finished());
         for job in &cfg.jobs {
             if loops.contains_key(&job.name) {
@@ -467,7 +468,7 @@ impl Daemon {
             config: self.config_path.display().to_string(),
         });
         for j in &mut status.jobs {
-            let info = self.slot(&j.job).info.lock().unwrap().clone();
+            let info = crate::locking::lock(&self.slot(&j.job).info).clone();
             j.running = info.running.map(|h| h.snapshot());
             j.runs = Some(info.runs);
             j.skipped_slots = Some(info.skipped);
@@ -479,11 +480,11 @@ impl Daemon {
     fn notify_status(&self) {
         let cfg = self.current();
         let now = Utc::now();
-        let slots = self.slots.lock().unwrap();
+        let slots = crate::locking::lock(&self.slots);
         let parts: Vec<String> = slots
             .iter()
             .map(|(name, slot)| {
-                let i = slot.info.lock().unwrap();
+                let i = crate::locking::lock(&slot.info);
                 let last = match &i.last {
                     Some((at, outcome)) => format!("last {} at {at}", outcome_word(*outcome)),
                     None => "no run yet".to_string(),
@@ -544,8 +545,11 @@ impl Daemon {
                     slot.run_lock.lock().await
                 }
             };
+            // The config in force now, not the one of the request: a reload may have come
+            // while the run waited for the job (a job it removed is reported as such).
+            let now = self.current();
             let handle = Arc::new(RunHandle::new());
-            let run = self.run_locked(&cfg, &job.name, mode, &handle);
+            let run = self.run_locked(&now, &job.name, mode, &handle);
             tokio::pin!(run);
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             let mut buf = Vec::new();
@@ -672,7 +676,7 @@ async fn watchdog(daemon: Arc<Daemon>) {
     loop {
         tick.tick().await;
         let cfg = daemon.current();
-        let loops = daemon.loops.lock().unwrap();
+        let loops = crate::locking::lock(&daemon.loops);
         let dead: Vec<&str> = cfg
             .jobs
             .iter()
@@ -770,7 +774,7 @@ PhoneNumber1 = "phone"
                 cfg_rx,
                 stop_rx,
                 move |_| {
-                    f.lock().unwrap().push(clock.now());
+                    crate::locking::lock(&f).push(clock.now());
                     tokio::time::sleep(run_time)
                 },
             ));
@@ -787,7 +791,7 @@ PhoneNumber1 = "phone"
         async fn end(self) -> (Vec<DateTime<Utc>>, Arc<Slot>) {
             self.stop.send(true).unwrap();
             self.task.await.unwrap();
-            let fired = self.fired.lock().unwrap().clone();
+            let fired = crate::locking::lock(&self.fired).clone();
             (fired, self.slot)
         }
     }

@@ -230,6 +230,7 @@ impl Probe {
         // A slot may straddle two cache lines, and a probe often reads the next slot too.
         let slot: *const Slot = &self.slots[home(key, self.size)];
         #[cfg(target_arch = "x86_64")]
+        #[allow(unsafe_code)]
         // SAFETY: a prefetch is only a hint: it reads nothing and cannot fault, whatever
         // the address (the second one may lie past the end of the table).
         unsafe {

@@ -284,10 +284,7 @@ impl Emulator {
 
     /// Every contact, by ID.
     pub fn contacts(&self) -> Vec<EmuContact> {
-        self.shared
-            .data
-            .lock()
-            .unwrap()
+        crate::locking::lock(&self.shared.data)
             .contacts
             .values()
             .cloned()
@@ -296,10 +293,7 @@ impl Emulator {
 
     /// Every API call received so far.
     pub fn requests(&self) -> Vec<RequestLog> {
-        self.shared
-            .data
-            .lock()
-            .unwrap()
+        crate::locking::lock(&self.shared.data)
             .requests
             .iter()
             .cloned()
@@ -308,7 +302,7 @@ impl Emulator {
 
     /// Removes a contact as someone in the jtel portal would (tests of a contact gone).
     pub fn remove_contact(&self, id: i64) -> bool {
-        let mut d = self.shared.data.lock().unwrap();
+        let mut d = crate::locking::lock(&self.shared.data);
         match d.contacts.remove(&id) {
             Some(c) => {
                 unindex(&mut d, &c);
@@ -326,7 +320,7 @@ impl Emulator {
 
     /// [`Emulator::reject_next`] with `message` as the error text of the answers.
     pub fn reject_next_with(&self, fragment: &str, n: usize, message: &str) {
-        let mut d = self.shared.data.lock().unwrap();
+        let mut d = crate::locking::lock(&self.shared.data);
         d.reject
             .push((fragment.to_string(), n, message.to_string()));
     }
@@ -334,7 +328,7 @@ impl Emulator {
     /// Forgets every contact, as a dialler restored from an empty backup or a wiped test
     /// system would (IDs go on from where they were). The request log stays.
     pub fn reset(&self) {
-        let mut d = self.shared.data.lock().unwrap();
+        let mut d = crate::locking::lock(&self.shared.data);
         d.contacts.clear();
         d.by_user_data.clear();
     }
@@ -343,7 +337,7 @@ impl Emulator {
     /// old ID now holds another contact, as after a restore into a database that numbers
     /// anew. Returns how many contacts were renumbered.
     pub fn renumber(&self) -> usize {
-        let mut d = self.shared.data.lock().unwrap();
+        let mut d = crate::locking::lock(&self.shared.data);
         let ids: Vec<i64> = d.contacts.keys().copied().collect();
         if ids.len() < 2 {
             return 0;
@@ -361,7 +355,10 @@ impl Emulator {
 
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).
     pub fn add_tries(&self, id: i64, n: u64) {
-        if let Some(c) = self.shared.data.lock().unwrap().contacts.get_mut(&id) {
+        if let Some(c) = crate::locking::lock(&self.shared.data)
+            .contacts
+            .get_mut(&id)
+        {
             c.tries += n;
         }
     }
@@ -419,7 +416,7 @@ async fn handle(
             }
             _ => {}
         }
-        let data = shared.data.lock().unwrap();
+        let data = crate::locking::lock(&shared.data);
         let reply = match (&method, rest) {
             (&Method::GET, "state") => ok(json!({
                 "contacts": data.contacts.values().collect::<Vec<_>>(),
@@ -457,7 +454,7 @@ async fn handle(
     match fault {
         Fault::None | Fault::Timeout => {}
         Fault::Throttle => {
-            log(&mut shared.data.lock().unwrap(), 429);
+            log(&mut crate::locking::lock(&shared.data), 429);
             let mut r = respond(fail(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests (injected)",
@@ -469,13 +466,13 @@ async fn handle(
             return r;
         }
         Fault::Error(code) => {
-            log(&mut shared.data.lock().unwrap(), code.as_u16());
+            log(&mut crate::locking::lock(&shared.data), code.as_u16());
             return respond(fail(code, "server error (injected)"));
         }
         Fault::Drop => {
             // Logged as status 0: no answer. Headers go out, then a body that fails, so
             // the server closes the connection mid-answer.
-            log(&mut shared.data.lock().unwrap(), 0);
+            log(&mut crate::locking::lock(&shared.data), 0);
             return Response::new(Body::from_stream(futures_util::stream::once(async {
                 Err::<Bytes, _>(std::io::Error::other("connection dropped (injected)"))
             })));
@@ -484,7 +481,7 @@ async fn handle(
 
     // One lock per request: the call and its log entry are one step.
     let reply = {
-        let mut data = shared.data.lock().unwrap();
+        let mut data = crate::locking::lock(&shared.data);
         let rejected = data
             .reject
             .iter_mut()

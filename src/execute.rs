@@ -276,7 +276,7 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
         }
     }
     report.retries = dialler.retries();
-    let fatal = run.fatal.lock().unwrap().take();
+    let fatal = crate::locking::lock(&run.fatal).take();
     if let Some((why, unauthorized)) = fatal {
         report.aborted = Some(why);
         report.unauthorized = unauthorized;
@@ -393,10 +393,7 @@ impl Run<'_> {
 
     fn halt(&self, e: &(dyn std::error::Error + 'static), unauthorized: bool) {
         self.stop.store(true, Ordering::Relaxed);
-        self.fatal
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| (error_chain(e), unauthorized));
+        crate::locking::lock(&self.fatal).get_or_insert_with(|| (error_chain(e), unauthorized));
     }
 
     async fn campaign_id(&self) -> Result<i64, DiallerError> {

@@ -18,6 +18,7 @@ pub mod execute;
 pub mod fields;
 pub mod guard;
 pub mod hashing;
+mod locking;
 pub mod mapping;
 pub mod pace;
 pub mod phone;

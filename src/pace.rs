@@ -31,7 +31,7 @@ impl Pacer {
     /// Waits for this call's slot.
     pub async fn wait(&self) {
         let slot = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = crate::locking::lock(&self.next);
             let now = Instant::now();
             let slot = next.filter(|n| *n > now).unwrap_or(now);
             *next = Some(slot + self.interval);

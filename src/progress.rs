@@ -53,7 +53,7 @@ impl RunHandle {
 
     /// Starts counting for `job`'s run.
     pub fn begin(&self, job: &str) {
-        *self.job.lock().unwrap() = job.to_string();
+        *crate::locking::lock(&self.job) = job.to_string();
         self.phase.store(Phase::Reading as u8, Ordering::Relaxed);
         for c in [&self.rows, &self.planned, &self.done, &self.failed] {
             c.store(0, Ordering::Relaxed);
@@ -91,7 +91,7 @@ impl RunHandle {
 
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            job: self.job.lock().unwrap().clone(),
+            job: crate::locking::lock(&self.job).clone(),
             phase: match self.phase.load(Ordering::Relaxed) {
                 x if x == Phase::Sending as u8 => Phase::Sending,
                 x if x == Phase::Finished as u8 => Phase::Finished,

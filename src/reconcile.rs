@@ -211,7 +211,7 @@ pub async fn verify(
             if record_campaign(&r).is_some_and(|c| c != campaign) {
                 return;
             }
-            let mut g = gathered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = crate::locking::lock(&gathered);
             g.listed += 1;
             let (Some(id), Some(Key::Usable(key))) = (
                 record_id(&r),
@@ -262,7 +262,7 @@ pub async fn verify(
         }
     };
     drop(dialler.stream_contacts(campaign, each).await?);
-    let mut g = std::mem::take(&mut *gathered.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut g = std::mem::take(&mut *crate::locking::lock(&gathered));
     if let Some(e) = g.error.take() {
         return Err(e.into());
     }

@@ -254,7 +254,7 @@ struct Flusher {
 impl Flusher {
     /// Flushes on this thread.
     fn now(&self) -> Result<(), StateError> {
-        let _one = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = crate::locking::lock(&self.gate);
         self.db.flush()?;
         Ok(())
     }
@@ -292,7 +292,10 @@ impl Store {
             source: sled::Error::Io(e),
         };
         // SAFETY: umask has no preconditions and cannot fail.
-        unsafe { libc::umask(0o077) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::umask(0o077)
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
@@ -321,11 +324,9 @@ impl Store {
                 store.check_key()?;
                 Ok(store)
             }
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                Err(StateError::Locked {
-                    path: path.to_path_buf(),
-                })
-            }
+            Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
+                path: path.to_path_buf(),
+            }),
             Err(source) if is_damage(&source) && !snapshot::jobs(path).is_empty() => {
                 Store::restore(path, key, source)
             }
@@ -665,6 +666,14 @@ pub struct GuardTrip {
     pub guard: String,
 }
 
+/// Whether sled could not open the database because another process holds it. sled says
+/// so only in its message; this is the one place that reads it, and
+/// `tests::second_open_is_a_clear_error_and_state_persists` fails if sled's wording
+/// changes.
+fn held_elsewhere(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// Whether sled's failure to open a database means the database is damaged (restore it),
 /// not that the disk is full or the files cannot be reached (try again later, move
 /// nothing).
@@ -771,7 +780,9 @@ fn make_private(dir: &Path) -> std::io::Result<()> {
 fn refuse_as_root(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         return Ok(());
     }
     let Ok(meta) = std::fs::metadata(path) else {
@@ -874,7 +885,7 @@ impl JobState {
     }
 
     fn cache(&self) -> Result<std::sync::MutexGuard<'_, DigestCache>, StateError> {
-        let mut cache = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = crate::locking::lock(&self.digest);
         if !cache.loaded {
             let stored = self.digests.get(&self.name)?;
             cache.base = stored.and_then(|b| Digest::decode(&b)).map(Arc::new);
@@ -1163,7 +1174,10 @@ mod tests {
         )
         .unwrap();
         // SAFETY: umask has no preconditions; Store::open narrows it again.
-        unsafe { libc::umask(0o022) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::umask(0o022)
+        };
         let store = Store::open(&path).unwrap();
         store.job("a").unwrap().put("K1", &entry()).unwrap();
         store.db.flush().unwrap();
@@ -1190,7 +1204,10 @@ mod tests {
     fn root_does_not_open_a_state_owned_by_the_service_user() {
         // Only root can hand a directory to another user; as anyone else this test has
         // nothing to check (CI runs as root).
-        if unsafe { libc::geteuid() } != 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
