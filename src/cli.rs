@@ -130,7 +130,7 @@ enum Command {
         #[arg(long, default_value_t = dialsync::emulator::KEEP_REQUESTS)]
         keep_requests: usize,
         #[command(flatten)]
-        faults: Faults,
+        faults: FaultFlags,
     },
     /// Show a whole sync cycle against a built-in emulator, with nothing to set up.
     Demo,
@@ -154,6 +154,56 @@ enum StateCommand {
         #[arg(long)]
         job: Option<String>,
     },
+}
+
+/// The emulator's fault injection flags (see [`Faults`]).
+#[derive(Debug, Clone, clap::Args)]
+struct FaultFlags {
+    /// Fault injection: added to every API answer, e.g. 20ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    latency: Duration,
+    /// Fraction of API calls answered 500/502/503/504 (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    error_rate: f64,
+    /// Fraction of API calls answered 429 with Retry-After (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    throttle_rate: f64,
+    /// The Retry-After of those 429 answers, in seconds.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Fraction of API calls whose connection is dropped (not carried out).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    drop_rate: f64,
+    /// Fraction of API calls carried out but never answered (the client times out): the
+    /// worst case for a client that must not duplicate on retry.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    timeout_rate: f64,
+    /// Seed of the fault draws (same seed, same requests: same faults).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl From<FaultFlags> for Faults {
+    fn from(f: FaultFlags) -> Faults {
+        Faults {
+            latency: f.latency,
+            error_rate: f.error_rate,
+            throttle_rate: f.throttle_rate,
+            retry_after: f.retry_after,
+            drop_rate: f.drop_rate,
+            timeout_rate: f.timeout_rate,
+            seed: f.seed,
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a fraction between 0 and 1 (e.g. 0.1 for 10%)"
+        )),
+    }
 }
 
 fn parse_campaign(s: &str) -> Result<(i64, String), String> {
@@ -352,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             keep_requests,
             faults,
         } => {
+            let faults = Faults::from(faults);
             faults
                 .check()
                 .map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?;

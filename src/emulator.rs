@@ -59,41 +59,25 @@ pub struct EmulatorConfig {
 pub const KEEP_REQUESTS: usize = 100_000;
 
 /// Faults to inject into API calls (never into the `/_emulator/` endpoints). The rates
-/// are fractions of calls (0.0 to 1.0) and add up: one draw per call picks at most one.
-/// Also the fault flags of `dialsync emulator`.
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+/// are fractions of calls (0.0 to 1.0) and add up: one draw per call picks at most one
+/// ([`Faults::check`]). `dialsync emulator` sets them from its flags.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
-    /// Fault injection: added to every API answer, e.g. 20ms.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    /// Added to every API answer.
     pub latency: Duration,
     /// Fraction of API calls answered 500/502/503/504 (not carried out).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
     /// Fraction of API calls answered 429 with Retry-After (not carried out).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub throttle_rate: f64,
     /// The Retry-After of those 429 answers, in seconds.
-    #[arg(long, default_value_t = 1)]
     pub retry_after: u64,
     /// Fraction of API calls whose connection is dropped (not carried out).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub drop_rate: f64,
     /// Fraction of API calls carried out but never answered (the client times out): the
     /// worst case for a client that must not duplicate on retry.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub timeout_rate: f64,
     /// Seed of the fault draws (same seed, same requests: same faults).
-    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "`{s}` is not a fraction between 0 and 1 (e.g. 0.1 for 10%)"
-        )),
-    }
 }
 
 /// What a draw decided for one call.
