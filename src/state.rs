@@ -311,16 +311,7 @@ impl Store {
         })?;
         match sled::Config::new().path(path).open() {
             Ok(db) => {
-                let store = Store {
-                    flusher: Flusher {
-                        db: db.clone(),
-                        gate: Arc::default(),
-                    },
-                    db,
-                    path: path.to_path_buf(),
-                    key: Arc::new(key),
-                    writes: Arc::default(),
-                };
+                let store = Store::on(db, path, key);
                 store.check_key()?;
                 Ok(store)
             }
@@ -334,6 +325,20 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             }),
+        }
+    }
+
+    /// A store on the open database `db` at `path`, with the state's secret.
+    fn on(db: sled::Db, path: &Path, key: HashKey) -> Store {
+        Store {
+            flusher: Flusher {
+                db: db.clone(),
+                gate: Arc::default(),
+            },
+            db,
+            path: path.to_path_buf(),
+            key: Arc::new(key),
+            writes: Arc::default(),
         }
     }
 
@@ -365,16 +370,7 @@ impl Store {
                 return Err(failed(std::io::Error::other(e)));
             }
         };
-        let store = Store {
-            flusher: Flusher {
-                db: db.clone(),
-                gate: Arc::default(),
-            },
-            db,
-            path: path.to_path_buf(),
-            key: Arc::new(key),
-            writes: Arc::default(),
-        };
+        let store = Store::on(db, path, key);
         for (job, sections, stale) in snapshots {
             store.load_snapshot(&job, sections, stale)?;
             tracing::warn!(
