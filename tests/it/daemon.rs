@@ -409,3 +409,63 @@ fn a_second_sigterm_quits_at_once_and_leaves_a_state_that_opens() {
     assert_eq!(status["jobs"][0]["contacts"], 0, "{status}");
     assert_eq!(env.requests().len(), 1, "nothing more was sent");
 }
+
+/// A manual run that waited for the job's scheduled run runs with the config in force
+/// when it starts: a reload that came meanwhile (here, City taken from another column)
+/// applies to it.
+#[test]
+fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
+    let env = Env::with_faults(dialsync::emulator::Faults {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let all = crate::common::rows(20, "Köln");
+    env.write_rows(&all);
+    // One call at a time at 100 ms each: the first scheduled run takes about 2 s.
+    env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
+    env.edit_config("token = ", "max_concurrency = 1\ntoken = ");
+    let mut daemon = Daemon::start(&env);
+    // The scheduled run has begun once the emulator sees its first call.
+    let deadline = Instant::now() + PATIENCE;
+    while env.requests().is_empty() {
+        assert!(Instant::now() < deadline, "no scheduled run started");
+        std::thread::yield_now();
+    }
+    let mut manual = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["sync", "--config", "dialsync.toml", "--output", "json"])
+        .current_dir(env.dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(manual.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no note that it waits"
+        );
+        if line.contains("this run starts when that one ends") {
+            break;
+        }
+    }
+    // While it waits: City comes from the FirstName column now, and no more schedule.
+    env.edit_config("City = \"City\"", "City = \"FirstName\"");
+    env.edit_config(r#"schedule = "* * * * * *""#, r#"schedule = "0 0 1 1 *""#);
+    daemon.signal("HUP");
+    daemon.wait_log("config reloaded");
+    // The scheduled run, then the manual one (reading the daemon's notifications, as
+    // systemd would: unread, they would fill its socket and block the daemon).
+    daemon.wait_runs(2);
+    let out = manual.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["jobs"][0]["updated"], 20, "{report}");
+    for c in env.contacts() {
+        assert_eq!(field(&c, "City"), field(&c, "FirstName"), "{c:?}");
+    }
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
