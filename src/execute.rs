@@ -29,7 +29,7 @@ use tokio::sync::OnceCell;
 use crate::config::{CampaignRef, JobConfig};
 use crate::dialler::{self, record_campaign, record_id, Dialler, DiallerError, ImportFlags};
 use crate::fields::Field;
-use crate::mapping::{clean_key, Contact, FieldValue, Key};
+use crate::mapping::{record_key, Contact, FieldValue};
 use crate::plan::{Change, Plan, Removal, RemovalKind};
 use crate::progress::RunHandle;
 use crate::report::{Failure, JobReport, LIST_LIMIT};
@@ -624,15 +624,7 @@ impl Run<'_> {
             done.already_gone += 1;
             return Ok(false);
         };
-        let holder = record
-            .get("UserData")
-            .and_then(Value::as_str)
-            .map(clean_key)
-            .and_then(|k| match k {
-                Key::Usable(k) => Some(k.into_owned()),
-                _ => None,
-            });
-        if holder.as_deref() == Some(r.key.as_str()) {
+        if record_key(&record).as_deref() == Some(r.key.as_str()) {
             return Ok(true);
         }
         done.stale_ids += 1;

@@ -64,6 +64,15 @@ pub fn key_hash(key: &str) -> u64 {
     xxh3_64(key.as_bytes())
 }
 
+/// The UserData of a contact record as the dialler returns it, cleaned like every other
+/// key ([`clean_key`]); `None` if it has no usable one.
+pub fn record_key(record: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    match clean_key(record.get("UserData")?.as_str()?) {
+        Key::Usable(k) => Some(k.into_owned()),
+        Key::Blank | Key::Bad(_) => None,
+    }
+}
+
 /// What a raw UserData cell holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key<'v> {
@@ -533,6 +542,15 @@ PhoneNumber1 = "Tel"
 
     #[test]
     fn keys_are_cleaned_the_same_way_everywhere() {
+        let rec = |v: serde_json::Value| {
+            serde_json::json!({ "UserData": v })
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(record_key(&rec("\u{feff} K1 ".into())), Some("K1".into()));
+        assert_eq!(record_key(&rec("K\u{0}1".into())), None);
+        assert_eq!(record_key(&rec(serde_json::Value::Null)), None);
         assert_eq!(clean_key("K1"), Key::Usable(Cow::Borrowed("K1")));
         assert_eq!(clean_key("  K1\t"), Key::Usable(Cow::Borrowed("K1")));
         assert_eq!(

@@ -409,12 +409,17 @@ mod tests {
             "the export is much larger than the bound"
         );
 
-        // Stopped on request while reading (after the first batch is handed over).
-        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let input = Counted {
-            inner: std::io::Cursor::new(text.clone().into_bytes()),
-            taken: Arc::clone(&taken),
+        let counted = || {
+            let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let input = Counted {
+                inner: std::io::Cursor::new(text.clone().into_bytes()),
+                taken: Arc::clone(&taken),
+            };
+            (input, taken)
         };
+
+        // Stopped on request while reading (after the first batch is handed over).
+        let (input, taken) = counted();
         let state = BTreeMap::new();
         let handle = Arc::new(RunHandle::new());
         let stopper = {
@@ -443,11 +448,7 @@ mod tests {
         assert!(read <= bound, "{read} bytes read of {}", text.len());
 
         // The planner fails at its first row: the reader stops too.
-        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let input = Counted {
-            inner: std::io::Cursor::new(text.clone().into_bytes()),
-            taken: Arc::clone(&taken),
-        };
+        let (input, taken) = counted();
         let planner = Planner::new(&Broken, policy(&job));
         let err = read_and_plan(
             &job.source,

@@ -17,7 +17,7 @@ use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::execute::campaign_id;
 use crate::fields::{self, Field};
 use crate::hashing::HashKey;
-use crate::mapping::{clean_key, key_hash, FieldValue, Key};
+use crate::mapping::{key_hash, record_key, FieldValue};
 use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many pending imports are looked up one by one; more, with one listing of
@@ -70,9 +70,9 @@ async fn contacts_by_key(
         if record_campaign(&r).is_some_and(|c| c != campaign) {
             continue;
         }
-        match r.get("UserData").and_then(Value::as_str).map(str::trim) {
-            Some(k) if !k.is_empty() => by_key.entry(k.to_string()).or_default().push(r),
-            _ => without_key += 1,
+        match record_key(&r) {
+            Some(k) => by_key.entry(k).or_default().push(r),
+            None => without_key += 1,
         }
     }
     for list in by_key.values_mut() {
@@ -213,10 +213,7 @@ pub async fn verify(
             }
             let mut g = crate::locking::lock(&gathered);
             g.listed += 1;
-            let (Some(id), Some(Key::Usable(key))) = (
-                record_id(&r),
-                r.get("UserData").and_then(Value::as_str).map(clean_key),
-            ) else {
+            let (Some(id), Some(key)) = (record_id(&r), record_key(&r)) else {
                 return;
             };
             let hash_key = state.hash_key();
@@ -241,15 +238,12 @@ pub async fn verify(
                             row: 0,
                             ..e
                         };
-                        g.differ.push((key.into_owned(), fixed));
+                        g.differ.push((key, fixed));
                     }
                 }
                 Ok(Some(e)) => {
                     let hashes = held(&e.fields);
-                    let slot = g
-                        .elsewhere
-                        .entry(key.into_owned())
-                        .or_insert((id, hashes.clone()));
+                    let slot = g.elsewhere.entry(key).or_insert((id, hashes.clone()));
                     if id < slot.0 {
                         *slot = (id, hashes);
                     }
