@@ -1,35 +1,26 @@
 //! dialsync keeps a jtel ACD dialler campaign in step with a CRM export.
 //!
-//! The modules follow the data flow of a sync run:
-//! [`source`] (CRM export rows) -> [`mapping`] (dialler contacts) -> [`plan`] (diff against
-//! [`state`], whose [`digest`] spots unchanged rows) -> [`execute`] (dialler API calls via [`dialler`], state commits) -> [`report`].
-//! [`sync`] drives one run; [`config`] loads and checks the TOML; [`emulator`] is an
-//! in-memory dialler for the demo, tests and benchmarks.
+//! The folders follow a sync run's data flow:
+//!
+//! - [`config`]: the TOML, loaded, checked and compiled (schedules, secrets);
+//! - [`source`]: CRM export records (CSV, JSON), streamed;
+//! - [`engine`]: one job's run: map, plan against the state, guard, execute, reconcile,
+//!   report;
+//! - [`state`]: the only sled code: what the dialler holds, per job and UserData;
+//! - [`dialler`]: the jtel REST client (errors, retries, pacing);
+//! - [`daemon`]: the scheduler, the control socket, systemd notification, `status`;
+//! - [`emulator`]: an in-memory dialler for the demo, tests and benchmarks.
+//!
+//! Shared by all: [`fields`] (the dialler's contact fields), [`escape`] (text made safe
+//! for logs and terminals) and `locking` (one mutex poisoning policy).
 
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod dialler;
-pub mod digest;
 pub mod emulator;
+pub mod engine;
 pub mod escape;
-pub mod evidence;
-pub mod execute;
 pub mod fields;
-pub mod guard;
-pub mod hashing;
 mod locking;
-pub mod mapping;
-pub mod pace;
-pub mod phone;
-pub mod pipeline;
-pub mod plan;
-pub mod progress;
-pub mod reconcile;
-pub mod report;
-pub mod schedule;
-pub mod snapshot;
 pub mod source;
 pub mod state;
-pub mod status;
-pub mod sync;

@@ -1,9 +1,7 @@
 //! The `dialsync` command: parse the command line, set up logging, run the command from
 //! the library, print the error chain and return the documented exit code.
 
-mod bars;
 mod cli;
-mod demo;
 
 use std::process::ExitCode;
 
@@ -19,7 +17,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(dialsync::report::Exit::Aborted as u8);
+            return ExitCode::from(dialsync::engine::report::Exit::Aborted as u8);
         }
     };
     match runtime.block_on(cli::run(args)) {

@@ -9,6 +9,7 @@
 //! Defaults live here and only here (the `DEFAULT_*` constants).
 
 pub mod raw;
+pub mod schedule;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -22,8 +23,8 @@ use toml::Spanned;
 
 pub use raw::{OnMissing, PhoneFormat, SourceKind};
 
+use crate::config::schedule::CronSchedule;
 use crate::fields::{self, Field};
-use crate::schedule::CronSchedule;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,8 +5,8 @@ use crate::common;
 
 use crate::common::{count, rows, Env};
 use dialsync::config::Config;
+use dialsync::engine::run::{sync_with, SyncOptions};
 use dialsync::state::Store;
-use dialsync::sync::{sync_with, SyncOptions};
 
 #[test]
 fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
@@ -24,7 +24,7 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
         rt.block_on(sync_with(
             &config,
             &opts,
-            dialsync::sync::Against::Store(&store),
+            dialsync::engine::run::Against::Store(&store),
         ))
         .unwrap()
     };

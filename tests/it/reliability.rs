@@ -499,8 +499,8 @@ fn a_guard_that_keeps_tripping_raises_the_alarm_once_and_status_shows_it() {
 /// (a dictionary over phone numbers finds nothing).
 #[test]
 fn a_copy_of_the_database_alone_reveals_no_phone_number() {
-    use dialsync::hashing::legacy_value;
-    use dialsync::mapping::FieldValue;
+    use dialsync::engine::mapping::FieldValue;
+    use dialsync::state::hashing::legacy_value;
     use dialsync::state::{StateView, Store};
     let env = Env::new();
     let all = rows(200, "Köln");
@@ -556,9 +556,9 @@ fn a_copy_of_the_database_alone_reveals_no_phone_number() {
 /// migrates on the next run without any API call, and is keyed afterwards.
 #[test]
 fn an_unkeyed_state_migrates_without_api_calls() {
+    use dialsync::engine::mapping::FieldValue;
     use dialsync::fields;
-    use dialsync::hashing::{legacy_trigger, legacy_value};
-    use dialsync::mapping::FieldValue;
+    use dialsync::state::hashing::{legacy_trigger, legacy_value};
     use dialsync::state::{Entry, StateView, Store};
     let env = Env::new();
     let all = rows(50, "Köln");
@@ -601,12 +601,12 @@ fn an_unkeyed_state_migrates_without_api_calls() {
     rt.block_on(job.save_digest()).unwrap();
     let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
     let sync = || {
-        let opts = dialsync::sync::SyncOptions::default();
+        let opts = dialsync::engine::run::SyncOptions::default();
         let mut reports = rt
-            .block_on(dialsync::sync::sync_with(
+            .block_on(dialsync::engine::run::sync_with(
                 &config,
                 &opts,
-                dialsync::sync::Against::Store(&store),
+                dialsync::engine::run::Against::Store(&store),
             ))
             .unwrap();
         serde_json::from_slice::<Value>(&reports.remove(0).to_json()).unwrap()

@@ -417,10 +417,10 @@ fn a_run_without_a_state_database_is_a_dry_run() {
     let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reports = rt
-        .block_on(dialsync::sync::sync_with(
+        .block_on(dialsync::engine::run::sync_with(
             &config,
-            &dialsync::sync::SyncOptions::default(),
-            dialsync::sync::Against::NothingDryRun,
+            &dialsync::engine::run::SyncOptions::default(),
+            dialsync::engine::run::Against::NothingDryRun,
         ))
         .unwrap();
     assert!(reports[0].dry_run);

@@ -14,6 +14,8 @@
 //! `overwriteDuplicates=false`, first looks the contact up by UserData before it is sent
 //! again, since a timed-out attempt may have created it.
 
+pub mod pace;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::config::{DiallerConfig, RetryConfig, Secret};
-use crate::pace::Pacer;
+use crate::dialler::pace::Pacer;
 
 /// The longest `Retry-After` honoured; a longer one is waited for this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);

@@ -13,17 +13,17 @@ use tracing::Instrument;
 
 use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
-use crate::evidence;
-use crate::execute::{error_chain, execute, Target};
-use crate::guard::{self, Facts};
-use crate::hashing::HashKey;
-use crate::mapping::Mapper;
-use crate::pipeline::{self, PlanError};
-use crate::plan::{Plan, Planner, Policy, RemovalKind};
-use crate::progress::RunHandle;
-use crate::reconcile::{self, resolve_pending, ReconcileError};
-use crate::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
+use crate::engine::evidence;
+use crate::engine::execute::{error_chain, execute, Target};
+use crate::engine::guard::{self, Facts};
+use crate::engine::mapping::Mapper;
+use crate::engine::pipeline::{self, PlanError};
+use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
+use crate::engine::progress::RunHandle;
+use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
+use crate::engine::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
+use crate::state::hashing::HashKey;
 use crate::state::{Entry, GuardTrip, JobState, StateError, StateView, Store, Verified};
 
 /// What to run.
@@ -174,7 +174,7 @@ pub async fn sync_with(
 }
 
 /// After a run of `job`: makes the state durable, then writes the job's snapshot if it
-/// is due (see [`crate::snapshot`]). A run whose state cannot be made durable (a full
+/// is due (see [`crate::state::snapshot`]). A run whose state cannot be made durable (a full
 /// disk) still reports, as aborted: what it confirmed may be lost, and the in-flight
 /// marks make the next run check it again.
 pub async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) {

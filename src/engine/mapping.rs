@@ -14,10 +14,10 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::config::{JobConfig, PhoneFormat};
+use crate::engine::phone;
 use crate::fields::{self, Field, Kind};
-use crate::hashing::{self, HashKey};
-use crate::phone;
 use crate::source::{Item, Record, RowRef};
+use crate::state::hashing::{self, HashKey};
 
 /// A value as sent to the dialler.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -15,6 +15,9 @@
 //! - systemd: READY/RELOADING/STOPPING, STATUS with the last and next runs, and WATCHDOG
 //!   pings while every job loop is alive.
 
+pub mod control;
+pub mod status;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,13 +32,13 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::control::{self, Event, Request};
-use crate::execute::error_chain;
-use crate::progress::RunHandle;
-use crate::report::{self, Exit, JobReport};
+use crate::engine::execute::error_chain;
+use crate::engine::progress::RunHandle;
+use crate::engine::report::{self, Exit, JobReport};
+use crate::engine::run::{self as sync, Mode};
 use crate::state::{StateError, Store};
-use crate::status::{self, DaemonInfo, Status};
-use crate::sync::{self, Mode};
+use control::{Event, Request};
+use status::{DaemonInfo, Status};
 
 /// Where the time comes from: the wall clock in production, tokio's (pausable) clock in
 /// tests.

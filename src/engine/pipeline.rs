@@ -9,9 +9,9 @@
 use std::sync::mpsc;
 
 use crate::config::SourceConfig;
-use crate::mapping::{key_hash, Mapper};
-use crate::plan::{Plan, Planner};
-use crate::progress::RunHandle;
+use crate::engine::mapping::{key_hash, Mapper};
+use crate::engine::plan::{Plan, Planner};
+use crate::engine::progress::RunHandle;
 use crate::source::{self, recycle, BadRow, Flow, Item, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 
@@ -214,9 +214,9 @@ fn plan_batch<S: StateView + ?Sized>(
 mod tests {
     use super::*;
     use crate::config::{Config, JobConfig};
-    use crate::digest::Digest;
-    use crate::hashing::HashKey;
-    use crate::plan::{self, Policy};
+    use crate::engine::plan::{self, Policy};
+    use crate::state::digest::Digest;
+    use crate::state::hashing::HashKey;
     use crate::state::Entry;
     use std::collections::BTreeMap;
     use std::path::Path;

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::engine::progress::Snapshot;
 use crate::escape::printable;
-use crate::progress::Snapshot;
 use crate::state::{GuardTrip, StateError, Store, Verified};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

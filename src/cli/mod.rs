@@ -1,5 +1,8 @@
 //! The command line: subcommands, logging set-up, and printing results.
 
+mod bars;
+mod demo;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,17 +12,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use dialsync::config::{Config, TokenSource};
-use dialsync::control::{self, Client, Event, Request};
+use dialsync::daemon::control::{self, Client, Event, Request};
+use dialsync::daemon::status;
 use dialsync::dialler::Dialler;
 use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
-use dialsync::progress::RunHandle;
-use dialsync::reconcile;
-use dialsync::report::{self, Exit};
+use dialsync::engine::progress::RunHandle;
+use dialsync::engine::reconcile;
+use dialsync::engine::report::{self, Exit};
+use dialsync::engine::run::{select_jobs, sync, SyncOptions, Verify};
 use dialsync::state::{StateError, Store};
-use dialsync::status;
-use dialsync::sync::{select_jobs, sync, SyncOptions, Verify};
 
-use crate::bars::Bars;
+use bars::Bars;
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
 
@@ -438,7 +441,7 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
                 .map_err(|e| Failure::new(Exit::Aborted, e))?;
             Ok(Exit::Ok)
         }
-        Command::Demo => crate::demo::run()
+        Command::Demo => demo::run()
             .await
             .map_err(|e| Failure::new(Exit::Aborted, e)),
         Command::State {
@@ -693,7 +696,7 @@ async fn sync_command(config: &Config, opts: SyncOptions, output: Output) -> Res
     let _ = done_tx.send(());
     let _ = progress.await;
     let reports = result.map_err(|e| match e {
-        dialsync::sync::SyncError::State(dialsync::state::StateError::Locked { path }) => {
+        dialsync::engine::run::SyncError::State(dialsync::state::StateError::Locked { path }) => {
             Failure::new(
                 Exit::Aborted,
                 anyhow::anyhow!(

@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use crate::config::JobConfig;
 use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
-use crate::execute::campaign_id;
+use crate::engine::execute::campaign_id;
+use crate::engine::mapping::{key_hash, record_key, FieldValue};
 use crate::fields::{self, Field};
-use crate::hashing::HashKey;
-use crate::mapping::{key_hash, record_key, FieldValue};
+use crate::state::hashing::HashKey;
 use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many pending imports are looked up one by one; more, with one listing of

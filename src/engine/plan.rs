@@ -19,11 +19,11 @@
 use std::collections::HashMap;
 
 use crate::config::OnMissing;
-use crate::digest::{Digest, Probe};
+use crate::engine::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::fields::Field;
-use crate::hashing;
-use crate::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
 use crate::source::RowRef;
+use crate::state::digest::{Digest, Probe};
+use crate::state::hashing;
 use crate::state::{in_doubt, Entry, LastOp, StateError, StateView};
 
 /// The job settings the planner needs.
@@ -420,7 +420,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 }
 
-/// `old` with keyed hashes ([`crate::hashing`]), if it was stored with unkeyed ones by an
+/// `old` with keyed hashes ([`crate::state::hashing`]), if it was stored with unkeyed ones by an
 /// earlier version: each hash that matches the unkeyed hash of the row's value becomes
 /// that value's keyed hash, any other stays as it is (so it still differs). The plan then
 /// compares as usual: an unchanged contact costs no call, only a state write (a
@@ -493,7 +493,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::fields;
-    use crate::hashing::HashKey;
+    use crate::state::hashing::HashKey;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 

@@ -15,6 +15,10 @@
 //! end of the run). Per store: the row count of each job's last run that was not aborted
 //! (the truncated-export guard compares against it).
 
+pub mod digest;
+pub mod hashing;
+pub mod snapshot;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -24,14 +28,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::hashing::{HashKey, KEY_BYTES};
-use crate::mapping::key_hash;
-use crate::snapshot;
+use crate::engine::mapping::key_hash;
+use crate::state::digest::Digest;
+use crate::state::hashing::{HashKey, KEY_BYTES};
 
 /// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
 /// keep decoding the older ones). Version 3 has the layout of 2 with keyed hashes
-/// ([`crate::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry read
+/// ([`crate::state::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry read
 /// as such is written back as such until a run compares it and stores keyed hashes.
 const ENTRY_VERSION: u8 = 3;
 /// The version of entries with unkeyed hashes.
@@ -274,7 +277,7 @@ pub struct Store {
     db: sled::Db,
     flusher: Flusher,
     path: PathBuf,
-    /// The state's secret (see [`crate::hashing`]), from [`key_path`].
+    /// The state's secret (see [`crate::state::hashing`]), from [`key_path`].
     key: Arc<HashKey>,
     /// Writes to job state (entries, journal, failure counts) through this handle.
     writes: Arc<AtomicU64>,
@@ -344,7 +347,7 @@ impl Store {
 
     /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
     /// aside, opens a new one and restores each job from its snapshot (see
-    /// [`crate::snapshot`]). Every restored job is verified against the dialler by its
+    /// [`crate::state::snapshot`]). Every restored job is verified against the dialler by its
     /// next run; one whose snapshot was older than its state has every contact's lock
     /// state marked unknown, and its imports look first.
     fn restore(path: &Path, key: HashKey, broken: sled::Error) -> Result<Store, StateError> {
@@ -449,7 +452,7 @@ impl Store {
     }
 
     /// Writes the snapshot of `job` when it changed since the last one and that one is
-    /// older than `every` (or there is none); see [`crate::snapshot`]. After the run's
+    /// older than `every` (or there is none); see [`crate::state::snapshot`]. After the run's
     /// state is flushed.
     pub fn snapshot_if_due(&self, job: &str, every: Duration) -> Result<bool, StateError> {
         let file = snapshot::file(&self.path, job);

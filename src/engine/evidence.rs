@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek};
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::mapping::{clean_key, Key};
-use crate::plan::{KeyInExport, Plan};
-use crate::report::LIST_LIMIT;
+use crate::engine::mapping::{clean_key, Key};
+use crate::engine::plan::{KeyInExport, Plan};
+use crate::engine::report::LIST_LIMIT;
 use crate::source::{self, SourceError};
 
 /// Withholds each removal of `plan` whose UserData stands as a whole value anywhere in
@@ -221,12 +221,12 @@ mod property {
     use proptest::prelude::*;
 
     use crate::config::{Config, JobConfig};
-    use crate::hashing::HashKey;
-    use crate::mapping::Mapper;
-    use crate::pipeline;
-    use crate::plan::{Plan, Planner, Policy};
-    use crate::progress::RunHandle;
+    use crate::engine::mapping::Mapper;
+    use crate::engine::pipeline;
+    use crate::engine::plan::{Plan, Planner, Policy};
+    use crate::engine::progress::RunHandle;
     use crate::source;
+    use crate::state::hashing::HashKey;
     use crate::state::{Entry, LastOp};
 
     fn job(export: &Path, on_missing: &str) -> JobConfig {

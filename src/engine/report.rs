@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::engine::mapping::Rejected;
+use crate::engine::plan::Doubts;
 use crate::escape::printable;
-use crate::mapping::Rejected;
-use crate::plan::Doubts;
 use crate::state::Verified;
 
 /// How many rejected rows and failures a report lists (the counts are always complete).

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::progress::Snapshot;
-use crate::report::Exit;
-use crate::status::Status;
+use crate::daemon::status::Status;
+use crate::engine::progress::Snapshot;
+use crate::engine::report::Exit;
 
 /// The control socket of the daemon that uses the state at `state_path`.
 pub fn socket_path(state_path: &Path) -> PathBuf {
@@ -36,7 +36,7 @@ pub enum Request {
         force: bool,
         /// When to verify the state against the dialler.
         #[serde(default)]
-        verify: crate::sync::Verify,
+        verify: crate::engine::run::Verify,
     },
     Status,
 }

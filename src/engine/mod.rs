@@ -1,0 +1,19 @@
+//! One job's run, in data-flow order: [`pipeline`] reads the export ([`crate::source`])
+//! and [`mapping`] turns each record into a contact ([`phone`] normalises numbers);
+//! [`plan`] diffs the contacts against the [`crate::state`]; [`evidence`] checks each
+//! removal against the export's raw text; [`guard`] stops a run that looks wrong;
+//! [`execute`] sends the plan to the [`crate::dialler`] and commits each answer;
+//! [`reconcile`] settles interrupted imports and verifies the state against the dialler.
+//! [`run`] drives them; [`progress`] is a run's live counters, [`report`] what it did.
+
+pub mod evidence;
+pub mod execute;
+pub mod guard;
+pub mod mapping;
+pub mod phone;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod reconcile;
+pub mod report;
+pub mod run;
