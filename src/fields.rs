@@ -40,6 +40,7 @@ const fn f(name: &'static str, code: u8, kind: Kind, max_len: Option<usize>) -> 
     }
 }
 
+use serde::Serialize;
 use Kind::*;
 
 /// Every field a job may map. `UserData` is the sync key.
@@ -174,6 +175,22 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A value as sent to the dialler.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Text(String),
+    Number(f64),
+    /// Empty in the CRM: omitted from an import, sent as `null` to clear it on update.
+    Null,
+}
+
+impl FieldValue {
+    pub fn is_null(&self) -> bool {
+        matches!(self, FieldValue::Null)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! - [`daemon`]: the scheduler, the control socket, systemd notification, `status`;
 //! - [`emulator`]: an in-memory dialler for the demo, tests and benchmarks.
 //!
-//! Shared by all: [`fields`] (the dialler's contact fields), [`escape`] (text made safe
+//! Shared by all: [`fields`] (the dialler's contact fields and values), [`key`] (UserData, cleaned and hashed), [`escape`] (text made safe
 //! for logs and terminals) and `locking` (one mutex poisoning policy).
 
 pub mod config;
@@ -21,6 +21,7 @@ pub mod emulator;
 pub mod engine;
 pub mod escape;
 pub mod fields;
+pub mod key;
 mod locking;
 pub mod source;
 pub mod state;

@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek};
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::engine::mapping::{clean_key, Key};
 use crate::engine::plan::{KeyInExport, Plan};
 use crate::engine::report::LIST_LIMIT;
+use crate::key::{clean_key, Key};
 use crate::source::{self, SourceError};
 
 /// Withholds each removal of `plan` whose UserData stands as a whole value anywhere in

@@ -28,11 +28,13 @@ use tokio::sync::OnceCell;
 
 use crate::config::{CampaignRef, JobConfig};
 use crate::dialler::{self, record_campaign, record_id, Dialler, DiallerError, ImportFlags};
-use crate::engine::mapping::{record_key, Contact, FieldValue};
+use crate::engine::mapping::Contact;
 use crate::engine::plan::{Change, Plan, Removal, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::report::{Failure, JobReport, LIST_LIMIT};
 use crate::fields::Field;
+use crate::fields::FieldValue;
+use crate::key::record_key;
 use crate::state::{in_doubt, Entry, JobState, LastOp, Pending, StateError};
 
 /// After this many runs in a row in which a row failed, its failure is logged as needing

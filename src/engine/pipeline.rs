@@ -9,9 +9,10 @@
 use std::sync::mpsc;
 
 use crate::config::SourceConfig;
-use crate::engine::mapping::{key_hash, Mapper};
+use crate::engine::mapping::Mapper;
 use crate::engine::plan::{Plan, Planner};
 use crate::engine::progress::RunHandle;
+use crate::key::key_hash;
 use crate::source::{self, recycle, BadRow, Flow, Item, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 

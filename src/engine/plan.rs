@@ -19,8 +19,10 @@
 use std::collections::HashMap;
 
 use crate::config::OnMissing;
-use crate::engine::mapping::{key_hash, Contact, FieldValue, Outcome, Rejected};
+use crate::engine::mapping::{Contact, Outcome, Rejected};
 use crate::fields::Field;
+use crate::fields::FieldValue;
+use crate::key::key_hash;
 use crate::source::RowRef;
 use crate::state::digest::{Digest, Probe};
 use crate::state::hashing;

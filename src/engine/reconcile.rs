@@ -15,8 +15,9 @@ use serde_json::Value;
 use crate::config::JobConfig;
 use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::engine::execute::campaign_id;
-use crate::engine::mapping::{key_hash, record_key, FieldValue};
+use crate::fields::FieldValue;
 use crate::fields::{self, Field};
+use crate::key::{key_hash, record_key};
 use crate::state::hashing::HashKey;
 use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
 

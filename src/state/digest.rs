@@ -37,7 +37,7 @@ impl Digest {
     pub fn of<'e>(entries: impl Iterator<Item = (&'e String, &'e crate::state::Entry)>) -> Digest {
         Digest::build(
             entries
-                .map(|(k, e)| (crate::engine::mapping::key_hash(k), e.row, e.locked))
+                .map(|(k, e)| (crate::key::key_hash(k), e.row, e.locked))
                 .collect(),
         )
         .expect("no two keys share a hash")

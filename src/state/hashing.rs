@@ -17,7 +17,7 @@ use std::io::Read as _;
 use siphasher::sip::SipHasher24;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_secret};
 
-use crate::engine::mapping::FieldValue;
+use crate::fields::FieldValue;
 
 /// Bytes of a state's secret.
 pub const KEY_BYTES: usize = 32;

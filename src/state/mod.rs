@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::mapping::key_hash;
+use crate::key::key_hash;
 use crate::state::digest::Digest;
 use crate::state::hashing::{HashKey, KEY_BYTES};
 

@@ -499,7 +499,7 @@ fn a_guard_that_keeps_tripping_raises_the_alarm_once_and_status_shows_it() {
 /// (a dictionary over phone numbers finds nothing).
 #[test]
 fn a_copy_of_the_database_alone_reveals_no_phone_number() {
-    use dialsync::engine::mapping::FieldValue;
+    use dialsync::fields::FieldValue;
     use dialsync::state::hashing::legacy_value;
     use dialsync::state::{StateView, Store};
     let env = Env::new();
@@ -556,8 +556,8 @@ fn a_copy_of_the_database_alone_reveals_no_phone_number() {
 /// migrates on the next run without any API call, and is keyed afterwards.
 #[test]
 fn an_unkeyed_state_migrates_without_api_calls() {
-    use dialsync::engine::mapping::FieldValue;
     use dialsync::fields;
+    use dialsync::fields::FieldValue;
     use dialsync::state::hashing::{legacy_trigger, legacy_value};
     use dialsync::state::{Entry, StateView, Store};
     let env = Env::new();
