@@ -15,7 +15,7 @@ const EXAMPLE: &str = include_str!("../../config/dialsync.example.toml");
 const EXPORT: &[u8] = include_bytes!("../../config/sample-export.csv");
 const EXPORT_CHANGED: &[u8] = include_bytes!("../../config/sample-export-changed.csv");
 
-pub async fn run() -> anyhow::Result<dialsync::engine::report::Exit> {
+pub async fn run() -> anyhow::Result<dialsync::engine::outcome::Exit> {
     let emulator = Emulator::new(EmulatorConfig::default());
     let addr = emulator
         .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -32,7 +32,7 @@ async fn cycle(
     emulator: &Emulator,
     addr: SocketAddr,
     dir: &Path,
-) -> anyhow::Result<dialsync::engine::report::Exit> {
+) -> anyhow::Result<dialsync::engine::outcome::Exit> {
     let mut config = Config::from_str(EXAMPLE, Path::new("config/dialsync.example.toml"))?;
     let export = dir.join("leads.csv");
     config.dialler.base_url = format!("http://{addr}/rest/v1.0");
@@ -56,7 +56,7 @@ async fn cycle(
         ),
         ("3. The same export again: nothing changed, so no API call at all", EXPORT_CHANGED),
     ];
-    let mut exit = dialsync::engine::report::Exit::Ok;
+    let mut exit = dialsync::engine::outcome::Exit::Ok;
     // One state for the whole demo: reopening it in the same process races sled's
     // background threads for its lock.
     let store = dialsync::state::Store::open(&config.state.path)?;
@@ -123,7 +123,7 @@ async fn cycle(
          sync: {} ({:?}: the invalid row is reported every run until the CRM fixes it).",
         exit as u8, exit
     );
-    Ok(dialsync::engine::report::Exit::Ok)
+    Ok(dialsync::engine::outcome::Exit::Ok)
 }
 
 fn indent(s: &str) -> String {

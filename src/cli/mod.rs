@@ -18,8 +18,8 @@ use dialsync::dialler::Dialler;
 use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
 use dialsync::engine::progress::RunHandle;
 use dialsync::engine::reconcile;
-use dialsync::engine::report::{self, Exit};
 use dialsync::engine::run::{select_jobs, sync, SyncOptions, Verify};
+use dialsync::engine::{outcome::Exit, report};
 use dialsync::state::{StateError, Store};
 
 use bars::Bars;

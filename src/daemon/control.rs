@@ -15,8 +15,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::daemon::status::Status;
+use crate::engine::outcome::Exit;
 use crate::engine::progress::Snapshot;
-use crate::engine::report::Exit;
 
 /// The control socket of the daemon that uses the state at `state_path`.
 pub fn socket_path(state_path: &Path) -> PathBuf {

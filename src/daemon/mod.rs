@@ -32,9 +32,10 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::engine::execute::error_chain;
+use crate::engine::outcome::Exit;
+use crate::engine::outcome::{error_chain, Abort};
 use crate::engine::progress::RunHandle;
-use crate::engine::report::{self, Exit, JobReport};
+use crate::engine::report::{self, JobReport};
 use crate::engine::run::{self as sync, Mode};
 use crate::state::{StateError, Store};
 use control::{Event, Request};
@@ -86,8 +87,8 @@ struct SlotInfo {
     running: Option<Arc<RunHandle>>,
     runs: u64,
     skipped: u64,
-    /// The last run's outcome and when it started, for the systemd STATUS line.
-    last: Option<(String, Exit)>,
+    /// The last run's record, for the systemd STATUS line.
+    last: Option<Arc<JobReport>>,
 }
 
 impl Slot {
@@ -379,8 +380,8 @@ impl Daemon {
     async fn run_scheduled(&self, cfg: &Config, job: &str) {
         let handle = Arc::new(RunHandle::new());
         let report = self.run_locked(cfg, job, Mode::default(), &handle).await;
-        if report.aborted.is_some() {
-            tracing::error!(job, run = %report.run_id, outcome = ?report.exit(), error = report.aborted.as_deref().unwrap_or(""), "scheduled run stopped early");
+        if let Some(why) = &report.stopped {
+            tracing::error!(job, run = %report.run_id, outcome = %report.exit(), stopped = why.kind(), error = %why.chain(), "scheduled run stopped early");
         }
     }
 
@@ -391,33 +392,33 @@ impl Daemon {
         job: &str,
         mode: Mode,
         handle: &Arc<RunHandle>,
-    ) -> JobReport {
+    ) -> Arc<JobReport> {
         let dry_run = mode.dry_run;
         let slot = self.slot(job);
         slot.update(|i| i.running = Some(Arc::clone(handle)));
         if *self.stop.borrow() {
             handle.request_stop();
         }
-        let mut report = match cfg.job(job) {
+        let report = match cfg.job(job) {
             // Removed by a reload between the request and its turn.
-            Err(e) => JobReport {
-                aborted: Some(e),
-                ..JobReport::begin(job, dry_run)
-            },
+            Err(_) => {
+                let mut r = JobReport::begin(job, dry_run);
+                r.stop(Abort::JobRemoved(job.to_string()));
+                r
+            }
             Ok(j) => sync::run_one(cfg, j, sync::Against::Store(&self.store), mode, handle).await,
         };
         if dry_run {
             if let Err(e) = self.store.flush().await {
                 tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
             }
-        } else {
-            sync::settle(cfg, &self.store, job, &mut report).await;
         }
+        let report = Arc::new(report);
         slot.update(|i| {
             i.running = None;
             if !dry_run {
                 i.runs += 1;
-                i.last = Some((report.started_at.clone(), report.exit()));
+                i.last = Some(Arc::clone(&report));
             }
         });
         self.notify_status();
@@ -489,7 +490,7 @@ impl Daemon {
             .map(|(name, slot)| {
                 let i = crate::locking::lock(&slot.info);
                 let last = match &i.last {
-                    Some((at, outcome)) => format!("last {} at {at}", outcome_word(*outcome)),
+                    Some(r) => format!("last {} at {}", r.exit(), r.started_at),
                     None => "no run yet".to_string(),
                 };
                 let next = cfg
@@ -583,6 +584,7 @@ impl Daemon {
         if client_gone {
             return Ok(());
         }
+        let reports: Vec<JobReport> = reports.into_iter().map(Arc::unwrap_or_clone).collect();
         let human: String = reports.iter().map(JobReport::human).collect();
         let event = Event::Done {
             exit: report::exit_of(&reports),
@@ -591,14 +593,6 @@ impl Daemon {
         };
         control::write_event(&mut write, &event).await
     }
-}
-
-/// The word an outcome is in JSON (`ok`, `partial`, ...), for the STATUS line.
-fn outcome_word(e: Exit) -> String {
-    serde_json::to_value(e)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {

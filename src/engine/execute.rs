@@ -29,6 +29,7 @@ use tokio::sync::OnceCell;
 use crate::config::{CampaignRef, JobConfig};
 use crate::dialler::{self, record_campaign, record_id, Dialler, DiallerError, ImportFlags};
 use crate::engine::mapping::Contact;
+use crate::engine::outcome::{error_chain, Abort, Step};
 use crate::engine::plan::{Change, Plan, Removal, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::report::{Failure, JobReport, LIST_LIMIT};
@@ -106,8 +107,8 @@ struct Run<'a> {
     look_first: bool,
     handle: &'a RunHandle,
     stop: AtomicBool,
-    /// The first fatal error, which ends the run, and whether it was a 401.
-    fatal: Mutex<Option<(String, bool)>>,
+    /// The first fatal error, which ends the run.
+    fatal: Mutex<Option<Abort>>,
 }
 
 /// Why a task could not finish.
@@ -165,22 +166,17 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
     };
     for (key, entry) in &plan.baselines {
         if let Err(e) = state.put(key, entry) {
-            report.aborted = Some(error_chain(&e));
-            return;
+            return report.stop(Abort::state(Step::Send, e));
         }
     }
     for key in &plan.settled {
         if let Err(e) = state.clear_in_flight(key) {
-            report.aborted = Some(error_chain(&e));
-            return;
+            return report.stop(Abort::state(Step::Send, e));
         }
     }
     let mut failing = match state.failure_counts() {
         Ok(f) => f,
-        Err(e) => {
-            report.aborted = Some(error_chain(&e));
-            return;
-        }
+        Err(e) => return report.stop(Abort::state(Step::ReadState, e)),
     };
     let planned = plan.changes.len() + plan.imports.len() + plan.removals.len();
     handle.sending(planned as u64);
@@ -224,7 +220,7 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
             None => Ok(()),
         };
         if let Err(e) = counted {
-            run.halt(&e, false);
+            run.halt(Abort::state(Step::Send, e));
         }
     };
     if let Some(t) = tasks.next() {
@@ -277,16 +273,14 @@ pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report:
             None => {}
         }
     }
-    report.retries = dialler.retries();
     let fatal = crate::locking::lock(&run.fatal).take();
-    if let Some((why, unauthorized)) = fatal {
-        report.aborted = Some(why);
-        report.unauthorized = unauthorized;
+    if let Some(why) = fatal {
+        report.stop(why);
     } else if finished < planned {
-        report.aborted = Some(format!(
-            "stopped on request after {finished} of {planned} contacts; \
-             the next run does the rest"
-        ));
+        report.stop(Abort::Stopped {
+            done: finished as u64,
+            planned: planned as u64,
+        });
     }
 }
 
@@ -316,11 +310,11 @@ impl Run<'_> {
                 t => self.state.put_in_flight(t.key(), t.in_doubt()),
             };
             if let Err(e) = written {
-                return self.halt(&e, false);
+                return self.halt(Abort::state(Step::Send, e));
             }
         }
         if let Err(e) = self.state.flush().await {
-            self.halt(&e, false);
+            self.halt(Abort::state(Step::Send, e));
         }
     }
 
@@ -361,17 +355,17 @@ impl Run<'_> {
         };
         if marked && settled {
             if let Err(e) = self.state.clear_in_flight(&done.key) {
-                self.halt(&e, false);
+                self.halt(Abort::state(Step::Send, e));
             }
         }
         match result {
             Ok(()) => {}
             Err(TaskError::Dialler(op, e)) => {
-                if e.is_fatal() {
-                    self.halt(&e, e.is_unauthorized());
-                }
                 let error = error_chain(&e);
                 tracing::warn!(job = %self.job.name, user_data = %done.key, operation = op, %error, "operation failed");
+                if e.is_fatal() {
+                    self.halt(Abort::dialler(Step::Send, e));
+                }
                 done.failure = Some(Failure {
                     user_data: done.key.clone(),
                     operation: op,
@@ -380,22 +374,23 @@ impl Run<'_> {
                 });
             }
             Err(TaskError::State(e)) => {
-                self.halt(&e, false);
                 done.failure = Some(Failure {
                     user_data: done.key.clone(),
                     operation: "state write",
                     error: error_chain(&e),
                     runs: 1,
                 });
+                self.halt(Abort::state(Step::Send, e));
             }
         }
         self.handle.operation_done(done.failure.is_some());
         Some(done)
     }
 
-    fn halt(&self, e: &(dyn std::error::Error + 'static), unauthorized: bool) {
+    /// Stops the run for `why` (the first reason stands).
+    fn halt(&self, why: Abort) {
         self.stop.store(true, Ordering::Relaxed);
-        crate::locking::lock(&self.fatal).get_or_insert_with(|| (error_chain(e), unauthorized));
+        crate::locking::lock(&self.fatal).get_or_insert(why);
     }
 
     async fn campaign_id(&self) -> Result<i64, DiallerError> {
@@ -659,16 +654,4 @@ impl Run<'_> {
         }
         Ok(false)
     }
-}
-
-/// `e` and its causes, joined with ": ".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

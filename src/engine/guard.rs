@@ -28,82 +28,166 @@ pub struct Facts {
     pub resets: u64,
 }
 
-/// Why the run stops: the numbers and what to do, ready to show.
-pub fn check(job: &str, g: &Guards, f: &Facts) -> Result<(), String> {
-    let force = format!("`dialsync sync --job {job} --force`");
+/// A limit a plan or an export went over: the numbers, and (as its text) what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Tripped {
+    #[error(
+        "guard: the export has no usable rows ({rows} read, all invalid or none at all), but \
+         the state holds {known} contacts. An empty export is taken for a failed CRM export; \
+         nothing was changed. Check the export; if the campaign is really to be emptied, run \
+         once with `dialsync sync --job {job} --force`"
+    )]
+    EmptyExport { job: String, rows: u64, known: u64 },
+    #[error(
+        "guard: the export has {rows} rows, fewer than {min_rows_percent}% of the last good \
+         run's {last} (min_rows_percent); it is taken for a truncated export and nothing was \
+         changed. Check the CRM export; if the drop is real, run once with \
+         `dialsync sync --job {job} --force` or lower min_rows_percent in job {job}"
+    )]
+    Truncated {
+        job: String,
+        rows: u64,
+        last: u64,
+        min_rows_percent: f64,
+    },
+    #[error(
+        "guard: the plan would {} {n} of the {known} contacts in the state ({:.1}%), over the \
+         job's limit ({limit}); nothing was changed. Check that the export is complete; if \
+         this is intended, run once with `dialsync sync --job {job} --force`, or raise {} / \
+         {}_percent in job {job}",
+        .what.verb(), share(*.n, *.known), .what.key(), .what.key()
+    )]
+    TooMany {
+        job: String,
+        what: Operation,
+        n: u64,
+        known: u64,
+        limit: Limit,
+    },
+    /// Most stored IDs are unknown to the dialler (found by verification): acting on them
+    /// could hit other contacts, and importing could fill another server.
+    #[error(
+        "the dialler knows only {confirmed} of the {checked} contacts in the state under their \
+         IDs: it was probably reset or restored from a backup, or base_url now points at \
+         another server. Nothing was changed. If the dialler is right, run once with \
+         `dialsync sync --job {job} --force` (the IDs it still has are re-learned, the \
+         contacts it lacks imported again), or start the state afresh from it with \
+         `dialsync state rebuild --job {job}`"
+    )]
+    DiallerForgot {
+        job: String,
+        confirmed: u64,
+        checked: u64,
+    },
+}
+
+/// What a plan would do too much of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Removals,
+    Resets,
+}
+
+impl Operation {
+    fn verb(self) -> &'static str {
+        match self {
+            Operation::Removals => "lock or delete",
+            Operation::Resets => "reset",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Operation::Removals => "max_removals",
+            Operation::Resets => "max_resets",
+        }
+    }
+}
+
+/// The limit that was passed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Count { key: &'static str, max: u64 },
+    Percent { key: &'static str, max: f64 },
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Count { key, max } => write!(f, "{key} = {max}"),
+            Limit::Percent { key, max } => write!(f, "{key}_percent = {max}"),
+        }
+    }
+}
+
+fn share(n: u64, known: u64) -> f64 {
+    if known == 0 {
+        100.0
+    } else {
+        n as f64 * 100.0 / known as f64
+    }
+}
+
+/// Whether the guards let a run with these facts go on; if not, which one stops it.
+pub fn check(job: &str, g: &Guards, f: &Facts) -> Result<(), Tripped> {
     if f.valid == 0 && f.known > 0 {
-        return Err(format!(
-            "guard: the export has no usable rows ({} read, all invalid or none at all), but the \
-             state holds {} contacts. An empty export is taken for a failed CRM export; nothing \
-             was changed. Check the export; if the campaign is really to be emptied, run once \
-             with {force}",
-            f.rows, f.known
-        ));
+        return Err(Tripped::EmptyExport {
+            job: job.to_string(),
+            rows: f.rows,
+            known: f.known,
+        });
     }
     if let Some(last) = f.last_good_rows {
         let least = last as f64 * g.min_rows_percent / 100.0;
         if (f.rows as f64) < least && last - f.rows > PERCENT_FLOOR {
-            return Err(format!(
-                "guard: the export has {} rows, fewer than {}% of the last good run's {last} \
-                 (min_rows_percent); it is taken for a truncated export and nothing was changed. \
-                 Check the CRM export; if the drop is real, run once with {force} or lower \
-                 min_rows_percent in job {job}",
-                f.rows, g.min_rows_percent
-            ));
+            return Err(Tripped::Truncated {
+                job: job.to_string(),
+                rows: f.rows,
+                last,
+                min_rows_percent: g.min_rows_percent,
+            });
         }
     }
     over(
         job,
-        "lock or delete",
-        "max_removals",
+        Operation::Removals,
         f.removals,
         g.max_removals,
         g.max_removals_percent,
         f.known,
-        &force,
     )?;
     over(
         job,
-        "reset",
-        "max_resets",
+        Operation::Resets,
         f.resets,
         g.max_resets,
         g.max_resets_percent,
         f.known,
-        &force,
     )?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn over(
     job: &str,
-    what: &str,
-    key: &str,
+    what: Operation,
     n: u64,
     count: Option<u64>,
     percent: f64,
     known: u64,
-    force: &str,
-) -> Result<(), String> {
-    let share = if known == 0 {
-        100.0
-    } else {
-        n as f64 * 100.0 / known as f64
+) -> Result<(), Tripped> {
+    let key = what.key();
+    let limit = match count {
+        Some(max) if n > max => Limit::Count { key, max },
+        _ if n > PERCENT_FLOOR && share(n, known) > percent => Limit::Percent { key, max: percent },
+        _ => return Ok(()),
     };
-    let limit = if count.is_some_and(|c| n > c) {
-        format!("{key} = {}", count.unwrap_or_default())
-    } else if n > PERCENT_FLOOR && share > percent {
-        format!("{key}_percent = {percent}")
-    } else {
-        return Ok(());
-    };
-    Err(format!(
-        "guard: the plan would {what} {n} of the {known} contacts in the state ({share:.1}%), \
-         over the job's limit ({limit}); nothing was changed. Check that the export is \
-         complete; if this is intended, run once with {force}, or raise {key} / \
-         {key}_percent in job {job}"
-    ))
+    Err(Tripped::TooMany {
+        job: job.to_string(),
+        what,
+        n,
+        known,
+        limit,
+    })
 }
 
 #[cfg(test)]
@@ -156,7 +240,8 @@ mod tests {
                 ..facts()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("no usable rows") && e.contains("--force"), "{e}");
         let e = check(
             "j",
@@ -167,7 +252,8 @@ mod tests {
                 ..facts()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("500 rows") && e.contains("1000") && e.contains("min_rows_percent"),
             "{e}"
@@ -243,7 +329,8 @@ mod tests {
                 ..facts()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("lock or delete 101 of the 1000") && e.contains("max_removals_percent = 10"),
             "{e}"
@@ -275,7 +362,8 @@ mod tests {
                 ..facts()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("max_removals = 5"), "{e}");
         let e = check(
             "j",
@@ -285,7 +373,8 @@ mod tests {
                 ..facts()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("reset 251") && e.contains("max_resets_percent = 25"),
             "{e}"

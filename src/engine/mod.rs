@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod execute;
 pub mod guard;
 pub mod mapping;
+pub mod outcome;
 pub mod phone;
 pub mod pipeline;
 pub mod plan;

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::config::JobConfig;
 use crate::dialler::{record_campaign, record_id, Dialler, DiallerError, Record};
 use crate::engine::execute::campaign_id;
+use crate::engine::guard::Tripped;
 use crate::fields::FieldValue;
 use crate::fields::{self, Field};
 use crate::key::{key_hash, record_key};
@@ -31,21 +32,11 @@ pub enum ReconcileError {
     Dialler(#[from] DiallerError),
     #[error(transparent)]
     State(#[from] StateError),
-    /// Most stored IDs are unknown to the dialler: acting on them could hit other
-    /// contacts, and importing could fill another server.
-    #[error(
-        "the dialler knows only {confirmed} of the {checked} contacts in the state under their \
-         IDs: it was probably reset or restored from a backup, or base_url now points at \
-         another server. Nothing was changed. If the dialler is right, run once with \
-         `dialsync sync --job {job} --force` (the IDs it still has are re-learned, the \
-         contacts it lacks imported again), or start the state afresh from it with \
-         `dialsync state rebuild --job {job}`"
-    )]
-    DiallerReset {
-        job: String,
-        confirmed: u64,
-        checked: u64,
-    },
+    /// Most stored IDs are unknown to the dialler (always
+    /// [`Tripped::DiallerForgot`]): acting on them could hit other contacts, and importing
+    /// could fill another server.
+    #[error(transparent)]
+    DiallerReset(Tripped),
 }
 
 /// The hash of `field` as `record` holds it, equal to the mapping's hash (with `key`) of
@@ -290,11 +281,11 @@ pub async fn verify(
     })?;
     let unknown = out.checked - out.confirmed;
     if unknown * 2 > out.checked && !force {
-        return Err(ReconcileError::DiallerReset {
+        return Err(ReconcileError::DiallerReset(Tripped::DiallerForgot {
             job: job.name.clone(),
             confirmed: out.confirmed,
             checked: out.checked,
-        });
+        }));
     }
     out.relearned = relearn.len() as u64;
     out.missing = missing.len() as u64;

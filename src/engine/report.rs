@@ -3,10 +3,12 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::engine::mapping::Rejected;
+use crate::engine::outcome::{Abort, Exit};
 use crate::engine::plan::Doubts;
 use crate::escape::printable;
 use crate::state::Verified;
@@ -55,15 +57,10 @@ pub struct JobReport {
     pub duration_ms: u64,
     /// Of that, reading the export and planning (no network).
     pub plan_ms: u64,
-    /// Why the run stopped early, if it did. Nothing after this point was sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted: Option<String>,
-    /// Set when `aborted` is a 401: the exit code differs.
+    /// Why the run stopped early, if it did (shown as `aborted`, its cause chain). Nothing
+    /// after this point was sent.
     #[serde(skip)]
-    pub unauthorized: bool,
-    /// Set when `aborted` is a tripped guard: the exit code differs.
-    #[serde(skip)]
-    pub guard: bool,
+    pub stopped: Option<Arc<Abort>>,
     /// A guard that tripped but was overridden with `--force`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forced: Option<String>,
@@ -109,32 +106,14 @@ pub struct PreviewLine {
     pub row: Option<u64>,
 }
 
-/// Exit codes, as documented in the README. In JSON (a report's `outcome`, the control
-/// socket) they are words: `ok`, `partial`, `config`, `aborted`, `unauthorized`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Exit {
-    /// Everything in the export is on the dialler.
-    Ok = 0,
-    /// The run finished, but rows were rejected, operations failed or removals were held back.
-    Partial = 1,
-    /// The config (or the command line) is wrong; nothing was done.
-    Config = 2,
-    /// The run stopped early: the export, the state or the dialler failed.
-    Aborted = 3,
-    /// The dialler rejected the token or ClientsID (HTTP 401).
-    Unauthorized = 4,
-    /// A guard stopped the run before any change (empty or truncated export, too many
-    /// removals or resets): check, then `--force` once or raise the limit.
-    Guard = 5,
-}
-
 /// A report as scripts and `status` read it: its fields and its `outcome`, which is
 /// derived, not stored.
 #[derive(Serialize)]
 struct Published<'a> {
     #[serde(flatten)]
     report: &'a JobReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aborted: Option<String>,
     outcome: Exit,
 }
 
@@ -142,6 +121,7 @@ impl JobReport {
     fn published(&self) -> Published<'_> {
         Published {
             report: self,
+            aborted: self.stopped.as_deref().map(Abort::chain),
             outcome: self.exit(),
         }
     }
@@ -169,21 +149,26 @@ impl JobReport {
         }
     }
 
+    /// Records why the run stopped; the first reason stands (what came after it is a
+    /// consequence).
+    pub fn stop(&mut self, why: Abort) {
+        if self.stopped.is_none() {
+            self.stopped = Some(Arc::new(why));
+        }
+    }
+
+    /// How the run ended.
     pub fn exit(&self) -> Exit {
-        if self.unauthorized {
-            Exit::Unauthorized
-        } else if self.guard {
-            Exit::Guard
-        } else if self.aborted.is_some() {
-            Exit::Aborted
-        } else if self.invalid > 0
-            || self.failed > 0
-            || self.withheld_removals > 0
-            || self.stale_ids > 0
-        {
-            Exit::Partial
-        } else {
-            Exit::Ok
+        match &self.stopped {
+            Some(why) => why.exit(),
+            None if self.invalid > 0
+                || self.failed > 0
+                || self.withheld_removals > 0
+                || self.stale_ids > 0 =>
+            {
+                Exit::Partial
+            }
+            None => Exit::Ok,
         }
     }
 
@@ -192,8 +177,8 @@ impl JobReport {
         let mut s = String::new();
         if self.verify_only {
             let _ = writeln!(s, "job {}: verified against the dialler", self.job);
-            if let Some(why) = &self.aborted {
-                let _ = writeln!(s, "  STOPPED: {}", printable(why));
+            if let Some(why) = &self.stopped {
+                let _ = writeln!(s, "  STOPPED: {}", printable(&why.chain()));
             }
             if let Some(v) = &self.verified {
                 verification_lines(&mut s, v);
@@ -287,8 +272,8 @@ impl JobReport {
                 );
             }
         }
-        if let Some(why) = &self.aborted {
-            let _ = writeln!(s, "  STOPPED: {}", printable(why));
+        if let Some(why) = &self.stopped {
+            let _ = writeln!(s, "  STOPPED: {}", printable(&why.chain()));
         }
         if !self.preview.is_empty() {
             let _ = writeln!(s, "  planned:");
@@ -387,11 +372,7 @@ fn verification_lines(s: &mut String, v: &Verified) {
 
 /// The exit code of a run over several jobs: the worst of them.
 pub fn exit_of(reports: &[JobReport]) -> Exit {
-    reports
-        .iter()
-        .map(JobReport::exit)
-        .max_by_key(|e| *e as u8)
-        .unwrap_or(Exit::Ok)
+    Exit::worst(reports.iter().map(JobReport::exit))
 }
 
 /// The `--output json` document.

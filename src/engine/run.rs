@@ -14,14 +14,15 @@ use tracing::Instrument;
 use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler};
 use crate::engine::evidence;
-use crate::engine::execute::{error_chain, execute, Target};
-use crate::engine::guard::{self, Facts};
+use crate::engine::execute::{execute, Target};
+use crate::engine::guard::{self, Facts, Tripped};
 use crate::engine::mapping::Mapper;
+use crate::engine::outcome::{error_chain, Abort, Exit, Step};
 use crate::engine::pipeline::{self, PlanError};
 use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
-use crate::engine::report::{Exit, JobReport, PreviewLine, LIST_LIMIT};
+use crate::engine::report::{JobReport, PreviewLine, LIST_LIMIT};
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, GuardTrip, JobState, StateError, StateView, Store, Verified};
@@ -96,16 +97,12 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
             // script reading `--output json` learns it too.
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "the state database could not be opened");
-                let why = format!(
-                    "the state could not be opened, so nothing was done: {}",
-                    error_chain(&e)
-                );
+                let why = Arc::new(Abort::state(Step::OpenState, e));
                 return Ok(select_jobs(config, opts.job.as_deref())?
                     .into_iter()
-                    .map(|job| {
-                        let mut r = JobReport::begin(&job.name, opts.dry_run);
-                        r.aborted = Some(why.clone());
-                        r
+                    .map(|job| JobReport {
+                        stopped: Some(Arc::clone(&why)),
+                        ..JobReport::begin(&job.name, opts.dry_run)
                     })
                     .collect());
             }
@@ -154,7 +151,6 @@ pub async fn sync_with(
     opts: &SyncOptions,
     against: Against<'_>,
 ) -> Result<Vec<JobReport>, SyncError> {
-    let store = against.store();
     let jobs = select_jobs(config, opts.job.as_deref())?;
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
@@ -164,11 +160,7 @@ pub async fn sync_with(
             force: opts.force,
             verify: opts.verify,
         };
-        let mut report = run_one(config, job, against, mode, &handle).await;
-        if let (Some(store), false) = (store, mode.dry_run) {
-            settle(config, store, &job.name, &mut report).await;
-        }
-        reports.push(report);
+        reports.push(run_one(config, job, against, mode, &handle).await);
     }
     Ok(reports)
 }
@@ -177,15 +169,11 @@ pub async fn sync_with(
 /// is due (see [`crate::state::snapshot`]). A run whose state cannot be made durable (a full
 /// disk) still reports, as aborted: what it confirmed may be lost, and the in-flight
 /// marks make the next run check it again.
-pub async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) {
+async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) {
     if let Err(e) = store.flush().await {
-        let why = format!(
-            "the state could not be written to disk (is it full?); the next run checks this \
-             run's operations again: {}",
-            error_chain(&e)
-        );
-        tracing::error!(job, error = %why, "the state could not be flushed");
-        report.aborted.get_or_insert(why);
+        let why = Abort::state(Step::Flush, e);
+        tracing::error!(job, error = %why.chain(), "the state could not be flushed");
+        report.stop(why);
         return;
     }
     match store.snapshot_if_due(job, config.state.snapshot_every) {
@@ -210,8 +198,9 @@ pub fn select_jobs<'c>(
 }
 
 /// Runs one job with a client of its own (so its call count is its own, whatever else
-/// runs beside it), records it as the job's last run and logs its summary. The token is
-/// read now, so a rotated token file takes effect; if it cannot be, the report says so.
+/// runs beside it), makes its state durable, then records the finished run: as the job's
+/// last run in the state, and in the log. The token is read now, so a rotated token file
+/// takes effect; if it cannot be, the report says so.
 pub async fn run_one(
     config: &Config,
     job: &JobConfig,
@@ -231,8 +220,8 @@ pub async fn run_one(
     let started = Instant::now();
     handle.begin(&job.name);
     let client = match config.dialler.token.resolve() {
-        Ok(token) => Dialler::new(&config.dialler, &token).map_err(|e| error_chain(&e)),
-        Err(e) => Err(error_chain(&e)),
+        Ok(token) => Dialler::new(&config.dialler, &token).map_err(Abort::Client),
+        Err(e) => Err(Abort::Token(e)),
     };
     match client {
         Ok(dialler) => {
@@ -243,22 +232,40 @@ pub async fn run_one(
                 .await;
             // The client is this run's own: its count is the run's.
             report.api_calls = dialler.calls();
+            report.retries = dialler.retries();
         }
-        Err(why) => report.aborted = Some(why),
+        Err(why) => report.stop(why),
+    }
+    if let (Some(store), false) = (store, dry_run) {
+        settle(config, store, &job.name, &mut report)
+            .instrument(span.clone())
+            .await;
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     handle.finish();
     let _entered = span.enter(); // no await from here on
-    if let (Some(store), false, false) = (store, dry_run, report.verify_only) {
-        let mut recorded = store.put_last_run(&job.name, &report.to_json());
-        if report.aborted.is_none() {
-            recorded = recorded.and_then(|()| store.set_good_rows(&job.name, report.rows));
+    record(store, &report);
+    report
+}
+
+/// Records a finished run, from its report alone: as the job's last run in the state
+/// (not for a dry run or a verification) and as the log's summary line.
+fn record(store: Option<&Store>, report: &JobReport) {
+    if let (Some(store), false, false) = (store, report.dry_run, report.verify_only) {
+        let mut recorded = store.put_last_run(&report.job, &report.to_json());
+        if report.stopped.is_none() {
+            recorded = recorded.and_then(|()| store.set_good_rows(&report.job, report.rows));
         }
         if let Err(e) = recorded {
             tracing::error!(error = %error_chain(&e), "could not record the run");
         }
     }
+    let outcome = report.exit();
+    let aborted = report.stopped.as_deref().map(Abort::chain);
+    let stopped = report.stopped.as_deref().map(Abort::kind);
     tracing::info!(
+        %outcome,
+        rows = report.rows,
         imported = report.imported,
         updated = report.updated,
         reset = report.reset,
@@ -271,12 +278,16 @@ pub async fn run_one(
         api_calls = report.api_calls,
         retries = report.retries,
         recovered = report.recovered,
+        rechecked = report.rechecked,
+        withheld_removals = report.withheld_removals,
+        stale_ids = report.stale_ids,
+        already_gone = report.already_gone,
         duration_ms = report.duration_ms,
         plan_ms = report.plan_ms,
-        aborted = report.aborted.as_deref().unwrap_or(""),
+        stopped = stopped.unwrap_or(""),
+        aborted = aborted.as_deref().unwrap_or(""),
         "sync finished"
     );
-    report
 }
 
 /// Reads the export and plans it against `state` (empty when `None`).
@@ -339,7 +350,7 @@ async fn run_job(
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,
         Err(e) => {
-            report.aborted = Some(error_chain(&e));
+            report.stop(Abort::state(Step::ReadState, e));
             return;
         }
     };
@@ -378,7 +389,7 @@ async fn plan_and_execute(
     let last_good_rows = match store.map(|s| s.good_rows(&job.name)).transpose() {
         Ok(n) => n.flatten(),
         Err(e) => {
-            report.aborted = Some(error_chain(&e));
+            report.stop(Abort::state(Step::ReadState, e));
             return;
         }
     };
@@ -397,20 +408,14 @@ async fn plan_and_execute(
                 }
             }
             Err(e) => {
-                report.unauthorized =
-                    matches!(&e, ReconcileError::Dialler(d) if d.is_unauthorized());
-                report.aborted = Some(format!(
-                    "could not settle the imports an interrupted run left pending, so nothing \
-                     was changed: {}",
-                    error_chain(&e)
-                ));
+                report.stop(Abort::reconcile(Step::Settle, e));
                 return;
             }
         }
     }
     if let (Some(state), Some(store), false) = (state, store, dry_run) {
         if let Err(stop) = verify_if_due(dialler, job, store, state, mode, report).await {
-            report.aborted = Some(stop);
+            report.stop(stop);
             return;
         }
     }
@@ -428,12 +433,15 @@ async fn plan_and_execute(
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
-            tracing::error!(error = %error_chain(&e), "the export could not be used; nothing was changed");
-            report.aborted = Some(error_chain(&e));
+            let why = Abort::plan(e);
+            if let Abort::Export(_) = why {
+                tracing::error!(error = %why.chain(), "the export could not be used; nothing was changed");
+            }
+            report.stop(why);
             return;
         }
         Err(e) => {
-            report.aborted = Some(format!("reading the export failed unexpectedly: {e}"));
+            report.stop(Abort::Crashed(format!("reading the export: {e}")));
             return;
         }
     };
@@ -478,22 +486,26 @@ async fn plan_and_execute(
     match &tripped {
         Some(why) if mode.force => {
             tracing::warn!(guard = %why, "guard overridden by --force");
-            report.forced = Some(why.clone());
+            report.forced = Some(why.to_string());
         }
         Some(why) if dry_run => tracing::warn!(guard = %why, "a guard would stop this run"),
         _ => {}
     }
     if let (Some(store), false) = (store, dry_run) {
-        let stopping = tripped.as_deref().filter(|_| !mode.force);
-        if let Err(e) = note_guard(store, &job.name, stopping, &report.started_at) {
+        let stopping = tripped
+            .as_ref()
+            .filter(|_| !mode.force)
+            .map(Tripped::to_string);
+        if let Err(e) = note_guard(store, &job.name, stopping.as_deref(), &report.started_at) {
             tracing::warn!(error = %error_chain(&e), "could not record the guard's state");
         }
     }
     let stop = tripped.filter(|_| !mode.force);
 
     if dry_run {
-        report.guard = stop.is_some();
-        report.aborted = stop;
+        if let Some(why) = stop {
+            report.stop(Abort::Guard(why));
+        }
         report.imported = plan.imports.len() as u64;
         report.updated = plan.updates() as u64;
         report.reset = plan.resets() as u64;
@@ -505,19 +517,20 @@ async fn plan_and_execute(
     }
 
     if let Some(why) = stop {
-        report.guard = true;
-        report.aborted = Some(why);
+        report.stop(Abort::Guard(why));
         return;
     }
     // Not a dry run, so `run_one` had a store (see `Against`), and `run_job` its state.
     let (Some(store), Some(state)) = (store, state) else {
-        report.aborted = Some("no state database to record the run in; nothing was sent".into());
+        report.stop(Abort::Crashed(
+            "a run that is not a dry run has no state database; nothing was sent".into(),
+        ));
         return;
     };
     let look_first = match store.imports_unsure(&job.name) {
         Ok(unsure) => unsure,
         Err(e) => {
-            report.aborted = Some(error_chain(&e));
+            report.stop(Abort::state(Step::ReadState, e));
             return;
         }
     };
@@ -529,7 +542,7 @@ async fn plan_and_execute(
         look_first,
     };
     execute(plan, target, handle, report).await;
-    if let (true, None) = (look_first, &report.aborted) {
+    if let (true, None) = (look_first, &report.stopped) {
         if let Err(e) = store.clear_imports_unsure(&job.name) {
             tracing::warn!(error = %error_chain(&e), "could not record that the imports are settled");
         }
@@ -547,8 +560,9 @@ async fn verify_if_due(
     state: &JobState,
     mode: Mode,
     report: &mut JobReport,
-) -> Result<(), String> {
-    let last = store.verification(&job.name).map_err(|e| error_chain(&e))?;
+) -> Result<(), Abort> {
+    let state_failed = |e| Abort::state(Step::Verify, e);
+    let last = store.verification(&job.name).map_err(state_failed)?;
     let now = chrono::Utc::now();
     let due = match (mode.verify, &last) {
         (Verify::Now | Verify::Only, _) => true,
@@ -571,7 +585,7 @@ async fn verify_if_due(
         };
         return store
             .set_verification(&job.name, &started)
-            .map_err(|e| error_chain(&e));
+            .map_err(state_failed);
     }
     match reconcile::verify(dialler, job, state, mode.force).await {
         Ok(v) => {
@@ -588,21 +602,15 @@ async fn verify_if_due(
             }
             store
                 .set_verification(&job.name, &v)
-                .map_err(|e| error_chain(&e))?;
+                .map_err(state_failed)?;
             report.verified = Some(v);
             Ok(())
         }
-        Err(e @ ReconcileError::DiallerReset { .. }) => {
-            tracing::error!(error = %e, "the dialler does not know the state's contacts");
-            report.guard = true;
-            Err(e.to_string())
-        }
         Err(e) => {
-            report.unauthorized = matches!(&e, ReconcileError::Dialler(d) if d.is_unauthorized());
-            Err(format!(
-                "could not verify the state against the dialler, so nothing was changed: {}",
-                error_chain(&e)
-            ))
+            if let ReconcileError::DiallerReset(_) = e {
+                tracing::error!(error = %e, "the dialler does not know the state's contacts");
+            }
+            Err(Abort::reconcile(Step::Verify, e))
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`cli`]: validate, demo, the emulator as a process, credentials;
 //! - [`sync`]: the behaviour contract, run by run;
 //! - [`noop`]: unchanged exports cost no call and no state write;
+//! - [`outcome`]: the report, the log line and the stored last run agree;
 //! - [`removals`]: a removal needs evidence; IDs are checked; verification;
 //! - [`reliability`]: a struggling dialler, guards, state rebuild and restore, full disk,
 //!   private state;
@@ -20,6 +21,7 @@ mod crash;
 mod daemon;
 mod dialler_api;
 mod noop;
+mod outcome;
 mod reliability;
 mod removals;
 mod sync;
