@@ -20,7 +20,11 @@ fn main() -> ExitCode {
             return ExitCode::from(dialsync::engine::outcome::Exit::Aborted as u8);
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(cli::run(args));
+    // Work left behind (a daemon that quit at a second signal abandons its calls in
+    // flight) is not waited for.
+    runtime.shutdown_background();
+    match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);

@@ -327,7 +327,10 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Run { config } => {
             let path = std::path::absolute(&config).unwrap_or(config);
-            dialsync::daemon::run(&path)
+            let signals = daemon_signals().map_err(|e| Failure::new(Exit::Aborted, e))?;
+            // Either way the daemon ends with exit 0: after a second stop it quit with
+            // calls in flight, which `main` does not wait for.
+            dialsync::daemon::run(&path, signals, || {})
                 .await
                 .map_err(|e| Failure::new(e.exit(), e))?;
             Ok(Exit::Ok)
@@ -435,8 +438,9 @@ pub async fn run(cli: Cli) -> Result<Exit, Failure> {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?cfg.campaigns, faults = ?cfg.faults, "emulator ready");
+            let shutdown = shutdown_signal().map_err(|e| Failure::new(Exit::Aborted, e))?;
             emulator
-                .serve(listener, shutdown_signal())
+                .serve(listener, shutdown)
                 .await
                 .map_err(|e| Failure::new(Exit::Aborted, e))?;
             Ok(Exit::Ok)
@@ -657,14 +661,17 @@ async fn stop_on_ctrl_c(handle: Arc<RunHandle>) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM (the handlers are installed now).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// `sync` and `verify`: handed to the daemon when one runs for this state, else run here
@@ -712,4 +719,29 @@ async fn sync_command(config: &Config, opts: SyncOptions, output: Output) -> Res
     })?;
     print_reports(&reports, output);
     Ok(report::exit_of(&reports))
+}
+
+/// The daemon's requests from real signals: SIGTERM and SIGINT stop it, SIGHUP reloads
+/// its config.
+fn daemon_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<dialsync::daemon::Signal>> {
+    use dialsync::daemon::Signal;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for (kind, name, request) in [
+        (SignalKind::terminate(), "SIGTERM", Signal::Stop),
+        (SignalKind::interrupt(), "SIGINT", Signal::Stop),
+        (SignalKind::hangup(), "SIGHUP", Signal::Reload),
+    ] {
+        let mut stream =
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
 }

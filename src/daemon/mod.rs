@@ -6,12 +6,13 @@
 //! - Jobs are independent: each loop is its own task, with its own dialler client.
 //! - Fire times come from the wall clock, re-read at least every 10 s while sleeping, so
 //!   suspend/resume and clock changes do not shift the schedule.
-//! - SIGTERM/SIGINT: no new run or operation starts, runs in progress finish their calls
-//!   in flight (bounded by the HTTP timeout), the state is flushed, exit 0. A second
-//!   signal quits at once after flushing the state (every confirmed call is already
-//!   written, so the state is consistent).
-//! - SIGHUP: the config file is loaded and checked again; a bad one is logged and the
-//!   running config stays in force.
+//! - Stop requests ([`Signal::Stop`]; the binary sends one per SIGTERM or SIGINT): no
+//!   new run or operation starts, runs in progress finish their calls in flight (bounded
+//!   by the HTTP timeout), the state is flushed, and [`run`] returns. A second stop
+//!   returns at once after flushing the state (every confirmed call is already written,
+//!   so the state is consistent); the binary exits 0 either way.
+//! - Reload requests ([`Signal::Reload`], SIGHUP): the config file is loaded and checked
+//!   again; a bad one is logged and the running config stays in force.
 //! - systemd: READY/RELOADING/STOPPING, STATUS with the last and next runs, and WATCHDOG
 //!   pings while every job loop is alive.
 
@@ -204,9 +205,36 @@ struct Daemon {
     since: DateTime<Utc>,
 }
 
-/// Runs the daemon for the config at `path` until SIGTERM or SIGINT.
-pub async fn run(path: &Path) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{signal, SignalKind};
+/// What the daemon is told from outside. The binary feeds these from real signals
+/// (SIGTERM and SIGINT: [`Signal::Stop`], SIGHUP: [`Signal::Reload`]); a test sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Stop: no new run or operation starts, runs in progress finish their calls in
+    /// flight. A second one quits at once.
+    Stop,
+    /// Load the config file again.
+    Reload,
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every run ended (or the grace period passed) and the state was flushed.
+    Stopped,
+    /// A second stop came: the state was flushed, runs still in flight were abandoned
+    /// (their calls are checked again by the next run). The caller exits without waiting
+    /// for them.
+    QuitNow,
+}
+
+/// Runs the daemon for the config at `path` until `signals` asks it to stop (or ends,
+/// which counts as a stop). `ready` is called once it serves (the control socket is
+/// bound, the job loops run), when systemd is told READY.
+pub async fn run(
+    path: &Path,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
+    ready: impl FnOnce(),
+) -> Result<Ended, DaemonError> {
     let config = Config::load(path)?;
     for w in &config.warnings {
         tracing::warn!(config = %path.display(), "{w}");
@@ -215,10 +243,6 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let store = Store::open(&config.state.path)?;
     let socket = control::socket_path(&config.state.path);
     let listener = bind(&socket)?;
-
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
 
     let (config_tx, _) = watch::channel(Arc::new(config));
     let (stop_tx, _) = watch::channel(false);
@@ -249,13 +273,11 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     }
     notify(&[sd_notify::NotifyState::Ready]);
     daemon.notify_status();
+    ready();
 
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => daemon.reload(),
-        }
+    // Until a stop (or the end of the requests, which counts as one).
+    while let Some(Signal::Reload) = signals.recv().await {
+        daemon.reload();
     }
 
     tracing::info!("stopping: no new run starts; runs in progress finish their calls in flight");
@@ -269,17 +291,6 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             h.request_stop();
         }
     }
-    // A second signal: quit now. Every confirmed call is already in the state.
-    let store = daemon.store.clone();
-    let second = tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: quitting now; calls in flight are abandoned and checked again by the next run");
-        let _ = store.flush().await;
-        std::process::exit(0);
-    });
     // Runs stop at their next operation; those in flight end within the HTTP timeout.
     let grace = {
         let cfg = daemon.config.borrow().clone();
@@ -294,19 +305,38 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             let _ = slot.run_lock.lock().await;
         }
     };
-    if tokio::time::timeout(grace, all_idle).await.is_err() {
-        tracing::warn!(
-            grace_s = grace.as_secs(),
-            "runs did not end in time; quitting with calls in flight"
-        );
-    }
+    // A second stop: quit now. Every confirmed call is already in the state. (Reloads
+    // no longer matter; a closed channel is no second stop.)
+    let second = async {
+        loop {
+            match signals.recv().await {
+                Some(Signal::Stop) => return,
+                Some(Signal::Reload) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let ended = tokio::select! {
+        idle = tokio::time::timeout(grace, all_idle) => {
+            if idle.is_err() {
+                tracing::warn!(
+                    grace_s = grace.as_secs(),
+                    "runs did not end in time; quitting with calls in flight"
+                );
+            }
+            Ended::Stopped
+        }
+        () = second => {
+            tracing::warn!("second signal: quitting now; calls in flight are abandoned and checked again by the next run");
+            Ended::QuitNow
+        }
+    };
     accept.abort();
     watchdog.abort();
-    second.abort();
     daemon.store.flush().await?;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
-    Ok(())
+    Ok(ended)
 }
 
 /// Binds the control socket, replacing a stale one, with mode 0600.

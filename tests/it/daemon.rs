@@ -469,3 +469,88 @@ fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
+
+/// The daemon in-process: it takes its stop requests as an input and returns to its
+/// caller instead of exiting the process. A stop while a manual run waits on a dialler
+/// call lets the run finish its call; a second stop quits at once, abandoning it.
+#[test]
+fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
+    use dialsync::daemon::control::{Client, Event, Request};
+    use dialsync::daemon::{Ended, Signal};
+    use dialsync::emulator::Faults;
+    use dialsync::engine::progress::Phase;
+
+    // Every call waits far longer than the test: the run's first call stays in flight.
+    let env = Env::with_faults(Faults {
+        latency: Duration::from_secs(3600),
+        ..Faults::default()
+    });
+    env.write_export(&ROWS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(async {
+        let (signals, requests) = tokio::sync::mpsc::channel(4);
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let path = env.path("dialsync.toml");
+        let daemon = tokio::spawn(async move {
+            dialsync::daemon::run(&path, requests, move || {
+                let _ = ready_tx.send(());
+            })
+            .await
+        });
+        ready.await.expect("the daemon started");
+        let mut client = Client::connect(&env.path("state.sock"))
+            .await
+            .unwrap()
+            .expect("the daemon listens");
+        client
+            .send(&Request::Sync {
+                job: None,
+                dry_run: false,
+                force: false,
+                verify: Default::default(),
+            })
+            .await
+            .unwrap();
+        // Wait until the run sends (its first call is then on its way).
+        loop {
+            match client.next().await.unwrap() {
+                Some(Event::Progress(p)) if p.phase == Phase::Sending => break,
+                Some(Event::Progress(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        signals.send(Signal::Stop).await.unwrap();
+        signals.send(Signal::Stop).await.unwrap();
+        tokio::time::timeout(PATIENCE, daemon)
+            .await
+            .expect("the daemon returns")
+            .unwrap()
+    });
+    assert_eq!(ended.unwrap(), Ended::QuitNow);
+    assert!(!env.path("state.sock").exists(), "the socket is removed");
+    assert!(env.contacts().is_empty(), "the call never got its answer");
+    drop(rt);
+}
+
+/// A closed request channel (the binary's signal feeder gone) stops the daemon like a
+/// stop request, and it returns `Stopped` with its state flushed and released.
+#[test]
+fn in_process_a_closed_request_channel_stops_the_daemon() {
+    use dialsync::daemon::Ended;
+    let env = Env::new();
+    env.write_export(&ROWS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended = rt.block_on(async {
+        let (signals, requests) = tokio::sync::mpsc::channel(1);
+        drop(signals);
+        dialsync::daemon::run(&env.path("dialsync.toml"), requests, || {}).await
+    });
+    assert_eq!(ended.unwrap(), Ended::Stopped);
+    assert!(!env.path("state.sock").exists(), "the socket is removed");
+}
