@@ -1,0 +1,156 @@
+//! How a contact's entry and a pending import are stored: their encodings and versions
+//! (older ones are still read), what the last run did, and the marks of calls in flight.
+
+use serde::{Deserialize, Serialize};
+
+/// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
+/// keep decoding the older ones). Version 3 has the layout of 2 with keyed hashes
+/// ([`crate::state::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry read
+/// as such is written back as such until a run compares it and stores keyed hashes.
+const ENTRY_VERSION: u8 = 3;
+/// The version of entries with unkeyed hashes.
+const UNKEYED_VERSION: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The dialler's contact ID.
+    pub id: i64,
+    /// Hash per mapped field (field code, hash), in field-code order.
+    pub fields: Vec<(u8, u64)>,
+    /// Hash per reset-trigger column.
+    pub triggers: Vec<(String, u64)>,
+    /// Whether dialsync locked the contact (the API does not expose a lock flag).
+    pub locked: bool,
+    /// What the last run that touched this contact did.
+    pub last_op: LastOp,
+    /// When that was (Unix seconds).
+    pub last_run: i64,
+    /// The hash of the CRM row (`Mapper::row_hash`) the dialler's contact reflects in
+    /// full, or 0 when not known (after a partial change, a recovery or a rebuild). A row
+    /// with this hash is unchanged without being mapped.
+    pub row: u64,
+    /// Whether the hashes are keyed with the state's secret (false: written by a version
+    /// before keyed hashing; the planner migrates it when a row names it).
+    #[serde(skip)]
+    pub keyed: bool,
+}
+
+/// An [`Entry`] as version 1 wrote it (no row hash).
+#[derive(Deserialize)]
+struct EntryV1 {
+    id: i64,
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
+    locked: bool,
+    last_op: LastOp,
+    last_run: i64,
+}
+
+/// An import that was (or was about to be) sent but whose contact ID is not stored yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The field hashes the import sends.
+    pub fields: Vec<(u8, u64)>,
+    /// The trigger hashes to store with it.
+    pub triggers: Vec<(String, u64)>,
+    /// The row hash to store with it.
+    pub row: u64,
+    /// Whether the hashes are keyed (see [`Entry::keyed`]).
+    #[serde(skip)]
+    pub keyed: bool,
+}
+
+/// A [`Pending`] as version 1 wrote it.
+#[derive(Deserialize)]
+struct PendingV1 {
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
+}
+
+impl Pending {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![if self.keyed {
+            ENTRY_VERSION
+        } else {
+            UNKEYED_VERSION
+        }];
+        out.extend(postcard::to_stdvec(self).expect("a Pending always serializes"));
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Pending> {
+        match bytes.split_first() {
+            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes(rest).ok().map(|p| Pending {
+                    keyed: v == ENTRY_VERSION,
+                    ..p
+                })
+            }
+            Some((1, rest)) => postcard::from_bytes::<PendingV1>(rest)
+                .ok()
+                .map(|p| Pending {
+                    fields: p.fields,
+                    triggers: p.triggers,
+                    row: 0,
+                    keyed: false,
+                }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LastOp {
+    Imported,
+    Updated,
+    Reset,
+    Locked,
+    Unlocked,
+    /// Hashes recorded without a call (a field or trigger newly added to the config).
+    Baseline,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![if self.keyed {
+            ENTRY_VERSION
+        } else {
+            UNKEYED_VERSION
+        }];
+        out.extend(postcard::to_stdvec(self).expect("an Entry always serializes"));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        match bytes.split_first() {
+            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes(rest).ok().map(|e| Entry {
+                    keyed: v == ENTRY_VERSION,
+                    ..e
+                })
+            }
+            Some((1, rest)) => postcard::from_bytes::<EntryV1>(rest).ok().map(|e| Entry {
+                id: e.id,
+                fields: e.fields,
+                triggers: e.triggers,
+                locked: e.locked,
+                last_op: e.last_op,
+                last_run: e.last_run,
+                row: 0,
+                keyed: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What may have changed on the dialler while an operation was in flight (bits of a
+/// mark, see [`JobState::put_in_flight`]).
+pub mod in_doubt {
+    /// An update or reset was sent: the contact's fields and counters are unknown.
+    pub const FIELDS: u8 = 1;
+    /// A lock or unlock was sent: whether the contact is locked is unknown.
+    pub const LOCK: u8 = 2;
+    /// A delete was sent: whether the contact still exists is unknown.
+    pub const GONE: u8 = 4;
+}

@@ -1,0 +1,296 @@
+//! One job's state: its entries, pending imports, in-flight marks, failure counts and
+//! digest.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{snapshot, Entry, Flusher, Pending, StateError, StateView};
+use crate::key::key_hash;
+use crate::state::digest::Digest;
+use crate::state::hashing::HashKey;
+
+/// One job's entries, pending imports, in-flight marks, failure counts and digest.
+#[derive(Clone)]
+pub struct JobState {
+    pub(super) flusher: Flusher,
+    /// The store's secret (see [`Store::hash_key`]).
+    pub(super) key: Arc<HashKey>,
+    pub(super) tree: sled::Tree,
+    pub(super) pending: sled::Tree,
+    /// UserData -> [`in_doubt`] bits of the operations sent (or about to be) whose outcome
+    /// is not stored yet.
+    pub(super) in_flight: sled::Tree,
+    pub(super) failures: sled::Tree,
+    /// Every job's stored digest, by job name.
+    pub(super) digests: sled::Tree,
+    pub(super) name: String,
+    pub(super) digest: Arc<Mutex<DigestCache>>,
+    pub(super) writes: Arc<AtomicU64>,
+    /// The store's path (for the job's snapshot and its marker).
+    pub(super) state_path: PathBuf,
+    /// Whether this handle made sure the snapshot is marked as older than the state.
+    pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The job's digest as this handle knows it: the stored one (read at the first need) and
+/// the entries written since.
+#[derive(Default)]
+pub(super) struct DigestCache {
+    loaded: bool,
+    /// The digest stored when this handle first needed it (`None`: none, or unreadable).
+    base: Option<Arc<Digest>>,
+    /// Whether a readable copy is still stored (it is removed before the first entry
+    /// write; an unreadable one is replaced at the end of the run).
+    stored: bool,
+    /// Entries written since, by key hash: (row hash, locked), or `None` if removed.
+    changes: HashMap<u64, Option<(u64, bool)>>,
+}
+
+impl JobState {
+    /// The state's secret, which every stored hash of a value is keyed with.
+    pub fn hash_key(&self) -> &Arc<HashKey> {
+        &self.key
+    }
+
+    /// Before each write to the job's state: counted, and the first one of this handle
+    /// marks the job's snapshot, if it has one, as older than the state (durably, before
+    /// the write).
+    fn wrote(&self) -> Result<(), StateError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.dirty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let marker = snapshot::dirty_marker(&self.state_path, &self.name);
+        if snapshot::file(&self.state_path, &self.name).exists() && !marker.exists() {
+            let made = std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::File::open(snapshot::dir(&self.state_path))?.sync_all());
+            made.map_err(|source| StateError::Snapshot {
+                path: marker.clone(),
+                source,
+            })?;
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn cache(&self) -> Result<std::sync::MutexGuard<'_, DigestCache>, StateError> {
+        let mut cache = crate::locking::lock(&self.digest);
+        if !cache.loaded {
+            let stored = self.digests.get(&self.name)?;
+            cache.base = stored.and_then(|b| Digest::decode(&b)).map(Arc::new);
+            cache.stored = cache.base.is_some();
+            cache.loaded = true;
+        }
+        Ok(cache)
+    }
+
+    /// Before an entry changes: the stored digest goes, durably, so that no crash can leave
+    /// a digest that does not match the entries.
+    fn before_entry_write(&self) -> Result<(), StateError> {
+        self.wrote()?;
+        let mut cache = self.cache()?;
+        if cache.stored {
+            self.digests.remove(&self.name)?;
+            self.flusher.now()?;
+            cache.stored = false;
+        }
+        Ok(())
+    }
+
+    fn after_entry_write(&self, key: &str, now: Option<&Entry>) -> Result<(), StateError> {
+        self.cache()?
+            .changes
+            .insert(key_hash(key), now.map(|e| (e.row, e.locked)));
+        Ok(())
+    }
+
+    /// The digest of the entries as they are now, if the job has one (see [`Digest`]).
+    pub fn digest(&self) -> Result<Option<Arc<Digest>>, StateError> {
+        let cache = self.cache()?;
+        Ok(match &cache.base {
+            Some(base) if cache.changes.is_empty() => Some(Arc::clone(base)),
+            Some(base) => base.with_changes(&cache.changes).map(Arc::new),
+            None => None,
+        })
+    }
+
+    /// Stores the digest of the entries as they are now, unless the stored one still
+    /// matches: from what was stored and what changed since, or else (no usable digest was
+    /// stored) by reading every entry. Called at the end of a run, after its writes.
+    pub async fn save_digest(&self) -> Result<(), StateError> {
+        if self.cache()?.stored {
+            return Ok(());
+        }
+        let digest = match self.digest()? {
+            Some(d) => Some(d),
+            None if self.cache()?.base.is_some() => None, // a key hash collision
+            None => {
+                let mut items = Vec::new();
+                self.for_each(&mut |key, e| items.push((key_hash(key), e.row, e.locked)))?;
+                Digest::build(items).map(Arc::new)
+            }
+        };
+        let Some(digest) = digest else {
+            tracing::debug!(job = %self.name, "two UserData values share a hash: no digest, every row is compared in full");
+            return Ok(());
+        };
+        // The entries first: the digest must never be durable before what it describes.
+        self.flusher.run().await?;
+        self.digests.insert(self.name.as_str(), digest.encode())?;
+        let mut cache = self.cache()?;
+        cache.base = Some(digest);
+        cache.stored = true;
+        cache.changes.clear();
+        Ok(())
+    }
+
+    /// Records an import about to be sent; durable after the next [`JobState::flush`].
+    pub fn put_pending(&self, key: &str, p: &Pending) -> Result<(), StateError> {
+        self.wrote()?;
+        self.pending.insert(key, p.encode())?;
+        Ok(())
+    }
+
+    pub fn clear_pending(&self, key: &str) -> Result<(), StateError> {
+        self.wrote()?;
+        self.pending.remove(key)?;
+        Ok(())
+    }
+
+    /// Every pending import, in key order.
+    pub fn pending(&self) -> Result<Vec<(String, Pending)>, StateError> {
+        self.pending
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match Pending::decode(&v) {
+                    Some(p) => Ok((key, p)),
+                    None => Err(StateError::Corrupt { key }),
+                }
+            })
+            .collect()
+    }
+
+    /// Marks `key` as having an operation in flight (`bits`, see [`in_doubt`]): until the
+    /// mark is cleared, what the dialler holds for it is unknown. Durable after the next
+    /// [`JobState::flush`], which comes before the operation is sent.
+    pub fn put_in_flight(&self, key: &str, bits: u8) -> Result<(), StateError> {
+        self.wrote()?;
+        self.in_flight.insert(key, &[bits])?;
+        Ok(())
+    }
+
+    /// Clears the mark of `key`: its operation's outcome is stored (or it was refused).
+    pub fn clear_in_flight(&self, key: &str) -> Result<(), StateError> {
+        self.wrote()?;
+        self.in_flight.remove(key)?;
+        Ok(())
+    }
+
+    /// Every in-flight mark: UserData -> [`in_doubt`] bits.
+    pub fn in_flight(&self) -> Result<HashMap<String, u8>, StateError> {
+        self.in_flight
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                // An unknown mark (another version's) doubts everything.
+                let bits = v.first().copied().unwrap_or(u8::MAX);
+                Ok((String::from_utf8_lossy(&k).into_owned(), bits))
+            })
+            .collect()
+    }
+
+    /// Runs in a row in which each failing row failed.
+    pub fn failure_counts(&self) -> Result<std::collections::HashMap<String, u32>, StateError> {
+        self.failures
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let n = <[u8; 4]>::try_from(v.as_ref()).map_or(1, u32::from_le_bytes);
+                Ok((String::from_utf8_lossy(&k).into_owned(), n))
+            })
+            .collect()
+    }
+
+    pub fn set_failures(&self, key: &str, runs: u32) -> Result<(), StateError> {
+        self.wrote()?;
+        self.failures.insert(key, &runs.to_le_bytes())?;
+        Ok(())
+    }
+
+    pub fn clear_failures(&self, key: &str) -> Result<(), StateError> {
+        self.wrote()?;
+        self.failures.remove(key)?;
+        Ok(())
+    }
+
+    /// Empties the job's state (entries, pending imports, in-flight marks, failure counts).
+    pub fn clear(&self) -> Result<(), StateError> {
+        self.before_entry_write()?;
+        self.tree.clear()?;
+        self.pending.clear()?;
+        self.in_flight.clear()?;
+        self.failures.clear()?;
+        let mut cache = self.cache()?;
+        cache.base = Some(Arc::default());
+        cache.changes.clear();
+        Ok(())
+    }
+
+    /// Makes every write so far durable (of the whole store).
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.flusher.run().await
+    }
+
+    pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
+        self.before_entry_write()?;
+        self.tree.insert(key, entry.encode())?;
+        self.after_entry_write(key, Some(entry))
+    }
+
+    pub fn remove(&self, key: &str) -> Result<(), StateError> {
+        self.before_entry_write()?;
+        self.tree.remove(key)?;
+        self.after_entry_write(key, None)
+    }
+
+    /// The number of entries: from the digest when the job has one (reading a million
+    /// entries takes a second), else by counting.
+    pub fn len(&self) -> usize {
+        if let Ok(Some(d)) = self.digest() {
+            return d.len();
+        }
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+impl StateView for JobState {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => Entry::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StateError::Corrupt { key: key.into() }),
+        }
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(&str, Entry)) -> Result<(), StateError> {
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k);
+            let entry = Entry::decode(&v).ok_or_else(|| StateError::Corrupt {
+                key: key.to_string(),
+            })?;
+            f(&key, entry);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,439 @@
+//! The state database: opened (or restored from its snapshots), flushed one flush at a
+//! time, and the per-job records beside the entries (last run, guard, verification).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    held_elsewhere, in_doubt, is_damage, key_path, load_or_create_key, make_private, move_aside,
+    refuse_as_root, snapshot, JobState, StateError, StateView,
+};
+use crate::state::hashing::HashKey;
+
+/// Makes the state's writes durable, one flush at a time. sled 0.34's `flush_async` can
+/// hang for good when several run at once (spacejam/sled#1308: fixed on a branch that
+/// was never released), which a run does (the journal's flush beside re-imports that
+/// each flush): so every flush goes through here, as a blocking `flush` behind one lock,
+/// on a blocking thread. A flush makes every write before it durable, so one that waited
+/// for another has little left to do.
+#[derive(Clone)]
+pub(super) struct Flusher {
+    pub(super) db: sled::Db,
+    pub(super) gate: Arc<Mutex<()>>,
+}
+
+impl Flusher {
+    /// Flushes on this thread.
+    pub(super) fn now(&self) -> Result<(), StateError> {
+        let _one = crate::locking::lock(&self.gate);
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Flushes on a blocking thread.
+    pub(super) async fn run(&self) -> Result<(), StateError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.now())
+            .await
+            .map_err(|e| StateError::Db(sled::Error::Io(std::io::Error::other(e))))?
+    }
+}
+
+/// The state database.
+#[derive(Clone)]
+pub struct Store {
+    pub(super) db: sled::Db,
+    pub(super) flusher: Flusher,
+    pub(super) path: PathBuf,
+    /// The state's secret (see [`crate::state::hashing`]), from [`key_path`].
+    pub(super) key: Arc<HashKey>,
+    /// Writes to job state (entries, journal, failure counts) through this handle.
+    pub(super) writes: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Opens (or creates) the state database at `path`. The state says who is called and
+    /// when, so it is private whatever the umask: the directory 0700, every file in it
+    /// 0600 (a state created by an older version is narrowed now), and the process's umask
+    /// becomes 077, so that what sled creates later is private too.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        refuse_as_root(path)?;
+        let io = |e: std::io::Error| StateError::Open {
+            path: path.to_path_buf(),
+            source: sled::Error::Io(e),
+        };
+        // SAFETY: umask has no preconditions and cannot fail.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::umask(0o077)
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io)?;
+        make_private(path).map_err(io)?;
+        let key = load_or_create_key(path).map_err(|source| StateError::Key {
+            path: key_path(path),
+            source,
+        })?;
+        match sled::Config::new().path(path).open() {
+            Ok(db) => {
+                let store = Store::on(db, path, key);
+                store.check_key()?;
+                Ok(store)
+            }
+            Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
+                path: path.to_path_buf(),
+            }),
+            Err(source) if is_damage(&source) && !snapshot::jobs(path).is_empty() => {
+                Store::restore(path, key, source)
+            }
+            Err(source) => Err(StateError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// A store on the open database `db` at `path`, with the state's secret.
+    fn on(db: sled::Db, path: &Path, key: HashKey) -> Store {
+        Store {
+            flusher: Flusher {
+                db: db.clone(),
+                gate: Arc::default(),
+            },
+            db,
+            path: path.to_path_buf(),
+            key: Arc::new(key),
+            writes: Arc::default(),
+        }
+    }
+
+    /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
+    /// aside, opens a new one and restores each job from its snapshot (see
+    /// [`crate::state::snapshot`]). Every restored job is verified against the dialler by its
+    /// next run; one whose snapshot was older than its state has every contact's lock
+    /// state marked unknown, and its imports look first.
+    fn restore(path: &Path, key: HashKey, broken: sled::Error) -> Result<Store, StateError> {
+        let failed = |source: std::io::Error| StateError::Restore {
+            path: path.to_path_buf(),
+            broken: broken.to_string(),
+            source,
+        };
+        // Every snapshot is read before anything is moved: a damaged one leaves all as is.
+        let mut snapshots = Vec::new();
+        for job in snapshot::jobs(path) {
+            let sections = snapshot::read(&snapshot::file(path, &job)).map_err(failed)?;
+            let stale = snapshot::dirty_marker(path, &job).exists();
+            snapshots.push((job, sections, stale));
+        }
+        let aside = move_aside(path).map_err(failed)?;
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
+            Err(e) => {
+                // Put the old one back as it was: nothing is lost by trying.
+                let _ = std::fs::remove_dir_all(path);
+                let _ = std::fs::rename(&aside, path);
+                return Err(failed(std::io::Error::other(e)));
+            }
+        };
+        let store = Store::on(db, path, key);
+        for (job, sections, stale) in snapshots {
+            store.load_snapshot(&job, sections, stale)?;
+            tracing::warn!(
+                job = %job,
+                broken = %broken,
+                moved_to = %aside.display(),
+                snapshot_older_than_state = stale,
+                "the state database could not be opened: moved aside and restored from the job's \
+                 snapshot; its next run verifies it against the dialler{}",
+                if stale {
+                    ", sets every contact's lock as the export says and looks each import up first"
+                } else {
+                    ""
+                }
+            );
+        }
+        store.check_key()?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    /// Puts a job's snapshot into this (new) database.
+    fn load_snapshot(
+        &self,
+        job: &str,
+        sections: snapshot::Sections,
+        stale: bool,
+    ) -> Result<(), StateError> {
+        for (name, items) in sections.0 {
+            if name == "records" {
+                for (record, value) in items {
+                    let tree = match record.as_slice() {
+                        b"good_rows" => "good_rows",
+                        b"last_run" => "runs",
+                        _ => continue,
+                    };
+                    self.db.open_tree(tree)?.insert(job, value)?;
+                }
+                continue;
+            }
+            let tree = self.db.open_tree(format!("{name}/{job}"))?;
+            for (k, v) in items {
+                tree.insert(k, v)?;
+            }
+        }
+        if stale {
+            let state = self.job(job)?;
+            let mut keys = Vec::new();
+            state.for_each(&mut |k, _| keys.push(k.to_string()))?;
+            for k in keys {
+                let bits = state.in_flight.get(&k)?.and_then(|v| v.first().copied());
+                state.put_in_flight(&k, bits.unwrap_or(0) | in_doubt::LOCK)?;
+            }
+            self.db
+                .open_tree("meta")?
+                .insert(format!("imports_unsure/{job}"), &[1])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the imports of `job`'s next run must look the contact up first (its state
+    /// was restored from a snapshot older than it: an import may have reached the dialler
+    /// unrecorded).
+    pub fn imports_unsure(&self, job: &str) -> Result<bool, StateError> {
+        Ok(self
+            .db
+            .open_tree("meta")?
+            .contains_key(format!("imports_unsure/{job}"))?)
+    }
+
+    pub fn clear_imports_unsure(&self, job: &str) -> Result<(), StateError> {
+        self.db
+            .open_tree("meta")?
+            .remove(format!("imports_unsure/{job}"))?;
+        Ok(())
+    }
+
+    /// Writes the snapshot of `job` when it changed since the last one and that one is
+    /// older than `every` (or there is none); see [`crate::state::snapshot`]. After the run's
+    /// state is flushed.
+    pub fn snapshot_if_due(&self, job: &str, every: Duration) -> Result<bool, StateError> {
+        let file = snapshot::file(&self.path, job);
+        let dirty = snapshot::dirty_marker(&self.path, job);
+        let age = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| t.elapsed().unwrap_or_default());
+        let due = match age {
+            None => !self.job(job)?.is_empty(),
+            Some(age) => dirty.exists() && age >= every,
+        };
+        if !due {
+            return Ok(false);
+        }
+        self.write_snapshot(job)?;
+        match std::fs::remove_file(&dirty) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.snapshot_error(e)),
+        }
+        Ok(true)
+    }
+
+    /// Writes the snapshot of `job` now.
+    pub fn write_snapshot(&self, job: &str) -> Result<(), StateError> {
+        let tree_items = |tree: sled::Tree| -> snapshot::Items<'static> {
+            Box::new(tree.iter().map(|kv| {
+                kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(std::io::Error::other)
+            }))
+        };
+        let mut sections: Vec<(String, snapshot::Items<'static>)> = Vec::new();
+        for name in ["job", "pending", "inflight", "failures"] {
+            let tree = self.db.open_tree(format!("{name}/{job}"))?;
+            sections.push((name.to_string(), tree_items(tree)));
+        }
+        let mut records = Vec::new();
+        if let Some(v) = self.db.open_tree("good_rows")?.get(job)? {
+            records.push((b"good_rows".to_vec(), v.to_vec()));
+        }
+        if let Some(v) = self.db.open_tree("runs")?.get(job)? {
+            records.push((b"last_run".to_vec(), v.to_vec()));
+        }
+        sections.push(("records".into(), Box::new(records.into_iter().map(Ok))));
+        snapshot::write(&snapshot::file(&self.path, job), sections)
+            .map_err(|e| self.snapshot_error(e))
+    }
+
+    fn snapshot_error(&self, source: std::io::Error) -> StateError {
+        StateError::Snapshot {
+            path: snapshot::dir(&self.path),
+            source,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state's secret, which every stored hash of a value is keyed with.
+    pub fn hash_key(&self) -> Arc<HashKey> {
+        Arc::clone(&self.key)
+    }
+
+    /// Notes the key's fingerprint in the database, or warns when it is not the one the
+    /// state was made with (the key file was lost or replaced): every stored hash then
+    /// misses, and the next run sends every contact's fields once.
+    fn check_key(&self) -> Result<(), StateError> {
+        let meta = self.db.open_tree("meta")?;
+        let check = self.key.check().to_le_bytes();
+        match meta.get("key_check")? {
+            Some(stored) if stored.as_ref() == check => {}
+            Some(_) => {
+                tracing::warn!(
+                    key = %key_path(&self.path).display(),
+                    "the state's key file is not the one its hashes were made with (lost or \
+                     replaced?): every contact is compared anew, and each one in the export is \
+                     sent its fields once"
+                );
+                meta.insert("key_check", &check)?;
+            }
+            None => {
+                meta.insert("key_check", &check)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to job state so far (entries, journal, failure counts; not run records).
+    pub fn job_writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// The state of job `name`.
+    pub fn job(&self, name: &str) -> Result<JobState, StateError> {
+        Ok(JobState {
+            flusher: self.flusher.clone(),
+            key: Arc::clone(&self.key),
+            tree: self.db.open_tree(format!("job/{name}"))?,
+            pending: self.db.open_tree(format!("pending/{name}"))?,
+            in_flight: self.db.open_tree(format!("inflight/{name}"))?,
+            failures: self.db.open_tree(format!("failures/{name}"))?,
+            digests: self.db.open_tree("digest")?,
+            name: name.to_string(),
+            digest: Arc::default(),
+            writes: Arc::clone(&self.writes),
+            state_path: self.path.clone(),
+            dirty: Arc::default(),
+        })
+    }
+
+    /// The rows of job `name`'s last run that was not aborted.
+    pub fn good_rows(&self, job: &str) -> Result<Option<u64>, StateError> {
+        Ok(self
+            .db
+            .open_tree("good_rows")?
+            .get(job)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    pub fn set_good_rows(&self, job: &str, rows: u64) -> Result<(), StateError> {
+        self.db
+            .open_tree("good_rows")?
+            .insert(job, &rows.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// The guard that has stopped every run of `job` since it first tripped, if one has.
+    pub fn guard_trip(&self, job: &str) -> Result<Option<GuardTrip>, StateError> {
+        Ok(self
+            .db
+            .open_tree("guards")?
+            .get(job)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// Records that a guard stops `job`'s runs (`None`: it no longer does).
+    pub fn set_guard_trip(&self, job: &str, trip: Option<&GuardTrip>) -> Result<(), StateError> {
+        let tree = self.db.open_tree("guards")?;
+        match trip {
+            Some(t) => tree.insert(job, serde_json::to_vec(t).expect("serializes"))?,
+            None => tree.remove(job)?,
+        };
+        Ok(())
+    }
+
+    /// What the last read-back verification of `job` found, if one ran.
+    pub fn verification(&self, job: &str) -> Result<Option<Verified>, StateError> {
+        Ok(self
+            .db
+            .open_tree("verified")?
+            .get(job)?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn set_verification(&self, job: &str, v: &Verified) -> Result<(), StateError> {
+        self.db
+            .open_tree("verified")?
+            .insert(job, serde_json::to_vec(v).expect("serializes"))?;
+        Ok(())
+    }
+
+    /// Stores the summary of a job's latest run (JSON, for `status`).
+    pub fn put_last_run(&self, job: &str, summary: &[u8]) -> Result<(), StateError> {
+        self.db.open_tree("runs")?.insert(job, summary)?;
+        Ok(())
+    }
+
+    pub fn last_run(&self, job: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.db.open_tree("runs")?.get(job)?.map(|v| v.to_vec()))
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.flusher.run().await
+    }
+}
+
+/// What a read-back verification of a job's state against its campaign found and fixed
+/// (see `reconcile::verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Verified {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// Contacts of the campaign the dialler listed.
+    pub listed: u64,
+    /// Contacts in the state, checked.
+    pub checked: u64,
+    /// Of those, found under their stored ID.
+    pub confirmed: u64,
+    /// Found under another ID: the ID was re-learned (and the lock state is unknown).
+    pub relearned: u64,
+    /// Not on the dialler at all: forgotten, so a contact still in the export is imported
+    /// again.
+    pub missing: u64,
+    /// Found under their ID with other values than the state says were sent: those
+    /// fields are sent again.
+    pub values_differ: u64,
+}
+
+/// A guard that stops a job's runs, since when (for `status`, and to log it once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardTrip {
+    /// When it first stopped a run (RFC 3339).
+    pub since: String,
+    /// What it said the last time.
+    pub guard: String,
+}

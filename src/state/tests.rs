@@ -1,0 +1,279 @@
+use super::*;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::key::key_hash;
+use crate::state::hashing::{HashKey, KEY_BYTES};
+
+fn entry() -> Entry {
+    Entry {
+        id: 100_001,
+        fields: vec![(4, 42), (20, 7)],
+        triggers: vec![("Round".into(), 9)],
+        locked: true,
+        last_op: LastOp::Locked,
+        last_run: 1_700_000_000,
+        row: 0x1234_5678_9abc_def0,
+        keyed: true,
+    }
+}
+
+#[test]
+fn entries_round_trip_and_stay_small() {
+    let e = entry();
+    let bytes = e.encode();
+    assert_eq!(Entry::decode(&bytes), Some(e));
+    assert!(bytes.len() < 48, "{} bytes", bytes.len());
+    assert_eq!(Entry::decode(&[99, 1, 2]), None);
+}
+
+#[test]
+fn second_open_is_a_clear_error_and_state_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    {
+        let store = Store::open(&path).unwrap();
+        store.job("a").unwrap().put("K1", &entry()).unwrap();
+        let err = Store::open(&path).err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+        assert!(err
+            .to_string()
+            .contains("in use by another dialsync process"));
+    }
+    // sled's background threads may hold the dropped database (and its file lock) a
+    // moment longer; within one process there is nothing to wait on but the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match Store::open(&path) {
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
+    let job = store.job("a").unwrap();
+    assert_eq!(job.get("K1").unwrap(), Some(entry()));
+    assert!(store.job("b").unwrap().is_empty());
+}
+
+/// Promise: the state is private, whatever the umask, also one an older version
+/// created world-readable.
+#[test]
+fn the_state_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(path.join("old-file"), b"x").unwrap();
+    std::fs::set_permissions(
+        path.join("old-file"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // SAFETY: umask has no preconditions; Store::open narrows it again.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::umask(0o022)
+    };
+    let store = Store::open(&path).unwrap();
+    store.job("a").unwrap().put("K1", &entry()).unwrap();
+    store.db.flush().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+    let mut files = 0;
+    let mut stack = vec![path.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+                stack.push(p);
+            } else {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "sled's files and the old one: {files}");
+}
+
+#[test]
+fn root_does_not_open_a_state_owned_by_the_service_user() {
+    // Only root can hand a directory to another user; as anyone else this test has
+    // nothing to check (CI runs as root).
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::create_dir(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let err = Store::open(&path).err().expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, StateError::ForeignOwner { .. }), "{msg}");
+    assert!(msg.contains("sudo -u"), "{msg}");
+    // Nothing was written into it.
+    assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+}
+
+#[test]
+fn version_1_entries_and_journal_still_decode() {
+    let e = entry();
+    #[derive(Serialize)]
+    struct V1<'a>(i64, &'a [(u8, u64)], &'a [(String, u64)], bool, LastOp, i64);
+    let mut bytes = vec![1u8];
+    bytes.extend(
+        postcard::to_stdvec(&V1(
+            e.id,
+            &e.fields,
+            &e.triggers,
+            e.locked,
+            e.last_op,
+            e.last_run,
+        ))
+        .unwrap(),
+    );
+    assert_eq!(
+        Entry::decode(&bytes),
+        Some(Entry {
+            row: 0,
+            keyed: false,
+            ..e.clone()
+        })
+    );
+    let mut bytes = vec![1u8];
+    bytes.extend(postcard::to_stdvec(&(&e.fields, &e.triggers)).unwrap());
+    assert_eq!(
+        Pending::decode(&bytes),
+        Some(Pending {
+            fields: e.fields.clone(),
+            triggers: e.triggers.clone(),
+            row: 0,
+            keyed: false,
+        })
+    );
+}
+
+/// Entries with unkeyed hashes (version 2) read as such and are written back as such
+/// until the planner migrates them; keyed ones are version 3.
+#[test]
+fn unkeyed_entries_keep_their_version_until_migrated() {
+    let keyed = entry();
+    let bytes = keyed.encode();
+    assert_eq!(bytes[0], 3);
+    assert_eq!(Entry::decode(&bytes), Some(keyed.clone()));
+    let old = Entry {
+        keyed: false,
+        ..keyed
+    };
+    let bytes = old.encode();
+    assert_eq!(bytes[0], 2);
+    assert_eq!(Entry::decode(&bytes), Some(old));
+}
+
+/// The secret lives beside the database, 0600, and a store opened again uses it.
+#[test]
+fn the_key_is_kept_beside_the_database() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let first = Store::open(&path).unwrap().hash_key().bytes().to_owned();
+    let key = key_path(&path);
+    assert_eq!(key, dir.path().join("state.key"));
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(
+        (meta.len(), meta.permissions().mode() & 0o777),
+        (KEY_BYTES as u64, 0o600)
+    );
+    assert!(!path.join("state.key").exists());
+    let again = HashKey::from_bytes(first);
+    assert_eq!(load_or_create_key(&path).unwrap().check(), again.check());
+}
+
+/// The stored digest always matches the entries: it goes (durably) before the first
+/// entry write, comes back at the end of the run, and a handle that finds none
+/// rebuilds it from the entries.
+#[tokio::test]
+async fn the_digest_follows_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let digest_of = |job: &JobState| -> Vec<(u64, u64, bool)> {
+        let d = job.digest().unwrap().expect("a digest").probe();
+        let mut items = Vec::new();
+        job.for_each(&mut |k, e| {
+            let i = d.find(key_hash(k)).expect("every entry is in the digest");
+            assert_eq!((d.row(i), d.locked(i)), (e.row, e.locked));
+            items.push((key_hash(k), e.row, e.locked));
+        })
+        .unwrap();
+        assert_eq!(d.len(), items.len());
+        items
+    };
+
+    let job = store.job("a").unwrap();
+    assert!(job.digest().unwrap().is_none(), "none before the first run");
+    job.put("K1", &entry()).unwrap();
+    job.put(
+        "K2",
+        &Entry {
+            locked: false,
+            row: 7,
+            ..entry()
+        },
+    )
+    .unwrap();
+    job.save_digest().await.unwrap();
+    assert_eq!(digest_of(&job).len(), 2);
+    assert_eq!(store.job("a").unwrap().len(), 2, "counted from the digest");
+
+    // A new handle (the next run) reads it; its first write removes the stored copy.
+    let next = store.job("a").unwrap();
+    assert_eq!(digest_of(&next).len(), 2);
+    next.remove("K1").unwrap();
+    next.put("K3", &Entry { row: 9, ..entry() }).unwrap();
+    assert!(
+        store.job("a").unwrap().digest().unwrap().is_none(),
+        "stored copy gone"
+    );
+    assert_eq!(
+        digest_of(&next).len(),
+        2,
+        "K2 and K3, from the old one and the changes"
+    );
+    next.save_digest().await.unwrap();
+    assert_eq!(digest_of(&store.job("a").unwrap()).len(), 2);
+
+    // A run that stopped before storing it: the next one builds it from the entries.
+    let interrupted = store.job("a").unwrap();
+    interrupted.put("K4", &entry()).unwrap();
+    drop(interrupted);
+    let after = store.job("a").unwrap();
+    assert!(after.digest().unwrap().is_none());
+    after.save_digest().await.unwrap();
+    assert_eq!(digest_of(&store.job("a").unwrap()).len(), 3);
+
+    // A stored digest that cannot be read (damaged, or another version's) is not
+    // used, and the next run stores a good one even when it writes nothing else.
+    store
+        .db
+        .open_tree("digest")
+        .unwrap()
+        .insert("a", &b"garbage"[..])
+        .unwrap();
+    let damaged = store.job("a").unwrap();
+    assert!(damaged.digest().unwrap().is_none());
+    assert_eq!(damaged.len(), 3, "counted without a digest");
+    damaged.save_digest().await.unwrap();
+    assert_eq!(digest_of(&store.job("a").unwrap()).len(), 3);
+
+    // Emptied (state rebuild): an empty digest plus what is written after.
+    let rebuilt = store.job("a").unwrap();
+    rebuilt.clear().unwrap();
+    rebuilt.put("K9", &entry()).unwrap();
+    assert_eq!(digest_of(&rebuilt).len(), 1);
+}
