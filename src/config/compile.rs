@@ -1,0 +1,260 @@
+//! From the raw TOML tables to the typed [`Config`]: the file as a whole, guards and
+//! sources (the dialler and jobs have files of their own).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::{
+    compile_dialler, compile_job, key, raw, Config, Ctx, Guards, Seg, SourceConfig, SourceKind,
+    StateConfig, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
+    DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_PATH,
+};
+
+/// What is wrong with the CA file at `path`, if anything: it must be readable and hold
+/// at least one PEM certificate (what the dialler client loads; checked here so that
+/// `validate` rejects what a run would).
+pub(super) fn ca_file_problem(path: &Path) -> Option<String> {
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) => return Some(format!("cannot read {}: {e}", path.display())),
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => None,
+        _ => Some(format!(
+            "{} holds no PEM certificate (a file with -----BEGIN CERTIFICATE----- blocks is expected)",
+            path.display()
+        )),
+    }
+}
+
+pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option<Config> {
+    let root = match DeTable::parse(ctx.text) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = e.span().map(|s| ctx.line_of(s.start));
+            ctx.push(line, "", format!("not valid TOML: {}", e.message()));
+            return None;
+        }
+    };
+    let mut warnings = Vec::new();
+    let mut dialler_raw = None;
+    let mut state_raw = None;
+    let mut jobs_raw: Vec<(usize, Option<raw::RawJob>)> = Vec::new();
+    let mut saw_job = false;
+    for (k, v) in root.get_ref().iter() {
+        let name = k.get_ref().as_ref();
+        match name {
+            "dialler" => dialler_raw = ctx.section::<raw::RawDialler>(&root, &[key("dialler")], v),
+            "state" => state_raw = ctx.section::<raw::RawState>(&root, &[key("state")], v),
+            "job" => {
+                saw_job = true;
+                match v.get_ref() {
+                    DeValue::Array(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            let job = ctx.section::<raw::RawJob>(
+                                &root,
+                                &[key("job"), Seg::Index(i)],
+                                item,
+                            );
+                            jobs_raw.push((i, job));
+                        }
+                    }
+                    _ => ctx.at(&root, &[key("job")], "must be written as [[job]] sections"),
+                }
+            }
+            other => {
+                let hint = match other {
+                    "jobs" => " (did you mean [[job]]?)",
+                    "source" | "fields" => {
+                        " (it belongs inside a job: [job.source] / [job.fields] after [[job]])"
+                    }
+                    _ => "",
+                };
+                ctx.at(
+                    &root,
+                    &[key(other)],
+                    format!("unknown section; expected [dialler], [state] and [[job]]{hint}"),
+                );
+            }
+        }
+    }
+    if !root
+        .get_ref()
+        .iter()
+        .any(|(k, _)| k.get_ref().as_ref() == "dialler")
+    {
+        ctx.push(
+            None,
+            "dialler",
+            "missing [dialler] section (base_url, client_id and a token)",
+        );
+    }
+    if !saw_job {
+        ctx.push(None, "job", "no [[job]] section: add at least one job");
+    }
+
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+
+    let dialler = dialler_raw.and_then(|d| compile_dialler(ctx, &root, d, &resolve, &mut warnings));
+    let (state_path, snapshot_every) = match state_raw {
+        Some(s) => (s.path, s.snapshot_every),
+        None => (None, None),
+    };
+    let state = StateConfig {
+        path: state_path
+            .map(resolve)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH)),
+        snapshot_every: snapshot_every.map_or(DEFAULT_SNAPSHOT_EVERY, |d| d.0),
+    };
+
+    let mut jobs = Vec::new();
+    let mut names = HashSet::new();
+    for (i, job) in jobs_raw {
+        let Some(job) = job else { continue };
+        let prefix = [key("job"), Seg::Index(i)];
+        if let Some(job) = compile_job(ctx, &root, &prefix, job, &resolve, &mut warnings) {
+            if !names.insert(job.name.clone()) {
+                let mut p = prefix.to_vec();
+                p.push(key("name"));
+                ctx.at(
+                    &root,
+                    &p,
+                    format!(
+                        "job name `{}` is used twice; names must be unique",
+                        job.name
+                    ),
+                );
+            }
+            jobs.push(job);
+        }
+    }
+    Some(Config {
+        file: file.to_path_buf(),
+        dialler: dialler?,
+        state,
+        jobs,
+        warnings,
+    })
+}
+
+/// The guard keys of a job: counts are whole numbers from 0, percentages 0 to 100.
+/// A percentage set to 100 (or `min_rows_percent = 0`) turns that guard off.
+pub(super) fn compile_guards(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    prefix: &[Seg],
+    [max_removals, max_resets]: [Option<i64>; 2],
+    [removals_percent, resets_percent, rows_percent]: [Option<f64>; 3],
+) -> Guards {
+    let mut bad = |k: &str, msg: String| {
+        let path: Vec<Seg> = prefix.iter().cloned().chain([key(k)]).collect();
+        ctx.at(root, &path, msg);
+    };
+    let mut count = |k: &str, v: Option<i64>| match v {
+        Some(n) if n < 0 => {
+            bad(k, format!("{n} cannot be negative"));
+            None
+        }
+        v => v.map(|n| n as u64),
+    };
+    let max_removals = count("max_removals", max_removals);
+    let max_resets = count("max_resets", max_resets);
+    let mut percent = |k: &str, v: Option<f64>, default: f64| match v {
+        None => default,
+        Some(p) if (0.0..=100.0).contains(&p) => p,
+        Some(p) => {
+            bad(k, format!("{p} is not a percentage from 0 to 100"));
+            default
+        }
+    };
+    Guards {
+        max_removals,
+        max_removals_percent: percent(
+            "max_removals_percent",
+            removals_percent,
+            DEFAULT_MAX_REMOVALS_PERCENT,
+        ),
+        max_resets,
+        max_resets_percent: percent(
+            "max_resets_percent",
+            resets_percent,
+            DEFAULT_MAX_RESETS_PERCENT,
+        ),
+        min_rows_percent: percent("min_rows_percent", rows_percent, DEFAULT_MIN_ROWS_PERCENT),
+    }
+}
+
+pub(super) fn compile_source(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    prefix: &[Seg],
+    s: raw::RawSource,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Option<SourceConfig> {
+    let at = |k: &str| -> Vec<Seg> { prefix.iter().cloned().chain([key(k)]).collect() };
+    let start = ctx.problems.len();
+    if s.kind.is_none() {
+        ctx.missing(
+            root,
+            prefix,
+            "type",
+            "missing key `type` (\"csv\" or \"json\")",
+        );
+    }
+    if s.path.is_none() {
+        ctx.missing(
+            root,
+            prefix,
+            "path",
+            "missing key `path` (where the CRM export is)",
+        );
+    }
+    let delimiter = s.delimiter.as_deref().and_then(|d| {
+        let byte = match d {
+            "\\t" | "tab" | "\t" => Some(b'\t'),
+            d if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => {
+                Some(d.as_bytes()[0])
+            }
+            _ => None,
+        };
+        if byte.is_none() {
+            ctx.at(
+                root,
+                &at("delimiter"),
+                format!(
+                    "`{d}` is not a delimiter: use one character such as \",\", \";\" or \"\\t\""
+                ),
+            );
+        }
+        byte
+    });
+    if delimiter.is_some() && s.kind == Some(SourceKind::Json) {
+        ctx.at(root, &at("delimiter"), "only applies to CSV sources");
+    }
+    let encoding = s.encoding.as_deref().and_then(|e| {
+        match encoding_rs::Encoding::for_label(e.trim().as_bytes()) {
+            Some(enc) if enc == encoding_rs::UTF_8 => None,
+            Some(enc) if enc.output_encoding() == enc => Some(enc),
+            _ => {
+                ctx.at(
+                    root,
+                    &at("encoding"),
+                    format!("`{e}` is not a supported encoding: use \"utf-8\", \"windows-1252\" or \"iso-8859-1\" (any WHATWG label works)"),
+                );
+                None
+            }
+        }
+    });
+    if ctx.problems.len() > start {
+        return None;
+    }
+    Some(SourceConfig {
+        kind: s.kind?,
+        path: resolve(s.path?),
+        delimiter,
+        encoding,
+    })
+}

@@ -1,0 +1,242 @@
+use super::*;
+
+/// The config problems of `text` as (line, key) pairs; used by tests.
+fn problems(text: &str) -> Vec<(Option<usize>, String, String)> {
+    match Config::from_str(text, Path::new("test.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| (p.line, p.key, p.message))
+            .collect(),
+    }
+}
+
+const GOOD: &str = r#"
+[dialler]
+base_url = "https://dialler.example.com/rest/v1.0/"
+client_id = 7
+token = "secret-token"
+timeout = "20s"
+
+[state]
+path = "state"
+
+[[job]]
+name = "leads"
+schedule = "*/15 * * * *"
+campaign_id = 538
+default_country = "DE"
+reset_when_changed = ["Round"]
+
+[job.source]
+type = "csv"
+path = "leads.csv"
+delimiter = ";"
+encoding = "windows-1252"
+
+[job.fields]
+UserData = "CustomerNo"
+Name = "LastName"
+PhoneNumber1 = "Phone"
+"#;
+
+#[test]
+fn good_config_compiles_with_defaults() {
+    let c = Config::from_str(GOOD, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+    assert_eq!(c.dialler.base_url, "https://dialler.example.com/rest/v1.0");
+    assert_eq!(c.dialler.timeout, Duration::from_secs(20));
+    assert_eq!(c.dialler.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(c.dialler.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+    assert_eq!(c.state.path, PathBuf::from("/etc/dialsync/state"));
+    let j = &c.jobs[0];
+    assert_eq!(j.on_missing, OnMissing::Lock);
+    assert!(j.overwrite_duplicates);
+    assert_eq!(j.reset_contact, None);
+    assert_eq!(j.source.path, PathBuf::from("/etc/dialsync/leads.csv"));
+    assert_eq!(j.source.delimiter, Some(b';'));
+    assert_eq!(j.source.encoding, Some(encoding_rs::WINDOWS_1252));
+    assert_eq!(j.key_column, "CustomerNo");
+    assert_eq!(
+        j.columns(),
+        vec!["CustomerNo", "LastName", "Phone", "Round"]
+    );
+    assert!(format!("{:?}", c.dialler.token).contains("redacted"));
+    assert!(!format!("{c:?}").contains("secret-token"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_line_and_key() {
+    let text = GOOD
+        .replace("timeout = \"20s\"", "timeout = \"20 parsecs\"\ntimout = 5")
+        .replace("delimiter = \";\"", "delimiter = \";\"\npth = \"x\"")
+        .replace(
+            "PhoneNumber1 = \"Phone\"",
+            "PhoneNumbr1 = \"Phone\"\nRegion = \"R\"",
+        );
+    let p = problems(&text);
+    let keys: Vec<_> = p
+        .iter()
+        .map(|(l, k, _)| (l.unwrap_or(0), k.as_str()))
+        .collect();
+    assert!(keys.contains(&(6, "dialler.timeout")), "{p:#?}");
+    assert!(keys.contains(&(7, "dialler.timout")), "{p:#?}");
+    assert!(keys.contains(&(23, "job[1].source.pth")), "{p:#?}");
+    assert!(keys.contains(&(29, "job[1].fields.PhoneNumbr1")), "{p:#?}");
+    assert!(keys.contains(&(30, "job[1].fields.Region")), "{p:#?}");
+    assert_eq!(p.len(), 6, "{p:#?}");
+    let msg = |k: &str| p.iter().find(|(_, key, _)| key == k).unwrap().2.clone();
+    assert!(msg("job[1].fields.PhoneNumbr1").contains("did you mean `PhoneNumber1`"));
+    assert!(msg("job[1].fields").contains("PhoneNumber1"), "{p:#?}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let text = GOOD
+        .replace("client_id = 7", "client_id = \"seven\"")
+        .replace(
+            "campaign_id = 538",
+            "campaign_id = 538\ncampaign_name = \"X\"\non_missing = \"purge\"",
+        )
+        .replace("default_country = \"DE\"", "default_country = \"Germany\"")
+        .replace("*/15 * * * *", "*/15 * * *");
+    let p = problems(&text);
+    let has = |k: &str, m: &str| p.iter().any(|(_, key, msg)| key == k && msg.contains(m));
+    assert!(has("dialler.client_id", "invalid type"), "{p:#?}");
+    assert!(has("job[1].on_missing", "purge"), "{p:#?}");
+    // A bad value does not hide the problems after it in the same section.
+    assert!(has("job[1].schedule", "4 fields"), "{p:#?}");
+    assert!(has("job[1].default_country", "Germany"), "{p:#?}");
+    assert!(has("job[1].campaign_name", "not both"), "{p:#?}");
+    // ...and is not reported a second time as missing.
+    assert!(
+        !p.iter()
+            .any(|(_, _, m)| m.contains("missing key `client_id`")),
+        "{p:#?}"
+    );
+    assert_eq!(p.len(), 5, "{p:#?}");
+}
+
+#[test]
+fn numbers_out_of_range_name_key_line_and_range() {
+    let text = GOOD.replace(
+        "timeout = \"20s\"",
+        "timeout = \"20s\"\nmax_concurrency = 0\nmax_retries = 21\nmax_requests_per_second = 100001",
+    );
+    let p = problems(&text);
+    let got: Vec<_> = p
+        .iter()
+        .map(|(l, k, m)| (l.unwrap_or(0), k.as_str(), m.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                7,
+                "dialler.max_concurrency",
+                "0 is out of range: use 1 to 256"
+            ),
+            (8, "dialler.max_retries", "21 is out of range: use 0 to 20"),
+            (
+                9,
+                "dialler.max_requests_per_second",
+                "100001 is out of range: use 1 to 100000, or leave it out for no limit"
+            ),
+        ]
+    );
+    let ok = GOOD.replace(
+        "timeout = \"20s\"",
+        "timeout = \"20s\"\nmax_concurrency = 256\nmax_retries = 0\nmax_requests_per_second = 1",
+    );
+    let d = Config::from_str(&ok, Path::new("t.toml")).unwrap().dialler;
+    assert_eq!(
+        (
+            d.max_concurrency,
+            d.retry.max_retries,
+            d.max_requests_per_second.map(|n| n.get())
+        ),
+        (256, 0, Some(1))
+    );
+}
+
+#[test]
+fn token_sources_are_exclusive_and_required() {
+    let both = GOOD.replace(
+        "token = \"secret-token\"",
+        "token = \"a\"\ntoken_env = \"B\"",
+    );
+    assert!(problems(&both)
+        .iter()
+        .any(|(_, k, m)| k == "dialler.token" && m.contains("only one")));
+    let none = GOOD.replace("token = \"secret-token\"", "");
+    assert!(problems(&none)
+        .iter()
+        .any(|(_, _, m)| m.contains("missing token")));
+    // The token never shows in a problem.
+    let bad = GOOD.replace("client_id = 7", "client_id = -1");
+    assert!(!format!("{:?}", problems(&bad)).contains("secret-token"));
+}
+
+#[test]
+fn timezone_is_an_iana_name_and_defaults_to_utc() {
+    let c = Config::from_str(GOOD, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+    assert_eq!(c.jobs[0].timezone, chrono_tz::UTC);
+    let berlin = GOOD.replace(
+        "*/15 * * * *\"",
+        "*/15 * * * *\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let c = Config::from_str(&berlin, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+    assert_eq!(c.jobs[0].timezone, chrono_tz::Europe::Berlin);
+    let bad = berlin.replace("Europe/Berlin", "CET+1");
+    let p = problems(&bad);
+    assert!(
+        p.iter().any(|(line, k, m)| k == "job[1].timezone"
+            && line.is_some()
+            && m.contains("Europe/Berlin")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn token_credential_reads_the_systemd_credentials_directory() {
+    let text = GOOD.replace("token = \"secret-token\"", "token_credential = \"token\"");
+    let c = Config::from_str(&text, Path::new("/etc/dialsync/dialsync.toml")).unwrap();
+    let TokenSource::Credential(name) = &c.dialler.token else {
+        panic!("{:?}", c.dialler.token)
+    };
+    assert_eq!(name, "token");
+    let bad = GOOD.replace(
+        "token = \"secret-token\"",
+        "token_credential = \"/etc/dialsync/token\"",
+    );
+    assert!(problems(&bad)
+        .iter()
+        .any(|(_, k, m)| k == "dialler.token_credential" && m.contains("LoadCredential")));
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let p = problems("[dialler]\nbase_url = \"x\nclient_id = 7\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, Some(2), "{p:?}");
+}
+
+#[test]
+fn duplicate_job_names_and_unknown_sections() {
+    let two = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[job]]").unwrap()..]);
+    assert!(problems(&two)
+        .iter()
+        .any(|(_, _, m)| m.contains("used twice")));
+    let extra = format!("[jobs]\nx = 1\n{GOOD}");
+    assert!(problems(&extra)
+        .iter()
+        .any(|(l, k, m)| *l == Some(1) && k == "jobs" && m.contains("[[job]]")));
+}
+
+#[test]
+fn base_url_with_client_id_is_refused() {
+    let text = GOOD.replace("rest/v1.0/\"", "rest/v1.0/7\"");
+    assert!(problems(&text)
+        .iter()
+        .any(|(_, k, m)| k == "dialler.base_url" && m.contains("ClientsID")));
+}
