@@ -1,0 +1,194 @@
+//! The API's functions: contacts (look-up, import, update, lock, unlock, reset, delete,
+//! history) and campaigns.
+
+use super::{
+    first_record, record_campaign, record_id, records_of, target_path, Dialler, DiallerError,
+    ImportFlags, Record, Target,
+};
+use reqwest::Method;
+use serde_json::Value;
+
+impl Dialler {
+    /// Every contact of a campaign (or of the tenant). The API has no paging.
+    pub async fn list_contacts(
+        &self,
+        campaign_id: Option<i64>,
+    ) -> Result<Vec<Record>, DiallerError> {
+        let q: Vec<_> = campaign_id
+            .map(|c| ("diallerCampaignsID", c.to_string()))
+            .into_iter()
+            .collect();
+        self.records(Method::GET, "/dialler/contacts", &q, None)
+            .await
+    }
+
+    pub async fn get_contact(&self, id: i64) -> Result<Option<Record>, DiallerError> {
+        self.one_or_none(&format!("/dialler/contacts/{id}")).await
+    }
+
+    pub async fn contacts_by_user_data(
+        &self,
+        user_data: &str,
+    ) -> Result<Vec<Record>, DiallerError> {
+        self.records_or_none(
+            "/dialler/contacts/contact",
+            &[("userData", user_data.to_string())],
+        )
+        .await
+    }
+
+    /// Imports one contact; returns the imported (or overwritten) contact.
+    ///
+    /// Without `overwrite_duplicates`, an import sent twice makes two contacts; so before
+    /// a retry, the contact is looked up by UserData in its campaign, and if the failed
+    /// attempt did create it, that contact is the result.
+    pub async fn import(
+        &self,
+        contact: &Value,
+        flags: ImportFlags,
+    ) -> Result<Record, DiallerError> {
+        self.import_with(contact, flags, false).await
+    }
+
+    /// [`Dialler::import`]; with `look_first`, an import without `overwrite_duplicates`
+    /// looks the contact up before its first attempt too (after a restore from an older
+    /// snapshot, an earlier import of it may have reached the dialler unrecorded).
+    pub async fn import_with(
+        &self,
+        contact: &Value,
+        flags: ImportFlags,
+        look_first: bool,
+    ) -> Result<Record, DiallerError> {
+        let q = import_query(flags);
+        if flags.overwrite_duplicates {
+            return self
+                .one(Method::POST, "/dialler/contacts/import", &q, Some(contact))
+                .await;
+        }
+        let user_data = contact.get("UserData").and_then(Value::as_str);
+        let campaign = contact.get("DiallerCampaignsID").and_then(Value::as_i64);
+        let q = &q;
+        self.retrying(|n| async move {
+            if let (true, Some(user_data)) = (n > 0 || look_first, user_data) {
+                let found = self
+                    .call_once(
+                        Method::GET,
+                        "/dialler/contacts/contact",
+                        &[("userData", user_data.to_string())],
+                        None,
+                    )
+                    .await;
+                let found = match found {
+                    Err(e) if e.is_not_found() => Vec::new(),
+                    other => records_of(other?)?,
+                };
+                if let Some(r) = found
+                    .into_iter()
+                    .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
+                    .min_by_key(record_id)
+                {
+                    return Ok(r);
+                }
+            }
+            let v = self
+                .call_once(Method::POST, "/dialler/contacts/import", q, Some(contact))
+                .await?;
+            first_record(v)
+        })
+        .await
+    }
+
+    /// Updates the fields present in `contact`, which must hold `ID` or `UserData`.
+    pub async fn update(&self, contact: &Value) -> Result<Record, DiallerError> {
+        self.one(Method::POST, "/dialler/contacts/update", &[], Some(contact))
+            .await
+    }
+
+    pub async fn delete(&self, target: Target<'_>) -> Result<(), DiallerError> {
+        let (path, q) = target_path(target, None);
+        self.call(Method::DELETE, &path, &q, None).await.map(drop)
+    }
+
+    pub async fn lock(&self, target: Target<'_>) -> Result<(), DiallerError> {
+        self.patch(target, "lock").await
+    }
+
+    pub async fn unlock(&self, target: Target<'_>) -> Result<(), DiallerError> {
+        self.patch(target, "unlock").await
+    }
+
+    pub async fn reset(&self, target: Target<'_>) -> Result<(), DiallerError> {
+        self.patch(target, "reset").await
+    }
+
+    /// The PATCH functions: lock, unlock, reset.
+    pub(super) async fn patch(&self, target: Target<'_>, action: &str) -> Result<(), DiallerError> {
+        let (path, q) = target_path(target, Some(action));
+        self.call(Method::PATCH, &path, &q, None).await.map(drop)
+    }
+
+    pub async fn history(&self, target: Target<'_>) -> Result<Vec<Record>, DiallerError> {
+        let (path, q) = target_path(target, Some("history"));
+        self.records(Method::GET, &path, &q, None).await
+    }
+
+    // ---- campaigns ----
+
+    pub async fn campaigns(&self) -> Result<Vec<Record>, DiallerError> {
+        self.records(Method::GET, "/dialler/campaigns", &[], None)
+            .await
+    }
+
+    pub async fn campaign(&self, id: i64) -> Result<Option<Record>, DiallerError> {
+        self.one_or_none(&format!("/dialler/campaigns/{id}")).await
+    }
+
+    /// Campaigns whose name contains `name` (the API matches partially).
+    pub async fn campaigns_by_name(&self, name: &str) -> Result<Vec<Record>, DiallerError> {
+        self.records_or_none("/dialler/campaigns/campaign", &[("name", name.to_string())])
+            .await
+    }
+
+    /// The ID of the campaign named exactly `name`.
+    pub async fn resolve_campaign(&self, name: &str) -> Result<i64, DiallerError> {
+        let found = self.campaigns_by_name(name).await?;
+        let exact: Vec<i64> = found
+            .iter()
+            .filter(|c| c.get("Name").and_then(Value::as_str) == Some(name))
+            .filter_map(|c| c.get("ID").and_then(Value::as_i64))
+            .collect();
+        match exact.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(DiallerError::CampaignNotFound {
+                name: name.to_string(),
+                similar: found
+                    .iter()
+                    .filter_map(|c| c.get("Name").and_then(Value::as_str))
+                    .map(|s| format!("{s:?}"))
+                    .collect(),
+            }),
+            // Several campaigns with the very same name: the name cannot pick one.
+            ids => Err(DiallerError::Conflict {
+                message: format!(
+                    "{} campaigns are named {name:?} (IDs {ids:?}); use campaign_id",
+                    ids.len()
+                ),
+            }),
+        }
+    }
+}
+
+/// The query of an import: `overwriteDuplicates` always, the other flags if set.
+pub(super) fn import_query(flags: ImportFlags) -> Vec<(&'static str, String)> {
+    let mut q = vec![(
+        "overwriteDuplicates",
+        flags.overwrite_duplicates.to_string(),
+    )];
+    if let Some(r) = flags.reset_contact {
+        q.push(("resetContact", r.to_string()));
+    }
+    if let Some(u) = flags.unlock_contact {
+        q.push(("unlockContact", u.to_string()));
+    }
+    q
+}

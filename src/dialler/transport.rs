@@ -1,0 +1,300 @@
+//! Sending one call: retries with backoff and jitter within the call's and the run's
+//! budgets, one attempt, and the answer turned into records or a typed error.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{
+    certificate_problem, error_text, Dialler, DiallerError, Record, Target, MAX_RETRIES_ON_500,
+    MAX_RETRY_AFTER,
+};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+impl Dialler {
+    /// Takes one retry from the run's budget; false when it is used up.
+    pub(super) fn take_retry(&self) -> bool {
+        let ok = self
+            .retry_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+            .is_ok();
+        if ok {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The wait before retry `n` (0-based): `delay * 2^n` capped at `max_delay`, of which
+    /// a random half ("equal jitter", so that many clients failing at once spread out),
+    /// and never less than the dialler's `Retry-After`.
+    pub(super) fn backoff(&self, n: u32, retry_after: Option<Duration>) -> Duration {
+        let full = self
+            .retry
+            .delay
+            .saturating_mul(1u32.checked_shl(n).unwrap_or(u32::MAX))
+            .min(self.retry.max_delay);
+        let jittered = full / 2 + full.mul_f64(fastrand::f64() / 2.0);
+        jittered.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+    }
+
+    /// Runs `attempt(n)` for n = 0, 1, ... until it succeeds, fails for good, or its
+    /// retries or the run's are used up.
+    pub(super) async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, DiallerError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, DiallerError>>,
+    {
+        let mut n = 0;
+        loop {
+            let e = match attempt(n).await {
+                Err(e) if e.is_transient() => e,
+                other => return other,
+            };
+            let bound = match e {
+                DiallerError::Server { status: 500, .. } => {
+                    self.retry.max_retries.min(MAX_RETRIES_ON_500)
+                }
+                _ => self.retry.max_retries,
+            };
+            if n >= bound {
+                return Err(if n == 0 {
+                    e
+                } else {
+                    DiallerError::GaveUp {
+                        attempts: n + 1,
+                        last: Box::new(e),
+                    }
+                });
+            }
+            if !self.take_retry() {
+                return Err(DiallerError::RetryBudget {
+                    retries: self.retries(),
+                    last: Box::new(e),
+                });
+            }
+            let wait = self.backoff(n, e.retry_after());
+            tracing::debug!(retry = n + 1, wait_ms = wait.as_millis() as u64, error = %e, "retrying a call");
+            tokio::time::sleep(wait).await;
+            n += 1;
+        }
+    }
+
+    pub(super) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, DiallerError> {
+        self.retrying(|_| self.call_once(method.clone(), path, query, body))
+            .await
+    }
+
+    pub(super) async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, DiallerError> {
+        let resp = self.respond_once(method, path, query, body).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| DiallerError::Transport(e.without_url()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()))
+    }
+
+    /// Sends one request; a successful answer whose body is still to be read, or the
+    /// error its status (or the lack of one) means.
+    pub(super) async fn respond_once(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, DiallerError> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.root, path));
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(b).expect("JSON values serialize"));
+        }
+        if let Some(pacer) = &self.pacer {
+            pacer.wait().await;
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let resp = req.send().await.map_err(|e| {
+            if let Some(detail) = certificate_problem(&e) {
+                DiallerError::Certificate {
+                    base_url: self.base_url.clone(),
+                    detail,
+                    ca_file: self.ca_file.clone(),
+                }
+            } else if e.is_connect() {
+                DiallerError::Connect {
+                    base_url: self.base_url.clone(),
+                    source: e.without_url(),
+                }
+            } else {
+                DiallerError::Transport(e.without_url())
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(
+                    || "no Location".to_string(),
+                    |l| crate::escape::printable_max(l, 200),
+                );
+            return Err(DiallerError::Redirect {
+                status: status.as_u16(),
+                base_url: self.base_url.clone(),
+                location,
+            });
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| DiallerError::Transport(e.without_url()))?;
+        Err(self.error(status, method, path, &bytes, retry_after))
+    }
+
+    pub(super) fn error(
+        &self,
+        status: StatusCode,
+        method: Method,
+        path: &str,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> DiallerError {
+        let empty = body.iter().all(u8::is_ascii_whitespace);
+        let message = error_text(body);
+        match status.as_u16() {
+            401 => DiallerError::Unauthorized {
+                client_id: self.client_id,
+            },
+            404 if empty => DiallerError::EndpointMissing {
+                method,
+                path: path.to_string(),
+                base_url: self.base_url.clone(),
+            },
+            404 => DiallerError::NotFound { message },
+            400 => DiallerError::BadRequest { message },
+            409 => DiallerError::Conflict { message },
+            429 => DiallerError::Throttled { retry_after },
+            s @ 500..=599 => DiallerError::Server {
+                status: s,
+                message,
+                retry_after,
+            },
+            s => DiallerError::Unexpected { status: s, message },
+        }
+    }
+
+    pub(super) async fn records(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Vec<Record>, DiallerError> {
+        let v = self.call(method, path, query, body).await?;
+        records_of(v)
+    }
+
+    pub(super) async fn one(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Record, DiallerError> {
+        first_record(self.call(method, path, query, body).await?)
+    }
+
+    /// Treats a JSON 404 ("no such contact/campaign") as an empty result.
+    pub(super) async fn records_or_none(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<Record>, DiallerError> {
+        match self.records(Method::GET, path, query, None).await {
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// The one object at `path`, `None` on a JSON 404.
+    pub(super) async fn one_or_none(&self, path: &str) -> Result<Option<Record>, DiallerError> {
+        Ok(self.records_or_none(path, &[]).await?.into_iter().next())
+    }
+}
+
+/// The first record of an answer.
+pub(super) fn first_record(v: Value) -> Result<Record, DiallerError> {
+    records_of(v)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| DiallerError::Decode("the answer holds no record".into()))
+}
+
+pub(super) fn target_path(
+    target: Target<'_>,
+    action: Option<&str>,
+) -> (String, Vec<(&'static str, String)>) {
+    match (target, action) {
+        (Target::Id(id), None) => (format!("/dialler/contacts/contact/{id}"), vec![]),
+        (Target::Id(id), Some(a)) => (format!("/dialler/contacts/contact/{id}/{a}"), vec![]),
+        (Target::UserData(u), None) => (
+            "/dialler/contacts/contact".into(),
+            vec![("userData", u.to_string())],
+        ),
+        (Target::UserData(u), Some(a)) => (
+            format!("/dialler/contacts/contact/{a}"),
+            vec![("userData", u.to_string())],
+        ),
+    }
+}
+
+/// The `records` array of an answer.
+pub(super) fn records_of(v: Value) -> Result<Vec<Record>, DiallerError> {
+    let Value::Object(mut o) = v else {
+        return Err(DiallerError::Decode(
+            "expected a JSON object with `records`".into(),
+        ));
+    };
+    match o.remove("records") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::Object(r) => Ok(r),
+                _ => Err(DiallerError::Decode("a record is not a JSON object".into())),
+            })
+            .collect(),
+        Some(Value::Null) | None => Ok(Vec::new()),
+        Some(_) => Err(DiallerError::Decode("`records` is not an array".into())),
+    }
+}
