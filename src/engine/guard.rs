@@ -4,6 +4,7 @@
 //! and says what it saw and how to go on (`--force` for one run, or a higher limit).
 
 use crate::config::Guards;
+use crate::state::{GuardTrip, StateError, Store};
 
 /// Percentage limits do not stop a plan of this many operations or fewer (nor an export
 /// this many rows shorter than the last good one), so that a small campaign can lose a
@@ -188,6 +189,45 @@ fn over(
         known,
         limit,
     })
+}
+
+/// Records whether a guard stops `job` now (`tripped`) and logs the change: an ERROR when
+/// a guard starts to stop its runs, INFO while it goes on (a frequent schedule would
+/// otherwise raise the same alarm every few minutes) and when it stops.
+pub fn note_guard(
+    store: &Store,
+    job: &str,
+    tripped: Option<&str>,
+    now: &str,
+) -> Result<(), StateError> {
+    let before = store.guard_trip(job)?;
+    match (tripped, &before) {
+        (Some(why), None) => {
+            tracing::error!(guard = %why, "guard tripped: runs of this job change nothing until it is resolved");
+            store.set_guard_trip(
+                job,
+                Some(&GuardTrip {
+                    since: now.to_string(),
+                    guard: why.to_string(),
+                }),
+            )
+        }
+        (Some(why), Some(trip)) => {
+            tracing::info!(guard = %why, since = %trip.since, "guard still tripped");
+            store.set_guard_trip(
+                job,
+                Some(&GuardTrip {
+                    since: trip.since.clone(),
+                    guard: why.to_string(),
+                }),
+            )
+        }
+        (None, Some(trip)) => {
+            tracing::info!(since = %trip.since, "the guard no longer stops this job's runs");
+            store.set_guard_trip(job, None)
+        }
+        (None, None) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod evidence;
 pub mod execute;
 pub mod guard;
+mod job;
 pub mod mapping;
 pub mod outcome;
 pub mod phone;

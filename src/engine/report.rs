@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::engine::mapping::Rejected;
 use crate::engine::outcome::{Abort, Exit};
 use crate::engine::plan::Doubts;
+use crate::engine::plan::{Plan, RemovalKind};
 use crate::escape::printable;
 use crate::state::Verified;
 
@@ -379,4 +380,57 @@ pub fn exit_of(reports: &[JobReport]) -> Exit {
 pub fn json(reports: &[JobReport]) -> String {
     let jobs: Vec<Published> = reports.iter().map(JobReport::published).collect();
     serde_json::to_string_pretty(&serde_json::json!({ "jobs": jobs })).expect("reports serialize")
+}
+
+/// The planned operations, in the order a dry run lists them.
+pub fn preview(plan: &Plan) -> Vec<PreviewLine> {
+    let mut out = Vec::new();
+    for c in &plan.imports {
+        out.push(PreviewLine {
+            operation: "import",
+            user_data: c.key.clone(),
+            fields: Vec::new(),
+            row: Some(c.at.row),
+        });
+    }
+    for c in &plan.changes {
+        let row = Some(c.at.row);
+        if !c.update.is_empty() {
+            out.push(PreviewLine {
+                operation: "update",
+                user_data: c.key.clone(),
+                fields: c.update.iter().map(|(f, _)| f.name).collect(),
+                row,
+            });
+        }
+        if c.reset {
+            out.push(PreviewLine {
+                operation: "reset",
+                user_data: c.key.clone(),
+                fields: Vec::new(),
+                row,
+            });
+        }
+        if c.unlock {
+            out.push(PreviewLine {
+                operation: "unlock",
+                user_data: c.key.clone(),
+                fields: Vec::new(),
+                row,
+            });
+        }
+    }
+    for r in &plan.removals {
+        out.push(PreviewLine {
+            operation: match r.kind {
+                RemovalKind::Lock => "lock",
+                RemovalKind::Delete => "delete",
+            },
+            user_data: r.key.clone(),
+            fields: Vec::new(),
+            row: None,
+        });
+    }
+    out.truncate(LIST_LIMIT * 5);
+    out
 }

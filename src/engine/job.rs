@@ -1,0 +1,350 @@
+//! One job's run, stage by stage: settle the imports an interrupted run left pending,
+//! verify the state when due, read and plan the export (on a blocking thread), check
+//! the guards, execute. Whatever stops it goes into the report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, JobConfig};
+use crate::dialler::Dialler;
+use crate::engine::evidence;
+use crate::engine::execute::{execute, Target};
+use crate::engine::guard::{self, Facts, Tripped};
+use crate::engine::mapping::Mapper;
+use crate::engine::outcome::{error_chain, Abort, Step};
+use crate::engine::pipeline::{self, PlanError};
+use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
+use crate::engine::progress::RunHandle;
+use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
+use crate::engine::report::{JobReport, LIST_LIMIT};
+use crate::engine::run::{Mode, Verify};
+use crate::source::{self, SourceError};
+use crate::state::hashing::HashKey;
+use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
+
+/// Reads the export and plans it against `state` (empty when `None`).
+pub(super) fn read_and_plan(
+    job: &JobConfig,
+    state: Option<&JobState>,
+    handle: &RunHandle,
+) -> Result<Plan, PlanError> {
+    // A dry run without a state compares with nothing: any key will do.
+    let key = match state {
+        Some(s) => Arc::clone(s.hash_key()),
+        None => Arc::new(HashKey::generate().map_err(|source| StateError::Key {
+            path: "/dev/urandom".into(),
+            source,
+        })?),
+    };
+    let mapper = Mapper::new(job, key);
+    let empty: BTreeMap<String, Entry> = BTreeMap::new();
+    let view: &(dyn StateView + Sync) = match state {
+        Some(s) => s,
+        None => &empty,
+    };
+    let policy = Policy {
+        on_missing: job.on_missing,
+    };
+    let digest = state.map(JobState::digest).transpose()?.flatten();
+    let in_flight = state
+        .map(JobState::in_flight)
+        .transpose()?
+        .unwrap_or_default();
+    let planner = match &digest {
+        Some(d) => Planner::with_digest(view, policy, d),
+        None => Planner::new(view, policy),
+    }
+    .in_flight(in_flight);
+    let file = source::open(&job.source)?;
+    // The same file (not the path, which the CRM may have replaced meanwhile) is read
+    // again for the evidence behind each removal.
+    let again = file.try_clone().map_err(|source| SourceError::Read {
+        path: job.source.path.clone(),
+        source,
+    })?;
+    let mut plan =
+        pipeline::read_and_plan(&job.source, file, &job.columns(), &mapper, planner, handle)?;
+    evidence::require(&job.source, again, &mut plan)?;
+    Ok(plan)
+}
+
+/// Reads, plans and executes one job; every outcome, including an early stop, ends up
+/// in `report`. Then stores the state's digest for the next run.
+pub(super) async fn run_job(
+    config: &Config,
+    job: &JobConfig,
+    dialler: &Dialler,
+    store: Option<&Store>,
+    mode: Mode,
+    handle: &Arc<RunHandle>,
+    report: &mut JobReport,
+) {
+    let state = match store.map(|s| s.job(&job.name)).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            report.stop(Abort::state(Step::ReadState, e));
+            return;
+        }
+    };
+    plan_and_execute(
+        config,
+        job,
+        dialler,
+        store,
+        state.as_ref(),
+        mode,
+        handle,
+        report,
+    )
+    .await;
+    if let (Some(state), false) = (&state, mode.dry_run) {
+        if let Err(e) = state.save_digest().await {
+            // Only the next run's speed depends on it.
+            tracing::warn!(error = %error_chain(&e), "could not store the state digest");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_and_execute(
+    config: &Config,
+    job: &JobConfig,
+    dialler: &Dialler,
+    store: Option<&Store>,
+    state: Option<&JobState>,
+    mode: Mode,
+    handle: &Arc<RunHandle>,
+    report: &mut JobReport,
+) {
+    let dry_run = mode.dry_run;
+
+    let last_good_rows = match store.map(|s| s.good_rows(&job.name)).transpose() {
+        Ok(n) => n.flatten(),
+        Err(e) => {
+            report.stop(Abort::state(Step::ReadState, e));
+            return;
+        }
+    };
+    // Imports an earlier run sent without storing their result: settle them first, or
+    // the plan would import them again. (A dry run only reads, and plans them as imports.)
+    if let (Some(state), false) = (state, dry_run) {
+        match resolve_pending(dialler, job, state).await {
+            Ok(r) => {
+                report.recovered = r.found;
+                if r.found + r.absent > 0 {
+                    tracing::info!(
+                        found = r.found,
+                        not_sent = r.absent,
+                        "resolved the imports an interrupted run left pending"
+                    );
+                }
+            }
+            Err(e) => {
+                report.stop(Abort::reconcile(Step::Settle, e));
+                return;
+            }
+        }
+    }
+    if let (Some(state), Some(store), false) = (state, store, dry_run) {
+        if let Err(stop) = verify_if_due(dialler, job, store, state, mode, report).await {
+            report.stop(stop);
+            return;
+        }
+    }
+    if mode.verify == Verify::Only {
+        return;
+    }
+    let planning = Instant::now();
+    let planned = {
+        let job = job.clone();
+        let state = state.cloned();
+        let handle = Arc::clone(handle);
+        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), &handle)).await
+    };
+    report.plan_ms = planning.elapsed().as_millis() as u64;
+    let plan = match planned {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => {
+            let why = Abort::plan(e);
+            if let Abort::Export(_) = why {
+                tracing::error!(error = %why.chain(), "the export could not be used; nothing was changed");
+            }
+            report.stop(why);
+            return;
+        }
+        Err(e) => {
+            report.stop(Abort::Crashed(format!("reading the export: {e}")));
+            return;
+        }
+    };
+
+    report.rows = plan.rows;
+    report.rechecked = plan.rechecked;
+    if plan.rechecked > 0 {
+        tracing::info!(
+            contacts = plan.rechecked,
+            "an earlier run stopped with calls in flight; those contacts are sent what the export says"
+        );
+    }
+    report.invalid = plan.rejected.len() as u64;
+    report.unchanged = plan.unchanged;
+    report.unchanged_by_hash = plan.unchanged_by_hash;
+    report.withheld_removals = plan.withheld_removals;
+    report.withheld = plan.doubts.clone();
+    report.problems = plan.rejected.iter().take(LIST_LIMIT).cloned().collect();
+    for r in plan.rejected.iter().take(20) {
+        tracing::warn!(row = r.at.row, user_data = r.key.as_deref().unwrap_or(""), reason = %r.reason, "row skipped");
+    }
+    if plan.withheld_removals > 0 {
+        let d = &plan.doubts;
+        tracing::warn!(
+            withheld = plan.withheld_removals,
+            unreadable_rows = d.unreadable_rows,
+            rows_without_key = d.rows_without_key,
+            keys_in_export = d.keys_in_export.len(),
+            "locks and deletes held back: no proof that their records left the export"
+        );
+    }
+
+    let facts = Facts {
+        rows: plan.rows,
+        valid: plan.rows - plan.rejected.len() as u64,
+        known: plan.known,
+        last_good_rows,
+        removals: plan.removals.len() as u64,
+        resets: plan.resets() as u64,
+    };
+    let tripped = guard::check(&job.name, &job.guards, &facts).err();
+    match &tripped {
+        Some(why) if mode.force => {
+            tracing::warn!(guard = %why, "guard overridden by --force");
+            report.forced = Some(why.to_string());
+        }
+        Some(why) if dry_run => tracing::warn!(guard = %why, "a guard would stop this run"),
+        _ => {}
+    }
+    if let (Some(store), false) = (store, dry_run) {
+        let stopping = tripped
+            .as_ref()
+            .filter(|_| !mode.force)
+            .map(Tripped::to_string);
+        if let Err(e) = guard::note_guard(store, &job.name, stopping.as_deref(), &report.started_at)
+        {
+            tracing::warn!(error = %error_chain(&e), "could not record the guard's state");
+        }
+    }
+    let stop = tripped.filter(|_| !mode.force);
+
+    if dry_run {
+        if let Some(why) = stop {
+            report.stop(Abort::Guard(why));
+        }
+        report.imported = plan.imports.len() as u64;
+        report.updated = plan.updates() as u64;
+        report.reset = plan.resets() as u64;
+        report.unlocked = plan.unlocks() as u64;
+        report.locked = plan.removals(RemovalKind::Lock) as u64;
+        report.deleted = plan.removals(RemovalKind::Delete) as u64;
+        report.preview = crate::engine::report::preview(&plan);
+        return;
+    }
+
+    if let Some(why) = stop {
+        report.stop(Abort::Guard(why));
+        return;
+    }
+    // Not a dry run, so `run_one` had a store (see `Against`), and `run_job` its state.
+    let (Some(store), Some(state)) = (store, state) else {
+        report.stop(Abort::Crashed(
+            "a run that is not a dry run has no state database; nothing was sent".into(),
+        ));
+        return;
+    };
+    let look_first = match store.imports_unsure(&job.name) {
+        Ok(unsure) => unsure,
+        Err(e) => {
+            report.stop(Abort::state(Step::ReadState, e));
+            return;
+        }
+    };
+    let target = Target {
+        dialler,
+        state,
+        job,
+        concurrency: config.dialler.max_concurrency,
+        look_first,
+    };
+    execute(plan, target, handle, report).await;
+    if let (true, None) = (look_first, &report.stopped) {
+        if let Err(e) = store.clear_imports_unsure(&job.name) {
+            tracing::warn!(error = %error_chain(&e), "could not record that the imports are settled");
+        }
+    }
+}
+
+/// Reads the campaign back and checks the state against it, when `mode` asks for it or
+/// the job's `verify_every` has passed (an empty state has nothing to check: the clock
+/// starts). What it found and fixed goes into `report`; a dialler that no longer knows
+/// most IDs stops the run like a guard (`--force` goes on).
+async fn verify_if_due(
+    dialler: &Dialler,
+    job: &JobConfig,
+    store: &Store,
+    state: &JobState,
+    mode: Mode,
+    report: &mut JobReport,
+) -> Result<(), Abort> {
+    let state_failed = |e| Abort::state(Step::Verify, e);
+    let last = store.verification(&job.name).map_err(state_failed)?;
+    let now = chrono::Utc::now();
+    let due = match (mode.verify, &last) {
+        (Verify::Now | Verify::Only, _) => true,
+        (Verify::WhenDue, None) => true,
+        (Verify::WhenDue, Some(v)) => {
+            chrono::DateTime::parse_from_rfc3339(&v.at).map_or(true, |at| {
+                (now - at.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .map_or(true, |age| age >= job.verify_every)
+            })
+        }
+    };
+    if !due {
+        return Ok(());
+    }
+    if state.is_empty() {
+        let started = Verified {
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ..Verified::default()
+        };
+        return store
+            .set_verification(&job.name, &started)
+            .map_err(state_failed);
+    }
+    match reconcile::verify(dialler, job, state, mode.force).await {
+        Ok(v) => {
+            if v.relearned + v.missing + v.values_differ > 0 {
+                tracing::warn!(
+                    checked = v.checked,
+                    relearned = v.relearned,
+                    missing = v.missing,
+                    values_differ = v.values_differ,
+                    "the dialler did not hold what the state says: repaired, and sent what is missing"
+                );
+            } else {
+                tracing::info!(checked = v.checked, "state verified against the dialler");
+            }
+            store
+                .set_verification(&job.name, &v)
+                .map_err(state_failed)?;
+            report.verified = Some(v);
+            Ok(())
+        }
+        Err(e) => {
+            if let ReconcileError::DiallerReset(_) = e {
+                tracing::error!(error = %e, "the dialler does not know the state's contacts");
+            }
+            Err(Abort::reconcile(Step::Verify, e))
+        }
+    }
+}
