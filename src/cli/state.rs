@@ -1,0 +1,112 @@
+//! `dialsync state rebuild`: a job's state rebuilt from the dialler's contacts.
+
+use anyhow::Context;
+use dialsync::config::Config;
+use dialsync::daemon::control::{self};
+use dialsync::dialler::Dialler;
+use dialsync::engine::outcome::Exit;
+use dialsync::engine::reconcile;
+use dialsync::engine::run::select_jobs;
+use dialsync::state::{StateError, Store};
+
+use super::{connect, Failure};
+
+/// `state rebuild`: each selected job's state from its campaign on the dialler.
+pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
+    let path = &cfg.state.path;
+    let socket = control::socket_path(path);
+    if connect(&socket).await?.is_some() {
+        return Err(Failure::new(
+            Exit::Aborted,
+            anyhow::anyhow!(
+                "the daemon is running on this state ({}): stop it (`systemctl stop dialsync`), \
+                 rebuild, then start it again",
+                path.display()
+            ),
+        ));
+    }
+    let jobs = select_jobs(cfg, job).map_err(|e| Failure::new(e.exit(), e))?;
+    let token = cfg
+        .dialler
+        .token
+        .resolve()
+        .map_err(|e| Failure::new(Exit::Config, e))?;
+    let dialler = Dialler::new(&cfg.dialler, &token).map_err(|e| Failure::new(Exit::Config, e))?;
+    let store = match Store::open(path) {
+        Ok(s) => s,
+        Err(e @ (StateError::Open { .. } | StateError::Restore { .. })) if path.exists() => {
+            let source = e;
+            let aside = dialsync::state::move_aside(path)
+                .with_context(|| format!("cannot move {} aside", path.display()))
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            eprintln!(
+                "the state database {} could not be opened ({source}); moved it to {} and \
+                 starting a new one",
+                path.display(),
+                aside.display()
+            );
+            if job.is_some() && cfg.jobs.len() > 1 {
+                eprintln!(
+                    "note: it held the state of every job: rebuild the others too \
+                     (`dialsync state rebuild` without --job rebuilds all)"
+                );
+            }
+            Store::open(path).map_err(|e| Failure::new(Exit::Aborted, e))?
+        }
+        Err(e) => return Err(Failure::new(Exit::Aborted, e)),
+    };
+    for job in jobs {
+        let state = store
+            .job(&job.name)
+            .map_err(|e| Failure::new(Exit::Aborted, e))?;
+        let r = reconcile::rebuild(&dialler, job, &state)
+            .await
+            .map_err(|e| {
+                let unauthorized = matches!(
+                    &e,
+                    reconcile::ReconcileError::Dialler(d) if d.is_unauthorized()
+                );
+                let exit = if unauthorized {
+                    Exit::Unauthorized
+                } else {
+                    Exit::Aborted
+                };
+                Failure::new(
+                    exit,
+                    anyhow::Error::from(e).context(format!("job {}", job.name)),
+                )
+            })?;
+        if let Err(e) = store.set_verification(&job.name, &r.as_verified()) {
+            tracing::warn!(error = %e, "could not record the rebuild as a verification");
+        }
+        println!(
+            "job {}: rebuilt from campaign {}: {} contacts",
+            job.name, r.campaign, r.contacts
+        );
+        if r.without_user_data > 0 {
+            println!(
+                "  {} contacts of the campaign have no UserData and were left out",
+                r.without_user_data
+            );
+        }
+        for (key, ids) in r.shared.iter().take(10) {
+            println!(
+                "  UserData {} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
+                 others in the jtel portal",
+                dialsync::escape::printable(key),
+                ids.len()
+            );
+        }
+        println!(
+            "  the dialler does not show which contacts are locked: {} locks were kept from the \
+             old state; for the other {} the next sync unlocks each one that is in the export and \
+             locks (or deletes, per on_missing) each one that is not, one call each",
+            r.locked_kept, r.lock_unknown
+        );
+    }
+    println!(
+        "the next sync sends what differs between the export and the dialler; \
+         `dialsync sync --dry-run` shows it first"
+    );
+    Ok(Exit::Ok)
+}
