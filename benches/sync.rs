@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
+use dialsync::{Emulator, EmulatorConfig, Faults};
 
 const TOKEN: &str = "bench-token";
 
@@ -167,7 +167,7 @@ impl Bench {
             token: TOKEN.into(),
             campaigns: vec![(538, "Bench".into())],
             faults,
-            keep_requests: dialsync::emulator::KEEP_REQUESTS,
+            keep_requests: dialsync::KEEP_REQUESTS,
         });
         let addr = self
             .rt

@@ -2,26 +2,60 @@
 //!
 //! The folders follow a sync run's data flow:
 //!
-//! - [`config`]: the TOML, loaded, checked and compiled (schedules, secrets);
-//! - [`source`]: CRM export records (CSV, JSON), streamed;
-//! - [`engine`]: one job's run: map, plan against the state, guard, execute, reconcile,
-//!   report;
-//! - [`state`]: the only sled code: what the dialler holds, per job and UserData;
-//! - [`dialler`]: the jtel REST client (errors, retries, pacing);
-//! - [`daemon`]: the scheduler, the control socket, systemd notification, `status`;
-//! - [`emulator`]: an in-memory dialler for the demo, tests and benchmarks.
+//! - `config`: the TOML, loaded, checked and compiled (file:line:key problems, the
+//!   token, schedules);
+//! - `source`: CRM export records (CSV, JSON), streamed;
+//! - `engine`: one job's run: map, plan against the state, check the evidence for
+//!   removals, guard, execute, reconcile; its outcome and its report;
+//! - `state`: the only sled code: what the dialler holds, per job and UserData;
+//! - `dialler`: the jtel REST client (typed errors, retries, pacing);
+//! - `daemon`: the scheduler, the control socket, systemd notification, `status`;
+//! - `emulator`: an in-memory dialler for the demo, tests and benchmarks.
 //!
-//! Shared by all: [`fields`] (the dialler's contact fields and values), [`key`] (UserData, cleaned and hashed), [`escape`] (text made safe
-//! for logs and terminals) and `locking` (one mutex poisoning policy).
+//! Shared by all: `fields` (the dialler's contact fields and values), `key` (UserData,
+//! cleaned and hashed), `escape` (text made safe for logs and terminals) and `locking`
+//! (one mutex poisoning policy). The binary's `cli` has one file per subcommand.
+//!
+//! What the binary, the tests and the benchmarks use is re-exported here; everything else
+//! is private to the crate.
 
-pub mod config;
-pub mod daemon;
-pub mod dialler;
-pub mod emulator;
-pub mod engine;
-pub mod escape;
-pub mod fields;
-pub mod key;
+mod config;
+mod daemon;
+mod dialler;
+mod emulator;
+mod engine;
+mod escape;
+mod fields;
+mod key;
 mod locking;
-pub mod source;
-pub mod state;
+mod source;
+mod state;
+
+// Loading the config.
+pub use config::{Config, ConfigError, Secret, TokenError, TokenSource};
+// One sync, its outcome and its report.
+pub use engine::outcome::{Abort, Exit};
+pub use engine::progress::{Phase, RunHandle, Snapshot};
+pub use engine::reconcile::{rebuild as rebuild_state, Rebuilt, ReconcileError};
+pub use engine::report::{exit_of, json as reports_json, JobReport};
+pub use engine::run::{select_jobs, sync, sync_with, Against, SyncError, SyncOptions, Verify};
+// The daemon, its control socket and `status`.
+pub use daemon::control::{socket_path, Client, Event, Request};
+pub use daemon::status::{collect as collect_status, Status};
+pub use daemon::{run as run_daemon, DaemonError, Ended, Signal};
+// The dialler client and the emulator.
+pub use dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
+pub use emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog, KEEP_REQUESTS};
+// The state database.
+pub use state::{move_aside, StateError, Store};
+// Text made safe for a terminal or a log line.
+pub use escape::printable;
+
+/// What the integration tests look into: the state's entries and the hashes an older
+/// version stored. Not an API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::fields::{by_code, FieldValue};
+    pub use crate::state::hashing::{legacy_trigger, legacy_value};
+    pub use crate::state::{Entry, StateView};
+}

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(dialsync::engine::outcome::Exit::Aborted as u8);
+            return ExitCode::from(dialsync::Exit::Aborted as u8);
         }
     };
     let result = runtime.block_on(cli::run(args));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use dialsync::engine::outcome::Exit;
+use dialsync::Exit;
 
 use super::Failure;
 
@@ -13,7 +13,7 @@ pub async fn run(config: PathBuf) -> Result<Exit, Failure> {
     let signals = daemon_signals().map_err(|e| Failure::new(Exit::Aborted, e))?;
     // Either way the daemon ends with exit 0: after a second stop it quit with
     // calls in flight, which `main` does not wait for.
-    dialsync::daemon::run(&path, signals, || {})
+    dialsync::run_daemon(&path, signals, || {})
         .await
         .map_err(|e| Failure::new(e.exit(), e))?;
     Ok(Exit::Ok)
@@ -21,8 +21,8 @@ pub async fn run(config: PathBuf) -> Result<Exit, Failure> {
 
 /// The daemon's requests from real signals: SIGTERM and SIGINT stop it, SIGHUP reloads
 /// its config.
-fn daemon_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<dialsync::daemon::Signal>> {
-    use dialsync::daemon::Signal;
+fn daemon_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<dialsync::Signal>> {
+    use dialsync::Signal;
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     for (kind, name, request) in [

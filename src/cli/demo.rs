@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context;
-use dialsync::config::{Config, Secret, TokenSource};
-use dialsync::emulator::{Emulator, EmulatorConfig};
-use dialsync::engine::run::{sync_with, SyncOptions};
+use dialsync::{sync_with, SyncOptions};
+use dialsync::{Config, Secret, TokenSource};
+use dialsync::{Emulator, EmulatorConfig};
 
 const EXAMPLE: &str = include_str!("../../config/dialsync.example.toml");
 const EXPORT: &[u8] = include_bytes!("../../config/sample-export.csv");
 const EXPORT_CHANGED: &[u8] = include_bytes!("../../config/sample-export-changed.csv");
 
-pub async fn run() -> anyhow::Result<dialsync::engine::outcome::Exit> {
+pub async fn run() -> anyhow::Result<dialsync::Exit> {
     let emulator = Emulator::new(EmulatorConfig::default());
     let addr = emulator
         .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -32,7 +32,7 @@ async fn cycle(
     emulator: &Emulator,
     addr: SocketAddr,
     dir: &Path,
-) -> anyhow::Result<dialsync::engine::outcome::Exit> {
+) -> anyhow::Result<dialsync::Exit> {
     let mut config = Config::from_str(EXAMPLE, Path::new("config/dialsync.example.toml"))?;
     let export = dir.join("leads.csv");
     config.dialler.base_url = format!("http://{addr}/rest/v1.0");
@@ -56,10 +56,10 @@ async fn cycle(
         ),
         ("3. The same export again: nothing changed, so no API call at all", EXPORT_CHANGED),
     ];
-    let mut exit = dialsync::engine::outcome::Exit::Ok;
+    let mut exit = dialsync::Exit::Ok;
     // One state for the whole demo: reopening it in the same process races sled's
     // background threads for its lock.
-    let store = dialsync::state::Store::open(&config.state.path)?;
+    let store = dialsync::Store::open(&config.state.path)?;
     for (title, bytes) in steps {
         std::fs::write(&export, bytes)?;
         println!("{title}");
@@ -69,7 +69,7 @@ async fn cycle(
                 dry_run: true,
                 ..SyncOptions::default()
             },
-            dialsync::engine::run::Against::Store(&store),
+            dialsync::Against::Store(&store),
         )
         .await?;
         if dry
@@ -84,14 +84,14 @@ async fn cycle(
         let reports = sync_with(
             &config,
             &SyncOptions::default(),
-            dialsync::engine::run::Against::Store(&store),
+            dialsync::Against::Store(&store),
         )
         .await?;
         println!("   sync:");
         for r in &reports {
             print!("{}", indent(&r.human()));
         }
-        exit = dialsync::engine::report::exit_of(&reports);
+        exit = dialsync::exit_of(&reports);
         println!();
     }
 
@@ -123,7 +123,7 @@ async fn cycle(
          sync: {} ({:?}: the invalid row is reported every run until the CRM fixes it).",
         exit as u8, exit
     );
-    Ok(dialsync::engine::outcome::Exit::Ok)
+    Ok(dialsync::Exit::Ok)
 }
 
 fn indent(s: &str) -> String {

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use dialsync::emulator::{Emulator, EmulatorConfig, Faults};
-use dialsync::engine::outcome::Exit;
+use dialsync::Exit;
+use dialsync::{Emulator, EmulatorConfig, Faults};
 
 use super::Failure;
 
@@ -25,7 +25,7 @@ pub struct Args {
     campaigns: Vec<(i64, String)>,
     /// How many API calls GET /_emulator/requests keeps: the last N; older ones are
     /// dropped, so a long-running emulator does not grow.
-    #[arg(long, default_value_t = dialsync::emulator::KEEP_REQUESTS)]
+    #[arg(long, default_value_t = dialsync::KEEP_REQUESTS)]
     keep_requests: usize,
     #[command(flatten)]
     faults: FaultFlags,

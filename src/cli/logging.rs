@@ -37,7 +37,7 @@ fn one_line_fields(
     use tracing_subscriber::field::MakeExt;
     tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
         let text = format!("{value:?}");
-        let text = dialsync::escape::printable(&text);
+        let text = dialsync::printable(&text);
         if field.name() == "message" {
             write!(w, "{text}")
         } else {

@@ -15,10 +15,10 @@ pub use logging::init_logging;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dialsync::config::Config;
-use dialsync::daemon::control::Client;
-use dialsync::engine::outcome::Exit;
-use dialsync::engine::run::{SyncOptions, Verify};
+use dialsync::Client;
+use dialsync::Config;
+use dialsync::Exit;
+use dialsync::{SyncOptions, Verify};
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
 

@@ -1,20 +1,20 @@
 //! `dialsync state rebuild`: a job's state rebuilt from the dialler's contacts.
 
 use anyhow::Context;
-use dialsync::config::Config;
-use dialsync::daemon::control::{self};
-use dialsync::dialler::Dialler;
-use dialsync::engine::outcome::Exit;
-use dialsync::engine::reconcile;
-use dialsync::engine::run::select_jobs;
-use dialsync::state::{StateError, Store};
+use dialsync::select_jobs;
+use dialsync::socket_path;
+use dialsync::Config;
+use dialsync::Dialler;
+use dialsync::Exit;
+use dialsync::{rebuild_state, ReconcileError};
+use dialsync::{StateError, Store};
 
 use super::{connect, Failure};
 
 /// `state rebuild`: each selected job's state from its campaign on the dialler.
 pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
     let path = &cfg.state.path;
-    let socket = control::socket_path(path);
+    let socket = socket_path(path);
     if connect(&socket).await?.is_some() {
         return Err(Failure::new(
             Exit::Aborted,
@@ -36,7 +36,7 @@ pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
         Ok(s) => s,
         Err(e @ (StateError::Open { .. } | StateError::Restore { .. })) if path.exists() => {
             let source = e;
-            let aside = dialsync::state::move_aside(path)
+            let aside = dialsync::move_aside(path)
                 .with_context(|| format!("cannot move {} aside", path.display()))
                 .map_err(|e| Failure::new(Exit::Aborted, e))?;
             eprintln!(
@@ -59,23 +59,21 @@ pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
         let state = store
             .job(&job.name)
             .map_err(|e| Failure::new(Exit::Aborted, e))?;
-        let r = reconcile::rebuild(&dialler, job, &state)
-            .await
-            .map_err(|e| {
-                let unauthorized = matches!(
-                    &e,
-                    reconcile::ReconcileError::Dialler(d) if d.is_unauthorized()
-                );
-                let exit = if unauthorized {
-                    Exit::Unauthorized
-                } else {
-                    Exit::Aborted
-                };
-                Failure::new(
-                    exit,
-                    anyhow::Error::from(e).context(format!("job {}", job.name)),
-                )
-            })?;
+        let r = rebuild_state(&dialler, job, &state).await.map_err(|e| {
+            let unauthorized = matches!(
+                &e,
+                ReconcileError::Dialler(d) if d.is_unauthorized()
+            );
+            let exit = if unauthorized {
+                Exit::Unauthorized
+            } else {
+                Exit::Aborted
+            };
+            Failure::new(
+                exit,
+                anyhow::Error::from(e).context(format!("job {}", job.name)),
+            )
+        })?;
         if let Err(e) = store.set_verification(&job.name, &r.as_verified()) {
             tracing::warn!(error = %e, "could not record the rebuild as a verification");
         }
@@ -93,7 +91,7 @@ pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
             println!(
                 "  UserData {} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
                  others in the jtel portal",
-                dialsync::escape::printable(key),
+                dialsync::printable(key),
                 ids.len()
             );
         }

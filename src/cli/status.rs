@@ -2,16 +2,16 @@
 
 use std::path::Path;
 
-use dialsync::daemon::control::{self, Event, Request};
-use dialsync::daemon::status;
-use dialsync::engine::outcome::Exit;
-use dialsync::state::Store;
+use dialsync::collect_status;
+use dialsync::Exit;
+use dialsync::Store;
+use dialsync::{socket_path, Event, Request};
 
 use super::{connect, load, Failure, Output};
 
 pub async fn run(config: &Path, output: Output) -> Result<Exit, Failure> {
     let cfg = load(config)?;
-    let socket = control::socket_path(&cfg.state.path);
+    let socket = socket_path(&cfg.state.path);
     let status = match connect(&socket).await? {
         Some(mut client) => {
             client
@@ -33,7 +33,7 @@ pub async fn run(config: &Path, output: Output) -> Result<Exit, Failure> {
         }
         None => {
             let store = Store::open(&cfg.state.path).map_err(|e| Failure::new(Exit::Aborted, e))?;
-            status::collect(&cfg, &store, chrono::Utc::now())
+            collect_status(&cfg, &store, chrono::Utc::now())
                 .map_err(|e| Failure::new(Exit::Aborted, e))?
         }
     };

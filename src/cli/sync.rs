@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialsync::config::Config;
-use dialsync::daemon::control::{self, Client, Event, Request};
-use dialsync::engine::outcome::Exit;
-use dialsync::engine::progress::RunHandle;
-use dialsync::engine::report;
-use dialsync::engine::run::{sync, SyncOptions};
+use dialsync::Config;
+use dialsync::Exit;
+use dialsync::RunHandle;
+use dialsync::{exit_of, reports_json, JobReport};
+use dialsync::{socket_path, Client, Event, Request};
+use dialsync::{sync, SyncOptions};
 
 use super::bars::Bars;
 use super::{connect, Failure, Output};
@@ -17,7 +17,7 @@ use super::{connect, Failure, Output};
 /// `sync` and `verify`: handed to the daemon when one runs for this state, else run here
 /// with progress bars and Ctrl-C.
 pub async fn run(config: &Config, opts: SyncOptions, output: Output) -> Result<Exit, Failure> {
-    let socket = control::socket_path(&config.state.path);
+    let socket = socket_path(&config.state.path);
     if let Some(client) = connect(&socket).await? {
         let request = Request::Sync {
             job: opts.job,
@@ -43,22 +43,20 @@ pub async fn run(config: &Config, opts: SyncOptions, output: Output) -> Result<E
     let _ = done_tx.send(());
     let _ = progress.await;
     let reports = result.map_err(|e| match e {
-        dialsync::engine::run::SyncError::State(dialsync::state::StateError::Locked { path }) => {
-            Failure::new(
-                Exit::Aborted,
-                anyhow::anyhow!(
-                    "the state database {} is in use by another dialsync process, and no \
+        dialsync::SyncError::State(dialsync::StateError::Locked { path }) => Failure::new(
+            Exit::Aborted,
+            anyhow::anyhow!(
+                "the state database {} is in use by another dialsync process, and no \
                      daemon answers on {}: another manual sync, `status` or `state` \
                      command is probably running. Wait for it to end and run this again",
-                    path.display(),
-                    socket.display()
-                ),
-            )
-        }
+                path.display(),
+                socket.display()
+            ),
+        ),
         e => Failure::new(e.exit(), e),
     })?;
     print_reports(&reports, output);
-    Ok(report::exit_of(&reports))
+    Ok(exit_of(&reports))
 }
 
 /// A manual sync carried out by the running daemon: its progress on the terminal, its
@@ -143,9 +141,9 @@ async fn stop_on_ctrl_c(handle: Arc<RunHandle>) {
     }
 }
 
-fn print_reports(reports: &[report::JobReport], output: Output) {
+fn print_reports(reports: &[JobReport], output: Output) {
     match output {
-        Output::Json => println!("{}", report::json(reports)),
+        Output::Json => println!("{}", reports_json(reports)),
         Output::Human => {
             for r in reports {
                 print!("{}", r.human());

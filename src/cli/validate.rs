@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use dialsync::config::TokenSource;
-use dialsync::engine::outcome::Exit;
+use dialsync::Exit;
+use dialsync::TokenSource;
 
 use super::{load, Failure};
 

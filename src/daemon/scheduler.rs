@@ -63,6 +63,7 @@ pub(super) struct SlotInfo {
 }
 
 impl Slot {
+    #[cfg(test)]
     pub fn skipped(&self) -> u64 {
         crate::locking::lock(&self.info).skipped
     }

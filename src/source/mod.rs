@@ -148,7 +148,8 @@ fn quoted(names: &[String]) -> String {
 pub type Flow = std::ops::ControlFlow<()>;
 
 /// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`,
-/// until the export ends or `sink` says stop.
+/// until the export ends or `sink` says stop. (Runs read through the pipeline.)
+#[cfg(test)]
 pub fn read(
     cfg: &SourceConfig,
     columns: &[String],

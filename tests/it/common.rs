@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use dialsync::emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog};
+use dialsync::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog};
 use serde_json::Value;
 
 pub const TOKEN: &str = "test-token";
@@ -62,7 +62,7 @@ impl Env {
             token: TOKEN.into(),
             campaigns: vec![(538, "My Campaign".into()), (539, "Other".into())],
             faults,
-            keep_requests: dialsync::emulator::KEEP_REQUESTS,
+            keep_requests: dialsync::KEEP_REQUESTS,
         });
         let addr = rt
             .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))

@@ -344,7 +344,7 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
 fn a_sync_beside_another_process_holding_the_state_says_what_to_do() {
     let env = Env::new();
     env.write_export(&ROWS);
-    let store = dialsync::state::Store::open(&env.path("state")).unwrap();
+    let store = dialsync::Store::open(&env.path("state")).unwrap();
     let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
     drop(store);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -360,7 +360,7 @@ fn a_sync_beside_another_process_holding_the_state_says_what_to_do() {
 #[test]
 fn a_second_sigterm_quits_at_once_and_leaves_a_state_that_opens() {
     // The emulator carries every call out and never answers: a call stays in flight.
-    let env = Env::with_faults(dialsync::emulator::Faults {
+    let env = Env::with_faults(dialsync::Faults {
         timeout_rate: 1.0,
         ..Default::default()
     });
@@ -415,7 +415,7 @@ fn a_second_sigterm_quits_at_once_and_leaves_a_state_that_opens() {
 /// applies to it.
 #[test]
 fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
-    let env = Env::with_faults(dialsync::emulator::Faults {
+    let env = Env::with_faults(dialsync::Faults {
         latency: Duration::from_millis(100),
         ..Default::default()
     });
@@ -475,10 +475,10 @@ fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
 /// call lets the run finish its call; a second stop quits at once, abandoning it.
 #[test]
 fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
-    use dialsync::daemon::control::{Client, Event, Request};
-    use dialsync::daemon::{Ended, Signal};
-    use dialsync::emulator::Faults;
-    use dialsync::engine::progress::Phase;
+    use dialsync::Faults;
+    use dialsync::Phase;
+    use dialsync::{Client, Event, Request};
+    use dialsync::{Ended, Signal};
 
     // Every call waits far longer than the test: the run's first call stays in flight.
     let env = Env::with_faults(Faults {
@@ -495,7 +495,7 @@ fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let path = env.path("dialsync.toml");
         let daemon = tokio::spawn(async move {
-            dialsync::daemon::run(&path, requests, move || {
+            dialsync::run_daemon(&path, requests, move || {
                 let _ = ready_tx.send(());
             })
             .await
@@ -539,7 +539,7 @@ fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
 /// stop request, and it returns `Stopped` with its state flushed and released.
 #[test]
 fn in_process_a_closed_request_channel_stops_the_daemon() {
-    use dialsync::daemon::Ended;
+    use dialsync::Ended;
     let env = Env::new();
     env.write_export(&ROWS);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -549,7 +549,7 @@ fn in_process_a_closed_request_channel_stops_the_daemon() {
     let ended = rt.block_on(async {
         let (signals, requests) = tokio::sync::mpsc::channel(1);
         drop(signals);
-        dialsync::daemon::run(&env.path("dialsync.toml"), requests, || {}).await
+        dialsync::run_daemon(&env.path("dialsync.toml"), requests, || {}).await
     });
     assert_eq!(ended.unwrap(), Ended::Stopped);
     assert!(!env.path("state.sock").exists(), "the socket is removed");

@@ -1,9 +1,9 @@
 //! Every dialler function of the client against the emulator: the client's paths and
 //! error typing, and the emulator's documented semantics, checked together.
 
-use dialsync::config::{Config, Secret};
-use dialsync::dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
-use dialsync::emulator::{Emulator, EmulatorConfig};
+use dialsync::{record_id, Dialler, DiallerError, ImportFlags, Target};
+use dialsync::{Config, Secret};
+use dialsync::{Emulator, EmulatorConfig};
 use serde_json::{json, Value};
 
 /// A client of the emulator at `base_url` with `token`.
@@ -217,12 +217,12 @@ async fn campaigns_and_typed_errors() {
 
 /// An emulator with `faults` and a client that gives up on a call after 300 ms and never
 /// retries.
-async fn faulty(faults: dialsync::emulator::Faults) -> (Emulator, Dialler) {
+async fn faulty(faults: dialsync::Faults) -> (Emulator, Dialler) {
     faulty_with(faults, "max_retries = 0").await
 }
 
 /// An emulator with `faults` and a client with `settings` in its [dialler] section.
-async fn faulty_with(faults: dialsync::emulator::Faults, settings: &str) -> (Emulator, Dialler) {
+async fn faulty_with(faults: dialsync::Faults, settings: &str) -> (Emulator, Dialler) {
     let emu = Emulator::new(EmulatorConfig {
         faults,
         ..EmulatorConfig::default()
@@ -241,7 +241,7 @@ async fn faulty_with(faults: dialsync::emulator::Faults, settings: &str) -> (Emu
 
 #[tokio::test]
 async fn injected_faults_do_what_their_flags_say() {
-    use dialsync::emulator::Faults;
+    use dialsync::Faults;
     // 5xx and 429: answered, not carried out.
     let (emu, d) = faulty(Faults {
         error_rate: 1.0,
@@ -303,7 +303,7 @@ async fn injected_faults_do_what_their_flags_say() {
 
 #[tokio::test]
 async fn passing_failures_are_retried_within_the_call_and_run_bounds() {
-    use dialsync::emulator::Faults;
+    use dialsync::Faults;
     // 429 every time: 1 + max_retries attempts, then the call gives up (and that ends a run).
     let (emu, d) = faulty_with(
         Faults {
@@ -349,7 +349,7 @@ async fn passing_failures_are_retried_within_the_call_and_run_bounds() {
 
 #[tokio::test]
 async fn an_import_without_overwrite_is_looked_up_before_it_is_sent_again() {
-    use dialsync::emulator::Faults;
+    use dialsync::Faults;
     // Half the calls are carried out but never answered: a blind retry of such an import
     // would make a second contact, since it may not overwrite.
     let (emu, d) = faulty_with(

@@ -4,9 +4,9 @@
 use crate::common;
 
 use crate::common::{count, rows, Env};
-use dialsync::config::Config;
-use dialsync::engine::run::{sync_with, SyncOptions};
-use dialsync::state::Store;
+use dialsync::Config;
+use dialsync::Store;
+use dialsync::{sync_with, SyncOptions};
 
 #[test]
 fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
@@ -21,12 +21,8 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
     let store = Store::open(&config.state.path).unwrap();
     let opts = SyncOptions::default();
     let run = || {
-        rt.block_on(sync_with(
-            &config,
-            &opts,
-            dialsync::engine::run::Against::Store(&store),
-        ))
-        .unwrap()
+        rt.block_on(sync_with(&config, &opts, dialsync::Against::Store(&store)))
+            .unwrap()
     };
 
     let first = run();

@@ -4,7 +4,7 @@
 use crate::common;
 
 use crate::common::{count, field, rows, Env};
-use dialsync::emulator::Faults;
+use dialsync::Faults;
 use serde_json::Value;
 
 #[test]
@@ -499,9 +499,10 @@ fn a_guard_that_keeps_tripping_raises_the_alarm_once_and_status_shows_it() {
 /// (a dictionary over phone numbers finds nothing).
 #[test]
 fn a_copy_of_the_database_alone_reveals_no_phone_number() {
-    use dialsync::fields::FieldValue;
-    use dialsync::state::hashing::legacy_value;
-    use dialsync::state::{StateView, Store};
+    use dialsync::internals::legacy_value;
+    use dialsync::internals::FieldValue;
+    use dialsync::internals::StateView;
+    use dialsync::Store;
     let env = Env::new();
     let all = rows(200, "Köln");
     env.write_rows(&all);
@@ -556,10 +557,11 @@ fn a_copy_of_the_database_alone_reveals_no_phone_number() {
 /// migrates on the next run without any API call, and is keyed afterwards.
 #[test]
 fn an_unkeyed_state_migrates_without_api_calls() {
-    use dialsync::fields;
-    use dialsync::fields::FieldValue;
-    use dialsync::state::hashing::{legacy_trigger, legacy_value};
-    use dialsync::state::{Entry, StateView, Store};
+    use dialsync::internals::by_code;
+    use dialsync::internals::FieldValue;
+    use dialsync::internals::{legacy_trigger, legacy_value};
+    use dialsync::internals::{Entry, StateView};
+    use dialsync::Store;
     let env = Env::new();
     let all = rows(50, "Köln");
     env.write_rows(&all);
@@ -585,7 +587,7 @@ fn an_unkeyed_state_migrates_without_api_calls() {
                 .fields
                 .iter()
                 .map(|&(code, _)| {
-                    let name = fields::by_code(code).unwrap().name;
+                    let name = by_code(code).unwrap().name;
                     let v = common::field(c, name);
                     (code, legacy_value(&FieldValue::Text(v.to_string())))
                 })
@@ -599,14 +601,14 @@ fn an_unkeyed_state_migrates_without_api_calls() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(job.save_digest()).unwrap();
-    let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
+    let config = dialsync::Config::load(&env.path("dialsync.toml")).unwrap();
     let sync = || {
-        let opts = dialsync::engine::run::SyncOptions::default();
+        let opts = dialsync::SyncOptions::default();
         let mut reports = rt
-            .block_on(dialsync::engine::run::sync_with(
+            .block_on(dialsync::sync_with(
                 &config,
                 &opts,
-                dialsync::engine::run::Against::Store(&store),
+                dialsync::Against::Store(&store),
             ))
             .unwrap();
         serde_json::from_slice::<Value>(&reports.remove(0).to_json()).unwrap()

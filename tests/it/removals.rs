@@ -224,13 +224,9 @@ fn control_characters_in_values_and_dialler_messages_never_forge_a_log_line() {
 }
 
 /// The jtel portal, as a person working in it: direct calls on the emulator's API.
-fn portal(env: &Env) -> (tokio::runtime::Runtime, dialsync::dialler::Dialler) {
-    let cfg = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
-    let d = dialsync::dialler::Dialler::new(
-        &cfg.dialler,
-        &dialsync::config::Secret::new(common::TOKEN),
-    )
-    .unwrap();
+fn portal(env: &Env) -> (tokio::runtime::Runtime, dialsync::Dialler) {
+    let cfg = dialsync::Config::load(&env.path("dialsync.toml")).unwrap();
+    let d = dialsync::Dialler::new(&cfg.dialler, &dialsync::Secret::new(common::TOKEN)).unwrap();
     (tokio::runtime::Runtime::new().unwrap(), d)
 }
 
@@ -338,7 +334,7 @@ fn verification_relearns_ids_restores_lost_contacts_and_values() {
     rt.block_on(d.import(
         &serde_json::json!({"DiallerCampaignsID": 538, "UserData": "K10", "Name": cols[1],
             "FirstName": cols[2], "PhoneNumber1": "+491711000010", "City": cols[4]}),
-        dialsync::dialler::ImportFlags {
+        dialsync::ImportFlags {
             overwrite_duplicates: true,
             reset_contact: None,
             unlock_contact: None,

@@ -414,13 +414,13 @@ fn wrong_base_url_says_so() {
 fn a_run_without_a_state_database_is_a_dry_run() {
     let env = Env::new();
     env.write_export(&ROWS);
-    let config = dialsync::config::Config::load(&env.path("dialsync.toml")).unwrap();
+    let config = dialsync::Config::load(&env.path("dialsync.toml")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reports = rt
-        .block_on(dialsync::engine::run::sync_with(
+        .block_on(dialsync::sync_with(
             &config,
-            &dialsync::engine::run::SyncOptions::default(),
-            dialsync::engine::run::Against::NothingDryRun,
+            &dialsync::SyncOptions::default(),
+            dialsync::Against::NothingDryRun,
         ))
         .unwrap();
     assert!(reports[0].dry_run);

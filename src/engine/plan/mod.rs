@@ -142,9 +142,11 @@ impl Plan {
         self.removals.iter().filter(|r| r.kind == kind).count()
     }
     /// The API calls the plan needs.
+    #[cfg(test)]
     pub fn calls(&self) -> usize {
         self.imports.len() + self.updates() + self.resets() + self.unlocks() + self.removals.len()
     }
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.calls() == 0 && self.baselines.is_empty()
     }
@@ -478,7 +480,8 @@ fn again(c: Contact, first: RowRef) -> Rejected {
     }
 }
 
-/// Plans a whole export at once: the pure form of [`Planner`], for tests and tools.
+/// Plans a whole export at once: the pure form of [`Planner`], for tests.
+#[cfg(test)]
 pub fn plan(
     rows: impl IntoIterator<Item = Outcome>,
     state: &(impl StateView + ?Sized),
