@@ -28,7 +28,7 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 }
 
 /// [`printable`], cut to at most `max` characters (an ellipsis marks the cut).
-pub fn printable_max(s: &str, max: usize) -> String {
+pub(crate) fn printable_max(s: &str, max: usize) -> String {
     let p = printable(s);
     match p.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &p[..i]),

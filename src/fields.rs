@@ -44,7 +44,7 @@ use serde::Serialize;
 use Kind::*;
 
 /// Every field a job may map. `UserData` is the sync key.
-pub static FIELDS: &[Field] = &[
+pub(crate) static FIELDS: &[Field] = &[
     f("UserData", 0, Text, Some(64)),
     f("Client", 1, Text, None),
     f("Service", 2, Text, None),
@@ -85,7 +85,7 @@ pub static FIELDS: &[Field] = &[
 
 /// Fields documented for only one of import and update: named in errors so the operator
 /// learns why the field is refused rather than reading "unknown field".
-pub static ONE_SIDED: &[(&str, &str)] = &[
+pub(crate) static ONE_SIDED: &[(&str, &str)] = &[
     (
         "UserData2",
         "the dialler's import does not take it (update only)",
@@ -129,7 +129,7 @@ pub static ONE_SIDED: &[(&str, &str)] = &[
 ];
 
 /// The field called `name` (exact, case-sensitive as the API is).
-pub fn by_name(name: &str) -> Option<&'static Field> {
+pub(crate) fn by_name(name: &str) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.name == name)
 }
 
@@ -139,12 +139,12 @@ pub fn by_code(code: u8) -> Option<&'static Field> {
 }
 
 /// The key field.
-pub fn user_data() -> &'static Field {
+pub(crate) fn user_data() -> &'static Field {
     &FIELDS[0]
 }
 
 /// Why `name` cannot be mapped, with a hint (a near miss in case, or a one-sided field).
-pub fn why_not(name: &str) -> String {
+pub(crate) fn why_not(name: &str) -> String {
     if let Some((_, why)) = ONE_SIDED.iter().find(|(n, _)| *n == name) {
         return format!("`{name}` cannot be synced: {why}");
     }

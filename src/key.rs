@@ -7,13 +7,13 @@ use xxhash_rust::xxh3::xxh3_64;
 
 /// The hash of a UserData value (as [`clean_key`] leaves it): how the state digest finds
 /// a row's entry.
-pub fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     xxh3_64(key.as_bytes())
 }
 
 /// The UserData of a contact record as the dialler returns it, cleaned like every other
 /// key ([`clean_key`]); `None` if it has no usable one.
-pub fn record_key(record: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+pub(crate) fn record_key(record: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
     match clean_key(record.get("UserData")?.as_str()?) {
         Key::Usable(k) => Some(k.into_owned()),
         Key::Blank | Key::Bad(_) => None,
@@ -22,7 +22,7 @@ pub fn record_key(record: &serde_json::Map<String, serde_json::Value>) -> Option
 
 /// What a raw UserData cell holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key<'v> {
+pub(crate) enum Key<'v> {
     /// A key, cleaned.
     Usable(Cow<'v, str>),
     /// Nothing but white space (or byte order marks).
@@ -36,7 +36,7 @@ pub enum Key<'v> {
 /// mark (U+FEFF) removed, wherever it stands (two exports pasted together leave one
 /// mid-file), then surrounding white space trimmed. A key that still holds a control
 /// character (NUL, a line break) is not usable: such a row could belong to any contact.
-pub fn clean_key(raw: &str) -> Key<'_> {
+pub(crate) fn clean_key(raw: &str) -> Key<'_> {
     // Almost every key is printable ASCII without spaces: nothing to clean (one pass,
     // as this runs for every row of every export).
     if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_graphic()) {

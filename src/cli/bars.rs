@@ -8,13 +8,13 @@ use std::time::Duration;
 use dialsync::{Phase, Snapshot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub struct Bars {
+pub(super) struct Bars {
     enabled: bool,
     current: Option<(String, ProgressBar, Phase)>,
 }
 
 impl Bars {
-    pub fn new() -> Bars {
+    pub(super) fn new() -> Bars {
         Bars {
             enabled: std::io::stderr().is_terminal(),
             current: None,
@@ -22,7 +22,7 @@ impl Bars {
     }
 
     /// Shows `s`: a new bar when the job changes, a new style when the phase does.
-    pub fn update(&mut self, s: &Snapshot) {
+    pub(super) fn update(&mut self, s: &Snapshot) {
         if !self.enabled || s.job.is_empty() {
             return;
         }
@@ -58,7 +58,7 @@ impl Bars {
     }
 
     /// A line above the bars.
-    pub fn note(&self, line: &str) {
+    pub(super) fn note(&self, line: &str) {
         match &self.current {
             Some((_, bar, _)) => bar.println(line),
             None => eprintln!("{line}"),
@@ -66,7 +66,7 @@ impl Bars {
     }
 
     /// Removes the current bar (the summary printed afterwards says the rest).
-    pub fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if let Some((_, bar, _)) = self.current.take() {
             bar.finish_and_clear();
         }

@@ -8,7 +8,7 @@ use dialsync::Exit;
 use super::Failure;
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: PathBuf) -> Result<Exit, Failure> {
+pub(super) async fn run(config: PathBuf) -> Result<Exit, Failure> {
     let path = std::path::absolute(&config).unwrap_or(config);
     let signals = daemon_signals().map_err(|e| Failure::new(Exit::Aborted, e))?;
     // Either way the daemon ends with exit 0: after a second stop it quit with

@@ -15,7 +15,7 @@ const EXAMPLE: &str = include_str!("../../config/dialsync.example.toml");
 const EXPORT: &[u8] = include_bytes!("../../config/sample-export.csv");
 const EXPORT_CHANGED: &[u8] = include_bytes!("../../config/sample-export-changed.csv");
 
-pub async fn run() -> anyhow::Result<dialsync::Exit> {
+pub(super) async fn run() -> anyhow::Result<dialsync::Exit> {
     let emulator = Emulator::new(EmulatorConfig::default());
     let addr = emulator
         .spawn(SocketAddr::from(([127, 0, 0, 1], 0)))

@@ -10,7 +10,7 @@ use dialsync::{Emulator, EmulatorConfig, Faults};
 use super::Failure;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -97,7 +97,7 @@ fn parse_campaign(s: &str) -> Result<(i64, String), String> {
 }
 
 /// Serves the emulator until SIGINT or SIGTERM.
-pub async fn run(args: Args) -> Result<Exit, Failure> {
+pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     let Args {
         listen,
         client_id,

@@ -7,7 +7,7 @@ use super::{Cli, Command, LogFormat};
 /// Logs go to stderr: no colours unless it is a terminal, no timestamps under journald
 /// (it adds its own), JSON on request. Interactive commands log warnings and errors by
 /// default (their summary is on stdout); long-running ones also log at INFO.
-pub fn init_logging(cli: &Cli) {
+pub(crate) fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.command {
         Command::Emulator(_) | Command::Run { .. } => "info",

@@ -10,7 +10,7 @@ mod status;
 mod sync;
 mod validate;
 
-pub use logging::init_logging;
+pub(crate) use logging::init_logging;
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +28,7 @@ const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
     version,
     about = "Keeps a jtel ACD dialler campaign in step with a CRM export"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format on stderr (the level comes from RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -137,7 +137,7 @@ enum StateCommand {
 }
 
 /// An error with the exit code it maps to.
-pub struct Failure {
+pub(crate) struct Failure {
     pub exit: Exit,
     pub error: anyhow::Error,
 }
@@ -159,7 +159,7 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
-pub async fn run(cli: Cli) -> Result<Exit, Failure> {
+pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::Verify {
             config,

@@ -12,7 +12,7 @@ use dialsync::{StateError, Store};
 use super::{connect, Failure};
 
 /// `state rebuild`: each selected job's state from its campaign on the dialler.
-pub async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
+pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
     let path = &cfg.state.path;
     let socket = socket_path(path);
     if connect(&socket).await?.is_some() {

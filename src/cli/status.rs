@@ -9,7 +9,7 @@ use dialsync::{socket_path, Event, Request};
 
 use super::{connect, load, Failure, Output};
 
-pub async fn run(config: &Path, output: Output) -> Result<Exit, Failure> {
+pub(super) async fn run(config: &Path, output: Output) -> Result<Exit, Failure> {
     let cfg = load(config)?;
     let socket = socket_path(&cfg.state.path);
     let status = match connect(&socket).await? {

@@ -16,7 +16,11 @@ use super::{connect, Failure, Output};
 
 /// `sync` and `verify`: handed to the daemon when one runs for this state, else run here
 /// with progress bars and Ctrl-C.
-pub async fn run(config: &Config, opts: SyncOptions, output: Output) -> Result<Exit, Failure> {
+pub(super) async fn run(
+    config: &Config,
+    opts: SyncOptions,
+    output: Output,
+) -> Result<Exit, Failure> {
     let socket = socket_path(&config.state.path);
     if let Some(client) = connect(&socket).await? {
         let request = Request::Sync {

@@ -7,7 +7,7 @@ use dialsync::TokenSource;
 
 use super::{load, Failure};
 
-pub fn run(config: &Path) -> Result<Exit, Failure> {
+pub(super) fn run(config: &Path) -> Result<Exit, Failure> {
     let cfg = load(config)?;
     let credential_elsewhere = matches!(cfg.dialler.token, TokenSource::Credential(_))
         && std::env::var_os("CREDENTIALS_DIRECTORY").is_none();

@@ -12,8 +12,8 @@ mod compile;
 mod dialler;
 mod job;
 mod problems;
-pub mod raw;
-pub mod schedule;
+pub(crate) mod raw;
+pub(crate) mod schedule;
 mod secret;
 #[cfg(test)]
 mod tests;
@@ -26,8 +26,9 @@ use std::time::Duration;
 use crate::config::schedule::CronSchedule;
 use crate::fields::Field;
 
-pub use problems::{ConfigError, Problem};
-pub use raw::{OnMissing, PhoneFormat, SourceKind};
+pub use problems::ConfigError;
+pub(crate) use problems::Problem;
+pub(crate) use raw::{OnMissing, PhoneFormat, SourceKind};
 pub use secret::{Secret, TokenError, TokenSource};
 
 use compile::{ca_file_problem, compile, compile_guards, compile_source};
@@ -35,21 +36,21 @@ use dialler::compile_dialler;
 use job::compile_job;
 use problems::{key, Ctx, Seg};
 
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_CONCURRENCY: usize = 8;
-pub const DEFAULT_STATE_PATH: &str = "/var/lib/dialsync/state";
-pub const DEFAULT_ON_MISSING: OnMissing = OnMissing::Lock;
-pub const DEFAULT_OVERWRITE_DUPLICATES: bool = true;
-pub const DEFAULT_PHONE_FORMAT: PhoneFormat = PhoneFormat::E164;
-pub const DEFAULT_MAX_RETRIES: u32 = 5;
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(500);
-pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_REMOVALS_PERCENT: f64 = 10.0;
-pub const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
-pub const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
-pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 8;
+pub(crate) const DEFAULT_STATE_PATH: &str = "/var/lib/dialsync/state";
+pub(crate) const DEFAULT_ON_MISSING: OnMissing = OnMissing::Lock;
+pub(crate) const DEFAULT_OVERWRITE_DUPLICATES: bool = true;
+pub(crate) const DEFAULT_PHONE_FORMAT: PhoneFormat = PhoneFormat::E164;
+pub(crate) const DEFAULT_MAX_RETRIES: u32 = 5;
+pub(crate) const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_REMOVALS_PERCENT: f64 = 10.0;
+pub(crate) const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
+pub(crate) const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
+pub(crate) const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(3600);
 
 /// The checked configuration.
 #[derive(Debug, Clone)]

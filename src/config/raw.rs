@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Deserialize)]
-pub struct RawDialler {
+pub(crate) struct RawDialler {
     pub base_url: Option<String>,
     pub client_id: Option<i64>,
     pub token: Option<String>,
@@ -31,13 +31,13 @@ pub struct RawDialler {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawState {
+pub(crate) struct RawState {
     pub path: Option<PathBuf>,
     pub snapshot_every: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawJob {
+pub(crate) struct RawJob {
     pub name: Option<String>,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
@@ -62,7 +62,7 @@ pub struct RawJob {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawSource {
+pub(crate) struct RawSource {
     #[serde(rename = "type")]
     pub kind: Option<SourceKind>,
     pub path: Option<PathBuf>,
@@ -101,7 +101,7 @@ pub enum SourceKind {
 
 /// A duration written as `"30s"`, `"2m 30s"`, `"500ms"`, or a whole number of seconds.
 #[derive(Debug, Clone, Copy)]
-pub struct HumanDuration(pub Duration);
+pub(crate) struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

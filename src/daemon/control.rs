@@ -109,7 +109,10 @@ impl Client {
 }
 
 /// Writes one event as a JSON line.
-pub async fn write_event<W: AsyncWriteExt + Unpin>(w: &mut W, event: &Event) -> io::Result<()> {
+pub(crate) async fn write_event<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    event: &Event,
+) -> io::Result<()> {
     write_line(w, event).await
 }
 
@@ -120,7 +123,7 @@ async fn write_line<W: AsyncWriteExt + Unpin>(w: &mut W, v: &impl Serialize) -> 
 }
 
 /// Reads one request line (at most 64 KiB).
-pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+pub(crate) async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
 ) -> io::Result<Option<Request>> {
     use tokio::io::AsyncReadExt;

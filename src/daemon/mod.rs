@@ -16,11 +16,11 @@
 //! - systemd: READY/RELOADING/STOPPING, STATUS with the last and next runs, and WATCHDOG
 //!   pings while every job loop is alive.
 
-pub mod control;
+pub(crate) mod control;
 mod notify;
 mod scheduler;
 mod server;
-pub mod status;
+pub(crate) mod status;
 #[cfg(test)]
 mod tests;
 
@@ -42,7 +42,9 @@ use crate::engine::run::{self as sync, Mode};
 use crate::state::{StateError, Store};
 use status::{DaemonInfo, Status};
 
-pub use scheduler::{job_loop, Clock, Slot, WallClock};
+#[cfg(test)]
+pub(crate) use scheduler::Clock;
+pub(crate) use scheduler::{job_loop, Slot, WallClock};
 
 use notify::{notify, watchdog};
 use server::{accept_loop, bind};

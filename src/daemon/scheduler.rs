@@ -14,7 +14,7 @@ use crate::engine::report::JobReport;
 
 /// Where the time comes from: the wall clock in production, tokio's (pausable) clock in
 /// tests.
-pub trait Clock: Clone + Send + Sync + 'static {
+pub(crate) trait Clock: Clone + Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
     /// Completes at (or soon after) wall-clock time `t`.
     fn sleep_until(&self, t: DateTime<Utc>) -> impl Future<Output = ()> + Send;
@@ -22,7 +22,7 @@ pub trait Clock: Clone + Send + Sync + 'static {
 
 /// The system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WallClock;
+pub(crate) struct WallClock;
 
 /// How long the scheduler sleeps at most before it looks at the wall clock again.
 pub(super) const RECHECK: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ impl Clock for WallClock {
 
 /// What the daemon knows of one job beyond its config.
 #[derive(Default)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Held while the job runs.
     pub(super) run_lock: tokio::sync::Mutex<()>,
     pub(super) info: Mutex<SlotInfo>,
@@ -64,7 +64,7 @@ pub(super) struct SlotInfo {
 
 impl Slot {
     #[cfg(test)]
-    pub fn skipped(&self) -> u64 {
+    pub(crate) fn skipped(&self) -> u64 {
         crate::locking::lock(&self.info).skipped
     }
     pub(super) fn update(&self, f: impl FnOnce(&mut SlotInfo)) {
@@ -75,7 +75,7 @@ impl Slot {
 /// Runs job `name` on its schedule until `stop` turns true, calling `run` for each slot.
 /// Re-reads the job's schedule whenever `config` changes, and ends when the job is no
 /// longer in the config.
-pub async fn job_loop<C, F, Fut>(
+pub(crate) async fn job_loop<C, F, Fut>(
     clock: C,
     name: String,
     slot: Arc<Slot>,

@@ -17,7 +17,7 @@
 mod contacts;
 mod error;
 mod listing;
-pub mod pace;
+pub(crate) mod pace;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -39,13 +39,13 @@ use transport::{first_record, records_of, target_path};
 /// The longest `Retry-After` honoured; a longer one is waited for this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The least retry budget of a run.
-pub const MIN_RETRY_BUDGET: u64 = 100;
+pub(crate) const MIN_RETRY_BUDGET: u64 = 100;
 /// Retries of a call answered with HTTP 500 (which may be a bug on the dialler's side
 /// that no retry mends, unlike 502/503/504).
 const MAX_RETRIES_ON_500: u32 = 2;
 
 /// A JSON record as the dialler returns it (a contact, campaign or history entry).
-pub type Record = Map<String, Value>;
+pub(crate) type Record = Map<String, Value>;
 
 /// Which contact a by-ID or by-UserData function acts on. By-UserData functions act on
 /// "the first one found" when several contacts share the UserData; a sync uses IDs.
@@ -180,7 +180,7 @@ impl Dialler {
 }
 
 /// The campaign of a returned contact.
-pub fn record_campaign(r: &Record) -> Option<i64> {
+pub(crate) fn record_campaign(r: &Record) -> Option<i64> {
     r.get("DiallerCampaignsID").and_then(Value::as_i64)
 }
 

@@ -14,14 +14,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     interval: Duration,
     /// The earliest slot the next call may take.
     next: Mutex<Option<Instant>>,
 }
 
 impl Pacer {
-    pub fn new(per_second: u32) -> Pacer {
+    pub(crate) fn new(per_second: u32) -> Pacer {
         Pacer {
             interval: Duration::from_secs(1) / per_second.max(1),
             next: Mutex::new(None),
@@ -29,7 +29,7 @@ impl Pacer {
     }
 
     /// Waits for this call's slot.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let slot = {
             let mut next = crate::locking::lock(&self.next);
             let now = Instant::now();

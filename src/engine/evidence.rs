@@ -23,7 +23,7 @@ use crate::source::{self, SourceError};
 
 /// Withholds each removal of `plan` whose UserData stands as a whole value anywhere in
 /// the export (`file`, read again from its start), and records where.
-pub fn require(
+pub(crate) fn require(
     cfg: &SourceConfig,
     mut file: std::fs::File,
     plan: &mut Plan,
@@ -63,7 +63,7 @@ pub fn require(
 
 /// The keys of `wanted` that stand as a whole value on some line of the export, with the
 /// first such line (1-based).
-pub fn find_keys(
+pub(crate) fn find_keys(
     cfg: &SourceConfig,
     input: impl Read,
     wanted: &HashSet<&str>,

@@ -10,11 +10,11 @@ use crate::state::{GuardTrip, StateError, Store};
 /// this many rows shorter than the last good one), so that a small campaign can lose a
 /// contact or two without an operator stepping in. Count limits (`max_removals`,
 /// `max_resets`) apply from the first.
-pub const PERCENT_FLOOR: u64 = 10;
+pub(crate) const PERCENT_FLOOR: u64 = 10;
 
 /// What the guards look at.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// Rows read, valid or not.
     pub rows: u64,
     /// Valid rows.
@@ -130,7 +130,7 @@ fn share(n: u64, known: u64) -> f64 {
 }
 
 /// Whether the guards let a run with these facts go on; if not, which one stops it.
-pub fn check(job: &str, g: &Guards, f: &Facts) -> Result<(), Tripped> {
+pub(crate) fn check(job: &str, g: &Guards, f: &Facts) -> Result<(), Tripped> {
     if f.valid == 0 && f.known > 0 {
         return Err(Tripped::EmptyExport {
             job: job.to_string(),
@@ -194,7 +194,7 @@ fn over(
 /// Records whether a guard stops `job` now (`tripped`) and logs the change: an ERROR when
 /// a guard starts to stop its runs, INFO while it goes on (a frequent schedule would
 /// otherwise raise the same alarm every few minutes) and when it stops.
-pub fn note_guard(
+pub(crate) fn note_guard(
     store: &Store,
     job: &str,
     tripped: Option<&str>,

@@ -22,7 +22,7 @@ use crate::state::hashing::{self, HashKey};
 
 /// A valid CRM row, ready to send.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Contact {
+pub(crate) struct Contact {
     pub at: RowRef,
     /// UserData.
     pub key: String,
@@ -58,14 +58,14 @@ pub struct Rejected {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Contact(Contact),
     Rejected(Rejected),
 }
 
 /// Maps the records of one job. Built once per run from the job config and the column
 /// order the source was asked for ([`JobConfig::columns`]).
-pub struct Mapper {
+pub(crate) struct Mapper {
     key_column: String,
     fields: Vec<(&'static Field, usize, String)>,
     triggers: Vec<(String, usize)>,
@@ -78,7 +78,7 @@ pub struct Mapper {
 }
 
 impl Mapper {
-    pub fn new(job: &JobConfig, key: Arc<HashKey>) -> Mapper {
+    pub(crate) fn new(job: &JobConfig, key: Arc<HashKey>) -> Mapper {
         let columns = job.columns();
         let idx = |c: &str| {
             columns
@@ -109,13 +109,13 @@ impl Mapper {
     /// itself: equal hashes mean the row maps to the same contact as before, so a row whose
     /// hash matches its stored entry's is unchanged without being mapped. Never 0 (the
     /// state's "not known").
-    pub fn row_hash(&self, values: &[Option<&str>]) -> u64 {
+    pub(crate) fn row_hash(&self, values: &[Option<&str>]) -> u64 {
         self.row_hash_with(values, &mut Vec::new())
     }
 
     /// [`Mapper::row_hash`], with `buf` as scratch space (one hash call over the whole
     /// row is several times faster than feeding a hasher value by value).
-    pub fn row_hash_with(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
+    pub(crate) fn row_hash_with(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
         buf.clear();
         buf.extend_from_slice(&self.fingerprint.to_le_bytes());
         for v in values {
@@ -132,14 +132,14 @@ impl Mapper {
 
     /// The row's UserData as the state keys it ([`clean_key`]); `None` if it has no
     /// usable one (blank, or holding control characters).
-    pub fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<Cow<'v, str>> {
+    pub(crate) fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<Cow<'v, str>> {
         match clean_key(values[0]?) {
             Key::Usable(k) => Some(k),
             Key::Blank | Key::Bad(_) => None,
         }
     }
 
-    pub fn map(&self, item: Item<'_>) -> Outcome {
+    pub(crate) fn map(&self, item: Item<'_>) -> Outcome {
         let record = match item {
             Item::Record(r) => r,
             Item::Bad(b) => {
@@ -158,7 +158,7 @@ impl Mapper {
     }
 
     /// [`Mapper::map`] for a record whose [`Mapper::row_hash`] the caller has already.
-    pub fn map_hashed(&self, record: Record<'_>, row_hash: u64) -> Outcome {
+    pub(crate) fn map_hashed(&self, record: Record<'_>, row_hash: u64) -> Outcome {
         self.map_record(record, Some(row_hash))
     }
 

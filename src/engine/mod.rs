@@ -6,16 +6,16 @@
 //! [`reconcile`] settles interrupted imports and verifies the state against the dialler.
 //! [`run`] drives them; [`progress`] is a run's live counters, [`report`] what it did.
 
-pub mod evidence;
-pub mod execute;
-pub mod guard;
+pub(crate) mod evidence;
+pub(crate) mod execute;
+pub(crate) mod guard;
 mod job;
-pub mod mapping;
-pub mod outcome;
-pub mod phone;
-pub mod pipeline;
-pub mod plan;
-pub mod progress;
-pub mod reconcile;
-pub mod report;
-pub mod run;
+pub(crate) mod mapping;
+pub(crate) mod outcome;
+pub(crate) mod phone;
+pub(crate) mod pipeline;
+pub(crate) mod plan;
+pub(crate) mod progress;
+pub(crate) mod reconcile;
+pub(crate) mod report;
+pub(crate) mod run;

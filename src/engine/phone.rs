@@ -13,7 +13,7 @@ use crate::config::PhoneFormat;
 /// Why a CRM value is not a dialable number. Says nothing of the number itself: it ends
 /// up in reports and logs, which must not carry personal data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PhoneError {
+pub(crate) enum PhoneError {
     #[error("cannot be read as a phone number")]
     Unreadable,
     #[error("is a national number, but the job has no default_country to place it")]
@@ -25,7 +25,7 @@ pub enum PhoneError {
 }
 
 /// Normalises `raw` to international form, placing national numbers in `region`.
-pub fn normalise(
+pub(crate) fn normalise(
     raw: &str,
     region: Option<country::Id>,
     format: PhoneFormat,

@@ -90,7 +90,7 @@ impl Batch {
 
 /// Reads the export of `source` from `input` (the `columns` the job uses) and plans every
 /// row with `planner`. A stop request ends the read early ([`PlanError::Stopped`]).
-pub fn read_and_plan<S: StateView + Sync + ?Sized>(
+pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
     source: &SourceConfig,
     input: impl std::io::Read,
     columns: &[String],

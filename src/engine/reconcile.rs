@@ -41,7 +41,7 @@ pub enum ReconcileError {
 
 /// The hash of `field` as `record` holds it, equal to the mapping's hash (with `key`) of
 /// the same value.
-pub fn dialler_hash(record: &Record, field: &Field, key: &HashKey) -> u64 {
+pub(crate) fn dialler_hash(record: &Record, field: &Field, key: &HashKey) -> u64 {
     let value = match record.get(field.name) {
         Some(Value::String(s)) if !s.trim().is_empty() => FieldValue::Text(s.trim().to_string()),
         Some(Value::Number(n)) => n.as_f64().map_or(FieldValue::Null, FieldValue::Number),
@@ -75,7 +75,7 @@ async fn contacts_by_key(
 
 /// What resolving the pending imports found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Imports that reached the dialler: their contact is now in the state.
     pub found: u64,
     /// Imports that never reached it: the plan imports them again.
@@ -85,7 +85,7 @@ pub struct Resolved {
 /// Resolves every pending import of `state` against the dialler: a contact found by
 /// UserData in the campaign is stored with its ID and the hashes of what the dialler
 /// holds; one not found is forgotten, so the plan imports it. Nothing is sent but reads.
-pub async fn resolve_pending(
+pub(crate) async fn resolve_pending(
     dialler: &Dialler,
     job: &JobConfig,
     state: &JobState,
@@ -188,7 +188,7 @@ struct Gathered {
 /// again if it is in the export. When most entries are not found under their ID, the
 /// dialler was probably reset or replaced: nothing is changed and
 /// [`ReconcileError::DiallerReset`] says so, unless `force`.
-pub async fn verify(
+pub(crate) async fn verify(
     dialler: &Dialler,
     job: &JobConfig,
     state: &JobState,

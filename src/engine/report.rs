@@ -15,7 +15,7 @@ use crate::escape::printable;
 use crate::state::Verified;
 
 /// How many rejected rows and failures a report lists (the counts are always complete).
-pub const LIST_LIMIT: usize = 100;
+pub(crate) const LIST_LIMIT: usize = 100;
 /// How many of each kind the human summary shows.
 const SHOW: usize = 10;
 
@@ -383,7 +383,7 @@ pub fn json(reports: &[JobReport]) -> String {
 }
 
 /// The planned operations, in the order a dry run lists them.
-pub fn preview(plan: &Plan) -> Vec<PreviewLine> {
+pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
     let mut out = Vec::new();
     for c in &plan.imports {
         out.push(PreviewLine {

@@ -128,7 +128,7 @@ impl<'a> Against<'a> {
 /// How a job runs: for real or as a dry run, whether its guards apply, and when it
 /// verifies its state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Mode {
+pub(crate) struct Mode {
     pub dry_run: bool,
     pub force: bool,
     pub verify: Verify,
@@ -192,7 +192,7 @@ pub fn select_jobs<'c>(
 /// runs beside it), makes its state durable, then records the finished run: as the job's
 /// last run in the state, and in the log. The token is read now, so a rotated token file
 /// takes effect; if it cannot be, the report says so.
-pub async fn run_one(
+pub(crate) async fn run_one(
     config: &Config,
     job: &JobConfig,
     against: Against<'_>,

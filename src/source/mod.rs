@@ -40,7 +40,7 @@ impl fmt::Display for RowRef {
 /// from the reader's buffers for the duration of the callback, so reading a row allocates
 /// nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Record<'a> {
+pub(crate) struct Record<'a> {
     pub at: RowRef,
     pub values: &'a [Option<&'a str>],
 }
@@ -56,21 +56,21 @@ pub(crate) fn recycle<'b>(mut values: Vec<Option<&str>>) -> Vec<Option<&'b str>>
 /// A row that could not be read as a record. `key` is the value found in the first
 /// requested column (the key) when it could still be read, for reporting.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BadRow {
+pub(crate) struct BadRow {
     pub at: RowRef,
     pub key: Option<String>,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Item<'a> {
+pub(crate) enum Item<'a> {
     Record(Record<'a>),
     Bad(BadRow),
 }
 
 /// Totals of one read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub records: u64,
     pub bad: u64,
 }
@@ -145,12 +145,12 @@ fn quoted(names: &[String]) -> String {
 
 /// What a sink says after each row: go on, or stop reading (the rest of the export is
 /// not read).
-pub type Flow = std::ops::ControlFlow<()>;
+pub(crate) type Flow = std::ops::ControlFlow<()>;
 
 /// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`,
 /// until the export ends or `sink` says stop. (Runs read through the pipeline.)
 #[cfg(test)]
-pub fn read(
+pub(crate) fn read(
     cfg: &SourceConfig,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
@@ -159,7 +159,7 @@ pub fn read(
 }
 
 /// Opens the export file of `cfg`.
-pub fn open(cfg: &SourceConfig) -> Result<std::fs::File, SourceError> {
+pub(crate) fn open(cfg: &SourceConfig) -> Result<std::fs::File, SourceError> {
     std::fs::File::open(&cfg.path).map_err(|source| SourceError::Open {
         path: cfg.path.clone(),
         source,
@@ -167,7 +167,7 @@ pub fn open(cfg: &SourceConfig) -> Result<std::fs::File, SourceError> {
 }
 
 /// Like [`read`], from any reader; `path` is only used in messages.
-pub fn read_from(
+pub(crate) fn read_from(
     cfg: &SourceConfig,
     path: &Path,
     input: impl Read,

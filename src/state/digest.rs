@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 /// What the digest holds of one entry: (key hash, row hash, locked).
-pub type Item = (u64, u64, bool);
+pub(crate) type Item = (u64, u64, bool);
 
 const VERSION: u8 = 1;
 

@@ -146,11 +146,11 @@ impl Entry {
 
 /// What may have changed on the dialler while an operation was in flight (bits of a
 /// mark, see [`JobState::put_in_flight`]).
-pub mod in_doubt {
+pub(crate) mod in_doubt {
     /// An update or reset was sent: the contact's fields and counters are unknown.
-    pub const FIELDS: u8 = 1;
+    pub(crate) const FIELDS: u8 = 1;
     /// A lock or unlock was sent: whether the contact is locked is unknown.
-    pub const LOCK: u8 = 2;
+    pub(crate) const LOCK: u8 = 2;
     /// A delete was sent: whether the contact still exists is unknown.
-    pub const GONE: u8 = 4;
+    pub(crate) const GONE: u8 = 4;
 }

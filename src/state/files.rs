@@ -27,7 +27,7 @@ pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
 /// Where the secret of the state at `state` is kept: beside the database, not in it
 /// (`/var/lib/dialsync/state.key` for `/var/lib/dialsync/state`), so that a copy of the
 /// database alone reveals no value.
-pub fn key_path(state: &Path) -> PathBuf {
+pub(crate) fn key_path(state: &Path) -> PathBuf {
     let mut p = state.as_os_str().to_owned();
     p.push(".key");
     PathBuf::from(p)

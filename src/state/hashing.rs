@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_secret};
 use crate::fields::FieldValue;
 
 /// Bytes of a state's secret.
-pub const KEY_BYTES: usize = 32;
+pub(crate) const KEY_BYTES: usize = 32;
 
 /// A state's secret, ready to hash with.
 #[derive(Clone)]

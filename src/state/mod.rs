@@ -15,24 +15,27 @@
 //! end of the run). Per store: the row count of each job's last run that was not aborted
 //! (the truncated-export guard compares against it).
 
-pub mod digest;
+pub(crate) mod digest;
 mod entry;
 mod error;
 mod files;
-pub mod hashing;
+pub(crate) mod hashing;
 mod job;
-pub mod snapshot;
+pub(crate) mod snapshot;
 mod store;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
-pub use entry::{in_doubt, Entry, LastOp, Pending};
+pub use entry::Entry;
+pub(crate) use entry::{in_doubt, LastOp, Pending};
 pub use error::StateError;
-pub use files::{key_path, move_aside};
-pub use job::JobState;
-pub use store::{GuardTrip, Store, Verified};
+pub(crate) use files::key_path;
+pub use files::move_aside;
+pub(crate) use job::JobState;
+pub use store::Store;
+pub(crate) use store::{GuardTrip, Verified};
 
 use error::{held_elsewhere, is_damage};
 use files::{load_or_create_key, make_private, refuse_as_root};

@@ -29,22 +29,22 @@ const MAGIC: &[u8; 8] = b"DSSNAP1\n";
 const END: u32 = u32::MAX;
 
 /// The folder of the snapshots of the state at `state`.
-pub fn dir(state: &Path) -> PathBuf {
+pub(crate) fn dir(state: &Path) -> PathBuf {
     let mut p = state.as_os_str().to_owned();
     p.push(".snapshots");
     PathBuf::from(p)
 }
 
-pub fn file(state: &Path, job: &str) -> PathBuf {
+pub(crate) fn file(state: &Path, job: &str) -> PathBuf {
     dir(state).join(format!("{job}.snap"))
 }
 
-pub fn dirty_marker(state: &Path, job: &str) -> PathBuf {
+pub(crate) fn dirty_marker(state: &Path, job: &str) -> PathBuf {
     dir(state).join(format!("{job}.dirty"))
 }
 
 /// The jobs that have a snapshot.
-pub fn jobs(state: &Path) -> Vec<String> {
+pub(crate) fn jobs(state: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir(state)) else {
         return Vec::new();
     };
@@ -62,18 +62,18 @@ pub fn jobs(state: &Path) -> Vec<String> {
 }
 
 /// The (key, value) pairs of one section, as they are read from the database.
-pub type Items<'a> = Box<dyn Iterator<Item = std::io::Result<Item>> + 'a>;
+pub(crate) type Items<'a> = Box<dyn Iterator<Item = std::io::Result<Item>> + 'a>;
 
 /// One (key, value) pair of a section.
-pub type Item = (Vec<u8>, Vec<u8>);
+pub(crate) type Item = (Vec<u8>, Vec<u8>);
 
 /// A job's state as written: named sections of (key, value) pairs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Sections(pub Vec<(String, Vec<Item>)>);
+pub(crate) struct Sections(pub Vec<(String, Vec<Item>)>);
 
 /// Writes `sections` to `path` atomically (temporary file, fsync, rename, fsync of the
 /// folder).
-pub fn write<'a>(
+pub(crate) fn write<'a>(
     path: &Path,
     sections: impl IntoIterator<Item = (String, Items<'a>)>,
 ) -> std::io::Result<()> {
@@ -116,7 +116,7 @@ pub fn write<'a>(
 }
 
 /// Reads a snapshot written by [`write`]; an error if it is not whole.
-pub fn read(path: &Path) -> std::io::Result<Sections> {
+pub(crate) fn read(path: &Path) -> std::io::Result<Sections> {
     let bad = |why: &str| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

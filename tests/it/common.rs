@@ -12,9 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use dialsync::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog};
 use serde_json::Value;
 
-pub const TOKEN: &str = "test-token";
+pub(crate) const TOKEN: &str = "test-token";
 
-pub struct Env {
+pub(crate) struct Env {
     pub emu: Emulator,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -22,7 +22,7 @@ pub struct Env {
 }
 
 /// The mapping used by most tests; `{extra}` goes at the end of the [[job]] table.
-pub const JOB: &str = r#"
+pub(crate) const JOB: &str = r#"
 [[job]]
 name = "leads"
 campaign_id = 538
@@ -43,15 +43,15 @@ PhoneNumber1 = "Phone"
 City = "City"
 "#;
 
-pub const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
+pub(crate) const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
 
 impl Env {
-    pub fn new() -> Env {
+    pub(crate) fn new() -> Env {
         Env::with_faults(Faults::default())
     }
 
     /// An env whose emulator injects `faults`.
-    pub fn with_faults(faults: Faults) -> Env {
+    pub(crate) fn with_faults(faults: Faults) -> Env {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -77,12 +77,12 @@ impl Env {
         env
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Writes `dialsync.toml` with `token` and `extra` lines in the job.
-    pub fn write_config(&self, token: &str, extra: &str) {
+    pub(crate) fn write_config(&self, token: &str, extra: &str) {
         let text = format!(
             "[dialler]\nbase_url = \"http://{}/rest/v1.0\"\nclient_id = 7\ntoken = \"{token}\"\n\n[state]\npath = \"state\"\n{}",
             self.addr,
@@ -92,7 +92,7 @@ impl Env {
     }
 
     /// Replaces `from` by `to` in the config file.
-    pub fn edit_config(&self, from: &str, to: &str) {
+    pub(crate) fn edit_config(&self, from: &str, to: &str) {
         let path = self.path("dialsync.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(from), "{from} is not in the config");
@@ -100,7 +100,7 @@ impl Env {
     }
 
     /// Writes the export as a Windows-1252, `;`-separated CSV with CRLF line ends.
-    pub fn write_export(&self, rows: &[&str]) {
+    pub(crate) fn write_export(&self, rows: &[&str]) {
         let mut text = format!("{HEADER}\r\n");
         for r in rows {
             text.push_str(r);
@@ -111,7 +111,7 @@ impl Env {
         std::fs::write(self.path("export.csv"), bytes).unwrap();
     }
 
-    pub fn dialsync(&self, args: &[&str]) -> Output {
+    pub(crate) fn dialsync(&self, args: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
             .args(args)
             .current_dir(self.dir.path())
@@ -121,7 +121,7 @@ impl Env {
     }
 
     /// `dialsync sync --output json` plus `args`: the job's report and the exit code.
-    pub fn sync(&self, args: &[&str]) -> (Value, i32) {
+    pub(crate) fn sync(&self, args: &[&str]) -> (Value, i32) {
         let mut all = vec!["sync", "--config", "dialsync.toml", "--output", "json"];
         all.extend_from_slice(args);
         let out = self.dialsync(&all);
@@ -135,11 +135,11 @@ impl Env {
         (v["jobs"][0].clone(), out.status.code().unwrap())
     }
 
-    pub fn contacts(&self) -> Vec<EmuContact> {
+    pub(crate) fn contacts(&self) -> Vec<EmuContact> {
         self.emu.contacts()
     }
 
-    pub fn contact(&self, user_data: &str) -> EmuContact {
+    pub(crate) fn contact(&self, user_data: &str) -> EmuContact {
         let found: Vec<_> = self
             .contacts()
             .into_iter()
@@ -153,22 +153,22 @@ impl Env {
         found.into_iter().next().unwrap()
     }
 
-    pub fn requests(&self) -> Vec<RequestLog> {
+    pub(crate) fn requests(&self) -> Vec<RequestLog> {
         self.emu.requests()
     }
 
     /// The requests received since `n` were.
-    pub fn requests_since(&self, n: usize) -> Vec<RequestLog> {
+    pub(crate) fn requests_since(&self, n: usize) -> Vec<RequestLog> {
         self.requests().split_off(n)
     }
 }
 
-pub fn field<'a>(c: &'a EmuContact, name: &str) -> &'a str {
+pub(crate) fn field<'a>(c: &'a EmuContact, name: &str) -> &'a str {
     c.fields.get(name).and_then(Value::as_str).unwrap_or("")
 }
 
 /// `n` valid export rows K1..Kn (in the `HEADER` columns), with `city` as City.
-pub fn rows(n: usize, city: &str) -> Vec<String> {
+pub(crate) fn rows(n: usize, city: &str) -> Vec<String> {
     (1..=n)
         .map(|i| format!("K{i};Name{i};First{i};0171 {:07};{city};1", 1_000_000 + i))
         .collect()
@@ -176,14 +176,14 @@ pub fn rows(n: usize, city: &str) -> Vec<String> {
 
 impl Env {
     /// Writes `rows` as the export.
-    pub fn write_rows(&self, rows: &[String]) {
+    pub(crate) fn write_rows(&self, rows: &[String]) {
         let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
         self.write_export(&refs);
     }
 
     /// Asserts that the emulator holds exactly one contact per row of `rows`, with the
     /// row's name and city, and nothing else.
-    pub fn assert_holds_exactly(&self, rows: &[String]) {
+    pub(crate) fn assert_holds_exactly(&self, rows: &[String]) {
         let contacts = self.contacts();
         let mut by_key = std::collections::HashMap::new();
         for c in &contacts {
@@ -210,7 +210,7 @@ impl Env {
 }
 
 /// A count from a job's JSON report.
-pub fn count(report: &Value, key: &str) -> u64 {
+pub(crate) fn count(report: &Value, key: &str) -> u64 {
     report[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no count {key} in {report}"))
@@ -219,7 +219,11 @@ pub fn count(report: &Value, key: &str) -> u64 {
 /// Starts `dialsync emulator --listen 127.0.0.1:0` plus `args` as a process of its own
 /// (`RUST_LOG` as given, or none; stderr as given) and waits for its first line, which
 /// says where it listens: its readiness signal. The child and the API's base URL.
-pub fn emulator_process(args: &[&str], rust_log: Option<&str>, stderr: Stdio) -> (Child, String) {
+pub(crate) fn emulator_process(
+    args: &[&str],
+    rust_log: Option<&str>,
+    stderr: Stdio,
+) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialsync"));
     cmd.args(["emulator", "--listen", "127.0.0.1:0"]).args(args);
     match rust_log {

@@ -38,7 +38,7 @@ mod operations;
 
 /// After this many runs in a row in which a row failed, its failure is logged as needing
 /// attention (it is retried on every run regardless).
-pub const FAILING_RUNS_WARN: u32 = 3;
+pub(crate) const FAILING_RUNS_WARN: u32 = 3;
 
 /// One contact's work.
 enum Task {
@@ -123,7 +123,7 @@ impl From<StateError> for TaskError {
 }
 
 /// Where a plan is carried out.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub dialler: &'a Dialler,
     pub state: &'a JobState,
     pub job: &'a JobConfig,
@@ -134,7 +134,10 @@ pub struct Target<'a> {
 }
 
 /// The ID of the campaign `campaign` names (a call only for a name).
-pub async fn campaign_id(dialler: &Dialler, campaign: &CampaignRef) -> Result<i64, DiallerError> {
+pub(crate) async fn campaign_id(
+    dialler: &Dialler,
+    campaign: &CampaignRef,
+) -> Result<i64, DiallerError> {
     match campaign {
         CampaignRef::Id(id) => Ok(*id),
         CampaignRef::Name(name) => dialler.resolve_campaign(name).await,
@@ -143,7 +146,12 @@ pub async fn campaign_id(dialler: &Dialler, campaign: &CampaignRef) -> Result<i6
 
 /// Executes `plan` with at most `concurrency` contacts in flight, adding counts and
 /// failures to `report`. Stops starting operations when `handle` asks to.
-pub async fn execute(plan: Plan, target: Target<'_>, handle: &RunHandle, report: &mut JobReport) {
+pub(crate) async fn execute(
+    plan: Plan,
+    target: Target<'_>,
+    handle: &RunHandle,
+    report: &mut JobReport,
+) {
     let Target {
         dialler,
         state,

@@ -30,14 +30,14 @@ use crate::state::{in_doubt, Entry, LastOp, StateError, StateView};
 
 /// The job settings the planner needs.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub on_missing: OnMissing,
 }
 
 /// Changes to a contact the dialler already has, applied in this order: update, reset,
 /// unlock (so the dialler never dials a contact before its data and counters are right).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub(crate) struct Change {
     pub at: RowRef,
     pub key: String,
     pub old: Entry,
@@ -56,20 +56,20 @@ pub struct Change {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RemovalKind {
+pub(crate) enum RemovalKind {
     Lock,
     Delete,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Removal {
+pub(crate) struct Removal {
     pub key: String,
     pub old: Entry,
     pub kind: RemovalKind,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub imports: Vec<Contact>,
     pub changes: Vec<Change>,
     pub removals: Vec<Removal>,
@@ -129,25 +129,25 @@ impl Doubts {
 }
 
 impl Plan {
-    pub fn updates(&self) -> usize {
+    pub(crate) fn updates(&self) -> usize {
         self.changes.iter().filter(|c| !c.update.is_empty()).count()
     }
-    pub fn resets(&self) -> usize {
+    pub(crate) fn resets(&self) -> usize {
         self.changes.iter().filter(|c| c.reset).count()
     }
-    pub fn unlocks(&self) -> usize {
+    pub(crate) fn unlocks(&self) -> usize {
         self.changes.iter().filter(|c| c.unlock).count()
     }
-    pub fn removals(&self, kind: RemovalKind) -> usize {
+    pub(crate) fn removals(&self, kind: RemovalKind) -> usize {
         self.removals.iter().filter(|r| r.kind == kind).count()
     }
     /// The API calls the plan needs.
     #[cfg(test)]
-    pub fn calls(&self) -> usize {
+    pub(crate) fn calls(&self) -> usize {
         self.imports.len() + self.updates() + self.resets() + self.unlocks() + self.removals.len()
     }
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.calls() == 0 && self.baselines.is_empty()
     }
 }
@@ -158,7 +158,7 @@ impl Plan {
 /// [`Planner::unchanged`] without reading the entry or mapping the row; which entries
 /// were seen is then marked in the digest's [`Probe`] table, and the other rows' UserData
 /// kept in `seen`.
-pub struct Planner<'s, S: StateView + ?Sized> {
+pub(crate) struct Planner<'s, S: StateView + ?Sized> {
     state: &'s S,
     policy: Policy,
     /// The digest of `state`, exactly (see [`crate::state::JobState::digest`]), as a
@@ -174,7 +174,7 @@ pub struct Planner<'s, S: StateView + ?Sized> {
 }
 
 impl<'s, S: StateView + ?Sized> Planner<'s, S> {
-    pub fn new(state: &'s S, policy: Policy) -> Self {
+    pub(crate) fn new(state: &'s S, policy: Policy) -> Self {
         Planner {
             state,
             policy,
@@ -186,7 +186,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     /// A planner that uses `digest`, which must describe `state` exactly.
-    pub fn with_digest(state: &'s S, policy: Policy, digest: &Digest) -> Self {
+    pub(crate) fn with_digest(state: &'s S, policy: Policy, digest: &Digest) -> Self {
         let mut p = Planner::new(state, policy);
         p.probe = Some(digest.probe());
         p
@@ -197,7 +197,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     /// export is updated with every mapped field (a field emptied is sent as `null`) and
     /// unlocked if its lock state is in doubt; one missing is locked or deleted per
     /// `on_missing` even if the state says it is locked already.
-    pub fn in_flight(mut self, marks: HashMap<String, u8>) -> Self {
+    pub(crate) fn in_flight(mut self, marks: HashMap<String, u8>) -> Self {
         self.doubts = marks;
         self
     }
@@ -206,7 +206,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     /// (`key`, trimmed, hashing to `key_hash`) has an entry whose row hash is `row`, not
     /// locked, and no earlier row named it. True if so (the row is counted); false: the
     /// row is to be mapped and [`Planner::push`]ed.
-    pub fn unchanged(&mut self, key: &str, key_hash: u64, row: u64, at: RowRef) -> bool {
+    pub(crate) fn unchanged(&mut self, key: &str, key_hash: u64, row: u64, at: RowRef) -> bool {
         let Some(probe) = &mut self.probe else {
             return false;
         };
@@ -230,7 +230,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     /// Prefetches the digest slot of a row to be looked up soon.
-    pub fn prefetch(&self, key_hash: u64) {
+    pub(crate) fn prefetch(&self, key_hash: u64) {
         if let Some(p) = &self.probe {
             p.prefetch(key_hash);
         }
@@ -250,7 +250,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         }
     }
 
-    pub fn push(&mut self, outcome: Outcome) -> Result<(), StateError> {
+    pub(crate) fn push(&mut self, outcome: Outcome) -> Result<(), StateError> {
         self.plan.rows += 1;
         match outcome {
             Outcome::Rejected(r) => {
@@ -354,7 +354,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     /// Adds the removals of contacts missing from the export and returns the plan.
-    pub fn finish(mut self) -> Result<Plan, StateError> {
+    pub(crate) fn finish(mut self) -> Result<Plan, StateError> {
         let on_missing = self.policy.on_missing;
         let kind_for = |locked: bool| match on_missing {
             OnMissing::Keep => None,
@@ -482,7 +482,7 @@ fn again(c: Contact, first: RowRef) -> Rejected {
 
 /// Plans a whole export at once: the pure form of [`Planner`], for tests.
 #[cfg(test)]
-pub fn plan(
+pub(crate) fn plan(
     rows: impl IntoIterator<Item = Outcome>,
     state: &(impl StateView + ?Sized),
     policy: Policy,
