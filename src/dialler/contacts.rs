@@ -3,7 +3,7 @@
 
 use super::{
     first_record, record_campaign, record_id, records_of, target_path, Dialler, DiallerError,
-    ImportFlags, Record, Target,
+    ImportFlags, Record, Req, Target,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -18,8 +18,7 @@ impl Dialler {
             .map(|c| ("diallerCampaignsID", c.to_string()))
             .into_iter()
             .collect();
-        self.records(Method::GET, "/dialler/contacts", &q, None)
-            .await
+        self.records(Req::get("/dialler/contacts", &q)).await
     }
 
     pub async fn get_contact(&self, id: i64) -> Result<Option<Record>, DiallerError> {
@@ -62,7 +61,7 @@ impl Dialler {
         let q = import_query(flags);
         if flags.overwrite_duplicates {
             return self
-                .one(Method::POST, "/dialler/contacts/import", &q, Some(contact))
+                .one(Req::post("/dialler/contacts/import", &q, contact))
                 .await;
         }
         let user_data = contact.get("UserData").and_then(Value::as_str);
@@ -71,12 +70,10 @@ impl Dialler {
         self.retrying(|n| async move {
             if let (true, Some(user_data)) = (n > 0 || look_first, user_data) {
                 let found = self
-                    .call_once(
-                        Method::GET,
+                    .call_once(Req::get(
                         "/dialler/contacts/contact",
                         &[("userData", user_data.to_string())],
-                        None,
-                    )
+                    ))
                     .await;
                 let found = match found {
                     Err(e) if e.is_not_found() => Vec::new(),
@@ -91,7 +88,7 @@ impl Dialler {
                 }
             }
             let v = self
-                .call_once(Method::POST, "/dialler/contacts/import", q, Some(contact))
+                .call_once(Req::post("/dialler/contacts/import", q, contact))
                 .await?;
             first_record(v)
         })
@@ -100,13 +97,15 @@ impl Dialler {
 
     /// Updates the fields present in `contact`, which must hold `ID` or `UserData`.
     pub async fn update(&self, contact: &Value) -> Result<Record, DiallerError> {
-        self.one(Method::POST, "/dialler/contacts/update", &[], Some(contact))
+        self.one(Req::post("/dialler/contacts/update", &[], contact))
             .await
     }
 
     pub async fn delete(&self, target: Target<'_>) -> Result<(), DiallerError> {
         let (path, q) = target_path(target, None);
-        self.call(Method::DELETE, &path, &q, None).await.map(drop)
+        self.call(Req::bodiless(Method::DELETE, &path, &q))
+            .await
+            .map(drop)
     }
 
     pub async fn lock(&self, target: Target<'_>) -> Result<(), DiallerError> {
@@ -124,19 +123,20 @@ impl Dialler {
     /// The PATCH functions: lock, unlock, reset.
     pub(super) async fn patch(&self, target: Target<'_>, action: &str) -> Result<(), DiallerError> {
         let (path, q) = target_path(target, Some(action));
-        self.call(Method::PATCH, &path, &q, None).await.map(drop)
+        self.call(Req::bodiless(Method::PATCH, &path, &q))
+            .await
+            .map(drop)
     }
 
     pub async fn history(&self, target: Target<'_>) -> Result<Vec<Record>, DiallerError> {
         let (path, q) = target_path(target, Some("history"));
-        self.records(Method::GET, &path, &q, None).await
+        self.records(Req::get(&path, &q)).await
     }
 
     // ---- campaigns ----
 
     pub async fn campaigns(&self) -> Result<Vec<Record>, DiallerError> {
-        self.records(Method::GET, "/dialler/campaigns", &[], None)
-            .await
+        self.records(Req::get("/dialler/campaigns", &[])).await
     }
 
     pub async fn campaign(&self, id: i64) -> Result<Option<Record>, DiallerError> {

@@ -1,8 +1,7 @@
 //! A campaign's contacts, streamed: the answer is parsed as it arrives, one record at a
 //! time, on a blocking thread.
 
-use super::{Dialler, DiallerError, Record};
-use reqwest::Method;
+use super::{Dialler, DiallerError, Record, Req};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 impl Dialler {
@@ -18,7 +17,7 @@ impl Dialler {
     {
         let q = [("diallerCampaignsID", campaign_id.to_string())];
         let mut resp = self
-            .retrying(|_| self.respond_once(Method::GET, "/dialler/contacts", &q, None))
+            .retrying(|_| self.respond_once(Req::get("/dialler/contacts", &q)))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let parse = tokio::task::spawn_blocking(move || {

@@ -13,6 +13,50 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// One API request.
+#[derive(Clone)]
+pub(super) struct Req<'a> {
+    pub(super) method: Method,
+    /// Below the base URL and ClientsID, e.g. `/dialler/contacts`.
+    pub(super) path: &'a str,
+    pub(super) query: &'a [(&'a str, String)],
+    /// Sent as JSON.
+    pub(super) body: Option<&'a Value>,
+}
+
+impl<'a> Req<'a> {
+    pub(super) fn get(path: &'a str, query: &'a [(&'a str, String)]) -> Req<'a> {
+        Req {
+            method: Method::GET,
+            path,
+            query,
+            body: None,
+        }
+    }
+
+    pub(super) fn post(path: &'a str, query: &'a [(&'a str, String)], body: &'a Value) -> Req<'a> {
+        Req {
+            method: Method::POST,
+            path,
+            query,
+            body: Some(body),
+        }
+    }
+
+    pub(super) fn bodiless(
+        method: Method,
+        path: &'a str,
+        query: &'a [(&'a str, String)],
+    ) -> Req<'a> {
+        Req {
+            method,
+            path,
+            query,
+            body: None,
+        }
+    }
+}
+
 impl Dialler {
     /// Takes one retry from the run's budget; false when it is used up.
     pub(super) fn take_retry(&self) -> bool {
@@ -81,25 +125,14 @@ impl Dialler {
         }
     }
 
-    pub(super) async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, DiallerError> {
-        self.retrying(|_| self.call_once(method.clone(), path, query, body))
-            .await
+    /// Sends `req`, retried as [`Dialler::retrying`] says; its JSON answer.
+    pub(super) async fn call(&self, req: Req<'_>) -> Result<Value, DiallerError> {
+        self.retrying(|_| self.call_once(req.clone())).await
     }
 
-    pub(super) async fn call_once(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Value, DiallerError> {
-        let resp = self.respond_once(method, path, query, body).await?;
+    /// Sends `req` once; its JSON answer.
+    pub(super) async fn call_once(&self, req: Req<'_>) -> Result<Value, DiallerError> {
+        let resp = self.respond_once(req).await?;
         let bytes = resp
             .bytes()
             .await
@@ -114,10 +147,12 @@ impl Dialler {
     /// error its status (or the lack of one) means.
     pub(super) async fn respond_once(
         &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
+        Req {
+            method,
+            path,
+            query,
+            body,
+        }: Req<'_>,
     ) -> Result<reqwest::Response, DiallerError> {
         let mut req = self
             .http
@@ -214,25 +249,14 @@ impl Dialler {
         }
     }
 
-    pub(super) async fn records(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Vec<Record>, DiallerError> {
-        let v = self.call(method, path, query, body).await?;
-        records_of(v)
+    /// The records `req` answers with.
+    pub(super) async fn records(&self, req: Req<'_>) -> Result<Vec<Record>, DiallerError> {
+        records_of(self.call(req).await?)
     }
 
-    pub(super) async fn one(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<Record, DiallerError> {
-        first_record(self.call(method, path, query, body).await?)
+    /// The one record `req` answers with.
+    pub(super) async fn one(&self, req: Req<'_>) -> Result<Record, DiallerError> {
+        first_record(self.call(req).await?)
     }
 
     /// Treats a JSON 404 ("no such contact/campaign") as an empty result.
@@ -241,7 +265,7 @@ impl Dialler {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Vec<Record>, DiallerError> {
-        match self.records(Method::GET, path, query, None).await {
+        match self.records(Req::get(path, query)).await {
             Err(e) if e.is_not_found() => Ok(Vec::new()),
             other => other,
         }

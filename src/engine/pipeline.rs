@@ -419,6 +419,13 @@ mod tests {
             (input, taken)
         };
 
+        let plan_until_stopped = |input: Counted<std::io::Cursor<Vec<u8>>>,
+                                  state: &(dyn StateView + Sync),
+                                  handle: &RunHandle| {
+            let planner = Planner::new(state, policy(&job));
+            read_and_plan(&job.source, input, &job.columns(), &mapper, planner, handle).unwrap_err()
+        };
+
         // Stopped on request while reading (after the first batch is handed over).
         let (input, taken) = counted();
         let state = BTreeMap::new();
@@ -433,16 +440,7 @@ mod tests {
                 handle.request_stop();
             })
         };
-        let planner = Planner::new(&state, policy(&job));
-        let err = read_and_plan(
-            &job.source,
-            input,
-            &job.columns(),
-            &mapper,
-            planner,
-            &handle,
-        )
-        .unwrap_err();
+        let err = plan_until_stopped(input, &state, &handle);
         stopper.join().unwrap();
         assert!(matches!(err, PlanError::Stopped), "{err}");
         let read = taken.load(std::sync::atomic::Ordering::Relaxed);
@@ -450,16 +448,7 @@ mod tests {
 
         // The planner fails at its first row: the reader stops too.
         let (input, taken) = counted();
-        let planner = Planner::new(&Broken, policy(&job));
-        let err = read_and_plan(
-            &job.source,
-            input,
-            &job.columns(),
-            &mapper,
-            planner,
-            &RunHandle::new(),
-        )
-        .unwrap_err();
+        let err = plan_until_stopped(input, &Broken, &RunHandle::new());
         assert!(matches!(err, PlanError::State(_)), "{err}");
         let read = taken.load(std::sync::atomic::Ordering::Relaxed);
         assert!(read <= bound, "{read} bytes read of {}", text.len());

@@ -1,23 +1,19 @@
 //! CSV exports: header row, quoted fields (with embedded delimiters and newlines), CRLF,
 //! delimiter `,` `;` tab or `|` given or detected from the header line.
 
-use std::io::{BufRead, BufReader, Cursor, Read};
+use std::io::{BufRead, Cursor, Read};
 use std::path::Path;
 
 use super::{recycle, BadRow, Flow, Item, Record, RowRef, SourceError, ENCODING_HINT};
 
 pub(super) fn read(
-    delimiter: Option<u8>,
     path: &Path,
-    input: impl Read,
+    mut input: impl BufRead,
+    delimiter: Option<u8>,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<(), SourceError> {
-    let read_err = |source| SourceError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut input = BufReader::with_capacity(64 * 1024, input);
+    let read_err = SourceError::reading(path);
     let mut first_line = Vec::new();
     input.read_until(b'\n', &mut first_line).map_err(read_err)?;
     if first_line.iter().all(|b| b.is_ascii_whitespace()) {

@@ -5,7 +5,7 @@
 //! an element that is not an object, or an NDJSON line that does not parse, is a bad row.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufRead;
 use std::path::Path;
 
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -15,15 +15,11 @@ use super::{BadRow, Flow, Item, Record, RowRef, SourceError};
 
 pub(super) fn read(
     path: &Path,
-    input: impl Read,
+    mut input: impl BufRead,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<(), SourceError> {
-    let read_err = |source| SourceError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut input = BufReader::with_capacity(64 * 1024, input);
+    let read_err = SourceError::reading(path);
     let mut seen = vec![false; columns.len()];
     let first = loop {
         let buf = input.fill_buf().map_err(read_err)?;

@@ -13,7 +13,7 @@ mod csv;
 mod json;
 
 use std::fmt;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::config::{SourceConfig, SourceKind};
@@ -128,6 +128,19 @@ pub enum SourceError {
     NotJson { path: PathBuf, found: char },
 }
 
+impl SourceError {
+    /// Turns a read error of the export at `path` into a [`SourceError::Read`].
+    pub(crate) fn reading(path: &Path) -> impl Fn(std::io::Error) -> SourceError + Copy + '_ {
+        move |source| SourceError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The readers' buffer: large enough that a read is a few system calls per megabyte.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
+
 fn times(n: usize) -> String {
     match n {
         2 => "twice".into(),
@@ -174,16 +187,16 @@ pub(crate) fn read_from(
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Summary, SourceError> {
-    let decoded = decoded(cfg, input);
+    let input = BufReader::with_capacity(READ_BUFFER, decoded(cfg, input));
     let mut counted = Counting {
         inner: sink,
         summary: Summary::default(),
     };
     match cfg.kind {
-        SourceKind::Csv => csv::read(cfg.delimiter, path, decoded, columns, &mut |i| {
+        SourceKind::Csv => csv::read(path, input, cfg.delimiter, columns, &mut |i| {
             counted.push(i)
         })?,
-        SourceKind::Json => json::read(path, decoded, columns, &mut |i| counted.push(i))?,
+        SourceKind::Json => json::read(path, input, columns, &mut |i| counted.push(i))?,
     }
     Ok(counted.summary)
 }

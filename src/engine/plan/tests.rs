@@ -111,17 +111,18 @@ fn full_cycle() {
     assert!(p.is_empty(), "{p:?}");
     assert_eq!(p.unchanged, 2);
 
-    // A's phone changes, B's round changes, C is new.
-    let p = plan(
+    // The exports of this scenario: A changed and C new beside B, then without B.
+    let with_b = || {
         [
             contact("A", "a", "9", "1"),
             contact("B", "b", "2", "2"),
             contact("C", "c", "3", "1"),
-        ],
-        &state,
-        LOCK,
-    )
-    .unwrap();
+        ]
+    };
+    let without_b = || [contact("A", "a", "9", "1"), contact("C", "c", "3", "1")];
+
+    // A's phone changes, B's round changes, C is new.
+    let p = plan(with_b(), &state, LOCK).unwrap();
     assert_eq!(p.imports.len(), 1);
     let a = p.changes.iter().find(|c| c.key == "A").unwrap();
     assert_eq!(a.update.len(), 1);
@@ -133,35 +134,16 @@ fn full_cycle() {
     apply(&mut state, &p);
 
     // B leaves: locked once, then nothing; back: unlocked.
-    let p = plan(
-        [contact("A", "a", "9", "1"), contact("C", "c", "3", "1")],
-        &state,
-        LOCK,
-    )
-    .unwrap();
+    let p = plan(without_b(), &state, LOCK).unwrap();
     assert_eq!(p.removals.len(), 1);
     assert_eq!(
         (p.removals[0].key.as_str(), p.removals[0].kind),
         ("B", RemovalKind::Lock)
     );
     apply(&mut state, &p);
-    let p = plan(
-        [contact("A", "a", "9", "1"), contact("C", "c", "3", "1")],
-        &state,
-        LOCK,
-    )
-    .unwrap();
+    let p = plan(without_b(), &state, LOCK).unwrap();
     assert!(p.is_empty());
-    let p = plan(
-        [
-            contact("A", "a", "9", "1"),
-            contact("B", "b", "2", "2"),
-            contact("C", "c", "3", "1"),
-        ],
-        &state,
-        LOCK,
-    )
-    .unwrap();
+    let p = plan(with_b(), &state, LOCK).unwrap();
     assert_eq!(p.changes.len(), 1);
     assert!(p.changes[0].unlock && p.changes[0].update.is_empty() && !p.changes[0].reset);
 }
@@ -349,16 +331,15 @@ fn unkeyed_entries_migrate_without_a_call() {
         e.keyed = false;
         old.insert(k.to_string(), e);
     }
-    let p = plan(
+    // B's phone and C's round changed in the CRM since.
+    let export = || {
         [
             contact("A", "a", "1", "1"),
             contact("B", "b", "9", "1"),
             contact("C", "c", "3", "2"),
-        ],
-        &old,
-        LOCK,
-    )
-    .unwrap();
+        ]
+    };
+    let p = plan(export(), &old, LOCK).unwrap();
     assert_eq!(p.calls(), 2, "{p:?}");
     let b = p.changes.iter().find(|c| c.key == "B").unwrap();
     assert_eq!(b.update.len(), 1);
@@ -373,16 +354,7 @@ fn unkeyed_entries_migrate_without_a_call() {
     assert_eq!(e.triggers, keyed["A"].triggers);
     let mut state = old;
     apply(&mut state, &p);
-    let again = plan(
-        [
-            contact("A", "a", "1", "1"),
-            contact("B", "b", "9", "1"),
-            contact("C", "c", "3", "2"),
-        ],
-        &state,
-        LOCK,
-    )
-    .unwrap();
+    let again = plan(export(), &state, LOCK).unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 
