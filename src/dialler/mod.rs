@@ -166,7 +166,7 @@ impl Dialler {
     }
 
     /// Sets the run's retry budget for a run of `planned` operations: the configured
-    /// `max_retries_per_run`, else 20% of `planned`, at least [`MIN_RETRY_BUDGET`]. The
+    /// `max_retries_per_run`, else 20% of `planned`, at least `MIN_RETRY_BUDGET`. The
     /// retries the run has sent already (settling pending imports, a campaign look-up)
     /// count against it.
     pub fn budget_retries_for(&self, planned: u64) {

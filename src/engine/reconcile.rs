@@ -33,7 +33,7 @@ pub enum ReconcileError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Most stored IDs are unknown to the dialler (always
-    /// [`Tripped::DiallerForgot`]): acting on them could hit other contacts, and importing
+    /// the guard `DiallerForgot`): acting on them could hit other contacts, and importing
     /// could fill another server.
     #[error(transparent)]
     DiallerReset(Tripped),

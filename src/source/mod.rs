@@ -179,7 +179,7 @@ pub(crate) fn open(cfg: &SourceConfig) -> Result<std::fs::File, SourceError> {
     })
 }
 
-/// Like [`read`], from any reader; `path` is only used in messages.
+/// Like `read` (tests), from any reader; `path` is only used in messages.
 pub(crate) fn read_from(
     cfg: &SourceConfig,
     path: &Path,

@@ -145,7 +145,7 @@ impl Entry {
 }
 
 /// What may have changed on the dialler while an operation was in flight (bits of a
-/// mark, see [`JobState::put_in_flight`]).
+/// mark, see [`super::JobState::put_in_flight`]).
 pub(crate) mod in_doubt {
     /// An update or reset was sent: the contact's fields and counters are unknown.
     pub(crate) const FIELDS: u8 = 1;

@@ -15,11 +15,11 @@ use crate::state::hashing::HashKey;
 #[derive(Clone)]
 pub struct JobState {
     pub(super) flusher: Flusher,
-    /// The store's secret (see [`Store::hash_key`]).
+    /// The store's secret (see [`super::Store::hash_key`]).
     pub(super) key: Arc<HashKey>,
     pub(super) tree: sled::Tree,
     pub(super) pending: sled::Tree,
-    /// UserData -> [`in_doubt`] bits of the operations sent (or about to be) whose outcome
+    /// UserData -> [`super::in_doubt`] bits of the operations sent (or about to be) whose outcome
     /// is not stored yet.
     pub(super) in_flight: sled::Tree,
     pub(super) failures: sled::Tree,
@@ -175,7 +175,7 @@ impl JobState {
             .collect()
     }
 
-    /// Marks `key` as having an operation in flight (`bits`, see [`in_doubt`]): until the
+    /// Marks `key` as having an operation in flight (`bits`, see [`super::in_doubt`]): until the
     /// mark is cleared, what the dialler holds for it is unknown. Durable after the next
     /// [`JobState::flush`], which comes before the operation is sent.
     pub fn put_in_flight(&self, key: &str, bits: u8) -> Result<(), StateError> {
@@ -191,7 +191,7 @@ impl JobState {
         Ok(())
     }
 
-    /// Every in-flight mark: UserData -> [`in_doubt`] bits.
+    /// Every in-flight mark: UserData -> [`super::in_doubt`] bits.
     pub fn in_flight(&self) -> Result<HashMap<String, u8>, StateError> {
         self.in_flight
             .iter()

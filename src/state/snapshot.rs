@@ -115,7 +115,7 @@ pub(crate) fn write<'a>(
     std::fs::File::open(folder)?.sync_all()
 }
 
-/// Reads a snapshot written by [`write`]; an error if it is not whole.
+/// Reads a snapshot written by [`write()`]; an error if it is not whole.
 pub(crate) fn read(path: &Path) -> std::io::Result<Sections> {
     let bad = |why: &str| {
         std::io::Error::new(

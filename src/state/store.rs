@@ -225,7 +225,7 @@ impl Store {
     }
 
     /// Writes the snapshot of `job` when it changed since the last one and that one is
-    /// older than `every` (or there is none); see [`crate::state::snapshot`]. After the run's
+    /// older than `every` (or there is none); see the `snapshot` module. After the run's
     /// state is flushed.
     pub fn snapshot_if_due(&self, job: &str, every: Duration) -> Result<bool, StateError> {
         let file = snapshot::file(&self.path, job);
