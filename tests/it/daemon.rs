@@ -410,21 +410,14 @@ fn a_second_sigterm_quits_at_once_and_leaves_a_state_that_opens() {
     assert_eq!(env.requests().len(), 1, "nothing more was sent");
 }
 
-/// A manual run that waited for the job's scheduled run runs with the config in force
-/// when it starts: a reload that came meanwhile (here, City taken from another column)
-/// applies to it.
-#[test]
-fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
-    let env = Env::with_faults(dialsync::Faults {
-        latency: Duration::from_millis(100),
-        ..Default::default()
-    });
+/// A daemon whose job is in a slow scheduled run (20 contacts, one call at a time, 100 ms
+/// each), and a manual `sync --output json` that waits for it (it said so on stderr).
+fn a_manual_sync_waiting_behind_a_scheduled_run(env: &Env) -> (Daemon, std::process::Child) {
     let all = crate::common::rows(20, "Köln");
     env.write_rows(&all);
-    // One call at a time at 100 ms each: the first scheduled run takes about 2 s.
     env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
     env.edit_config("token = ", "max_concurrency = 1\ntoken = ");
-    let mut daemon = Daemon::start(&env);
+    let daemon = Daemon::start(env);
     // The scheduled run has begun once the emulator sees its first call.
     let deadline = Instant::now() + PATIENCE;
     while env.requests().is_empty() {
@@ -451,6 +444,23 @@ fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
             break;
         }
     }
+    (daemon, manual)
+}
+
+fn slow_env() -> Env {
+    Env::with_faults(dialsync::Faults {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    })
+}
+
+/// A manual run that waited for the job's scheduled run runs with the config in force
+/// when it starts: a reload that came meanwhile (here, City taken from another column)
+/// applies to it.
+#[test]
+fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
+    let env = slow_env();
+    let (mut daemon, manual) = a_manual_sync_waiting_behind_a_scheduled_run(&env);
     // While it waits: City comes from the FirstName column now, and no more schedule.
     env.edit_config("City = \"City\"", "City = \"FirstName\"");
     env.edit_config(r#"schedule = "* * * * * *""#, r#"schedule = "0 0 1 1 *""#);
@@ -466,6 +476,32 @@ fn a_manual_run_waiting_for_the_job_runs_with_the_config_reloaded_meanwhile() {
     for c in env.contacts() {
         assert_eq!(field(&c, "City"), field(&c, "FirstName"), "{c:?}");
     }
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+/// A manual run that waited for its job, when a reload meanwhile removed the job: it does
+/// nothing and says why, with exit code 3.
+#[test]
+fn a_manual_run_whose_job_a_reload_removed_says_so() {
+    let env = slow_env();
+    let (mut daemon, manual) = a_manual_sync_waiting_behind_a_scheduled_run(&env);
+    env.edit_config(r#"name = "leads""#, r#"name = "renamed""#);
+    env.edit_config(r#"schedule = "* * * * * *""#, r#"schedule = "0 0 1 1 *""#);
+    daemon.signal("HUP");
+    daemon.wait_log("config reloaded");
+    daemon.wait_runs(2);
+    let out = manual.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    let job = &report["jobs"][0];
+    assert_eq!(job["job"], "leads", "{report}");
+    assert_eq!(job["outcome"], "aborted", "{report}");
+    let why = job["aborted"].as_str().unwrap();
+    assert!(why.contains("job leads is no longer in the config"), "{why}");
+    assert_eq!(job["api_calls"], 0, "{report}");
+    // The scheduled run imported the 20 contacts; the manual run sent nothing.
+    assert_eq!(env.requests().len(), 20, "{report}");
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
