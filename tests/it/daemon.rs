@@ -498,7 +498,10 @@ fn a_manual_run_whose_job_a_reload_removed_says_so() {
     assert_eq!(job["job"], "leads", "{report}");
     assert_eq!(job["outcome"], "aborted", "{report}");
     let why = job["aborted"].as_str().unwrap();
-    assert!(why.contains("job leads is no longer in the config"), "{why}");
+    assert!(
+        why.contains("job leads is no longer in the config"),
+        "{why}"
+    );
     assert_eq!(job["api_calls"], 0, "{report}");
     // The scheduled run imported the 20 contacts; the manual run sent nothing.
     assert_eq!(env.requests().len(), 20, "{report}");
