@@ -46,7 +46,7 @@ use status::{DaemonInfo, Status};
 pub(crate) use scheduler::Clock;
 pub(crate) use scheduler::{job_loop, Slot, WallClock};
 
-use notify::{notify, watchdog};
+use notify::{notify, watchdog, Note};
 use server::{accept_loop, bind};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +151,7 @@ pub async fn run(
         }
         tracing::info!(config = %path.display(), jobs = cfg.jobs.len(), scheduled = ?scheduled, socket = %socket.display(), "daemon started");
     }
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify(&[Note::Ready]);
     daemon.notify_status();
     ready();
 
@@ -161,10 +161,7 @@ pub async fn run(
     }
 
     tracing::info!("stopping: no new run starts; runs in progress finish their calls in flight");
-    notify(&[
-        sd_notify::NotifyState::Stopping,
-        sd_notify::NotifyState::Status("stopping"),
-    ]);
+    notify(&[Note::Stopping, Note::Status("stopping".into())]);
     daemon.stop.send_replace(true);
     for slot in crate::locking::lock(&daemon.slots).values() {
         if let Some(h) = &crate::locking::lock(&slot.info).running {
@@ -311,7 +308,7 @@ impl Daemon {
 
     /// Loads the config file again; keeps the running config if the new one is bad.
     fn reload(self: &Arc<Self>) {
-        notify(&[sd_notify::NotifyState::Reloading]);
+        notify(&[Note::Reloading]);
         let path = &self.config_path;
         let result = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
             c.dialler
@@ -343,7 +340,7 @@ impl Daemon {
                 tracing::info!(config = %path.display(), jobs = ?jobs, "config reloaded");
             }
         }
-        notify(&[sd_notify::NotifyState::Ready]);
+        notify(&[Note::Ready]);
         self.notify_status();
     }
 

@@ -6,9 +6,66 @@ use std::sync::Arc;
 use super::Daemon;
 use chrono::Utc;
 
-/// Sends a notification to systemd; nothing without `$NOTIFY_SOCKET`.
-pub(super) fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
+/// A notification for systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Note {
+    Ready,
+    Reloading,
+    Stopping,
+    Status(String),
+    Watchdog,
+}
+
+/// Notifications waiting for the sender thread; more are dropped (systemd is not reading).
+const QUEUED: usize = 64;
+
+/// Sends a notification to systemd (nothing without `$NOTIFY_SOCKET`), without ever
+/// blocking the caller: the socket's send blocks while its queue is full (a receiver that
+/// stopped reading; Linux queues 10 datagrams), and a blocked tokio worker can stall the
+/// whole daemon, shutdown included. So one thread sends them, in order; while it is
+/// stuck, further notifications are dropped, which systemd tolerates (a later STATUS
+/// replaces an earlier one; a missed watchdog ping is what a stuck daemon deserves).
+pub(super) fn notify(notes: &[Note]) {
+    static SENDER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Note>>>> =
+        std::sync::OnceLock::new();
+    let sender = SENDER.get_or_init(|| {
+        std::env::var_os("NOTIFY_SOCKET")?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Note>>(QUEUED);
+        let spawned = std::thread::Builder::new()
+            .name("sd-notify".into())
+            .spawn(move || {
+                for notes in rx {
+                    send(&notes);
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the systemd notification thread; systemd is not notified");
+                None
+            }
+        }
+    });
+    if let Some(tx) = sender {
+        if tx.try_send(notes.to_vec()).is_err() {
+            tracing::debug!(notes = ?notes, "systemd is not reading its notifications; dropped");
+        }
+    }
+}
+
+fn send(notes: &[Note]) {
+    use sd_notify::NotifyState;
+    let states: Vec<NotifyState<'_>> = notes
+        .iter()
+        .map(|n| match n {
+            Note::Ready => NotifyState::Ready,
+            Note::Reloading => NotifyState::Reloading,
+            Note::Stopping => NotifyState::Stopping,
+            Note::Status(s) => NotifyState::Status(s),
+            Note::Watchdog => NotifyState::Watchdog,
+        })
+        .collect();
+    if let Err(e) = sd_notify::notify(&states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
@@ -31,7 +88,7 @@ pub(super) async fn watchdog(daemon: Arc<Daemon>) {
             .collect();
         drop(loops);
         if dead.is_empty() {
-            notify(&[sd_notify::NotifyState::Watchdog]);
+            notify(&[Note::Watchdog]);
         } else {
             tracing::error!(jobs = ?dead, "a job's scheduler ended unexpectedly; no more watchdog pings, so systemd restarts the service");
         }
@@ -63,6 +120,6 @@ impl Daemon {
                 format!("{name}: {} runs, {last}, {next}", i.runs)
             })
             .collect();
-        notify(&[sd_notify::NotifyState::Status(&parts.join("; "))]);
+        notify(&[Note::Status(parts.join("; "))]);
     }
 }

@@ -156,16 +156,16 @@ pub async fn sync_with(
     Ok(reports)
 }
 
-/// After a run of `job`: makes the state durable, then writes the job's snapshot if it
-/// is due (see [`crate::state::snapshot`]). A run whose state cannot be made durable (a full
-/// disk) still reports, as aborted: what it confirmed may be lost, and the in-flight
-/// marks make the next run check it again.
-async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) {
+/// After a run of `job`: makes the state durable (false if it could not), then writes the
+/// job's snapshot if it is due (see the `snapshot` module). A run whose state cannot be
+/// made durable (a full disk) still reports, as aborted: what it confirmed may be lost,
+/// and the in-flight marks make the next run check it again.
+async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobReport) -> bool {
     if let Err(e) = store.flush().await {
         let why = Abort::state(Step::Flush, e);
         tracing::error!(job, error = %why.chain(), "the state could not be flushed");
         report.stop(why);
-        return;
+        return false;
     }
     match store.snapshot_if_due(job, config.state.snapshot_every) {
         Ok(true) => tracing::debug!(job, "snapshot written"),
@@ -175,6 +175,7 @@ async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobRepor
             tracing::warn!(job, error = %error_chain(&e), "could not write the job's snapshot")
         }
     }
+    true
 }
 
 /// The jobs a run covers: the named one, or all.
@@ -227,30 +228,41 @@ pub(crate) async fn run_one(
         }
         Err(why) => report.stop(why),
     }
+    report.duration_ms = started.elapsed().as_millis() as u64;
     if let (Some(store), false) = (store, dry_run) {
-        settle(config, store, &job.name, &mut report)
+        // Stored before the flush, which makes the record durable with the run's state.
+        store_record(store, &report);
+        let flushed = settle(config, store, &job.name, &mut report)
             .instrument(span.clone())
             .await;
+        if !flushed {
+            // The run now reports the failed flush; so does its stored record.
+            store_record(store, &report);
+        }
     }
-    report.duration_ms = started.elapsed().as_millis() as u64;
     handle.finish();
     let _entered = span.enter(); // no await from here on
-    record(store, &report);
+    log_record(&report);
     report
 }
 
-/// Records a finished run, from its report alone: as the job's last run in the state
-/// (not for a dry run or a verification) and as the log's summary line.
-fn record(store: Option<&Store>, report: &JobReport) {
-    if let (Some(store), false, false) = (store, report.dry_run, report.verify_only) {
-        let mut recorded = store.put_last_run(&report.job, &report.to_json());
-        if report.stopped.is_none() {
-            recorded = recorded.and_then(|()| store.set_good_rows(&report.job, report.rows));
-        }
-        if let Err(e) = recorded {
-            tracing::error!(error = %error_chain(&e), "could not record the run");
-        }
+/// Stores a finished run's report as the job's last run (not for a verification), and
+/// its row count as the last good one if it was not stopped.
+fn store_record(store: &Store, report: &JobReport) {
+    if report.verify_only {
+        return;
     }
+    let mut recorded = store.put_last_run(&report.job, &report.to_json());
+    if report.stopped.is_none() {
+        recorded = recorded.and_then(|()| store.set_good_rows(&report.job, report.rows));
+    }
+    if let Err(e) = recorded {
+        tracing::error!(error = %error_chain(&e), "could not record the run");
+    }
+}
+
+/// The log's summary line of a finished run, from its report alone.
+fn log_record(report: &JobReport) {
     let outcome = report.exit();
     let aborted = report.stopped.as_deref().map(Abort::chain);
     let stopped = report.stopped.as_deref().map(Abort::kind);

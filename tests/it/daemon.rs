@@ -150,6 +150,24 @@ impl Daemon {
         self.notify.set_nonblocking(false).unwrap();
     }
 
+    /// Fills the notification socket's queue, as a systemd that stopped reading would
+    /// leave it: the daemon's next notification finds no room.
+    fn fill_notify_queue(&self) {
+        let addr = self.notify.local_addr().unwrap();
+        let path = addr.as_pathname().unwrap();
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        loop {
+            match sender.send_to(b"X=1", path) {
+                Ok(_) => queued += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("cannot fill the notification socket: {e}"),
+            }
+            assert!(queued < 100_000, "the notification socket never fills");
+        }
+    }
+
     fn logs(&self) -> String {
         self.logs.0.lock().unwrap().clone()
     }
@@ -338,6 +356,23 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     );
     daemon.signal("INT");
     assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+/// A systemd that stops reading its notifications (a full socket queue) does not stall
+/// the daemon: it still answers, and SIGTERM still stops it (a notification that cannot
+/// be sent is dropped, never waited for on the daemon's threads).
+#[test]
+fn a_full_notification_socket_does_not_stall_the_daemon() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, r#"schedule = "0 0 1 1 *""#);
+    let mut daemon = Daemon::start(&env);
+    daemon.fill_notify_queue();
+    let status = status_json(&env);
+    assert_eq!(status["jobs"][0]["job"], "leads", "{status}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.logs());
+    assert!(daemon.logs().contains("stopped"), "{}", daemon.logs());
 }
 
 #[test]
