@@ -180,6 +180,7 @@ async fn plan_and_execute(
     };
 
     report.rows = plan.rows;
+    report.blank = plan.blank;
     report.rechecked = plan.rechecked;
     if plan.rechecked > 0 {
         tracing::info!(
@@ -208,8 +209,9 @@ async fn plan_and_execute(
     }
 
     let facts = Facts {
-        rows: plan.rows,
-        valid: plan.rows - plan.rejected.len() as u64,
+        // Blank rows are no data: an export padded with them is no longer for it.
+        rows: plan.rows - plan.blank,
+        valid: plan.rows - plan.blank - plan.rejected.len() as u64,
         known: plan.known,
         last_good_rows,
         removals: plan.removals.len() as u64,

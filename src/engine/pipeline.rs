@@ -142,11 +142,14 @@ pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
         let planned = planning
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        read?;
+        let summary = read?;
         if stopped {
             return Err(PlanError::Stopped);
         }
-        Ok(planned?)
+        let mut plan = planned?;
+        plan.blank = summary.blank;
+        plan.rows += summary.blank;
+        Ok(plan)
     })
 }
 

@@ -43,8 +43,10 @@ pub struct JobReport {
     pub api_calls: u64,
     /// Calls sent again after a passing failure (included in `api_calls`).
     pub retries: u64,
-    /// Rows read from the export.
+    /// Rows read from the export, blank ones included.
     pub rows: u64,
+    /// Of those, blank lines and rows of empty fields, skipped.
+    pub blank: u64,
     /// Contacts to lock or delete that were gone from the dialler already.
     pub already_gone: u64,
     /// Deletes not done because the stored ID held another contact (the dialler was
@@ -190,14 +192,19 @@ impl JobReport {
             |done: &'static str, would: &'static str| if self.dry_run { would } else { done };
         let _ = writeln!(
             s,
-            "job {}{}: {} rows read",
+            "job {}{}: {} rows read{}",
             self.job,
             if self.dry_run {
                 " (dry run: nothing was changed)"
             } else {
                 ""
             },
-            self.rows
+            self.rows,
+            if self.blank > 0 {
+                format!(" ({} blank, skipped)", self.blank)
+            } else {
+                String::new()
+            }
         );
         let counts = [
             (verb("imported", "would import"), self.imported),

@@ -254,7 +254,8 @@ fn store_record(store: &Store, report: &JobReport) {
     }
     let mut recorded = store.put_last_run(&report.job, &report.to_json());
     if report.stopped.is_none() {
-        recorded = recorded.and_then(|()| store.set_good_rows(&report.job, report.rows));
+        let rows = report.rows - report.blank;
+        recorded = recorded.and_then(|()| store.set_good_rows(&report.job, rows));
     }
     if let Err(e) = recorded {
         tracing::error!(error = %error_chain(&e), "could not record the run");
@@ -269,6 +270,7 @@ fn log_record(report: &JobReport) {
     tracing::info!(
         %outcome,
         rows = report.rows,
+        blank = report.blank,
         imported = report.imported,
         updated = report.updated,
         reset = report.reset,

@@ -4,7 +4,7 @@
 use std::io::{BufRead, Cursor, Read};
 use std::path::Path;
 
-use super::{recycle, BadRow, Flow, Item, Record, RowRef, SourceError, ENCODING_HINT};
+use super::{recycle, BadRow, Flow, Item, Record, RowRef, Skipped, SourceError, ENCODING_HINT};
 
 pub(super) fn read(
     path: &Path,
@@ -12,8 +12,9 @@ pub(super) fn read(
     delimiter: Option<u8>,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
-) -> Result<(), SourceError> {
+) -> Result<Skipped, SourceError> {
     let read_err = SourceError::reading(path);
+    let mut skipped = Skipped::default();
     let mut first_line = Vec::new();
     input.read_until(b'\n', &mut first_line).map_err(read_err)?;
     if first_line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -68,10 +69,19 @@ pub(super) fn read(
     let mut record = csv::ByteRecord::new();
     let mut spare: Vec<Option<&'static str>> = Vec::with_capacity(index.len());
     let mut data_rows: u64 = 0;
+    // The line after the last record read: the reader skips blank lines silently, so the
+    // gap to the next record's first line counts them.
+    let mut next_line = reader.position().line() + line_offset;
     loop {
-        match reader.read_byte_record(&mut record) {
+        let read = reader.read_byte_record(&mut record);
+        let end = reader.position().line() + line_offset;
+        match read {
             Ok(true) => {}
-            Ok(false) => break,
+            Ok(false) => {
+                // At the end the whole input is consumed: the position is exact, CRLF or not.
+                skipped.blank += (end - line_offset).saturating_sub(next_line);
+                break;
+            }
             Err(e) => match e.kind() {
                 csv::ErrorKind::Io(_) => {
                     let csv::ErrorKind::Io(io) = e.into_kind() else {
@@ -82,9 +92,14 @@ pub(super) fn read(
                 // Any other error is about this one record: report it and go on.
                 _ => {
                     data_rows += 1;
+                    let line = e.position().map(|p| p.line() + line_offset);
+                    if let Some(line) = line {
+                        skipped.blank += line.saturating_sub(next_line);
+                    }
+                    next_line = end;
                     let at = RowRef {
-                        row: data_rows + 1,
-                        line: e.position().map(|p| p.line() + line_offset),
+                        row: line.unwrap_or(data_rows + 1),
+                        line,
                     };
                     if sink(Item::Bad(BadRow {
                         at,
@@ -93,16 +108,31 @@ pub(super) fn read(
                     }))
                     .is_break()
                     {
-                        return Ok(());
+                        return Ok(skipped);
                     }
                     continue;
                 }
             },
         }
         data_rows += 1;
+        let line = record
+            .position()
+            .map(|p| first_line_of(&record, p.line() + line_offset, end));
+        if let Some(line) = line {
+            skipped.blank += line.saturating_sub(next_line);
+        }
+        next_line = end;
+        // A row of empty fields (`;;;;`, as Excel leaves rows it once touched) is blank,
+        // like an empty line: nothing to read, nothing to doubt.
+        if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            skipped.blank += end.saturating_sub(line.unwrap_or(end)).max(1);
+            continue;
+        }
+        // Row numbers are the file's line numbers, as an editor shows them (a record over
+        // several lines: its first).
         let at = RowRef {
-            row: data_rows + 1,
-            line: record.position().map(|p| p.line() + line_offset),
+            row: line.unwrap_or(data_rows + 1),
+            line,
         };
         let key = || {
             record
@@ -123,7 +153,7 @@ pub(super) fn read(
                 ),
             };
             if sink(Item::Bad(bad)).is_break() {
-                return Ok(());
+                return Ok(skipped);
             }
             continue;
         }
@@ -143,7 +173,7 @@ pub(super) fn read(
             }))
             .is_break()
             {
-                return Ok(());
+                return Ok(skipped);
             }
             continue;
         }
@@ -180,10 +210,20 @@ pub(super) fn read(
         };
         spare = recycle(values);
         if flow.is_break() {
-            return Ok(());
+            return Ok(skipped);
         }
     }
-    Ok(())
+    Ok(skipped)
+}
+
+/// The line `record` starts on. The reader notes a record's position before it skips the
+/// blank lines in front of it (`noted`), so the start is counted back from the line after
+/// the record (`end`): one line for its end, one per line break inside its values. The
+/// last record of a file without a final line break ends on `end` itself: the larger of
+/// the two is right, except for such a record right after blank lines (one line early).
+fn first_line_of(record: &csv::ByteRecord, noted: u64, end: u64) -> u64 {
+    let breaks = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+    noted.max(end.saturating_sub(breaks + 1))
 }
 
 /// Why `record` is taken for rows swallowed by a stray quote, if it is: one of its quoted
@@ -289,9 +329,56 @@ mod tests {
                 .collect();
             assert_eq!(
                 at,
-                vec![(2, Some(2)), (3, Some(3)), (4, Some(5))],
+                vec![(2, Some(2)), (3, Some(3)), (5, Some(5))],
                 "{text:?}"
             );
+        }
+    }
+
+    /// Blank lines anywhere and rows of empty fields (`;;;;`, as Excel leaves rows it
+    /// once touched) are skipped and counted; row numbers stay the file's line numbers.
+    #[test]
+    fn blank_lines_and_empty_rows_are_skipped_and_counted_and_rows_are_lines() {
+        for eol in ["\n", "\r\n"] {
+            let lines = [
+                "Nr;Name;Tel",
+                "1;Anna;0171",
+                "",
+                "2;Bert",
+                "3;Carl;0172",
+                ";;",
+                "   ",
+                "4;\"Dora",
+                "Dorothea\";0173",
+                ";;;;;",
+                "",
+            ];
+            let text = lines.join(eol);
+            let columns = vec!["Nr".to_string(), "Name".to_string()];
+            let mut seen = Vec::new();
+            let summary = super::super::read_from(
+                &cfg(None, None),
+                Path::new("export"),
+                text.as_bytes(),
+                &columns,
+                &mut |i| {
+                    seen.push(match i {
+                        super::super::Item::Record(r) => (r.at.row, "record"),
+                        super::super::Item::Bad(b) => (b.at.row, "bad"),
+                    });
+                    Flow::Continue(())
+                },
+            )
+            .unwrap();
+            // Line 4 has a missing field: reported on its line, not as "row 3".
+            assert_eq!(
+                seen,
+                vec![(2, "record"), (4, "bad"), (5, "record"), (8, "record")],
+                "{eol:?}"
+            );
+            // Lines 3, 6, 7 (white space only) and 10; the last line end is no row.
+            assert_eq!(summary.blank, 4, "{eol:?}");
+            assert_eq!((summary.records, summary.bad), (3, 1), "{eol:?}");
         }
     }
 
@@ -323,7 +410,8 @@ mod tests {
             (2, vec![Some("1"), Some("x"), Some("two\nlines")])
         );
         match &items[1] {
-            Item::Record(at, _) => assert_eq!((at.row, at.line), (3, Some(4))),
+            // Its row number is its line (the record before it spans two).
+            Item::Record(at, _) => assert_eq!((at.row, at.line), (4, Some(4))),
             other => panic!("{other:?}"),
         }
     }
@@ -428,9 +516,9 @@ mod tests {
         assert_eq!(
             records(&items),
             vec![
-                (3, vec![Some("5"), Some("ok")]),
+                (6, vec![Some("5"), Some("ok")]),
                 (
-                    4,
+                    7,
                     vec![
                         Some("6"),
                         Some(if crlf { "two\r\nlines" } else { "two\nlines" })

@@ -11,14 +11,14 @@ use std::path::Path;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{BadRow, Flow, Item, Record, RowRef, SourceError};
+use super::{BadRow, Flow, Item, Record, RowRef, Skipped, SourceError};
 
 pub(super) fn read(
     path: &Path,
     mut input: impl BufRead,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
-) -> Result<(), SourceError> {
+) -> Result<Skipped, SourceError> {
     let read_err = SourceError::reading(path);
     let mut seen = vec![false; columns.len()];
     let first = loop {
@@ -69,7 +69,7 @@ pub(super) fn read(
             });
             match result {
                 // Asked to stop: the rest is not read, and not judged.
-                Err(e) if e.to_string().starts_with(STOPPED) => return Ok(()),
+                Err(e) if e.to_string().starts_with(STOPPED) => return Ok(Skipped::default()),
                 _ => {}
             }
             if let Err(e) = result {
@@ -105,7 +105,7 @@ pub(super) fn read(
                     ),
                 };
                 if flow.is_break() {
-                    return Ok(());
+                    return Ok(Skipped::default());
                 }
             }
         }
@@ -130,7 +130,7 @@ pub(super) fn read(
             available: Vec::new(),
         });
     }
-    Ok(())
+    Ok(Skipped::default())
 }
 
 fn json_error(path: &Path, e: &serde_json::Error, at: String) -> SourceError {

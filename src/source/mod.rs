@@ -73,6 +73,14 @@ pub(crate) enum Item<'a> {
 pub(crate) struct Summary {
     pub records: u64,
     pub bad: u64,
+    /// Rows with nothing to read, skipped: blank lines and rows of empty fields.
+    pub blank: u64,
+}
+
+/// What a reader skipped without handing it on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    pub blank: u64,
 }
 
 /// A problem that makes the whole export unusable for this run.
@@ -192,13 +200,16 @@ pub(crate) fn read_from(
         inner: sink,
         summary: Summary::default(),
     };
-    match cfg.kind {
+    let skipped = match cfg.kind {
         SourceKind::Csv => csv::read(path, input, cfg.delimiter, columns, &mut |i| {
             counted.push(i)
         })?,
         SourceKind::Json => json::read(path, input, columns, &mut |i| counted.push(i))?,
-    }
-    Ok(counted.summary)
+    };
+    Ok(Summary {
+        blank: skipped.blank,
+        ..counted.summary
+    })
 }
 
 /// `input` decoded to UTF-8 on the fly. Without a configured encoding, a BOM decides

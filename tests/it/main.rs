@@ -10,7 +10,8 @@
 //!   private state;
 //! - [`crash`]: SIGKILL at seeded moments, with and without a reverted export;
 //! - [`daemon`]: the daemon as a process, synchronised on its sd_notify messages;
-//! - [`dialler_api`]: every dialler function of the client against the emulator.
+//! - [`dialler_api`]: every dialler function of the client against the emulator;
+//! - [`exports`]: exports as CRMs and spreadsheets write them (`tests/fixtures/`).
 //!
 //! `cargo test --test it MODULE::` runs one module.
 
@@ -20,6 +21,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod dialler_api;
+mod exports;
 mod noop;
 mod outcome;
 mod reliability;

@@ -88,8 +88,10 @@ pub(crate) struct Plan {
     pub rechecked: u64,
     /// In-flight marks that need no call (the contact is kept, or has no entry): to clear.
     pub settled: Vec<String>,
-    /// Rows read (valid and rejected).
+    /// Rows read: valid, rejected and blank.
     pub rows: u64,
+    /// Of those, blank lines and rows of empty fields: skipped, never doubted.
+    pub blank: u64,
     /// Contacts in the state before the run.
     pub known: u64,
 }
