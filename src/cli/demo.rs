@@ -41,8 +41,8 @@ async fn cycle(
     config.state.path = dir.join("state");
     config.jobs[0].source.path = export.clone();
 
-    println!("dialsync demo: an emulated jtel dialler is listening on http://{addr}");
-    println!(
+    outln!("dialsync demo: an emulated jtel dialler is listening on http://{addr}");
+    outln!(
         "config: config/dialsync.example.toml (job `leads`, campaign 538), state in {}\n",
         dir.display()
     );
@@ -62,7 +62,7 @@ async fn cycle(
     let store = dialsync::Store::open(&config.state.path)?;
     for (title, bytes) in steps {
         std::fs::write(&export, bytes)?;
-        println!("{title}");
+        outln!("{title}");
         let dry = sync_with(
             &config,
             &SyncOptions {
@@ -76,9 +76,9 @@ async fn cycle(
             .iter()
             .any(|r| r.imported + r.updated + r.reset + r.locked + r.unlocked + r.deleted > 0)
         {
-            println!("   dry run first (`dialsync sync --dry-run`):");
+            outln!("   dry run first (`dialsync sync --dry-run`):");
             for r in &dry {
-                print!("{}", indent(&r.human()));
+                out!("{}", indent(&r.human()));
             }
         }
         let reports = sync_with(
@@ -87,18 +87,23 @@ async fn cycle(
             dialsync::Against::Store(&store),
         )
         .await?;
-        println!("   sync:");
+        outln!("   sync:");
         for r in &reports {
-            print!("{}", indent(&r.human()));
+            out!("{}", indent(&r.human()));
         }
         exit = dialsync::exit_of(&reports);
-        println!();
+        outln!();
     }
 
-    println!("What the emulated dialler holds now (GET /_emulator/state):");
-    println!(
+    outln!("What the emulated dialler holds now (GET /_emulator/state):");
+    outln!(
         "   {:<8} {:<7} {:<12} {:<16} {:<8} {:<6}",
-        "ID", "User", "Name", "PhoneNumber1", "locked", "resets"
+        "ID",
+        "User",
+        "Name",
+        "PhoneNumber1",
+        "locked",
+        "resets"
     );
     for c in emulator.contacts() {
         let f = |k: &str| {
@@ -108,7 +113,7 @@ async fn cycle(
                 .unwrap_or("")
                 .to_string()
         };
-        println!(
+        outln!(
             "   {:<8} {:<7} {:<12} {:<16} {:<8} {:<6}",
             c.id,
             f("UserData"),
@@ -118,7 +123,7 @@ async fn cycle(
             c.reset_count
         );
     }
-    println!(
+    outln!(
         "\nK-1007 is never sent (its phone number is not a number) and never locked. Exit code of the last \
          sync: {} ({:?}: the invalid row is reported every run until the CRM fixes it).",
         exit as u8, exit

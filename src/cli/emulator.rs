@@ -129,7 +129,7 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
         .local_addr()
         .map_err(|e| Failure::new(Exit::Aborted, e))?;
     // One line on stdout, flushed, so scripts and tests can wait for it.
-    println!(
+    outln!(
         "dialsync emulator listening on http://{addr}/rest/v1.0/{}",
         cfg.client_id
     );

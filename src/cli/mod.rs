@@ -1,5 +1,17 @@
 //! The command line: subcommands, logging set-up, and printing results.
 
+/// `print!` for results on stdout: a closed pipe (`dialsync status | head -c1`) ends the
+/// output quietly instead of panicking; the command's exit code stays its own.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` likewise.
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => { out!("{}\n", format_args!($($arg)*)) };
+}
+
 mod bars;
 mod daemon;
 mod demo;
@@ -219,4 +231,17 @@ async fn connect(socket: &Path) -> Result<Option<Client>, Failure> {
             )),
         )
     })
+}
+
+/// Writes to stdout. Output nobody reads any more (a closed pipe) is dropped; any other
+/// failure (a full disk under a redirect) is said once on stderr.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe && !FAILED.swap(true, Ordering::Relaxed) {
+            eprintln!("error: cannot write to standard output: {e}");
+        }
+    }
 }

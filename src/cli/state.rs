@@ -77,32 +77,35 @@ pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Fai
         if let Err(e) = store.set_verification(&job.name, &r.as_verified()) {
             tracing::warn!(error = %e, "could not record the rebuild as a verification");
         }
-        println!(
+        outln!(
             "job {}: rebuilt from campaign {}: {} contacts",
-            job.name, r.campaign, r.contacts
+            job.name,
+            r.campaign,
+            r.contacts
         );
         if r.without_user_data > 0 {
-            println!(
+            outln!(
                 "  {} contacts of the campaign have no UserData and were left out",
                 r.without_user_data
             );
         }
         for (key, ids) in r.shared.iter().take(10) {
-            println!(
+            outln!(
                 "  UserData {} is on {} contacts (IDs {ids:?}); the first is kept, remove the \
                  others in the jtel portal",
                 dialsync::printable(key),
                 ids.len()
             );
         }
-        println!(
+        outln!(
             "  the dialler does not show which contacts are locked: {} locks were kept from the \
              old state; for the other {} the next sync unlocks each one that is in the export and \
              locks (or deletes, per on_missing) each one that is not, one call each",
-            r.locked_kept, r.lock_unknown
+            r.locked_kept,
+            r.lock_unknown
         );
     }
-    println!(
+    outln!(
         "the next sync sends what differs between the export and the dialler; \
          `dialsync sync --dry-run` shows it first"
     );

@@ -38,11 +38,11 @@ pub(super) async fn run(config: &Path, output: Output) -> Result<Exit, Failure> 
         }
     };
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&status).expect("status serializes")
         ),
-        Output::Human => print!("{}", status.human()),
+        Output::Human => out!("{}", status.human()),
     }
     Ok(Exit::Ok)
 }

@@ -91,8 +91,8 @@ async fn sync_in_daemon(
             Some(Event::Done { exit, json, human }) => {
                 bars.finish();
                 match output {
-                    Output::Json => println!("{json}"),
-                    Output::Human => print!("{human}"),
+                    Output::Json => outln!("{json}"),
+                    Output::Human => out!("{human}"),
                 }
                 return Ok(exit);
             }
@@ -147,10 +147,10 @@ async fn stop_on_ctrl_c(handle: Arc<RunHandle>) {
 
 fn print_reports(reports: &[JobReport], output: Output) {
     match output {
-        Output::Json => println!("{}", reports_json(reports)),
+        Output::Json => outln!("{}", reports_json(reports)),
         Output::Human => {
             for r in reports {
-                print!("{}", r.human());
+                out!("{}", r.human());
             }
         }
     }

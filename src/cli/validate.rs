@@ -24,7 +24,7 @@ pub(super) fn run(config: &Path) -> Result<Exit, Failure> {
         })?;
     }
     let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
-    println!(
+    outln!(
         "{}: OK ({} job{}: {})",
         config.display(),
         names.len(),

@@ -274,3 +274,42 @@ fn validate_checks_the_ca_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A standard output nobody reads (`dialsync status | head -c1` after head exits): the
+/// peer of a socket pair, closed before the command writes.
+fn closed_stdout() -> Stdio {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(ours);
+    Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+/// `status` and `sync` whose output goes to a closed pipe end quietly, with the exit code
+/// of what they did (not 101 and a "panicked" message).
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    let env = crate::common::Env::new();
+    env.write_rows(&crate::common::rows(5, "Köln"));
+    for (args, code) in [
+        (
+            vec!["sync", "--config", "dialsync.toml", "--output", "json"],
+            0,
+        ),
+        (vec!["sync", "--config", "dialsync.toml"], 0),
+        (
+            vec!["status", "--config", "dialsync.toml", "--output", "json"],
+            0,
+        ),
+        (vec!["status", "--config", "dialsync.toml"], 0),
+    ] {
+        let out = dialsync()
+            .args(&args)
+            .current_dir(env.dir.path())
+            .stdout(closed_stdout())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    }
+    assert_eq!(env.contacts().len(), 5, "the sync was done all the same");
+}
