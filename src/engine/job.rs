@@ -181,6 +181,10 @@ async fn plan_and_execute(
 
     report.rows = plan.rows;
     report.blank = plan.blank;
+    report.notes.clone_from(&plan.notes);
+    for note in &plan.notes {
+        tracing::info!(%note, "export");
+    }
     report.rechecked = plan.rechecked;
     if plan.rechecked > 0 {
         tracing::info!(

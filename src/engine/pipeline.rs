@@ -148,6 +148,7 @@ pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
         }
         let mut plan = planned?;
         plan.blank = summary.blank;
+        plan.notes.extend(summary.footer.map(|f| f.to_string()));
         plan.rows += summary.blank;
         Ok(plan)
     })

@@ -47,6 +47,9 @@ pub struct JobReport {
     pub rows: u64,
     /// Of those, blank lines and rows of empty fields, skipped.
     pub blank: u64,
+    /// What was skipped that is no problem but worth knowing (a report's footer).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Contacts to lock or delete that were gone from the dialler already.
     pub already_gone: u64,
     /// Deletes not done because the stored ID held another contact (the dialler was
@@ -226,6 +229,9 @@ impl JobReport {
             "  {} invalid rows, {} failed operations, {} API calls",
             self.invalid, self.failed, self.api_calls
         );
+        for note in &self.notes {
+            let _ = writeln!(s, "  note: {note}");
+        }
         if let Some(v) = &self.verified {
             verification_lines(&mut s, v);
         }

@@ -75,12 +75,35 @@ pub(crate) struct Summary {
     pub bad: u64,
     /// Rows with nothing to read, skipped: blank lines and rows of empty fields.
     pub blank: u64,
+    /// The report footer found at the end, skipped.
+    pub footer: Option<Footer>,
 }
 
 /// What a reader skipped without handing it on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Skipped {
     pub blank: u64,
+    pub footer: Option<Footer>,
+}
+
+/// A report's footer: the lines of one field each, after a blank line, that end a CSV
+/// export (as Salesforce writes them). Skipped, and said once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    pub first: u64,
+    pub last: u64,
+    pub lines: u64,
+}
+
+impl fmt::Display for Footer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lines {}-{} of the export (after a blank line, one field each) were taken for the \
+             report's footer and skipped",
+            self.first, self.last
+        )
+    }
 }
 
 /// A problem that makes the whole export unusable for this run.
@@ -208,6 +231,7 @@ pub(crate) fn read_from(
     };
     Ok(Summary {
         blank: skipped.blank,
+        footer: skipped.footer,
         ..counted.summary
     })
 }

@@ -92,6 +92,8 @@ pub(crate) struct Plan {
     pub rows: u64,
     /// Of those, blank lines and rows of empty fields: skipped, never doubted.
     pub blank: u64,
+    /// What the reader skipped that an operator should know of (a report footer).
+    pub notes: Vec<String>,
     /// Contacts in the state before the run.
     pub known: u64,
 }
