@@ -20,6 +20,16 @@ fn with_fixture(env: &Env, fixture: &str, file: &str, job: &str) {
     std::fs::write(env.path("dialsync.toml"), config).unwrap();
 }
 
+/// Removes the lines of `file` that start with `start` (the record leaves the CRM).
+fn drop_lines_with(env: &Env, file: &str, start: &[u8]) {
+    let text = std::fs::read(env.path(file)).unwrap();
+    let kept: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.starts_with(start))
+        .collect();
+    std::fs::write(env.path(file), kept.join(&b'\n')).unwrap();
+}
+
 const EXCEL_JOB: &str = r#"default_country = "DE"
 
 [job.source]
@@ -54,12 +64,7 @@ fn a_german_excel_export_with_blank_and_empty_rows() {
     assert_eq!(problem["at"]["row"], 6, "the line in the file: {report}");
 
     // K-2002 leaves the CRM (line 3 of the export goes).
-    let text = std::fs::read(env.path("export.csv")).unwrap();
-    let kept: Vec<&[u8]> = text
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.starts_with(b"K-2002;"))
-        .collect();
-    std::fs::write(env.path("export.csv"), kept.join(&b'\n')).unwrap();
+    drop_lines_with(&env, "export.csv", b"K-2002;");
     let (report, code) = env.sync(&[]);
     assert_eq!(code, 1, "{report}");
     assert_eq!(count(&report, "locked"), 1, "{report}");
@@ -101,9 +106,7 @@ fn a_salesforce_report_with_its_footer() {
     );
 
     // Bernd leaves the report.
-    let text = std::fs::read_to_string(env.path("report.csv")).unwrap();
-    let kept: Vec<&str> = text.split('\n').filter(|l| !l.contains("AbC02")).collect();
-    std::fs::write(env.path("report.csv"), kept.join("\n")).unwrap();
+    drop_lines_with(&env, "report.csv", b"\"0035g00000AbC02\"");
     let (report, code) = env.sync(&[]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(count(&report, "locked"), 1, "{report}");
