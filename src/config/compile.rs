@@ -187,6 +187,9 @@ pub(super) fn compile_guards(
     }
 }
 
+/// The most lines `skip_header_lines` or `skip_footer_lines` may skip.
+const MAX_SKIPPED_LINES: u64 = 1000;
+
 pub(super) fn compile_source(
     ctx: &mut Ctx<'_>,
     root: &Spanned<DeTable<'_>>,
@@ -248,6 +251,42 @@ pub(super) fn compile_source(
             }
         }
     });
+    let comment = s.comment.as_deref().and_then(|c| {
+        let ok = c.len() == 1 && c.is_ascii() && !matches!(c, "\"" | "\n" | "\r" | " ");
+        let byte = c.as_bytes().first().copied().filter(|_| ok);
+        if byte.is_none() || byte == delimiter {
+            ctx.at(
+                root,
+                &at("comment"),
+                format!("`{c}` cannot start a comment: use one character such as \"#\", not the delimiter"),
+            );
+            return None;
+        }
+        byte
+    });
+    for (name, n) in [
+        ("skip_header_lines", s.skip_header_lines),
+        ("skip_footer_lines", s.skip_footer_lines),
+    ] {
+        if n.is_some_and(|n| n > MAX_SKIPPED_LINES) {
+            ctx.at(
+                root,
+                &at(name),
+                format!("at most {MAX_SKIPPED_LINES} lines can be skipped"),
+            );
+        }
+    }
+    if s.kind == Some(SourceKind::Json) {
+        for (name, set) in [
+            ("skip_header_lines", s.skip_header_lines.is_some()),
+            ("skip_footer_lines", s.skip_footer_lines.is_some()),
+            ("comment", s.comment.is_some()),
+        ] {
+            if set {
+                ctx.at(root, &at(name), "only applies to CSV sources");
+            }
+        }
+    }
     if ctx.problems.len() > start {
         return None;
     }
@@ -256,5 +295,8 @@ pub(super) fn compile_source(
         path: resolve(s.path?),
         delimiter,
         encoding,
+        skip_header_lines: s.skip_header_lines.unwrap_or(0),
+        skip_footer_lines: s.skip_footer_lines.unwrap_or(0),
+        comment,
     })
 }

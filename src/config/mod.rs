@@ -189,6 +189,12 @@ pub struct SourceConfig {
     pub delimiter: Option<u8>,
     /// `None`: UTF-8, with or without BOM.
     pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// CSV: lines before the header (a report's title), skipped.
+    pub skip_header_lines: u64,
+    /// CSV: lines at the end (a report's footer, trailing blank lines aside), skipped.
+    pub skip_footer_lines: u64,
+    /// CSV: lines starting with this character are skipped.
+    pub comment: Option<u8>,
 }
 
 impl Config {

@@ -68,6 +68,9 @@ pub(crate) struct RawSource {
     pub path: Option<PathBuf>,
     pub delimiter: Option<String>,
     pub encoding: Option<String>,
+    pub skip_header_lines: Option<u64>,
+    pub skip_footer_lines: Option<u64>,
+    pub comment: Option<String>,
 }
 
 /// What happens to a contact whose record left the export.

@@ -240,3 +240,34 @@ fn base_url_with_client_id_is_refused() {
         .iter()
         .any(|(_, k, m)| k == "dialler.base_url" && m.contains("ClientsID")));
 }
+
+#[test]
+fn csv_report_shapes_take_title_footer_and_comment_settings() {
+    let shaped = GOOD.replace(
+        "encoding = \"windows-1252\"",
+        "encoding = \"windows-1252\"\nskip_header_lines = 2\nskip_footer_lines = 3\ncomment = \"#\"",
+    );
+    let c = Config::from_str(&shaped, Path::new("test.toml")).unwrap();
+    let s = &c.jobs[0].source;
+    assert_eq!(
+        (s.skip_header_lines, s.skip_footer_lines, s.comment),
+        (2, 3, Some(b'#'))
+    );
+    let bad = GOOD.replace(
+        "encoding = \"windows-1252\"",
+        "comment = \";\"\nskip_footer_lines = 5000",
+    );
+    let found = problems(&bad);
+    assert!(
+        found
+            .iter()
+            .any(|(_, k, m)| k == "job[1].source.comment" && m.contains("not the delimiter")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(_, k, m)| k == "job[1].source.skip_footer_lines" && m.contains("at most")),
+        "{found:?}"
+    );
+}

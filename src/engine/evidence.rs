@@ -158,6 +158,9 @@ mod tests {
             path: "export".into(),
             delimiter: None,
             encoding: None,
+            skip_header_lines: 0,
+            skip_footer_lines: 0,
+            comment: None,
         }
     }
 

@@ -4,6 +4,8 @@
 use std::io::{BufRead, Cursor, Read};
 use std::path::Path;
 
+use crate::config::SourceConfig;
+
 use super::{
     recycle, BadRow, Flow, Footer, Item, Record, RowRef, Skipped, SourceError, ENCODING_HINT,
 };
@@ -11,25 +13,36 @@ use super::{
 pub(super) fn read(
     path: &Path,
     mut input: impl BufRead,
-    delimiter: Option<u8>,
+    cfg: &SourceConfig,
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Skipped, SourceError> {
     let read_err = SourceError::reading(path);
     let mut skipped = Skipped::default();
     let mut first_line = Vec::new();
+    // A report's title lines before the header (`skip_header_lines`).
+    for _ in 0..cfg.skip_header_lines {
+        first_line.clear();
+        input.read_until(b'\n', &mut first_line).map_err(read_err)?;
+    }
+    first_line.clear();
     input.read_until(b'\n', &mut first_line).map_err(read_err)?;
     if first_line.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(SourceError::Empty {
             path: path.to_path_buf(),
         });
     }
-    let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(&first_line));
+    let delimiter = cfg
+        .delimiter
+        .unwrap_or_else(|| detect_delimiter(&first_line));
     // The csv crate takes a position before it consumes the `\n` of a `\r\n` line end, so
     // in CRLF files its line numbers are one short. The header tells the file's line end.
-    let line_offset = u64::from(first_line.ends_with(b"\r\n"));
+    // Its lines count from the header: the title lines skipped come before.
+    let crlf = u64::from(first_line.ends_with(b"\r\n"));
+    let line_offset = crlf + cfg.skip_header_lines;
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
+        .comment(cfg.comment)
         .has_headers(true)
         .flexible(true)
         .buffer_capacity(64 * 1024)
@@ -85,7 +98,7 @@ pub(super) fn read(
             Ok(true) => {}
             Ok(false) => {
                 // At the end the whole input is consumed: the position is exact, CRLF or not.
-                skipped.blank += (end - line_offset).saturating_sub(next_line);
+                skipped.blank += (end - crlf).saturating_sub(next_line);
                 if let (Some(first), Some(last)) = (footer.first(), footer.last()) {
                     skipped.footer = Some(Footer {
                         first: first.at.row,
@@ -198,8 +211,7 @@ pub(super) fn read(
         // Only a record that ended lines after it began can hold a value over several
         // lines: the reader's line count says so without looking at the bytes (the
         // end position is one line short in CRLF files, like the start positions).
-        let first_line = record.position().map_or(0, |p| p.line());
-        let spans_lines = reader.position().line() + line_offset >= first_line + 2;
+        let spans_lines = line.is_some_and(|first| end >= first + 2);
         if let Some(reason) = spans_lines
             .then(|| swallowed_rows(&record, delimiter, names.len(), at))
             .flatten()
@@ -339,6 +351,9 @@ mod tests {
             path: "export.csv".into(),
             delimiter,
             encoding,
+            skip_header_lines: 0,
+            skip_footer_lines: 0,
+            comment: None,
         }
     }
 
@@ -393,6 +408,36 @@ mod tests {
         )
         .unwrap();
         (seen, summary)
+    }
+
+    /// A report's title lines (`skip_header_lines`), its footer of known length
+    /// (`skip_footer_lines`, trailing blank lines aside) and comment lines are skipped;
+    /// row numbers stay the file's lines.
+    #[test]
+    fn title_footer_and_comment_lines_are_skipped() {
+        let text = "Lead report\r\nas of 23.11.2026\r\nNr;Name\r\n1;Anna\r\n# a note\r\n\
+                    2;Bert\r\nTotal: 2\r\nConfidential\r\n\r\n";
+        let report = SourceConfig {
+            skip_header_lines: 2,
+            skip_footer_lines: 2,
+            comment: Some(b'#'),
+            ..cfg(None, None)
+        };
+        let items = read_all(&report, text.as_bytes(), &["Nr", "Name"]).unwrap();
+        assert_eq!(
+            records(&items),
+            vec![
+                (4, vec![Some("1"), Some("Anna")]),
+                (6, vec![Some("2"), Some("Bert")])
+            ]
+        );
+        assert_eq!(items.len(), 2, "{items:?}");
+        // Without them, the title is taken for the header.
+        let plain = read_all(&cfg(None, None), text.as_bytes(), &["Nr", "Name"]);
+        assert!(
+            matches!(plain, Err(SourceError::MissingColumns { .. })),
+            "{plain:?}"
+        );
     }
 
     /// Lines of one field after a blank line are a footer only at the end; followed by

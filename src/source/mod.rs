@@ -12,6 +12,7 @@
 mod csv;
 mod json;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -218,15 +219,14 @@ pub(crate) fn read_from(
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Summary, SourceError> {
-    let input = BufReader::with_capacity(READ_BUFFER, decoded(cfg, input));
+    let input = HoldBack::new(decoded(cfg, input), cfg.skip_footer_lines as usize);
+    let input = BufReader::with_capacity(READ_BUFFER, input);
     let mut counted = Counting {
         inner: sink,
         summary: Summary::default(),
     };
     let skipped = match cfg.kind {
-        SourceKind::Csv => csv::read(path, input, cfg.delimiter, columns, &mut |i| {
-            counted.push(i)
-        })?,
+        SourceKind::Csv => csv::read(path, input, cfg, columns, &mut |i| counted.push(i))?,
         SourceKind::Json => json::read(path, input, columns, &mut |i| counted.push(i))?,
     };
     Ok(Summary {
@@ -234,6 +234,96 @@ pub(crate) fn read_from(
         footer: skipped.footer,
         ..counted.summary
     })
+}
+
+/// A reader that holds back the last `n` non-blank lines of `inner` (a footer of known
+/// length, `skip_footer_lines`) and the blank lines after them: they are never handed on.
+/// With `n` = 0 it passes everything through untouched.
+pub(crate) struct HoldBack<R> {
+    inner: R,
+    n: usize,
+    /// Complete lines read and not yet handed on, and how many of them are not blank.
+    lines: VecDeque<Vec<u8>>,
+    nonblank: usize,
+    /// The start of a line whose end is still to come.
+    partial: Vec<u8>,
+    /// Released bytes still to hand on, from `at`.
+    out: Vec<u8>,
+    at: usize,
+    eof: bool,
+}
+
+impl<R: Read> HoldBack<R> {
+    pub(crate) fn new(inner: R, n: usize) -> HoldBack<R> {
+        HoldBack {
+            inner,
+            n,
+            lines: VecDeque::new(),
+            nonblank: 0,
+            partial: Vec::new(),
+            out: Vec::new(),
+            at: 0,
+            eof: false,
+        }
+    }
+
+    fn blank(line: &[u8]) -> bool {
+        line.iter().all(u8::is_ascii_whitespace)
+    }
+
+    /// Moves to `out` every line with at least `n` non-blank lines after it.
+    fn release(&mut self) {
+        while let Some(front) = self.lines.front() {
+            let counts = usize::from(!Self::blank(front));
+            if self.nonblank - counts < self.n {
+                break;
+            }
+            self.nonblank -= counts;
+            let line = self.lines.pop_front().unwrap_or_default();
+            self.out.extend_from_slice(&line);
+        }
+    }
+}
+
+impl<R: Read> Read for HoldBack<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.n == 0 {
+            return self.inner.read(buf);
+        }
+        loop {
+            if self.at < self.out.len() {
+                let k = buf.len().min(self.out.len() - self.at);
+                buf[..k].copy_from_slice(&self.out[self.at..self.at + k]);
+                self.at += k;
+                return Ok(k);
+            }
+            self.out.clear();
+            self.at = 0;
+            if self.eof {
+                return Ok(0);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let k = self.inner.read(&mut chunk)?;
+            if k == 0 {
+                self.eof = true;
+                if !self.partial.is_empty() {
+                    let last = std::mem::take(&mut self.partial);
+                    self.nonblank += usize::from(!Self::blank(&last));
+                    self.lines.push_back(last);
+                }
+            } else {
+                for piece in chunk[..k].split_inclusive(|&b| b == b'\n') {
+                    self.partial.extend_from_slice(piece);
+                    if piece.ends_with(b"\n") {
+                        let line = std::mem::take(&mut self.partial);
+                        self.nonblank += usize::from(!Self::blank(&line));
+                        self.lines.push_back(line);
+                    }
+                }
+            }
+            self.release();
+        }
+    }
 }
 
 /// `input` decoded to UTF-8 on the fly. Without a configured encoding, a BOM decides
@@ -302,6 +392,34 @@ pub(crate) fn read_all(
 }
 
 #[cfg(test)]
+mod hold_back {
+    use super::*;
+
+    /// The last `n` non-blank lines (and blank lines after them) never come out, across
+    /// read boundaries of any size; everything before comes out unchanged.
+    #[test]
+    fn holds_back_exactly_the_footer() {
+        let body: String = (0..5000).map(|i| format!("{i};Name {i}\r\n")).collect();
+        let text = format!("{body}Total: 5000\r\n\r\nConfidential\r\n\r\n");
+        for n in [0usize, 2] {
+            let mut out = String::new();
+            HoldBack::new(text.as_bytes(), n)
+                .read_to_string(&mut out)
+                .unwrap();
+            let want = if n == 0 { text.clone() } else { body.clone() };
+            assert_eq!(out.len(), want.len(), "n = {n}");
+            assert!(out == want, "n = {n}");
+        }
+        // A last line without a line end is a line too.
+        let mut out = String::new();
+        HoldBack::new(&b"a\nb\nfooter"[..], 1)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "a\nb\n");
+    }
+}
+
+#[cfg(test)]
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
@@ -312,6 +430,9 @@ mod fuzz {
             path: "export".into(),
             delimiter: None,
             encoding,
+            skip_header_lines: 0,
+            skip_footer_lines: 0,
+            comment: None,
         }
     }
 
