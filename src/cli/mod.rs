@@ -70,9 +70,14 @@ enum Command {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Show what would be done; change nothing on the dialler or in the state.
+        /// Show what would be done; change nothing on the dialler or in the state. It still
+        /// makes one read-only call (the campaign), so a wrong token, ClientsID or campaign
+        /// fails it as it would fail the real run.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: plan without contacting the dialler at all.
+        #[arg(long, requires = "dry_run")]
+        offline: bool,
         /// Run even if a guard trips (an empty or truncated export, more removals or
         /// resets than the job's limits). For this run only.
         #[arg(long)]
@@ -192,6 +197,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             config,
             job,
             dry_run,
+            offline,
             force,
             verify,
             output,
@@ -200,6 +206,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             let opts = SyncOptions {
                 job,
                 dry_run,
+                offline,
                 force,
                 verify: if verify { Verify::Now } else { Verify::WhenDue },
                 handle: None,

@@ -28,6 +28,7 @@ pub(super) async fn run(
             dry_run: opts.dry_run,
             force: opts.force,
             verify: opts.verify,
+            offline: opts.offline,
         };
         return sync_in_daemon(client, request, output).await;
     }

@@ -37,6 +37,9 @@ pub enum Request {
         /// When to verify the state against the dialler.
         #[serde(default)]
         verify: crate::engine::run::Verify,
+        /// A dry run without its read-only check of the dialler.
+        #[serde(default)]
+        offline: bool,
     },
     Status,
 }

@@ -87,6 +87,7 @@ pub(super) async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::R
             dry_run,
             force,
             verify,
+            offline,
         })) => {
             tracing::info!(
                 job = job.as_deref().unwrap_or("(all)"),
@@ -97,6 +98,7 @@ pub(super) async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::R
             );
             let mode = Mode {
                 dry_run,
+                offline,
                 force,
                 verify,
             };

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, JobConfig};
-use crate::dialler::Dialler;
+use crate::config::{CampaignRef, Config, JobConfig};
+use crate::dialler::{Dialler, DiallerError};
 use crate::engine::evidence;
 use crate::engine::execute::{execute, Target};
 use crate::engine::guard::{self, Facts, Tripped};
@@ -154,6 +154,15 @@ async fn plan_and_execute(
     }
     if mode.verify == Verify::Only {
         return;
+    }
+    // A dry run makes one read-only call, so that a wrong token, ClientsID or campaign,
+    // or a dialler out of reach, fails it as it would fail the real run.
+    if dry_run && !mode.offline {
+        if let Err(e) = campaign_exists(dialler, &job.campaign).await {
+            tracing::error!(error = %error_chain(&e), "the dry run's check of the dialler failed");
+            report.stop(Abort::dialler(Step::Check, e));
+            return;
+        }
     }
     let planning = Instant::now();
     let planned = {
@@ -352,5 +361,16 @@ async fn verify_if_due(
             }
             Err(Abort::reconcile(Step::Verify, e))
         }
+    }
+}
+
+/// The ID of `campaign`, checked on the dialler with one read-only call.
+async fn campaign_exists(dialler: &Dialler, campaign: &CampaignRef) -> Result<i64, DiallerError> {
+    match campaign {
+        CampaignRef::Id(id) => match dialler.campaign(*id).await? {
+            Some(_) => Ok(*id),
+            None => Err(DiallerError::CampaignIdNotFound(*id)),
+        },
+        CampaignRef::Name(name) => dialler.resolve_campaign(name).await,
     }
 }

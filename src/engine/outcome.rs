@@ -84,6 +84,8 @@ pub enum Step {
     OpenState,
     /// Reading the job's state before planning.
     ReadState,
+    /// A dry run's read-only check of the dialler (token, ClientsID, campaign).
+    Check,
     /// Settling the imports an interrupted run left pending.
     Settle,
     /// Reading the campaign back to verify the state.
@@ -99,6 +101,10 @@ impl fmt::Display for Step {
         f.write_str(match self {
             Step::OpenState => "the state could not be opened, so nothing was done",
             Step::ReadState => "the state could not be read, so nothing was changed",
+            Step::Check => {
+                "the dry run's check of the dialler (token, ClientsID, campaign) failed, so \
+                 nothing was planned (--offline plans without it)"
+            }
             Step::Settle => {
                 "could not settle the imports an interrupted run left pending, so nothing \
                  was changed"

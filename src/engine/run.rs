@@ -25,6 +25,8 @@ pub struct SyncOptions {
     pub job: Option<String>,
     /// Plan and report, but send no write and store nothing.
     pub dry_run: bool,
+    /// A dry run without its read-only check of the dialler.
+    pub offline: bool,
     /// Run even if a guard trips (an empty or truncated export, too many removals or
     /// resets).
     pub force: bool,
@@ -130,6 +132,8 @@ impl<'a> Against<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Mode {
     pub dry_run: bool,
+    /// A dry run that does not check the dialler.
+    pub offline: bool,
     pub force: bool,
     pub verify: Verify,
 }
@@ -148,6 +152,7 @@ pub async fn sync_with(
     for job in jobs {
         let mode = Mode {
             dry_run: opts.dry_run,
+            offline: opts.offline,
             force: opts.force,
             verify: opts.verify,
         };

@@ -585,6 +585,7 @@ fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
                 dry_run: false,
                 force: false,
                 verify: Default::default(),
+                offline: false,
             })
             .await
             .unwrap();

@@ -102,8 +102,8 @@ fn guards_stop_an_empty_a_truncated_export_and_mass_removals() {
         let why = report["aborted"].as_str().unwrap();
         assert!(why.contains(expect) && why.contains("--force"), "{why}");
         assert_eq!(env.requests().len(), n, "nothing was sent");
-        // A dry run shows the same stop, with the plan.
-        let (dry, code) = env.sync(&["--dry-run"]);
+        // A dry run shows the same stop, with the plan (offline: no call either).
+        let (dry, code) = env.sync(&["--dry-run", "--offline"]);
         assert_eq!(code, 5, "{dry}");
         report
     };

@@ -284,9 +284,21 @@ fn dry_run_changes_nothing_in_emulator_or_state() {
             count(&report, "imported"),
             count(&report, "api_calls")
         ),
-        (Some(true), 4, 0)
+        (Some(true), 4, 1)
     );
-    assert!(env.requests().is_empty());
+    // One read-only call: the campaign, to check token, ClientsID and campaign.
+    let sent: Vec<(String, String)> = env
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, "GET", "{sent:?}");
+    assert!(sent[0].1.ends_with("/dialler/campaigns/538"), "{sent:?}");
+    // Offline: no call at all.
+    let (report, code) = env.sync(&["--dry-run", "--offline"]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 0), "{report}");
+    assert_eq!(env.requests().len(), 1);
     assert!(
         !env.path("state").exists(),
         "a dry run creates no state database"
@@ -314,7 +326,12 @@ fn dry_run_changes_nothing_in_emulator_or_state() {
             .any(|p| p["operation"] == "update" && p["fields"] == json!(["City"])),
         "{report}"
     );
-    assert!(env.requests_since(n).is_empty());
+    let sent: Vec<String> = env
+        .requests_since(n)
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(sent, ["GET"], "only the check of the campaign");
     assert_eq!(serde_json::to_string(&env.contacts()).unwrap(), contacts);
     // The state did not move either: the real run still has all of it to do.
     let (report, _) = env.sync(&[]);
@@ -425,6 +442,38 @@ fn a_run_without_a_state_database_is_a_dry_run() {
         .unwrap();
     assert!(reports[0].dry_run);
     assert_eq!(reports[0].imported, 4, "what it would do");
-    assert!(env.requests().is_empty(), "nothing sent");
+    let sent: Vec<_> = env.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(sent, ["GET"], "only the dry run's check of the campaign");
     assert!(!env.path("state").exists(), "no state created");
+}
+
+/// A dry run checks the dialler with one read-only call: a wrong token fails it with the
+/// 401 exit code and a message that names the token, as the real run would; an unknown
+/// campaign fails it too; `--offline` plans without the call.
+#[test]
+fn a_dry_run_with_a_wrong_token_or_campaign_fails_like_a_real_run() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.edit_config("token = \"test-token\"", "token = \"revoked\"");
+    let (dry, code) = env.sync(&["--dry-run"]);
+    assert_eq!(code, 4, "{dry}");
+    assert_eq!(dry["outcome"], "unauthorized", "{dry}");
+    let why = dry["aborted"].as_str().unwrap();
+    assert!(why.contains("check the token"), "{why}");
+    assert!(
+        !why.contains("revoked"),
+        "the token itself is never shown: {why}"
+    );
+    let (real, code) = env.sync(&[]);
+    assert_eq!((code, &real["outcome"]), (4, &dry["outcome"]), "{real}");
+    let (offline, code) = env.sync(&["--dry-run", "--offline"]);
+    assert_eq!(code, 0, "{offline}");
+    assert_eq!(count(&offline, "imported"), 4, "{offline}");
+
+    env.edit_config("token = \"revoked\"", "token = \"test-token\"");
+    env.edit_config("campaign_id = 538", "campaign_id = 999");
+    let (dry, code) = env.sync(&["--dry-run"]);
+    assert_eq!(code, 3, "{dry}");
+    let why = dry["aborted"].as_str().unwrap();
+    assert!(why.contains("campaign 999 does not exist"), "{why}");
 }
