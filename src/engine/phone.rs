@@ -16,6 +16,8 @@ use crate::config::PhoneFormat;
 pub(crate) enum PhoneError {
     #[error("cannot be read as a phone number")]
     Unreadable,
+    #[error("is not a phone number (text without digits)")]
+    NotANumber,
     #[error("is a national number, but the job has no default_country to place it")]
     NoRegion,
     #[error("is not a valid phone number{}", .0.map(|r| format!(" for {r:?}")).unwrap_or_default())]
@@ -38,6 +40,11 @@ pub(crate) fn normalise(
     }
     if let Some(rest) = s.strip_prefix("00") {
         s = format!("+{rest}");
+    }
+    // Text where a number belongs ("n/a", "not-a-number", "keine"): say so, not that the
+    // number lacks a country.
+    if !s.bytes().any(|b| b.is_ascii_digit()) {
+        return Err(PhoneError::NotANumber);
     }
     if !s.starts_with('+') && region.is_none() {
         return Err(PhoneError::NoRegion);
@@ -79,7 +86,15 @@ mod tests {
 
     #[test]
     fn rejects_what_cannot_be_dialled() {
-        assert_eq!(de("n/a"), Err(PhoneError::Unreadable));
+        assert_eq!(de("n/a"), Err(PhoneError::NotANumber));
+        assert_eq!(de("0x"), Err(PhoneError::Unreadable));
+        // Text is text, with or without a default country.
+        for region in [None, Some(country::Id::DE)] {
+            assert_eq!(
+                normalise("not-a-number", region, PhoneFormat::E164),
+                Err(PhoneError::NotANumber)
+            );
+        }
         assert!(matches!(de("0123"), Err(PhoneError::Invalid(_))));
         assert_eq!(
             normalise("089 12345678", None, PhoneFormat::E164),
