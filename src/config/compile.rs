@@ -276,6 +276,23 @@ pub(super) fn compile_source(
             );
         }
     }
+    let record_path: Vec<String> = match s.record_path.as_deref() {
+        None => Vec::new(),
+        Some(p) => {
+            let parts: Vec<String> = p.split('.').map(str::to_string).collect();
+            if parts.iter().any(|k| k.trim().is_empty()) {
+                ctx.at(
+                    root,
+                    &at("record_path"),
+                    format!("`{p}` is not a path: keys separated by dots, e.g. \"results\" or \"data.items\""),
+                );
+            }
+            if s.kind == Some(SourceKind::Csv) {
+                ctx.at(root, &at("record_path"), "only applies to JSON sources");
+            }
+            parts
+        }
+    };
     if s.kind == Some(SourceKind::Json) {
         for (name, set) in [
             ("skip_header_lines", s.skip_header_lines.is_some()),
@@ -295,6 +312,7 @@ pub(super) fn compile_source(
         path: resolve(s.path?),
         delimiter,
         encoding,
+        record_path,
         skip_header_lines: s.skip_header_lines.unwrap_or(0),
         skip_footer_lines: s.skip_footer_lines.unwrap_or(0),
         comment,

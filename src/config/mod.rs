@@ -189,12 +189,32 @@ pub struct SourceConfig {
     pub delimiter: Option<u8>,
     /// `None`: UTF-8, with or without BOM.
     pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// JSON: where the array of records is inside a wrapper object (`results`,
+    /// `data.items`), split at the dots.
+    pub record_path: Vec<String>,
     /// CSV: lines before the header (a report's title), skipped.
     pub skip_header_lines: u64,
     /// CSV: lines at the end (a report's footer, trailing blank lines aside), skipped.
     pub skip_footer_lines: u64,
     /// CSV: lines starting with this character are skipped.
     pub comment: Option<u8>,
+}
+
+#[cfg(test)]
+impl SourceConfig {
+    /// A source of `kind` at `path` with every other setting left at its default.
+    pub(crate) fn for_tests(kind: SourceKind, path: &str) -> SourceConfig {
+        SourceConfig {
+            kind,
+            path: path.into(),
+            delimiter: None,
+            encoding: None,
+            record_path: Vec::new(),
+            skip_header_lines: 0,
+            skip_footer_lines: 0,
+            comment: None,
+        }
+    }
 }
 
 impl Config {

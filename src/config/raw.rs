@@ -68,6 +68,7 @@ pub(crate) struct RawSource {
     pub path: Option<PathBuf>,
     pub delimiter: Option<String>,
     pub encoding: Option<String>,
+    pub record_path: Option<String>,
     pub skip_header_lines: Option<u64>,
     pub skip_footer_lines: Option<u64>,
     pub comment: Option<String>,

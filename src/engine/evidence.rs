@@ -153,15 +153,7 @@ mod tests {
     use super::*;
 
     fn cfg(kind: SourceKind) -> SourceConfig {
-        SourceConfig {
-            kind,
-            path: "export".into(),
-            delimiter: None,
-            encoding: None,
-            skip_header_lines: 0,
-            skip_footer_lines: 0,
-            comment: None,
-        }
+        SourceConfig::for_tests(kind, "export")
     }
 
     fn found(kind: SourceKind, text: &str, keys: &[&str]) -> Vec<(String, u64)> {

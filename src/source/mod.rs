@@ -80,6 +80,20 @@ pub(crate) struct Summary {
     pub footer: Option<Footer>,
 }
 
+/// One export being read: its path (for messages), its settings, the columns wanted.
+#[derive(Clone, Copy)]
+pub(crate) struct Export<'a> {
+    pub path: &'a Path,
+    pub cfg: &'a SourceConfig,
+    pub columns: &'a [String],
+}
+
+/// Where a reader hands each row.
+pub(crate) type Sink<'s> = &'s mut dyn FnMut(Item<'_>) -> Flow;
+
+/// What a reader returns: what it skipped, or why the export cannot be used.
+pub(crate) type Reading = Result<Skipped, SourceError>;
+
 /// What a reader skipped without handing it on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Skipped {
@@ -158,6 +172,21 @@ pub enum SourceError {
          (it starts with {found:?})"
     )]
     NotJson { path: PathBuf, found: char },
+    #[error(
+        "the CRM export {path} is one JSON object, not a list of records: set record_path in \
+         [job.source] to the key that holds them{}",
+        if .arrays.is_empty() { " (no key of it holds an array)".to_string() } else { format!(" (keys holding arrays: {})", quoted(.arrays)) }
+    )]
+    NotRecords { path: PathBuf, arrays: Vec<String> },
+    #[error(
+        "the CRM export {path} has no array at record_path `{record_path}`{}",
+        if .keys.is_empty() { " (it is not a JSON object)".to_string() } else { format!("; the keys there are: {}", quoted(.keys)) }
+    )]
+    NoRecordPath {
+        path: PathBuf,
+        record_path: String,
+        keys: Vec<String>,
+    },
 }
 
 impl SourceError {
@@ -225,9 +254,10 @@ pub(crate) fn read_from(
         inner: sink,
         summary: Summary::default(),
     };
+    let export = Export { path, cfg, columns };
     let skipped = match cfg.kind {
-        SourceKind::Csv => csv::read(path, input, cfg, columns, &mut |i| counted.push(i))?,
-        SourceKind::Json => json::read(path, input, columns, &mut |i| counted.push(i))?,
+        SourceKind::Csv => csv::read(export, input, &mut |i| counted.push(i))?,
+        SourceKind::Json => json::read(export, input, &mut |i| counted.push(i))?,
     };
     Ok(Summary {
         blank: skipped.blank,
@@ -426,13 +456,8 @@ mod fuzz {
 
     fn cfg(kind: SourceKind, encoding: Option<&'static encoding_rs::Encoding>) -> SourceConfig {
         SourceConfig {
-            kind,
-            path: "export".into(),
-            delimiter: None,
             encoding,
-            skip_header_lines: 0,
-            skip_footer_lines: 0,
-            comment: None,
+            ..SourceConfig::for_tests(kind, "export")
         }
     }
 

@@ -113,3 +113,60 @@ fn a_salesforce_report_with_its_footer() {
     assert_eq!(count(&report, "withheld_removals"), 0, "{report}");
     assert!(env.contact("0035g00000AbC02").locked);
 }
+
+const HUBSPOT_JOB: &str = r#"default_country = "DE"
+
+[job.source]
+type = "json"
+path = "contacts.json"
+record_path = "results"
+
+[job.fields]
+UserData = "id"
+FirstName = "properties.firstname"
+Name = "properties.lastname"
+PhoneNumber1 = "properties.phone"
+City = "properties.city"
+"#;
+
+/// A HubSpot API page (`{"results": [...], "paging": {...}}`, pretty-printed): the records
+/// are found with `record_path`, their values with dotted columns; without `record_path`
+/// the error names the keys holding arrays; a column in no record names the keys there are.
+#[test]
+fn a_hubspot_api_page_with_record_path_and_dotted_columns() {
+    let env = Env::new();
+    with_fixture(&env, "hubspot-contacts.json", "contacts.json", HUBSPOT_JOB);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "imported"), 3, "{report}");
+    let anna = env.contact("51");
+    assert_eq!(crate::common::field(&anna, "Name"), "Müller");
+    assert_eq!(crate::common::field(&anna, "PhoneNumber1"), "+49891234567");
+
+    let config = std::fs::read_to_string(env.path("dialsync.toml")).unwrap();
+    std::fs::write(
+        env.path("dialsync.toml"),
+        config.replace("record_path = \"results\"\n", ""),
+    )
+    .unwrap();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = report["jobs"][0]["aborted"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("set record_path") && why.contains("`results`"),
+        "{report}"
+    );
+
+    std::fs::write(
+        env.path("dialsync.toml"),
+        config.replace("properties.phone\"", "properties.mobile\""),
+    )
+    .unwrap();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let why = report["jobs"][0]["aborted"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`properties.mobile`") && why.contains("`properties.phone`"),
+        "{report}"
+    );
+}
