@@ -31,5 +31,16 @@ pub(super) fn run(config: &Path) -> Result<Exit, Failure> {
         if names.len() == 1 { "" } else { "s" },
         names.join(", ")
     );
+    for job in &cfg.jobs {
+        let next = job.next_runs(3);
+        if !next.is_empty() {
+            outln!(
+                "  job {}: next runs {} ({})",
+                job.name,
+                next.join(", "),
+                job.timezone
+            );
+        }
+    }
     Ok(Exit::Ok)
 }

@@ -78,6 +78,28 @@ pub(super) fn compile_job(
         },
     };
 
+    if let Some(s) = &schedule {
+        let now = chrono::Utc::now();
+        let next = next_fires(s, timezone, now, 3);
+        if next.is_empty() {
+            ctx.at(
+                root,
+                &at(&["schedule"]),
+                format!(
+                    "`{s}` never fires (a day that does not exist, such as the 31st of \
+                     February): fix the day or the month"
+                ),
+            );
+        } else if s.to_string().split_whitespace().count() == 6 {
+            // Some crons read a 6th field as the year; here the first is the seconds.
+            warnings.push(format!(
+                "job {name}: schedule `{s}` has 6 fields, read as seconds minute hour day month \
+                 weekday (not with a year at the end): it fires next at {} ({timezone})",
+                next.join(", ")
+            ));
+        }
+    }
+
     let guards = compile_guards(
         ctx,
         root,
@@ -244,4 +266,27 @@ pub(super) fn compile_job(
         fields,
         verify_every: j.verify_every.map_or(DEFAULT_VERIFY_EVERY, |d| d.0),
     })
+}
+
+/// The next `n` fire times of `schedule` after `now`, as wall-clock times in `tz`.
+pub(crate) fn next_fires(
+    schedule: &CronSchedule,
+    tz: chrono_tz::Tz,
+    now: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    let mut t = now;
+    while out.len() < n {
+        let Some(next) = schedule.next_fire(t, tz) else {
+            break;
+        };
+        out.push(
+            next.with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+        );
+        t = next;
+    }
+    out
 }

@@ -275,6 +275,14 @@ impl Config {
 }
 
 impl JobConfig {
+    /// The next `n` scheduled runs from now, as wall-clock times in the job's time zone
+    /// (none without a schedule).
+    pub fn next_runs(&self, n: usize) -> Vec<String> {
+        self.schedule.as_ref().map_or_else(Vec::new, |s| {
+            job::next_fires(s, self.timezone, chrono::Utc::now(), n)
+        })
+    }
+
     /// Every CRM column the job reads: the key first, then mapped and trigger columns,
     /// each once.
     pub fn columns(&self) -> Vec<String> {

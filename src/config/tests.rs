@@ -271,3 +271,33 @@ fn csv_report_shapes_take_title_footer_and_comment_settings() {
         "{found:?}"
     );
 }
+
+#[test]
+fn a_schedule_that_never_fires_is_rejected_and_six_fields_are_explained() {
+    let never = GOOD.replace("*/15 * * * *", "0 0 31 2 *");
+    let found = problems(&never);
+    assert!(
+        found
+            .iter()
+            .any(|(_, k, m)| k.ends_with(".schedule") && m.contains("never fires")),
+        "{found:?}"
+    );
+    let six = GOOD.replace(
+        "schedule = \"*/15 * * * *\"",
+        "schedule = \"0 0 9 * * 1-5\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let c = Config::from_str(&six, Path::new("test.toml")).unwrap();
+    let warning = c
+        .warnings
+        .iter()
+        .find(|w| w.contains("6 fields"))
+        .unwrap_or_else(|| panic!("{:?}", c.warnings));
+    assert!(
+        warning.contains("read as seconds minute hour") && warning.contains("Europe/Berlin"),
+        "{warning}"
+    );
+    // Three fire times, each at 09:00:00 Berlin time.
+    assert_eq!(warning.matches(" 09:00:00").count(), 3, "{warning}");
+    let job = c.jobs.iter().find(|j| j.schedule.is_some()).unwrap();
+    assert_eq!(job.next_runs(3).len(), 3);
+}
