@@ -38,7 +38,9 @@ pub use engine::outcome::{Abort, Exit};
 pub use engine::progress::{Phase, RunHandle, Snapshot};
 pub use engine::reconcile::{rebuild as rebuild_state, Rebuilt, ReconcileError};
 pub use engine::report::{exit_of, json as reports_json, JobReport};
-pub use engine::run::{select_jobs, sync, sync_with, Against, SyncError, SyncOptions, Verify};
+pub use engine::run::{
+    select_jobs, sync, sync_with, Against, RunMode, SyncError, SyncOptions, Verify,
+};
 // The daemon, its control socket and `status`.
 pub use daemon::control::{socket_path, Client, Event, Request};
 pub use daemon::status::{collect as collect_status, Status};

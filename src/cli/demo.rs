@@ -66,7 +66,10 @@ async fn cycle(
         let dry = sync_with(
             &config,
             &SyncOptions {
-                dry_run: true,
+                mode: dialsync::RunMode {
+                    dry_run: true,
+                    ..Default::default()
+                },
                 ..SyncOptions::default()
             },
             dialsync::Against::Store(&store),

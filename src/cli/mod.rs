@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dialsync::Client;
 use dialsync::Config;
 use dialsync::Exit;
-use dialsync::{SyncOptions, Verify};
+use dialsync::{RunMode, SyncOptions, Verify};
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
 
@@ -187,9 +187,12 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             let config = load(&config)?;
             let opts = SyncOptions {
                 job,
-                force,
-                verify: Verify::Only,
-                ..SyncOptions::default()
+                mode: RunMode {
+                    force,
+                    verify: Verify::Only,
+                    ..RunMode::default()
+                },
+                handle: None,
             };
             sync::run(&config, opts, output).await
         }
@@ -205,10 +208,12 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             let config = load(&config)?;
             let opts = SyncOptions {
                 job,
-                dry_run,
-                offline,
-                force,
-                verify: if verify { Verify::Now } else { Verify::WhenDue },
+                mode: RunMode {
+                    dry_run,
+                    offline,
+                    force,
+                    verify: if verify { Verify::Now } else { Verify::WhenDue },
+                },
                 handle: None,
             };
             sync::run(&config, opts, output).await

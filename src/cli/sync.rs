@@ -25,10 +25,7 @@ pub(super) async fn run(
     if let Some(client) = connect(&socket).await? {
         let request = Request::Sync {
             job: opts.job,
-            dry_run: opts.dry_run,
-            force: opts.force,
-            verify: opts.verify,
-            offline: opts.offline,
+            mode: opts.mode,
         };
         return sync_in_daemon(client, request, output).await;
     }

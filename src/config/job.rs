@@ -80,7 +80,9 @@ pub(super) fn compile_job(
 
     if let Some(s) = &schedule {
         let now = chrono::Utc::now();
-        let next = next_fires(s, timezone, now, 3);
+        let six_fields = s.to_string().split_whitespace().count() == 6;
+        // One fire time tells whether it fires at all; a 6-field one shows three.
+        let next = next_fires(s, timezone, now, if six_fields { 3 } else { 1 });
         if next.is_empty() {
             ctx.at(
                 root,
@@ -90,7 +92,7 @@ pub(super) fn compile_job(
                      February): fix the day or the month"
                 ),
             );
-        } else if s.to_string().split_whitespace().count() == 6 {
+        } else if six_fields {
             // Some crons read a 6th field as the year; here the first is the seconds.
             warnings.push(format!(
                 "job {name}: schedule `{s}` has 6 fields, read as seconds minute hour day month \

@@ -30,16 +30,8 @@ pub fn socket_path(state_path: &Path) -> PathBuf {
 pub enum Request {
     Sync {
         job: Option<String>,
-        dry_run: bool,
-        /// Run even if a guard trips.
-        #[serde(default)]
-        force: bool,
-        /// When to verify the state against the dialler.
-        #[serde(default)]
-        verify: crate::engine::run::Verify,
-        /// A dry run without its read-only check of the dialler.
-        #[serde(default)]
-        offline: bool,
+        #[serde(flatten)]
+        mode: crate::engine::run::RunMode,
     },
     Status,
 }

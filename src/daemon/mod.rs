@@ -38,7 +38,7 @@ use crate::engine::outcome::Exit;
 use crate::engine::outcome::{error_chain, Abort};
 use crate::engine::progress::RunHandle;
 use crate::engine::report::JobReport;
-use crate::engine::run::{self as sync, Mode};
+use crate::engine::run::{self as sync, RunMode};
 use crate::state::{StateError, Store};
 use status::{DaemonInfo, Status};
 
@@ -260,7 +260,7 @@ impl Daemon {
     /// One scheduled run of `job` (the caller holds its run lock).
     async fn run_scheduled(&self, cfg: &Config, job: &str) {
         let handle = Arc::new(RunHandle::new());
-        let report = self.run_locked(cfg, job, Mode::default(), &handle).await;
+        let report = self.run_locked(cfg, job, RunMode::default(), &handle).await;
         if let Some(why) = &report.stopped {
             tracing::error!(job, run = %report.run_id, outcome = %report.exit(), stopped = why.kind(), error = %why.chain(), "scheduled run stopped early");
         }
@@ -271,7 +271,7 @@ impl Daemon {
         &self,
         cfg: &Config,
         job: &str,
-        mode: Mode,
+        mode: RunMode,
         handle: &Arc<RunHandle>,
     ) -> Arc<JobReport> {
         let dry_run = mode.dry_run;

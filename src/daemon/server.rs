@@ -14,7 +14,7 @@ use crate::engine::outcome::error_chain;
 use crate::engine::outcome::Exit;
 use crate::engine::progress::RunHandle;
 use crate::engine::report::{self, JobReport};
-use crate::engine::run::{self as sync, Mode};
+use crate::engine::run::{self as sync, RunMode};
 use control::{Event, Request};
 
 /// Binds the control socket, replacing a stale one, with mode 0600.
@@ -82,26 +82,12 @@ pub(super) async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::R
             };
             control::write_event(&mut stream, &event).await
         }
-        Ok(Some(Request::Sync {
-            job,
-            dry_run,
-            force,
-            verify,
-            offline,
-        })) => {
+        Ok(Some(Request::Sync { job, mode })) => {
             tracing::info!(
                 job = job.as_deref().unwrap_or("(all)"),
-                dry_run,
-                force,
-                verify = ?verify,
+                mode = ?mode,
                 "manual sync requested"
             );
-            let mode = Mode {
-                dry_run,
-                offline,
-                force,
-                verify,
-            };
             daemon.manual(job.as_deref(), mode, &mut stream).await
         }
     }
@@ -111,7 +97,7 @@ impl Daemon {
     pub(super) async fn manual(
         &self,
         job: Option<&str>,
-        mode: Mode,
+        mode: RunMode,
         stream: &mut UnixStream,
     ) -> std::io::Result<()> {
         let cfg = self.current();

@@ -53,10 +53,10 @@ pub enum Tripped {
     },
     #[error(
         "guard: the plan would {} {n} of the {known} contacts in the state ({:.1}%), over the \
-         job's limit ({limit}); nothing was changed. Check that the export is complete; if \
+         job's limit ({}); nothing was changed. Check that the export is complete; if \
          this is intended, run once with `dialsync sync --job {job} --force`, or raise {} / \
          {}_percent in job {job}",
-        .what.verb(), share(*.n, *.known), .what.key(), .what.key()
+        .what.verb(), share(*.n, *.known), .limit.words(*.what), .what.key(), .what.key()
     )]
     TooMany {
         job: String,
@@ -105,18 +105,20 @@ impl Operation {
     }
 }
 
-/// The limit that was passed.
+/// The limit that was passed: a count (`max_removals`) or a share of the contacts
+/// (`max_removals_percent`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Limit {
-    Count { key: &'static str, max: u64 },
-    Percent { key: &'static str, max: f64 },
+    Count(u64),
+    Percent(f64),
 }
 
-impl std::fmt::Display for Limit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Limit {
+    /// The setting as the config file has it, for limits on `what`.
+    fn words(self, what: Operation) -> String {
         match self {
-            Limit::Count { key, max } => write!(f, "{key} = {max}"),
-            Limit::Percent { key, max } => write!(f, "{key}_percent = {max}"),
+            Limit::Count(max) => format!("{} = {max}", what.key()),
+            Limit::Percent(max) => format!("{}_percent = {max}", what.key()),
         }
     }
 }
@@ -176,10 +178,9 @@ fn over(
     percent: f64,
     known: u64,
 ) -> Result<(), Tripped> {
-    let key = what.key();
     let limit = match count {
-        Some(max) if n > max => Limit::Count { key, max },
-        _ if n > PERCENT_FLOOR && share(n, known) > percent => Limit::Percent { key, max: percent },
+        Some(max) if n > max => Limit::Count(max),
+        _ if n > PERCENT_FLOOR && share(n, known) > percent => Limit::Percent(percent),
         _ => return Ok(()),
     };
     Err(Tripped::TooMany {

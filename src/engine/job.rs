@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::config::{CampaignRef, Config, JobConfig};
 use crate::dialler::{Dialler, DiallerError};
 use crate::engine::evidence;
-use crate::engine::execute::{execute, Target};
+use crate::engine::execute::{campaign_id, execute, Target};
 use crate::engine::guard::{self, Facts, Tripped};
 use crate::engine::mapping::Mapper;
 use crate::engine::outcome::{error_chain, Abort, Step};
@@ -18,7 +18,7 @@ use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::{JobReport, LIST_LIMIT};
-use crate::engine::run::{Mode, Verify};
+use crate::engine::run::{RunMode, Verify};
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
@@ -76,7 +76,7 @@ pub(super) async fn run_job(
     job: &JobConfig,
     dialler: &Dialler,
     store: Option<&Store>,
-    mode: Mode,
+    mode: RunMode,
     handle: &Arc<RunHandle>,
     report: &mut JobReport,
 ) {
@@ -113,7 +113,7 @@ async fn plan_and_execute(
     dialler: &Dialler,
     store: Option<&Store>,
     state: Option<&JobState>,
-    mode: Mode,
+    mode: RunMode,
     handle: &Arc<RunHandle>,
     report: &mut JobReport,
 ) {
@@ -158,7 +158,7 @@ async fn plan_and_execute(
     // A dry run makes one read-only call, so that a wrong token, ClientsID or campaign,
     // or a dialler out of reach, fails it as it would fail the real run.
     if dry_run && !mode.offline {
-        if let Err(e) = campaign_exists(dialler, &job.campaign).await {
+        if let Err(e) = check_campaign(dialler, &job.campaign).await {
             tracing::error!(error = %error_chain(&e), "the dry run's check of the dialler failed");
             report.stop(Abort::dialler(Step::Check, e));
             return;
@@ -188,7 +188,7 @@ async fn plan_and_execute(
         }
     };
 
-    report.rows = plan.rows;
+    report.rows = plan.rows + plan.blank;
     report.blank = plan.blank;
     report.notes.clone_from(&plan.notes);
     for note in &plan.notes {
@@ -223,8 +223,8 @@ async fn plan_and_execute(
 
     let facts = Facts {
         // Blank rows are no data: an export padded with them is no longer for it.
-        rows: plan.rows - plan.blank,
-        valid: plan.rows - plan.blank - plan.rejected.len() as u64,
+        rows: plan.rows,
+        valid: plan.rows - plan.rejected.len() as u64,
         known: plan.known,
         last_good_rows,
         removals: plan.removals.len() as u64,
@@ -307,7 +307,7 @@ async fn verify_if_due(
     job: &JobConfig,
     store: &Store,
     state: &JobState,
-    mode: Mode,
+    mode: RunMode,
     report: &mut JobReport,
 ) -> Result<(), Abort> {
     let state_failed = |e| Abort::state(Step::Verify, e);
@@ -364,13 +364,14 @@ async fn verify_if_due(
     }
 }
 
-/// The ID of `campaign`, checked on the dialler with one read-only call.
-async fn campaign_exists(dialler: &Dialler, campaign: &CampaignRef) -> Result<i64, DiallerError> {
-    match campaign {
-        CampaignRef::Id(id) => match dialler.campaign(*id).await? {
-            Some(_) => Ok(*id),
-            None => Err(DiallerError::CampaignIdNotFound(*id)),
-        },
-        CampaignRef::Name(name) => dialler.resolve_campaign(name).await,
+/// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).
+async fn check_campaign(dialler: &Dialler, campaign: &CampaignRef) -> Result<(), DiallerError> {
+    let id = campaign_id(dialler, campaign).await?;
+    if let CampaignRef::Id(_) = campaign {
+        dialler
+            .campaign(id)
+            .await?
+            .ok_or(DiallerError::CampaignIdNotFound(id))?;
     }
+    Ok(())
 }

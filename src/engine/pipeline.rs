@@ -147,9 +147,9 @@ pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
             return Err(PlanError::Stopped);
         }
         let mut plan = planned?;
-        plan.blank = summary.blank;
-        plan.notes.extend(summary.footer.map(|f| f.to_string()));
-        plan.rows += summary.blank;
+        plan.blank = summary.skipped.blank;
+        plan.notes
+            .extend(summary.skipped.footer.map(|f| f.to_string()));
         Ok(plan)
     })
 }

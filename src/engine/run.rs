@@ -23,6 +23,17 @@ use crate::state::{StateError, Store};
 pub struct SyncOptions {
     /// Only this job (all jobs when `None`).
     pub job: Option<String>,
+    /// How each job runs.
+    pub mode: RunMode,
+    /// Progress counters to update and the stop request to obey (a fresh one when `None`).
+    pub handle: Option<Arc<RunHandle>>,
+}
+
+/// How a job runs: for real or as a dry run, whether its guards apply, and when it
+/// verifies its state. The control socket carries it as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RunMode {
     /// Plan and report, but send no write and store nothing.
     pub dry_run: bool,
     /// A dry run without its read-only check of the dialler.
@@ -32,8 +43,6 @@ pub struct SyncOptions {
     pub force: bool,
     /// When to read the campaign back and check the state against it.
     pub verify: Verify,
-    /// Progress counters to update and the stop request to obey (a fresh one when `None`).
-    pub handle: Option<Arc<RunHandle>>,
 }
 
 /// When a run verifies its state against the dialler (`reconcile::verify`).
@@ -77,7 +86,7 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     // a config error (exit 2), not a failed run.
     Dialler::new(&config.dialler, &config.dialler.token.resolve()?)?;
     // A dry run must not create a state database where there is none.
-    let store = if opts.dry_run && !config.state.path.exists() {
+    let store = if opts.mode.dry_run && !config.state.path.exists() {
         None
     } else {
         match Store::open(&config.state.path) {
@@ -95,7 +104,7 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
                     .into_iter()
                     .map(|job| JobReport {
                         stopped: Some(Arc::clone(&why)),
-                        ..JobReport::begin(&job.name, opts.dry_run)
+                        ..JobReport::begin(&job.name, opts.mode.dry_run)
                     })
                     .collect());
             }
@@ -127,17 +136,6 @@ impl<'a> Against<'a> {
     }
 }
 
-/// How a job runs: for real or as a dry run, whether its guards apply, and when it
-/// verifies its state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Mode {
-    pub dry_run: bool,
-    /// A dry run that does not check the dialler.
-    pub offline: bool,
-    pub force: bool,
-    pub verify: Verify,
-}
-
 /// Runs the selected jobs one after the other on an open state (`None`: a dry run
 /// against an empty state). For a process that syncs more than once: sled keeps a closed
 /// database locked for a moment, so open it once.
@@ -150,13 +148,7 @@ pub async fn sync_with(
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let mode = Mode {
-            dry_run: opts.dry_run,
-            offline: opts.offline,
-            force: opts.force,
-            verify: opts.verify,
-        };
-        reports.push(run_one(config, job, against, mode, &handle).await);
+        reports.push(run_one(config, job, against, opts.mode, &handle).await);
     }
     Ok(reports)
 }
@@ -202,11 +194,11 @@ pub(crate) async fn run_one(
     config: &Config,
     job: &JobConfig,
     against: Against<'_>,
-    mode: Mode,
+    mode: RunMode,
     handle: &Arc<RunHandle>,
 ) -> JobReport {
     let store = against.store();
-    let mode = Mode {
+    let mode = RunMode {
         dry_run: mode.dry_run || store.is_none(),
         ..mode
     };

@@ -74,10 +74,8 @@ pub(crate) enum Item<'a> {
 pub(crate) struct Summary {
     pub records: u64,
     pub bad: u64,
-    /// Rows with nothing to read, skipped: blank lines and rows of empty fields.
-    pub blank: u64,
-    /// The report footer found at the end, skipped.
-    pub footer: Option<Footer>,
+    /// What the reader skipped without handing it on.
+    pub skipped: Skipped,
 }
 
 /// One export being read: its path (for messages), its settings, the columns wanted.
@@ -97,7 +95,9 @@ pub(crate) type Reading = Result<Skipped, SourceError>;
 /// What a reader skipped without handing it on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Skipped {
+    /// Rows with nothing to read: blank lines and rows of empty fields.
     pub blank: u64,
+    /// The report footer found at the end.
     pub footer: Option<Footer>,
 }
 
@@ -260,8 +260,7 @@ pub(crate) fn read_from(
         SourceKind::Json => json::read(export, input, &mut |i| counted.push(i))?,
     };
     Ok(Summary {
-        blank: skipped.blank,
-        footer: skipped.footer,
+        skipped,
         ..counted.summary
     })
 }

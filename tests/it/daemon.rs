@@ -582,10 +582,7 @@ fn in_process_a_second_stop_returns_quit_now_while_a_call_is_in_flight() {
         client
             .send(&Request::Sync {
                 job: None,
-                dry_run: false,
-                force: false,
-                verify: Default::default(),
-                offline: false,
+                mode: Default::default(),
             })
             .await
             .unwrap();

@@ -88,9 +88,9 @@ pub(crate) struct Plan {
     pub rechecked: u64,
     /// In-flight marks that need no call (the contact is kept, or has no entry): to clear.
     pub settled: Vec<String>,
-    /// Rows read: valid, rejected and blank.
+    /// Rows read (valid and rejected).
     pub rows: u64,
-    /// Of those, blank lines and rows of empty fields: skipped, never doubted.
+    /// Besides those, blank lines and rows of empty fields: skipped, never doubted.
     pub blank: u64,
     /// What the reader skipped that an operator should know of (a report footer).
     pub notes: Vec<String>,
