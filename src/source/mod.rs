@@ -107,7 +107,6 @@ pub(crate) struct Skipped {
 pub(crate) struct Footer {
     pub first: u64,
     pub last: u64,
-    pub lines: u64,
 }
 
 impl fmt::Display for Footer {

@@ -96,7 +96,6 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                     skipped.footer = Some(Footer {
                         first: first.at.row,
                         last: last.at.row,
-                        lines: footer.len() as u64,
                     });
                 }
                 break;
@@ -120,6 +119,12 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                         row: line.unwrap_or(data_rows + 1),
                         line,
                     };
+                    // Not the end after all: held-back footer lines were rows.
+                    for bad in footer.drain(..) {
+                        if sink(Item::Bad(bad)).is_break() {
+                            return Ok(skipped);
+                        }
+                    }
                     if sink(Item::Bad(BadRow {
                         at,
                         key: None,
