@@ -3,7 +3,10 @@
 //! The list is the intersection of the import and update field lists in the vendor's
 //! contact documentation: a field the sync maps must be sendable both when the contact is
 //! created (import) and when it changes later (update), otherwise a change could never
-//! reach the dialler with one call. Limits are the vendor's import/export field limits.
+//! reach the dialler with one call. Two exceptions, the agent fields `ReservedUsersUID` and
+//! `FollowUpUsersUID` ([`Kind::User`]): import only, so they are set when a contact is
+//! created, and a later change in the CRM is reported on its row, not sent. Limits are the
+//! vendor's import/export field limits.
 //!
 //! Each field has a stable numeric `code`: the sync state stores per-field hashes under it,
 //! so codes must never be renumbered (append new fields at the end).
@@ -19,6 +22,9 @@ pub enum Kind {
     Amount,
     /// A date and time, sent as `YYYY-MM-DDTHH:MM:SS`.
     DateTime,
+    /// An agent's login (UID), checked against the dialler's users. The dialler takes it
+    /// on import only.
+    User,
 }
 
 /// One dialler contact field.
@@ -81,6 +87,8 @@ pub(crate) static FIELDS: &[Field] = &[
     f("Model", 33, Text, None),
     f("Tag", 34, Text, None),
     f("ExternalSystemLink", 35, Text, None),
+    f("ReservedUsersUID", 36, User, None),
+    f("FollowUpUsersUID", 37, User, None),
 ];
 
 /// Fields documented for only one of import and update: named in errors so the operator
@@ -100,14 +108,6 @@ pub(crate) static ONE_SIDED: &[(&str, &str)] = &[
     ),
     (
         "RandomSortOrder",
-        "the dialler's update does not take it (import only)",
-    ),
-    (
-        "ReservedUsersUID",
-        "the dialler's update does not take it (import only)",
-    ),
-    (
-        "FollowUpUsersUID",
         "the dialler's update does not take it (import only)",
     ),
     (
@@ -136,6 +136,13 @@ pub(crate) fn by_name(name: &str) -> Option<&'static Field> {
 /// The field with state code `code`.
 pub fn by_code(code: u8) -> Option<&'static Field> {
     FIELDS.iter().find(|f| f.code == code)
+}
+
+impl Field {
+    /// Sent on import only: the dialler's update does not take it.
+    pub fn import_only(&self) -> bool {
+        self.kind == Kind::User
+    }
 }
 
 /// The key field.

@@ -54,7 +54,7 @@ async fn cycle(
              changed (reset), K-1006 left the export (lock), K-1011 is new (import)",
             EXPORT_CHANGED,
         ),
-        ("3. The same export again: nothing changed, so no API call at all", EXPORT_CHANGED),
+        ("3. The same export again: nothing changed, so nothing is sent (one read-only call checks the token)", EXPORT_CHANGED),
     ];
     let mut exit = dialsync::Exit::Ok;
     // One state for the whole demo: reopening it in the same process races sled's

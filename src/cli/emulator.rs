@@ -23,6 +23,10 @@ pub(super) struct Args {
     /// A campaign as ID:NAME, e.g. 538:"My Campaign" (repeatable; default 538:My Campaign).
     #[arg(long = "campaign", value_parser = parse_campaign)]
     campaigns: Vec<(i64, String)>,
+    /// A user's login (UID) that GET /users lists and imports may name in ReservedUsersUID
+    /// or FollowUpUsersUID (repeatable; default agent1, agent2, supervisor).
+    #[arg(long = "user", value_name = "UID")]
+    users: Vec<String>,
     /// How many API calls GET /_emulator/requests keeps: the last N; older ones are
     /// dropped, so a long-running emulator does not grow.
     #[arg(long, default_value_t = dialsync::KEEP_REQUESTS)]
@@ -103,6 +107,7 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
         client_id,
         token,
         campaigns,
+        users,
         keep_requests,
         faults,
     } = args;
@@ -119,6 +124,9 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     };
     if !campaigns.is_empty() {
         cfg.campaigns = campaigns;
+    }
+    if !users.is_empty() {
+        cfg.users = users;
     }
     let emulator = Emulator::new(cfg.clone());
     let listener = tokio::net::TcpListener::bind(listen)

@@ -213,6 +213,8 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
                     offline,
                     force,
                     verify: if verify { Verify::Now } else { Verify::WhenDue },
+                    // A manual sync always proves the token, even with nothing to send.
+                    credentials_recent: false,
                 },
                 handle: None,
             };

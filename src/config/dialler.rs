@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::{
     ca_file_problem, key, raw, Ctx, DiallerConfig, RetryConfig, Secret, TokenSource,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_DELAY,
-    DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_CHECK, DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
 };
 
 pub(super) fn compile_dialler(
@@ -217,6 +217,7 @@ pub(super) fn compile_dialler(
         connect_timeout,
         max_concurrency,
         max_requests_per_second,
+        credential_check: d.credential_check.map_or(DEFAULT_CREDENTIAL_CHECK, |d| d.0),
         ca_file,
         retry: RetryConfig {
             max_retries,

@@ -7,8 +7,8 @@ use toml::de::DeTable;
 use toml::Spanned;
 
 use super::{
-    compile_guards, compile_source, key, raw, CampaignRef, Ctx, JobConfig, Seg, DEFAULT_ON_MISSING,
-    DEFAULT_OVERWRITE_DUPLICATES, DEFAULT_PHONE_FORMAT, DEFAULT_VERIFY_EVERY,
+    compile_guards, compile_source, key, raw, CampaignRef, Ctx, JobConfig, OnBadPhone, Seg,
+    DEFAULT_ON_MISSING, DEFAULT_OVERWRITE_DUPLICATES, DEFAULT_PHONE_FORMAT, DEFAULT_VERIFY_EVERY,
 };
 use crate::config::schedule::CronSchedule;
 use crate::fields::{self, Field};
@@ -258,6 +258,7 @@ pub(super) fn compile_job(
         on_missing: j.on_missing.unwrap_or(DEFAULT_ON_MISSING),
         default_country,
         phone_format: j.phone_format.unwrap_or(DEFAULT_PHONE_FORMAT),
+        on_bad_phone: j.on_bad_phone.unwrap_or(OnBadPhone::SkipField),
         overwrite_duplicates,
         reset_contact: j.reset_contact,
         unlock_contact: j.unlock_contact,

@@ -28,7 +28,7 @@ use crate::fields::Field;
 
 pub use problems::ConfigError;
 pub(crate) use problems::Problem;
-pub(crate) use raw::{OnMissing, PhoneFormat, SourceKind};
+pub(crate) use raw::{OnBadPhone, OnMissing, PhoneFormat, SourceKind};
 pub use secret::{Secret, TokenError, TokenSource};
 
 use compile::{ca_file_problem, compile, compile_guards, compile_source};
@@ -37,6 +37,7 @@ use job::compile_job;
 use problems::{key, Ctx, Seg};
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CREDENTIAL_CHECK: Duration = Duration::from_secs(3600);
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 8;
 pub(crate) const DEFAULT_STATE_PATH: &str = "/var/lib/dialsync/state";
@@ -75,6 +76,9 @@ pub struct DiallerConfig {
     pub max_concurrency: usize,
     /// Calls per second at most (each attempt counts); `None`: no limit but concurrency.
     pub max_requests_per_second: Option<std::num::NonZeroU32>,
+    /// How often a daemon's run with nothing to send still makes one read-only call to
+    /// prove the token (zero: every run). A manual sync always does.
+    pub credential_check: Duration,
     pub ca_file: Option<PathBuf>,
     pub retry: RetryConfig,
 }
@@ -163,6 +167,7 @@ pub struct JobConfig {
     pub on_missing: OnMissing,
     pub default_country: Option<phonenumber::country::Id>,
     pub phone_format: PhoneFormat,
+    pub on_bad_phone: OnBadPhone,
     pub overwrite_duplicates: bool,
     /// `None`: the flag is not sent.
     pub reset_contact: Option<bool>,

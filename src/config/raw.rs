@@ -28,6 +28,7 @@ pub(crate) struct RawDialler {
     pub max_retry_delay: Option<HumanDuration>,
     pub max_retries_per_run: Option<i64>,
     pub max_requests_per_second: Option<i64>,
+    pub credential_check: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +47,7 @@ pub(crate) struct RawJob {
     pub on_missing: Option<OnMissing>,
     pub default_country: Option<String>,
     pub phone_format: Option<PhoneFormat>,
+    pub on_bad_phone: Option<OnBadPhone>,
     pub overwrite_duplicates: Option<bool>,
     pub reset_contact: Option<bool>,
     pub unlock_contact: Option<bool>,
@@ -94,6 +96,17 @@ pub enum PhoneFormat {
     E164,
     /// `4989123456`: country code first, no plus sign, as the dialler's own history shows.
     Digits,
+}
+
+/// What a row with a phone number the dialler cannot dial becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadPhone {
+    /// The number is left out of the contact and the row gets a warning, as long as
+    /// another of its numbers is good (the default).
+    SkipField,
+    /// The row is rejected.
+    RejectRow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -83,6 +83,9 @@ struct Daemon {
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     loops: Mutex<BTreeMap<String, JoinHandle<()>>>,
     since: DateTime<Utc>,
+    /// When a run last got an answer from the dialler that proved the token: scheduled
+    /// runs with nothing to send check it at most every `credential_check`.
+    token_proven: Mutex<Option<std::time::Instant>>,
 }
 
 /// What the daemon is told from outside. The binary feeds these from real signals
@@ -134,6 +137,7 @@ pub async fn run(
         slots: Mutex::new(BTreeMap::new()),
         loops: Mutex::new(BTreeMap::new()),
         since: Utc::now(),
+        token_proven: Mutex::new(None),
     });
     daemon.start_loops();
     let accept = tokio::spawn(accept_loop(Arc::clone(&daemon), listener));
@@ -260,7 +264,12 @@ impl Daemon {
     /// One scheduled run of `job` (the caller holds its run lock).
     async fn run_scheduled(&self, cfg: &Config, job: &str) {
         let handle = Arc::new(RunHandle::new());
-        let report = self.run_locked(cfg, job, RunMode::default(), &handle).await;
+        let proven = *crate::locking::lock(&self.token_proven);
+        let mode = RunMode {
+            credentials_recent: proven.is_some_and(|t| t.elapsed() < cfg.dialler.credential_check),
+            ..RunMode::default()
+        };
+        let report = self.run_locked(cfg, job, mode, &handle).await;
         if let Some(why) = &report.stopped {
             tracing::error!(job, run = %report.run_id, outcome = %report.exit(), stopped = why.kind(), error = %why.chain(), "scheduled run stopped early");
         }
@@ -293,6 +302,10 @@ impl Daemon {
             if let Err(e) = self.store.flush().await {
                 tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
             }
+        }
+        // A manual run's answers prove the token as well as a scheduled run's.
+        if report.token_accepted {
+            *crate::locking::lock(&self.token_proven) = Some(std::time::Instant::now());
         }
         let report = Arc::new(report);
         slot.update(|i| {

@@ -133,6 +133,18 @@ impl Dialler {
         self.records(Req::get(&path, &q)).await
     }
 
+    // ---- users ----
+
+    /// The logins (`UID`) of the tenant's users (seed 003, "Retrieve all Users").
+    pub async fn user_logins(&self) -> Result<Vec<String>, DiallerError> {
+        let records = self.records(Req::get("/users", &[])).await?;
+        Ok(records
+            .iter()
+            .filter_map(|u| u.get("UID").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect())
+    }
+
     // ---- campaigns ----
 
     pub async fn campaigns(&self) -> Result<Vec<Record>, DiallerError> {

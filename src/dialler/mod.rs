@@ -73,6 +73,8 @@ pub struct Dialler {
     /// `[dialler] ca_file`, for messages.
     pub(super) ca_file: Option<std::path::PathBuf>,
     pub(super) calls: AtomicU64,
+    /// Answers that were not a 401 or 403: the token was accepted.
+    pub(super) accepted: AtomicU64,
     pub(super) retry: RetryConfig,
     /// `max_requests_per_second`: calls spaced evenly, never more than the limit in any
     /// second.
@@ -148,6 +150,7 @@ impl Dialler {
             client_id: cfg.client_id,
             ca_file: cfg.ca_file.clone(),
             calls: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             retry: cfg.retry,
             pacer: cfg.max_requests_per_second.map(|n| Pacer::new(n.get())),
             retries: AtomicU64::new(0),
@@ -158,6 +161,11 @@ impl Dialler {
     /// API calls sent so far (each attempt counts).
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether an answer so far showed the token accepted (any status but 401 and 403).
+    pub fn token_accepted(&self) -> bool {
+        self.accepted.load(Ordering::Relaxed) > 0
     }
 
     /// Retries sent so far.

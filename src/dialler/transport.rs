@@ -186,6 +186,9 @@ impl Dialler {
             }
         })?;
         let status = resp.status();
+        if status != reqwest::StatusCode::UNAUTHORIZED && status != reqwest::StatusCode::FORBIDDEN {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
         if status.is_success() {
             return Ok(resp);
         }

@@ -17,6 +17,19 @@ pub(super) fn campaign_json(cfg: &EmulatorConfig, id: i64, name: &str) -> Value 
     json!({"ID": id, "Name": name, "ClientsID": cfg.client_id})
 }
 
+pub(super) fn users_json(cfg: &EmulatorConfig) -> Value {
+    let items: Vec<Value> = cfg
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| json!({"ID": i + 1, "UID": uid, "ClientsID": cfg.client_id}))
+        .collect();
+    json!({
+        "filter": "", "limitStart": 0, "limitPageSize": -1, "count": items.len(),
+        "records": items, "orderBy": "UID", "ascending": true, "status": 200
+    })
+}
+
 pub(super) fn contact_json(c: &EmuContact) -> Value {
     let mut m = c.fields.clone();
     m.insert("ID".into(), json!(c.id));
@@ -236,6 +249,16 @@ pub(super) fn import_request(
     let Some((campaign_id, _)) = campaign else {
         return Err(fail(StatusCode::NOT_FOUND, "Dialler campaign not found"));
     };
+    for k in ["ReservedUsersUID", "FollowUpUsersUID"] {
+        if let Some(Value::String(uid)) = m.get(k) {
+            if !cfg.users.iter().any(|u| u == uid) {
+                return Err(fail(
+                    StatusCode::BAD_REQUEST,
+                    format!("Field {k}: user not found"),
+                ));
+            }
+        }
+    }
     Ok(ImportRequest {
         fields: m,
         campaign_id: *campaign_id,
@@ -309,6 +332,12 @@ pub(super) fn update(d: &mut Data, headers: &HeaderMap, body: &Bytes) -> Reply {
     };
     if let Err(r) = check_fields(&m, &UPDATE_ONLY) {
         return r;
+    }
+    if let Some(k) = m
+        .keys()
+        .find(|k| fields::by_name(k).is_some_and(fields::Field::import_only))
+    {
+        return fail(StatusCode::BAD_REQUEST, format!("Unknown field {k}"));
     }
     let id = match (m.remove("ID"), m.get("UserData").and_then(Value::as_str)) {
         (Some(Value::Number(n)), _) => match n.as_i64().filter(|id| d.contacts.contains_key(id)) {

@@ -43,7 +43,7 @@ pub use faults::Faults;
 
 use contacts::{
     act, batch_read, by_id, campaign_json, contact_json, delete, import, index, unindex, update,
-    with_first,
+    users_json, with_first,
 };
 use faults::Fault;
 use routes::{fail, handle, no_endpoint, ok, records, Reply};
@@ -55,11 +55,17 @@ pub struct EmulatorConfig {
     pub token: String,
     /// Campaigns as (ID, name).
     pub campaigns: Vec<(i64, String)>,
+    /// The users' logins (UID), served by `GET /users` with IDs from 1 in this order. An
+    /// import naming another UID in `ReservedUsersUID` or `FollowUpUsersUID` fails (400).
+    pub users: Vec<String>,
     pub faults: Faults,
     /// How many API calls `GET /_emulator/requests` keeps (the last ones): a long-running
     /// emulator would otherwise grow without bound.
     pub keep_requests: usize,
 }
+
+/// The default of [`EmulatorConfig::users`].
+pub(crate) const DEFAULT_USERS: [&str; 3] = ["agent1", "agent2", "supervisor"];
 
 /// The default of [`EmulatorConfig::keep_requests`].
 pub const KEEP_REQUESTS: usize = 100_000;
@@ -70,6 +76,7 @@ impl Default for EmulatorConfig {
             client_id: 7,
             token: "emulator-token".into(),
             campaigns: vec![(538, "My Campaign".into())],
+            users: DEFAULT_USERS.iter().map(|u| u.to_string()).collect(),
             faults: Faults::default(),
             keep_requests: KEEP_REQUESTS,
         }
@@ -132,12 +139,10 @@ pub struct Emulator {
 }
 
 /// Fields the import takes, beyond the syncable ones.
-pub(super) const IMPORT_ONLY: [&str; 6] = [
+pub(super) const IMPORT_ONLY: [&str; 4] = [
     "DiallerCampaignsID",
     "DiallerCampaignsName",
     "RandomSortOrder",
-    "ReservedUsersUID",
-    "FollowUpUsersUID",
     "FollowUpDateTime",
 ];
 /// Fields the update takes, beyond the syncable ones.

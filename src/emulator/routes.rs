@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{
-    act, batch_read, by_id, campaign_json, contact_json, delete, import, update, with_first, Data,
-    Emulator, EmulatorConfig, Fault, RequestLog, Shared,
+    act, batch_read, by_id, campaign_json, contact_json, delete, import, update, users_json,
+    with_first, Data, Emulator, EmulatorConfig, Fault, RequestLog, Shared,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -259,6 +259,7 @@ pub(super) fn api(
         (&M::GET, ["dialler", "contacts", "contact", id, "history"]) => {
             by_id(d, id, |_, _| ok(records(vec![])))
         }
+        (&M::GET, ["users"]) => ok(users_json(cfg)),
         (&M::GET, ["dialler", "campaigns"]) => ok(records(
             cfg.campaigns
                 .iter()

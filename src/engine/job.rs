@@ -2,7 +2,7 @@
 //! verify the state when due, read and plan the export (on a blocking thread), check
 //! the guards, execute. Whatever stops it goes into the report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
+use crate::fields::Kind;
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
@@ -27,6 +28,7 @@ use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
 pub(super) fn read_and_plan(
     job: &JobConfig,
     state: Option<&JobState>,
+    users: Option<Arc<HashSet<String>>>,
     handle: &RunHandle,
 ) -> Result<Plan, PlanError> {
     // A dry run without a state compares with nothing: any key will do.
@@ -37,7 +39,10 @@ pub(super) fn read_and_plan(
             source,
         })?),
     };
-    let mapper = Mapper::new(job, key);
+    let mut mapper = Mapper::new(job, key);
+    if let Some(users) = users {
+        mapper = mapper.with_users(users);
+    }
     let empty: BTreeMap<String, Entry> = BTreeMap::new();
     let view: &(dyn StateView + Sync) = match state {
         Some(s) => s,
@@ -164,12 +169,26 @@ async fn plan_and_execute(
             return;
         }
     }
+    // The agents a job maps are checked against the dialler's users: one call per run.
+    let users = if job.fields.iter().any(|(f, _)| f.kind == Kind::User) && !mode.offline {
+        match dialler.user_logins().await {
+            Ok(u) => Some(Arc::new(u.into_iter().collect::<HashSet<_>>())),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "could not read the dialler's users");
+                report.stop(Abort::dialler(Step::Users, e));
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let planning = Instant::now();
     let planned = {
         let job = job.clone();
         let state = state.cloned();
         let handle = Arc::clone(handle);
-        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), &handle)).await
+        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), users, &handle))
+            .await
     };
     report.plan_ms = planning.elapsed().as_millis() as u64;
     let plan = match planned {
@@ -201,12 +220,18 @@ async fn plan_and_execute(
             "an earlier run stopped with calls in flight; those contacts are sent what the export says"
         );
     }
-    report.invalid = plan.rejected.len() as u64;
+    report.invalid = plan.rejected.len() as u64 - plan.duplicates;
+    report.duplicates = plan.duplicates;
+    report.new = plan.imports.len() as u64;
+    report.changed = plan.changes.len() as u64;
+    report.absent_kept = plan.absent_kept;
     report.unchanged = plan.unchanged;
     report.unchanged_by_hash = plan.unchanged_by_hash;
     report.withheld_removals = plan.withheld_removals;
     report.withheld = plan.doubts.clone();
     report.problems = plan.rejected.iter().take(LIST_LIMIT).cloned().collect();
+    report.warnings = plan.warnings.len() as u64;
+    report.row_warnings = plan.warnings.iter().take(LIST_LIMIT).cloned().collect();
     for r in plan.rejected.iter().take(20) {
         tracing::warn!(row = r.at.row, user_data = r.key.as_deref().unwrap_or(""), reason = %r.reason, "row skipped");
     }
@@ -276,6 +301,15 @@ async fn plan_and_execute(
         ));
         return;
     };
+    // Nothing to send, and no call made yet: one read-only call proves the token still
+    // works, so a token revoked in the portal is reported without waiting for a change.
+    if plan.calls() == 0 && !dialler.token_accepted() && !mode.credentials_recent {
+        if let Err(e) = check_campaign(dialler, &job.campaign).await {
+            tracing::error!(error = %error_chain(&e), "the dialler refused the run's check of the token");
+            report.stop(Abort::dialler(Step::Credentials, e));
+            return;
+        }
+    }
     let look_first = match store.imports_unsure(&job.name) {
         Ok(unsure) => unsure,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! missing (see the planner); nothing from it is sent.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{JobConfig, PhoneFormat};
+use crate::config::{JobConfig, OnBadPhone, PhoneFormat};
 use crate::engine::phone;
 use crate::fields::{self, Field, FieldValue, Kind};
 use crate::key::{clean_key, Key};
@@ -35,8 +36,10 @@ pub(crate) struct Contact {
     /// The same values' unkeyed hashes ([`hashing::legacy_trigger`]), to compare with an
     /// entry stored before keyed hashing.
     pub legacy_triggers: Vec<u64>,
-    /// The row's [`Mapper::row_hash`].
+    /// The row's [`Mapper::row_hash`]; 0 if it has warnings.
     pub row: u64,
+    /// What was left out or changed on the way, for the report (the row is synced).
+    pub warnings: Vec<String>,
 }
 
 /// Change when the same row would map to other values (normalisation, validation, value
@@ -71,6 +74,10 @@ pub(crate) struct Mapper {
     triggers: Vec<(String, usize)>,
     region: Option<phonenumber::country::Id>,
     format: PhoneFormat,
+    on_bad_phone: OnBadPhone,
+    /// The dialler's users' logins, when the job maps an agent field and they were read
+    /// ([`Mapper::with_users`]): a value not among them is left out.
+    users: Option<Arc<HashSet<String>>>,
     /// Everything besides the row's values that its mapping depends on.
     fingerprint: u64,
     /// The state's secret: every hash of a value is keyed with it.
@@ -100,9 +107,17 @@ impl Mapper {
                 .collect(),
             region: job.default_country,
             format: job.phone_format,
+            on_bad_phone: job.on_bad_phone,
+            users: None,
             fingerprint: fingerprint(job),
             key,
         }
+    }
+
+    /// Checks agent fields (`ReservedUsersUID`, `FollowUpUsersUID`) against `users`.
+    pub(crate) fn with_users(mut self, users: Arc<HashSet<String>>) -> Mapper {
+        self.users = Some(users);
+        self
     }
 
     /// A hash of the raw values of a row (every column the job reads) and of the mapping
@@ -188,10 +203,35 @@ impl Mapper {
             }
         };
         let mut out = Vec::with_capacity(self.fields.len());
+        let mut warnings = Vec::new();
+        // Bad numbers left out (with on_bad_phone = "skip_field"): warnings if the row
+        // still has a good one, the row's rejection if not.
+        let mut bad_phones = Vec::new();
         for (field, i, column) in &self.fields {
             let raw = values[*i].map(str::trim).filter(|s| !s.is_empty());
             match convert(field, raw, self.region, self.format) {
-                Ok(v) => out.push((*field, v)),
+                Ok(Converted { value, note }) => {
+                    if let Some(note) = note {
+                        warnings.push(format!("{} (column `{column}`) {note}", field.name));
+                    }
+                    if field.kind == Kind::User {
+                        if let (FieldValue::Text(uid), Some(users)) = (&value, &self.users) {
+                            if !users.contains(uid.as_str()) {
+                                warnings.push(format!(
+                                    "{} (column `{column}`) names no user of the dialler: left out",
+                                    field.name
+                                ));
+                                continue;
+                            }
+                        }
+                    }
+                    out.push((*field, value));
+                }
+                Err(why)
+                    if field.kind == Kind::Phone && self.on_bad_phone == OnBadPhone::SkipField =>
+                {
+                    bad_phones.push(format!("{} (column `{column}`) {why}", field.name));
+                }
                 Err(why) => reasons.push(format!("{} (column `{column}`) {why}", field.name)),
             }
         }
@@ -200,11 +240,14 @@ impl Mapper {
         {
             reasons.push("no Name: the dialler requires one".into());
         }
-        if !out
+        let has_phone = out
             .iter()
-            .any(|(f, v)| f.kind == Kind::Phone && !v.is_null())
-            && reasons.iter().all(|r| !r.starts_with("PhoneNumber"))
-        {
+            .any(|(f, v)| f.kind == Kind::Phone && !v.is_null());
+        if has_phone {
+            warnings.extend(bad_phones.into_iter().map(|w| w + ": left out"));
+        } else if !bad_phones.is_empty() {
+            reasons.extend(bad_phones);
+        } else if reasons.iter().all(|r| !r.starts_with("PhoneNumber")) {
             reasons.push("no phone number: the dialler requires at least one".into());
         }
         if !reasons.is_empty() {
@@ -236,7 +279,15 @@ impl Mapper {
             hashes,
             triggers,
             legacy_triggers,
-            row: row_hash.unwrap_or_else(|| self.row_hash(values)),
+            // A row with warnings is mapped again on every run (0 matches no row hash), so
+            // every run's report shows them, and a user created on the dialler since is
+            // picked up.
+            row: if warnings.is_empty() {
+                row_hash.unwrap_or_else(|| self.row_hash(values))
+            } else {
+                0
+            },
+            warnings,
         })
     }
 }
@@ -278,20 +329,35 @@ fn too_long(field: &Field, value: &str) -> Option<String> {
     })
 }
 
+/// A CRM value as sent, and what changed on the way.
+struct Converted {
+    value: FieldValue,
+    /// Sent, but not as written (an extension left off): for the row's warnings.
+    note: Option<&'static str>,
+}
+
 /// Converts one CRM value; the error says what is wrong without repeating the value.
 fn convert(
     field: &Field,
     raw: Option<&str>,
     region: Option<phonenumber::country::Id>,
     format: PhoneFormat,
-) -> Result<FieldValue, String> {
+) -> Result<Converted, String> {
     let Some(raw) = raw else {
-        return Ok(FieldValue::Null);
+        return Ok(Converted {
+            value: FieldValue::Null,
+            note: None,
+        });
     };
+    let mut note = None;
     let value = match field.kind {
-        Kind::Text => FieldValue::Text(raw.to_string()),
+        Kind::Text | Kind::User => FieldValue::Text(raw.to_string()),
         Kind::Phone => {
-            FieldValue::Text(phone::normalise(raw, region, format).map_err(|e| e.to_string())?)
+            let n = phone::normalise(raw, region, format).map_err(|e| e.to_string())?;
+            if n.extension_dropped {
+                note = Some("has an extension, which the dialler cannot dial: sent without it");
+            }
+            FieldValue::Text(n.number)
         }
         Kind::Amount => FieldValue::Number(
             parse_amount(raw).ok_or("is not an amount (e.g. 1234.50 or 1.234,50)")?,
@@ -311,7 +377,7 @@ fn convert(
             }
         }
     }
-    Ok(value)
+    Ok(Converted { value, note })
 }
 
 /// `1234.50`, `1234,50`, `1.234,50`, `1,234.50`: whichever separator comes last is the
@@ -468,6 +534,105 @@ PhoneNumber1 = "Tel"
             "{}",
             r.reason
         );
+    }
+
+    fn contact(m: &Mapper, values: &[Option<&str>]) -> Contact {
+        match m.map(rec(values)) {
+            Outcome::Contact(c) => c,
+            Outcome::Rejected(r) => panic!("rejected: {}", r.reason),
+        }
+    }
+
+    fn names(c: &Contact) -> Vec<&'static str> {
+        c.fields.iter().map(|(f, _)| f.name).collect()
+    }
+
+    #[test]
+    fn an_extension_is_left_off_with_a_warning() {
+        let m = Mapper::new(&job(""), Arc::new(HashKey::for_tests()));
+        let c = contact(
+            &m,
+            &[Some("K1"), Some("A"), Some("089 1234-0 ext. 12"), None],
+        );
+        assert_eq!(
+            c.fields[1].1,
+            FieldValue::Text("+498912340".into()),
+            "{:?}",
+            c.fields
+        );
+        assert_eq!(
+            c.warnings,
+            vec!["PhoneNumber1 (column `Tel`) has an extension, which the dialler cannot dial: sent without it"]
+        );
+        assert_eq!(c.row, 0, "a row with warnings is mapped again on every run");
+        let clean = contact(&m, &[Some("K1"), Some("A"), Some("089 12340"), None]);
+        assert!(clean.warnings.is_empty() && clean.row != 0);
+    }
+
+    #[test]
+    fn a_bad_second_number_is_left_out_unless_the_job_rejects_the_row() {
+        let row = [Some("K1"), Some("A"), Some("089 12340"), Some("n/a"), None];
+        let m = Mapper::new(
+            &job("PhoneNumber2 = \"Mobil\""),
+            Arc::new(HashKey::for_tests()),
+        );
+        let c = contact(&m, &row);
+        assert_eq!(names(&c), ["Name", "PhoneNumber1"]);
+        assert_eq!(c.hashes.len(), 2, "no hash for the field left out");
+        assert_eq!(
+            c.warnings,
+            vec!["PhoneNumber2 (column `Mobil`) is not a phone number (text without digits): left out"]
+        );
+
+        // Every number bad: nothing to dial, the row is rejected with each reason.
+        let Outcome::Rejected(r) = m.map(rec(&[
+            Some("K1"),
+            Some("A"),
+            Some("0123"),
+            Some("n/a"),
+            None,
+        ])) else {
+            panic!()
+        };
+        assert!(
+            r.reason
+                .contains("PhoneNumber1 (column `Tel`) is not a valid phone number")
+                && r.reason
+                    .contains("PhoneNumber2 (column `Mobil`) is not a phone number"),
+            "{}",
+            r.reason
+        );
+
+        let mut j = job("PhoneNumber2 = \"Mobil\"");
+        j.on_bad_phone = OnBadPhone::RejectRow;
+        let m = Mapper::new(&j, Arc::new(HashKey::for_tests()));
+        let Outcome::Rejected(r) = m.map(rec(&row)) else {
+            panic!()
+        };
+        assert_eq!(
+            r.reason,
+            "PhoneNumber2 (column `Mobil`) is not a phone number (text without digits)"
+        );
+    }
+
+    #[test]
+    fn an_agent_the_dialler_does_not_know_is_left_out() {
+        let j = job("ReservedUsersUID = \"Owner\"");
+        let users: HashSet<String> = ["agent1".to_string()].into();
+        let m = Mapper::new(&j, Arc::new(HashKey::for_tests())).with_users(Arc::new(users));
+        let row = |owner| [Some("K1"), Some("A"), Some("089 12340"), Some(owner), None];
+        let c = contact(&m, &row("agent1"));
+        assert_eq!(names(&c), ["Name", "PhoneNumber1", "ReservedUsersUID"]);
+        assert!(c.warnings.is_empty());
+        let c = contact(&m, &row("jdoe"));
+        assert_eq!(names(&c), ["Name", "PhoneNumber1"]);
+        assert_eq!(
+            c.warnings,
+            vec!["ReservedUsersUID (column `Owner`) names no user of the dialler: left out"]
+        );
+        // Not checked (an offline dry run): taken as it is.
+        let m = Mapper::new(&j, Arc::new(HashKey::for_tests()));
+        assert_eq!(contact(&m, &row("jdoe")).fields.len(), 3);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub enum Step {
     ReadState,
     /// A dry run's read-only check of the dialler (token, ClientsID, campaign).
     Check,
+    /// Reading the dialler's users, to check the agents a job maps.
+    Users,
+    /// A run with nothing to send checking that the token still works.
+    Credentials,
     /// Settling the imports an interrupted run left pending.
     Settle,
     /// Reading the campaign back to verify the state.
@@ -104,6 +108,14 @@ impl fmt::Display for Step {
             Step::Check => {
                 "the dry run's check of the dialler (token, ClientsID, campaign) failed, so \
                  nothing was planned (--offline plans without it)"
+            }
+            Step::Users => {
+                "could not read the dialler's users (to check the agent fields), so nothing \
+                 was changed"
+            }
+            Step::Credentials => {
+                "the check of the token with nothing to send failed (it runs at most every \
+                 credential_check)"
             }
             Step::Settle => {
                 "could not settle the imports an interrupted run left pending, so nothing \

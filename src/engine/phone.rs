@@ -22,8 +22,15 @@ pub(crate) enum PhoneError {
     NoRegion,
     #[error("is not a valid phone number{}", .0.map(|r| format!(" for {r:?}")).unwrap_or_default())]
     Invalid(Option<country::Id>),
-    #[error("has an extension, which the dialler cannot dial")]
-    Extension,
+}
+
+/// A number as the dialler dials it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Normalised {
+    pub number: String,
+    /// The CRM's value had an extension (`ext. 12`, `x12`), which the dialler cannot
+    /// dial: it was left off.
+    pub extension_dropped: bool,
 }
 
 /// Normalises `raw` to international form, placing national numbers in `region`.
@@ -31,7 +38,7 @@ pub(crate) fn normalise(
     raw: &str,
     region: Option<country::Id>,
     format: PhoneFormat,
-) -> Result<String, PhoneError> {
+) -> Result<Normalised, PhoneError> {
     let mut s = raw.trim().to_string();
     // "+49 (0)89 ..." — the "(0)" is the national trunk prefix written for domestic callers;
     // dialled internationally it must go.
@@ -50,16 +57,17 @@ pub(crate) fn normalise(
         return Err(PhoneError::NoRegion);
     }
     let number = phonenumber::parse(region, &s).map_err(|_| PhoneError::Unreadable)?;
-    if number.extension().is_some() {
-        return Err(PhoneError::Extension);
-    }
     if !phonenumber::is_valid(&number) {
         return Err(PhoneError::Invalid(number.country().id().or(region)));
     }
+    // E.164 has no extension: formatting leaves it off.
     let e164 = number.format().mode(Mode::E164).to_string();
-    Ok(match format {
-        PhoneFormat::E164 => e164,
-        PhoneFormat::Digits => e164.trim_start_matches('+').to_string(),
+    Ok(Normalised {
+        number: match format {
+            PhoneFormat::E164 => e164,
+            PhoneFormat::Digits => e164.trim_start_matches('+').to_string(),
+        },
+        extension_dropped: number.extension().is_some(),
     })
 }
 
@@ -68,7 +76,19 @@ mod tests {
     use super::*;
 
     fn de(s: &str) -> Result<String, PhoneError> {
-        normalise(s, Some(country::Id::DE), PhoneFormat::E164)
+        normalise(s, Some(country::Id::DE), PhoneFormat::E164).map(|n| {
+            assert!(!n.extension_dropped, "{s}");
+            n.number
+        })
+    }
+
+    #[test]
+    fn extensions_are_left_off() {
+        for s in ["089 1234-0 ext. 12", "089 12340 x12", "+49 89 12340 ext 12"] {
+            let n = normalise(s, Some(country::Id::DE), PhoneFormat::E164).unwrap();
+            assert_eq!(n.number, "+498912340", "{s}");
+            assert!(n.extension_dropped, "{s}");
+        }
     }
 
     #[test]
@@ -79,7 +99,9 @@ mod tests {
         assert_eq!(de("0049 40 12345678").unwrap(), "+494012345678");
         assert_eq!(de("+43 1 5344455").unwrap(), "+4315344455");
         assert_eq!(
-            normalise("089 12345678", Some(country::Id::DE), PhoneFormat::Digits).unwrap(),
+            normalise("089 12345678", Some(country::Id::DE), PhoneFormat::Digits)
+                .unwrap()
+                .number,
             "498912345678"
         );
     }
@@ -101,7 +123,9 @@ mod tests {
             Err(PhoneError::NoRegion)
         );
         assert_eq!(
-            normalise("+49 89 12345678", None, PhoneFormat::E164).unwrap(),
+            normalise("+49 89 12345678", None, PhoneFormat::E164)
+                .unwrap()
+                .number,
             "+498912345678"
         );
     }

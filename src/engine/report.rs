@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::engine::mapping::Rejected;
 use crate::engine::outcome::{Abort, Exit};
 use crate::engine::plan::Doubts;
-use crate::engine::plan::{Plan, RemovalKind};
+use crate::engine::plan::{Plan, RemovalKind, RowWarning};
 use crate::escape::printable;
 use crate::state::Verified;
 
@@ -34,16 +34,28 @@ pub struct JobReport {
     pub locked: u64,
     pub unlocked: u64,
     pub deleted: u64,
+    /// Rows of contacts new to the dialler (to import).
+    pub new: u64,
+    /// Rows of known contacts with something to send (an update, reset or unlock).
+    pub changed: u64,
+    /// Rows whose contact is as the export says.
     pub unchanged: u64,
     /// Of those, rows recognised as unchanged by their hash alone, without being mapped
     /// (see the state digest).
     pub unchanged_by_hash: u64,
+    /// Rows rejected (see `problems`), duplicates aside.
     pub invalid: u64,
+    /// Rows whose UserData an earlier row had: only the first is synced.
+    pub duplicates: u64,
+    /// Contacts absent from the export that stay as they are (locked already, or
+    /// `on_missing = "keep"`). Not rows.
+    pub absent_kept: u64,
     pub failed: u64,
     pub api_calls: u64,
     /// Calls sent again after a passing failure (included in `api_calls`).
     pub retries: u64,
-    /// Rows read from the export, blank ones included.
+    /// Rows read from the export: `new + changed + unchanged + invalid + duplicates +
+    /// blank`.
     pub rows: u64,
     /// Of those, blank lines and rows of empty fields, skipped.
     pub blank: u64,
@@ -83,8 +95,17 @@ pub struct JobReport {
     pub verify_only: bool,
     /// The first rejected rows (row number, UserData if readable, reason).
     pub problems: Vec<Rejected>,
+    /// Rows synced with warnings: a value left out (a bad second phone number, an agent
+    /// the dialler does not know) or sent otherwise than written (an extension left off).
+    pub warnings: u64,
+    /// The first of them (row number, UserData, what).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub row_warnings: Vec<RowWarning>,
     /// The first failed operations.
     pub failures: Vec<Failure>,
+    /// The dialler answered a call of this run without refusing the token.
+    #[serde(skip)]
+    pub token_accepted: bool,
     /// In a dry run: samples of what would be done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<PreviewLine>,
@@ -168,6 +189,7 @@ impl JobReport {
         match &self.stopped {
             Some(why) => why.exit(),
             None if self.invalid > 0
+                || self.duplicates > 0
                 || self.failed > 0
                 || self.withheld_removals > 0
                 || self.stale_ids > 0 =>
@@ -195,20 +217,29 @@ impl JobReport {
             |done: &'static str, would: &'static str| if self.dry_run { would } else { done };
         let _ = writeln!(
             s,
-            "job {}{}: {} rows read{}",
+            "job {}{}: {} read",
             self.job,
             if self.dry_run {
                 " (dry run: nothing was changed)"
             } else {
                 ""
             },
-            self.rows,
-            if self.blank > 0 {
-                format!(" ({} blank, skipped)", self.blank)
-            } else {
-                String::new()
-            }
+            count(self.rows, "row"),
         );
+        // The rows, each counted once; then what was (or would be) done.
+        let mut rows = vec![
+            format!("{} new", self.new),
+            format!("{} changed", self.changed),
+            format!("{} unchanged", self.unchanged),
+            format!("{} invalid", self.invalid),
+        ];
+        if self.duplicates > 0 {
+            rows.push(count(self.duplicates, "duplicate"));
+        }
+        if self.blank > 0 {
+            rows.push(format!("{} blank (skipped)", self.blank));
+        }
+        let _ = writeln!(s, "  rows: {}", rows.join(", "));
         let counts = [
             (verb("imported", "would import"), self.imported),
             (verb("updated", "would update"), self.updated),
@@ -217,18 +248,27 @@ impl JobReport {
             (verb("locked", "would lock"), self.locked),
             (verb("deleted", "would delete"), self.deleted),
         ];
-        let mut line = counts
+        let line = counts
             .iter()
             .map(|(w, n)| format!("{n} {w}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = write!(line, ", {} unchanged", self.unchanged);
-        let _ = writeln!(s, "  {line}");
+        let _ = writeln!(s, "  contacts: {line}");
         let _ = writeln!(
             s,
-            "  {} invalid rows, {} failed operations, {} API calls",
-            self.invalid, self.failed, self.api_calls
+            "  {}, {}",
+            count(self.failed, "failed operation"),
+            count(self.api_calls, "API call")
         );
+        if self.absent_kept > 0 {
+            let _ =
+                writeln!(
+                s,
+                "  {} not in the export and left as {} (locked already, or on_missing = \"keep\")",
+                count(self.absent_kept, "contact"),
+                if self.absent_kept == 1 { "it is" } else { "they are" }
+            );
+        }
         for note in &self.notes {
             let _ = writeln!(s, "  note: {note}");
         }
@@ -238,8 +278,8 @@ impl JobReport {
         if self.rechecked > 0 {
             let _ = writeln!(
                 s,
-                "  {} contacts re-sent from the export: an earlier run stopped while their calls were in flight",
-                self.rechecked
+                "  {} re-sent from the export: an earlier run stopped while their calls were in flight",
+                count(self.rechecked, "contact")
             );
         }
         if self.stale_ids > 0 {
@@ -252,8 +292,8 @@ impl JobReport {
         if self.already_gone > 0 {
             let _ = writeln!(
                 s,
-                "  {} contacts were already gone from the dialler; forgotten",
-                self.already_gone
+                "  {} already gone from the dialler; forgotten",
+                count(self.already_gone, "contact")
             );
         }
         if self.withheld_removals > 0 {
@@ -266,15 +306,15 @@ impl JobReport {
             if d.unreadable_rows > 0 {
                 let _ = writeln!(
                     s,
-                    "    {} rows could not be read, and any of them could be one of these contacts: fix the rows below and sync again",
-                    d.unreadable_rows
+                    "    {} could not be read, and any of them could be one of these contacts: fix the rows below and sync again",
+                    count(d.unreadable_rows, "row")
                 );
             }
             if d.rows_without_key > 0 {
                 let _ = writeln!(
                     s,
-                    "    {} rows have no usable UserData, and any of them could be one of these contacts: fix them in the CRM",
-                    d.rows_without_key
+                    "    {} without a usable UserData, and any of them could be one of these contacts: fix them in the CRM",
+                    count(d.rows_without_key, "row")
                 );
             }
             for k in d.keys_in_export.iter().take(SHOW) {
@@ -327,11 +367,34 @@ impl JobReport {
                 .unwrap_or_default();
             let _ = writeln!(s, "  invalid {}{key}: {}", p.at, printable(&p.reason));
         }
-        if self.invalid as usize > SHOW.min(self.problems.len()) {
+        if (self.invalid + self.duplicates) as usize > SHOW.min(self.problems.len()) {
             let _ = writeln!(
                 s,
-                "  ... and {} more invalid rows (see --output json)",
-                self.invalid as usize - SHOW.min(self.problems.len())
+                "  ... and {} more (see --output json)",
+                count(
+                    (self.invalid + self.duplicates)
+                        .saturating_sub(SHOW.min(self.problems.len()) as u64),
+                    "rejected row"
+                )
+            );
+        }
+        for w in self.row_warnings.iter().take(SHOW) {
+            let _ = writeln!(
+                s,
+                "  warning {} (UserData {}): {}",
+                w.at,
+                printable(&w.user_data),
+                printable(&w.warning)
+            );
+        }
+        if self.warnings as usize > SHOW.min(self.row_warnings.len()) {
+            let _ = writeln!(
+                s,
+                "  ... and {} with warnings (see --output json)",
+                count(
+                    self.warnings - SHOW.min(self.row_warnings.len()) as u64,
+                    "more row"
+                )
             );
         }
         for f in self.failures.iter().take(SHOW) {
@@ -346,11 +409,23 @@ impl JobReport {
         if self.failed as usize > SHOW.min(self.failures.len()) {
             let _ = writeln!(
                 s,
-                "  ... and {} more failed operations (see --output json)",
-                self.failed as usize - SHOW.min(self.failures.len())
+                "  ... and {} (see --output json)",
+                count(
+                    self.failed - SHOW.min(self.failures.len()) as u64,
+                    "more failed operation"
+                )
             );
         }
         s
+    }
+}
+
+/// `n` and the noun, plural unless `n` is 1: "1 row", "2 rows".
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

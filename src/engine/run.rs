@@ -43,6 +43,10 @@ pub struct RunMode {
     pub force: bool,
     /// When to read the campaign back and check the state against it.
     pub verify: Verify,
+    /// The token was proven within `[dialler] credential_check` (a daemon's scheduled
+    /// runs): a run with nothing to send makes no call to check it. Otherwise (always for
+    /// a manual sync) such a run makes one read-only call, so a revoked token is noticed.
+    pub credentials_recent: bool,
 }
 
 /// When a run verifies its state against the dialler (`reconcile::verify`).
@@ -221,6 +225,7 @@ pub(crate) async fn run_one(
                 .await;
             // The client is this run's own: its count is the run's.
             report.api_calls = dialler.calls();
+            report.token_accepted = dialler.token_accepted();
             report.retries = dialler.retries();
         }
         Err(why) => report.stop(why),

@@ -125,7 +125,7 @@ fn demo_runs_the_whole_cycle() {
         "{text}"
     );
     assert!(
-        text.contains("10 unchanged") && text.contains("0 API calls"),
+        text.contains("9 unchanged") && text.contains("1 API call\n"),
         "{text}"
     );
 }

@@ -62,7 +62,7 @@ impl Env {
             token: TOKEN.into(),
             campaigns: vec![(538, "My Campaign".into()), (539, "Other".into())],
             faults,
-            keep_requests: dialsync::KEEP_REQUESTS,
+            ..EmulatorConfig::default()
         });
         let addr = rt
             .block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))

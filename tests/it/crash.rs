@@ -207,7 +207,11 @@ fn a_sync_killed_at_any_moment_never_duplicates_loses_or_leaves_stale_contacts()
     sync_to_end(dir.path());
     assert_holds_exactly(&emu, &second);
     // And the state knows it all: nothing left to send.
-    assert_eq!(sync_to_end(dir.path())["api_calls"], 0);
+    assert_eq!(
+        sync_to_end(dir.path())["api_calls"],
+        1,
+        "the token check only"
+    );
 }
 
 /// Promise 8 for every operation, not only imports: a run that locks and updates is
@@ -253,7 +257,8 @@ fn a_run_killed_mid_way_then_a_reverted_export_leaves_no_stale_lock_or_value() {
         let report = sync_to_end(dir.path());
         assert_holds_exactly(&emu, &before);
         let again = sync_to_end(dir.path());
-        assert_eq!(again["api_calls"], 0, "kill {i}: {again}\nafter {report}");
+        // The token check only.
+        assert_eq!(again["api_calls"], 1, "kill {i}: {again}\nafter {report}");
     }
     assert!(
         killed_mid_run >= 20,

@@ -228,6 +228,10 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     for ud in ["C1", "C2", "C3"] {
         env.contact(ud);
     }
+    // And sent nothing: the imports proved the token, so no run checks it again within
+    // the hour (`credential_check`).
+    let sent: Vec<_> = env.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(sent.len(), 3, "{sent:?}");
 
     daemon.signal("TERM");
     let exit = daemon.wait_exit();
@@ -250,9 +254,37 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     let (report, code) = env.sync(&[]);
     assert_eq!(
         (code, report["api_calls"].as_u64()),
-        (0, Some(0)),
+        (0, Some(1)),
         "{report}"
     );
+}
+
+/// `credential_check = "0s"`: every scheduled run with nothing to send proves the token
+/// with one read-only call.
+#[test]
+fn credential_check_sets_how_often_an_idle_daemon_checks_the_token() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
+    env.edit_config("client_id = 7", "client_id = 7\ncredential_check = \"0s\"");
+    let mut daemon = Daemon::start(&env);
+    daemon.wait_runs(3);
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit().code(),
+        Some(0),
+        "logs:\n{}",
+        daemon.logs()
+    );
+    let sent = env.requests();
+    let imports = sent.iter().filter(|r| r.path.ends_with("/import")).count();
+    let checks = sent
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/dialler/campaigns/538"))
+        .count();
+    assert_eq!(imports, 3, "{sent:?}");
+    assert!(checks >= 2, "runs 2 and 3 check the token: {sent:?}");
+    assert_eq!(sent.len(), imports + checks, "{sent:?}");
 }
 
 #[test]
@@ -322,7 +354,7 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     assert_eq!(report["locked"], 1, "{report}");
     assert!(env.contact("C3").locked);
     let (report, _) = env.sync(&[]);
-    assert_eq!(report["api_calls"], 0, "{report}");
+    assert_eq!(report["api_calls"], 1, "the token check only: {report}");
 
     // Not a terminal: a note that the daemon ran it, and no progress bar.
     let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);

@@ -170,3 +170,139 @@ fn a_hubspot_api_page_with_record_path_and_dotted_columns() {
         "{report}"
     );
 }
+
+const AGENTS_JOB: &str = r#"default_country = "DE"
+ON_BAD_PHONE
+[job.source]
+type = "csv"
+path = "export.csv"
+
+[job.fields]
+UserData = "Nr"
+Name = "Name"
+PhoneNumber1 = "Tel"
+PhoneNumber2 = "Mobil"
+ReservedUsersUID = "Owner"
+"#;
+
+/// What CRMs hold beside good data: an extension, a mobile field holding "n/a", an owner
+/// the dialler has no user for, a duplicate, a blank line. Each good row is synced (what
+/// cannot be sent is left out, with a warning on its row, every run), and the counts of
+/// rows add up.
+#[test]
+fn warnings_leave_out_what_cannot_be_sent_and_the_counts_add_up() {
+    let env = Env::new();
+    let export = "Nr;Name;Tel;Mobil;Owner\n\
+                  K1;Alpha;089 1234-0 ext. 12;;agent1\n\
+                  K2;Beta;089 12341;n/a;agent2\n\
+                  K3;Gamma;089 12342;;jdoe\n\
+                  K4;Delta;089 12343;;\n\
+                  K1;Alpha again;089 12344;;agent1\n\
+                  \n\
+                  K5;;089 12345;;agent1\n";
+    with_fixture(
+        &env,
+        "excel-de.csv",
+        "unused.csv",
+        &AGENTS_JOB.replace("ON_BAD_PHONE", ""),
+    );
+    std::fs::write(env.path("export.csv"), export).unwrap();
+    let sums = |r: &serde_json::Value| {
+        [
+            "new",
+            "changed",
+            "unchanged",
+            "invalid",
+            "duplicates",
+            "blank",
+        ]
+        .iter()
+        .map(|k| count(r, k))
+        .sum::<u64>()
+    };
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "an invalid row and a duplicate: {report}");
+    let counts: Vec<u64> = [
+        "rows",
+        "new",
+        "invalid",
+        "duplicates",
+        "blank",
+        "warnings",
+        "failed",
+    ]
+    .iter()
+    .map(|k| count(&report, k))
+    .collect();
+    assert_eq!(counts, [7, 4, 1, 1, 1, 3, 0], "{report}");
+    assert_eq!(sums(&report), count(&report, "rows"), "{report}");
+    let warned: Vec<(u64, String)> = report["row_warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["at"]["row"].as_u64().unwrap(),
+                w["warning"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            (2, "PhoneNumber1 (column `Tel`) has an extension, which the dialler cannot dial: sent without it".to_string()),
+            (3, "PhoneNumber2 (column `Mobil`) is not a phone number (text without digits): left out".to_string()),
+            (4, "ReservedUsersUID (column `Owner`) names no user of the dialler: left out".to_string()),
+        ],
+        "{report}"
+    );
+    let k1 = env.contact("K1");
+    assert_eq!(crate::common::field(&k1, "PhoneNumber1"), "+498912340");
+    assert_eq!(crate::common::field(&k1, "ReservedUsersUID"), "agent1");
+    assert!(!env.contact("K2").fields.contains_key("PhoneNumber2"));
+    assert!(!env.contact("K3").fields.contains_key("ReservedUsersUID"));
+    // The users were read once.
+    let users = env
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/users"))
+        .count();
+    assert_eq!(users, 1);
+
+    // Again: nothing to send, the same warnings, the same sums; the row numbers in the
+    // human summary.
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "unchanged"), count(&report, "warnings")),
+        (4, 3),
+        "{report}"
+    );
+    assert_eq!(sums(&report), 7, "{report}");
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("7 rows read")
+            && text.contains(
+                "rows: 0 new, 0 changed, 4 unchanged, 1 invalid, 1 duplicate, 1 blank (skipped)"
+            )
+            && text.contains("warning row 3 (UserData K2): PhoneNumber2"),
+        "{text}"
+    );
+
+    // A job that would rather reject such rows: K2 is invalid, and not locked for it.
+    with_fixture(
+        &env,
+        "excel-de.csv",
+        "unused.csv",
+        &AGENTS_JOB.replace("ON_BAD_PHONE", "on_bad_phone = \"reject_row\""),
+    );
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "invalid"), count(&report, "locked")),
+        (2, 0),
+        "{report}"
+    );
+    assert_eq!(report["problems"][0]["key"], "K2", "{report}");
+    assert!(!env.contact("K2").locked);
+}

@@ -19,11 +19,19 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
         .build()
         .unwrap();
     let store = Store::open(&config.state.path).unwrap();
-    let opts = SyncOptions::default();
-    let run = || {
-        rt.block_on(sync_with(&config, &opts, dialsync::Against::Store(&store)))
+    // As a daemon's scheduled run whose token was proven within `credential_check`.
+    let scheduled = SyncOptions {
+        mode: dialsync::RunMode {
+            credentials_recent: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let run_with = |opts: &SyncOptions| {
+        rt.block_on(sync_with(&config, opts, dialsync::Against::Store(&store)))
             .unwrap()
     };
+    let run = || run_with(&scheduled);
 
     let first = run();
     assert_eq!(first[0].imported, 10_000);
@@ -48,6 +56,17 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
         writes,
         "nothing was written to the job's state"
     );
+
+    // A manual sync (or a scheduled one an hour after the token was last proven) makes
+    // one read-only call with nothing to send, so a revoked token is noticed.
+    let manual = run_with(&SyncOptions::default());
+    assert_eq!((manual[0].unchanged, manual[0].api_calls), (10_000, 1));
+    let sent = &env.requests()[calls..];
+    assert!(
+        sent.len() == 1 && sent[0].method == "GET" && sent[0].path.ends_with("/campaigns/538"),
+        "{sent:?}"
+    );
+    assert_eq!(store.job_writes(), writes);
 }
 
 /// A change of the mapping (here the phone format) makes the stored row hashes miss:
@@ -80,7 +99,7 @@ fn a_changed_mapping_compares_every_row_again() {
             count(&report, "api_calls"),
             count(&report, "unchanged_by_hash")
         ),
-        (0, 50)
+        (1, 50)
     );
 }
 
@@ -117,5 +136,5 @@ fn a_partly_applied_change_is_not_mistaken_for_unchanged_later() {
     );
     env.assert_holds_exactly(&original);
     let (report, _) = env.sync(&[]);
-    assert_eq!(count(&report, "api_calls"), 0);
+    assert_eq!(count(&report, "api_calls"), 1, "the token check only");
 }

@@ -56,9 +56,17 @@ fn unchanged_export_makes_no_call_and_changed_field_one_update() {
     assert_eq!(code, 0);
     assert_eq!(
         (count(&report, "api_calls"), count(&report, "unchanged")),
-        (0, 4)
+        (1, 4)
     );
-    assert!(env.requests_since(n).is_empty());
+    // The one call reads the campaign: a manual sync checks the token even with nothing
+    // to send.
+    let sent = env.requests_since(n);
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].method == "GET" && sent[0].path.ends_with("/dialler/campaigns/538"),
+        "{sent:?}"
+    );
+    let n = env.requests().len();
 
     let mut rows = ROWS;
     rows[1] = "K2;Weiß;Anna;0171 2345678;Düsseldorf;1";
@@ -104,7 +112,11 @@ fn removed_row_is_locked_once_and_unlocked_when_back() {
     );
 
     // Still missing: nothing more to do.
-    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+    assert_eq!(
+        count(&env.sync(&[]).0, "api_calls"),
+        1,
+        "the token check only"
+    );
 
     env.write_export(&ROWS);
     let (report, _) = env.sync(&[]);
@@ -144,7 +156,11 @@ fn removed_row_is_locked_once_and_unlocked_when_back() {
     );
     assert!(!k1.locked && field(&k1, "City") == "Augsburg");
     // Both steps were recorded: nothing is left to do.
-    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+    assert_eq!(
+        count(&env.sync(&[]).0, "api_calls"),
+        1,
+        "the token check only"
+    );
 }
 
 #[test]
@@ -248,7 +264,8 @@ fn invalid_rows_are_reported_by_row_and_never_removed() {
     // K2 and K3 in any case.
     assert_eq!(
         (count(&report, "locked"), count(&report, "api_calls")),
-        (0, 0)
+        (0, 1),
+        "no lock; the one call checks the token"
     );
     assert!(env.contacts().iter().all(|c| !c.locked));
 
@@ -344,7 +361,11 @@ fn dry_run_changes_nothing_in_emulator_or_state() {
         (1, 1, 1)
     );
     // An update and a reset of one contact were both recorded: nothing is left to do.
-    assert_eq!(count(&env.sync(&[]).0, "api_calls"), 0);
+    assert_eq!(
+        count(&env.sync(&[]).0, "api_calls"),
+        1,
+        "the token check only"
+    );
 }
 
 #[test]
@@ -476,4 +497,32 @@ fn a_dry_run_with_a_wrong_token_or_campaign_fails_like_a_real_run() {
     assert_eq!(code, 3, "{dry}");
     let why = dry["aborted"].as_str().unwrap();
     assert!(why.contains("campaign 999 does not exist"), "{why}");
+}
+
+/// A token revoked in the jtel portal while the export stands still: the manual sync has
+/// nothing to send, and still fails with the 401 exit code, naming the token, and sends
+/// no write.
+#[test]
+fn a_revoked_token_is_noticed_with_nothing_to_send() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    assert_eq!(env.sync(&[]).1, 0);
+    env.write_config("revoked-token", "");
+    let n = env.requests().len();
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("401") && stdout.contains("token") && stdout.contains("0 changed"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("revoked-token")
+            && !String::from_utf8_lossy(&out.stderr).contains("revoked-token")
+    );
+    let sent = env.requests_since(n);
+    assert!(
+        sent.len() == 1 && sent[0].method == "GET" && sent[0].status == 401,
+        "{sent:?}"
+    );
 }

@@ -75,10 +75,18 @@ pub(crate) struct Plan {
     pub removals: Vec<Removal>,
     /// State-only refreshes (no call): hashes recorded for a newly mapped field or trigger.
     pub baselines: Vec<(String, Entry)>,
+    /// Rows whose contact is as the export says: no call.
     pub unchanged: u64,
     /// Of the unchanged rows, those settled by their hash (see [`Planner::unchanged`]).
     pub unchanged_by_hash: u64,
     pub rejected: Vec<Rejected>,
+    /// Of the rejected rows, those whose UserData an earlier row had.
+    pub duplicates: u64,
+    /// Contacts absent from the export that stay as they are: locked already, or kept
+    /// (`on_missing = "keep"`). Not rows.
+    pub absent_kept: u64,
+    /// Rows synced with warnings (a value left out or changed on the way).
+    pub warnings: Vec<RowWarning>,
     /// Removals not planned for lack of evidence that their contact left the export.
     pub withheld_removals: u64,
     /// Why they were held back.
@@ -88,7 +96,7 @@ pub(crate) struct Plan {
     pub rechecked: u64,
     /// In-flight marks that need no call (the contact is kept, or has no entry): to clear.
     pub settled: Vec<String>,
-    /// Rows read (valid and rejected).
+    /// Rows read (valid and rejected): `imports + changes + unchanged + rejected`.
     pub rows: u64,
     /// Besides those, blank lines and rows of empty fields: skipped, never doubted.
     pub blank: u64,
@@ -96,6 +104,15 @@ pub(crate) struct Plan {
     pub notes: Vec<String>,
     /// Contacts in the state before the run.
     pub known: u64,
+}
+
+/// A row that is synced, with what the operator should know about it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RowWarning {
+    pub at: RowRef,
+    #[serde(rename = "key")]
+    pub user_data: String,
+    pub warning: String,
 }
 
 /// What kept removals back: a removal needs positive evidence that its record is gone
@@ -146,7 +163,6 @@ impl Plan {
         self.removals.iter().filter(|r| r.kind == kind).count()
     }
     /// The API calls the plan needs.
-    #[cfg(test)]
     pub(crate) fn calls(&self) -> usize {
         self.imports.len() + self.updates() + self.resets() + self.unlocks() + self.removals.len()
     }
@@ -274,19 +290,30 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 }
                 self.plan.rejected.push(r);
             }
-            Outcome::Contact(c) => {
+            Outcome::Contact(mut c) => {
                 if let Some(first) = self.seen.get(&c.key).copied() {
+                    self.plan.duplicates += 1;
                     self.plan.rejected.push(again(c, first));
                     return Ok(());
                 }
                 self.seen.insert(c.key.clone(), c.at);
-                self.plan_contact(c)?;
+                let (at, key) = (c.at, c.key.clone());
+                let mut warnings = std::mem::take(&mut c.warnings);
+                self.plan_contact(c, &mut warnings)?;
+                if !warnings.is_empty() {
+                    self.plan.warnings.push(RowWarning {
+                        at,
+                        user_data: key,
+                        warning: warnings.join("; "),
+                    });
+                }
             }
         }
         Ok(())
     }
 
-    fn plan_contact(&mut self, c: Contact) -> Result<(), StateError> {
+    /// Plans the row `c`, adding to `warnings` what of it cannot be sent.
+    fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<(), StateError> {
         let doubt = self.doubts.get(&c.key).copied().unwrap_or(0);
         let Some(old) = self.state.get(&c.key)? else {
             if doubt != 0 {
@@ -305,16 +332,26 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let fields_unknown = doubt & (in_doubt::FIELDS | in_doubt::GONE) != 0;
         // The state has it, so the digest has it (at its key hash's position).
         if let Some(row) = self.mark_seen(&c.key, c.at) {
+            self.plan.duplicates += 1;
             self.plan
                 .rejected
                 .push(again(c, RowRef { row, line: None }));
             return Ok(());
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
+        for ((field, _), (code, hash)) in c.fields.iter().zip(&c.hashes) {
+            if field.import_only() && stored(*code).is_some_and(|h| h != *hash) && !fields_unknown {
+                warnings.push(format!(
+                    "{} changed, and the dialler takes it on import only: change it in the jtel portal",
+                    field.name
+                ));
+            }
+        }
         let update: Vec<_> = c
             .fields
             .iter()
             .zip(&c.hashes)
+            .filter(|((field, _), _)| !field.import_only())
             .filter(|((_, value), (code, hash))| match stored(*code) {
                 _ if fields_unknown => true,
                 Some(h) => h != *hash,
@@ -370,7 +407,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             // Every entry a row named is marked: if none of the others is to be removed,
             // the entries need not be read.
             if p.unseen().all(|locked| kind_for(locked).is_none()) {
-                self.plan.unchanged += p.unseen().count() as u64;
+                self.plan.absent_kept += p.unseen().count() as u64;
                 self.plan.known = p.len() as u64;
                 return Ok(self.plan);
             }
@@ -417,7 +454,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 self.plan.settled.push(key.clone());
             }
         }
-        self.plan.unchanged += already;
+        self.plan.absent_kept += already;
         self.plan.known = known;
         if self.plan.doubts.withhold_all() {
             self.plan.withheld_removals = removals.len() as u64;

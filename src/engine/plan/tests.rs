@@ -29,6 +29,7 @@ fn contact(key: &str, name: &str, phone: &str, round: &str) -> Outcome {
         triggers: vec![("Round".into(), k.trigger(Some(round)))],
         legacy_triggers: vec![hashing::legacy_trigger(Some(round))],
         row: k.row(format!("{key}\0{name}\0{phone}\0{round}").as_bytes()),
+        warnings: Vec::new(),
     })
 }
 
@@ -143,6 +144,8 @@ fn full_cycle() {
     apply(&mut state, &p);
     let p = plan(without_b(), &state, LOCK).unwrap();
     assert!(p.is_empty());
+    // Two rows unchanged; B, locked already, is no row.
+    assert_eq!((p.rows, p.unchanged, p.absent_kept), (2, 2, 1));
     let p = plan(with_b(), &state, LOCK).unwrap();
     assert_eq!(p.changes.len(), 1);
     assert!(p.changes[0].unlock && p.changes[0].update.is_empty() && !p.changes[0].reset);
@@ -165,7 +168,8 @@ fn missing_policy() {
     );
     let p = plan([], &state, keep).unwrap();
     assert!(p.is_empty());
-    assert_eq!(p.unchanged, 1);
+    // Kept, but no row: the counts of rows do not include it.
+    assert_eq!((p.unchanged, p.absent_kept), (0, 1));
 }
 
 #[test]
@@ -428,6 +432,12 @@ proptest! {
             }
         }
         let slow = plan(rows(&next), &state, policy).unwrap();
+        // Every row is counted once.
+        prop_assert_eq!(
+            slow.rows,
+            (slow.imports.len() + slow.changes.len() + slow.rejected.len()) as u64 + slow.unchanged
+        );
+        prop_assert!(slow.duplicates <= slow.rejected.len() as u64);
         let mut fast = plan_with_digest(rows(&next), &state, policy);
         prop_assert!(fast.unchanged_by_hash <= fast.unchanged);
         fast.unchanged_by_hash = 0;
@@ -461,10 +471,51 @@ fn the_digest_settles_unchanged_rows_and_still_finds_duplicates() {
     assert_eq!(p.unchanged, 1);
     assert!(p.changes.is_empty());
     assert_eq!(p.rejected.len(), 1, "{p:?}");
+    assert_eq!(p.duplicates, 1);
     assert!(p.rejected[0]
         .reason
         .contains("appears again (first at row 2)"));
     // B left: locked, found without the digest's help.
     assert_eq!(p.removals.len(), 1);
     assert_eq!(p.removals[0].key, "B");
+}
+
+/// `contact(key, name, phone, "1")` with an agent in `ReservedUsersUID`.
+fn with_agent(key: &str, name: &str, agent: &str) -> Outcome {
+    let Outcome::Contact(mut c) = contact(key, name, "1", "1") else {
+        unreachable!()
+    };
+    let field = fields::by_name("ReservedUsersUID").unwrap();
+    let value = FieldValue::Text(agent.into());
+    c.hashes
+        .push((field.code, HashKey::for_tests().value(&value)));
+    c.fields.push((field, value));
+    Outcome::Contact(c)
+}
+
+#[test]
+fn an_agent_changed_later_is_reported_not_sent() {
+    let mut state = BTreeMap::new();
+    let p = plan([with_agent("A", "a", "agent1")], &state, LOCK).unwrap();
+    assert_eq!(p.imports[0].fields.len(), 3, "the import sends the agent");
+    apply(&mut state, &p);
+
+    // The agent changes with the name: the update sends the name only.
+    let p = plan([with_agent("A", "b", "agent2")], &state, LOCK).unwrap();
+    let names: Vec<_> = p.changes[0].update.iter().map(|(f, _)| f.name).collect();
+    assert_eq!(names, ["Name"]);
+    assert_eq!(p.warnings.len(), 1);
+    assert_eq!(
+        p.warnings[0].warning,
+        "ReservedUsersUID changed, and the dialler takes it on import only: change it in the jtel portal"
+    );
+    apply(&mut state, &p);
+    // Said once: the new value is stored.
+    let p = plan([with_agent("A", "b", "agent2")], &state, LOCK).unwrap();
+    assert!(p.is_empty() && p.warnings.is_empty(), "{p:?}");
+
+    // The agent alone changes: no call, a warning, and the new hash stored.
+    let p = plan([with_agent("A", "b", "agent1")], &state, LOCK).unwrap();
+    assert_eq!((p.calls(), p.warnings.len(), p.baselines.len()), (0, 1, 1));
+    assert_eq!(p.unchanged, 1);
 }
