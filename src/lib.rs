@@ -35,6 +35,7 @@ mod state;
 pub use config::{Config, ConfigError, Secret, TokenError, TokenSource};
 // One sync, its outcome and its report.
 pub use engine::outcome::{Abort, Exit};
+pub use engine::preflight::{preflight, Finding};
 pub use engine::progress::{Phase, RunHandle, Snapshot};
 pub use engine::reconcile::{rebuild as rebuild_state, Rebuilt, ReconcileError};
 pub use engine::report::{exit_of, json as reports_json, JobReport};

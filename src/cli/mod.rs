@@ -122,10 +122,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
     },
-    /// Check a config file (and that its token can be read) without contacting the dialler.
+    /// Check a config file and its token; then each job's export (every mapped column) and
+    /// the dialler (token, ClientsID, each job's campaign), read-only.
     Validate {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Check the config file (and that the token can be read) alone: no export is
+        /// opened, no call made (for CI, and for the service's start before the network).
+        #[arg(long)]
+        offline: bool,
     },
     /// Serve an in-memory jtel dialler API for trying configs, tests and benchmarks.
     Emulator(emulator::Args),
@@ -222,7 +227,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Run { config } => daemon::run(config).await,
         Command::Status { config, output } => status::run(&config, output).await,
-        Command::Validate { config } => validate::run(&config),
+        Command::Validate { config, offline } => validate::run(&config, offline).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Demo => demo::run()
             .await

@@ -16,7 +16,7 @@ use crate::state::StateError;
 
 /// Exit codes, as documented in the README. In JSON (a report's `outcome`, the control
 /// socket) and in log fields they are the same words: `ok`, `partial`, `config`,
-/// `aborted`, `unauthorized`, `guard`.
+/// `aborted`, `unauthorized`, `guard`; `export` and `campaign` are `validate`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Exit {
@@ -33,6 +33,10 @@ pub enum Exit {
     /// A guard stopped the run before any change (empty or truncated export, too many
     /// removals or resets): check, then `--force` once or raise the limit.
     Guard = 5,
+    /// `validate`: an export is missing or unreadable, or lacks a mapped column.
+    Export = 6,
+    /// `validate`: a job's campaign is not on the dialler.
+    Campaign = 7,
 }
 
 impl Exit {
@@ -44,9 +48,11 @@ impl Exit {
             Exit::Ok => 0,
             Exit::Partial => 1,
             Exit::Guard => 2,
-            Exit::Aborted => 3,
-            Exit::Unauthorized => 4,
-            Exit::Config => 5,
+            Exit::Campaign => 3,
+            Exit::Export => 4,
+            Exit::Aborted => 5,
+            Exit::Unauthorized => 6,
+            Exit::Config => 7,
         }
     }
 
@@ -59,6 +65,8 @@ impl Exit {
             Exit::Aborted => "aborted",
             Exit::Unauthorized => "unauthorized",
             Exit::Guard => "guard",
+            Exit::Export => "export",
+            Exit::Campaign => "campaign",
         }
     }
 

@@ -221,8 +221,8 @@ fn quoted(names: &[String]) -> String {
 pub(crate) type Flow = std::ops::ControlFlow<()>;
 
 /// Reads the export described by `cfg`, calling `sink` for each row, keeping `columns`,
-/// until the export ends or `sink` says stop. (Runs read through the pipeline.)
-#[cfg(test)]
+/// until the export ends or `sink` says stop. (Runs read through the pipeline; `validate`
+/// reads with this.)
 pub(crate) fn read(
     cfg: &SourceConfig,
     columns: &[String],

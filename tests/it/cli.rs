@@ -19,8 +19,9 @@ fn every_example_config_validates() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             // The example reads its token from this variable, as an operator's would.
+            // Offline: their dialler and exports are examples.
             let out = dialsync()
-                .args(["validate", "--config"])
+                .args(["validate", "--offline", "--config"])
                 .arg(&path)
                 .env("DIALSYNC_TOKEN", "t")
                 .output()
@@ -264,7 +265,7 @@ fn validate_checks_the_ca_file() {
         .replace("not-pem.crt", &cert.display().to_string());
     std::fs::write(&path, text).unwrap();
     let out = dialsync()
-        .args(["validate", "--config"])
+        .args(["validate", "--offline", "--config"])
         .arg(&path)
         .output()
         .unwrap();
@@ -312,4 +313,83 @@ fn a_closed_pipe_ends_output_quietly() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     }
     assert_eq!(env.contacts().len(), 5, "the sync was done all the same");
+}
+
+/// `validate` checks what the first run needs, against the emulator: each broken piece
+/// gets its own line and exit code, the rest is still checked; `--offline` checks the
+/// config alone.
+#[test]
+fn validate_checks_the_export_and_the_dialler() {
+    let env = common::Env::new();
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    env.write_config(common::TOKEN, "");
+    let validate = |extra: &[&str]| {
+        let mut args = vec!["validate", "--config", "dialsync.toml"];
+        args.extend_from_slice(extra);
+        let out = env.dialsync(&args);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = validate(&[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ok      job leads: export")
+            && text.contains("1 row, every mapped column present")
+            && text.contains("token and ClientsID 7 accepted")
+            && text.contains("ok      job leads: campaign 538 \"My Campaign\" found"),
+        "{text}"
+    );
+    let n = env.requests().len();
+    assert_eq!(n, 1, "one read-only call: {:?}", env.requests());
+    assert_eq!(env.requests()[0].method, "GET");
+
+    // Each fault on its own: its line, its exit code.
+    let cases: [(&str, &str, i32, &str); 5] = [
+        (
+            "FirstName = \"FirstName\"",
+            "FirstName = \"Vorname\"",
+            6,
+            "has no column `Vorname` named in [job.fields]",
+        ),
+        ("path = \"export.csv\"", "path = \"gone.csv\"", 6, "cannot open the CRM export"),
+        ("token = \"test-token\"", "token = \"wrong\"", 4, "HTTP 401"),
+        ("client_id = 7", "client_id = 8", 4, "client_id = 8"),
+        ("campaign_id = 538", "campaign_id = 540", 7, "campaign 540 is not on the dialler: check campaign_id; the campaigns there are: 538 \"My Campaign\", 539 \"Other\""),
+    ];
+    for (from, to, exit, says) in cases {
+        env.edit_config(from, to);
+        let (code, text) = validate(&[]);
+        assert_eq!(code, exit, "{to}: {text}");
+        let failed: Vec<&str> = text.lines().filter(|l| l.contains("FAILED")).collect();
+        assert_eq!(failed.len(), 1, "{to}: {text}");
+        assert!(failed[0].contains(says), "{to}: {text}");
+        assert!(failed[0].contains(&format!("(exit code {exit})")), "{text}");
+        if to.contains("wrong") {
+            assert!(!text.contains("wrong"), "the token is never shown: {text}");
+        }
+        // Offline, the config alone: fine.
+        let (code, text) = validate(&["--offline"]);
+        assert_eq!(code, 0, "{to}: {text}");
+        assert!(!text.contains("FAILED"), "{text}");
+        env.edit_config(to, from);
+    }
+    // A dialler out of reach: said, with the code of a run that could not reach it.
+    env.edit_config(&format!("http://{}/", env.addr), "http://127.0.0.1:1/");
+    env.edit_config("client_id = 7", "client_id = 7\nmax_retries = 0");
+    let (code, text) = validate(&[]);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("FAILED  dialler http://127.0.0.1:1/"),
+        "{text}"
+    );
+    env.edit_config("http://127.0.0.1:1/", &format!("http://{}/", env.addr));
+
+    // The export and the campaign both wrong: both reported, the worse code wins.
+    env.edit_config("path = \"export.csv\"", "path = \"gone.csv\"");
+    env.edit_config("campaign_id = 538", "campaign_id = 540");
+    let (code, text) = validate(&[]);
+    assert_eq!(text.matches("FAILED").count(), 2, "{text}");
+    assert_eq!(code, 6, "{text}");
 }

@@ -1,0 +1,180 @@
+//! `validate`'s checks of the environment, before the first run: each job's export can be
+//! read and has every mapped column, and the dialler takes the token and ClientsID and
+//! has each job's campaign. Read-only: one call lists the tenant's campaigns (token,
+//! ClientsID and every campaign at once), one more lists its users when a job maps an
+//! agent field.
+
+use serde_json::Value;
+
+use crate::config::{CampaignRef, Config, JobConfig, Secret};
+use crate::dialler::{Dialler, DiallerError};
+use crate::engine::outcome::{error_chain, Exit};
+use crate::fields::Kind;
+use crate::source::{self, Flow};
+
+/// One check and what it found.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The job it is about; `None`: the dialler as a whole.
+    pub job: Option<String>,
+    /// What passed, or the exit code and message of what did not.
+    pub outcome: Result<String, (Exit, String)>,
+}
+
+impl Finding {
+    fn job(job: &JobConfig, outcome: Result<String, (Exit, String)>) -> Finding {
+        Finding {
+            job: Some(job.name.clone()),
+            outcome,
+        }
+    }
+}
+
+/// Checks every job's export and, with `token`, the dialler. Never stops at the first
+/// failure: each gets its own finding.
+pub async fn preflight(config: &Config, token: Option<&Secret>) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for job in &config.jobs {
+        let checked = {
+            let job = job.clone();
+            tokio::task::spawn_blocking(move || check_export(&job)).await
+        };
+        found.push(Finding::job(
+            job,
+            checked.unwrap_or_else(|e| Err((Exit::Aborted, format!("the check crashed: {e}")))),
+        ));
+    }
+    if let Some(token) = token {
+        check_dialler(config, token, &mut found).await;
+    }
+    found
+}
+
+/// Reads the export of `job` through, as a run would (without planning).
+fn check_export(job: &JobConfig) -> Result<String, (Exit, String)> {
+    let summary = source::read(&job.source, &job.columns(), &mut |_| Flow::Continue(()))
+        .map_err(|e| (Exit::Export, error_chain(&e)))?;
+    let (rows, unreadable) = (summary.records + summary.bad, summary.bad);
+    let mut line = format!(
+        "export {}: {rows} row{}, every mapped column present",
+        job.source.path.display(),
+        if rows == 1 { "" } else { "s" }
+    );
+    if summary.skipped.blank > 0 {
+        line.push_str(&format!(" ({} blank)", summary.skipped.blank));
+    }
+    if unreadable > 0 {
+        line.push_str(&format!(
+            "; {unreadable} could not be read (a sync lists them by line)"
+        ));
+    }
+    Ok(line)
+}
+
+async fn check_dialler(config: &Config, token: &Secret, found: &mut Vec<Finding>) {
+    let whole = |outcome| Finding { job: None, outcome };
+    let dialler = match Dialler::new(&config.dialler, token) {
+        Ok(d) => d,
+        Err(e) => {
+            found.push(whole(Err((Exit::Config, error_chain(&e)))));
+            return;
+        }
+    };
+    let at = &config.dialler.base_url;
+    let campaigns = match dialler.campaigns().await {
+        Ok(c) => c,
+        Err(e) => {
+            found.push(whole(Err((
+                dialler_exit(&e),
+                format!("dialler {at}: {}", error_chain(&e)),
+            ))));
+            return;
+        }
+    };
+    found.push(whole(Ok(format!(
+        "dialler {at}: token and ClientsID {} accepted ({} campaign{})",
+        config.dialler.client_id,
+        campaigns.len(),
+        if campaigns.len() == 1 { "" } else { "s" }
+    ))));
+    let listed: Vec<(i64, String)> = campaigns
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.get("ID")?.as_i64()?,
+                c.get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ))
+        })
+        .collect();
+    for job in &config.jobs {
+        found.push(Finding::job(job, check_campaign(&job.campaign, &listed)));
+    }
+    let agents: Vec<&JobConfig> = config
+        .jobs
+        .iter()
+        .filter(|j| j.fields.iter().any(|(f, _)| f.kind == Kind::User))
+        .collect();
+    if let Some(first) = agents.first() {
+        let outcome = match dialler.user_logins().await {
+            Ok(users) => Ok(format!(
+                "{} user{} on the dialler, to check the agent fields against",
+                users.len(),
+                if users.len() == 1 { "" } else { "s" }
+            )),
+            Err(e) => Err((
+                dialler_exit(&e),
+                format!("cannot read the dialler's users: {}", error_chain(&e)),
+            )),
+        };
+        found.push(Finding::job(first, outcome));
+    }
+}
+
+fn check_campaign(
+    campaign: &CampaignRef,
+    listed: &[(i64, String)],
+) -> Result<String, (Exit, String)> {
+    let hit = listed.iter().find(|(id, name)| match campaign {
+        CampaignRef::Id(want) => id == want,
+        CampaignRef::Name(want) => name == want,
+    });
+    if let Some((id, name)) = hit {
+        return Ok(format!("campaign {id} {name:?} found"));
+    }
+    let some: Vec<String> = listed
+        .iter()
+        .take(10)
+        .map(|(id, name)| format!("{id} {name:?}"))
+        .collect();
+    let more = if listed.len() > some.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    let setting = match campaign {
+        CampaignRef::Id(_) => "campaign_id",
+        CampaignRef::Name(_) => "campaign_name",
+    };
+    Err((
+        Exit::Campaign,
+        format!(
+            "{campaign} is not on the dialler: check {setting}; the campaigns there are: {}{more}",
+            if some.is_empty() {
+                "none".to_string()
+            } else {
+                some.join(", ")
+            }
+        ),
+    ))
+}
+
+fn dialler_exit(e: &DiallerError) -> Exit {
+    if e.is_unauthorized() {
+        Exit::Unauthorized
+    } else {
+        Exit::Aborted
+    }
+}
