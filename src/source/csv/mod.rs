@@ -1,7 +1,9 @@
 //! CSV exports: header row, quoted fields (with embedded delimiters and newlines), CRLF,
 //! delimiter `,` `;` tab or `|` given or detected from the header line.
 
+use std::cell::Cell;
 use std::io::{BufRead, Cursor, Read};
+use std::rc::Rc;
 
 use super::{
     recycle, BadRow, Export, Footer, Item, Reading, Record, RowRef, Sink, Skipped, SourceError,
@@ -33,13 +35,17 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     // Its lines count from the header: the title lines skipped come before.
     let crlf = u64::from(first_line.ends_with(b"\r\n"));
     let line_offset = crlf + cfg.skip_header_lines;
+    let tail = Rc::new(Tail::default());
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .comment(cfg.comment)
         .has_headers(true)
         .flexible(true)
         .buffer_capacity(64 * 1024)
-        .from_reader(Cursor::new(first_line).chain(input));
+        .from_reader(Watched {
+            inner: Cursor::new(first_line).chain(input),
+            tail: Rc::clone(&tail),
+        });
 
     let header = reader
         .byte_headers()
@@ -86,7 +92,13 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     let mut footer: Vec<BadRow> = Vec::new();
     loop {
         let read = reader.read_byte_record(&mut record);
-        let end = reader.position().line() + line_offset;
+        let mut end = reader.position().line() + line_offset;
+        // The last record of an LF file without a final line break: no line end was
+        // consumed, so the position is still on its own line. (In a CRLF file the offset
+        // makes up for it already.)
+        if crlf == 0 && matches!(read, Ok(true)) && tail.unterminated_at(reader.position().byte()) {
+            end += 1;
+        }
         match read {
             Ok(true) => {}
             Ok(false) => {
@@ -266,9 +278,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
 
 /// The line `record` starts on. The reader notes a record's position before it skips the
 /// blank lines in front of it (`noted`), so the start is counted back from the line after
-/// the record (`end`): one line for its end, one per line break inside its values. The
-/// last record of a file without a final line break ends on `end` itself: the larger of
-/// the two is right, except for such a record right after blank lines (one line early).
+/// the record (`end`): one line for its end, one per line break inside its values.
 fn first_line_of(record: &csv::ByteRecord, noted: u64, end: u64) -> u64 {
     // Almost every record: one line, nothing skipped before it. No need to look at bytes.
     if end <= noted + 1 {
@@ -276,6 +286,43 @@ fn first_line_of(record: &csv::ByteRecord, noted: u64, end: u64) -> u64 {
     }
     let breaks = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
     noted.max(end.saturating_sub(breaks + 1))
+}
+
+/// What the CSV reader has taken from its input: how many bytes, whether it met the end,
+/// and the last byte, to tell a last line without a line break.
+#[derive(Default)]
+struct Tail {
+    bytes: Cell<u64>,
+    ended: Cell<bool>,
+    last: Cell<u8>,
+}
+
+impl Tail {
+    /// Whether a record that ends at byte `at` is the input's last line, unterminated.
+    fn unterminated_at(&self, at: u64) -> bool {
+        self.ended.get() && at == self.bytes.get() && self.last.get() != b'\n'
+    }
+}
+
+/// The CSV reader's input, noting its [`Tail`].
+struct Watched<R> {
+    inner: R,
+    tail: Rc<Tail>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match buf[..n].last() {
+            None if !buf.is_empty() => self.tail.ended.set(true),
+            None => {}
+            Some(&b) => {
+                self.tail.last.set(b);
+                self.tail.bytes.set(self.tail.bytes.get() + n as u64);
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Why `record` is taken for rows swallowed by a stray quote, if it is: one of its quoted

@@ -148,6 +148,24 @@ fn blank_lines_and_empty_rows_are_skipped_and_counted_and_rows_are_lines() {
     }
 }
 
+/// A file whose last line has no line break, right after blank lines: that line is still
+/// its own number (one record, or one over two lines), and the blank lines all count.
+#[test]
+fn a_last_line_without_a_line_break_after_blank_lines_keeps_its_number() {
+    for eol in ["\n", "\r\n"] {
+        for (last, expect) in [
+            (vec!["2;Bert"], (6, "record")),
+            (vec!["2;\"Bert", "Bertram\""], (6, "record")),
+        ] {
+            let mut lines = vec!["Nr;Name", "1;Anna", "", "", ""];
+            lines.extend(last);
+            let (seen, summary) = rows_and_summary(&lines.join(eol));
+            assert_eq!(seen, vec![(2, "record"), expect], "{eol:?} {lines:?}");
+            assert_eq!(summary.skipped.blank, 3, "{eol:?} {lines:?}");
+        }
+    }
+}
+
 #[test]
 fn windows_1252_semicolons_crlf() {
     let text = "Nr;Name;Telefon\r\n1;M\u{fc}ller;089 1234567\r\n2;\"Stra\u{df}e; Ecke\";\r\n";
