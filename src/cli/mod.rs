@@ -189,17 +189,17 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             force,
             output,
         } => {
-            let config = load(&config)?;
+            let mode = RunMode {
+                force,
+                verify: Verify::Only,
+                ..RunMode::default()
+            };
             let opts = SyncOptions {
                 job,
-                mode: RunMode {
-                    force,
-                    verify: Verify::Only,
-                    ..RunMode::default()
-                },
+                mode,
                 handle: None,
             };
-            sync::run(&config, opts, output).await
+            sync::run(&load(&config)?, opts, output).await
         }
         Command::Sync {
             config,
@@ -210,20 +210,20 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
             verify,
             output,
         } => {
-            let config = load(&config)?;
+            let mode = RunMode {
+                dry_run,
+                offline,
+                force,
+                verify: if verify { Verify::Now } else { Verify::WhenDue },
+                // A manual sync always proves the token, even with nothing to send.
+                credentials_recent: false,
+            };
             let opts = SyncOptions {
                 job,
-                mode: RunMode {
-                    dry_run,
-                    offline,
-                    force,
-                    verify: if verify { Verify::Now } else { Verify::WhenDue },
-                    // A manual sync always proves the token, even with nothing to send.
-                    credentials_recent: false,
-                },
+                mode,
                 handle: None,
             };
-            sync::run(&config, opts, output).await
+            sync::run(&load(&config)?, opts, output).await
         }
         Command::Run { config } => daemon::run(config).await,
         Command::Status { config, output } => status::run(&config, output).await,

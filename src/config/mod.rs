@@ -280,6 +280,14 @@ impl Config {
 }
 
 impl JobConfig {
+    /// Whether the job maps an agent field (`ReservedUsersUID`, `FollowUpUsersUID`), whose
+    /// values are checked against the dialler's users.
+    pub(crate) fn maps_agents(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|(f, _)| f.kind == crate::fields::Kind::User)
+    }
+
     /// The next `n` scheduled runs from now, as wall-clock times in the job's time zone
     /// (none without a schedule).
     pub fn next_runs(&self, n: usize) -> Vec<String> {

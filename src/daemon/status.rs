@@ -71,6 +71,12 @@ pub struct LastRun {
     pub deleted: u64,
     pub unchanged: u64,
     pub invalid: u64,
+    /// Reports stored before duplicates were counted apart have them in `invalid`.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Rows synced with warnings (0 in reports stored before there were any).
+    #[serde(default)]
+    pub warnings: u64,
     pub failed: u64,
     pub api_calls: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,7 +199,8 @@ impl Status {
                     let _ = writeln!(
                         s,
                         "    {} rows; {} imported, {} updated, {} reset, {} unlocked, {} locked, \
-                         {} deleted, {} unchanged; {} invalid, {} failed; {} API calls",
+                         {} deleted, {} unchanged; {} invalid, {}, {} with warnings, \
+                         {} failed; {} API calls",
                         r.rows,
                         r.imported,
                         r.updated,
@@ -203,6 +210,8 @@ impl Status {
                         r.deleted,
                         r.unchanged,
                         r.invalid,
+                        crate::engine::report::count(r.duplicates, "duplicate"),
+                        r.warnings,
                         r.failed,
                         r.api_calls
                     );

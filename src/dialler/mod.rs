@@ -73,7 +73,7 @@ pub struct Dialler {
     /// `[dialler] ca_file`, for messages.
     pub(super) ca_file: Option<std::path::PathBuf>,
     pub(super) calls: AtomicU64,
-    /// Answers that were not a 401 or 403: the token was accepted.
+    /// Answers that show the token accepted (see `token_accepted`).
     pub(super) accepted: AtomicU64,
     pub(super) retry: RetryConfig,
     /// `max_requests_per_second`: calls spaced evenly, never more than the limit in any
@@ -163,7 +163,8 @@ impl Dialler {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Whether an answer so far showed the token accepted (any status but 401 and 403).
+    /// Whether an answer so far showed the token accepted: a success, or a 400, 404 or 409
+    /// (the API refusing the request itself, past its token check).
     pub fn token_accepted(&self) -> bool {
         self.accepted.load(Ordering::Relaxed) > 0
     }

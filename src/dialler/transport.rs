@@ -186,7 +186,9 @@ impl Dialler {
             }
         })?;
         let status = resp.status();
-        if status != reqwest::StatusCode::UNAUTHORIZED && status != reqwest::StatusCode::FORBIDDEN {
+        // An answer of the API itself past its token check: a success, or a refusal of
+        // the request (a redirect, a proxy's 5xx or a 429 may come before the check).
+        if status.is_success() || matches!(status.as_u16(), 400 | 404 | 409) {
             self.accepted.fetch_add(1, Ordering::Relaxed);
         }
         if status.is_success() {

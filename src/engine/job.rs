@@ -19,7 +19,6 @@ use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
-use crate::fields::Kind;
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
@@ -170,7 +169,7 @@ async fn plan_and_execute(
         }
     }
     // The agents a job maps are checked against the dialler's users: one call per run.
-    let users = if job.fields.iter().any(|(f, _)| f.kind == Kind::User) && !mode.offline {
+    let users = if job.maps_agents() && !mode.offline {
         match dialler.user_logins().await {
             Ok(u) => Some(Arc::new(u.into_iter().collect::<HashSet<_>>())),
             Err(e) => {

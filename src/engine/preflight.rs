@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::{CampaignRef, Config, JobConfig, Secret};
 use crate::dialler::{Dialler, DiallerError};
 use crate::engine::outcome::{error_chain, Exit};
-use crate::fields::Kind;
+use crate::engine::report::count;
 use crate::source::{self, Flow};
 
 /// One check and what it found.
@@ -56,9 +56,9 @@ fn check_export(job: &JobConfig) -> Result<String, (Exit, String)> {
         .map_err(|e| (Exit::Export, error_chain(&e)))?;
     let (rows, unreadable) = (summary.records + summary.bad, summary.bad);
     let mut line = format!(
-        "export {}: {rows} row{}, every mapped column present",
+        "export {}: {}, every mapped column present",
         job.source.path.display(),
-        if rows == 1 { "" } else { "s" }
+        count(rows, "row")
     );
     if summary.skipped.blank > 0 {
         line.push_str(&format!(" ({} blank)", summary.skipped.blank));
@@ -92,10 +92,9 @@ async fn check_dialler(config: &Config, token: &Secret, found: &mut Vec<Finding>
         }
     };
     found.push(whole(Ok(format!(
-        "dialler {at}: token and ClientsID {} accepted ({} campaign{})",
+        "dialler {at}: token and ClientsID {} accepted ({})",
         config.dialler.client_id,
-        campaigns.len(),
-        if campaigns.len() == 1 { "" } else { "s" }
+        count(campaigns.len() as u64, "campaign")
     ))));
     let listed: Vec<(i64, String)> = campaigns
         .iter()
@@ -112,17 +111,11 @@ async fn check_dialler(config: &Config, token: &Secret, found: &mut Vec<Finding>
     for job in &config.jobs {
         found.push(Finding::job(job, check_campaign(&job.campaign, &listed)));
     }
-    let agents: Vec<&JobConfig> = config
-        .jobs
-        .iter()
-        .filter(|j| j.fields.iter().any(|(f, _)| f.kind == Kind::User))
-        .collect();
-    if let Some(first) = agents.first() {
+    if let Some(first) = config.jobs.iter().find(|j| j.maps_agents()) {
         let outcome = match dialler.user_logins().await {
             Ok(users) => Ok(format!(
-                "{} user{} on the dialler, to check the agent fields against",
-                users.len(),
-                if users.len() == 1 { "" } else { "s" }
+                "{} on the dialler, to check the agent fields against",
+                count(users.len() as u64, "user")
             )),
             Err(e) => Err((
                 dialler_exit(&e),

@@ -359,69 +359,70 @@ impl JobReport {
                 }
             }
         }
-        for p in self.problems.iter().take(SHOW) {
-            let key = p
-                .key
-                .as_deref()
-                .map(|k| format!(" (UserData {})", printable(k)))
-                .unwrap_or_default();
-            let _ = writeln!(s, "  invalid {}{key}: {}", p.at, printable(&p.reason));
-        }
-        if (self.invalid + self.duplicates) as usize > SHOW.min(self.problems.len()) {
-            let _ = writeln!(
-                s,
-                "  ... and {} more (see --output json)",
-                count(
-                    (self.invalid + self.duplicates)
-                        .saturating_sub(SHOW.min(self.problems.len()) as u64),
-                    "rejected row"
+        list_first(
+            &mut s,
+            &self.problems,
+            self.invalid + self.duplicates,
+            "more rejected row",
+            |p| {
+                let key = p
+                    .key
+                    .as_deref()
+                    .map(|k| format!(" (UserData {})", printable(k)))
+                    .unwrap_or_default();
+                format!("invalid {}{key}: {}", p.at, printable(&p.reason))
+            },
+        );
+        list_first(
+            &mut s,
+            &self.row_warnings,
+            self.warnings,
+            "more row warning",
+            |w| {
+                format!(
+                    "warning {} (UserData {}): {}",
+                    w.at,
+                    printable(&w.user_data),
+                    printable(&w.warning)
                 )
-            );
-        }
-        for w in self.row_warnings.iter().take(SHOW) {
-            let _ = writeln!(
-                s,
-                "  warning {} (UserData {}): {}",
-                w.at,
-                printable(&w.user_data),
-                printable(&w.warning)
-            );
-        }
-        if self.warnings as usize > SHOW.min(self.row_warnings.len()) {
-            let _ = writeln!(
-                s,
-                "  ... and {} with warnings (see --output json)",
-                count(
-                    self.warnings - SHOW.min(self.row_warnings.len()) as u64,
-                    "more row"
+            },
+        );
+        list_first(
+            &mut s,
+            &self.failures,
+            self.failed,
+            "more failed operation",
+            |f| {
+                format!(
+                    "failed {} of UserData {}: {}",
+                    f.operation,
+                    printable(&f.user_data),
+                    printable(&f.error)
                 )
-            );
-        }
-        for f in self.failures.iter().take(SHOW) {
-            let _ = writeln!(
-                s,
-                "  failed {} of UserData {}: {}",
-                f.operation,
-                printable(&f.user_data),
-                printable(&f.error)
-            );
-        }
-        if self.failed as usize > SHOW.min(self.failures.len()) {
-            let _ = writeln!(
-                s,
-                "  ... and {} (see --output json)",
-                count(
-                    self.failed - SHOW.min(self.failures.len()) as u64,
-                    "more failed operation"
-                )
-            );
-        }
+            },
+        );
         s
     }
 }
 
+/// The first few of `items` (a line each, made by `line`), then how many more of `total`
+/// there are (`more`: the noun, e.g. "more failed operation").
+fn list_first<T>(s: &mut String, items: &[T], total: u64, more: &str, line: impl Fn(&T) -> String) {
+    let shown = items.len().min(SHOW);
+    for item in &items[..shown] {
+        let _ = writeln!(s, "  {}", line(item));
+    }
+    if total > shown as u64 {
+        let _ = writeln!(
+            s,
+            "  ... and {} (see --output json)",
+            count(total - shown as u64, more)
+        );
+    }
+}
+
 /// `n` and the noun, plural unless `n` is 1: "1 row", "2 rows".
-fn count(n: u64, noun: &str) -> String {
+pub(crate) fn count(n: u64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -521,4 +522,64 @@ pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
     }
     out.truncate(LIST_LIMIT * 5);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::RowRef;
+
+    /// Each list shows its first few, then how many more there are, counted from the
+    /// report's complete counts (the lists hold at most [`LIST_LIMIT`]).
+    #[test]
+    fn lists_show_the_first_few_and_count_the_rest() {
+        let rejected = |row| Rejected {
+            at: RowRef { row, line: None },
+            key: Some(format!("K{row}")),
+            reason: "bad".into(),
+            unreadable: false,
+        };
+        let report = JobReport {
+            invalid: 150,
+            duplicates: 1,
+            problems: (2..2 + LIST_LIMIT as u64).map(rejected).collect(),
+            warnings: 11,
+            row_warnings: (2..13)
+                .map(|row| RowWarning {
+                    at: RowRef { row, line: None },
+                    user_data: format!("K{row}"),
+                    warning: "left out".into(),
+                })
+                .collect(),
+            failed: 1,
+            failures: vec![Failure {
+                user_data: "K9".into(),
+                operation: "update",
+                error: "HTTP 400".into(),
+                runs: 1,
+            }],
+            ..JobReport::default()
+        };
+        let text = report.human();
+        assert_eq!(text.matches("  invalid row").count(), SHOW, "{text}");
+        assert!(
+            text.contains("  invalid row 2 (UserData K2): bad\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ... and 141 more rejected rows (see --output json)"),
+            "{text}"
+        );
+        assert_eq!(text.matches("  warning row").count(), SHOW, "{text}");
+        assert!(
+            text.contains("  ... and 1 more row warning (see --output json)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  failed update of UserData K9: HTTP 400\n"),
+            "{text}"
+        );
+        assert!(!text.contains("more failed"), "{text}");
+        assert!(text.contains("  1 failed operation, 0 API calls"), "{text}");
+    }
 }

@@ -134,7 +134,18 @@ fn demo_runs_the_whole_cycle() {
 #[test]
 fn emulator_process_serves_the_api_until_sigterm() {
     let (mut child, base) = common::emulator_process(
-        &["--client-id", "3", "--token", "T", "--campaign", "12:Leads"],
+        &[
+            "--client-id",
+            "3",
+            "--token",
+            "T",
+            "--campaign",
+            "12:Leads",
+            "--user",
+            "jdoe",
+            "--user",
+            "asmith",
+        ],
         None,
         Stdio::null(),
     );
@@ -155,6 +166,22 @@ fn emulator_process_serves_the_api_until_sigterm() {
         assert_eq!(campaigns.status(), 200);
         let v: serde_json::Value = campaigns.json().await.unwrap();
         assert_eq!(v["records"][0]["Name"], "Leads");
+        let users: serde_json::Value = http
+            .get(format!("{base}/users"))
+            .bearer_auth("T")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let uids: Vec<&str> = users["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["UID"].as_str().unwrap())
+            .collect();
+        assert_eq!(uids, ["jdoe", "asmith"], "{users}");
         let denied = http
             .get(format!("{base}/dialler/campaigns"))
             .bearer_auth("nope")

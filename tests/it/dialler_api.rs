@@ -117,6 +117,29 @@ async fn mandatory_fields_and_unknown_campaigns() {
     // By name works too.
     let by_name = json!({"DiallerCampaignsName": "My Campaign", "UserData": "U2", "Name": "N", "PhoneNumber2": "+4930123456"});
     assert!(d.import(&by_name, OVERWRITE).await.is_ok());
+
+    // Agents: an import names a user by login, a known one; the update takes no agent.
+    assert_eq!(
+        d.user_logins().await.unwrap(),
+        ["agent1", "agent2", "supervisor"]
+    );
+    let mut c = contact("U3", "A");
+    c["ReservedUsersUID"] = json!("nobody");
+    let err = d.import(&c, OVERWRITE).await.unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::BadRequest { message } if message.contains("ReservedUsersUID")),
+        "{err}"
+    );
+    c["ReservedUsersUID"] = json!("agent1");
+    let id = record_id(&d.import(&c, OVERWRITE).await.unwrap()).unwrap();
+    let err = d
+        .update(&json!({"ID": id, "FollowUpUsersUID": "agent2"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DiallerError::BadRequest { message } if message.contains("FollowUpUsersUID")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -187,7 +210,9 @@ async fn reads_updates_and_by_id_functions() {
 #[tokio::test]
 async fn campaigns_and_typed_errors() {
     let (emu, d, base) = setup_with_url().await;
+    assert!(!d.token_accepted(), "no answer yet");
     assert_eq!(d.campaigns().await.unwrap().len(), 1);
+    assert!(d.token_accepted(), "a success proves the token");
     assert_eq!(
         d.campaign(538).await.unwrap().unwrap()["Name"],
         "My Campaign"
@@ -211,8 +236,13 @@ async fn campaigns_and_typed_errors() {
     let wrong = client(&base, "s3cret");
     let err = wrong.campaigns().await.unwrap_err();
     assert!(matches!(err, DiallerError::Unauthorized { client_id: 7 }) && err.is_fatal());
+    assert!(!wrong.token_accepted());
     assert!(!format!("{err} {err:?} {wrong:?}").contains("s3cret"));
     assert_eq!(emu.requests().len(), before + 1);
+    // A 404 of the API itself comes past its token check.
+    let fresh = client(&base, &emu.config().token);
+    assert_eq!(fresh.campaign(1).await.unwrap(), None);
+    assert!(fresh.token_accepted());
 }
 
 /// An emulator with `faults` and a client that gives up on a call after 300 ms and never
@@ -252,6 +282,8 @@ async fn injected_faults_do_what_their_flags_say() {
     assert!(matches!(err, DiallerError::Server { .. }), "{err:?}");
     assert!(emu.contacts().is_empty());
     assert!([500, 502, 503, 504].contains(&emu.requests()[0].status));
+    // A 5xx (a proxy's, perhaps) proves nothing of the token.
+    assert!(!d.token_accepted());
 
     let (emu, d) = faulty(Faults {
         throttle_rate: 1.0,
@@ -262,6 +294,7 @@ async fn injected_faults_do_what_their_flags_say() {
     let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
     assert!(emu.contacts().is_empty(), "{err:?}");
     assert_eq!(emu.requests()[0].status, 429);
+    assert!(!d.token_accepted());
 
     // Dropped: no answer, not carried out.
     let (emu, d) = faulty(Faults {

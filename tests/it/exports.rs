@@ -262,6 +262,21 @@ fn warnings_leave_out_what_cannot_be_sent_and_the_counts_add_up() {
     assert_eq!(crate::common::field(&k1, "ReservedUsersUID"), "agent1");
     assert!(!env.contact("K2").fields.contains_key("PhoneNumber2"));
     assert!(!env.contact("K3").fields.contains_key("ReservedUsersUID"));
+    // `status` shows the same counts from the stored report.
+    let out = env.dialsync(&["status", "--config", "dialsync.toml", "--output", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &status["jobs"][0]["last_run"];
+    assert_eq!(
+        (&last["invalid"], &last["duplicates"], &last["warnings"]),
+        (&1.into(), &1.into(), &3.into()),
+        "{status}"
+    );
+    let out = env.dialsync(&["status", "--config", "dialsync.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 invalid, 1 duplicate, 3 with warnings"),
+        "{text}"
+    );
     // The users were read once.
     let users = env
         .requests()

@@ -299,8 +299,8 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 self.seen.insert(c.key.clone(), c.at);
                 let (at, key) = (c.at, c.key.clone());
                 let mut warnings = std::mem::take(&mut c.warnings);
-                self.plan_contact(c, &mut warnings)?;
-                if !warnings.is_empty() {
+                // A row rejected after all (a duplicate) is not synced: no warnings.
+                if self.plan_contact(c, &mut warnings)? && !warnings.is_empty() {
                     self.plan.warnings.push(RowWarning {
                         at,
                         user_data: key,
@@ -312,8 +312,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         Ok(())
     }
 
-    /// Plans the row `c`, adding to `warnings` what of it cannot be sent.
-    fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<(), StateError> {
+    /// Plans the row `c`, adding to `warnings` what of it cannot be sent. False: the row
+    /// was rejected instead (its UserData was seen before).
+    fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<bool, StateError> {
         let doubt = self.doubts.get(&c.key).copied().unwrap_or(0);
         let Some(old) = self.state.get(&c.key)? else {
             if doubt != 0 {
@@ -321,7 +322,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 self.plan.settled.push(c.key.clone());
             }
             self.plan.imports.push(c);
-            return Ok(());
+            return Ok(true);
         };
         if doubt != 0 {
             self.plan.rechecked += 1;
@@ -336,7 +337,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             self.plan
                 .rejected
                 .push(again(c, RowRef { row, line: None }));
-            return Ok(());
+            return Ok(false);
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
         for ((field, _), (code, hash)) in c.fields.iter().zip(&c.hashes) {
@@ -377,7 +378,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 self.plan.baselines.push((c.key, entry));
             }
             self.plan.unchanged += 1;
-            return Ok(());
+            return Ok(true);
         }
         self.plan.changes.push(Change {
             at: c.at,
@@ -391,7 +392,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             triggers: c.triggers,
             row: c.row,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Adds the removals of contacts missing from the export and returns the plan.

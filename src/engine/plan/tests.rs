@@ -519,3 +519,26 @@ fn an_agent_changed_later_is_reported_not_sent() {
     assert_eq!((p.calls(), p.warnings.len(), p.baselines.len()), (0, 1, 1));
     assert_eq!(p.unchanged, 1);
 }
+
+/// A row with warnings that turns out to be a duplicate is rejected, not synced: its
+/// warnings are not listed (its rejection is), with or without the digest.
+#[test]
+fn a_duplicate_row_has_no_warnings_of_its_own() {
+    let state = synced([contact("A", "a", "1", "1")]);
+    let warned = || {
+        let Outcome::Contact(mut c) = contact("A", "a", "1", "1") else {
+            unreachable!()
+        };
+        c.warnings
+            .push("PhoneNumber2 (column `Mobil`) ...: left out".into());
+        c.row = 0;
+        Outcome::Contact(c)
+    };
+    for p in [
+        plan([contact("A", "a", "1", "1"), warned()], &state, LOCK).unwrap(),
+        plan_with_digest(vec![contact("A", "a", "1", "1"), warned()], &state, LOCK),
+    ] {
+        assert_eq!((p.duplicates, p.rejected.len()), (1, 1), "{p:?}");
+        assert!(p.warnings.is_empty(), "{p:?}");
+    }
+}

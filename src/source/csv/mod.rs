@@ -1,9 +1,7 @@
 //! CSV exports: header row, quoted fields (with embedded delimiters and newlines), CRLF,
 //! delimiter `,` `;` tab or `|` given or detected from the header line.
 
-use std::cell::Cell;
 use std::io::{BufRead, Cursor, Read};
-use std::rc::Rc;
 
 use super::{
     recycle, BadRow, Export, Footer, Item, Reading, Record, RowRef, Sink, Skipped, SourceError,
@@ -35,7 +33,6 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     // Its lines count from the header: the title lines skipped come before.
     let crlf = u64::from(first_line.ends_with(b"\r\n"));
     let line_offset = crlf + cfg.skip_header_lines;
-    let tail = Rc::new(Tail::default());
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .comment(cfg.comment)
@@ -44,7 +41,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         .buffer_capacity(64 * 1024)
         .from_reader(Watched {
             inner: Cursor::new(first_line).chain(input),
-            tail: Rc::clone(&tail),
+            tail: Tail::default(),
         });
 
     let header = reader
@@ -96,7 +93,13 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         // The last record of an LF file without a final line break: no line end was
         // consumed, so the position is still on its own line. (In a CRLF file the offset
         // makes up for it already.)
-        if crlf == 0 && matches!(read, Ok(true)) && tail.unterminated_at(reader.position().byte()) {
+        if crlf == 0
+            && matches!(read, Ok(true))
+            && reader
+                .get_ref()
+                .tail
+                .unterminated_at(reader.position().byte())
+        {
             end += 1;
         }
         match read {
@@ -292,33 +295,33 @@ fn first_line_of(record: &csv::ByteRecord, noted: u64, end: u64) -> u64 {
 /// and the last byte, to tell a last line without a line break.
 #[derive(Default)]
 struct Tail {
-    bytes: Cell<u64>,
-    ended: Cell<bool>,
-    last: Cell<u8>,
+    bytes: u64,
+    ended: bool,
+    last: u8,
 }
 
 impl Tail {
     /// Whether a record that ends at byte `at` is the input's last line, unterminated.
     fn unterminated_at(&self, at: u64) -> bool {
-        self.ended.get() && at == self.bytes.get() && self.last.get() != b'\n'
+        self.ended && at == self.bytes && self.last != b'\n'
     }
 }
 
-/// The CSV reader's input, noting its [`Tail`].
+/// The CSV reader's input, noting its [`Tail`] (read through `csv::Reader::get_ref`).
 struct Watched<R> {
     inner: R,
-    tail: Rc<Tail>,
+    tail: Tail,
 }
 
 impl<R: Read> Read for Watched<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         match buf[..n].last() {
-            None if !buf.is_empty() => self.tail.ended.set(true),
+            None if !buf.is_empty() => self.tail.ended = true,
             None => {}
             Some(&b) => {
-                self.tail.last.set(b);
-                self.tail.bytes.set(self.tail.bytes.get() + n as u64);
+                self.tail.last = b;
+                self.tail.bytes += n as u64;
             }
         }
         Ok(n)
