@@ -40,14 +40,17 @@ pub use engine::progress::{Phase, RunHandle, Snapshot};
 pub use engine::reconcile::{rebuild as rebuild_state, Rebuilt, ReconcileError};
 pub use engine::report::{exit_of, json as reports_json, JobReport};
 pub use engine::run::{
-    select_jobs, sync, sync_with, Against, RunMode, SyncError, SyncOptions, Verify,
+    select_jobs, sync, sync_with, Against, RunMode, SyncError, SyncOptions, Trigger, Verify,
 };
 // The daemon, its control socket and `status`.
 pub use daemon::control::{socket_path, Client, Event, Request};
-pub use daemon::status::{collect as collect_status, Status};
+pub use daemon::history::{
+    collect as collect_history, History, HistoryQuery, RowProblem, RunDetail, RunSummary,
+};
+pub use daemon::status::{collect as collect_status, Check, JobCheck, Status};
 pub use daemon::{run as run_daemon, DaemonError, Ended, Signal};
 // The dialler client and the emulator.
-pub use dialler::{record_id, Dialler, DiallerError, ImportFlags, Target};
+pub use dialler::{record_id, Dialler, DiallerError, ImportFlags, Target, Tenant};
 pub use emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog, KEEP_REQUESTS};
 // The state database.
 pub use state::{move_aside, StateError, Store};

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     // flight) is not waited for.
     runtime.shutdown_background();
     match result {
-        Ok(exit) => ExitCode::from(exit as u8),
+        Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
             ExitCode::from(failure.exit as u8)

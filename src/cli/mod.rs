@@ -30,7 +30,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dialsync::Client;
 use dialsync::Config;
 use dialsync::Exit;
-use dialsync::{RunMode, SyncOptions, Verify};
+use dialsync::HistoryQuery;
+use dialsync::{RunMode, SyncOptions, Trigger, Verify};
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
 
@@ -114,10 +115,41 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Per job: the last run, the next scheduled run and the contacts in the state.
+    /// Per job: the last run, the last run that changed something, the next scheduled run
+    /// and the contacts in the state.
     Status {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The state database (and the daemon's socket beside it), when not the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// For monitoring (Nagios, Icinga): one line per job, the most urgent first, and
+        /// exit 0 when every job's last run is ok, 1 when one is partial, 2 when one
+        /// stopped early, a guard stops it or it is overdue, 3 when the state cannot be
+        /// read or a scheduled job never ran.
+        #[arg(long, conflicts_with = "output")]
+        check: bool,
+        /// `human` or `json`.
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
+    },
+    /// The runs of each job, newest first (the state keeps the last [state] history_runs
+    /// of each), or one run's rejected rows and failed operations.
+    History {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The state database (and the daemon's socket beside it), when not the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Only this job's runs.
+        #[arg(long)]
+        job: Option<String>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Show this run (its ID as `history` lists it) with its rows.
+        #[arg(long, conflicts_with_all = ["job", "limit"])]
+        run: Option<String>,
         /// `human` or `json`.
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
@@ -181,8 +213,9 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
-pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
-    match cli.command {
+/// Runs the command; its exit code.
+pub(crate) async fn run(cli: Cli) -> Result<u8, Failure> {
+    let exit = match cli.command {
         Command::Verify {
             config,
             job,
@@ -199,7 +232,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
                 mode,
                 handle: None,
             };
-            sync::run(&load(&config)?, opts, output).await
+            sync::run(&load(&config)?, opts, output).await?
         }
         Command::Sync {
             config,
@@ -217,25 +250,49 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, Failure> {
                 verify: if verify { Verify::Now } else { Verify::WhenDue },
                 // A manual sync always proves the token, even with nothing to send.
                 credentials_recent: false,
+                trigger: Trigger::Manual,
             };
             let opts = SyncOptions {
                 job,
                 mode,
                 handle: None,
             };
-            sync::run(&load(&config)?, opts, output).await
+            sync::run(&load(&config)?, opts, output).await?
         }
-        Command::Run { config } => daemon::run(config).await,
-        Command::Status { config, output } => status::run(&config, output).await,
-        Command::Validate { config, offline } => validate::run(&config, offline).await,
-        Command::Emulator(args) => emulator::run(args).await,
+        Command::Run { config } => daemon::run(config).await?,
+        Command::Status {
+            config,
+            state,
+            check: true,
+            ..
+        } => return Ok(status::check(&config, state).await),
+        Command::Status {
+            config,
+            state,
+            output,
+            ..
+        } => return status::run(&config, state, output).await,
+        Command::History {
+            config,
+            state,
+            job,
+            limit,
+            run,
+            output,
+        } => {
+            let query = HistoryQuery { job, limit, run };
+            return status::history(&config, state, query, output).await;
+        }
+        Command::Validate { config, offline } => validate::run(&config, offline).await?,
+        Command::Emulator(args) => emulator::run(args).await?,
         Command::Demo => demo::run()
             .await
-            .map_err(|e| Failure::new(Exit::Aborted, e)),
+            .map_err(|e| Failure::new(Exit::Aborted, e))?,
         Command::State {
             command: StateCommand::Rebuild { config, job },
-        } => state::rebuild(&load(&config)?, job.as_deref()).await,
-    }
+        } => state::rebuild(&load(&config)?, job.as_deref()).await?,
+    };
+    Ok(exit as u8)
 }
 
 /// Connects to the daemon's control socket, if a daemon listens there.

@@ -98,7 +98,7 @@ async fn sync_in_daemon(
                 bars.finish();
                 return Err(Failure::new(exit, anyhow::anyhow!(message)));
             }
-            Some(Event::Status(_)) => {}
+            Some(Event::Status(_) | Event::History { .. }) => {}
             None => {
                 bars.finish();
                 return Err(Failure::new(

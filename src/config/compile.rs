@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{
     compile_dialler, compile_job, key, raw, Config, Ctx, Guards, Seg, SourceConfig, SourceKind,
-    StateConfig, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
+    StateConfig, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
     DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_PATH,
 };
 
@@ -99,15 +99,28 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
 
     let dialler = dialler_raw.and_then(|d| compile_dialler(ctx, &root, d, &resolve, &mut warnings));
-    let (state_path, snapshot_every) = match state_raw {
-        Some(s) => (s.path, s.snapshot_every),
-        None => (None, None),
+    let (state_path, snapshot_every, history_runs) = match state_raw {
+        Some(s) => (s.path, s.snapshot_every, s.history_runs),
+        None => (None, None, None),
+    };
+    let history_runs = match history_runs {
+        None => DEFAULT_HISTORY_RUNS,
+        Some(n @ 1..=100_000) => n as usize,
+        Some(n) => {
+            ctx.at(
+                &root,
+                &[key("state"), key("history_runs")],
+                format!("{n} is out of range: use 1 to 100000"),
+            );
+            DEFAULT_HISTORY_RUNS
+        }
     };
     let state = StateConfig {
         path: state_path
             .map(resolve)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH)),
         snapshot_every: snapshot_every.map_or(DEFAULT_SNAPSHOT_EVERY, |d| d.0),
+        history_runs,
     };
 
     let mut jobs = Vec::new();

@@ -52,6 +52,8 @@ pub(crate) const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
 pub(crate) const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
 pub(crate) const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 pub(crate) const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(3600);
+/// How many finished runs each job's history keeps by default.
+pub(crate) const DEFAULT_HISTORY_RUNS: usize = 200;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -138,6 +140,8 @@ pub struct StateConfig {
     /// How old a job's snapshot (see `state::Store::write_snapshot`) may grow before a
     /// run that changed the state writes a new one (zero: after every such run).
     pub snapshot_every: Duration,
+    /// How many finished runs each job's history keeps (`dialsync history`).
+    pub history_runs: usize,
 }
 
 /// Which campaign a job syncs into.
@@ -234,6 +238,29 @@ impl Config {
             }],
         })?;
         Config::from_str(&text, path)
+    }
+
+    /// The state path the config file at `path` names, read leniently: for commands that
+    /// only read (`status`, `history`) when the file no longer passes its checks, so that
+    /// they still find the state and the running daemon's socket. The default path when
+    /// the file cannot even be parsed or names none.
+    pub fn state_path_of(path: &Path) -> PathBuf {
+        let named = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .and_then(|t| {
+                let p = t.get("state")?.get("path")?.as_str()?;
+                Some(PathBuf::from(p))
+            });
+        match named {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join(p),
+            None => PathBuf::from(DEFAULT_STATE_PATH),
+        }
     }
 
     /// Checks config `text` as if read from `path`; relative paths in it are taken

@@ -35,6 +35,7 @@ pub(crate) struct RawDialler {
 pub(crate) struct RawState {
     pub path: Option<PathBuf>,
     pub snapshot_every: Option<HumanDuration>,
+    pub history_runs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

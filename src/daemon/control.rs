@@ -34,6 +34,7 @@ pub enum Request {
         mode: crate::engine::run::RunMode,
     },
     Status,
+    History(crate::daemon::history::HistoryQuery),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +52,10 @@ pub enum Event {
         human: String,
     },
     Status(Status),
+    History {
+        /// `None`: no such run in the history.
+        history: Option<crate::daemon::history::History>,
+    },
     /// The request could not be carried out.
     Error {
         exit: Exit,

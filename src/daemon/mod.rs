@@ -17,6 +17,7 @@
 //!   pings while every job loop is alive.
 
 pub(crate) mod control;
+pub(crate) mod history;
 mod notify;
 mod scheduler;
 mod server;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::dialler::Tenant;
 use crate::engine::outcome::Exit;
 use crate::engine::outcome::{error_chain, Abort};
 use crate::engine::progress::RunHandle;
@@ -86,6 +88,8 @@ struct Daemon {
     /// When a run last got an answer from the dialler that proved the token: scheduled
     /// runs with nothing to send check it at most every `credential_check`.
     token_proven: Mutex<Option<std::time::Instant>>,
+    /// The dialler's limits, shared by every run (replaced when a reload changes them).
+    tenant: Mutex<Tenant>,
 }
 
 /// What the daemon is told from outside. The binary feeds these from real signals
@@ -127,6 +131,7 @@ pub async fn run(
     let socket = control::socket_path(&config.state.path);
     let listener = bind(&socket)?;
 
+    let dialler = config.dialler.clone();
     let (config_tx, _) = watch::channel(Arc::new(config));
     let (stop_tx, _) = watch::channel(false);
     let daemon = Arc::new(Daemon {
@@ -138,6 +143,7 @@ pub async fn run(
         loops: Mutex::new(BTreeMap::new()),
         since: Utc::now(),
         token_proven: Mutex::new(None),
+        tenant: Mutex::new(Tenant::new(&dialler)),
     });
     daemon.start_loops();
     let accept = tokio::spawn(accept_loop(Arc::clone(&daemon), listener));
@@ -267,6 +273,7 @@ impl Daemon {
         let proven = *crate::locking::lock(&self.token_proven);
         let mode = RunMode {
             credentials_recent: proven.is_some_and(|t| t.elapsed() < cfg.dialler.credential_check),
+            trigger: sync::Trigger::Schedule,
             ..RunMode::default()
         };
         let report = self.run_locked(cfg, job, mode, &handle).await;
@@ -296,7 +303,18 @@ impl Daemon {
                 r.stop(Abort::JobRemoved(job.to_string()));
                 r
             }
-            Ok(j) => sync::run_one(cfg, j, sync::Against::Store(&self.store), mode, handle).await,
+            Ok(j) => {
+                let tenant = self.tenant(cfg);
+                sync::run_one(
+                    cfg,
+                    j,
+                    sync::Against::Store(&self.store),
+                    mode,
+                    handle,
+                    &tenant,
+                )
+                .await
+            }
         };
         if dry_run {
             if let Err(e) = self.store.flush().await {
@@ -317,6 +335,16 @@ impl Daemon {
         });
         self.notify_status();
         report
+    }
+
+    /// The tenant's limits for a run under `cfg`: the shared ones, new ones when a reload
+    /// changed them (runs still going keep the old ones until they end).
+    fn tenant(&self, cfg: &Config) -> Tenant {
+        let mut tenant = crate::locking::lock(&self.tenant);
+        if !tenant.fits(&cfg.dialler) {
+            *tenant = Tenant::new(&cfg.dialler);
+        }
+        tenant.clone()
     }
 
     /// Loads the config file again; keeps the running config if the new one is bad.

@@ -82,6 +82,16 @@ pub(super) async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::R
             };
             control::write_event(&mut stream, &event).await
         }
+        Ok(Some(Request::History(query))) => {
+            let event = match crate::daemon::history::collect(&daemon.store, &query) {
+                Ok(history) => Event::History { history },
+                Err(e) => Event::Error {
+                    exit: Exit::Aborted,
+                    message: error_chain(&e),
+                },
+            };
+            control::write_event(&mut stream, &event).await
+        }
         Ok(Some(Request::Sync { job, mode })) => {
             tracing::info!(
                 job = job.as_deref().unwrap_or("(all)"),

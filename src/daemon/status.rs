@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::schedule::CronSchedule;
 use crate::config::Config;
+use crate::daemon::history::RunSummary;
 use crate::engine::progress::Snapshot;
 use crate::escape::printable;
 use crate::state::{GuardTrip, StateError, Store, Verified};
@@ -36,7 +38,15 @@ pub struct JobStatus {
     pub next_run: Option<DateTime<Utc>>,
     /// Contacts in the job's state.
     pub contacts: u64,
-    pub last_run: Option<LastRun>,
+    pub last_run: Option<RunSummary>,
+    /// The last run that changed something on the dialler (when it is not the last run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<RunSummary>,
+    /// A scheduled job is overdue when no run has finished by then: the second scheduled
+    /// time after the last run ended, plus as long as that run took (for a regular
+    /// schedule, twice its interval after the last run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_by: Option<DateTime<Utc>>,
     /// The guard that has stopped every run since it first tripped, if one has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardTrip>,
@@ -54,94 +64,77 @@ pub struct JobStatus {
     pub skipped_slots: Option<u64>,
 }
 
-/// What `status` shows of the last run: the stored report, less its lists.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LastRun {
-    pub run_id: String,
-    pub started_at: String,
-    pub duration_ms: u64,
-    pub outcome: String,
-    pub rows: u64,
-    pub imported: u64,
-    pub updated: u64,
-    pub reset: u64,
-    pub locked: u64,
-    pub unlocked: u64,
-    pub deleted: u64,
-    pub unchanged: u64,
-    pub invalid: u64,
-    /// Reports stored before duplicates were counted apart have them in `invalid`.
-    #[serde(default)]
-    pub duplicates: u64,
-    /// Rows synced with warnings (0 in reports stored before there were any).
-    #[serde(default)]
-    pub warnings: u64,
-    pub failed: u64,
-    pub api_calls: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted: Option<String>,
-    /// The first few problems: rejected rows and failed operations.
-    pub first_errors: Vec<String>,
-}
-
 /// How many errors `status` shows of a run.
 const FIRST_ERRORS: usize = 5;
 
-impl LastRun {
-    /// From a stored report (the JSON of a `JobReport`).
-    pub fn from_report(json: &[u8]) -> Option<LastRun> {
-        let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-        let mut last: LastRun = serde_json::from_value(v.clone()).ok()?;
-        let mut errors = Vec::new();
-        for p in v["problems"].as_array().into_iter().flatten() {
-            errors.push(format!(
-                "row {}: {}",
-                p["at"]["row"],
-                p["reason"].as_str().unwrap_or("")
-            ));
-        }
-        for f in v["failures"].as_array().into_iter().flatten() {
-            errors.push(format!(
-                "UserData {}: {}: {}",
-                f["user_data"].as_str().unwrap_or(""),
-                f["operation"].as_str().unwrap_or(""),
-                f["error"].as_str().unwrap_or("")
-            ));
-        }
-        errors.truncate(FIRST_ERRORS);
-        last.first_errors = errors;
-        Some(last)
-    }
-}
-
 /// The status of every job of `config` as `store` records it, at `now`.
 pub fn collect(config: &Config, store: &Store, now: DateTime<Utc>) -> Result<Status, StateError> {
-    let mut jobs = Vec::with_capacity(config.jobs.len());
-    for job in &config.jobs {
-        jobs.push(JobStatus {
-            job: job.name.clone(),
-            schedule: job.schedule.as_ref().map(|s| s.to_string()),
-            timezone: job.timezone.name().to_string(),
-            next_run: job
-                .schedule
-                .as_ref()
-                .and_then(|s| s.next_fire(now, job.timezone)),
-            contacts: store.job(&job.name)?.len() as u64,
-            last_run: store
-                .last_run(&job.name)?
-                .and_then(|r| LastRun::from_report(&r)),
-            guard: store.guard_trip(&job.name)?,
-            verified: store.verification(&job.name)?,
-            running: None,
-            runs: None,
-            skipped_slots: None,
-        });
+    let mut status = Status::without_state(config, now);
+    for (j, job) in status.jobs.iter_mut().zip(&config.jobs) {
+        let last_run = store
+            .last_run(&job.name)?
+            .and_then(|r| RunSummary::from_record(&r, FIRST_ERRORS));
+        j.last_change = store
+            .last_change(&job.name)?
+            .and_then(|r| RunSummary::from_record(&r, 0))
+            .filter(|c| last_run.as_ref().is_none_or(|l| l.run_id != c.run_id));
+        j.due_by = match (&job.schedule, &last_run) {
+            (Some(schedule), Some(last)) => last
+                .ended_at()
+                .and_then(|ended| due_by(schedule, job.timezone, ended, last.duration_ms)),
+            _ => None,
+        };
+        j.last_run = last_run;
+        j.contacts = store.job(&job.name)?.len() as u64;
+        j.guard = store.guard_trip(&job.name)?;
+        j.verified = store.verification(&job.name)?;
     }
-    Ok(Status { daemon: None, jobs })
+    Ok(status)
+}
+
+/// When a job on `schedule` whose last run ended at `ended` after `took_ms` becomes
+/// overdue: the second scheduled time after `ended`, plus as long again as that run took.
+/// For a regular schedule that is twice its interval; a schedule with gaps (weekdays
+/// only) counts its scheduled times, not hours.
+pub(crate) fn due_by(
+    schedule: &CronSchedule,
+    tz: chrono_tz::Tz,
+    ended: DateTime<Utc>,
+    took_ms: u64,
+) -> Option<DateTime<Utc>> {
+    let first = schedule.next_fire(ended, tz)?;
+    let second = schedule.next_fire(first, tz)?;
+    Some(second + chrono::Duration::milliseconds(took_ms as i64))
 }
 
 impl Status {
+    /// The status of `config`'s jobs where no state exists yet (no daemon ran, no sync).
+    pub fn without_state(config: &Config, now: DateTime<Utc>) -> Status {
+        let jobs = config
+            .jobs
+            .iter()
+            .map(|job| JobStatus {
+                job: job.name.clone(),
+                schedule: job.schedule.as_ref().map(|s| s.to_string()),
+                timezone: job.timezone.name().to_string(),
+                next_run: job
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.next_fire(now, job.timezone)),
+                contacts: 0,
+                last_run: None,
+                last_change: None,
+                due_by: None,
+                guard: None,
+                verified: None,
+                running: None,
+                runs: None,
+                skipped_slots: None,
+            })
+            .collect();
+        Status { daemon: None, jobs }
+    }
+
     /// A few lines per job for a terminal.
     pub fn human(&self) -> String {
         let mut s = String::new();
@@ -190,9 +183,10 @@ impl Status {
                 Some(r) => {
                     let _ = writeln!(
                         s,
-                        "  last run: {} ({}), {} in {:.1} s",
+                        "  last run: {} ({}, {}), {} in {:.1} s",
                         r.started_at,
                         r.run_id,
+                        r.trigger,
                         r.outcome,
                         r.duration_ms as f64 / 1000.0
                     );
@@ -222,6 +216,25 @@ impl Status {
                         let _ = writeln!(s, "    {}", printable(e));
                     }
                 }
+            }
+            match (&j.last_change, &j.last_run) {
+                (Some(c), _) => {
+                    let _ = writeln!(
+                        s,
+                        "  last change: {} ({}, {}): {}",
+                        c.started_at,
+                        c.run_id,
+                        c.trigger,
+                        c.counts_line()
+                    );
+                }
+                (None, Some(r)) if r.changed_anything() => {
+                    let _ = writeln!(s, "  last change: the last run");
+                }
+                (None, Some(_)) => {
+                    let _ = writeln!(s, "  last change: none recorded");
+                }
+                (None, None) => {}
             }
             match &j.verified {
                 Some(v) if v.checked > 0 => {
@@ -261,5 +274,131 @@ impl Status {
             }
         }
         s
+    }
+}
+
+/// A state in the monitoring-plugin convention (Nagios, Icinga, Sensu): exit code 0, 1, 2
+/// or 3. Ordered by how urgent it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Check {
+    Ok,
+    /// The last run was partial (invalid rows, failed operations, removals withheld).
+    Warning,
+    /// Nothing to judge by: the state cannot be read, or a scheduled job never ran.
+    Unknown,
+    /// The last run stopped early or a guard stops the job's runs, or it is overdue.
+    Critical,
+}
+
+impl Check {
+    /// The plugin's exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Check::Ok => 0,
+            Check::Warning => 1,
+            Check::Critical => 2,
+            Check::Unknown => 3,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Check::Ok => "OK",
+            Check::Warning => "WARNING",
+            Check::Critical => "CRITICAL",
+            Check::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// One job's verdict for `status --check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCheck {
+    pub check: Check,
+    /// `OK job crm: ...`, one line.
+    pub line: String,
+}
+
+impl Status {
+    /// `status --check`: every job's verdict at `now`, the most urgent first (a plugin's
+    /// first line is what the monitoring shows), and the worst of them.
+    pub fn check(&self, now: DateTime<Utc>) -> (Check, Vec<JobCheck>) {
+        let mut checks: Vec<JobCheck> = self.jobs.iter().map(|j| j.check(now)).collect();
+        checks.sort_by_key(|c| std::cmp::Reverse(c.check));
+        let worst = checks.first().map_or(Check::Ok, |c| c.check);
+        (worst, checks)
+    }
+}
+
+impl JobStatus {
+    fn check(&self, now: DateTime<Utc>) -> JobCheck {
+        let mut why = Vec::new();
+        let mut check = Check::Ok;
+        let mut raise = |to: Check, what: String, why: &mut Vec<String>| {
+            check = check.max(to);
+            why.push(what);
+        };
+        match &self.last_run {
+            None if self.schedule.is_some() => {
+                raise(Check::Unknown, "no run recorded yet".into(), &mut why)
+            }
+            None => why.push("no run yet (manual runs only)".into()),
+            Some(r) => {
+                let what = format!(
+                    "last run {} {}: {}",
+                    r.started_at,
+                    r.outcome,
+                    r.counts_line()
+                );
+                match r.outcome.as_str() {
+                    "ok" => why.push(what),
+                    "partial" => raise(Check::Warning, what, &mut why),
+                    _ => raise(Check::Critical, what, &mut why),
+                }
+                if let Some(a) = &r.aborted {
+                    why.push(format!("stopped: {}", printable(a)));
+                }
+            }
+        }
+        if let Some(g) = &self.guard {
+            raise(
+                Check::Critical,
+                format!(
+                    "a guard stops every run since {}: {}",
+                    g.since,
+                    printable(&g.guard)
+                ),
+                &mut why,
+            );
+        }
+        if let Some(due) = self.due_by.filter(|d| now > *d) {
+            let running = if self.running.is_some() {
+                " (a run is going on)"
+            } else {
+                ""
+            };
+            raise(
+                Check::Critical,
+                format!(
+                    "overdue: no run has finished since {}, and two scheduled runs were due by {}{running}",
+                    self.last_run
+                        .as_ref()
+                        .and_then(RunSummary::ended_at)
+                        .map_or_else(String::new, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                &mut why,
+            );
+        }
+        JobCheck {
+            check,
+            line: format!(
+                "{} job {}: {}",
+                check.label(),
+                printable(&self.job),
+                why.join("; ")
+            ),
+        }
     }
 }

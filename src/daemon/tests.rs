@@ -220,3 +220,69 @@ async fn a_changed_schedule_takes_effect_at_once() {
     let (fired, _) = sim.end().await;
     assert_eq!(local(&fired), ["Mon 23 10:00:00"]);
 }
+
+/// Every request and answer of the control socket reads back as it was written (an
+/// answer serde cannot write would close the connection without a word).
+#[test]
+fn control_messages_round_trip() {
+    use control::{Event, Request};
+    use history::{History, HistoryQuery, RunDetail, RunSummary};
+    let requests = [
+        Request::Status,
+        Request::History(HistoryQuery {
+            job: Some("leads".into()),
+            limit: 5,
+            run: None,
+        }),
+        Request::Sync {
+            job: None,
+            mode: RunMode::default(),
+        },
+    ];
+    for r in requests {
+        let line = serde_json::to_string(&r).unwrap();
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), line);
+    }
+    let summary = RunSummary {
+        run_id: "r1".into(),
+        imported: 3,
+        ..RunSummary::default()
+    };
+    let events = [
+        Event::History { history: None },
+        Event::History {
+            history: Some(History::Runs {
+                runs: vec![summary.clone()],
+            }),
+        },
+        Event::History {
+            history: Some(History::Run {
+                run: Box::new(RunDetail {
+                    summary,
+                    problems: Vec::new(),
+                }),
+            }),
+        },
+    ];
+    for e in events {
+        let line = serde_json::to_string(&e).unwrap();
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), line);
+    }
+}
+
+/// A job is overdue once the second scheduled time after its last run ended, plus as
+/// long as that run took, has passed; a weekday schedule's weekend is no gap.
+#[test]
+fn overdue_counts_scheduled_times_not_hours() {
+    let due = |expr: &str, ended: DateTime<Utc>, took_ms: u64| {
+        let s = crate::config::schedule::CronSchedule::parse(expr).unwrap();
+        status::due_by(&s, chrono_tz::UTC, ended, took_ms).unwrap()
+    };
+    let t = |d, h, m| Utc.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap();
+    // Every 15 minutes, a run that took a minute and ended at 10:01: due by 10:31.
+    assert_eq!(due("0 */15 * * * *", t(23, 10, 1), 60_000), t(23, 10, 31));
+    // Weekdays at 08:00; Friday's run ended 08:01: not overdue before Tuesday 08:01.
+    assert_eq!(due("0 0 8 * * Mon-Fri", t(20, 8, 1), 60_000), t(24, 8, 1));
+}

@@ -16,7 +16,7 @@ impl Dialler {
         F: FnMut(Record) + Send + 'static,
     {
         let q = [("diallerCampaignsID", campaign_id.to_string())];
-        let mut resp = self
+        let (mut resp, slot) = self
             .retrying(|_| self.respond_once(Req::get("/dialler/contacts", &q)))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
@@ -36,6 +36,8 @@ impl Dialler {
             Ok(each)
         });
         let pump = async move {
+            // The call is in flight until its answer is read.
+            let _slot = slot;
             loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => Ok(c),

@@ -23,6 +23,7 @@ mod tests;
 mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
@@ -76,9 +77,8 @@ pub struct Dialler {
     /// Answers that show the token accepted (see `token_accepted`).
     pub(super) accepted: AtomicU64,
     pub(super) retry: RetryConfig,
-    /// `max_requests_per_second`: calls spaced evenly, never more than the limit in any
-    /// second.
-    pub(super) pacer: Option<Pacer>,
+    /// The limits it shares with every other client of the tenant in this process.
+    pub(super) tenant: Tenant,
     /// Retries sent so far.
     pub(super) retries: AtomicU64,
     /// Retries this client may still send.
@@ -113,8 +113,68 @@ pub enum ClientError {
     Build(#[source] reqwest::Error),
 }
 
+/// What every client of one dialler tenant in a process shares, so that jobs running at
+/// once stay within the tenant's limits together: `max_requests_per_second` (one pacer)
+/// and `max_concurrency` (one count of calls in flight). Cheap to clone (a handle).
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    limits: (Option<u32>, usize),
+    /// Calls spaced evenly, never more than the limit in any second.
+    pacer: Option<Arc<Pacer>>,
+    /// One permit per call in flight (from its send until its answer is read).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Tenant {
+    pub fn new(cfg: &DiallerConfig) -> Tenant {
+        let per_second = cfg.max_requests_per_second.map(|n| n.get());
+        Tenant {
+            limits: (per_second, cfg.max_concurrency),
+            pacer: per_second.map(|n| Arc::new(Pacer::new(n))),
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency)),
+        }
+    }
+
+    /// Whether its limits are `cfg`'s (a reload that changes them needs a new tenant).
+    pub fn fits(&self, cfg: &DiallerConfig) -> bool {
+        self.limits
+            == (
+                cfg.max_requests_per_second.map(|n| n.get()),
+                cfg.max_concurrency,
+            )
+    }
+
+    /// Calls in flight now, of every client of the tenant.
+    pub fn in_flight(&self) -> usize {
+        self.limits.1 - self.slots.available_permits()
+    }
+
+    /// Waits for a free slot and then for the call's turn under the rate limit; the slot
+    /// is the call's until the permit is dropped.
+    pub(super) async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the tenant's semaphore is never closed");
+        if let Some(pacer) = &self.pacer {
+            pacer.wait().await;
+        }
+        permit
+    }
+}
+
 impl Dialler {
+    /// A client with limits of its own (a process that runs one job at a time).
     pub fn new(cfg: &DiallerConfig, token: &Secret) -> Result<Dialler, ClientError> {
+        Dialler::for_tenant(cfg, token, &Tenant::new(cfg))
+    }
+
+    /// A client that shares `tenant`'s limits with the other clients made for it.
+    pub fn for_tenant(
+        cfg: &DiallerConfig,
+        token: &Secret,
+        tenant: &Tenant,
+    ) -> Result<Dialler, ClientError> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| ClientError::BadToken)?;
         auth.set_sensitive(true);
@@ -152,7 +212,7 @@ impl Dialler {
             calls: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             retry: cfg.retry,
-            pacer: cfg.max_requests_per_second.map(|n| Pacer::new(n.get())),
+            tenant: tenant.clone(),
             retries: AtomicU64::new(0),
             retry_budget: AtomicU64::new(cfg.retry.per_run.unwrap_or(MIN_RETRY_BUDGET)),
         })

@@ -53,3 +53,81 @@ fn the_run_budget_is_planned_from_the_run_or_configured() {
     }
     assert_eq!((more, d.retries()), (5, 7));
 }
+
+fn dialler_config(settings: &str) -> DiallerConfig {
+    let text = format!(
+        "[dialler]\nbase_url = \"http://127.0.0.1:9/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\n{settings}\n\
+         [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+         [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+    );
+    crate::config::Config::from_str(&text, std::path::Path::new("t.toml"))
+        .unwrap()
+        .dialler
+}
+
+/// Two "jobs" of 150 calls each, each sending 8 at a time through `tenant`, each call
+/// taking `call` once admitted: the moments (ms) the calls were admitted, and the most
+/// calls in flight at once.
+async fn two_jobs(tenant: &Tenant, call: Duration) -> (Vec<u128>, u64) {
+    use futures_util::StreamExt;
+    let start = tokio::time::Instant::now();
+    let peak = Arc::new(AtomicU64::new(0));
+    let job = |tenant: Tenant| {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            let calls = (0..150).map(|_| {
+                let tenant = tenant.clone();
+                let peak = Arc::clone(&peak);
+                async move {
+                    let _slot = tenant.admit().await;
+                    peak.fetch_max(tenant.in_flight() as u64, Ordering::Relaxed);
+                    let at = (tokio::time::Instant::now() - start).as_millis();
+                    tokio::time::sleep(call).await;
+                    at
+                }
+            });
+            futures_util::stream::iter(calls)
+                .buffer_unordered(8)
+                .collect::<Vec<u128>>()
+                .await
+        })
+    };
+    let (a, b) = (job(tenant.clone()), job(tenant.clone()));
+    let mut all = a.await.unwrap();
+    all.extend(b.await.unwrap());
+    all.sort();
+    (all, peak.load(Ordering::Relaxed))
+}
+
+/// Two jobs running at once through clients of one tenant stay within the tenant's
+/// `max_requests_per_second` together (each alone would be allowed the full rate).
+#[tokio::test(start_paused = true)]
+async fn clients_of_one_tenant_share_its_rate() {
+    let cfg = dialler_config("max_requests_per_second = 100\nmax_concurrency = 16");
+    let tenant = Tenant::new(&cfg);
+    let (all, _) = two_jobs(&tenant, Duration::from_millis(5)).await;
+    assert_eq!(all.len(), 300);
+    let busiest = all
+        .iter()
+        .map(|t| all.iter().filter(|u| (*t..*t + 1000).contains(*u)).count())
+        .max()
+        .unwrap();
+    assert_eq!(busiest, 100, "calls in the busiest second");
+    // 300 calls at 100 a second: the last one a little under 3 s after the first.
+    assert_eq!(*all.last().unwrap(), 2990);
+    assert!(tenant.fits(&cfg));
+    assert!(!tenant.fits(&dialler_config(
+        "max_requests_per_second = 50\nmax_concurrency = 16"
+    )));
+}
+
+/// ... and within its `max_concurrency`: calls in flight of both jobs together.
+#[tokio::test(start_paused = true)]
+async fn clients_of_one_tenant_share_its_calls_in_flight() {
+    let tenant = Tenant::new(&dialler_config("max_concurrency = 3"));
+    let (all, peak) = two_jobs(&tenant, Duration::from_millis(50)).await;
+    assert_eq!((all.len(), peak), (300, 3));
+    // Three at a time, 50 ms each: 100 rounds.
+    assert_eq!(*all.last().unwrap(), 99 * 50);
+    assert_eq!(tenant.in_flight(), 0);
+}

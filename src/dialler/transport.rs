@@ -132,7 +132,8 @@ impl Dialler {
 
     /// Sends `req` once; its JSON answer.
     pub(super) async fn call_once(&self, req: Req<'_>) -> Result<Value, DiallerError> {
-        let resp = self.respond_once(req).await?;
+        // The call is in flight until its answer is read.
+        let (resp, _slot) = self.respond_once(req).await?;
         let bytes = resp
             .bytes()
             .await
@@ -143,8 +144,9 @@ impl Dialler {
         serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()))
     }
 
-    /// Sends one request; a successful answer whose body is still to be read, or the
-    /// error its status (or the lack of one) means.
+    /// Sends one request, once the tenant admits it (a free slot, its turn under the rate
+    /// limit); a successful answer whose body is still to be read, with the slot to hold
+    /// until it is, or the error its status (or the lack of one) means.
     pub(super) async fn respond_once(
         &self,
         Req {
@@ -153,7 +155,7 @@ impl Dialler {
             query,
             body,
         }: Req<'_>,
-    ) -> Result<reqwest::Response, DiallerError> {
+    ) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), DiallerError> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{}", self.root, path));
@@ -165,9 +167,7 @@ impl Dialler {
                 .header(CONTENT_TYPE, "application/json")
                 .body(serde_json::to_vec(b).expect("JSON values serialize"));
         }
-        if let Some(pacer) = &self.pacer {
-            pacer.wait().await;
-        }
+        let slot = self.tenant.admit().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let resp = req.send().await.map_err(|e| {
             if let Some(detail) = certificate_problem(&e) {
@@ -192,7 +192,7 @@ impl Dialler {
             self.accepted.fetch_add(1, Ordering::Relaxed);
         }
         if status.is_success() {
-            return Ok(resp);
+            return Ok((resp, slot));
         }
         if status.is_redirection() {
             let location = resp

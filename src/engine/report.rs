@@ -11,6 +11,7 @@ use crate::engine::mapping::Rejected;
 use crate::engine::outcome::{Abort, Exit};
 use crate::engine::plan::Doubts;
 use crate::engine::plan::{Plan, RemovalKind, RowWarning};
+use crate::engine::run::Trigger;
 use crate::escape::printable;
 use crate::state::Verified;
 
@@ -28,6 +29,8 @@ pub struct JobReport {
     /// When the run started (RFC 3339, UTC).
     pub started_at: String,
     pub dry_run: bool,
+    /// What started the run.
+    pub trigger: Trigger,
     pub imported: u64,
     pub updated: u64,
     pub reset: u64,
@@ -158,17 +161,19 @@ impl JobReport {
         serde_json::to_vec(&self.published()).expect("reports serialize")
     }
 
-    /// The report of a run of `job` starting now, with a fresh run id: unique within the
-    /// process and sortable by start time.
+    /// The report of a run of `job` starting now, with a fresh run id: its start to the
+    /// millisecond, the job, a number counting the process's runs and a random part (the
+    /// history holds runs of many processes: manual syncs, daemons).
     pub fn begin(job: &str, dry_run: bool) -> JobReport {
         static SEQ: AtomicU64 = AtomicU64::new(1);
         let now = chrono::Utc::now();
         JobReport {
             job: job.to_string(),
             run_id: format!(
-                "{}-{job}-{}",
-                now.format("%Y%m%dT%H%M%SZ"),
-                SEQ.fetch_add(1, Ordering::Relaxed)
+                "{}-{job}-{}{:04x}",
+                now.format("%Y%m%dT%H%M%S%.3fZ"),
+                SEQ.fetch_add(1, Ordering::Relaxed),
+                fastrand::u16(..)
             ),
             started_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             dry_run,
@@ -182,6 +187,19 @@ impl JobReport {
         if self.stopped.is_none() {
             self.stopped = Some(Arc::new(why));
         }
+    }
+
+    /// Whether the run changed anything on the dialler (a dry run never does).
+    pub fn changed_anything(&self) -> bool {
+        !self.dry_run
+            && self.imported
+                + self.updated
+                + self.reset
+                + self.locked
+                + self.unlocked
+                + self.deleted
+                + self.recovered
+                > 0
     }
 
     /// How the run ended.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use crate::config::{Config, JobConfig, TokenError};
-use crate::dialler::{ClientError, Dialler};
+use crate::dialler::{ClientError, Dialler, Tenant};
 use crate::engine::job::run_job;
 use crate::engine::outcome::{error_chain, Abort, Exit, Step};
 use crate::engine::progress::RunHandle;
@@ -47,6 +47,28 @@ pub struct RunMode {
     /// runs): a run with nothing to send makes no call to check it. Otherwise (always for
     /// a manual sync) such a run makes one read-only call, so a revoked token is noticed.
     pub credentials_recent: bool,
+    /// What started the run (kept in its history record).
+    pub trigger: Trigger,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The job's schedule, in the daemon.
+    Schedule,
+    /// `dialsync sync` (run by the daemon or on its own) or `dialsync verify`.
+    #[default]
+    Manual,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+        })
+    }
 }
 
 /// When a run verifies its state against the dialler (`reconcile::verify`).
@@ -150,9 +172,11 @@ pub async fn sync_with(
 ) -> Result<Vec<JobReport>, SyncError> {
     let jobs = select_jobs(config, opts.job.as_deref())?;
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
+    // One set of limits for all the jobs of the tenant.
+    let tenant = Tenant::new(&config.dialler);
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_one(config, job, against, opts.mode, &handle).await);
+        reports.push(run_one(config, job, against, opts.mode, &handle, &tenant).await);
     }
     Ok(reports)
 }
@@ -191,7 +215,8 @@ pub fn select_jobs<'c>(
 }
 
 /// Runs one job with a client of its own (so its call count is its own, whatever else
-/// runs beside it), makes its state durable, then records the finished run: as the job's
+/// runs beside it) within the limits of `tenant` (which it shares with the jobs running
+/// beside it), makes its state durable, then records the finished run: as the job's
 /// last run in the state, and in the log. The token is read now, so a rotated token file
 /// takes effect; if it cannot be, the report says so.
 pub(crate) async fn run_one(
@@ -200,6 +225,7 @@ pub(crate) async fn run_one(
     against: Against<'_>,
     mode: RunMode,
     handle: &Arc<RunHandle>,
+    tenant: &Tenant,
 ) -> JobReport {
     let store = against.store();
     let mode = RunMode {
@@ -209,11 +235,12 @@ pub(crate) async fn run_one(
     let dry_run = mode.dry_run;
     let mut report = JobReport::begin(&job.name, dry_run);
     report.verify_only = mode.verify == Verify::Only;
+    report.trigger = mode.trigger;
     let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
     let started = Instant::now();
     handle.begin(&job.name);
     let client = match config.dialler.token.resolve() {
-        Ok(token) => Dialler::new(&config.dialler, &token).map_err(Abort::Client),
+        Ok(token) => Dialler::for_tenant(&config.dialler, &token, tenant).map_err(Abort::Client),
         Err(e) => Err(Abort::Token(e)),
     };
     match client {
@@ -233,13 +260,13 @@ pub(crate) async fn run_one(
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let (Some(store), false) = (store, dry_run) {
         // Stored before the flush, which makes the record durable with the run's state.
-        store_record(store, &report);
+        store_record(config, store, &report);
         let flushed = settle(config, store, &job.name, &mut report)
             .instrument(span.clone())
             .await;
         if !flushed {
             // The run now reports the failed flush; so does its stored record.
-            store_record(store, &report);
+            store_record(config, store, &report);
         }
     }
     handle.finish();
@@ -248,13 +275,22 @@ pub(crate) async fn run_one(
     report
 }
 
-/// Stores a finished run's report as the job's last run (not for a verification), and
-/// its row count as the last good one if it was not stopped.
-fn store_record(store: &Store, report: &JobReport) {
+/// Stores a finished run's report as the job's last run and in its history (not for a
+/// verification), and its row count as the last good one if it was not stopped. A run
+/// recorded again (its flush failed) replaces its first record.
+fn store_record(config: &Config, store: &Store, report: &JobReport) {
     if report.verify_only {
         return;
     }
-    let mut recorded = store.put_last_run(&report.job, &report.to_json());
+    let json = report.to_json();
+    let mut recorded = store.put_last_run(&report.job, &json).and_then(|()| {
+        store.record_run(
+            &report.job,
+            &json,
+            report.changed_anything(),
+            config.state.history_runs,
+        )
+    });
     if report.stopped.is_none() {
         let rows = report.rows - report.blank;
         recorded = recorded.and_then(|()| store.set_good_rows(&report.job, rows));

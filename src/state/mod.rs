@@ -13,13 +13,15 @@
 //! in a row each failing row has failed; and the job's [`digest::Digest`] (a compact copy of the
 //! entries' key and row hashes, removed before the entries change and stored again at the
 //! end of the run). Per store: the row count of each job's last run that was not aborted
-//! (the truncated-export guard compares against it).
+//! (the truncated-export guard compares against it), and the run history
+//! ([`history`]).
 
 pub(crate) mod digest;
 mod entry;
 mod error;
 mod files;
 pub(crate) mod hashing;
+mod history;
 mod job;
 pub(crate) mod snapshot;
 mod store;

@@ -181,6 +181,7 @@ impl Store {
                     let tree = match record.as_slice() {
                         b"good_rows" => "good_rows",
                         b"last_run" => "runs",
+                        b"last_change" => "last_change",
                         _ => continue,
                     };
                     self.db.open_tree(tree)?.insert(job, value)?;
@@ -259,7 +260,7 @@ impl Store {
             }))
         };
         let mut sections: Vec<(String, snapshot::Items<'static>)> = Vec::new();
-        for name in ["job", "pending", "inflight", "failures"] {
+        for name in ["job", "pending", "inflight", "failures", "history"] {
             let tree = self.db.open_tree(format!("{name}/{job}"))?;
             sections.push((name.to_string(), tree_items(tree)));
         }
@@ -269,6 +270,9 @@ impl Store {
         }
         if let Some(v) = self.db.open_tree("runs")?.get(job)? {
             records.push((b"last_run".to_vec(), v.to_vec()));
+        }
+        if let Some(v) = self.db.open_tree("last_change")?.get(job)? {
+            records.push((b"last_change".to_vec(), v.to_vec()));
         }
         sections.push(("records".into(), Box::new(records.into_iter().map(Ok))));
         snapshot::write(&snapshot::file(&self.path, job), sections)

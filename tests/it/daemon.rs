@@ -232,6 +232,14 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     // the hour (`credential_check`).
     let sent: Vec<_> = env.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(sent.len(), 3, "{sent:?}");
+    // The history, through the daemon: its scheduled runs, newest first; the first one
+    // imported, and status shows it as the last change.
+    let runs = history_json(&env);
+    assert!(runs.len() >= 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r["trigger"] == "schedule"), "{runs:?}");
+    let first = runs.last().unwrap();
+    assert_eq!(first["imported"], 3, "{first}");
+    assert_eq!(job["last_change"]["run_id"], first["run_id"], "{job}");
 
     daemon.signal("TERM");
     let exit = daemon.wait_exit();
@@ -257,6 +265,24 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
         (0, Some(1)),
         "{report}"
     );
+    // The history without the daemon: the manual run, then the daemon's runs.
+    let after = history_json(&env);
+    assert_eq!(after.len(), runs.len() + 1, "{after:?}");
+    assert_eq!(after[0]["run_id"], report["run_id"]);
+    assert_eq!(after[0]["trigger"], "manual");
+    assert_eq!(&after[1..], &runs[..]);
+}
+
+/// `dialsync history --output json`: the runs, newest first.
+fn history_json(env: &Env) -> Vec<Value> {
+    let out = env.dialsync(&["history", "--config", "dialsync.toml", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "history failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["runs"].as_array().unwrap().clone()
 }
 
 /// `credential_check = "0s"`: every scheduled run with nothing to send proves the token
@@ -657,4 +683,66 @@ fn in_process_a_closed_request_channel_stops_the_daemon() {
     });
     assert_eq!(ended.unwrap(), Ended::Stopped);
     assert!(!env.path("state.sock").exists(), "the socket is removed");
+}
+
+/// Promise: one rate limit per dialler tenant. Two jobs importing at once through the
+/// daemon, with `max_requests_per_second = 100`, stay within 100 calls a second together
+/// as the dialler sees them (each job alone used to be allowed the full rate).
+#[test]
+fn two_jobs_at_once_share_the_tenants_rate_limit() {
+    let env = Env::new();
+    env.write_config(TOKEN, r#"schedule = "0 0 1 1 *""#);
+    env.edit_config(
+        "client_id = 7",
+        "client_id = 7\nmax_requests_per_second = 100",
+    );
+    let config = std::fs::read_to_string(env.path("dialsync.toml")).unwrap();
+    let second = crate::common::JOB
+        .replace("{extra}", "")
+        .replace("name = \"leads\"", "name = \"leads2\"")
+        .replace("campaign_id = 538", "campaign_id = 539")
+        .replace("export.csv", "export2.csv");
+    std::fs::write(env.path("dialsync.toml"), config + &second).unwrap();
+    env.write_rows(&crate::common::rows(200, "Bonn"));
+    std::fs::copy(env.path("export.csv"), env.path("export2.csv")).unwrap();
+    let mut daemon = Daemon::start(&env);
+
+    let sync = |job: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["sync", "--config", "dialsync.toml", "--job", job])
+            .current_dir(env.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (sync("leads"), sync("leads2"));
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+
+    let imports: Vec<_> = env
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/contacts/import"))
+        .collect();
+    assert_eq!(imports.len(), 400);
+    // They did run at once: the campaigns' imports interleave.
+    let campaign =
+        |r: &dialsync::RequestLog| r.body.as_ref().unwrap()["DiallerCampaignsID"].clone();
+    let first_b = imports.iter().position(|r| campaign(r) == 539).unwrap();
+    let last_a = imports.iter().rposition(|r| campaign(r) == 538).unwrap();
+    assert!(first_b < last_a, "the two jobs ran one after the other");
+    let at: Vec<u64> = env.requests().iter().map(|r| r.at_us).collect();
+    let busiest = at
+        .iter()
+        .map(|t| {
+            at.iter()
+                .filter(|u| (*t..*t + 1_000_000).contains(*u))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 105, "{busiest} calls in the busiest second");
 }

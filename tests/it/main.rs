@@ -11,7 +11,8 @@
 //! - [`crash`]: SIGKILL at seeded moments, with and without a reverted export;
 //! - [`daemon`]: the daemon as a process, synchronised on its sd_notify messages;
 //! - [`dialler_api`]: every dialler function of the client against the emulator;
-//! - [`exports`]: exports as CRMs and spreadsheets write them (`tests/fixtures/`).
+//! - [`exports`]: exports as CRMs and spreadsheets write them (`tests/fixtures/`);
+//! - [`monitoring`]: the run history, `status` and `status --check`.
 //!
 //! `cargo test --test it MODULE::` runs one module.
 
@@ -22,6 +23,7 @@ mod crash;
 mod daemon;
 mod dialler_api;
 mod exports;
+mod monitoring;
 mod noop;
 mod outcome;
 mod reliability;

@@ -1,0 +1,202 @@
+//! What an operator watches from outside: the run history (`dialsync history`), the last
+//! run that changed something in `status`, and `status --check` for monitoring plugins.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{Env, TOKEN};
+use serde_json::Value;
+
+fn json(env: &Env, args: &[&str]) -> Value {
+    let out = env.dialsync(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `status --check`: its exit code and its lines.
+fn check(env: &Env) -> (i32, String) {
+    let out = env.dialsync(&["status", "--check", "--config", "dialsync.toml"]);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// Every run is kept, newest first, with its trigger and counts; a run's rejected rows
+/// and failed operations are kept with UserData and reason, never a name or number; and
+/// `status` still shows the run that changed something after no-op runs followed it.
+#[test]
+fn history_keeps_each_run_and_status_the_last_change() {
+    let env = Env::new();
+    env.write_config(TOKEN, "");
+    env.edit_config("path = \"state\"", "path = \"state\"\nhistory_runs = 3");
+    env.write_export(&[
+        "C1;Meier;Anna;089 1234567;München;1",
+        "C2;Schulz;Bernd;not a number;Berlin;1",
+    ]);
+    let (first, code) = env.sync(&[]);
+    assert_eq!((code, first["imported"].as_u64()), (1, Some(1)), "{first}");
+    for _ in 0..3 {
+        assert_eq!(env.sync(&[]).1, 1);
+    }
+
+    let h = json(
+        &env,
+        &["history", "--config", "dialsync.toml", "--output", "json"],
+    );
+    let runs = h["runs"].as_array().unwrap();
+    // history_runs = 3: the oldest of the four runs is gone.
+    assert_eq!(runs.len(), 3, "{h}");
+    let ids: Vec<&str> = runs.iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&first["run_id"].as_str().unwrap()), "{ids:?}");
+    let mut sorted = ids.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "distinct IDs: {ids:?}");
+    let starts: Vec<&str> = runs
+        .iter()
+        .map(|r| r["started_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {starts:?}"
+    );
+    for r in runs {
+        assert_eq!(
+            (
+                r["trigger"].as_str(),
+                r["outcome"].as_str(),
+                r["invalid"].as_u64(),
+                r["imported"].as_u64()
+            ),
+            (Some("manual"), Some("partial"), Some(1), Some(0)),
+            "{r}"
+        );
+        assert_eq!(
+            r["api_calls"], 1,
+            "a manual no-op run checks the token: {r}"
+        );
+    }
+
+    // One run with its rows: UserData and reason, no name, no number.
+    let one = env.dialsync(&["history", "--config", "dialsync.toml", "--run", ids[0]]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success(), "{text}");
+    assert!(
+        text.contains("row 3 (UserData C2): PhoneNumber1 (column `Phone`)"),
+        "{text}"
+    );
+    for personal in ["Schulz", "Bernd", "not a number", "Meier", "089"] {
+        assert!(!text.contains(personal), "{personal} in:\n{text}");
+    }
+    let one = json(
+        &env,
+        &[
+            "history",
+            "--config",
+            "dialsync.toml",
+            "--run",
+            ids[0],
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(one["run"]["problems"][0]["user_data"], "C2", "{one}");
+    assert_eq!(one["run"]["problems"][0]["kind"], "invalid", "{one}");
+    let missing = env.dialsync(&["history", "--config", "dialsync.toml", "--run", "nope"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run nope in the history"));
+
+    // status: the last run, and apart from it the last one that changed something (the
+    // first, though the history has let it go).
+    let status = json(
+        &env,
+        &["status", "--config", "dialsync.toml", "--output", "json"],
+    );
+    let job = &status["jobs"][0];
+    assert_eq!(job["last_run"]["run_id"], ids[0], "{job}");
+    assert_eq!(job["last_change"]["run_id"], first["run_id"], "{job}");
+    assert_eq!(job["last_change"]["imported"], 1, "{job}");
+    let human = env.dialsync(&["status", "--config", "dialsync.toml"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("last change: "), "{human}");
+    assert!(human.contains("1 imported"), "{human}");
+}
+
+/// The monitoring-plugin codes: 0 ok, 1 partial, 2 stopped, 3 never ran or unreadable.
+#[test]
+fn status_check_exit_codes_follow_the_plugin_convention() {
+    let env = Env::new();
+    env.write_config(TOKEN, "schedule = \"0 0 3 * * *\"");
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    // A scheduled job that never ran: unknown.
+    let (code, out) = check(&env);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.starts_with("UNKNOWN job leads: no run recorded yet"),
+        "{out}"
+    );
+    assert!(!env.path("state").exists(), "status creates no state");
+
+    assert_eq!(env.sync(&[]).1, 0);
+    let (code, out) = check(&env);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK job leads: last run "), "{out}");
+    assert!(out.contains(" ok: 1 row, 1 imported"), "{out}");
+
+    env.write_export(&[
+        "C1;Meier;Anna;089 1234567;München;1",
+        "C2;Schulz;Bernd;not a number;Berlin;1",
+    ]);
+    assert_eq!(env.sync(&[]).1, 1);
+    let (code, out) = check(&env);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("WARNING job leads:"), "{out}");
+
+    // The export is gone: the run stops.
+    std::fs::remove_file(env.path("export.csv")).unwrap();
+    assert_eq!(env.sync(&[]).1, 3);
+    let (code, out) = check(&env);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("CRITICAL job leads:") && out.contains("stopped:"),
+        "{out}"
+    );
+
+    // The state cannot be read (it is not a database): unknown, said on stdout.
+    std::fs::remove_dir_all(env.path("state")).unwrap();
+    std::fs::write(env.path("state"), "not a database").unwrap();
+    let (code, out) = check(&env);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.starts_with("UNKNOWN cannot read the state"), "{out}");
+}
+
+/// A scheduled job whose runs stopped happening is critical once two scheduled times
+/// (and as long again as its last run took) have passed without a finished run.
+#[test]
+fn status_check_reports_an_overdue_job() {
+    let env = Env::new();
+    // Every second; no daemon runs it.
+    env.write_config(TOKEN, "schedule = \"* * * * * *\"");
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    assert_eq!(env.sync(&[]).1, 0);
+    // Not overdue at once (polled, not slept: the state turns within about 2 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (code, out) = loop {
+        let (code, out) = check(&env);
+        if code != 0 || Instant::now() > deadline {
+            break (code, out);
+        }
+        assert!(out.starts_with("OK job leads"), "{out}");
+        std::thread::yield_now();
+    };
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("CRITICAL job leads:")
+            && out.contains("overdue: no run has finished since"),
+        "{out}"
+    );
+}
