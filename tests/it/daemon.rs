@@ -350,6 +350,25 @@ fn sighup_picks_up_a_changed_mapping_and_rejects_a_broken_config() {
     assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
     let last = daemon.seen.last().unwrap();
     assert!(last.contains("last ok"), "{last}");
+    // status, history and --check still reach the daemon: the broken file still names
+    // the state, beside which the socket is.
+    let status = status_json(&env);
+    assert_eq!(
+        status["daemon"]["pid"].as_u64().unwrap().to_string(),
+        daemon.pid()
+    );
+    assert!(!history_json(&env).is_empty());
+    let out = env.dialsync(&["status", "--check", "--config", "dialsync.toml"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("OK job leads"), "{text}");
+    // And with no config at all, --state names it.
+    let out = env.dialsync(&["status", "--config", "missing.toml", "--state", "state"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0));

@@ -200,3 +200,65 @@ fn status_check_reports_an_overdue_job() {
         "{out}"
     );
 }
+
+/// Root runs `status` and `history` on a state that belongs to the service's user: they
+/// read it as that user (root would leave files there the service cannot open), and
+/// every file in it still belongs to the service's user afterwards.
+#[test]
+fn root_reads_a_service_owned_state_as_its_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Only root can hand a state to another user; as anyone else this test has nothing
+    // to check (CI runs as root).
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!("skipped: root_reads_a_service_owned_state_as_its_owner needs root");
+        return;
+    }
+    let env = Env::new();
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    assert_eq!(env.sync(&[]).1, 0);
+    // The service's user (nobody here) owns the state; the folder above it is readable.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = env.path("state");
+    let mut owned = vec![state.clone(), env.path("state.key")];
+    let mut stack = vec![state.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            owned.push(p);
+        }
+    }
+    for p in &owned {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+    }
+
+    let status = json(
+        &env,
+        &["status", "--config", "dialsync.toml", "--output", "json"],
+    );
+    assert_eq!(status["jobs"][0]["contacts"], 1, "{status}");
+    assert_eq!(status["jobs"][0]["last_run"]["imported"], 1, "{status}");
+    let h = json(
+        &env,
+        &["history", "--config", "dialsync.toml", "--output", "json"],
+    );
+    assert_eq!(h["runs"].as_array().unwrap().len(), 1, "{h}");
+
+    let mut stack = vec![state];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let uid = std::fs::symlink_metadata(&p).unwrap().uid();
+            assert_eq!(uid, 65534, "{} belongs to {uid}", p.display());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+}
