@@ -28,6 +28,7 @@ mod escape;
 mod fields;
 mod key;
 mod locking;
+mod metrics;
 mod source;
 mod state;
 
@@ -56,6 +57,7 @@ pub use emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog, KEE
 pub use state::{move_aside, StateError, Store};
 // Text made safe for a terminal or a log line.
 pub use escape::printable;
+pub use metrics::{ApiMetrics, Metrics};
 
 /// What the integration tests look into: the state's entries and the hashes an older
 /// version stored. Not an API.

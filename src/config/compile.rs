@@ -8,9 +8,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    compile_dialler, compile_job, key, raw, Config, Ctx, Guards, Seg, SourceConfig, SourceKind,
-    StateConfig, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
-    DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_PATH,
+    compile_dialler, compile_job, key, raw, Config, Ctx, Guards, MetricsConfig, Seg, SourceConfig,
+    SourceKind, StateConfig, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT,
+    DEFAULT_MAX_RESETS_PERCENT, DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY,
+    DEFAULT_STATE_PATH,
 };
 
 /// What is wrong with the CA file at `path`, if anything: it must be readable and hold
@@ -42,6 +43,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
     let mut warnings = Vec::new();
     let mut dialler_raw = None;
     let mut state_raw = None;
+    let mut metrics_raw = None;
     let mut jobs_raw: Vec<(usize, Option<raw::RawJob>)> = Vec::new();
     let mut saw_job = false;
     for (k, v) in root.get_ref().iter() {
@@ -49,6 +51,9 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
         match name {
             "dialler" => dialler_raw = ctx.section::<raw::RawDialler>(&root, &[key("dialler")], v),
             "state" => state_raw = ctx.section::<raw::RawState>(&root, &[key("state")], v),
+            "metrics" => {
+                metrics_raw = Some(ctx.section::<raw::RawMetrics>(&root, &[key("metrics")], v))
+            }
             "job" => {
                 saw_job = true;
                 match v.get_ref() {
@@ -76,7 +81,9 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
                 ctx.at(
                     &root,
                     &[key(other)],
-                    format!("unknown section; expected [dialler], [state] and [[job]]{hint}"),
+                    format!(
+                        "unknown section; expected [dialler], [state], [metrics] and [[job]]{hint}"
+                    ),
                 );
             }
         }
@@ -144,10 +151,35 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
             jobs.push(job);
         }
     }
+    let metrics = match metrics_raw {
+        None => None,
+        // Reported by `section` already.
+        Some(None) => None,
+        Some(Some(raw::RawMetrics { listen: None })) => {
+            ctx.at(
+                &root,
+                &[key("metrics")],
+                "missing `listen` (an address like \"127.0.0.1:9464\"); leave [metrics] out to serve none",
+            );
+            None
+        }
+        Some(Some(raw::RawMetrics { listen: Some(addr) })) => match addr.parse() {
+            Ok(listen) => Some(MetricsConfig { listen }),
+            Err(_) => {
+                ctx.at(
+                    &root,
+                    &[key("metrics"), key("listen")],
+                    format!("`{addr}` is not an address: write IP:PORT, like \"127.0.0.1:9464\" (loopback) or \"0.0.0.0:9464\" (every interface)"),
+                );
+                None
+            }
+        },
+    };
     Some(Config {
         file: file.to_path_buf(),
         dialler: dialler?,
         state,
+        metrics,
         jobs,
         warnings,
     })

@@ -62,9 +62,17 @@ pub struct Config {
     pub file: PathBuf,
     pub dialler: DiallerConfig,
     pub state: StateConfig,
+    /// `[metrics]`: where the daemon serves `/metrics` (none without the section).
+    pub metrics: Option<MetricsConfig>,
     pub jobs: Vec<JobConfig>,
     /// Things that are allowed but probably not what the operator wants.
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The address the daemon's `/metrics` listens on.
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,11 @@ pub(crate) struct RawState {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct RawJob {
     pub name: Option<String>,
     pub schedule: Option<String>,

@@ -301,3 +301,45 @@ fn a_schedule_that_never_fires_is_rejected_and_six_fields_are_explained() {
     let job = c.jobs.iter().find(|j| j.schedule.is_some()).unwrap();
     assert_eq!(job.next_runs(3).len(), 3);
 }
+
+#[test]
+fn metrics_and_history_settings_are_checked_with_their_line() {
+    let good = GOOD.replace(
+        "[state]\npath = \"state\"",
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\n\n[state]\npath = \"state\"\nhistory_runs = 50",
+    );
+    let c = Config::from_str(&good, Path::new("t.toml")).unwrap();
+    assert_eq!(c.metrics.unwrap().listen.port(), 9464);
+    assert_eq!(c.state.history_runs, 50);
+    assert_eq!(
+        Config::from_str(GOOD, Path::new("t.toml"))
+            .unwrap()
+            .state
+            .history_runs,
+        200
+    );
+
+    let bad = GOOD.replace(
+        "[state]\npath = \"state\"",
+        "[metrics]\nlisten = \"localhost\"\n\n[state]\npath = \"state\"\nhistory_runs = 0",
+    );
+    let p = problems(&bad);
+    assert!(
+        p.iter().any(|(line, key, msg)| *line == Some(9)
+            && key == "metrics.listen"
+            && msg.contains("`localhost` is not an address")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|(line, key, msg)| *line == Some(13)
+            && key == "state.history_runs"
+            && msg.contains("out of range")),
+        "{p:?}"
+    );
+    let p = problems(&GOOD.replace("[state]", "[metrics]\n\n[state]"));
+    assert!(
+        p.iter()
+            .any(|(_, key, msg)| key == "metrics" && msg.contains("missing `listen`")),
+        "{p:?}"
+    );
+}

@@ -41,6 +41,7 @@ use crate::engine::outcome::{error_chain, Abort};
 use crate::engine::progress::RunHandle;
 use crate::engine::report::JobReport;
 use crate::engine::run::{self as sync, RunMode};
+use crate::metrics::Metrics;
 use crate::state::{StateError, Store};
 use status::{DaemonInfo, Status};
 
@@ -65,13 +66,23 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot serve metrics on {addr} ([metrics] listen): is another process using the port?"
+    )]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DaemonError {
     pub fn exit(&self) -> Exit {
         match self {
             DaemonError::Config(_) | DaemonError::Token(_) => Exit::Config,
-            DaemonError::State(_) | DaemonError::Socket { .. } => Exit::Aborted,
+            DaemonError::State(_) | DaemonError::Socket { .. } | DaemonError::Metrics { .. } => {
+                Exit::Aborted
+            }
         }
     }
 }
@@ -90,6 +101,8 @@ struct Daemon {
     token_proven: Mutex<Option<std::time::Instant>>,
     /// The dialler's limits, shared by every run (replaced when a reload changes them).
     tenant: Mutex<Tenant>,
+    /// What `[metrics]` serves.
+    metrics: Arc<Metrics>,
 }
 
 /// What the daemon is told from outside. The binary feeds these from real signals
@@ -130,6 +143,18 @@ pub async fn run(
     let store = Store::open(&config.state.path)?;
     let socket = control::socket_path(&config.state.path);
     let listener = bind(&socket)?;
+    let metrics = Arc::new(Metrics::new());
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen)
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    addr: m.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let dialler = config.dialler.clone();
     let (config_tx, _) = watch::channel(Arc::new(config));
@@ -143,7 +168,15 @@ pub async fn run(
         loops: Mutex::new(BTreeMap::new()),
         since: Utc::now(),
         token_proven: Mutex::new(None),
-        tenant: Mutex::new(Tenant::new(&dialler)),
+        tenant: Mutex::new(Tenant::with_metrics(&dialler, metrics.api())),
+        metrics,
+    });
+    daemon.restore_metrics()?;
+    let serve_metrics = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+        }
+        tokio::spawn(server::serve_metrics(Arc::clone(&daemon.metrics), listener))
     });
     daemon.start_loops();
     let accept = tokio::spawn(accept_loop(Arc::clone(&daemon), listener));
@@ -220,6 +253,9 @@ pub async fn run(
     };
     accept.abort();
     watchdog.abort();
+    if let Some(m) = serve_metrics {
+        m.abort();
+    }
     daemon.store.flush().await?;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
@@ -321,6 +357,10 @@ impl Daemon {
                 tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
             }
         }
+        if !dry_run {
+            let contacts = self.store.job(job).map_or(0, |s| s.len() as u64);
+            self.metrics.record_run(&report, contacts);
+        }
         // A manual run's answers prove the token as well as a scheduled run's.
         if report.token_accepted {
             *crate::locking::lock(&self.token_proven) = Some(std::time::Instant::now());
@@ -342,7 +382,7 @@ impl Daemon {
     fn tenant(&self, cfg: &Config) -> Tenant {
         let mut tenant = crate::locking::lock(&self.tenant);
         if !tenant.fits(&cfg.dialler) {
-            *tenant = Tenant::new(&cfg.dialler);
+            *tenant = Tenant::with_metrics(&cfg.dialler, self.metrics.api());
         }
         tenant.clone()
     }
@@ -372,6 +412,12 @@ impl Daemon {
                     );
                     new.state.path.clone_from(&old.state.path);
                 }
+                if new.metrics != old.metrics {
+                    tracing::warn!(
+                        "[metrics] changes take effect at the next restart; the daemon keeps serving as before"
+                    );
+                    new.metrics.clone_from(&old.metrics);
+                }
                 for w in &new.warnings {
                     tracing::warn!(config = %path.display(), "{w}");
                 }
@@ -383,6 +429,31 @@ impl Daemon {
         }
         notify(&[Note::Ready]);
         self.notify_status();
+    }
+
+    /// Sets each job's gauges from the state, so that a restarted daemon serves the last
+    /// run's figures before its first run.
+    fn restore_metrics(&self) -> Result<(), StateError> {
+        use history::RunSummary;
+        let cfg = self.current();
+        for job in &cfg.jobs {
+            let runs: Vec<RunSummary> = self
+                .store
+                .history(&job.name, cfg.state.history_runs)?
+                .iter()
+                .filter_map(|r| RunSummary::from_record(r, 0))
+                .collect();
+            let finished = runs
+                .iter()
+                .find(|r| matches!(r.outcome.as_str(), "ok" | "partial"));
+            self.metrics.restore_job(
+                &job.name,
+                self.store.job(&job.name)?.len() as u64,
+                runs.first(),
+                finished,
+            );
+        }
+        Ok(())
     }
 
     fn status(&self) -> Result<Status, StateError> {

@@ -36,6 +36,29 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// Serves `GET /metrics` (anything else: 404) until aborted.
+pub(super) async fn serve_metrics(
+    metrics: Arc<crate::metrics::Metrics>,
+    listener: tokio::net::TcpListener,
+) {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics server stopped");
+    }
+}
+
 pub(super) async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {
     loop {
         let stream = match listener.accept().await {

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{DiallerConfig, RetryConfig, Secret};
 use crate::dialler::pace::Pacer;
+use crate::metrics::ApiMetrics;
 
 pub use error::DiallerError;
 
@@ -123,15 +124,35 @@ pub struct Tenant {
     pacer: Option<Arc<Pacer>>,
     /// One permit per call in flight (from its send until its answer is read).
     slots: Arc<tokio::sync::Semaphore>,
+    /// The requests' metrics (served by a daemon with `[metrics]`).
+    pub(super) api: Arc<ApiMetrics>,
+}
+
+/// A call's place among the tenant's calls in flight, until it is dropped.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    api: Arc<ApiMetrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.api.in_flight().dec();
+    }
 }
 
 impl Tenant {
     pub fn new(cfg: &DiallerConfig) -> Tenant {
+        Tenant::with_metrics(cfg, Arc::default())
+    }
+
+    /// A tenant whose requests are counted in `api` (a daemon's registered metrics).
+    pub fn with_metrics(cfg: &DiallerConfig, api: Arc<ApiMetrics>) -> Tenant {
         let per_second = cfg.max_requests_per_second.map(|n| n.get());
         Tenant {
             limits: (per_second, cfg.max_concurrency),
             pacer: per_second.map(|n| Arc::new(Pacer::new(n))),
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrency)),
+            api,
         }
     }
 
@@ -151,7 +172,7 @@ impl Tenant {
 
     /// Waits for a free slot and then for the call's turn under the rate limit; the slot
     /// is the call's until the permit is dropped.
-    pub(super) async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
+    pub(super) async fn admit(&self) -> Slot {
         let permit = Arc::clone(&self.slots)
             .acquire_owned()
             .await
@@ -159,7 +180,11 @@ impl Tenant {
         if let Some(pacer) = &self.pacer {
             pacer.wait().await;
         }
-        permit
+        self.api.in_flight().inc();
+        Slot {
+            _permit: permit,
+            api: Arc::clone(&self.api),
+        }
     }
 }
 

@@ -66,6 +66,7 @@ impl Dialler {
             .is_ok();
         if ok {
             self.retries.fetch_add(1, Ordering::Relaxed);
+            self.tenant.api.retry();
         }
         ok
     }
@@ -155,7 +156,7 @@ impl Dialler {
             query,
             body,
         }: Req<'_>,
-    ) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), DiallerError> {
+    ) -> Result<(reqwest::Response, super::Slot), DiallerError> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{}", self.root, path));
@@ -169,7 +170,14 @@ impl Dialler {
         }
         let slot = self.tenant.admit().await;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let resp = req.send().await.map_err(|e| {
+        let sent = std::time::Instant::now();
+        let resp = req.send().await;
+        self.tenant.api.request(
+            path,
+            resp.as_ref().ok().map(|r| r.status().as_u16()),
+            sent.elapsed(),
+        );
+        let resp = resp.map_err(|e| {
             if let Some(detail) = certificate_problem(&e) {
                 DiallerError::Certificate {
                     base_url: self.base_url.clone(),

@@ -82,6 +82,19 @@ pub enum Tripped {
     },
 }
 
+impl Tripped {
+    /// The guard's name, for metrics: `empty_export`, `truncated_export`, `max_removals`,
+    /// `max_resets` or `dialler_forgot`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tripped::EmptyExport { .. } => "empty_export",
+            Tripped::Truncated { .. } => "truncated_export",
+            Tripped::TooMany { what, .. } => what.key(),
+            Tripped::DiallerForgot { .. } => "dialler_forgot",
+        }
+    }
+}
+
 /// What a plan would do too much of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {

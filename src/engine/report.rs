@@ -54,6 +54,9 @@ pub struct JobReport {
     /// `on_missing = "keep"`). Not rows.
     pub absent_kept: u64,
     pub failed: u64,
+    /// Of those, how many of each operation (`import`, `update`, ...).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failed_by_operation: std::collections::BTreeMap<&'static str, u64>,
     pub api_calls: u64,
     /// Calls sent again after a passing failure (included in `api_calls`).
     pub retries: u64,

@@ -29,6 +29,8 @@ impl Daemon {
     /// Starts `dialsync run` on the env's config and waits for READY=1.
     fn start(env: &Env) -> Daemon {
         let sock = env.path("notify.sock");
+        // A daemon started before in this env left its socket.
+        let _ = std::fs::remove_file(&sock);
         let notify = UnixDatagram::bind(&sock).unwrap();
         notify.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
@@ -764,4 +766,155 @@ fn two_jobs_at_once_share_the_tenants_rate_limit() {
         .max()
         .unwrap();
     assert!(busiest <= 105, "{busiest} calls in the busiest second");
+}
+
+/// `GET url` on a fresh runtime: the status and the body.
+fn http_get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    })
+}
+
+/// The sample of `name{labels}` on a metrics page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `[metrics] listen`: the daemon serves its runs, operations, rows, state, guard trips
+/// and API calls at /metrics, with values that match what happened, and no personal data.
+/// A restarted daemon serves the stored figures before its first run.
+#[test]
+fn the_daemon_serves_prometheus_metrics() {
+    let env = Env::new();
+    env.write_config(TOKEN, r#"schedule = "0 0 1 1 *""#);
+    env.edit_config("[state]", "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[state]");
+    let mut rows = ROWS.to_vec();
+    rows.push("C4;Bauer;Dora;no number;Köln;1");
+    env.write_export(&rows);
+    let mut daemon = Daemon::start(&env);
+    let logs = daemon.wait_log("serving metrics");
+    let url = logs
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("url="))
+        .expect("the metrics URL is logged")
+        .to_string();
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{report}");
+    let (status, page) = http_get(&url);
+    assert_eq!(status, 200);
+    let job = "{job=\"leads\"}";
+    for (series, value) in [
+        (
+            "dialsync_runs_total{job=\"leads\",outcome=\"partial\"}".to_string(),
+            1.0,
+        ),
+        (
+            "dialsync_operations_total{job=\"leads\",kind=\"import\",result=\"ok\"}".into(),
+            3.0,
+        ),
+        (
+            "dialsync_operations_total{job=\"leads\",kind=\"import\",result=\"failed\"}".into(),
+            0.0,
+        ),
+        (format!("dialsync_invalid_rows_total{job}"), 1.0),
+        (format!("dialsync_export_rows{job}"), 4.0),
+        (format!("dialsync_state_contacts{job}"), 3.0),
+        (
+            "dialsync_api_requests_total{endpoint=\"/dialler/contacts/import\",status=\"200\"}"
+                .into(),
+            3.0,
+        ),
+        (
+            "dialsync_api_request_duration_seconds_count{endpoint=\"/dialler/contacts/import\"}"
+                .into(),
+            3.0,
+        ),
+        ("dialsync_api_in_flight".into(), 0.0),
+        ("dialsync_api_retries_total".into(), 0.0),
+    ] {
+        assert_eq!(sample(&page, &series), Some(value), "{series} in:\n{page}");
+    }
+    let started = chrono::DateTime::parse_from_rfc3339(report["started_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp() as f64;
+    assert_eq!(
+        sample(
+            &page,
+            &format!("dialsync_last_run_start_timestamp_seconds{job}")
+        ),
+        Some(started)
+    );
+    assert_eq!(
+        sample(
+            &page,
+            &format!("dialsync_last_success_timestamp_seconds{job}")
+        ),
+        Some(started)
+    );
+    for personal in ["Meier", "Bauer", "089", "1234567", "C4"] {
+        assert!(!page.contains(personal), "{personal} in:\n{page}");
+    }
+
+    // An empty export: the guard stops the run, and says so.
+    env.write_export(&[]);
+    assert_eq!(env.sync(&[]).1, 5);
+    let (_, page) = http_get(&url);
+    assert_eq!(
+        sample(
+            &page,
+            "dialsync_guard_trips_total{job=\"leads\",guard=\"empty_export\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "dialsync_runs_total{job=\"leads\",outcome=\"guard\"}"
+        ),
+        Some(1.0)
+    );
+    // The last success is still the first run.
+    assert_eq!(
+        sample(
+            &page,
+            &format!("dialsync_last_success_timestamp_seconds{job}")
+        ),
+        Some(started)
+    );
+    assert_eq!(http_get(&url.replace("/metrics", "/other")).0, 404);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+
+    // Restarted: the stored figures, before any run.
+    let mut daemon = Daemon::start(&env);
+    let logs = daemon.wait_log("serving metrics");
+    let url = logs
+        .rsplit("url=")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (_, page) = http_get(&url);
+    assert_eq!(
+        sample(&page, &format!("dialsync_state_contacts{job}")),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            &format!("dialsync_last_success_timestamp_seconds{job}")
+        ),
+        Some(started)
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
 }

@@ -210,6 +210,7 @@ pub(crate) async fn execute(
         let counted = match done.failure {
             Some(mut f) => {
                 report.failed += 1;
+                *report.failed_by_operation.entry(f.operation).or_default() += 1;
                 let runs = failing.get(&done.key).copied().unwrap_or(0) + 1;
                 f.runs = runs;
                 if runs >= FAILING_RUNS_WARN {
