@@ -19,6 +19,7 @@
 //! What the binary, the tests and the benchmarks use is re-exported here; everything else
 //! is private to the crate.
 
+mod alerts;
 mod config;
 mod daemon;
 mod dialler;

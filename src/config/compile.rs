@@ -8,8 +8,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::{
-    compile_dialler, compile_job, key, raw, Config, Ctx, Guards, MetricsConfig, Seg, SourceConfig,
-    SourceKind, StateConfig, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT,
+    compile_dialler, compile_job, key, raw, AlertsConfig, Config, Ctx, Guards, MetricsConfig,
+    Secret, Seg, SourceConfig, SourceKind, StateConfig, TokenSource, DEFAULT_ALERT_RETRIES,
+    DEFAULT_ALERT_TIMEOUT, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT,
     DEFAULT_MAX_RESETS_PERCENT, DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_STATE_PATH,
 };
@@ -44,6 +45,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
     let mut dialler_raw = None;
     let mut state_raw = None;
     let mut metrics_raw = None;
+    let mut alerts_raw = None;
     let mut jobs_raw: Vec<(usize, Option<raw::RawJob>)> = Vec::new();
     let mut saw_job = false;
     for (k, v) in root.get_ref().iter() {
@@ -51,6 +53,9 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
         match name {
             "dialler" => dialler_raw = ctx.section::<raw::RawDialler>(&root, &[key("dialler")], v),
             "state" => state_raw = ctx.section::<raw::RawState>(&root, &[key("state")], v),
+            "alerts" => {
+                alerts_raw = ctx.section::<raw::RawAlerts>(&root, &[key("alerts")], v);
+            }
             "metrics" => {
                 metrics_raw = Some(ctx.section::<raw::RawMetrics>(&root, &[key("metrics")], v))
             }
@@ -82,7 +87,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
                     &root,
                     &[key(other)],
                     format!(
-                        "unknown section; expected [dialler], [state], [metrics] and [[job]]{hint}"
+                        "unknown section; expected [dialler], [state], [metrics], [alerts] and [[job]]{hint}"
                     ),
                 );
             }
@@ -175,14 +180,121 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
             }
         },
     };
+    let alerts = alerts_raw.map_or_else(AlertsConfig::default_for_none, |a| {
+        compile_alerts(ctx, &root, a, &resolve)
+    });
     Some(Config {
         file: file.to_path_buf(),
         dialler: dialler?,
         state,
         metrics,
+        alerts,
         jobs,
         warnings,
     })
+}
+
+/// The `[alerts]` section.
+fn compile_alerts(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    a: raw::RawAlerts,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> AlertsConfig {
+    let section = [key("alerts")];
+    let ping_url = url_source(
+        ctx,
+        root,
+        &section,
+        "ping_url",
+        [a.ping_url, a.ping_url_env, a.ping_url_credential],
+        a.ping_url_file.map(resolve),
+    );
+    let webhook_url = url_source(
+        ctx,
+        root,
+        &section,
+        "webhook_url",
+        [a.webhook_url, a.webhook_url_env, a.webhook_url_credential],
+        a.webhook_url_file.map(resolve),
+    );
+    let retries = match a.retries {
+        None => DEFAULT_ALERT_RETRIES,
+        Some(n @ 0..=10) => n as u32,
+        Some(n) => {
+            ctx.at(
+                root,
+                &[key("alerts"), key("retries")],
+                format!("{n} is out of range: use 0 to 10"),
+            );
+            DEFAULT_ALERT_RETRIES
+        }
+    };
+    AlertsConfig {
+        ping_url,
+        webhook_url,
+        timeout: a.timeout.map_or(DEFAULT_ALERT_TIMEOUT, |d| d.0),
+        retries,
+    }
+}
+
+/// A URL that may hold a secret, from `{name}` (inline), `{name}_env`,
+/// `{name}_credential` (`[inline, env, credential]`) or `{name}_file`: at most one of
+/// them. An inline URL must be http(s).
+pub(super) fn url_source(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    section: &[Seg],
+    name: &str,
+    [inline, env, credential]: [Option<String>; 3],
+    file: Option<PathBuf>,
+) -> Option<TokenSource> {
+    let at = |k: &str| -> Vec<Seg> {
+        let mut p = section.to_vec();
+        p.push(key(k));
+        p
+    };
+    let given = [
+        inline.is_some(),
+        file.is_some(),
+        env.is_some(),
+        credential.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        ctx.at(
+            root,
+            &at(name),
+            format!(
+                "set only one of `{name}`, `{name}_file`, `{name}_env` and `{name}_credential`"
+            ),
+        );
+        return None;
+    }
+    if let Some(url) = inline {
+        let ok = reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            ctx.at(
+                root,
+                &at(name),
+                "is not an http(s) URL, e.g. \"https://hc-ping.com/<uuid>\"",
+            );
+            return None;
+        }
+        return Some(TokenSource::Inline(Secret::new(url)));
+    }
+    if let Some(c) = &credential {
+        if c.is_empty() || c.contains('/') {
+            ctx.at(
+                root,
+                &at(&format!("{name}_credential")),
+                "names a credential of the unit's LoadCredential=, e.g. \"webhook\"",
+            );
+            return None;
+        }
+    }
+    file.map(TokenSource::File)
+        .or(env.map(TokenSource::Env))
+        .or(credential.map(TokenSource::Credential))
 }
 
 /// The guard keys of a job: counts are whole numbers from 0, percentages 0 to 100.

@@ -250,8 +250,17 @@ pub(super) fn compile_job(
     if ctx.problems.len() > start {
         return None;
     }
+    let ping_url = super::compile::url_source(
+        ctx,
+        root,
+        prefix,
+        "ping_url",
+        [j.ping_url, None, None],
+        j.ping_url_file.map(resolve),
+    );
     Some(JobConfig {
         name,
+        ping_url,
         schedule,
         timezone,
         campaign: campaign?,

@@ -52,6 +52,8 @@ pub(crate) const DEFAULT_MAX_RESETS_PERCENT: f64 = 25.0;
 pub(crate) const DEFAULT_MIN_ROWS_PERCENT: f64 = 75.0;
 pub(crate) const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 pub(crate) const DEFAULT_SNAPSHOT_EVERY: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ALERT_RETRIES: u32 = 2;
 /// How many finished runs each job's history keeps by default.
 pub(crate) const DEFAULT_HISTORY_RUNS: usize = 200;
 
@@ -64,9 +66,39 @@ pub struct Config {
     pub state: StateConfig,
     /// `[metrics]`: where the daemon serves `/metrics` (none without the section).
     pub metrics: Option<MetricsConfig>,
+    /// `[alerts]`: pings and the webhook (nothing is sent without the section).
+    pub alerts: AlertsConfig,
     pub jobs: Vec<JobConfig>,
     /// Things that are allowed but probably not what the operator wants.
     pub warnings: Vec<String>,
+}
+
+/// `[alerts]`: where runs are reported to. The URLs often hold a secret (a check's UUID,
+/// a chat's webhook key), so they come like the token: inline, from a file, a variable or
+/// a systemd credential, read at each run and never logged.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// healthchecks.io style: `{url}/start` when a run starts, `{url}` when it succeeds,
+    /// `{url}/fail` when it stops or operations fail. A job's own `ping_url` overrides it.
+    pub ping_url: Option<TokenSource>,
+    /// Receives a JSON POST with the run's report when a run is not ok.
+    pub webhook_url: Option<TokenSource>,
+    /// Per request.
+    pub timeout: Duration,
+    /// Requests sent again after a failure (no answer, 5xx, 429).
+    pub retries: u32,
+}
+
+impl AlertsConfig {
+    /// No `[alerts]` section: nothing is sent.
+    fn default_for_none() -> AlertsConfig {
+        AlertsConfig {
+            ping_url: None,
+            webhook_url: None,
+            timeout: DEFAULT_ALERT_TIMEOUT,
+            retries: DEFAULT_ALERT_RETRIES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +204,8 @@ impl fmt::Display for CampaignRef {
 #[derive(Debug, Clone)]
 pub struct JobConfig {
     pub name: String,
+    /// This job's `ping_url` (else `[alerts] ping_url`).
+    pub ping_url: Option<TokenSource>,
     pub schedule: Option<CronSchedule>,
     /// The time zone of `schedule` (UTC unless set).
     pub timezone: chrono_tz::Tz,

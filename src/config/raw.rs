@@ -44,6 +44,20 @@ pub(crate) struct RawMetrics {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct RawAlerts {
+    pub ping_url: Option<String>,
+    pub ping_url_file: Option<PathBuf>,
+    pub ping_url_env: Option<String>,
+    pub ping_url_credential: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    pub webhook_url_env: Option<String>,
+    pub webhook_url_credential: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    pub retries: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct RawJob {
     pub name: Option<String>,
     pub schedule: Option<String>,
@@ -64,6 +78,8 @@ pub(crate) struct RawJob {
     pub max_resets_percent: Option<f64>,
     pub min_rows_percent: Option<f64>,
     pub verify_every: Option<HumanDuration>,
+    pub ping_url: Option<String>,
+    pub ping_url_file: Option<PathBuf>,
     pub source: Option<RawSource>,
     /// Dialler field name -> CRM column name.
     pub fields: Option<BTreeMap<String, String>>,

@@ -45,28 +45,31 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Why the token could not be read.
+/// Why a secret (the token, an alert URL) could not be read. `key` is the config key
+/// without its `_file`/`_env`/`_credential` ending (`dialler.token`).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("dialler.token_file {path}: cannot read the token file")]
+    #[error("{key}_file {path}: cannot read the file")]
     File {
+        key: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("dialler.token_file {0}: the file is empty")]
-    EmptyFile(PathBuf),
-    #[error("dialler.token_env: the environment variable `{0}` is not set or empty")]
-    Env(String),
+    #[error("{key}_file {path}: the file is empty")]
+    EmptyFile { key: &'static str, path: PathBuf },
+    #[error("{key}_env: the environment variable `{var}` is not set or empty")]
+    Env { key: &'static str, var: String },
     #[error(
-        "dialler.token_credential `{0}`: $CREDENTIALS_DIRECTORY is not set, so this command runs \
+        "{key}_credential `{name}`: $CREDENTIALS_DIRECTORY is not set, so this command runs \
          outside the dialsync service. Start the service (`systemctl start dialsync`; a manual \
-         `dialsync sync` is then handed to it), or give this command the token another way \
-         (`token_file` or `token_env` in a copy of the config)"
+         `dialsync sync` is then handed to it), or give this command the value another way \
+         (`_file` or `_env` in a copy of the config)"
     )]
-    NoCredentials(String),
-    #[error("dialler.token_credential `{name}`: cannot read {path}")]
+    NoCredentials { key: &'static str, name: String },
+    #[error("{key}_credential `{name}`: cannot read {path}")]
     Credential {
+        key: &'static str,
         name: String,
         path: PathBuf,
         #[source]
@@ -75,39 +78,55 @@ pub enum TokenError {
 }
 
 impl TokenSource {
+    /// The dialler token.
     pub fn resolve(&self) -> Result<Secret, TokenError> {
+        self.resolve_as("dialler.token")
+    }
+
+    /// The secret, with errors naming it as `key`.
+    pub fn resolve_as(&self, key: &'static str) -> Result<Secret, TokenError> {
+        let read = |path: &PathBuf| -> Result<Secret, TokenError> {
+            let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
+                key,
+                path: path.clone(),
+                source,
+            })?;
+            let value = text.trim();
+            if value.is_empty() {
+                return Err(TokenError::EmptyFile {
+                    key,
+                    path: path.clone(),
+                });
+            }
+            Ok(Secret::new(value))
+        };
         match self {
             TokenSource::Inline(s) => Ok(s.clone()),
-            TokenSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(TokenError::EmptyFile(path.clone()));
-                }
-                Ok(Secret::new(token))
-            }
+            TokenSource::File(path) => read(path),
             TokenSource::Credential(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                    .ok_or_else(|| TokenError::NoCredentials(name.clone()))?;
-                let path = PathBuf::from(dir).join(name);
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| TokenError::Credential {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    TokenError::NoCredentials {
+                        key,
                         name: name.clone(),
-                        path: path.clone(),
+                    }
+                })?;
+                let path = PathBuf::from(dir).join(name);
+                if let Err(source) = std::fs::metadata(&path) {
+                    return Err(TokenError::Credential {
+                        key,
+                        name: name.clone(),
+                        path,
                         source,
-                    })?;
-                let token = text.trim();
-                if token.is_empty() {
-                    return Err(TokenError::EmptyFile(path));
+                    });
                 }
-                Ok(Secret::new(token))
+                read(&path)
             }
             TokenSource::Env(var) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
-                _ => Err(TokenError::Env(var.clone())),
+                _ => Err(TokenError::Env {
+                    key,
+                    var: var.clone(),
+                }),
             },
         }
     }

@@ -343,3 +343,32 @@ fn metrics_and_history_settings_are_checked_with_their_line() {
         "{p:?}"
     );
 }
+
+#[test]
+fn alert_urls_come_from_one_source_and_must_be_http() {
+    let with = |alerts: &str| GOOD.replace("[state]", &format!("[alerts]\n{alerts}\n\n[state]"));
+    let c = Config::from_str(
+        &with("ping_url = \"https://hc-ping.com/abc\"\nwebhook_url_file = \"hook.url\""),
+        Path::new("/etc/dialsync/t.toml"),
+    )
+    .unwrap();
+    assert!(matches!(c.alerts.ping_url, Some(TokenSource::Inline(_))));
+    assert!(
+        matches!(&c.alerts.webhook_url, Some(TokenSource::File(p)) if p == Path::new("/etc/dialsync/hook.url"))
+    );
+    assert_eq!((c.alerts.retries, c.alerts.timeout.as_secs()), (2, 10));
+    // No section: nothing is sent.
+    let c = Config::from_str(GOOD, Path::new("t.toml")).unwrap();
+    assert!(c.alerts.ping_url.is_none() && c.alerts.webhook_url.is_none());
+
+    let p = problems(&with(
+        "ping_url = \"hc-ping.com/abc\"\nwebhook_url = \"https://x\"\nwebhook_url_env = \"HOOK\"\nretries = 11",
+    ));
+    let has = |key: &str, text: &str| {
+        p.iter()
+            .any(|(line, k, m)| line.is_some() && k == key && m.contains(text))
+    };
+    assert!(has("alerts.ping_url", "is not an http(s) URL"), "{p:?}");
+    assert!(has("alerts.webhook_url", "set only one of"), "{p:?}");
+    assert!(has("alerts.retries", "out of range"), "{p:?}");
+}

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::dialler::Tenant;
 use crate::engine::outcome::Exit;
@@ -341,15 +342,10 @@ impl Daemon {
             }
             Ok(j) => {
                 let tenant = self.tenant(cfg);
-                sync::run_one(
-                    cfg,
-                    j,
-                    sync::Against::Store(&self.store),
-                    mode,
-                    handle,
-                    &tenant,
-                )
-                .await
+                // The run's pings and webhook go on after it without being waited for.
+                let alerts = Alerts::new(&cfg.alerts);
+                let against = sync::Against::Store(&self.store);
+                sync::run_one(cfg, j, against, mode, handle, &tenant, &alerts).await
             }
         };
         if dry_run {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
+use crate::alerts::Alerts;
 use crate::config::{Config, JobConfig, TokenError};
 use crate::dialler::{ClientError, Dialler, Tenant};
 use crate::engine::job::run_job;
@@ -174,10 +175,13 @@ pub async fn sync_with(
     let handle: Arc<RunHandle> = opts.handle.clone().unwrap_or_default();
     // One set of limits for all the jobs of the tenant.
     let tenant = Tenant::new(&config.dialler);
+    let alerts = Alerts::new(&config.alerts);
     let mut reports = Vec::with_capacity(jobs.len());
     for job in jobs {
-        reports.push(run_one(config, job, against, opts.mode, &handle, &tenant).await);
+        reports.push(run_one(config, job, against, opts.mode, &handle, &tenant, &alerts).await);
     }
+    // The pings and webhooks still on their way, before the process may exit.
+    alerts.settle().await;
     Ok(reports)
 }
 
@@ -226,6 +230,7 @@ pub(crate) async fn run_one(
     mode: RunMode,
     handle: &Arc<RunHandle>,
     tenant: &Tenant,
+    alerts: &Alerts,
 ) -> JobReport {
     let store = against.store();
     let mode = RunMode {
@@ -239,6 +244,11 @@ pub(crate) async fn run_one(
     let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
     let started = Instant::now();
     handle.begin(&job.name);
+    // Pings and webhooks report real runs of a sync (not dry runs, not verifications).
+    let alerting = !dry_run && mode.verify != Verify::Only;
+    if alerting {
+        alerts.started(job);
+    }
     let client = match config.dialler.token.resolve() {
         Ok(token) => Dialler::for_tenant(&config.dialler, &token, tenant).map_err(Abort::Client),
         Err(e) => Err(Abort::Token(e)),
@@ -270,6 +280,9 @@ pub(crate) async fn run_one(
         }
     }
     handle.finish();
+    if alerting {
+        alerts.finished(job, &report);
+    }
     let _entered = span.enter(); // no await from here on
     log_record(&report);
     report

@@ -262,3 +262,162 @@ fn root_reads_a_service_owned_state_as_its_owner() {
         }
     }
 }
+
+/// What a local alert receiver got: method, path, Idempotency-Key and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>;
+
+/// A receiver for pings and webhooks on a free port: `/broken...` answers 500, anything
+/// else 200. Its runtime lives as long as the returned value.
+fn receiver() -> (tokio::runtime::Runtime, String, Received) {
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let got: Received = Default::default();
+    let sink = got.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let path = uri.path().to_string();
+                sink.lock()
+                    .unwrap()
+                    .push((method.to_string(), path.clone(), key, body));
+                if path.starts_with("/broken") {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        },
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (rt, base, got)
+}
+
+/// `[alerts]`: the start ping and the end ping (`/fail` when a run stops or operations
+/// fail) arrive in order; a run that is not ok POSTs its report (UserData and reasons, no
+/// names or numbers) to the webhook, whose URL comes from a file; a job's ping_url
+/// overrides the section's; a receiver that fails is retried and never changes the sync's
+/// outcome.
+#[test]
+fn pings_and_the_webhook_reach_a_receiver() {
+    let (_rt, base, got) = receiver();
+    let env = Env::new();
+    std::fs::write(env.path("webhook.url"), format!("{base}/hook/s3cret\n")).unwrap();
+    env.edit_config(
+        "[state]",
+        &format!(
+            "[alerts]\nping_url = \"{base}/ping/abc\"\nwebhook_url_file = \"webhook.url\"\nretries = 1\n\n[state]"
+        ),
+    );
+    let take = || std::mem::take(&mut *got.lock().unwrap());
+    let paths = |v: &[(String, String, String, String)]| {
+        v.iter()
+            .map(|(m, p, _, _)| format!("{m} {p}"))
+            .collect::<Vec<_>>()
+    };
+
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    assert_eq!(env.sync(&[]).1, 0);
+    assert_eq!(paths(&take()), ["GET /ping/abc/start", "GET /ping/abc"]);
+
+    // Partial (an invalid row, no failed operation): the ping says success, the webhook
+    // gets the report.
+    env.write_export(&[
+        "C1;Meier;Anna;089 1234567;München;1",
+        "C2;Schulz;Bernd;not a number;Berlin;1",
+    ]);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 1);
+    let mut seen = take();
+    seen.sort_by_key(|(_, p, _, _)| p.clone());
+    assert_eq!(
+        paths(&seen),
+        ["POST /hook/s3cret", "GET /ping/abc", "GET /ping/abc/start"]
+    );
+    let (_, _, key, body) = &seen[0];
+    assert_eq!(key, report["run_id"].as_str().unwrap());
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["outcome"], "partial");
+    assert_eq!(body["job"], "leads");
+    assert_eq!(body["report"]["problems"][0]["key"], "C2", "{body}");
+    let text = body.to_string();
+    for personal in ["Schulz", "Bernd", "not a number", "Meier", "089"] {
+        assert!(!text.contains(personal), "{personal} in {text}");
+    }
+
+    // Stopped (the export is gone): /fail, and the webhook.
+    std::fs::remove_file(env.path("export.csv")).unwrap();
+    assert_eq!(env.sync(&[]).1, 3);
+    let mut seen = paths(&take());
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "GET /ping/abc/fail",
+            "GET /ping/abc/start",
+            "POST /hook/s3cret"
+        ]
+    );
+
+    // A job's own ping_url; a webhook receiver that fails is retried once, and the sync
+    // still ends as its run did.
+    env.edit_config(
+        "campaign_id = 538",
+        &format!("campaign_id = 538\nping_url = \"{base}/ping/job\""),
+    );
+    std::fs::write(env.path("webhook.url"), format!("{base}/broken")).unwrap();
+    assert_eq!(env.sync(&[]).1, 3);
+    let mut seen = paths(&take());
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "GET /ping/job/fail",
+            "GET /ping/job/start",
+            "POST /broken",
+            "POST /broken"
+        ]
+    );
+    // Dry runs send nothing.
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    env.sync(&["--dry-run"]);
+    assert!(take().is_empty());
+}
+
+/// An alert receiver that cannot be reached costs the sync nothing but a log line.
+#[test]
+fn an_unreachable_receiver_does_not_fail_the_sync() {
+    let env = Env::new();
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.edit_config(
+        "[state]",
+        &format!("[alerts]\nping_url = \"http://127.0.0.1:{port}/p\"\nretries = 0\n\n[state]"),
+    );
+    env.write_export(&["C1;Meier;Anna;089 1234567;München;1"]);
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be delivered"), "{stderr}");
+    assert!(
+        !stderr.contains(&port.to_string()),
+        "the URL is not logged: {stderr}"
+    );
+}
