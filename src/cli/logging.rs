@@ -8,14 +8,33 @@ use super::{Cli, Command, LogFormat};
 /// (it adds its own), JSON on request. Interactive commands log warnings and errors by
 /// default (their summary is on stdout); long-running ones also log at INFO.
 pub(crate) fn init_logging(cli: &Cli) {
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::EnvFilter;
-    let default = match cli.command {
-        Command::Emulator(_) | Command::Run { .. } => "info",
+    const LEVELS: [LevelFilter; 6] = [
+        LevelFilter::OFF,
+        LevelFilter::ERROR,
+        LevelFilter::WARN,
+        LevelFilter::INFO,
+        LevelFilter::DEBUG,
+        LevelFilter::TRACE,
+    ];
+    let default: usize = match cli.command {
+        Command::Emulator(_) | Command::Run { .. } => 3,
         // The demo's report already shows every skipped row.
-        Command::Demo => "error",
-        _ => "warn",
+        Command::Demo => 1,
+        _ => 2,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let level = LEVELS[(default + usize::from(cli.verbose))
+        .saturating_sub(usize::from(cli.quiet))
+        .min(LEVELS.len() - 1)];
+    let flags = cli.verbose > 0 || cli.quiet > 0;
+    // RUST_LOG's directives stand; the level of everything it does not name is the
+    // flags' (or, without flags, RUST_LOG's own or the command's default).
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(env) if flags => env.add_directive(level.into()),
+        Ok(env) => env,
+        Err(_) => EnvFilter::default().add_directive(level.into()),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

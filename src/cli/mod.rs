@@ -42,9 +42,17 @@ const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
     about = "Keeps a jtel ACD dialler campaign in step with a CRM export"
 )]
 pub(crate) struct Cli {
-    /// Log format on stderr (the level comes from RUST_LOG, e.g. RUST_LOG=debug).
+    /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (the default is warnings,
+    /// info for `run` and `emulator`). RUST_LOG (e.g. RUST_LOG=dialsync=debug) sets the
+    /// level per module; -v and -q then set the rest.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Fewer log lines: -q errors only, -qq none.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -205,12 +213,10 @@ impl Failure {
     }
 }
 
+/// Loads and checks the config. Its warnings (allowed, but probably not meant) are
+/// `validate`'s to give, and the daemon's at its start, not every command's.
 fn load(path: &std::path::Path) -> Result<Config, Failure> {
-    let config = Config::load(path).map_err(|e| Failure::new(Exit::Config, e))?;
-    for w in &config.warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(config)
+    Config::load(path).map_err(|e| Failure::new(Exit::Config, e))
 }
 
 /// Runs the command; its exit code.

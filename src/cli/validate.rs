@@ -9,6 +9,9 @@ use super::{load, Failure};
 
 pub(super) async fn run(config: &Path, offline: bool) -> Result<Exit, Failure> {
     let cfg = load(config)?;
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
     let credential_elsewhere = matches!(cfg.dialler.token, TokenSource::Credential(_))
         && std::env::var_os("CREDENTIALS_DIRECTORY").is_none();
     let token = if credential_elsewhere {

@@ -320,8 +320,13 @@ fn log_record(report: &JobReport) {
     let stopped = report.stopped.as_deref().map(Abort::kind);
     tracing::info!(
         %outcome,
+        trigger = %report.trigger,
         rows = report.rows,
+        new = report.new,
+        changed = report.changed,
         blank = report.blank,
+        duplicates = report.duplicates,
+        warnings = report.warnings,
         imported = report.imported,
         updated = report.updated,
         reset = report.reset,

@@ -420,3 +420,39 @@ fn validate_checks_the_export_and_the_dialler() {
     assert_eq!(text.matches("FAILED").count(), 2, "{text}");
     assert_eq!(code, 6, "{text}");
 }
+
+/// -v and -q set how much is logged, alongside RUST_LOG; the config's warnings (here: no
+/// default_country) are validate's to give, not every command's.
+#[test]
+fn verbosity_flags_and_config_warnings() {
+    let env = crate::common::Env::new();
+    env.edit_config("default_country = \"DE\"\n", "");
+    env.write_export(&["C1;Meier;Anna;+49 89 1234567;München;1"]);
+    let stderr = |args: &[&str], rust_log: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialsync"));
+        cmd.args(args)
+            .current_dir(env.dir.path())
+            .env_remove("RUST_LOG");
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let sync = ["sync", "--config", "dialsync.toml"];
+    let quiet = stderr(&sync, None);
+    assert!(!quiet.contains("sync finished"), "{quiet}");
+    assert!(!quiet.contains("default_country"), "{quiet}");
+    let verbose = stderr(&["sync", "-v", "--config", "dialsync.toml"], None);
+    assert!(
+        verbose.contains("sync finished") && verbose.contains("outcome=ok"),
+        "{verbose}"
+    );
+    let hushed = stderr(&["sync", "-q", "--config", "dialsync.toml"], Some("info"));
+    assert!(!hushed.contains("sync finished"), "{hushed}");
+    let v = stderr(
+        &["validate", "--offline", "--config", "dialsync.toml"],
+        None,
+    );
+    assert!(v.contains("warning: job leads: no default_country"), "{v}");
+}
