@@ -238,9 +238,10 @@ impl Metrics {
         Arc::clone(&self.api)
     }
 
-    /// Counts a finished run (not a dry run: it changes nothing).
+    /// Counts a finished run of a sync (not a dry run, which changes nothing, nor a
+    /// verification, which is no sync: it must not pass for a successful run).
     pub fn record_run(&self, report: &JobReport, contacts: u64) {
-        if report.dry_run {
+        if report.dry_run || report.verify_only {
             return;
         }
         let job = || JobLabel {
@@ -292,11 +293,9 @@ impl Metrics {
                 })
                 .inc();
         }
-        if !report.verify_only {
-            self.export_rows
-                .get_or_create(&job())
-                .set(report.rows.saturating_sub(report.blank) as i64);
-        }
+        self.export_rows
+            .get_or_create(&job())
+            .set(report.rows.saturating_sub(report.blank) as i64);
         self.state_contacts
             .get_or_create(&job())
             .set(contacts as i64);
@@ -392,6 +391,10 @@ mod tests {
         r.blank = 1;
         r.duration_ms = 1500;
         m.record_run(&r, 4);
+        // A verification is no sync run: not counted.
+        let mut v = JobReport::begin("leads", false);
+        v.verify_only = true;
+        m.record_run(&v, 4);
         m.api().request(
             "/dialler/contacts/contact/5",
             Some(200),
