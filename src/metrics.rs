@@ -426,5 +426,9 @@ mod tests {
             assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
         }
         assert!(page.contains("dialsync_last_success_timestamp_seconds{job=\"leads\"} "));
+        assert!(
+            !page.contains("outcome=\"ok\""),
+            "the verification was counted:\n{page}"
+        );
     }
 }
