@@ -26,7 +26,7 @@ pub(crate) use logging::init_logging;
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dialsync::Client;
 use dialsync::Config;
 use dialsync::Exit;
@@ -34,11 +34,13 @@ use dialsync::HistoryQuery;
 use dialsync::{RunMode, SyncOptions, Trigger, Verify};
 
 const DEFAULT_CONFIG: &str = "/etc/dialsync/dialsync.toml";
+/// The version, with the git commit when built from a checkout (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("DIALSYNC_VERSION_SUFFIX"));
 
 #[derive(Debug, Parser)]
 #[command(
     name = "dialsync",
-    version,
+    version = VERSION,
     about = "Keeps a jtel ACD dialler campaign in step with a CRM export"
 )]
 pub(crate) struct Cli {
@@ -176,6 +178,14 @@ enum Command {
     Emulator(emulator::Args),
     /// Show a whole sync cycle against a built-in emulator, with nothing to set up.
     Demo,
+    /// Print a shell completion script (from the same definitions as --help), e.g.
+    /// `dialsync completions bash > /usr/share/bash-completion/completions/dialsync`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `dialsync man | man -l -`.
+    Man,
     /// Work on the state database.
     State {
         #[command(subcommand)]
@@ -297,6 +307,20 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::State {
             command: StateCommand::Rebuild { config, job },
         } => state::rebuild(&load(&config)?, job.as_deref()).await?,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dialsync", &mut out);
+            out!("{}", String::from_utf8_lossy(&out));
+            Exit::Ok
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Failure::new(Exit::Aborted, e))?;
+            out!("{}", String::from_utf8_lossy(&out));
+            Exit::Ok
+        }
     };
     Ok(exit as u8)
 }

@@ -456,3 +456,40 @@ fn verbosity_flags_and_config_warnings() {
     );
     assert!(v.contains("warning: job leads: no default_country"), "{v}");
 }
+
+/// Completions and the man page come from the same definitions as --help, so they name
+/// every subcommand; --version names the commit of a checkout.
+#[test]
+fn completions_man_page_and_version() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = dialsync().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["sync", "history", "status", "validate", "completions"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+        assert!(text.contains("check"), "{shell}: status --check");
+    }
+    let out = dialsync().arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(man.contains(".TH dialsync 1"), "{man}");
+    assert!(man.contains("history"), "{man}");
+
+    let out = dialsync().arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        version.starts_with(concat!("dialsync ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(git) = git.ok().filter(|o| o.status.success()) {
+        let commit = String::from_utf8_lossy(&git.stdout).trim().to_string();
+        // Built from this checkout (a commit made since the build is not yet in it).
+        assert!(version.contains(" (git "), "{version}");
+        eprintln!("version {version}, checkout at {commit}");
+    }
+}
