@@ -26,7 +26,9 @@ use crate::engine::report::JobReport;
 
 /// The alerts of one process (a `sync`) or one daemon run.
 pub(crate) struct Alerts {
-    http: reqwest::Client,
+    /// Made when the first request goes (loading the system's CAs is work a run without
+    /// alerts need not do).
+    http: std::sync::OnceLock<reqwest::Client>,
     cfg: AlertsConfig,
     /// Requests still on their way.
     pending: Mutex<Vec<JoinHandle<()>>>,
@@ -36,18 +38,25 @@ pub(crate) struct Alerts {
 
 impl Alerts {
     pub(crate) fn new(cfg: &AlertsConfig) -> Alerts {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
-            .timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
         Alerts {
-            http,
+            http: std::sync::OnceLock::new(),
             cfg: cfg.clone(),
             pending: Mutex::default(),
             starts: Mutex::default(),
         }
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
+                    .timeout(self.cfg.timeout)
+                    .redirect(reqwest::redirect::Policy::limited(3))
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone()
     }
 
     /// The ping URL of `job`, read now; `None` when it has none or it cannot be read (said
@@ -67,7 +76,7 @@ impl Alerts {
             return;
         };
         let task = tokio::spawn(send(
-            self.http.clone(),
+            self.http(),
             reqwest::Method::GET,
             format!("{url}/start"),
             None,
@@ -83,7 +92,7 @@ impl Alerts {
         let failed = report.stopped.is_some() || report.failed > 0;
         if let Some(url) = self.ping_url(job) {
             let url = if failed { format!("{url}/fail") } else { url };
-            let (http, retries) = (self.http.clone(), self.cfg.retries);
+            let (http, retries) = (self.http(), self.cfg.retries);
             self.keep(tokio::spawn(async move {
                 if let Some(start) = start {
                     let _ = start.await;
@@ -115,7 +124,7 @@ impl Alerts {
             idempotency_key: report.run_id.clone(),
         };
         self.keep(tokio::spawn(send(
-            self.http.clone(),
+            self.http(),
             reqwest::Method::POST,
             url,
             Some(body),

@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::daemon::history::RunSummary;
 use crate::engine::outcome::Abort;
 use crate::engine::report::JobReport;
 
@@ -109,6 +110,11 @@ impl ApiMetrics {
     pub(crate) fn in_flight(&self) -> &Gauge {
         &self.in_flight
     }
+}
+
+/// An RFC 3339 time as Unix seconds (0 for a time that cannot be read).
+fn unix(time: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(time).map_or(0.0, |t| t.timestamp() as f64)
 }
 
 /// `/dialler/contacts/contact/123/lock` -> `/dialler/contacts/contact/{id}/lock`.
@@ -240,8 +246,8 @@ impl Metrics {
 
     /// Counts a finished run of a sync (not a dry run, which changes nothing, nor a
     /// verification, which is no sync: it must not pass for a successful run).
-    pub fn record_run(&self, report: &JobReport, contacts: u64) {
-        if report.dry_run || report.verify_only {
+    pub fn record_run(&self, report: &JobReport) {
+        if !report.is_sync_run() {
             return;
         }
         let job = || JobLabel {
@@ -254,31 +260,27 @@ impl Metrics {
             })
             .inc();
         let mut failed = report.failed_by_operation.clone();
-        for (kind, ok) in [
+        let done = [
             ("import", report.imported),
             ("update", report.updated),
             ("reset", report.reset),
             ("unlock", report.unlocked),
             ("lock", report.locked),
             ("delete", report.deleted),
-        ] {
-            for (result, n) in [("ok", ok), ("failed", failed.remove(kind).unwrap_or(0))] {
-                self.operations
-                    .get_or_create(&OperationLabels {
-                        job: report.job.clone(),
-                        kind: kind.to_string(),
-                        result: result.to_string(),
-                    })
-                    .inc_by(n);
-            }
+        ];
+        let mut counts: Vec<(&str, &str, u64)> = Vec::new();
+        for (kind, ok) in done {
+            counts.push((kind, "ok", ok));
+            counts.push((kind, "failed", failed.remove(kind).unwrap_or(0)));
         }
         // Failures of anything else (writing the state) under their own kind.
-        for (kind, n) in failed {
+        counts.extend(failed.iter().map(|(kind, n)| (*kind, "failed", *n)));
+        for (kind, result, n) in counts {
             self.operations
                 .get_or_create(&OperationLabels {
                     job: report.job.clone(),
                     kind: kind.to_string(),
-                    result: "failed".to_string(),
+                    result: result.to_string(),
                 })
                 .inc_by(n);
         }
@@ -293,56 +295,62 @@ impl Metrics {
                 })
                 .inc();
         }
-        self.export_rows
-            .get_or_create(&job())
-            .set(report.rows.saturating_sub(report.blank) as i64);
-        self.state_contacts
-            .get_or_create(&job())
-            .set(contacts as i64);
-        let started = chrono::DateTime::parse_from_rfc3339(&report.started_at)
-            .map(|t| t.timestamp() as f64)
-            .unwrap_or_default();
-        self.last_run_start.get_or_create(&job()).set(started);
-        self.last_run_duration
-            .get_or_create(&job())
-            .set(report.duration_ms as f64 / 1000.0);
+        if let Some(n) = report.contacts {
+            self.state_contacts.get_or_create(&job()).set(n as i64);
+        }
+        self.last_run(
+            &job(),
+            &report.started_at,
+            report.duration_ms,
+            report.rows.saturating_sub(report.blank),
+        );
         if report.stopped.is_none() {
-            self.last_success.get_or_create(&job()).set(started);
+            self.last_success(&job(), &report.started_at);
         }
     }
 
     /// Sets a job's gauges from its stored records (at the daemon's start): the contacts
-    /// in its state, and the last run's and the last finished run's start.
+    /// in its state, the last run, and the start of the last run that finished.
     pub fn restore_job(
         &self,
         job: &str,
         contacts: u64,
-        last: Option<&crate::daemon::history::RunSummary>,
-        last_success: Option<&crate::daemon::history::RunSummary>,
+        last: Option<&RunSummary>,
+        last_finished: Option<&RunSummary>,
     ) {
         let label = JobLabel {
             job: job.to_string(),
-        };
-        let start = |r: &crate::daemon::history::RunSummary| {
-            chrono::DateTime::parse_from_rfc3339(&r.started_at)
-                .map(|t| t.timestamp() as f64)
-                .unwrap_or_default()
         };
         self.state_contacts
             .get_or_create(&label)
             .set(contacts as i64);
         if let Some(r) = last {
-            self.last_run_start.get_or_create(&label).set(start(r));
-            self.last_run_duration
-                .get_or_create(&label)
-                .set(r.duration_ms as f64 / 1000.0);
-            self.export_rows
-                .get_or_create(&label)
-                .set(r.rows.saturating_sub(r.blank) as i64);
+            self.last_run(
+                &label,
+                &r.started_at,
+                r.duration_ms,
+                r.rows.saturating_sub(r.blank),
+            );
         }
-        if let Some(r) = last_success {
-            self.last_success.get_or_create(&label).set(start(r));
+        if let Some(r) = last_finished {
+            self.last_success(&label, &r.started_at);
         }
+    }
+
+    /// The last run's gauges: its start (RFC 3339), duration, and rows (blank ones left
+    /// out).
+    fn last_run(&self, label: &JobLabel, started_at: &str, duration_ms: u64, rows: u64) {
+        self.last_run_start
+            .get_or_create(label)
+            .set(unix(started_at));
+        self.last_run_duration
+            .get_or_create(label)
+            .set(duration_ms as f64 / 1000.0);
+        self.export_rows.get_or_create(label).set(rows as i64);
+    }
+
+    fn last_success(&self, label: &JobLabel, started_at: &str) {
+        self.last_success.get_or_create(label).set(unix(started_at));
     }
 
     /// The page `/metrics` serves (OpenMetrics text).
@@ -390,11 +398,13 @@ mod tests {
         r.rows = 8;
         r.blank = 1;
         r.duration_ms = 1500;
-        m.record_run(&r, 4);
+        r.contacts = Some(4);
+        m.record_run(&r);
         // A verification is no sync run: not counted.
         let mut v = JobReport::begin("leads", false);
         v.verify_only = true;
-        m.record_run(&v, 4);
+        v.contacts = Some(9);
+        m.record_run(&v);
         m.api().request(
             "/dialler/contacts/contact/5",
             Some(200),

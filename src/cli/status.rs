@@ -16,6 +16,17 @@ use dialsync::{Config, Exit, Status, Store};
 
 use super::{connect, Failure, Output};
 
+/// Prints `value` as JSON, or as `human` makes it.
+fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&T) -> String) {
+    match output {
+        Output::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("answers serialize")
+        ),
+        Output::Human => out!("{}", human(value)),
+    }
+}
+
 /// Where the state is: `--state`, else what the config file names.
 fn state_path(config: &Path, state: Option<PathBuf>) -> PathBuf {
     state.unwrap_or_else(|| Config::state_path_of(config))
@@ -114,13 +125,7 @@ pub(super) async fn run(
     output: Output,
 ) -> Result<u8, Failure> {
     let status = collect(config, state).await?;
-    match output {
-        Output::Json => outln!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("status serializes")
-        ),
-        Output::Human => out!("{}", status.human()),
-    }
+    show(output, &status, Status::human);
     Ok(Exit::Ok as u8)
 }
 
@@ -178,12 +183,6 @@ pub(super) async fn history(
             ),
         ));
     };
-    match output {
-        Output::Json => outln!(
-            "{}",
-            serde_json::to_string_pretty(&answer).expect("history serializes")
-        ),
-        Output::Human => out!("{}", answer.human()),
-    }
+    show(output, &answer, History::human);
     Ok(Exit::Ok as u8)
 }

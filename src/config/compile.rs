@@ -115,18 +115,15 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
         Some(s) => (s.path, s.snapshot_every, s.history_runs),
         None => (None, None, None),
     };
-    let history_runs = match history_runs {
-        None => DEFAULT_HISTORY_RUNS,
-        Some(n @ 1..=100_000) => n as usize,
-        Some(n) => {
-            ctx.at(
-                &root,
-                &[key("state"), key("history_runs")],
-                format!("{n} is out of range: use 1 to 100000"),
-            );
-            DEFAULT_HISTORY_RUNS
-        }
-    };
+    let history_runs = ctx
+        .ranged(
+            &root,
+            &[key("state"), key("history_runs")],
+            history_runs,
+            1..=100_000,
+            "",
+        )
+        .map_or(DEFAULT_HISTORY_RUNS, |n| n as usize);
     let state = StateConfig {
         path: state_path
             .map(resolve)
@@ -218,18 +215,15 @@ fn compile_alerts(
         [a.webhook_url, a.webhook_url_env, a.webhook_url_credential],
         a.webhook_url_file.map(resolve),
     );
-    let retries = match a.retries {
-        None => DEFAULT_ALERT_RETRIES,
-        Some(n @ 0..=10) => n as u32,
-        Some(n) => {
-            ctx.at(
-                root,
-                &[key("alerts"), key("retries")],
-                format!("{n} is out of range: use 0 to 10"),
-            );
-            DEFAULT_ALERT_RETRIES
-        }
-    };
+    let retries = ctx
+        .ranged(
+            root,
+            &[key("alerts"), key("retries")],
+            a.retries,
+            0..=10,
+            "",
+        )
+        .map_or(DEFAULT_ALERT_RETRIES, |n| n as u32);
     AlertsConfig {
         ping_url,
         webhook_url,

@@ -135,24 +135,11 @@ pub(super) fn compile_dialler(
             None
         }
     };
-    // An integer key with a range: `None` when absent, or out of range (reported).
     let ranged = |ctx: &mut Ctx<'_>,
                   k: &str,
                   v: Option<i64>,
                   range: std::ops::RangeInclusive<i64>,
-                  otherwise: &str| match v {
-        Some(n) if range.contains(&n) => Some(n),
-        Some(n) => {
-            let (lo, hi) = range.into_inner();
-            fail(
-                ctx,
-                k,
-                format!("{n} is out of range: use {lo} to {hi}{otherwise}"),
-            );
-            None
-        }
-        None => None,
-    };
+                  otherwise: &str| ctx.ranged(root, &at(k), v, range, otherwise);
     let max_concurrency = ranged(ctx, "max_concurrency", d.max_concurrency, 1..=256, "")
         .map_or(DEFAULT_MAX_CONCURRENCY, |n| n as usize);
     let timeout = d.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT);

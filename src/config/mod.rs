@@ -89,6 +89,14 @@ pub struct AlertsConfig {
     pub retries: u32,
 }
 
+/// The folder relative paths in the config file at `path` are taken from.
+fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 impl AlertsConfig {
     /// No `[alerts]` section: nothing is sent.
     fn default_for_none() -> AlertsConfig {
@@ -296,11 +304,7 @@ impl Config {
             });
         match named {
             Some(p) if p.is_absolute() => p,
-            Some(p) => path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .join(p),
+            Some(p) => base_dir(path).join(p),
             None => PathBuf::from(DEFAULT_STATE_PATH),
         }
     }
@@ -313,11 +317,7 @@ impl Config {
             problems: Vec::new(),
             removed: Vec::new(),
         };
-        let base_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let base_dir = base_dir(path);
         let config = compile(&mut ctx, &base_dir, path);
         match config {
             Some(c) if ctx.problems.is_empty() => Ok(c),

@@ -116,6 +116,29 @@ impl Ctx<'_> {
     /// Deserializes one section, recording unknown keys and every type error: after an
     /// error the offending key is taken out and the section deserialized again, so one bad
     /// value does not hide the next. Returns the section without its bad keys.
+    /// An integer key that must lie in `range`: `None` when absent, or out of range
+    /// (reported at `path`, with `otherwise` after the range).
+    pub(super) fn ranged(
+        &mut self,
+        root: &Spanned<DeTable<'_>>,
+        path: &[Seg],
+        value: Option<i64>,
+        range: std::ops::RangeInclusive<i64>,
+        otherwise: &str,
+    ) -> Option<i64> {
+        let n = value?;
+        if range.contains(&n) {
+            return Some(n);
+        }
+        let (lo, hi) = range.into_inner();
+        self.at(
+            root,
+            path,
+            format!("{n} is out of range: use {lo} to {hi}{otherwise}"),
+        );
+        None
+    }
+
     pub(super) fn section<T: DeserializeOwned>(
         &mut self,
         root: &Spanned<DeTable<'_>>,

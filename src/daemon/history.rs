@@ -41,6 +41,11 @@ pub struct RunSummary {
     pub withheld_removals: u64,
     pub api_calls: u64,
     pub retries: u64,
+    /// It changed something on the dialler (false in records from before it was kept).
+    pub made_changes: bool,
+    /// Contacts in the job's state after it, when the run got to the state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
     /// A guard overridden with `--force`.
@@ -110,9 +115,9 @@ impl RunSummary {
         Some(summary)
     }
 
-    /// Whether the run changed anything on the dialler.
-    pub fn changed_anything(&self) -> bool {
-        self.imported + self.updated + self.reset + self.locked + self.unlocked + self.deleted > 0
+    /// Whether the run finished (ok or partial), rather than stopping early.
+    pub fn finished(&self) -> bool {
+        matches!(self.outcome.as_str(), "ok" | "partial")
     }
 
     /// When it ended.
@@ -144,7 +149,7 @@ impl RunSummary {
                 });
             }
         }
-        if !self.changed_anything() && self.failed == 0 {
+        if !self.made_changes && self.failed == 0 {
             parts.push("nothing to change".into());
         }
         parts.push(crate::engine::report::count(self.api_calls, "API call"));

@@ -353,10 +353,7 @@ impl Daemon {
                 tracing::error!(job, error = %error_chain(&e), "the state could not be flushed");
             }
         }
-        if !dry_run {
-            let contacts = self.store.job(job).map_or(0, |s| s.len() as u64);
-            self.metrics.record_run(&report, contacts);
-        }
+        self.metrics.record_run(&report);
         // A manual run's answers prove the token as well as a scheduled run's.
         if report.token_accepted {
             *crate::locking::lock(&self.token_proven) = Some(std::time::Instant::now());
@@ -433,20 +430,20 @@ impl Daemon {
         use history::RunSummary;
         let cfg = self.current();
         for job in &cfg.jobs {
-            let runs: Vec<RunSummary> = self
-                .store
-                .history(&job.name, cfg.state.history_runs)?
-                .iter()
-                .filter_map(|r| RunSummary::from_record(r, 0))
-                .collect();
-            let finished = runs
-                .iter()
-                .find(|r| matches!(r.outcome.as_str(), "ok" | "partial"));
+            let records = self.store.history(&job.name, cfg.state.history_runs)?;
+            // Newest first, read only as far as the last run that finished.
+            let mut runs = records.iter().filter_map(|r| RunSummary::from_record(r, 0));
+            let last = runs.next();
+            let finished = if last.as_ref().is_some_and(RunSummary::finished) {
+                last.clone()
+            } else {
+                runs.find(RunSummary::finished)
+            };
             self.metrics.restore_job(
                 &job.name,
                 self.store.job(&job.name)?.len() as u64,
-                runs.first(),
-                finished,
+                last.as_ref(),
+                finished.as_ref(),
             );
         }
         Ok(())

@@ -39,7 +39,7 @@ pub struct JobStatus {
     /// Contacts in the job's state.
     pub contacts: u64,
     pub last_run: Option<RunSummary>,
-    /// The last run that changed something on the dialler (when it is not the last run).
+    /// The last run that changed something on the dialler (it may be the last run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<RunSummary>,
     /// A scheduled job is overdue when no run has finished by then: the second scheduled
@@ -76,8 +76,7 @@ pub fn collect(config: &Config, store: &Store, now: DateTime<Utc>) -> Result<Sta
             .and_then(|r| RunSummary::from_record(&r, FIRST_ERRORS));
         j.last_change = store
             .last_change(&job.name)?
-            .and_then(|r| RunSummary::from_record(&r, 0))
-            .filter(|c| last_run.as_ref().is_none_or(|l| l.run_id != c.run_id));
+            .and_then(|r| RunSummary::from_record(&r, 0));
         j.due_by = match (&job.schedule, &last_run) {
             (Some(schedule), Some(last)) => last
                 .ended_at()
@@ -218,6 +217,9 @@ impl Status {
                 }
             }
             match (&j.last_change, &j.last_run) {
+                (Some(c), Some(r)) if c.run_id == r.run_id => {
+                    let _ = writeln!(s, "  last change: the last run");
+                }
                 (Some(c), _) => {
                     let _ = writeln!(
                         s,
@@ -227,9 +229,6 @@ impl Status {
                         c.trigger,
                         c.counts_line()
                     );
-                }
-                (None, Some(r)) if r.changed_anything() => {
-                    let _ = writeln!(s, "  last change: the last run");
                 }
                 (None, Some(_)) => {
                     let _ = writeln!(s, "  last change: none recorded");
@@ -333,64 +332,58 @@ impl Status {
 
 impl JobStatus {
     fn check(&self, now: DateTime<Utc>) -> JobCheck {
-        let mut why = Vec::new();
-        let mut check = Check::Ok;
-        let mut raise = |to: Check, what: String, why: &mut Vec<String>| {
-            check = check.max(to);
-            why.push(what);
-        };
+        // What was found, each with the state it calls for.
+        let mut found: Vec<(Check, String)> = Vec::new();
         match &self.last_run {
             None if self.schedule.is_some() => {
-                raise(Check::Unknown, "no run recorded yet".into(), &mut why)
+                found.push((Check::Unknown, "no run recorded yet".into()))
             }
-            None => why.push("no run yet (manual runs only)".into()),
+            None => found.push((Check::Ok, "no run yet (manual runs only)".into())),
             Some(r) => {
+                let check = match r.outcome.as_str() {
+                    "ok" => Check::Ok,
+                    "partial" => Check::Warning,
+                    _ => Check::Critical,
+                };
                 let what = format!(
                     "last run {} {}: {}",
                     r.started_at,
                     r.outcome,
                     r.counts_line()
                 );
-                match r.outcome.as_str() {
-                    "ok" => why.push(what),
-                    "partial" => raise(Check::Warning, what, &mut why),
-                    _ => raise(Check::Critical, what, &mut why),
-                }
+                found.push((check, what));
                 if let Some(a) = &r.aborted {
-                    why.push(format!("stopped: {}", printable(a)));
+                    found.push((Check::Ok, format!("stopped: {}", printable(a))));
                 }
             }
         }
         if let Some(g) = &self.guard {
-            raise(
-                Check::Critical,
-                format!(
-                    "a guard stops every run since {}: {}",
-                    g.since,
-                    printable(&g.guard)
-                ),
-                &mut why,
+            let what = format!(
+                "a guard stops every run since {}: {}",
+                g.since,
+                printable(&g.guard)
             );
+            found.push((Check::Critical, what));
         }
         if let Some(due) = self.due_by.filter(|d| now > *d) {
+            let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let ended = self.last_run.as_ref().and_then(RunSummary::ended_at);
             let running = if self.running.is_some() {
                 " (a run is going on)"
             } else {
                 ""
             };
-            raise(
+            found.push((
                 Check::Critical,
                 format!(
                     "overdue: no run has finished since {}, and two scheduled runs were due by {}{running}",
-                    self.last_run
-                        .as_ref()
-                        .and_then(RunSummary::ended_at)
-                        .map_or_else(String::new, |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                    due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ended.map_or_else(String::new, time),
+                    time(due)
                 ),
-                &mut why,
-            );
+            ));
         }
+        let check = found.iter().map(|(c, _)| *c).max().unwrap_or(Check::Ok);
+        let why: Vec<String> = found.into_iter().map(|(_, w)| w).collect();
         JobCheck {
             check,
             line: format!(

@@ -50,6 +50,10 @@ pub struct JobReport {
     pub invalid: u64,
     /// Rows whose UserData an earlier row had: only the first is synced.
     pub duplicates: u64,
+    /// Contacts in the job's state after the run (none when the run did not get to it,
+    /// or changed nothing as a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<u64>,
     /// Contacts absent from the export that stay as they are (locked already, or
     /// `on_missing = "keep"`). Not rows.
     pub absent_kept: u64,
@@ -148,6 +152,8 @@ struct Published<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     aborted: Option<String>,
     outcome: Exit,
+    /// Whether it changed anything on the dialler (see `changed_anything`).
+    made_changes: bool,
 }
 
 impl JobReport {
@@ -156,6 +162,7 @@ impl JobReport {
             report: self,
             aborted: self.stopped.as_deref().map(Abort::chain),
             outcome: self.exit(),
+            made_changes: self.changed_anything(),
         }
     }
 
@@ -190,6 +197,13 @@ impl JobReport {
         if self.stopped.is_none() {
             self.stopped = Some(Arc::new(why));
         }
+    }
+
+    /// Whether the run is one of a sync: not a dry run (which changes nothing) nor a
+    /// verification (which syncs nothing). Only these are recorded in the history,
+    /// counted in the metrics and reported to the alerts.
+    pub fn is_sync_run(&self) -> bool {
+        !self.dry_run && !self.verify_only
     }
 
     /// Whether the run changed anything on the dialler (a dry run never does).

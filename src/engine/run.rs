@@ -244,9 +244,7 @@ pub(crate) async fn run_one(
     let span = tracing::info_span!("sync", job = %job.name, run = %report.run_id, dry_run);
     let started = Instant::now();
     handle.begin(&job.name);
-    // Pings and webhooks report real runs of a sync (not dry runs, not verifications).
-    let alerting = !dry_run && mode.verify != Verify::Only;
-    if alerting {
+    if report.is_sync_run() {
         alerts.started(job);
     }
     let client = match config.dialler.token.resolve() {
@@ -280,7 +278,7 @@ pub(crate) async fn run_one(
         }
     }
     handle.finish();
-    if alerting {
+    if report.is_sync_run() {
         alerts.finished(job, &report);
     }
     let _entered = span.enter(); // no await from here on
@@ -288,11 +286,11 @@ pub(crate) async fn run_one(
     report
 }
 
-/// Stores a finished run's report as the job's last run and in its history (not for a
-/// verification), and its row count as the last good one if it was not stopped. A run
+/// Stores a finished run's report as the job's last run and in its history (a sync
+/// run's only), and its row count as the last good one if it was not stopped. A run
 /// recorded again (its flush failed) replaces its first record.
 fn store_record(config: &Config, store: &Store, report: &JobReport) {
-    if report.verify_only {
+    if !report.is_sync_run() {
         return;
     }
     let json = report.to_json();

@@ -26,17 +26,18 @@ impl Store {
         keep: usize,
     ) -> Result<(), StateError> {
         let tree = self.db.open_tree(format!("{HISTORY}{job}"))?;
+        let id = run_id(record);
         let next = match tree.last()? {
-            Some((k, v)) if run_id(&v).is_some() && run_id(&v) == run_id(record) => {
-                seq(&k).unwrap_or(0)
-            }
+            Some((k, v)) if id.is_some() && run_id(&v) == id => seq(&k).unwrap_or(0),
             Some((k, _)) => seq(&k).map_or(0, |n| n + 1),
             None => 0,
         };
         tree.insert(next.to_be_bytes(), record)?;
-        while tree.len() > keep.max(1) {
-            if tree.pop_min()?.is_none() {
-                break;
+        // Sequence numbers are consecutive: everything below the `keep` newest goes (no
+        // count of the tree, which sled does by reading it whole).
+        if let Some(first_kept) = (next + 1).checked_sub(keep.max(1) as u64) {
+            for key in tree.range(..first_kept.to_be_bytes()).keys() {
+                tree.remove(key?)?;
             }
         }
         if changed {

@@ -277,3 +277,47 @@ async fn the_digest_follows_the_entries() {
     rebuilt.put("K9", &entry()).unwrap();
     assert_eq!(digest_of(&rebuilt).len(), 1);
 }
+
+/// The history keeps the newest `keep` runs, newest first; a run recorded again (its
+/// flush failed) replaces its record; a smaller `keep` drops all that is beyond it; the
+/// last change is kept apart from the history.
+#[test]
+fn the_history_keeps_the_newest_runs_and_the_last_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let rec = |id: &str, note: &str| format!(r#"{{"run_id":"{id}","note":"{note}"}}"#);
+    let ids = |store: &Store| -> Vec<String> {
+        store
+            .history("j", 100)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_slice::<serde_json::Value>(r).unwrap()["run_id"].to_string())
+            .collect()
+    };
+    store
+        .record_run("j", rec("r1", "").as_bytes(), true, 3)
+        .unwrap();
+    for i in 2..=5 {
+        store
+            .record_run("j", rec(&format!("r{i}"), "").as_bytes(), false, 3)
+            .unwrap();
+    }
+    assert_eq!(ids(&store), [r#""r5""#, r#""r4""#, r#""r3""#]);
+    store
+        .record_run("j", rec("r5", "again").as_bytes(), false, 3)
+        .unwrap();
+    assert_eq!(ids(&store).len(), 3);
+    assert!(String::from_utf8(store.history("j", 1).unwrap().remove(0))
+        .unwrap()
+        .contains("again"));
+    store
+        .record_run("j", rec("r6", "").as_bytes(), false, 1)
+        .unwrap();
+    assert_eq!(ids(&store), [r#""r6""#]);
+    assert!(store.find_run("r6").unwrap().is_some());
+    assert!(store.find_run("r1").unwrap().is_none());
+    // The last change outlives its place in the history.
+    let last = store.last_change("j").unwrap().unwrap();
+    assert!(String::from_utf8(last).unwrap().contains("r1"));
+    assert_eq!(store.history_jobs(), ["j"]);
+}

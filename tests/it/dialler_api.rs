@@ -253,6 +253,13 @@ async fn faulty(faults: dialsync::Faults) -> (Emulator, Dialler) {
 
 /// An emulator with `faults` and a client with `settings` in its [dialler] section.
 async fn faulty_with(faults: dialsync::Faults, settings: &str) -> (Emulator, Dialler) {
+    let (emu, cfg) = faulty_config(faults, settings).await;
+    let d = Dialler::new(&cfg.dialler, &Secret::new(&emu.config().token)).unwrap();
+    (emu, d)
+}
+
+/// An emulator with `faults`, and a config for it with `settings` in [dialler].
+async fn faulty_config(faults: dialsync::Faults, settings: &str) -> (Emulator, Config) {
     let emu = Emulator::new(EmulatorConfig {
         faults,
         ..EmulatorConfig::default()
@@ -265,8 +272,7 @@ async fn faulty_with(faults: dialsync::Faults, settings: &str) -> (Emulator, Dia
          [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
     );
     let cfg = Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
-    let d = Dialler::new(&cfg.dialler, &Secret::new(&emu.config().token)).unwrap();
-    (emu, d)
+    (emu, cfg)
 }
 
 #[tokio::test]
@@ -332,6 +338,38 @@ async fn injected_faults_do_what_their_flags_say() {
     assert!((30..=90).contains(&failed), "{failed} of 200");
     assert_eq!(first, run(5).await);
     assert_ne!(first, run(6).await);
+}
+
+/// The API metrics count every attempt by endpoint and status, and every retry, of all
+/// clients of the tenant; nothing stays in flight.
+#[tokio::test]
+async fn the_api_metrics_count_attempts_and_retries() {
+    use dialsync::{Faults, Metrics, Tenant};
+    let (emu, cfg) = faulty_config(
+        Faults {
+            throttle_rate: 1.0,
+            retry_after: 0,
+            ..Faults::default()
+        },
+        "max_retries = 3\nretry_delay = \"1ms\"",
+    )
+    .await;
+    let metrics = Metrics::new();
+    let tenant = Tenant::with_metrics(&cfg.dialler, metrics.api());
+    let token = Secret::new(&emu.config().token);
+    for _ in 0..2 {
+        let d = Dialler::for_tenant(&cfg.dialler, &token, &tenant).unwrap();
+        d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
+    }
+    let page = metrics.encode();
+    for line in [
+        "dialsync_api_requests_total{endpoint=\"/dialler/contacts/import\",status=\"429\"} 8",
+        "dialsync_api_retries_total 6",
+        "dialsync_api_request_duration_seconds_count{endpoint=\"/dialler/contacts/import\"} 8",
+        "dialsync_api_in_flight 0",
+    ] {
+        assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
+    }
 }
 
 #[tokio::test]

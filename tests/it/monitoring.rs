@@ -106,6 +106,52 @@ fn history_keeps_each_run_and_status_the_last_change() {
     );
     assert_eq!(one["run"]["problems"][0]["user_data"], "C2", "{one}");
     assert_eq!(one["run"]["problems"][0]["kind"], "invalid", "{one}");
+    // --limit and --job.
+    let two = json(
+        &env,
+        &[
+            "history",
+            "--config",
+            "dialsync.toml",
+            "--limit",
+            "2",
+            "--output",
+            "json",
+        ],
+    );
+    let two: Vec<&str> = two["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(two, ids[..2]);
+    let leads = json(
+        &env,
+        &[
+            "history",
+            "--config",
+            "dialsync.toml",
+            "--job",
+            "leads",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(leads["runs"].as_array().unwrap().len(), 3);
+    let other = json(
+        &env,
+        &[
+            "history",
+            "--config",
+            "dialsync.toml",
+            "--job",
+            "other",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(other["runs"].as_array().unwrap().len(), 0);
     let missing = env.dialsync(&["history", "--config", "dialsync.toml", "--run", "nope"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no run nope in the history"));
@@ -146,6 +192,9 @@ fn status_check_exit_codes_follow_the_plugin_convention() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("OK job leads: last run "), "{out}");
     assert!(out.contains(" ok: 1 row, 1 imported"), "{out}");
+    let human = env.dialsync(&["status", "--config", "dialsync.toml"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("last change: the last run"), "{human}");
 
     env.write_export(&[
         "C1;Meier;Anna;089 1234567;München;1",
@@ -155,6 +204,16 @@ fn status_check_exit_codes_follow_the_plugin_convention() {
     let (code, out) = check(&env);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("WARNING job leads:"), "{out}");
+
+    // A guard stops the run (an empty export): critical, naming the guard.
+    env.write_export(&[]);
+    assert_eq!(env.sync(&[]).1, 5);
+    let (code, out) = check(&env);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("CRITICAL job leads:") && out.contains("a guard stops every run since"),
+        "{out}"
+    );
 
     // The export is gone: the run stops.
     std::fs::remove_file(env.path("export.csv")).unwrap();
