@@ -89,7 +89,7 @@ fn validate_reports_an_unreadable_token() {
     std::fs::write(
         &path,
         text.replace(
-            "token_env = \"DIALSYNC_TOKEN\"",
+            "token_credential = \"token\"",
             "token_file = \"missing-token\"",
         ),
     )
