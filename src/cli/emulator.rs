@@ -143,7 +143,8 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?cfg.campaigns, faults = ?cfg.faults, "emulator ready");
+    let campaigns: Vec<i64> = cfg.campaigns.iter().map(|(id, _)| *id).collect();
+    tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?campaigns, faults = ?cfg.faults, "emulator ready");
     let shutdown = shutdown_signal().map_err(|e| Failure::new(Exit::Aborted, e))?;
     emulator
         .serve(listener, shutdown)

@@ -28,12 +28,18 @@ struct Daemon {
 impl Daemon {
     /// Starts `dialsync run` on the env's config and waits for READY=1.
     fn start(env: &Env) -> Daemon {
+        Daemon::start_with(env, &[])
+    }
+
+    /// Started with these global flags before `run` (e.g. `--log-format json`).
+    fn start_with(env: &Env, flags: &[&str]) -> Daemon {
         let sock = env.path("notify.sock");
         // A daemon started before in this env left its socket.
         let _ = std::fs::remove_file(&sock);
         let notify = UnixDatagram::bind(&sock).unwrap();
         notify.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(flags)
             .args(["run", "--config", "dialsync.toml"])
             .current_dir(env.dir.path())
             .env("NOTIFY_SOCKET", &sock)
@@ -313,6 +319,50 @@ fn credential_check_sets_how_often_an_idle_daemon_checks_the_token() {
     assert_eq!(imports, 3, "{sent:?}");
     assert!(checks >= 2, "runs 2 and 3 check the token: {sent:?}");
     assert_eq!(sent.len(), imports + checks, "{sent:?}");
+}
+
+/// JSON logs as a log shipper reads them: counts are numbers, job lists are arrays.
+#[test]
+fn json_logs_carry_counts_as_numbers_and_job_lists_as_arrays() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
+    let mut daemon = Daemon::start_with(&env, &["--log-format", "json"]);
+    daemon.wait_runs(1);
+    daemon.signal("HUP");
+    daemon.wait_log("config reloaded");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let logs = daemon.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line:\n{logs}"))
+    };
+    let started = &line("daemon started")["fields"];
+    assert_eq!(started["jobs"], serde_json::json!(1), "{started}");
+    assert_eq!(
+        started["scheduled"],
+        serde_json::json!(["leads"]),
+        "{started}"
+    );
+    assert_eq!(
+        line("config reloaded")["fields"]["jobs"],
+        serde_json::json!(["leads"])
+    );
+    let first = lines
+        .iter()
+        .find(|l| l["fields"]["imported"].is_u64())
+        .unwrap_or_else(|| panic!("no run's summary line:\n{logs}"));
+    assert_eq!(first["fields"]["imported"], serde_json::json!(ROWS.len()));
+    assert_eq!(first["fields"]["outcome"], serde_json::json!("ok"));
+    assert_eq!(first["fields"]["trigger"], serde_json::json!("schedule"));
+    assert_eq!(first["span"]["job"], serde_json::json!("leads"));
 }
 
 #[test]
