@@ -10,8 +10,8 @@ use serde_json::Value;
 pub enum DiallerError {
     #[error(
         "the dialler rejected the credentials (HTTP 401): check the token ([dialler] token, \
-         token_file or token_env) and client_id = {client_id} (the ClientsID); a token \
-         regenerated or removed in the jtel portal stops working at once"
+         token_file, token_env or token_credential) and client_id = {client_id} (the \
+         ClientsID); a token regenerated or removed in the jtel portal stops working at once"
     )]
     Unauthorized { client_id: u32 },
     #[error(
