@@ -52,7 +52,7 @@ pub(crate) fn init_logging(cli: &Cli) {
 /// The fields that hold lists (of job names, IDs): tracing records them as their Debug
 /// text, and JSON logs would carry `"[\"a\", \"b\"]"`; these are written as arrays.
 /// By name, so that a UserData that happens to look like a list stays a string.
-const LIST_FIELDS: [&str; 5] = ["scheduled", "jobs", "campaigns", "others", "notes"];
+const LIST_FIELDS: [&str; 6] = ["scheduled", "jobs", "rerun", "campaigns", "others", "notes"];
 
 /// The JSON event format with [`LIST_FIELDS`] as JSON arrays (numbers already are numbers).
 struct ListsAsArrays<F>(F);

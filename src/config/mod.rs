@@ -209,7 +209,7 @@ impl fmt::Display for CampaignRef {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobConfig {
     pub name: String,
     /// This job's `ping_url` (else `[alerts] ping_url`).
@@ -240,7 +240,7 @@ pub struct JobConfig {
     pub verify_every: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub kind: SourceKind,
     pub path: PathBuf,
@@ -257,6 +257,21 @@ pub struct SourceConfig {
     pub skip_footer_lines: u64,
     /// CSV: lines starting with this character are skipped.
     pub comment: Option<u8>,
+}
+
+impl JobConfig {
+    /// Whether a run of `other` does what a run of this job does: everything but when it
+    /// runs (`schedule`, `timezone`) and whom it tells (`ping_url`) is alike. A reload
+    /// that changes more runs the job at once.
+    pub fn runs_like(&self, other: &JobConfig) -> bool {
+        let what = |j: &JobConfig| JobConfig {
+            schedule: None,
+            timezone: chrono_tz::UTC,
+            ping_url: None,
+            ..j.clone()
+        };
+        what(self) == what(other)
+    }
 }
 
 #[cfg(test)]

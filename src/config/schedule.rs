@@ -31,6 +31,13 @@ pub struct CronSchedule {
     every_hour: bool,
 }
 
+/// Two schedules written alike are the same schedule.
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &CronSchedule) -> bool {
+        self.expr == other.expr
+    }
+}
+
 impl fmt::Debug for CronSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CronSchedule({:?})", self.expr)

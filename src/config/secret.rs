@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Where the bearer token comes from. Read when a client is built, not at load time, so
 /// that a config can be checked for syntax on a machine without the secret.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum TokenSource {
     Inline(Secret),
     File(PathBuf),

@@ -372,3 +372,29 @@ fn alert_urls_come_from_one_source_and_must_be_http() {
     assert!(has("alerts.webhook_url", "set only one of"), "{p:?}");
     assert!(has("alerts.retries", "out of range"), "{p:?}");
 }
+
+/// What a reload compares to decide whether a job runs at once: when it runs and whom it
+/// pings do not count; what it reads, maps and sends does.
+#[test]
+fn runs_like_ignores_when_a_job_runs_but_not_what_it_does() {
+    let job = |text: &str| Config::from_str(text, Path::new("t.toml")).unwrap().jobs[0].clone();
+    let base = job(GOOD);
+    assert!(base.runs_like(&job(GOOD)));
+    let when = GOOD.replace(
+        "schedule = \"*/15 * * * *\"",
+        "schedule = \"0 * * * *\"\ntimezone = \"Europe/Berlin\"\nping_url = \"https://hc.example.com/x\"",
+    );
+    assert!(base.runs_like(&job(&when)));
+    for (from, to) in [
+        ("PhoneNumber1 = \"Phone\"", "PhoneNumber1 = \"Mobile\""),
+        ("path = \"leads.csv\"", "path = \"other.csv\""),
+        ("campaign_id = 538", "campaign_id = 539"),
+        (
+            "reset_when_changed = [\"Round\"]",
+            "reset_when_changed = []",
+        ),
+        ("default_country = \"DE\"", "default_country = \"AT\""),
+    ] {
+        assert!(!base.runs_like(&job(&GOOD.replace(from, to))), "{to}");
+    }
+}

@@ -297,26 +297,49 @@ impl Daemon {
                 move |cfg| {
                     let daemon = Arc::clone(&daemon);
                     let name = name.clone();
-                    async move { daemon.run_scheduled(&cfg, &name).await }
+                    async move {
+                        daemon
+                            .run_unattended(&cfg, &name, sync::Trigger::Schedule)
+                            .await
+                    }
                 },
             );
             loops.insert(job.name.clone(), tokio::spawn(task));
         }
     }
 
-    /// One scheduled run of `job` (the caller holds its run lock).
-    async fn run_scheduled(&self, cfg: &Config, job: &str) {
+    /// One run of `job` that the daemon started itself, on the job's schedule or after a
+    /// reload (the caller holds its run lock).
+    async fn run_unattended(&self, cfg: &Config, job: &str, trigger: sync::Trigger) {
         let handle = Arc::new(RunHandle::new());
         let proven = *crate::locking::lock(&self.token_proven);
         let mode = RunMode {
             credentials_recent: proven.is_some_and(|t| t.elapsed() < cfg.dialler.credential_check),
-            trigger: sync::Trigger::Schedule,
+            trigger,
             ..RunMode::default()
         };
         let report = self.run_locked(cfg, job, mode, &handle).await;
         if let Some(why) = &report.stopped {
-            tracing::error!(job, run = %report.run_id, outcome = %report.exit(), stopped = why.kind(), error = %why.chain(), "scheduled run stopped early");
+            tracing::error!(job, run = %report.run_id, %trigger, outcome = %report.exit(), stopped = why.kind(), error = %why.chain(), "the run stopped early");
         }
+    }
+
+    /// Runs `job` once now, as the reload that changed it asks: after a run in progress
+    /// (it keeps the config it started with), under the config in force then.
+    fn spawn_reload_run(self: &Arc<Self>, job: String) {
+        let daemon = Arc::clone(self);
+        tokio::spawn(async move {
+            let slot = daemon.slot(&job);
+            let _running = slot.run_lock.lock().await;
+            let cfg = daemon.current();
+            // Stopping, or removed by a later reload while this one waited.
+            if *daemon.stop.borrow() || cfg.job(&job).is_err() {
+                return;
+            }
+            daemon
+                .run_unattended(&cfg, &job, sync::Trigger::Reload)
+                .await;
+        });
     }
 
     /// Runs `job` with its run lock held by the caller; records it in the slot.
@@ -415,9 +438,23 @@ impl Daemon {
                     tracing::warn!(config = %path.display(), "{w}");
                 }
                 let jobs: Vec<String> = new.jobs.iter().map(|j| j.name.clone()).collect();
+                // A scheduled job the reload added, or whose runs it changed (export,
+                // mapping, campaign, limits), runs at once: the operator who reloaded sees
+                // the new config at work (or its error) now, not at the next slot. A change
+                // of the schedule alone waits for it; manual-only jobs wait to be asked.
+                let rerun: Vec<String> = new
+                    .jobs
+                    .iter()
+                    .filter(|j| j.schedule.is_some())
+                    .filter(|j| old.job(&j.name).map_or(true, |o| !o.runs_like(j)))
+                    .map(|j| j.name.clone())
+                    .collect();
                 self.config.send_replace(Arc::new(new));
                 self.start_loops();
-                tracing::info!(config = %path.display(), jobs = ?jobs, "config reloaded");
+                tracing::info!(config = %path.display(), jobs = ?jobs, rerun = ?rerun, "config reloaded");
+                for job in rerun {
+                    self.spawn_reload_run(job);
+                }
             }
         }
         notify(&[Note::Ready]);

@@ -117,7 +117,7 @@ pub(crate) async fn job_loop<C, F, Fut>(
         }
         let Ok(guard) = slot.run_lock.try_lock() else {
             slot.update(|i| i.skipped += 1);
-            tracing::warn!(job = %name, slot = %next, "the job is still running (a manual run); this scheduled run is skipped");
+            tracing::warn!(job = %name, slot = %next, "the job is still running (a manual run, or one after a reload); this scheduled run is skipped");
             continue;
         };
         run(cfg.clone()).await;

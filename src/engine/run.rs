@@ -61,6 +61,8 @@ pub enum Trigger {
     /// `dialsync sync` (run by the daemon or on its own) or `dialsync verify`.
     #[default]
     Manual,
+    /// A reload of the daemon's config that added the job or changed what its runs do.
+    Reload,
 }
 
 impl std::fmt::Display for Trigger {
@@ -68,6 +70,7 @@ impl std::fmt::Display for Trigger {
         f.write_str(match self {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
+            Trigger::Reload => "reload",
         })
     }
 }
