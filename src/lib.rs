@@ -53,7 +53,10 @@ pub use daemon::status::{collect as collect_status, Check, JobCheck, Status};
 pub use daemon::{run as run_daemon, DaemonError, Ended, Signal};
 // The dialler client and the emulator.
 pub use dialler::{record_id, Dialler, DiallerError, ImportFlags, Target, Tenant};
-pub use emulator::{EmuContact, Emulator, EmulatorConfig, Faults, RequestLog, KEEP_REQUESTS};
+pub use emulator::{
+    default_result_codes, Call, CallError, CallRecord, EmuContact, Emulator, EmulatorConfig,
+    Faults, RequestLog, ResultCode, ResultKind, KEEP_REQUESTS,
+};
 // The state database.
 pub use state::{move_aside, StateError, Store};
 // Text made safe for a terminal or a log line.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dialsync::Exit;
-use dialsync::{Emulator, EmulatorConfig, Faults};
+use dialsync::{Emulator, EmulatorConfig, Faults, ResultCode, ResultKind};
 
 use super::Failure;
 
@@ -27,6 +27,11 @@ pub(super) struct Args {
     /// or FollowUpUsersUID (repeatable; default agent1, agent2, supervisor).
     #[arg(long = "user", value_name = "UID")]
     users: Vec<String>,
+    /// A result code beyond each campaign's ABG (done), Aufleger (aborted), WV (delay,
+    /// call back) and Termin (appointment), as CAMPAIGN:ID:EXPORTKEY:TYPE with TYPE done,
+    /// aborted, delay or appointment, e.g. 538:2701:NI:aborted (repeatable).
+    #[arg(long = "result-code", value_name = "CAMPAIGN:ID:EXPORTKEY:TYPE", value_parser = parse_result_code)]
+    result_codes: Vec<ResultCode>,
     /// How many API calls GET /_emulator/requests keeps: the last N; older ones are
     /// dropped, so a long-running emulator does not grow.
     #[arg(long, default_value_t = dialsync::KEEP_REQUESTS)]
@@ -100,6 +105,60 @@ fn parse_campaign(s: &str) -> Result<(i64, String), String> {
     Ok((id, name))
 }
 
+fn parse_result_code(s: &str) -> Result<ResultCode, String> {
+    let parts: Vec<&str> = s.split(':').map(str::trim).collect();
+    let [campaign, id, key, kind] = parts[..] else {
+        return Err(
+            "write a result code as CAMPAIGN:ID:EXPORTKEY:TYPE, e.g. 538:2701:NI:aborted".into(),
+        );
+    };
+    let number = |what: &str, v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| format!("`{v}` is not a {what} ID"))
+    };
+    if key.is_empty() {
+        return Err("the ExportKey is empty".into());
+    }
+    Ok(ResultCode {
+        campaign_id: number("campaign", campaign)?,
+        id: number("result code", id)?,
+        export_key: key.to_string(),
+        content: key.to_string(),
+        kind: ResultKind::parse(kind)?,
+    })
+}
+
+/// The extra result codes' campaigns exist, and their IDs (in the tenant) and ExportKeys
+/// (in the campaign) are each one code's.
+fn check_result_codes(cfg: &EmulatorConfig) -> Result<(), String> {
+    let defaults = dialsync::default_result_codes(&cfg.campaigns);
+    let mut seen: Vec<&ResultCode> = defaults.iter().collect();
+    for code in &cfg.result_codes {
+        if !cfg.campaigns.iter().any(|(id, _)| *id == code.campaign_id) {
+            return Err(format!(
+                "--result-code {}: there is no campaign {} (add it with --campaign)",
+                code.export_key, code.campaign_id
+            ));
+        }
+        if let Some(other) = seen.iter().find(|c| {
+            c.id == code.id
+                || (c.campaign_id == code.campaign_id && c.export_key == code.export_key)
+        }) {
+            return Err(format!(
+                "--result-code {}:{}:{}: campaign {} has result code {} ({}) already",
+                code.campaign_id,
+                code.id,
+                code.export_key,
+                other.campaign_id,
+                other.id,
+                other.export_key
+            ));
+        }
+        seen.push(code);
+    }
+    Ok(())
+}
+
 /// Serves the emulator until SIGINT or SIGTERM.
 pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     let Args {
@@ -108,6 +167,7 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
         token,
         campaigns,
         users,
+        result_codes,
         keep_requests,
         faults,
     } = args;
@@ -128,6 +188,8 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     if !users.is_empty() {
         cfg.users = users;
     }
+    cfg.result_codes = result_codes;
+    check_result_codes(&cfg).map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?;
     let emulator = Emulator::new(cfg.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await

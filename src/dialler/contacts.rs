@@ -155,6 +155,14 @@ impl Dialler {
         self.one_or_none(&format!("/dialler/campaigns/{id}")).await
     }
 
+    /// The campaign's result codes (seed 003: `ExportKey`, `Content`, `bDone`, `bAborted`,
+    /// `bDelay`, `bAppointment`), with their texts in English (`languagesID=1`).
+    pub async fn result_codes(&self, campaign: i64) -> Result<Vec<Record>, DiallerError> {
+        let path = format!("/dialler/campaigns/campaign/{campaign}/resultCodes");
+        self.records(Req::get(&path, &[("languagesID", "1".to_string())]))
+            .await
+    }
+
     /// Campaigns whose name contains `name` (the API matches partially).
     pub async fn campaigns_by_name(&self, name: &str) -> Result<Vec<Record>, DiallerError> {
         self.records_or_none("/dialler/campaigns/campaign", &[("name", name.to_string())])

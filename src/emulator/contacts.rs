@@ -40,8 +40,8 @@ pub(super) fn contact_json(c: &EmuContact) -> Value {
             json!(if i == 1 { c.tries } else { 0 }),
         );
     }
-    m.insert("dtNextTry".into(), Value::Null);
-    m.insert("DiallerCampaignsResultCodesID".into(), Value::Null);
+    m.insert("dtNextTry".into(), json!(c.next_try));
+    m.insert("DiallerCampaignsResultCodesID".into(), json!(c.result_code));
     Value::Object(m)
 }
 
@@ -77,8 +77,12 @@ pub(super) fn act(d: &mut Data, id: i64, action: &str) -> Reply {
     ok(json!({"status": 200}))
 }
 
+/// "Its recorded result code is deleted and its dialling attempts set to 0"; the history
+/// stays.
 pub(super) fn reset(c: &mut EmuContact) {
     c.tries = 0;
+    c.result_code = None;
+    c.next_try = None;
     c.reset_count += 1;
 }
 
@@ -318,6 +322,9 @@ pub(super) fn import(
         locked: false,
         reset_count: 0,
         tries: 0,
+        result_code: None,
+        next_try: None,
+        history: Vec::new(),
     };
     index(d, &c);
     let reply = ok(records(vec![contact_json(&c)]));

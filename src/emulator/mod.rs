@@ -15,7 +15,9 @@
 //! `GET /_emulator/requests` (method, path, query, status and JSON body of every API
 //! call), and two faults of a whole dialler: `POST /_emulator/reset` forgets every contact
 //! (a restore from an empty backup) and `POST /_emulator/renumber` gives each contact the
-//! ID of the next (old IDs then hold other contacts).
+//! ID of the next (old IDs then hold other contacts). `POST /_emulator/calls` records an
+//! agent's call on a contact (see `dialling`): its history, tries and result code, as
+//! the campaign's result codes (`GET .../resultCodes`) describe them.
 //!
 //! Fault injection ([`Faults`], flags of `dialsync emulator`) makes it a bad network and
 //! a struggling server on demand: latency, 5xx answers, 429 with `Retry-After`, dropped
@@ -36,9 +38,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 mod contacts;
+mod dialling;
 mod faults;
 mod routes;
 
+pub use dialling::{default_result_codes, Call, CallError, CallRecord, ResultCode, ResultKind};
 pub use faults::Faults;
 
 use contacts::{
@@ -58,6 +62,8 @@ pub struct EmulatorConfig {
     /// The users' logins (UID), served by `GET /users` with IDs from 1 in this order. An
     /// import naming another UID in `ReservedUsersUID` or `FollowUpUsersUID` fails (400).
     pub users: Vec<String>,
+    /// Result codes beyond each campaign's four defaults ([`default_result_codes`]).
+    pub result_codes: Vec<ResultCode>,
     pub faults: Faults,
     /// How many API calls `GET /_emulator/requests` keeps (the last ones): a long-running
     /// emulator would otherwise grow without bound.
@@ -77,6 +83,7 @@ impl Default for EmulatorConfig {
             token: "emulator-token".into(),
             campaigns: vec![(538, "My Campaign".into())],
             users: DEFAULT_USERS.iter().map(|u| u.to_string()).collect(),
+            result_codes: Vec::new(),
             faults: Faults::default(),
             keep_requests: KEEP_REQUESTS,
         }
@@ -93,8 +100,15 @@ pub struct EmuContact {
     pub fields: Map<String, Value>,
     pub locked: bool,
     pub reset_count: u64,
-    /// Dialling attempts so far (the emulator never dials; a reset sets it to 0).
+    /// Dialling attempts so far (calls recorded with [`Emulator::record_call`]; a reset
+    /// sets it to 0).
     pub tries: u64,
+    /// The result code of the last call (a reset deletes it).
+    pub result_code: Option<i64>,
+    /// When a call-back code asks for the next try (`dtNextTry`).
+    pub next_try: Option<String>,
+    /// The calls, oldest first (kept by a reset, gone with the contact).
+    pub history: Vec<CallRecord>,
 }
 
 /// One API call received.
@@ -122,6 +136,8 @@ pub(super) struct Data {
     pub(super) requests: std::collections::VecDeque<RequestLog>,
     /// Calls to answer 400 instead of carrying out: (path fragment, how many more).
     pub(super) reject: Vec<(String, usize, String)>,
+    /// The ID of the next call's history entry.
+    pub(super) next_history_id: i64,
 }
 
 pub(super) struct Shared {
@@ -156,6 +172,7 @@ impl Emulator {
                 cfg,
                 data: Mutex::new(Data {
                     next_id: 100_001,
+                    next_history_id: 1136,
                     ..Data::default()
                 }),
                 draws: AtomicU64::new(0),
@@ -267,6 +284,19 @@ impl Emulator {
             d.contacts.insert(c.id, c);
         }
         ids.len()
+    }
+
+    /// Records an agent's call on a contact now, as `POST /_emulator/calls` does: a
+    /// history entry (returned), one more try, the result code, `dtNextTry` for a
+    /// call-back code.
+    pub fn record_call(&self, call: &Call) -> Result<Value, CallError> {
+        let mut d = crate::locking::lock(&self.shared.data);
+        dialling::record_call(&self.shared.cfg, &mut d, call)
+    }
+
+    /// Every result code of the tenant: each campaign's defaults, then the extras.
+    pub fn result_codes(&self) -> Vec<ResultCode> {
+        dialling::all_codes(&self.shared.cfg).collect()
     }
 
     /// Simulates calls: adds `n` dialling attempts to the contact (tests of reset).

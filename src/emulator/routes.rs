@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::dialling::{all_codes, code_json, history_json};
 use super::{
     act, batch_read, by_id, campaign_json, contact_json, delete, import, update, users_json,
-    with_first, Data, Emulator, EmulatorConfig, Fault, RequestLog, Shared,
+    with_first, Call, Data, EmuContact, Emulator, EmulatorConfig, Fault, RequestLog, Shared,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -64,6 +65,18 @@ pub(super) async fn handle(
             (&Method::POST, "renumber") => {
                 let n = emulator.renumber();
                 return respond(ok(json!({"status": 200, "renumbered": n})));
+            }
+            (&Method::POST, "calls") => {
+                let reply = match serde_json::from_slice::<Call>(&body) {
+                    Err(e) => fail(StatusCode::BAD_REQUEST, format!("not a call: {e}")),
+                    Ok(call) => match emulator.record_call(&call) {
+                        Ok(record) => ok(json!({"status": 200, "record": record})),
+                        Err((status, message)) => {
+                            fail(StatusCode::from_u16(status).expect("a status"), message)
+                        }
+                    },
+                };
+                return respond(reply);
             }
             _ => {}
         }
@@ -221,29 +234,15 @@ pub(super) fn api(
         (&M::POST, ["dialler", "contacts"]) => batch_read(d, body),
         (&M::POST, ["dialler", "contacts", "import"]) => import(cfg, d, params, headers, body),
         (&M::POST, ["dialler", "contacts", "update"]) => update(d, headers, body),
-        (&M::GET, ["dialler", "contacts", "contact"]) => match ud() {
-            None => fail(StatusCode::BAD_REQUEST, "Missing parameter userData"),
-            Some(u) => {
-                let items: Vec<Value> = d
-                    .by_user_data
-                    .get(&u)
-                    .into_iter()
-                    .flatten()
-                    .map(|id| contact_json(&d.contacts[id]))
-                    .collect();
-                if items.is_empty() {
-                    fail(StatusCode::NOT_FOUND, "Dialler contact not found")
-                } else {
-                    ok(records(items))
-                }
-            }
-        },
+        (&M::GET, ["dialler", "contacts", "contact"]) => {
+            of_every(d, ud(), |c| vec![contact_json(c)])
+        }
         (&M::DELETE, ["dialler", "contacts", "contact"]) => with_first(d, ud(), delete),
         (&M::PATCH, ["dialler", "contacts", "contact", action @ ("lock" | "unlock" | "reset")]) => {
             with_first(d, ud(), |d, id| act(d, id, action))
         }
         (&M::GET, ["dialler", "contacts", "contact", "history"]) => {
-            with_first(d, ud(), |_, _| ok(records(vec![])))
+            of_every(d, ud(), |c| history_of(cfg, c))
         }
         (&M::GET, ["dialler", "contacts", id]) => {
             match id_of(id).and_then(|id| d.contacts.get(&id)) {
@@ -256,9 +255,9 @@ pub(super) fn api(
             &M::PATCH,
             ["dialler", "contacts", "contact", id, action @ ("lock" | "unlock" | "reset")],
         ) => by_id(d, id, |d, id| act(d, id, action)),
-        (&M::GET, ["dialler", "contacts", "contact", id, "history"]) => {
-            by_id(d, id, |_, _| ok(records(vec![])))
-        }
+        (&M::GET, ["dialler", "contacts", "contact", id, "history"]) => by_id(d, id, |d, id| {
+            ok(records(history_of(cfg, &d.contacts[&id])))
+        }),
         (&M::GET, ["users"]) => ok(users_json(cfg)),
         (&M::GET, ["dialler", "campaigns"]) => ok(records(
             cfg.campaigns
@@ -283,6 +282,26 @@ pub(super) fn api(
                 ok(records(items))
             }
         }
+        (&M::GET, ["dialler", "campaigns", "campaign", id, "resultCodes"]) => {
+            let german =
+                match params.get("languagesID").map(String::as_str) {
+                    Some("1") => false,
+                    Some("2") => true,
+                    _ => return fail(
+                        StatusCode::BAD_REQUEST,
+                        "Missing or unsupported parameter languagesID (1 = English, 2 = German)",
+                    ),
+                };
+            match cfg.campaigns.iter().find(|(c, _)| Some(*c) == id_of(id)) {
+                Some((campaign, _)) => ok(records(
+                    all_codes(cfg)
+                        .filter(|r| r.campaign_id == *campaign)
+                        .map(|r| code_json(&r, german))
+                        .collect(),
+                )),
+                None => fail(StatusCode::NOT_FOUND, "Dialler campaign not found"),
+            }
+        }
         (&M::GET, ["dialler", "campaigns", id]) => {
             match cfg.campaigns.iter().find(|(c, _)| Some(*c) == id_of(id)) {
                 Some((id, n)) => ok(records(vec![campaign_json(cfg, *id, n)])),
@@ -290,5 +309,33 @@ pub(super) fn api(
             }
         }
         _ => no_endpoint(),
+    }
+}
+
+/// A contact's calls as the history functions return them, oldest first.
+fn history_of(cfg: &EmulatorConfig, c: &EmuContact) -> Vec<Value> {
+    c.history
+        .iter()
+        .map(|call| history_json(cfg, c, call))
+        .collect()
+}
+
+/// What `each` makes of every contact with the query's `userData` (the by-UserData reads
+/// return all of them, not the first one found), or the error of a missing parameter or
+/// an unknown UserData.
+fn of_every(
+    d: &Data,
+    user_data: Option<String>,
+    each: impl Fn(&EmuContact) -> Vec<Value>,
+) -> Reply {
+    let Some(u) = user_data else {
+        return fail(StatusCode::BAD_REQUEST, "Missing parameter userData");
+    };
+    match d.by_user_data.get(&u) {
+        // The index holds no empty lists (unindex removes them).
+        Some(ids) => ok(records(
+            ids.iter().flat_map(|id| each(&d.contacts[id])).collect(),
+        )),
+        None => fail(StatusCode::NOT_FOUND, "Dialler contact not found"),
     }
 }

@@ -145,6 +145,8 @@ fn emulator_process_serves_the_api_until_sigterm() {
             "jdoe",
             "--user",
             "asmith",
+            "--result-code",
+            "12:2701:NI:aborted",
         ],
         None,
         Stdio::null(),
@@ -166,15 +168,15 @@ fn emulator_process_serves_the_api_until_sigterm() {
         assert_eq!(campaigns.status(), 200);
         let v: serde_json::Value = campaigns.json().await.unwrap();
         assert_eq!(v["records"][0]["Name"], "Leads");
-        let users: serde_json::Value = http
-            .get(format!("{base}/users"))
-            .bearer_auth("T")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let get = |path: &str| {
+            let request = http.get(format!("{base}{path}")).bearer_auth("T");
+            async move {
+                let answer = request.send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+                answer.json::<serde_json::Value>().await.unwrap()
+            }
+        };
+        let users = get("/users").await;
         let uids: Vec<&str> = users["records"]
             .as_array()
             .unwrap()
@@ -182,6 +184,24 @@ fn emulator_process_serves_the_api_until_sigterm() {
             .map(|u| u["UID"].as_str().unwrap())
             .collect();
         assert_eq!(uids, ["jdoe", "asmith"], "{users}");
+        let codes = get("/dialler/campaigns/campaign/12/resultCodes?languagesID=2").await;
+        let keys: Vec<(&str, bool)> = codes["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["ExportKey"].as_str().unwrap(), c["bAborted"] == true))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("ABG", false),
+                ("Aufleger", true),
+                ("WV", false),
+                ("Termin", false),
+                ("NI", true)
+            ],
+            "{codes}"
+        );
         let denied = http
             .get(format!("{base}/dialler/campaigns"))
             .bearer_auth("nope")
@@ -491,5 +511,35 @@ fn completions_man_page_and_version() {
         // Built from this checkout (a commit made since the build is not yet in it).
         assert!(version.contains(" (git "), "{version}");
         eprintln!("version {version}, checkout at {commit}");
+    }
+}
+
+/// A result code for a campaign the emulator does not have, or one that takes another
+/// code's ID, is a usage error that says which.
+#[test]
+fn emulator_result_codes_are_checked() {
+    for (args, expect) in [
+        (
+            &["--result-code", "99:2701:NI:aborted"][..],
+            "there is no campaign 99",
+        ),
+        (
+            &["--result-code", "538:2695:NI:aborted"][..],
+            "has result code 2695 (ABG)",
+        ),
+        (&["--result-code", "538:2701:NI:won"][..], "no result type"),
+        (
+            &["--result-code", "538:NI"][..],
+            "CAMPAIGN:ID:EXPORTKEY:TYPE",
+        ),
+    ] {
+        let out = dialsync()
+            .args(["emulator", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
     }
 }

@@ -612,3 +612,101 @@ async fn the_emulator_keeps_only_the_last_requests() {
     assert_eq!(users, expected, "the last ten, oldest first");
     assert_eq!(emu.contacts().len(), 25);
 }
+
+/// The emulator dials: each campaign's result codes as seed 003 lists them, and a call
+/// recorded through `POST /_emulator/calls` leaves what the dialler's own call leaves: a
+/// history entry (seed 001's fields), one more try, the result code on the contact,
+/// `dtNextTry` for a call-back code; a reset deletes the result code and the tries, not
+/// the history; a locked contact is not dialled.
+#[tokio::test]
+async fn the_emulator_dials_and_records_results_history_and_tries() {
+    let (emu, d, base) = setup_with_url().await;
+    let codes = d.result_codes(538).await.unwrap();
+    let keys: Vec<&str> = codes
+        .iter()
+        .map(|c| c["ExportKey"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["ABG", "Aufleger", "WV", "Termin"]);
+    assert_eq!(codes[0]["bDone"], true);
+    assert_eq!(codes[1]["bAborted"], true);
+    assert_eq!(codes[2]["bDelay"], true);
+    assert_eq!(codes[3]["bAppointment"], true);
+    assert_eq!(codes[0]["DiallerResultCodesTypesContent"], "Done");
+    assert!(matches!(
+        d.result_codes(999).await,
+        Err(DiallerError::NotFound { .. })
+    ));
+
+    let a = record_id(&d.import(&contact("U1", "A"), OVERWRITE).await.unwrap()).unwrap();
+    let b = record_id(&d.import(&contact("U2", "B"), OVERWRITE).await.unwrap()).unwrap();
+    let http = reqwest::Client::new();
+    let emulator = base.replace("/rest/v1.0", "/_emulator");
+    let call = |body: Value| {
+        let http = http.clone();
+        let url = format!("{emulator}/calls");
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, answer) = call(json!({"UserData": "U1", "ExportKey": "WV"})).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = call(json!({"ID": a, "ExportKey": "ABG", "UsersID": 3})).await;
+    assert_eq!(status, 200);
+    let (status, answer) = call(json!({"ID": b, "ExportKey": "NOPE"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("ABG, Aufleger, WV, Termin"),
+        "{answer}"
+    );
+    let (status, _) = call(json!({"UserData": "U9", "ExportKey": "ABG"})).await;
+    assert_eq!(status, 404);
+
+    let c = d.get_contact(a).await.unwrap().unwrap();
+    assert_eq!(c["DiallerCampaignsResultCodesID"], codes[0]["ID"]);
+    assert_eq!(c["nTriesPhoneNumber1"], 2);
+    assert_eq!(
+        c["dtNextTry"],
+        Value::Null,
+        "the last call was not a call-back"
+    );
+    let history = d.history(Target::Id(a)).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0]["DiallerCampaignsResultCodesID"], codes[2]["ID"]);
+    assert_eq!(history[0]["DiallerResultCodesTypesID"], 3);
+    assert_eq!(history[1]["UsersID"], 3);
+    assert_eq!(history[1]["UserData"], "U1");
+    assert_eq!(history[1]["DiallerContactsID"], a);
+    assert_eq!(history[1]["PhoneNumber"], "498912345678");
+    assert!(
+        history[1]["dtCallEnd"].as_str().unwrap() > history[1]["dtCallStart"].as_str().unwrap()
+    );
+    assert_eq!(d.history(Target::UserData("U1")).await.unwrap().len(), 2);
+    assert!(d.history(Target::Id(b)).await.unwrap().is_empty());
+
+    // A call-back code sets the next try; a reset deletes result and tries, keeps history.
+    call(json!({"ID": b, "ExportKey": "WV"})).await;
+    let c = d.get_contact(b).await.unwrap().unwrap();
+    assert!(c["dtNextTry"].is_string(), "{c:?}");
+    d.reset(Target::Id(b)).await.unwrap();
+    let c = d.get_contact(b).await.unwrap().unwrap();
+    assert_eq!(c["DiallerCampaignsResultCodesID"], Value::Null);
+    assert_eq!(c["nTriesPhoneNumber1"], 0);
+    assert_eq!(c["dtNextTry"], Value::Null);
+    assert_eq!(d.history(Target::Id(b)).await.unwrap().len(), 1);
+
+    // The dialler does not dial a locked contact.
+    d.lock(Target::Id(b)).await.unwrap();
+    let (status, _) = call(json!({"ID": b, "ExportKey": "ABG"})).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        emu.contacts()
+            .iter()
+            .map(|c| c.history.len())
+            .sum::<usize>(),
+        3
+    );
+}
