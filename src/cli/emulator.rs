@@ -32,6 +32,11 @@ pub(super) struct Args {
     /// aborted, delay or appointment, e.g. 538:2701:NI:aborted (repeatable).
     #[arg(long = "result-code", value_name = "CAMPAIGN:ID:EXPORTKEY:TYPE", value_parser = parse_result_code)]
     result_codes: Vec<ResultCode>,
+    /// Simulate calls, N a second (e.g. 5/s): each the next contact still to be called
+    /// (not locked, no done or aborted result), with a result drawn from its campaign's
+    /// codes (following --seed). Without it, calls come only from POST /_emulator/calls.
+    #[arg(long, value_name = "N/s", value_parser = parse_dial_rate)]
+    dial_rate: Option<f64>,
     /// How many API calls GET /_emulator/requests keeps: the last N; older ones are
     /// dropped, so a long-running emulator does not grow.
     #[arg(long, default_value_t = dialsync::KEEP_REQUESTS)]
@@ -62,7 +67,8 @@ struct FaultFlags {
     /// worst case for a client that must not duplicate on retry.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     timeout_rate: f64,
-    /// Seed of the fault draws (same seed, same requests: same faults).
+    /// Seed of the fault draws (same seed, same requests: same faults) and of the
+    /// simulated calls' results.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -103,6 +109,16 @@ fn parse_campaign(s: &str) -> Result<(i64, String), String> {
         return Err("the campaign name is empty".into());
     }
     Ok((id, name))
+}
+
+fn parse_dial_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    match n.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 100_000.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a call rate: calls a second, more than 0 and at most 100000 (e.g. 5/s)"
+        )),
+    }
 }
 
 fn parse_result_code(s: &str) -> Result<ResultCode, String> {
@@ -168,6 +184,7 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
         campaigns,
         users,
         result_codes,
+        dial_rate,
         keep_requests,
         faults,
     } = args;
@@ -206,7 +223,11 @@ pub(super) async fn run(args: Args) -> Result<Exit, Failure> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let campaigns: Vec<i64> = cfg.campaigns.iter().map(|(id, _)| *id).collect();
-    tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?campaigns, faults = ?cfg.faults, "emulator ready");
+    tracing::info!(%addr, client_id = cfg.client_id, campaigns = ?campaigns, faults = ?cfg.faults, dial_rate, "emulator ready");
+    if let Some(rate) = dial_rate {
+        let dialler = emulator.clone();
+        tokio::spawn(async move { dialler.dial(rate, cfg.faults.seed).await });
+    }
     let shutdown = shutdown_signal().map_err(|e| Failure::new(Exit::Aborted, e))?;
     emulator
         .serve(listener, shutdown)

@@ -269,6 +269,45 @@ pub(super) fn record_call(
     Ok(json)
 }
 
+/// Dials once on its own, as `--dial-rate` does per tick: the first contact after ID
+/// `after` (round-robin) that the dialler would still call (unlocked, no done or aborted
+/// result), with a result drawn from its campaign's codes. The history entry, or `None`
+/// when no contact is left to call.
+pub(super) fn dial_next(
+    cfg: &EmulatorConfig,
+    d: &mut Data,
+    after: &mut i64,
+    rng: &mut fastrand::Rng,
+) -> Option<Value> {
+    let codes: Vec<ResultCode> = all_codes(cfg).collect();
+    let is_final = |id: Option<i64>| {
+        id.and_then(|id| codes.iter().find(|c| c.id == id))
+            .is_some_and(|c| matches!(c.kind, ResultKind::Done | ResultKind::Aborted))
+    };
+    let start = *after;
+    let callable = |c: &&EmuContact| !c.locked && !is_final(c.result_code);
+    let next = d
+        .contacts
+        .range(start + 1..)
+        .map(|(_, c)| c)
+        .find(callable)
+        .or_else(|| d.contacts.range(..=start).map(|(_, c)| c).find(callable))?;
+    let campaign: Vec<&ResultCode> = codes
+        .iter()
+        .filter(|c| c.campaign_id == next.campaign_id)
+        .collect();
+    let code = campaign.get(rng.usize(..campaign.len().max(1)))?;
+    let call = Call {
+        id: Some(next.id),
+        export_key: code.export_key.clone(),
+        users_id: Some(rng.i64(1..=cfg.users.len().max(1) as i64)),
+        connected: Some(rng.u8(..10) < 8),
+        ..Call::default()
+    };
+    *after = next.id;
+    record_call(cfg, d, &call).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

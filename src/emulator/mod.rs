@@ -294,6 +294,29 @@ impl Emulator {
         dialling::record_call(&self.shared.cfg, &mut d, call)
     }
 
+    /// Calls contacts on its own, `per_second` calls a second, until the runtime stops:
+    /// each the next contact still to be called (round-robin by ID; not locked, no done
+    /// or aborted result), with a result drawn from its campaign's codes (`seed`: the
+    /// same draws each time).
+    pub async fn dial(&self, per_second: f64, seed: u64) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / per_second));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut after = 0;
+        loop {
+            tick.tick().await;
+            let mut d = crate::locking::lock(&self.shared.data);
+            dialling::dial_next(&self.shared.cfg, &mut d, &mut after, &mut rng);
+        }
+    }
+
+    /// One call as [`Emulator::dial`] makes it; the history entry, or `None` when no
+    /// contact is left to call.
+    pub fn dial_once(&self, after: &mut i64, rng: &mut fastrand::Rng) -> Option<Value> {
+        let mut d = crate::locking::lock(&self.shared.data);
+        dialling::dial_next(&self.shared.cfg, &mut d, after, rng)
+    }
+
     /// Every result code of the tenant: each campaign's defaults, then the extras.
     pub fn result_codes(&self) -> Vec<ResultCode> {
         dialling::all_codes(&self.shared.cfg).collect()

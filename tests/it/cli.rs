@@ -153,11 +153,7 @@ fn emulator_process_serves_the_api_until_sigterm() {
     );
     assert!(base.ends_with("/rest/v1.0/3"), "{base}");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    common::block_on(async {
         let http = reqwest::Client::new();
         let campaigns = http
             .get(format!("{base}/dialler/campaigns"))
@@ -542,4 +538,43 @@ fn emulator_result_codes_are_checked() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
     }
+}
+
+/// `dialsync emulator --dial-rate` calls an imported contact on its own.
+#[test]
+fn emulator_process_dials_on_its_own() {
+    let (mut child, base) =
+        common::emulator_process(&["--dial-rate", "500/s"], None, Stdio::null());
+    common::block_on(async {
+        let http = reqwest::Client::new();
+        let imported = http
+            .post(format!(
+                "{base}/dialler/contacts/import?overwriteDuplicates=true"
+            ))
+            .bearer_auth("emulator-token")
+            .json(&serde_json::json!({
+                "DiallerCampaignsID": 538, "UserData": "U1", "Name": "A",
+                "PhoneNumber1": "+498912345678"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(imported.status(), 200);
+        let state = base.replace("/rest/v1.0/7", "/_emulator/state");
+        // Waits for the emulator's own call: each GET is a round trip, no sleep.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v: serde_json::Value = http.get(&state).send().await.unwrap().json().await.unwrap();
+            if v["contacts"][0]["history"]
+                .as_array()
+                .is_some_and(|h| !h.is_empty())
+            {
+                assert!(v["contacts"][0]["tries"].as_u64().unwrap() >= 1, "{v}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no call: {v}");
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -238,3 +238,12 @@ pub(crate) fn emulator_process(
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
     (child, base)
 }
+
+/// Runs `f` to its end on a runtime of its own (for a test that is not async itself).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

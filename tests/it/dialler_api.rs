@@ -710,3 +710,57 @@ async fn the_emulator_dials_and_records_results_history_and_tries() {
         3
     );
 }
+
+/// `--dial-rate`'s calls: round-robin by ID over the contacts the dialler would still
+/// call (a locked one is skipped), each with a result of its campaign, until every
+/// contact has a done or aborted result; the same seed draws the same results.
+#[tokio::test]
+async fn the_emulator_dials_on_its_own_until_every_contact_is_finished() {
+    let (emu, d) = setup().await;
+    let a = record_id(&d.import(&contact("U1", "A"), OVERWRITE).await.unwrap()).unwrap();
+    let b = record_id(&d.import(&contact("U2", "B"), OVERWRITE).await.unwrap()).unwrap();
+    let c = record_id(&d.import(&contact("U3", "C"), OVERWRITE).await.unwrap()).unwrap();
+    d.lock(Target::Id(b)).await.unwrap();
+    let dial_all = |seed: u64| {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut after = 0;
+        let mut called = Vec::new();
+        while let Some(record) = emu.dial_once(&mut after, &mut rng) {
+            called.push((
+                record["DiallerContactsID"].as_i64().unwrap(),
+                record["DiallerCampaignsResultCodesID"].as_i64().unwrap(),
+            ));
+            assert!(called.len() < 1000, "never finished: {called:?}");
+        }
+        called
+    };
+    let called = dial_all(7);
+    assert_eq!(called[0].0, a, "{called:?}");
+    assert_eq!(called[1].0, c, "{called:?}");
+    assert!(
+        called.iter().all(|(id, _)| *id != b),
+        "a locked contact is not dialled"
+    );
+    let finals: Vec<i64> = d
+        .result_codes(538)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r["bDone"] == true || r["bAborted"] == true)
+        .map(|r| r["ID"].as_i64().unwrap())
+        .collect();
+    for id in [a, c] {
+        let contact = d.get_contact(id).await.unwrap().unwrap();
+        let code = contact["DiallerCampaignsResultCodesID"].as_i64().unwrap();
+        assert!(finals.contains(&code), "{id}: {code}");
+        let tries = called.iter().filter(|(x, _)| *x == id).count();
+        assert_eq!(contact["nTriesPhoneNumber1"], tries as u64);
+    }
+    // The same seed, from the same start, draws the same results.
+    for id in [a, c] {
+        d.reset(Target::Id(id)).await.unwrap();
+    }
+    let again: Vec<i64> = dial_all(7).iter().map(|(_, code)| *code).collect();
+    let first: Vec<i64> = called.iter().map(|(_, code)| *code).collect();
+    assert_eq!(again, first);
+}
