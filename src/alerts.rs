@@ -116,8 +116,7 @@ impl Alerts {
             "job": report.job,
             "run_id": report.run_id,
             "outcome": report.exit(),
-            "report": serde_json::from_slice::<serde_json::Value>(&report.to_json())
-                .unwrap_or_default(),
+            "report": report.to_value(),
         });
         let body = Body {
             json: serde_json::to_vec(&body).expect("JSON values serialize"),

@@ -171,7 +171,11 @@ pub(super) async fn history(
             Some(store) => {
                 collect_history(&store, &query).map_err(|e| Failure::new(Exit::Aborted, e))?
             }
-            None => Some(History::Runs { runs: Vec::new() }),
+            // No state, no runs: a run asked for by its ID is not there either.
+            None => query
+                .run
+                .is_none()
+                .then(|| History::Runs { runs: Vec::new() }),
         },
     };
     let Some(answer) = answer else {

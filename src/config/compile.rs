@@ -232,16 +232,33 @@ fn compile_alerts(
     }
 }
 
-/// A URL that may hold a secret, from `{name}` (inline), `{name}_env`,
-/// `{name}_credential` (`[inline, env, credential]`) or `{name}_file`: at most one of
-/// them. An inline URL must be http(s).
+/// A URL that may hold a secret (see [`secret_source`]); an inline one must be http(s).
 pub(super) fn url_source(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    section: &[Seg],
+    name: &str,
+    given: [Option<String>; 3],
+    file: Option<PathBuf>,
+) -> Option<TokenSource> {
+    secret_source(ctx, root, section, name, given, file, |url| {
+        let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        (!ok).then_some("is not an http(s) URL, e.g. \"https://hc-ping.com/<uuid>\"")
+    })
+}
+
+/// Where a secret (the token, an alert URL) comes from: `{name}` (inline, trimmed),
+/// `{name}_env`, `{name}_credential` (`given` holds these three in this order) or
+/// `{name}_file`. At most one of them; `None` when none is set or one is wrong (reported:
+/// an inline value that `check` finds wrong, a credential name that is no name).
+pub(super) fn secret_source(
     ctx: &mut Ctx<'_>,
     root: &Spanned<DeTable<'_>>,
     section: &[Seg],
     name: &str,
     [inline, env, credential]: [Option<String>; 3],
     file: Option<PathBuf>,
+    check: impl Fn(&str) -> Option<&'static str>,
 ) -> Option<TokenSource> {
     let at = |k: &str| -> Vec<Seg> {
         let mut p = section.to_vec();
@@ -264,24 +281,23 @@ pub(super) fn url_source(
         );
         return None;
     }
-    if let Some(url) = inline {
-        let ok = reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-        if !ok {
-            ctx.at(
-                root,
-                &at(name),
-                "is not an http(s) URL, e.g. \"https://hc-ping.com/<uuid>\"",
-            );
+    if let Some(value) = inline {
+        let value = value.trim();
+        if let Some(wrong) = check(value) {
+            ctx.at(root, &at(name), wrong);
             return None;
         }
-        return Some(TokenSource::Inline(Secret::new(url)));
+        return Some(TokenSource::Inline(Secret::new(value)));
     }
     if let Some(c) = &credential {
         if c.is_empty() || c.contains('/') {
             ctx.at(
                 root,
                 &at(&format!("{name}_credential")),
-                "names a credential of the unit's LoadCredential=, e.g. \"webhook\"",
+                format!(
+                    "names a credential of the unit's LoadCredential=, e.g. \"{}\"",
+                    name.trim_end_matches("_url")
+                ),
             );
             return None;
         }

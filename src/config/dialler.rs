@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use toml::de::DeTable;
 use toml::Spanned;
 
+use super::compile::secret_source;
 use super::{
-    ca_file_problem, key, raw, Ctx, DiallerConfig, RetryConfig, Secret, TokenSource,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_CREDENTIAL_CHECK, DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_RETRIES, DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
+    ca_file_problem, key, raw, Ctx, DiallerConfig, RetryConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_CREDENTIAL_CHECK, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT,
 };
 
 pub(super) fn compile_dialler(
@@ -82,58 +83,28 @@ pub(super) fn compile_dialler(
             }
         },
     };
-    let sources = [
-        d.token.is_some(),
-        d.token_file.is_some(),
-        d.token_env.is_some(),
-        d.token_credential.is_some(),
-    ];
-    let token = match sources.iter().filter(|s| **s).count() {
-        0 => {
-            ctx.missing(
-                root,
-                &[key("dialler")],
-                "token",
-                "missing token: set exactly one of `token`, `token_file`, `token_env` or `token_credential`",
-            );
-            None
-        }
-        1 => {
-            if let Some(t) = d.token {
-                if t.trim().is_empty() {
-                    fail(ctx, "token", "is empty".into());
-                }
-                Some(TokenSource::Inline(Secret::new(t.trim())))
-            } else if let Some(f) = d.token_file {
-                Some(TokenSource::File(resolve(f)))
-            } else if let Some(c) = d.token_credential {
-                if c.is_empty() || c.contains('/') {
-                    fail(
-                        ctx,
-                        "token_credential",
-                        "names a credential of the unit's LoadCredential=, e.g. \"token\"".into(),
-                    );
-                }
-                Some(TokenSource::Credential(c))
-            } else {
-                d.token_env.map(TokenSource::Env)
-            }
-        }
-        _ => {
-            let k = if d.token.is_some() {
-                "token"
-            } else if d.token_file.is_some() {
-                "token_file"
-            } else {
-                "token_env"
-            };
-            fail(
-                ctx,
-                k,
-                "set only one of `token`, `token_file`, `token_env` and `token_credential`".into(),
-            );
-            None
-        }
+    let token = if d.token.is_none()
+        && d.token_file.is_none()
+        && d.token_env.is_none()
+        && d.token_credential.is_none()
+    {
+        ctx.missing(
+            root,
+            &[key("dialler")],
+            "token",
+            "missing token: set exactly one of `token`, `token_file`, `token_env` or `token_credential`",
+        );
+        None
+    } else {
+        secret_source(
+            ctx,
+            root,
+            &[key("dialler")],
+            "token",
+            [d.token, d.token_env, d.token_credential],
+            d.token_file.map(resolve),
+            |t| t.is_empty().then_some("is empty"),
+        )
     };
     let ranged = |ctx: &mut Ctx<'_>,
                   k: &str,

@@ -259,21 +259,6 @@ pub struct SourceConfig {
     pub comment: Option<u8>,
 }
 
-impl JobConfig {
-    /// Whether a run of `other` does what a run of this job does: everything but when it
-    /// runs (`schedule`, `timezone`) and whom it tells (`ping_url`) is alike. A reload
-    /// that changes more runs the job at once.
-    pub fn runs_like(&self, other: &JobConfig) -> bool {
-        let what = |j: &JobConfig| JobConfig {
-            schedule: None,
-            timezone: chrono_tz::UTC,
-            ping_url: None,
-            ..j.clone()
-        };
-        what(self) == what(other)
-    }
-}
-
 #[cfg(test)]
 impl SourceConfig {
     /// A source of `kind` at `path` with every other setting left at its default.
@@ -364,6 +349,19 @@ impl Config {
 }
 
 impl JobConfig {
+    /// Whether a run of `other` does what a run of this job does: everything but when it
+    /// runs (`schedule`, `timezone`) and whom it tells (`ping_url`) is alike. A reload
+    /// that changes more runs the job at once.
+    pub fn runs_like(&self, other: &JobConfig) -> bool {
+        let what = |j: &JobConfig| JobConfig {
+            schedule: None,
+            timezone: chrono_tz::UTC,
+            ping_url: None,
+            ..j.clone()
+        };
+        what(self) == what(other)
+    }
+
     /// Whether the job maps an agent field (`ReservedUsersUID`, `FollowUpUsersUID`), whose
     /// values are checked against the dialler's users.
     pub(crate) fn maps_agents(&self) -> bool {

@@ -113,9 +113,6 @@ impl Ctx<'_> {
         self.push(line, display_path(path), message);
     }
 
-    /// Deserializes one section, recording unknown keys and every type error: after an
-    /// error the offending key is taken out and the section deserialized again, so one bad
-    /// value does not hide the next. Returns the section without its bad keys.
     /// An integer key that must lie in `range`: `None` when absent, or out of range
     /// (reported at `path`, with `otherwise` after the range).
     pub(super) fn ranged(
@@ -139,6 +136,9 @@ impl Ctx<'_> {
         None
     }
 
+    /// Deserializes one section, recording unknown keys and every type error: after an
+    /// error the offending key is taken out and the section deserialized again, so one bad
+    /// value does not hide the next. Returns the section without its bad keys.
     pub(super) fn section<T: DeserializeOwned>(
         &mut self,
         root: &Spanned<DeTable<'_>>,

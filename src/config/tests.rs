@@ -172,6 +172,10 @@ fn token_sources_are_exclusive_and_required() {
     assert!(problems(&none)
         .iter()
         .any(|(_, _, m)| m.contains("missing token")));
+    let blank = GOOD.replace("token = \"secret-token\"", "token = \"  \"");
+    assert!(problems(&blank)
+        .iter()
+        .any(|(_, k, m)| k == "dialler.token" && m == "is empty"));
     // The token never shows in a problem.
     let bad = GOOD.replace("client_id = 7", "client_id = -1");
     assert!(!format!("{:?}", problems(&bad)).contains("secret-token"));

@@ -15,7 +15,7 @@ use crate::state::{StateError, Store};
 pub struct RunSummary {
     pub run_id: String,
     pub job: String,
-    /// What started it: `schedule` or `manual` (empty in records from before there was a
+    /// What started it: `schedule`, `manual` or `reload` (empty in records from before there was a
     /// history).
     pub trigger: String,
     pub started_at: String,
@@ -104,14 +104,17 @@ pub enum History {
 impl RunSummary {
     /// From a stored record (the JSON of a `JobReport`), with its first `errors` problems.
     pub fn from_record(json: &[u8], errors: usize) -> Option<RunSummary> {
-        let mut summary: RunSummary = serde_json::from_slice(json).ok()?;
-        if errors > 0 {
-            summary.first_errors = problems(json)
-                .iter()
-                .take(errors)
-                .map(RowProblem::line)
-                .collect();
+        if errors == 0 {
+            return serde_json::from_slice(json).ok();
         }
+        // Parsed once for both the counts and the lists.
+        let record: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let mut summary = RunSummary::deserialize(&record).ok()?;
+        summary.first_errors = problems(&record)
+            .iter()
+            .take(errors)
+            .map(RowProblem::line)
+            .collect();
         Some(summary)
     }
 
@@ -180,10 +183,7 @@ impl RowProblem {
 }
 
 /// The rejected rows and failed operations of a stored report.
-fn problems(json: &[u8]) -> Vec<RowProblem> {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        return Vec::new();
-    };
+fn problems(v: &serde_json::Value) -> Vec<RowProblem> {
     let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
     let mut out = Vec::new();
     for p in v["problems"].as_array().into_iter().flatten() {
@@ -211,11 +211,11 @@ fn problems(json: &[u8]) -> Vec<RowProblem> {
 pub fn collect(store: &Store, query: &HistoryQuery) -> Result<Option<History>, StateError> {
     if let Some(id) = &query.run {
         return Ok(store.find_run(id)?.and_then(|json| {
-            let summary = RunSummary::from_record(&json, 0)?;
+            let record: serde_json::Value = serde_json::from_slice(&json).ok()?;
             Some(History::Run {
                 run: Box::new(RunDetail {
-                    summary,
-                    problems: problems(&json),
+                    summary: RunSummary::deserialize(&record).ok()?,
+                    problems: problems(&record),
                 }),
             })
         }));

@@ -171,6 +171,11 @@ impl JobReport {
         serde_json::to_vec(&self.published()).expect("reports serialize")
     }
 
+    /// The same object as a JSON value (to embed in another).
+    pub(crate) fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.published()).expect("reports serialize")
+    }
+
     /// The report of a run of `job` starting now, with a fresh run id: its start to the
     /// millisecond, the job, a number counting the process's runs and a random part (the
     /// history holds runs of many processes: manual syncs, daemons).

@@ -297,14 +297,12 @@ fn store_record(config: &Config, store: &Store, report: &JobReport) {
         return;
     }
     let json = report.to_json();
-    let mut recorded = store.put_last_run(&report.job, &json).and_then(|()| {
-        store.record_run(
-            &report.job,
-            &json,
-            report.changed_anything(),
-            config.state.history_runs,
-        )
-    });
+    let mut recorded = store.record_run(
+        &report.job,
+        &json,
+        report.changed_anything(),
+        config.state.history_runs,
+    );
     if report.stopped.is_none() {
         let rows = report.rows - report.blank;
         recorded = recorded.and_then(|()| store.set_good_rows(&report.job, rows));

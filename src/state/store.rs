@@ -180,6 +180,8 @@ impl Store {
                 for (record, value) in items {
                     let tree = match record.as_slice() {
                         b"good_rows" => "good_rows",
+                        // The last run of a state from before the history (see
+                        // `last_run`); newer ones are the history's newest record.
                         b"last_run" => "runs",
                         b"last_change" => "last_change",
                         _ => continue,
@@ -394,13 +396,12 @@ impl Store {
         Ok(())
     }
 
-    /// Stores the summary of a job's latest run (JSON, for `status`).
-    pub fn put_last_run(&self, job: &str, summary: &[u8]) -> Result<(), StateError> {
-        self.db.open_tree("runs")?.insert(job, summary)?;
-        Ok(())
-    }
-
+    /// The record of a job's latest run: the newest of its history, else (a state from
+    /// before the history) the one record older versions kept.
     pub fn last_run(&self, job: &str) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(newest) = self.history(job, 1)?.pop() {
+            return Ok(Some(newest));
+        }
         Ok(self.db.open_tree("runs")?.get(job)?.map(|v| v.to_vec()))
     }
 

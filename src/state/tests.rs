@@ -320,4 +320,17 @@ fn the_history_keeps_the_newest_runs_and_the_last_change() {
     let last = store.last_change("j").unwrap().unwrap();
     assert!(String::from_utf8(last).unwrap().contains("r1"));
     assert_eq!(store.history_jobs(), ["j"]);
+    // The last run is the history's newest record; a state from before the history has
+    // only the one record older versions kept.
+    let last = store.last_run("j").unwrap().unwrap();
+    assert!(String::from_utf8(last).unwrap().contains("r6"));
+    store
+        .db
+        .open_tree("runs")
+        .unwrap()
+        .insert("old", rec("r0", "legacy").as_bytes())
+        .unwrap();
+    let legacy = store.last_run("old").unwrap().unwrap();
+    assert!(String::from_utf8(legacy).unwrap().contains("legacy"));
+    assert!(store.last_run("none").unwrap().is_none());
 }

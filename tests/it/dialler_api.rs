@@ -340,20 +340,24 @@ async fn injected_faults_do_what_their_flags_say() {
     assert_ne!(first, run(6).await);
 }
 
+/// A dialler that answers every call 429 (with no wait asked).
+fn always_throttled() -> dialsync::Faults {
+    dialsync::Faults {
+        throttle_rate: 1.0,
+        retry_after: 0,
+        ..dialsync::Faults::default()
+    }
+}
+
+/// A client that retries a call 3 times, quickly.
+const THREE_QUICK_RETRIES: &str = "max_retries = 3\nretry_delay = \"1ms\"";
+
 /// The API metrics count every attempt by endpoint and status, and every retry, of all
 /// clients of the tenant; nothing stays in flight.
 #[tokio::test]
 async fn the_api_metrics_count_attempts_and_retries() {
-    use dialsync::{Faults, Metrics, Tenant};
-    let (emu, cfg) = faulty_config(
-        Faults {
-            throttle_rate: 1.0,
-            retry_after: 0,
-            ..Faults::default()
-        },
-        "max_retries = 3\nretry_delay = \"1ms\"",
-    )
-    .await;
+    use dialsync::{Metrics, Tenant};
+    let (emu, cfg) = faulty_config(always_throttled(), THREE_QUICK_RETRIES).await;
     let metrics = Metrics::new();
     let tenant = Tenant::with_metrics(&cfg.dialler, metrics.api());
     let token = Secret::new(&emu.config().token);
@@ -376,15 +380,7 @@ async fn the_api_metrics_count_attempts_and_retries() {
 async fn passing_failures_are_retried_within_the_call_and_run_bounds() {
     use dialsync::Faults;
     // 429 every time: 1 + max_retries attempts, then the call gives up (and that ends a run).
-    let (emu, d) = faulty_with(
-        Faults {
-            throttle_rate: 1.0,
-            retry_after: 0,
-            ..Faults::default()
-        },
-        "max_retries = 3\nretry_delay = \"1ms\"",
-    )
-    .await;
+    let (emu, d) = faulty_with(always_throttled(), THREE_QUICK_RETRIES).await;
     let err = d.import(&contact("U1", "A"), OVERWRITE).await.unwrap_err();
     assert!(
         matches!(&err, DiallerError::GaveUp { attempts: 4, last } if matches!(**last, DiallerError::Throttled { .. })),

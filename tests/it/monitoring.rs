@@ -186,6 +186,13 @@ fn status_check_exit_codes_follow_the_plugin_convention() {
         "{out}"
     );
     assert!(!env.path("state").exists(), "status creates no state");
+    // Nor does history; without a state no run is there to show.
+    let runs = env.dialsync(&["history", "--config", "dialsync.toml"]);
+    assert!(String::from_utf8_lossy(&runs.stdout).contains("no runs recorded yet"));
+    let run = env.dialsync(&["history", "--config", "dialsync.toml", "--run", "nope"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no run nope in the history"));
+    assert!(!env.path("state").exists(), "history creates no state");
 
     assert_eq!(env.sync(&[]).1, 0);
     let (code, out) = check(&env);
