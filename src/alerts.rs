@@ -121,6 +121,7 @@ impl Alerts {
         let body = Body {
             json: serde_json::to_vec(&body).expect("JSON values serialize"),
             idempotency_key: report.run_id.clone(),
+            headers: Vec::new(),
         };
         self.keep(tokio::spawn(send(
             self.http(),
@@ -163,13 +164,36 @@ fn read(source: &TokenSource, key: &'static str) -> Option<String> {
     }
 }
 
-struct Body {
-    json: Vec<u8>,
-    idempotency_key: String,
+pub(crate) struct Body {
+    pub json: Vec<u8>,
+    pub idempotency_key: String,
+    /// More headers (a signature).
+    pub headers: Vec<(&'static str, String)>,
 }
 
-/// Sends one request, retried after no answer, a 429 or a 5xx (1 s, 2 s, 4 s, ...);
-/// a request that still fails is logged. `what` names it in the log (never its URL).
+/// Why a request was not delivered.
+#[derive(Debug)]
+pub(crate) enum Undelivered {
+    /// The receiver answered with this status (not 429 or 5xx): sending it again now
+    /// would change nothing.
+    Refused(u16),
+    /// No answer, 429 or 5xx, on every attempt.
+    Failed { attempts: u32, error: String },
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undelivered::Refused(status) => write!(f, "refused with HTTP {status}"),
+            Undelivered::Failed { attempts, error } => {
+                write!(f, "failed {attempts} times, last with {error}")
+            }
+        }
+    }
+}
+
+/// Sends one request, logging what could not be delivered. `what` names it in the log
+/// (never its URL).
 async fn send(
     http: reqwest::Client,
     method: reqwest::Method,
@@ -178,33 +202,54 @@ async fn send(
     retries: u32,
     what: &'static str,
 ) {
+    match deliver(&http, method, &url, body.as_ref(), retries).await {
+        Ok(()) => {}
+        Err(Undelivered::Refused(status)) => {
+            tracing::warn!(status, "{what} was refused; it is not sent again");
+        }
+        Err(Undelivered::Failed { attempts, error }) => {
+            tracing::warn!(attempts, error = %error, "{what} could not be delivered");
+        }
+    }
+}
+
+/// Sends one request, retried after no answer, a 429 or a 5xx (1 s, 2 s, 4 s, ...).
+/// Errors never hold the URL (it may hold a secret).
+pub(crate) async fn deliver(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&Body>,
+    retries: u32,
+) -> Result<(), Undelivered> {
     let mut attempt = 0;
     loop {
-        let mut req = http.request(method.clone(), &url);
-        if let Some(b) = &body {
+        let mut req = http.request(method.clone(), url);
+        if let Some(b) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("Idempotency-Key", &b.idempotency_key)
                 .body(b.json.clone());
+            for (name, value) in &b.headers {
+                req = req.header(*name, value);
+            }
         }
         let problem = match req.send().await {
-            Ok(r) if r.status().is_success() => return,
+            Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => {
                 let status = r.status();
                 if !(status.is_server_error() || status.as_u16() == 429) {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        "{what} was refused; it is not sent again"
-                    );
-                    return;
+                    return Err(Undelivered::Refused(status.as_u16()));
                 }
                 format!("HTTP {status}")
             }
             Err(e) => crate::engine::outcome::error_chain(&e.without_url()),
         };
         if attempt >= retries {
-            tracing::warn!(attempts = attempt + 1, error = %problem, "{what} could not be delivered");
-            return;
+            return Err(Undelivered::Failed {
+                attempts: attempt + 1,
+                error: problem,
+            });
         }
         tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
         attempt += 1;

@@ -26,10 +26,12 @@ mod dialler;
 mod emulator;
 mod engine;
 mod escape;
+mod failpoint;
 mod fields;
 mod key;
 mod locking;
 mod metrics;
+mod outcomes;
 mod source;
 mod state;
 
@@ -57,6 +59,11 @@ pub use emulator::{
     default_result_codes, Call, CallError, CallRecord, EmuContact, Emulator, EmulatorConfig,
     Faults, RequestLog, ResultCode, ResultKind, KEEP_REQUESTS,
 };
+// Dialling outcomes back to the CRM.
+pub use outcomes::{
+    query as query_outcomes, render as render_outcomes, OutcomesQuery, OutcomesReport,
+};
+pub use state::Outcome;
 // The state database.
 pub use state::{move_aside, StateError, Store};
 // Text made safe for a terminal or a log line.

@@ -71,6 +71,12 @@ enum Output {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutcomesOutput {
+    Csv,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Sync now: read each job's export and make the dialler match it.
@@ -163,6 +169,31 @@ enum Command {
         /// `human` or `json`.
         #[arg(long, value_enum, default_value_t = Output::Human)]
         output: Output,
+    },
+    /// A job's dialling outcomes (result code, tries, next try, last call) as the state
+    /// holds them from the runs that delivered them, in the job's outcome columns; with
+    /// --fetch, read from the dialler now (read-only, nothing is delivered).
+    Outcomes {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The state database (and the daemon's socket beside it), when not the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// Only outcomes first delivered by runs after this one (its ID as `history`
+        /// lists it).
+        #[arg(long, conflicts_with = "fetch")]
+        since: Option<String>,
+        /// Read every contact's outcome from the dialler now: one listing of the campaign,
+        /// its result codes and, for outcomes not delivered yet, their history.
+        #[arg(long)]
+        fetch: bool,
+        /// `csv` (the job's outcome columns and delimiter, a header first) or `json` (an
+        /// array of objects).
+        #[arg(long, value_enum, default_value_t = OutcomesOutput::Csv)]
+        output: OutcomesOutput,
     },
     /// Check a config file and its token; then each job's export (every mapped column) and
     /// the dialler (token, ClientsID, each job's campaign), read-only.
@@ -298,6 +329,18 @@ pub(crate) async fn run(cli: Cli) -> Result<u8, Failure> {
         } => {
             let query = HistoryQuery { job, limit, run };
             return status::history(&config, state, query, output).await;
+        }
+        Command::Outcomes {
+            config,
+            state,
+            job,
+            since,
+            fetch,
+            output,
+        } => {
+            let query = dialsync::OutcomesQuery { job, since, fetch };
+            let json = output == OutcomesOutput::Json;
+            return status::outcomes(&config, state, query, json).await;
         }
         Command::Validate { config, offline } => validate::run(&config, offline).await?,
         Command::Emulator(args) => emulator::run(args).await?,

@@ -190,3 +190,44 @@ pub(super) async fn history(
     show(output, &answer, History::human);
     Ok(Exit::Ok as u8)
 }
+
+/// `dialsync outcomes`: the daemon's answer when one runs (it holds the state), else the
+/// state's (and with `--fetch` the dialler's) read here.
+pub(super) async fn outcomes(
+    config: &Path,
+    state: Option<PathBuf>,
+    query: dialsync::OutcomesQuery,
+    json: bool,
+) -> Result<u8, Failure> {
+    let mut cfg = super::load(config)?;
+    let job = cfg
+        .job(&query.job)
+        .map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?
+        .clone();
+    let state = state_path(config, state);
+    let outcomes = match ask_daemon(&state, Request::Outcomes(query.clone())).await? {
+        Some(Event::Outcomes { outcomes }) => outcomes,
+        Some(other) => {
+            return Err(Failure::new(
+                Exit::Aborted,
+                anyhow::anyhow!("the daemon gave no outcomes ({other:?})"),
+            ))
+        }
+        None => match open_for_reading(&state)? {
+            Some(store) => {
+                cfg.state.path = state;
+                let tenant = dialsync::Tenant::new(&cfg.dialler);
+                dialsync::query_outcomes(&cfg, &store, &tenant, &query)
+                    .await
+                    .map_err(|e| Failure::new(Exit::Aborted, anyhow::anyhow!(e)))?
+            }
+            // No state: no contact of the job is known, so none has an outcome.
+            None => Vec::new(),
+        },
+    };
+    out!(
+        "{}",
+        String::from_utf8_lossy(&dialsync::render_outcomes(&job, &outcomes, json))
+    );
+    Ok(Exit::Ok as u8)
+}

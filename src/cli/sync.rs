@@ -98,7 +98,7 @@ async fn sync_in_daemon(
                 bars.finish();
                 return Err(Failure::new(exit, anyhow::anyhow!(message)));
             }
-            Some(Event::Status(_) | Event::History { .. }) => {}
+            Some(Event::Status(_) | Event::History { .. } | Event::Outcomes { .. }) => {}
             None => {
                 bars.finish();
                 return Err(Failure::new(

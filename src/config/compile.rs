@@ -354,6 +354,31 @@ pub(super) fn compile_guards(
     }
 }
 
+/// A CSV delimiter: one character (not a quote or line end), or `\t`/`tab`; `None`
+/// reported at `path`.
+pub(super) fn delimiter(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    path: &[Seg],
+    d: &str,
+) -> Option<u8> {
+    let byte = match d {
+        "\\t" | "tab" | "\t" => Some(b'\t'),
+        d if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => {
+            Some(d.as_bytes()[0])
+        }
+        _ => None,
+    };
+    if byte.is_none() {
+        ctx.at(
+            root,
+            path,
+            format!("`{d}` is not a delimiter: use one character such as \",\", \";\" or \"\\t\""),
+        );
+    }
+    byte
+}
+
 /// The most lines `skip_header_lines` or `skip_footer_lines` may skip.
 const MAX_SKIPPED_LINES: u64 = 1000;
 
@@ -382,25 +407,10 @@ pub(super) fn compile_source(
             "missing key `path` (where the CRM export is)",
         );
     }
-    let delimiter = s.delimiter.as_deref().and_then(|d| {
-        let byte = match d {
-            "\\t" | "tab" | "\t" => Some(b'\t'),
-            d if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => {
-                Some(d.as_bytes()[0])
-            }
-            _ => None,
-        };
-        if byte.is_none() {
-            ctx.at(
-                root,
-                &at("delimiter"),
-                format!(
-                    "`{d}` is not a delimiter: use one character such as \",\", \";\" or \"\\t\""
-                ),
-            );
-        }
-        byte
-    });
+    let delimiter = s
+        .delimiter
+        .as_deref()
+        .and_then(|d| delimiter(ctx, root, &at("delimiter"), d));
     if delimiter.is_some() && s.kind == Some(SourceKind::Json) {
         ctx.at(root, &at("delimiter"), "only applies to CSV sources");
     }

@@ -247,6 +247,10 @@ pub(super) fn compile_job(
         }
     }
 
+    let outcomes = j
+        .outcomes
+        .and_then(|o| super::outcomes::compile_outcomes(ctx, root, &at(&["outcomes"]), o, resolve));
+
     if ctx.problems.len() > start {
         return None;
     }
@@ -277,6 +281,8 @@ pub(super) fn compile_job(
         key_column: key_column?,
         fields,
         verify_every: j.verify_every.map_or(DEFAULT_VERIFY_EVERY, |d| d.0),
+        outcomes,
+        on_done: j.on_done.unwrap_or(super::OnDone::Keep),
     })
 }
 

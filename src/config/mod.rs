@@ -11,6 +11,7 @@
 mod compile;
 mod dialler;
 mod job;
+mod outcomes;
 mod problems;
 pub(crate) mod raw;
 pub(crate) mod schedule;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use crate::config::schedule::CronSchedule;
 use crate::fields::Field;
 
+pub(crate) use outcomes::{Column, OnDone, OutcomeFormat, OutcomesConfig};
 pub use problems::ConfigError;
 pub(crate) use problems::Problem;
 pub(crate) use raw::{OnBadPhone, OnMissing, PhoneFormat, SourceKind};
@@ -238,6 +240,10 @@ pub struct JobConfig {
     /// How often a run reads the campaign back to check the state against it (zero:
     /// every run).
     pub verify_every: Duration,
+    /// `[job.outcomes]`: where the contacts' dialling outcomes go.
+    pub outcomes: Option<OutcomesConfig>,
+    /// Whether a contact whose result is done or aborted is locked.
+    pub on_done: OnDone,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,6 +366,11 @@ impl JobConfig {
             ..j.clone()
         };
         what(self) == what(other)
+    }
+
+    /// Whether a run reads the campaign's outcomes (for `[job.outcomes]` or `on_done`).
+    pub fn reads_outcomes(&self) -> bool {
+        self.outcomes.is_some() || self.on_done == OnDone::Lock
     }
 
     /// Whether the job maps an agent field (`ReservedUsersUID`, `FollowUpUsersUID`), whose

@@ -80,9 +80,54 @@ pub(crate) struct RawJob {
     pub verify_every: Option<HumanDuration>,
     pub ping_url: Option<String>,
     pub ping_url_file: Option<PathBuf>,
+    pub on_done: Option<OnDone>,
+    pub outcomes: Option<RawOutcomes>,
     pub source: Option<RawSource>,
     /// Dialler field name -> CRM column name.
     pub fields: Option<BTreeMap<String, String>>,
+}
+
+/// `[job.outcomes]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawOutcomes {
+    pub path: Option<PathBuf>,
+    pub format: Option<OutcomeFormat>,
+    pub delimiter: Option<String>,
+    pub bom: Option<bool>,
+    pub columns: Option<Vec<String>>,
+    pub map: Option<BTreeMap<String, String>>,
+    pub final_only: Option<bool>,
+    pub webhook_url: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+    pub webhook_url_env: Option<String>,
+    pub webhook_url_credential: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub webhook_secret_env: Option<String>,
+    pub webhook_secret_credential: Option<String>,
+    pub batch_size: Option<i64>,
+    pub retries: Option<i64>,
+    pub timeout: Option<HumanDuration>,
+}
+
+/// The outcome file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeFormat {
+    /// One row per outcome, a header line first (the default).
+    Csv,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// What happens to a contact whose result is done or aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDone {
+    /// Nothing: it stays as the export says (the default).
+    Keep,
+    /// It is locked, so the dialler stops calling it, even while the CRM exports it.
+    Lock,
 }
 
 #[derive(Debug, Deserialize)]

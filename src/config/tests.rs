@@ -402,3 +402,75 @@ fn runs_like_ignores_when_a_job_runs_but_not_what_it_does() {
         assert!(!base.runs_like(&job(&GOOD.replace(from, to))), "{to}");
     }
 }
+
+#[test]
+fn outcomes_settings_have_defaults_and_each_mistake_its_line() {
+    let with = |extra: &str| GOOD.replace("[job.source]", &format!("{extra}\n\n[job.source]"));
+    let c = Config::from_str(
+        &with("on_done = \"lock\"\n[job.outcomes]\npath = \"out/outcomes-{run}.csv\"\nmap = { ABG = \"won\" }"),
+        Path::new("/etc/dialsync/dialsync.toml"),
+    )
+    .unwrap();
+    let j = &c.jobs[0];
+    assert_eq!(j.on_done, OnDone::Lock);
+    let o = j.outcomes.as_ref().unwrap();
+    assert_eq!(
+        o.path.as_deref(),
+        Some(Path::new("/etc/dialsync/out/outcomes-{run}.csv"))
+    );
+    assert_eq!(
+        (o.format, o.delimiter, o.bom, o.final_only),
+        (OutcomeFormat::Csv, b';', true, false)
+    );
+    let names: Vec<&str> = o.columns.iter().map(|c| c.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "UserData",
+            "ContactID",
+            "ResultCode",
+            "Result",
+            "Status",
+            "Done",
+            "Aborted",
+            "Delay",
+            "Appointment",
+            "Tries",
+            "NextTry",
+            "LastCallEnd",
+            "ChangedAt"
+        ],
+        "the documented columns, Status with a map"
+    );
+    assert!(o.needs_history());
+    assert!(o.webhook.is_none());
+    assert!(!Config::from_str(GOOD, Path::new("t.toml")).unwrap().jobs[0].reads_outcomes());
+
+    let bad = with(
+        "on_done = \"close\"\n[job.outcomes]\npath = \"o-{date}.csv\"\nformat = \"ndjson\"\nbom = false\ncolumns = [\"UserData\", \"Outcome\", \"Status\"]\nwebhook_url = \"https://crm.example.com/hook\"\nbatch_size = 0",
+    );
+    let p = problems(&bad);
+    let find = |key: &str| {
+        p.iter()
+            .find(|(_, k, _)| k == key)
+            .unwrap_or_else(|| panic!("no problem at {key}: {p:?}"))
+    };
+    assert_eq!(find("job[1].on_done").0, Some(18));
+    let (line, _, msg) = find("job[1].outcomes.path");
+    assert_eq!(*line, Some(20));
+    assert!(msg.contains("{date}") && msg.contains("{run}"), "{msg}");
+    assert!(find("job[1].outcomes.bom").2.contains("csv"));
+    let (line, _, msg) = find("job[1].outcomes.columns[2]");
+    assert_eq!(*line, Some(23));
+    assert!(msg.contains("LastCallEnd"), "lists the columns: {msg}");
+    assert!(find("job[1].outcomes.columns").2.contains("map"));
+    assert!(find("job[1].outcomes.webhook_secret").2.contains("signed"));
+    assert!(find("job[1].outcomes.batch_size").2.contains("1 to 10000"));
+
+    let short = with("[job.outcomes]\nwebhook_url = \"https://crm.example.com/hook\"\nwebhook_secret = \"short\"");
+    assert!(
+        problems(&short)[0].2.contains("too short"),
+        "{:?}",
+        problems(&short)
+    );
+}

@@ -35,6 +35,7 @@ pub enum Request {
     },
     Status,
     History(crate::daemon::history::HistoryQuery),
+    Outcomes(crate::outcomes::OutcomesQuery),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +56,10 @@ pub enum Event {
     History {
         /// `None`: no such run in the history.
         history: Option<crate::daemon::history::History>,
+    },
+    /// The outcomes asked for (`dialsync outcomes`).
+    Outcomes {
+        outcomes: Vec<crate::state::Outcome>,
     },
     /// The request could not be carried out.
     Error {

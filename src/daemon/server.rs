@@ -105,6 +105,18 @@ pub(super) async fn serve(daemon: &Daemon, mut stream: UnixStream) -> std::io::R
             };
             control::write_event(&mut stream, &event).await
         }
+        Ok(Some(Request::Outcomes(query))) => {
+            let cfg = daemon.config.borrow().clone();
+            let tenant = daemon.tenant(&cfg);
+            let event = match crate::outcomes::query(&cfg, &daemon.store, &tenant, &query).await {
+                Ok(outcomes) => Event::Outcomes { outcomes },
+                Err(message) => Event::Error {
+                    exit: Exit::Aborted,
+                    message,
+                },
+            };
+            control::write_event(&mut stream, &event).await
+        }
         Ok(Some(Request::History(query))) => {
             let event = match crate::daemon::history::collect(&daemon.store, &query) {
                 Ok(history) => Event::History { history },

@@ -3,7 +3,7 @@
 //! the guards, execute. Whatever stops it goes into the report.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::{CampaignRef, Config, JobConfig};
@@ -14,11 +14,12 @@ use crate::engine::guard::{self, Facts, Tripped};
 use crate::engine::mapping::Mapper;
 use crate::engine::outcome::{error_chain, Abort, Step};
 use crate::engine::pipeline::{self, PlanError};
-use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
+use crate::engine::plan::{Plan, Planner, Policy, Removal, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
+use crate::outcomes::{self, Collector, Keep, OutcomesReport, PrepareError};
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
@@ -152,18 +153,48 @@ async fn plan_and_execute(
             }
         }
     }
-    if let (Some(state), Some(store), false) = (state, store, dry_run) {
-        if let Err(stop) = verify_if_due(dialler, job, store, state, mode, report).await {
-            report.stop(stop);
-            return;
+    let due = match (state, store, dry_run) {
+        (Some(state), Some(store), false) => match verification_due(job, store, state, mode) {
+            Ok(due) => due,
+            Err(stop) => {
+                report.stop(stop);
+                return;
+            }
+        },
+        _ => false,
+    };
+    let reads_outcomes = job.reads_outcomes() && !mode.offline && mode.verify != Verify::Only;
+    let mut finals = None;
+    match (state, reads_outcomes) {
+        (Some(state), true) => {
+            let concurrency = config.dialler.max_concurrency;
+            let read = read_outcomes(dialler, job, store, state, mode, due, concurrency, report);
+            match read.await {
+                Ok(f) => finals = Some(f),
+                Err(stop) => {
+                    report.stop(stop);
+                    return;
+                }
+            }
         }
+        _ if due => {
+            if let (Some(state), Some(store)) = (state, store) {
+                if let Err(stop) = verify_now(dialler, job, store, state, mode, None, report).await
+                {
+                    report.stop(stop);
+                    return;
+                }
+            }
+        }
+        _ => {}
     }
     if mode.verify == Verify::Only {
         return;
     }
     // A dry run makes one read-only call, so that a wrong token, ClientsID or campaign,
     // or a dialler out of reach, fails it as it would fail the real run.
-    if dry_run && !mode.offline {
+    // (Reading the outcomes made read-only calls already.)
+    if dry_run && !mode.offline && finals.is_none() {
         if let Err(e) = check_campaign(dialler, &job.campaign).await {
             tracing::error!(error = %error_chain(&e), "the dry run's check of the dialler failed");
             report.stop(Abort::dialler(Step::Check, e));
@@ -276,6 +307,11 @@ async fn plan_and_execute(
         }
     }
     let stop = tripped.filter(|_| !mode.force);
+    let mut plan = plan;
+    if let Some(finals) = finals {
+        report.done_locks = apply_on_done(&mut plan, finals);
+        report.changed = plan.changes.len() as u64;
+    }
 
     if dry_run {
         if let Some(why) = stop {
@@ -333,18 +369,15 @@ async fn plan_and_execute(
     }
 }
 
-/// Reads the campaign back and checks the state against it, when `mode` asks for it or
-/// the job's `verify_every` has passed (an empty state has nothing to check: the clock
-/// starts). What it found and fixed goes into `report`; a dialler that no longer knows
-/// most IDs stops the run like a guard (`--force` goes on).
-async fn verify_if_due(
-    dialler: &Dialler,
+/// Whether the run reads the campaign back to check the state against it: when `mode`
+/// asks for it or the job's `verify_every` has passed. An empty state has nothing to
+/// check: the clock starts.
+fn verification_due(
     job: &JobConfig,
     store: &Store,
     state: &JobState,
     mode: RunMode,
-    report: &mut JobReport,
-) -> Result<(), Abort> {
+) -> Result<bool, Abort> {
     let state_failed = |e| Abort::state(Step::Verify, e);
     let last = store.verification(&job.name).map_err(state_failed)?;
     let now = chrono::Utc::now();
@@ -359,19 +392,34 @@ async fn verify_if_due(
             })
         }
     };
-    if !due {
-        return Ok(());
-    }
-    if state.is_empty() {
+    if due && state.is_empty() {
         let started = Verified {
             at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ..Verified::default()
         };
-        return store
+        store
             .set_verification(&job.name, &started)
-            .map_err(state_failed);
+            .map_err(state_failed)?;
+        return Ok(false);
     }
-    match reconcile::verify(dialler, job, state, mode.force).await {
+    Ok(due)
+}
+
+/// Reads the campaign back and checks the state against it (feeding each listed contact
+/// to the outcomes' collector too, when they are read). What it found and fixed goes
+/// into `report`; a dialler that no longer knows most IDs stops the run like a guard
+/// (`--force` goes on).
+async fn verify_now(
+    dialler: &Dialler,
+    job: &JobConfig,
+    store: &Store,
+    state: &JobState,
+    mode: RunMode,
+    also: Option<&Arc<Mutex<Option<Collector>>>>,
+    report: &mut JobReport,
+) -> Result<(), Abort> {
+    let state_failed = |e| Abort::state(Step::Verify, e);
+    match reconcile::verify(dialler, job, state, mode.force, also.cloned()).await {
         Ok(v) => {
             if v.relearned + v.missing + v.values_differ > 0 {
                 tracing::warn!(
@@ -397,6 +445,142 @@ async fn verify_if_due(
             Err(Abort::reconcile(Step::Verify, e))
         }
     }
+}
+
+/// What the outcomes said for `on_done = "lock"`: the final contacts not locked, and the
+/// key hashes of those locked.
+type Finals = (Vec<(String, Entry)>, HashSet<u64>);
+
+/// Reads the job's outcomes with one listing of the campaign (the verification's, when it
+/// is due) and the campaign's result codes, and delivers those that changed (a dry run
+/// only shows them). Reading failures stop the run; delivery failures are in the report
+/// (the next run delivers again), and the sync goes on.
+#[allow(clippy::too_many_arguments)]
+async fn read_outcomes(
+    dialler: &Dialler,
+    job: &JobConfig,
+    store: Option<&Store>,
+    state: &JobState,
+    mode: RunMode,
+    due: bool,
+    concurrency: usize,
+    report: &mut JobReport,
+) -> Result<Finals, Abort> {
+    let cfg = job.outcomes.as_ref();
+    let keep = if mode.dry_run {
+        Keep::First {
+            limit: LIST_LIMIT,
+            final_only: cfg.is_some_and(|c| c.final_only),
+        }
+    } else {
+        Keep::Stage
+    };
+    let shared = outcomes::prepare(dialler, job, state, &report.run_id, keep)
+        .await
+        .map_err(|e| match e {
+            PrepareError::Dialler(e) => Abort::dialler(Step::Outcomes, e),
+            PrepareError::State(e) => Abort::state(Step::Outcomes, e),
+        })?;
+    let listed = match (due, store) {
+        (true, Some(store)) => {
+            verify_now(dialler, job, store, state, mode, Some(&shared), report).await
+        }
+        _ => outcomes::list(dialler, &shared)
+            .await
+            .map_err(|e| Abort::dialler(Step::Outcomes, e)),
+    };
+    let g = outcomes::gathered(&shared);
+    listed?;
+    if let Some(e) = g.error {
+        return Err(Abort::state(Step::Outcomes, e));
+    }
+    let mut out = OutcomesReport {
+        listed: g.listed,
+        changed: g.changed,
+        ..OutcomesReport::default()
+    };
+    let started = chrono::DateTime::parse_from_rfc3339(&report.started_at)
+        .map_or_else(|_| chrono::Utc::now(), |t| t.with_timezone(&chrono::Utc));
+    let path = cfg
+        .and_then(|c| c.path.as_deref())
+        .map(|p| outcomes::deliver::file_path(p, &report.run_id, &started));
+    if mode.dry_run {
+        out.delivered = g.wanted;
+        if let Some(cfg) = cfg {
+            match outcomes::with_history(dialler, g.kept, cfg.needs_history(), concurrency).await {
+                Ok((shown, calls)) => {
+                    out.history_calls = calls;
+                    out.preview = shown
+                        .iter()
+                        .map(|o| outcomes::deliver::object(o, cfg))
+                        .collect();
+                }
+                Err(e) => {
+                    out.error = Some(format!("reading a contact's history: {}", error_chain(&e)))
+                }
+            }
+        }
+        if out.delivered > 0 {
+            out.file = path.map(|p| p.display().to_string());
+        }
+        out.batches_waiting = state.outbox_len() as u64;
+    } else {
+        let file = outcomes::write_staged(dialler, state, job, path, concurrency, &mut out).await;
+        if out.error.is_none() {
+            outcomes::deliver(file, state, job, &report.run_id, &mut out).await;
+        } else {
+            outcomes::send_outbox(state, job, &mut out).await;
+        }
+    }
+    if let Some(e) = &out.error {
+        tracing::warn!(error = %e, "the outcomes were not all delivered; the next run delivers them again");
+    }
+    tracing::info!(
+        listed = out.listed,
+        changed = out.changed,
+        delivered = out.delivered,
+        history_calls = out.history_calls,
+        file = out.file.as_deref().unwrap_or(""),
+        batches_sent = out.batches_sent,
+        batches_waiting = out.batches_waiting,
+        "outcomes read"
+    );
+    report.outcomes = Some(out);
+    Ok((g.to_lock, g.final_locked))
+}
+
+/// `on_done = "lock"`: a contact whose result is done or aborted is locked, and stays
+/// locked while the export has it, unless a reset trigger fired for it (the reset opens
+/// it again: the dialler deletes its result). One with an update to send this run is
+/// locked by the next. The locks planned.
+fn apply_on_done(plan: &mut Plan, (to_lock, final_locked): Finals) -> u64 {
+    for c in &mut plan.changes {
+        if c.unlock && !c.reset && final_locked.contains(&crate::key::key_hash(&c.key)) {
+            c.unlock = false;
+        }
+    }
+    let before = plan.changes.len();
+    plan.changes
+        .retain(|c| !c.update.is_empty() || c.reset || c.unlock);
+    plan.unchanged += (before - plan.changes.len()) as u64;
+    let busy: HashSet<&str> = plan
+        .changes
+        .iter()
+        .map(|c| c.key.as_str())
+        .chain(plan.removals.iter().map(|r| r.key.as_str()))
+        .collect();
+    let locks: Vec<Removal> = to_lock
+        .into_iter()
+        .filter(|(key, _)| !busy.contains(key.as_str()))
+        .map(|(key, old)| Removal {
+            key,
+            old,
+            kind: RemovalKind::Lock,
+        })
+        .collect();
+    let n = locks.len() as u64;
+    plan.removals.extend(locks);
+    n
 }
 
 /// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).

@@ -102,6 +102,8 @@ pub enum Step {
     Settle,
     /// Reading the campaign back to verify the state.
     Verify,
+    /// Reading the campaign's dialling outcomes (`[job.outcomes]`, `on_done`).
+    Outcomes,
     /// Sending the plan.
     Send,
     /// Making the run's state durable at its end.
@@ -131,6 +133,10 @@ impl fmt::Display for Step {
             }
             Step::Verify => {
                 "could not verify the state against the dialler, so nothing was changed"
+            }
+            Step::Outcomes => {
+                "could not read the campaign's dialling outcomes (its contacts and result \
+                 codes), so nothing was changed"
             }
             Step::Send => "the run stopped; nothing after this call was sent",
             Step::Flush => {

@@ -180,8 +180,8 @@ struct Gathered {
     error: Option<StateError>,
 }
 
-/// Reads the campaign's contacts back (one streamed listing) and checks the state of
-/// `job` against them. An entry found under its ID is confirmed (and if the dialler holds
+/// Reads the campaign's contacts back (one streamed listing, which `also` sees too) and
+/// checks the state of `job` against them. An entry found under its ID is confirmed (and if the dialler holds
 /// other values than the state says were sent, those fields are marked to be sent
 /// again); one whose UserData is found under another ID has its ID re-learned, with its
 /// lock state unknown; one not found at all is forgotten, so that the plan imports it
@@ -193,6 +193,7 @@ pub(crate) async fn verify(
     job: &JobConfig,
     state: &JobState,
     force: bool,
+    also: Option<Arc<Mutex<Option<crate::outcomes::Collector>>>>,
 ) -> Result<Verified, ReconcileError> {
     let campaign = campaign_id(dialler, &job.campaign).await?;
     let gathered = Arc::new(Mutex::new(Gathered::default()));
@@ -200,6 +201,9 @@ pub(crate) async fn verify(
         let gathered = Arc::clone(&gathered);
         let state = state.clone();
         move |r: Record| {
+            if let Some(also) = &also {
+                crate::outcomes::feed(also, &r);
+            }
             if record_campaign(&r).is_some_and(|c| c != campaign) {
                 return;
             }

@@ -116,6 +116,13 @@ pub struct JobReport {
     /// The dialler answered a call of this run without refusing the token.
     #[serde(skip)]
     pub token_accepted: bool,
+    /// What the run read and delivered of the dialling outcomes (`[job.outcomes]`,
+    /// `on_done`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<crate::outcomes::OutcomesReport>,
+    /// Of the locks, those of contacts whose result is done or aborted (`on_done`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub done_locks: u64,
     /// In a dry run: samples of what would be done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<PreviewLine>,
@@ -232,7 +239,8 @@ impl JobReport {
                 || self.duplicates > 0
                 || self.failed > 0
                 || self.withheld_removals > 0
-                || self.stale_ids > 0 =>
+                || self.stale_ids > 0
+                || self.outcomes.as_ref().is_some_and(|o| o.undelivered()) =>
             {
                 Exit::Partial
             }
@@ -314,6 +322,9 @@ impl JobReport {
         }
         if let Some(v) = &self.verified {
             verification_lines(&mut s, v);
+        }
+        if let Some(o) = &self.outcomes {
+            self.outcome_lines(&mut s, o);
         }
         if self.rechecked > 0 {
             let _ = writeln!(
@@ -470,6 +481,84 @@ pub(crate) fn count(n: u64, noun: &str) -> String {
     }
 }
 
+impl JobReport {
+    /// What was read and delivered of the outcomes.
+    fn outcome_lines(&self, s: &mut String, o: &crate::outcomes::OutcomesReport) {
+        let mut line = format!(
+            "  outcomes: {} changed of {} listed",
+            o.changed,
+            count(o.listed, "contact")
+        );
+        let verb = if self.dry_run { "would write" } else { "wrote" };
+        match &o.file {
+            Some(f) => {
+                let _ = write!(
+                    line,
+                    "; {verb} {} to {}",
+                    count(o.delivered, "row"),
+                    printable(f)
+                );
+            }
+            None if o.delivered > 0 => {
+                let what = if self.dry_run {
+                    "to deliver"
+                } else {
+                    "delivered"
+                };
+                let _ = write!(line, "; {} {what}", o.delivered);
+            }
+            None => {}
+        }
+        if o.history_calls > 0 {
+            let _ = write!(line, " ({})", count(o.history_calls, "history call"));
+        }
+        let _ = writeln!(s, "{line}");
+        if self.done_locks > 0 {
+            let _ = writeln!(
+                s,
+                "  {} {} because {} result is done or aborted (on_done = \"lock\")",
+                count(self.done_locks, "contact"),
+                if self.dry_run {
+                    "would be locked"
+                } else {
+                    "locked"
+                },
+                if self.done_locks == 1 { "its" } else { "their" }
+            );
+        }
+        if o.batches_sent + o.batches_waiting > 0 {
+            let _ = writeln!(
+                s,
+                "  outcome webhook: {} sent, {} waiting for the next run",
+                count(o.batches_sent, "batch"),
+                o.batches_waiting
+            );
+        }
+        if let Some(e) = &o.error {
+            let _ = writeln!(
+                s,
+                "  OUTCOMES NOT DELIVERED: {}; the next run delivers them again",
+                printable(e)
+            );
+        }
+        for row in o.preview.iter().take(SHOW) {
+            let cells: Vec<String> = row
+                .0
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(t) => format!("{k}={}", printable(t)),
+                    serde_json::Value::Null => format!("{k}="),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            let _ = writeln!(s, "    {}", cells.join("  "));
+        }
+        if o.delivered > SHOW as u64 && !o.preview.is_empty() {
+            let _ = writeln!(s, "    ... and {} more", o.delivered - SHOW as u64);
+        }
+    }
+}
+
 /// What a verification found, for a terminal.
 fn verification_lines(s: &mut String, v: &Verified) {
     let _ = writeln!(
@@ -562,6 +651,10 @@ pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
     }
     out.truncate(LIST_LIMIT * 5);
     out
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

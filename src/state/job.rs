@@ -23,6 +23,12 @@ pub struct JobState {
     /// is not stored yet.
     pub(super) in_flight: sled::Tree,
     pub(super) failures: sled::Tree,
+    /// UserData -> the outcome last delivered (see [`super::outcomes`]).
+    pub(super) outcomes: sled::Tree,
+    /// The changed outcomes of the run in progress, until they are delivered.
+    pub(super) staged: sled::Tree,
+    /// Webhook batches not yet accepted, by idempotency key.
+    pub(super) outbox: sled::Tree,
     /// Every job's stored digest, by job name.
     pub(super) digests: sled::Tree,
     pub(super) name: String,

@@ -23,6 +23,7 @@ mod files;
 pub(crate) mod hashing;
 mod history;
 mod job;
+mod outcomes;
 pub(crate) mod snapshot;
 mod store;
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub use error::StateError;
 pub(crate) use files::key_path;
 pub use files::move_aside;
 pub(crate) use job::JobState;
+pub use outcomes::Outcome;
 pub use store::Store;
 pub(crate) use store::{GuardTrip, Verified};
 

@@ -262,7 +262,9 @@ impl Store {
             }))
         };
         let mut sections: Vec<(String, snapshot::Items<'static>)> = Vec::new();
-        for name in ["job", "pending", "inflight", "failures", "history"] {
+        for name in [
+            "job", "pending", "inflight", "failures", "history", "outcomes", "outbox",
+        ] {
             let tree = self.db.open_tree(format!("{name}/{job}"))?;
             sections.push((name.to_string(), tree_items(tree)));
         }
@@ -335,6 +337,9 @@ impl Store {
             pending: self.db.open_tree(format!("pending/{name}"))?,
             in_flight: self.db.open_tree(format!("inflight/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
+            outcomes: self.db.open_tree(format!("outcomes/{name}"))?,
+            staged: self.db.open_tree(format!("outstaged/{name}"))?,
+            outbox: self.db.open_tree(format!("outbox/{name}"))?,
             digests: self.db.open_tree("digest")?,
             name: name.to_string(),
             digest: Arc::default(),

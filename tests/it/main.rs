@@ -26,6 +26,7 @@ mod exports;
 mod monitoring;
 mod noop;
 mod outcome;
+mod outcomes;
 mod reliability;
 mod removals;
 mod sync;
