@@ -33,7 +33,13 @@ async fn cycle(
     addr: SocketAddr,
     dir: &Path,
 ) -> anyhow::Result<dialsync::Exit> {
-    let mut config = Config::from_str(EXAMPLE, Path::new("config/dialsync.example.toml"))?;
+    // The example's outcome section, switched on, writing into the demo's directory.
+    let outcomes_file = dir.join("outcomes.csv");
+    let text = format!(
+        "{EXAMPLE}\n[job.outcomes]\npath = {}\n",
+        toml::Value::String(outcomes_file.display().to_string())
+    );
+    let mut config = Config::from_str(&text, Path::new("config/dialsync.example.toml"))?;
     let export = dir.join("leads.csv");
     config.dialler.base_url = format!("http://{addr}/rest/v1.0");
     config.dialler.client_id = emulator.config().client_id;
@@ -54,7 +60,11 @@ async fn cycle(
              changed (reset), K-1006 left the export (lock), K-1011 is new (import)",
             EXPORT_CHANGED,
         ),
-        ("3. The same export again: nothing changed, so nothing is sent (one read-only call checks the token)", EXPORT_CHANGED),
+        (
+            "3. The same export again: nothing changed, so nothing is sent (the two read-only calls that read \
+             the outcomes, the campaign listing and its result codes, prove the token too)",
+            EXPORT_CHANGED,
+        ),
     ];
     let mut exit = dialsync::Exit::Ok;
     // One state for the whole demo: reopening it in the same process races sled's
@@ -97,6 +107,42 @@ async fn cycle(
         exit = dialsync::exit_of(&reports);
         outln!();
     }
+
+    outln!(
+        "4. Agents call two contacts (POST /_emulator/calls): K-1001 closes (ABG, done), K-1003 \
+         wants a call back (WV); the next sync writes their outcomes for the CRM"
+    );
+    for (user_data, export_key) in [("K-1001", "ABG"), ("K-1003", "WV")] {
+        emulator
+            .record_call(&dialsync::Call {
+                id: None,
+                user_data: Some(user_data.into()),
+                export_key: export_key.into(),
+                users_id: Some(1),
+                connected: Some(true),
+            })
+            .map_err(|(status, why)| {
+                anyhow::anyhow!("the emulator did not take the call ({status}): {why}")
+            })?;
+    }
+    let reports = sync_with(
+        &config,
+        &SyncOptions::default(),
+        dialsync::Against::Store(&store),
+    )
+    .await?;
+    outln!("   sync:");
+    for r in &reports {
+        out!("{}", indent(&r.human()));
+    }
+    let written = std::fs::read(&outcomes_file)
+        .with_context(|| format!("the sync wrote no {}", outcomes_file.display()))?;
+    outln!("   outcomes.csv (what a CRM import picks up):");
+    out!(
+        "{}",
+        indent(String::from_utf8_lossy(&written).trim_start_matches('\u{feff}'))
+    );
+    outln!();
 
     outln!("What the emulated dialler holds now (GET /_emulator/state):");
     outln!(

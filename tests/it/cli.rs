@@ -126,9 +126,22 @@ fn demo_runs_the_whole_cycle() {
         "{text}"
     );
     assert!(
-        text.contains("9 unchanged") && text.contains("1 API call\n"),
-        "{text}"
+        text.contains("9 unchanged") && text.contains("0 failed operations, 2 API calls\n"),
+        "a quiet run: the outcome reads only: {text}"
     );
+    // The loop closed: the two calls' outcomes, as the CRM gets them.
+    assert!(text.contains("wrote 2 rows to"), "{text}");
+    // (Contact IDs follow the order the imports reached the emulator.)
+    let row = |key: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("   {key};")))
+            .unwrap_or_else(|| panic!("no outcome row of {key}: {text}"));
+        let cells: Vec<&str> = line.trim().split(';').collect();
+        [&cells[..1], &cells[2..9]].concat().join(";")
+    };
+    assert_eq!(row("K-1001"), "K-1001;ABG;Abgeschlossen;1;0;0;0;1");
+    assert_eq!(row("K-1003"), "K-1003;WV;Wiedervorlage;0;0;1;0;1");
 }
 
 #[test]

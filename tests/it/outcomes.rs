@@ -489,3 +489,46 @@ fn the_outcomes_command_prints_stored_and_fetched_outcomes() {
     let (next, _) = env.sync(&[]);
     assert_eq!(next["outcomes"]["changed"], 1, "{next}");
 }
+
+/// With the verification due, the outcomes share its listing: still the result codes and
+/// one listing. The log at INFO names counts, never a contact's name or number.
+#[test]
+fn outcomes_share_the_verifications_listing_and_log_no_personal_data() {
+    let env = Env::new();
+    outcomes_config(&env, "columns = [\"UserData\", \"ResultCode\", \"Tries\"]");
+    env.write_rows(&rows(3, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0);
+    call(&env, "K1", "ABG");
+    let before = env.requests().len();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args([
+            "sync",
+            "--config",
+            "dialsync.toml",
+            "--output",
+            "json",
+            "--verify",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(env.dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = &report["jobs"][0];
+    assert_eq!(out.status.code(), Some(0), "{job}");
+    assert_eq!(job["verified"]["confirmed"], 3, "{job}");
+    assert_eq!(job["outcomes"]["changed"], 1, "{job}");
+    let calls = api_paths(&env, before);
+    assert_eq!(
+        calls.len(),
+        2,
+        "one listing for both, and the result codes: {calls:?}"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("outcomes read"), "{log}");
+    for personal in ["Name1", "First1", "1000001", "Köln"] {
+        assert!(!log.contains(personal), "{personal} in the log: {log}");
+    }
+}
