@@ -283,7 +283,7 @@ fn main() {
             .disable_cleanup(keep)
             .tempdir_in(&data)
             .unwrap();
-        let (_emu, base) = b.emulator(Faults::default());
+        let (emu, base) = b.emulator(Faults::default());
         config(dir.path(), &base, &file, 32, "");
         let o = sync(dir.path());
         b.row(
@@ -302,6 +302,70 @@ fn main() {
         let o = sync(dir.path());
         assert_eq!(o.calls, n as u64 / 100);
         b.row(&format!("1% changed {label}"), &o, Some(baseline));
+
+        // Outcomes: agents called 1% of the campaign since the last run. The run reads
+        // the whole campaign (one streamed listing), its result codes, and the history
+        // of each changed contact (the default columns have LastCallEnd).
+        let cfg = config(dir.path(), &base, &changed, 32, "");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str("[job.outcomes]\npath = \"outcomes.csv\"\n");
+        std::fs::write(&cfg, &text).unwrap();
+        let called = n / 100;
+        for c in emu.contacts().iter().step_by(100).take(called) {
+            emu.record_call(&dialsync::Call {
+                id: Some(c.id),
+                user_data: None,
+                export_key: "ABG".into(),
+                users_id: Some(1),
+                connected: Some(true),
+            })
+            .unwrap();
+        }
+        let o = sync(dir.path());
+        assert_eq!(
+            o.calls,
+            2 + called as u64,
+            "listing, result codes, one history each"
+        );
+        b.row(
+            &format!("outcomes {label}: 1% called, with history"),
+            &o,
+            Some(baseline),
+        );
+        let o = (0..3)
+            .map(|_| sync(dir.path()))
+            .min_by_key(|o| o.wall)
+            .unwrap();
+        assert_eq!(
+            o.calls, 2,
+            "nothing called since: the listing and the result codes"
+        );
+        b.row(
+            &format!("outcomes {label}: no new call (best of 3)"),
+            &o,
+            Some(baseline),
+        );
+        // Every contact called once more, outcomes without a history column: the
+        // listing's outcomes alone, all changed.
+        text.push_str("columns = [\"UserData\", \"ResultCode\", \"Done\", \"Tries\"]\n");
+        std::fs::write(&cfg, &text).unwrap();
+        for c in emu.contacts() {
+            emu.record_call(&dialsync::Call {
+                id: Some(c.id),
+                user_data: None,
+                export_key: "WV".into(),
+                users_id: Some(1),
+                connected: Some(false),
+            })
+            .unwrap();
+        }
+        let o = sync(dir.path());
+        assert_eq!(o.calls, 2);
+        b.row(
+            &format!("outcomes {label}: all changed, no history column"),
+            &o,
+            Some(baseline),
+        );
         if keep {
             eprintln!("kept {}", dir.path().display());
         }

@@ -17,7 +17,7 @@ impl Dialler {
     {
         let q = [("diallerCampaignsID", campaign_id.to_string())];
         let (mut resp, slot) = self
-            .retrying(|_| self.respond_once(Req::get("/dialler/contacts", &q)))
+            .retrying(|_| self.respond_once(Req::listing("/dialler/contacts", &q)))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
         let parse = tokio::task::spawn_blocking(move || {

@@ -211,6 +211,8 @@ impl Dialler {
             .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.timeout)
+            // Also between two reads of an answer: what bounds a streamed listing.
+            .read_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.max_concurrency)
             // Never follow a redirect (see `DiallerError::Redirect`).
             .redirect(reqwest::redirect::Policy::none());

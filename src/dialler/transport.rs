@@ -22,7 +22,13 @@ pub(super) struct Req<'a> {
     pub(super) query: &'a [(&'a str, String)],
     /// Sent as JSON.
     pub(super) body: Option<&'a Value>,
+    /// A whole campaign's listing, read as it streams in: bounded by `timeout` between
+    /// reads, not as a whole (a million contacts take longer than one call may).
+    pub(super) streamed: bool,
 }
+
+/// The most a streamed listing may take as a whole (it must not stall for `timeout`).
+const STREAMED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl<'a> Req<'a> {
     pub(super) fn get(path: &'a str, query: &'a [(&'a str, String)]) -> Req<'a> {
@@ -31,6 +37,15 @@ impl<'a> Req<'a> {
             path,
             query,
             body: None,
+            streamed: false,
+        }
+    }
+
+    /// A listing read as it streams in (see `streamed`).
+    pub(super) fn listing(path: &'a str, query: &'a [(&'a str, String)]) -> Req<'a> {
+        Req {
+            streamed: true,
+            ..Req::get(path, query)
         }
     }
 
@@ -40,6 +55,7 @@ impl<'a> Req<'a> {
             path,
             query,
             body: Some(body),
+            streamed: false,
         }
     }
 
@@ -53,6 +69,7 @@ impl<'a> Req<'a> {
             path,
             query,
             body: None,
+            streamed: false,
         }
     }
 }
@@ -155,6 +172,7 @@ impl Dialler {
             path,
             query,
             body,
+            streamed,
         }: Req<'_>,
     ) -> Result<(reqwest::Response, super::Slot), DiallerError> {
         let mut req = self
@@ -162,6 +180,9 @@ impl Dialler {
             .request(method.clone(), format!("{}{}", self.root, path));
         if !query.is_empty() {
             req = req.query(query);
+        }
+        if streamed {
+            req = req.timeout(STREAMED_TIMEOUT);
         }
         if let Some(b) = body {
             req = req

@@ -44,10 +44,56 @@ pub async fn preflight(config: &Config, token: Option<&Secret>) -> Vec<Finding> 
             checked.unwrap_or_else(|e| Err((Exit::Aborted, format!("the check crashed: {e}")))),
         ));
     }
+    for job in &config.jobs {
+        if let Some(checked) = check_outcomes(job) {
+            found.push(Finding::job(job, checked));
+        }
+    }
     if let Some(token) = token {
         check_dialler(config, token, &mut found).await;
     }
     found
+}
+
+/// The outcome file's folder exists and takes a file (one is created and removed), and
+/// the webhook's URL and secret can be read.
+fn check_outcomes(job: &JobConfig) -> Option<Result<String, (Exit, String)>> {
+    let cfg = job.outcomes.as_ref()?;
+    let mut said = Vec::new();
+    if let Some(path) = &cfg.path {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let probe = dir.join(format!(".dialsync-validate-{}", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                said.push(format!("outcome files can be written in {}", dir.display()));
+            }
+            Err(e) => {
+                return Some(Err((
+                    Exit::Config,
+                    format!(
+                        "outcomes.path: cannot write in {} ({e}): create the folder, or give the service's user write access",
+                        dir.display()
+                    ),
+                )))
+            }
+        }
+    }
+    if let Some(w) = &cfg.webhook {
+        for (source, key) in [
+            (&w.url, "job.outcomes.webhook_url"),
+            (&w.secret, "job.outcomes.webhook_secret"),
+        ] {
+            if let Err(e) = source.resolve_as(key) {
+                return Some(Err((Exit::Config, error_chain(&e))));
+            }
+        }
+        said.push("the outcome webhook's URL and secret can be read".into());
+    }
+    Some(Ok(said.join("; ")))
 }
 
 /// Reads the export of `job` through, as a run would (without planning).

@@ -475,7 +475,7 @@ pub struct OutcomesQuery {
 /// The outcomes `q` asks for: as the state holds them (no call), or with `fetch` read now
 /// from the dialler (every contact of the job with an outcome: the listing, the result
 /// codes, and the history of those changed since delivered when a history column is
-/// configured). Nothing is written.
+/// configured). Nothing is written. In UserData order.
 pub async fn query(
     config: &crate::config::Config,
     store: &crate::state::Store,
@@ -511,9 +511,11 @@ pub async fn query(
         .outcomes
         .as_ref()
         .is_some_and(OutcomesConfig::needs_history);
-    let (outcomes, _) = with_history(&dialler, g.kept, history, config.dialler.max_concurrency)
+    let (mut outcomes, _) = with_history(&dialler, g.kept, history, config.dialler.max_concurrency)
         .await
         .map_err(|e| error_chain(&e))?;
+    // As the state lists them.
+    outcomes.sort_by(|a, b| a.user_data.cmp(&b.user_data));
     Ok(outcomes)
 }
 

@@ -532,3 +532,47 @@ fn outcomes_share_the_verifications_listing_and_log_no_personal_data() {
         assert!(!log.contains(personal), "{personal} in the log: {log}");
     }
 }
+
+/// An outcome file that cannot be written (its folder is missing; a full disk fails the
+/// same way): `validate` says so, the run syncs, reports it and ends partial, and the
+/// next run, once the folder is there, delivers the very outcomes.
+#[test]
+fn an_unwritable_outcome_file_loses_nothing() {
+    let env = Env::new();
+    env.write_config(
+        crate::common::TOKEN,
+        "[job.outcomes]\npath = \"crm-import/outcomes.csv\"",
+    );
+    let validate = env.dialsync(&["validate", "--config", "dialsync.toml"]);
+    let said = String::from_utf8_lossy(&validate.stdout).to_string()
+        + &String::from_utf8_lossy(&validate.stderr);
+    assert_eq!(validate.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("cannot write in") && said.contains("crm-import"),
+        "{said}"
+    );
+
+    env.write_rows(&rows(2, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0);
+    call(&env, "K2", "ABG");
+    let (failed, code) = env.sync(&[]);
+    assert_eq!(code, 1, "{failed}");
+    assert!(
+        failed["outcomes"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("crm-import"),
+        "{failed}"
+    );
+    std::fs::create_dir(env.path("crm-import")).unwrap();
+    let (delivered, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{delivered}");
+    assert_eq!(delivered["outcomes"]["changed"], 1, "{delivered}");
+    let text = std::fs::read_to_string(env.path("crm-import/outcomes.csv")).unwrap();
+    assert!(text.contains("\r\nK2;"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(env.path("crm-import"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+}
