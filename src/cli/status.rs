@@ -199,11 +199,10 @@ pub(super) async fn outcomes(
     query: dialsync::OutcomesQuery,
     json: bool,
 ) -> Result<u8, Failure> {
-    let mut cfg = super::load(config)?;
+    let cfg = super::load(config)?;
     let job = cfg
         .job(&query.job)
-        .map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?
-        .clone();
+        .map_err(|e| Failure::new(Exit::Config, anyhow::anyhow!(e)))?;
     let state = state_path(config, state);
     let outcomes = match ask_daemon(&state, Request::Outcomes(query.clone())).await? {
         Some(Event::Outcomes { outcomes }) => outcomes,
@@ -215,7 +214,6 @@ pub(super) async fn outcomes(
         }
         None => match open_for_reading(&state)? {
             Some(store) => {
-                cfg.state.path = state;
                 let tenant = dialsync::Tenant::new(&cfg.dialler);
                 dialsync::query_outcomes(&cfg, &store, &tenant, &query)
                     .await
@@ -227,7 +225,7 @@ pub(super) async fn outcomes(
     };
     out!(
         "{}",
-        String::from_utf8_lossy(&dialsync::render_outcomes(&job, &outcomes, json))
+        String::from_utf8_lossy(&dialsync::render_outcomes(job, &outcomes, json))
     );
     Ok(Exit::Ok as u8)
 }

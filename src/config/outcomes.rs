@@ -45,6 +45,7 @@ pub enum Column {
 }
 
 impl Column {
+    /// Every column, in the order the defaults keep.
     pub const ALL: [Column; 15] = [
         Column::UserData,
         Column::ContactID,
@@ -63,21 +64,18 @@ impl Column {
         Column::ChangedAt,
     ];
 
-    /// The columns written when `columns` is not set (`Status` too when `map` is).
-    pub const DEFAULT: [Column; 12] = [
-        Column::UserData,
-        Column::ContactID,
-        Column::ResultCode,
-        Column::Result,
-        Column::Done,
-        Column::Aborted,
-        Column::Delay,
-        Column::Appointment,
-        Column::Tries,
-        Column::NextTry,
-        Column::LastCallEnd,
-        Column::ChangedAt,
-    ];
+    /// The columns written when `columns` is not set: all but the history's call count
+    /// and agent, and `Status` only `with_status` (a `map`).
+    pub fn defaults(with_status: bool) -> Vec<Column> {
+        Column::ALL
+            .into_iter()
+            .filter(|c| match c {
+                Column::ConnectedCalls | Column::AgentID => false,
+                Column::Status => with_status,
+                _ => true,
+            })
+            .collect()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -148,7 +146,7 @@ impl Default for OutcomesConfig {
             format: OutcomeFormat::Csv,
             delimiter: b';',
             bom: true,
-            columns: Column::DEFAULT.to_vec(),
+            columns: Column::defaults(false),
             map: BTreeMap::new(),
             final_only: false,
             webhook: None,
@@ -221,13 +219,7 @@ pub(super) fn compile_outcomes(
     }
     let map = o.map.unwrap_or_default();
     let columns = match o.columns {
-        None => {
-            let mut c = Column::DEFAULT.to_vec();
-            if !map.is_empty() {
-                c.insert(4, Column::Status);
-            }
-            c
-        }
+        None => Column::defaults(!map.is_empty()),
         Some(names) => {
             let mut out = Vec::new();
             for (i, n) in names.iter().enumerate() {

@@ -3,7 +3,7 @@
 //! the guards, execute. Whatever stops it goes into the report.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{CampaignRef, Config, JobConfig};
@@ -19,7 +19,7 @@ use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
-use crate::outcomes::{self, Collector, Keep, OutcomesReport, PrepareError};
+use crate::outcomes::{self, Delivers, Keep, OutcomesReport, PrepareError, Reading};
 use crate::source::{self, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
@@ -223,7 +223,7 @@ async fn plan_and_execute(
             .await
     };
     report.plan_ms = planning.elapsed().as_millis() as u64;
-    let plan = match planned {
+    let mut plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             let why = Abort::plan(e);
@@ -239,6 +239,10 @@ async fn plan_and_execute(
         }
     };
 
+    // Before any count is taken from the plan.
+    if let Some(finals) = finals {
+        report.done_locks = apply_on_done(&mut plan, finals);
+    }
     report.rows = plan.rows + plan.blank;
     report.blank = plan.blank;
     report.notes.clone_from(&plan.notes);
@@ -284,7 +288,8 @@ async fn plan_and_execute(
         valid: plan.rows - plan.rejected.len() as u64,
         known: plan.known,
         last_good_rows,
-        removals: plan.removals.len() as u64,
+        // Locks of finished contacts are no removals: no export caused them.
+        removals: plan.removals.len() as u64 - report.done_locks,
         resets: plan.resets() as u64,
     };
     let tripped = guard::check(&job.name, &job.guards, &facts).err();
@@ -307,11 +312,6 @@ async fn plan_and_execute(
         }
     }
     let stop = tripped.filter(|_| !mode.force);
-    let mut plan = plan;
-    if let Some(finals) = finals {
-        report.done_locks = apply_on_done(&mut plan, finals);
-        report.changed = plan.changes.len() as u64;
-    }
 
     if dry_run {
         if let Some(why) = stop {
@@ -415,7 +415,7 @@ async fn verify_now(
     store: &Store,
     state: &JobState,
     mode: RunMode,
-    also: Option<&Arc<Mutex<Option<Collector>>>>,
+    also: Option<&Reading>,
     report: &mut JobReport,
 ) -> Result<(), Abort> {
     let state_failed = |e| Abort::state(Step::Verify, e);
@@ -470,12 +470,12 @@ async fn read_outcomes(
     let keep = if mode.dry_run {
         Keep::First {
             limit: LIST_LIMIT,
-            final_only: cfg.is_some_and(|c| c.final_only),
+            delivers: Delivers::of(cfg),
         }
     } else {
         Keep::Stage
     };
-    let shared = outcomes::prepare(dialler, job, state, &report.run_id, keep)
+    let reading = Reading::start(dialler, job, state, &report.run_id, keep)
         .await
         .map_err(|e| match e {
             PrepareError::Dialler(e) => Abort::dialler(Step::Outcomes, e),
@@ -483,13 +483,14 @@ async fn read_outcomes(
         })?;
     let listed = match (due, store) {
         (true, Some(store)) => {
-            verify_now(dialler, job, store, state, mode, Some(&shared), report).await
+            verify_now(dialler, job, store, state, mode, Some(&reading), report).await
         }
-        _ => outcomes::list(dialler, &shared)
+        _ => reading
+            .list(dialler)
             .await
             .map_err(|e| Abort::dialler(Step::Outcomes, e)),
     };
-    let g = outcomes::gathered(&shared);
+    let g = reading.finish();
     listed?;
     if let Some(e) = g.error {
         return Err(Abort::state(Step::Outcomes, e));
@@ -525,12 +526,15 @@ async fn read_outcomes(
         }
         out.batches_waiting = state.outbox_len() as u64;
     } else {
-        let file = outcomes::write_staged(dialler, state, job, path, concurrency, &mut out).await;
-        if out.error.is_none() {
-            outcomes::deliver(file, state, job, &report.run_id, &mut out).await;
-        } else {
-            outcomes::send_outbox(state, job, &mut out).await;
+        if out.changed > 0 {
+            let run_id = &report.run_id;
+            let delivered =
+                outcomes::deliver(dialler, state, job, path, run_id, concurrency, &mut out);
+            if let Err(e) = delivered.await {
+                out.error = Some(e);
+            }
         }
+        outcomes::send_outbox(state, job, &mut out).await;
     }
     if let Some(e) = &out.error {
         tracing::warn!(error = %e, "the outcomes were not all delivered; the next run delivers them again");

@@ -193,7 +193,7 @@ pub(crate) async fn verify(
     job: &JobConfig,
     state: &JobState,
     force: bool,
-    also: Option<Arc<Mutex<Option<crate::outcomes::Collector>>>>,
+    also: Option<crate::outcomes::Reading>,
 ) -> Result<Verified, ReconcileError> {
     let campaign = campaign_id(dialler, &job.campaign).await?;
     let gathered = Arc::new(Mutex::new(Gathered::default()));
@@ -202,7 +202,7 @@ pub(crate) async fn verify(
         let state = state.clone();
         move |r: Record| {
             if let Some(also) = &also {
-                crate::outcomes::feed(also, &r);
+                also.feed(&r);
             }
             if record_campaign(&r).is_some_and(|c| c != campaign) {
                 return;

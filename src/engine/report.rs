@@ -527,11 +527,15 @@ impl JobReport {
             );
         }
         if o.batches_sent + o.batches_waiting > 0 {
+            let batches = if o.batches_sent == 1 {
+                "batch"
+            } else {
+                "batches"
+            };
             let _ = writeln!(
                 s,
-                "  outcome webhook: {} sent, {} waiting for the next run",
-                count(o.batches_sent, "batch"),
-                o.batches_waiting
+                "  outcome webhook: {} {batches} sent, {} waiting for the next run",
+                o.batches_sent, o.batches_waiting
             );
         }
         if let Some(e) = &o.error {
@@ -661,6 +665,39 @@ fn is_zero(n: &u64) -> bool {
 mod tests {
     use super::*;
     use crate::source::RowRef;
+
+    /// The outcome lines: what was written where, the webhook's batches (plural
+    /// right), an undelivered outcome's reason, and the done locks.
+    #[test]
+    fn outcome_lines_say_what_was_delivered_and_what_waits() {
+        let mut r = JobReport::begin("leads", false);
+        r.done_locks = 1;
+        r.outcomes = Some(crate::outcomes::OutcomesReport {
+            listed: 10,
+            changed: 3,
+            delivered: 3,
+            file: Some("/srv/o.csv".into()),
+            history_calls: 3,
+            batches_sent: 2,
+            batches_waiting: 1,
+            error: Some("the outcome webhook refused with HTTP 400".into()),
+            ..Default::default()
+        });
+        let text = r.human();
+        for line in [
+            "  outcomes: 3 changed of 10 contacts listed; wrote 3 rows to /srv/o.csv (3 history calls)\n",
+            "  1 contact locked because its result is done or aborted (on_done = \"lock\")\n",
+            "  outcome webhook: 2 batches sent, 1 waiting for the next run\n",
+            "  OUTCOMES NOT DELIVERED: the outcome webhook refused with HTTP 400; the next run delivers them again\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        assert_eq!(
+            r.exit(),
+            Exit::Partial,
+            "undelivered outcomes make the run partial"
+        );
+    }
 
     /// Each list shows its first few, then how many more there are, counted from the
     /// report's complete counts (the lists hold at most [`LIST_LIMIT`]).

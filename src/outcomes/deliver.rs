@@ -136,15 +136,20 @@ pub(crate) fn file_path(
 
 /// The outcome file being written: a temporary file beside its final path, renamed over
 /// it once complete and on disk, so a CRM that picks the file up never sees half of it.
+/// Dropped before [`OutcomeFile::commit`], it removes its temporary file.
+///
+/// Mode 0640 whatever the umask (the service's is 077): the CRM's import may read it as
+/// a member of the file's group.
 pub(crate) struct OutcomeFile {
     pub path: PathBuf,
     temp: PathBuf,
-    rows: RowWriter<std::io::BufWriter<std::fs::File>>,
-    pub count: u64,
+    /// `None` once committed.
+    rows: Option<RowWriter<std::io::BufWriter<std::fs::File>>>,
 }
 
 impl OutcomeFile {
     pub(crate) fn create(path: PathBuf, cfg: &OutcomesConfig) -> std::io::Result<OutcomeFile> {
+        use std::os::unix::fs::PermissionsExt;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -155,39 +160,39 @@ impl OutcomeFile {
             .create(true)
             .truncate(true)
             .open(&temp)?;
-        let rows = RowWriter::new(std::io::BufWriter::new(file), cfg, true)?;
-        Ok(OutcomeFile {
+        // From here on a failure removes the temporary file (`Drop`).
+        let mut out = OutcomeFile {
             path,
             temp,
-            rows,
-            count: 0,
-        })
+            rows: None,
+        };
+        file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+        out.rows = Some(RowWriter::new(std::io::BufWriter::new(file), cfg, true)?);
+        Ok(out)
     }
 
     pub(crate) fn row(&mut self, o: &Outcome, cfg: &OutcomesConfig) -> std::io::Result<()> {
-        self.count += 1;
-        self.rows.row(o, cfg)
+        self.rows.as_mut().expect("not committed").row(o, cfg)
     }
 
     /// Makes the file durable and puts it in place (replacing an earlier one).
-    pub(crate) fn commit(self) -> std::io::Result<PathBuf> {
-        let file = self
-            .rows
-            .finish()?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.temp, &self.path)?;
-        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
+    pub(crate) fn commit(mut self) -> std::io::Result<()> {
+        let rows = self.rows.take().expect("committed once");
+        let file = rows.finish()?.into_inner().map_err(|e| e.into_error());
+        let put = file.and_then(|f| crate::state::replace_durably(f, &self.temp, &self.path));
+        if put.is_ok() {
+            // In place: nothing left to remove.
+            self.temp = PathBuf::new();
         }
-        Ok(self.path)
+        put
     }
+}
 
-    /// Removes the temporary file (the run did not finish it).
-    pub(crate) fn discard(self) {
-        let _ = std::fs::remove_file(&self.temp);
+impl Drop for OutcomeFile {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 

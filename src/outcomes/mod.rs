@@ -27,7 +27,7 @@ use crate::state::{JobState, Outcome, StateError};
 use std::path::PathBuf;
 
 use deliver::OutcomeFile;
-pub(crate) use read::{Codes, Collector, Found, Gathered, Keep};
+pub(crate) use read::{Codes, Collector, Delivers, Found, Gathered, Keep};
 
 /// What a run did with the outcomes (in its report as `outcomes`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -63,37 +63,69 @@ impl OutcomesReport {
     }
 }
 
-/// Whether `o` is delivered under `cfg` (`final_only`).
-fn wanted(cfg: Option<&OutcomesConfig>, o: &Outcome) -> bool {
-    cfg.is_some_and(|c| !c.final_only || o.is_final())
+/// A read of a job's outcomes in progress: the collector the campaign's listing feeds
+/// (its own listing, or the verification's when both read the campaign).
+#[derive(Clone)]
+pub(crate) struct Reading {
+    collector: Arc<Mutex<Option<Collector>>>,
+    campaign: i64,
 }
 
-/// Starts a read of `job`'s outcomes: the campaign's result codes (one call), and the
-/// collector the campaign's listing feeds (shared with the verification when both read
-/// it). A run's collector stages the changed outcomes; an earlier run's leftovers there
-/// (it stopped before delivering) go first.
-pub(crate) async fn prepare(
-    dialler: &Dialler,
-    job: &JobConfig,
-    state: &JobState,
-    run_id: &str,
-    keep: Keep,
-) -> Result<Arc<Mutex<Option<Collector>>>, PrepareError> {
-    let campaign = campaign_id(dialler, &job.campaign).await?;
-    let codes = Codes::from_records(&dialler.result_codes(campaign).await?);
-    if let Keep::Stage = keep {
-        state.clear_staged()?;
+impl Reading {
+    /// Starts a read of `job`'s outcomes: the campaign's result codes (one call), and the
+    /// collector. A run's collector stages the changed outcomes; an earlier run's
+    /// leftovers there (it stopped before delivering) go first.
+    pub(crate) async fn start(
+        dialler: &Dialler,
+        job: &JobConfig,
+        state: &JobState,
+        run_id: &str,
+        keep: Keep,
+    ) -> Result<Reading, PrepareError> {
+        let campaign = campaign_id(dialler, &job.campaign).await?;
+        let codes = Codes::from_records(&dialler.result_codes(campaign).await?);
+        if let Keep::Stage = keep {
+            state.clear_staged()?;
+        }
+        let collector = Collector {
+            state: state.clone(),
+            codes,
+            campaign,
+            keep,
+            lock_done: job.on_done == crate::config::OnDone::Lock,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            run: run_id.to_string(),
+            gathered: Gathered::default(),
+        };
+        Ok(Reading {
+            collector: Arc::new(Mutex::new(Some(collector))),
+            campaign,
+        })
     }
-    Ok(Arc::new(Mutex::new(Some(Collector {
-        state: state.clone(),
-        codes,
-        campaign,
-        keep,
-        lock_done: job.on_done == crate::config::OnDone::Lock,
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        run: run_id.to_string(),
-        gathered: Gathered::default(),
-    }))))
+
+    /// Feeds one listed record to the collector.
+    pub(crate) fn feed(&self, r: &crate::dialler::Record) {
+        if let Some(c) = crate::locking::lock(&self.collector).as_mut() {
+            c.see(r);
+        }
+    }
+
+    /// Lists the campaign for the outcomes alone (no verification due): one streamed call.
+    pub(crate) async fn list(&self, dialler: &Dialler) -> Result<(), DiallerError> {
+        let me = self.clone();
+        dialler
+            .stream_contacts(self.campaign, move |r| me.feed(&r))
+            .await
+            .map(drop)
+    }
+
+    /// What the collector gathered (the listing is over).
+    pub(crate) fn finish(&self) -> Gathered {
+        crate::locking::lock(&self.collector)
+            .take()
+            .map(|c| c.gathered)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,73 +136,26 @@ pub(crate) enum PrepareError {
     State(#[from] StateError),
 }
 
-/// Feeds one listed record to a shared collector.
-pub(crate) fn feed(shared: &Mutex<Option<Collector>>, r: &crate::dialler::Record) {
-    if let Some(c) = crate::locking::lock(shared).as_mut() {
-        c.see(r);
-    }
-}
-
-/// What the collector gathered (it is done).
-pub(crate) fn gathered(shared: &Mutex<Option<Collector>>) -> Gathered {
-    crate::locking::lock(shared)
-        .take()
-        .map(|c| c.gathered)
-        .unwrap_or_default()
-}
-
-/// The campaign of a prepared read.
-pub(crate) fn campaign_of(shared: &Mutex<Option<Collector>>) -> i64 {
-    crate::locking::lock(shared)
-        .as_ref()
-        .map_or(0, |c| c.campaign)
-}
-
-/// Lists the campaign for the outcomes alone (no verification due): one streamed call.
-pub(crate) async fn list(
-    dialler: &Dialler,
-    shared: &Arc<Mutex<Option<Collector>>>,
-) -> Result<(), DiallerError> {
-    let campaign = campaign_of(shared);
-    let shared = Arc::clone(shared);
-    dialler
-        .stream_contacts(campaign, move |r| feed(&shared, &r))
-        .await
-        .map(drop)
-}
-
-/// Fills in the history fields of `outcomes` (changed ones with a call each when
-/// `history`, up to `concurrency` at a time; unchanged ones from what was stored), in
-/// order. The calls made.
+/// The outcomes of `found`, those changed with their history fields when `history` (a
+/// call each, up to `concurrency` at a time), in order. The calls made.
 pub(crate) async fn with_history(
     dialler: &Dialler,
-    outcomes: Vec<Found>,
+    found: Vec<Found>,
     history: bool,
     concurrency: usize,
 ) -> Result<(Vec<Outcome>, u64), DiallerError> {
-    let mut calls = 0;
-    let mut out = Vec::with_capacity(outcomes.len());
-    let mut fetches = Vec::new();
-    for (i, f) in outcomes.into_iter().enumerate() {
-        let mut o = f.outcome;
-        match f.stored {
-            Some(s) if !f.changed => {
-                o.last_call_end = s.last_call_end;
-                o.connected_calls = s.connected_calls;
-                o.agent_id = s.agent_id;
-                o.changed_at = s.changed_at;
-                o.run_id = s.run_id;
-            }
-            _ if history => fetches.push((i, o.contact_id)),
-            _ => {}
-        }
-        out.push(o);
-    }
+    let fetches: Vec<(usize, i64)> = found
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| history && f.changed)
+        .map(|(i, f)| (i, f.outcome.contact_id))
+        .collect();
+    let mut out: Vec<Outcome> = found.into_iter().map(|f| f.outcome).collect();
+    let calls = fetches.len() as u64;
     let mut results = std::pin::pin!(futures_util::stream::iter(fetches)
         .map(|(i, id)| async move { (i, dialler.history(Target::Id(id)).await) })
         .buffered(concurrency.max(1)));
     while let Some((i, r)) = results.next().await {
-        calls += 1;
         match r {
             Ok(entries) => fill_from_history(&mut out[i], &entries),
             // Gone since the listing: its outcome goes without its last call.
@@ -211,133 +196,88 @@ fn fill_from_history(o: &mut Outcome, entries: &[crate::dialler::Record]) {
 /// How many staged outcomes get their history read at a time (and are held in memory).
 const CHUNK: usize = 256;
 
-/// After the listing: the staged outcomes get their history fields and are written to the
-/// outcome file at `path`, in chunks; then [`deliver`] puts them in place. Whatever fails
-/// is in `report.error`; the staged outcomes are then left for the next run.
-pub(crate) async fn write_staged(
+/// After the listing of a run that found changed outcomes (not a dry run): the staged
+/// outcomes get their history fields and are written to the outcome file, in chunks;
+/// the file is put in place and the webhook batches into the outbox, both durably, and
+/// only then the staged outcomes become the delivered ones. What failed is returned, and
+/// nothing of it is lost: the next run delivers it again. ([`send_outbox`] follows.)
+pub(crate) async fn deliver(
     dialler: &Dialler,
     state: &JobState,
     job: &JobConfig,
     path: Option<PathBuf>,
+    run_id: &str,
     concurrency: usize,
     report: &mut OutcomesReport,
-) -> Option<OutcomeFile> {
+) -> Result<(), String> {
     let cfg = job.outcomes.as_ref();
+    let delivers = Delivers::of(cfg);
     let history = cfg.is_some_and(OutcomesConfig::needs_history);
+    let failed =
+        |what: &str, e: &(dyn std::error::Error + 'static)| format!("{what}: {}", error_chain(e));
+    let io_failed =
+        |path: &std::path::Path, e: std::io::Error| format!("writing {}: {e}", path.display());
+    // Dropped unfinished (an error below), it takes its temporary file with it.
     let mut file: Option<OutcomeFile> = None;
     let mut after: Option<String> = None;
-    let failed = |file: Option<OutcomeFile>, report: &mut OutcomesReport, why: String| {
-        report.error = Some(why);
-        if let Some(f) = file {
-            f.discard();
-        }
-        None
-    };
     loop {
-        let chunk = match state.staged_after(after.as_deref(), CHUNK) {
-            Ok(c) => c,
-            Err(e) => {
-                return failed(
-                    file,
-                    report,
-                    format!("reading the staged outcomes: {}", error_chain(&e)),
-                )
-            }
-        };
+        let chunk = state
+            .staged_after(after.as_deref(), CHUNK)
+            .map_err(|e| failed("reading the staged outcomes", &e))?;
         let Some(last) = chunk.last() else { break };
         after = Some(last.user_data.clone());
         let found = chunk
             .into_iter()
-            .map(|o| Found {
-                outcome: o,
+            .map(|outcome| Found {
+                outcome,
                 changed: true,
-                stored: None,
             })
             .collect();
-        let (outcomes, calls) = match with_history(dialler, found, history, concurrency).await {
-            Ok(r) => r,
-            Err(e) => {
-                return failed(
-                    file,
-                    report,
-                    format!("reading a contact's history: {}", error_chain(&e)),
-                )
-            }
-        };
+        let (outcomes, calls) = with_history(dialler, found, history, concurrency)
+            .await
+            .map_err(|e| failed("reading a contact's history", &e))?;
         report.history_calls += calls;
         for o in &outcomes {
             if history {
-                if let Err(e) = state.stage_outcome(o) {
-                    return failed(
-                        file,
-                        report,
-                        format!("staging an outcome: {}", error_chain(&e)),
-                    );
-                }
+                state
+                    .stage_outcome(o)
+                    .map_err(|e| failed("staging an outcome", &e))?;
             }
-            let (true, Some(cfg)) = (wanted(cfg, o), cfg) else {
+            let (true, Some(cfg)) = (delivers.takes(o), cfg) else {
                 continue;
             };
             report.delivered += 1;
             let Some(path) = &path else { continue };
-            let written = match &mut file {
-                Some(f) => f.row(o, cfg),
-                None => OutcomeFile::create(path.clone(), cfg).and_then(|mut f| {
-                    let r = f.row(o, cfg);
-                    file = Some(f);
-                    r
-                }),
-            };
-            if let Err(e) = written {
-                return failed(file, report, format!("writing {}: {e}", path.display()));
+            if file.is_none() {
+                file =
+                    Some(OutcomeFile::create(path.clone(), cfg).map_err(|e| io_failed(path, e))?);
+            }
+            if let Some(f) = &mut file {
+                f.row(o, cfg).map_err(|e| io_failed(path, e))?;
             }
         }
     }
-    file
-}
-
-/// Delivers what a run staged: the file put in place, the webhook batches into the
-/// outbox, both durably, and only then the staged outcomes become the delivered ones;
-/// then the outbox is sent. Whatever fails is in `report.error`, and nothing of it is
-/// lost: the next run delivers it again.
-pub(crate) async fn deliver(
-    file: Option<OutcomeFile>,
-    state: &JobState,
-    job: &JobConfig,
-    run_id: &str,
-    report: &mut OutcomesReport,
-) {
-    let cfg = job.outcomes.as_ref();
     if let Some(f) = file {
         let path = f.path.clone();
-        match tokio::task::spawn_blocking(move || f.commit()).await {
-            Ok(Ok(p)) => {
-                report.file = Some(p.display().to_string());
-                crate::failpoint::hit("outcomes-file-written");
-            }
-            Ok(Err(e)) => {
-                report.error = Some(format!("writing {}: {e}", path.display()));
-                return;
-            }
-            Err(e) => {
-                report.error = Some(format!("writing {}: {e}", path.display()));
-                return;
-            }
-        }
+        let put = tokio::task::spawn_blocking(move || f.commit())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        put.map_err(|e| io_failed(&path, e))?;
+        report.file = Some(path.display().to_string());
+        crate::failpoint::hit("outcomes-file-written");
     }
-    let queued = match cfg.and_then(|c| c.webhook.as_ref().map(|w| (c, w))) {
-        Some((cfg, w)) => queue_batches(state, cfg, w.batch_size, &job.name, run_id),
-        None => Ok(()),
-    };
-    let committed = match queued {
-        Ok(()) => commit(state).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = committed {
-        report.error = Some(format!("storing the outcomes: {}", error_chain(&e)));
-        return;
+    if let Some((cfg, w)) = cfg.and_then(|c| c.webhook.as_ref().map(|w| (c, w))) {
+        queue_batches(state, cfg, w.batch_size, &job.name, run_id)
+            .map_err(|e| failed("storing the webhook's batches", &e))?;
     }
-    send_outbox(state, job, report).await;
+    // The outbox made durable, then the staged outcomes delivered.
+    let commit = async {
+        state.flush().await?;
+        state.commit_staged()?;
+        state.flush().await
+    };
+    commit.await.map_err(|e| failed("storing the outcomes", &e))
 }
 
 /// The staged outcomes to deliver, as webhook batches of `size` into the outbox, each
@@ -349,6 +289,7 @@ fn queue_batches(
     job: &str,
     run_id: &str,
 ) -> Result<(), StateError> {
+    let delivers = Delivers::of(Some(cfg));
     let mut after: Option<String> = None;
     let mut n = 0u32;
     loop {
@@ -357,7 +298,7 @@ fn queue_batches(
         after = Some(last.user_data.clone());
         let batch: Vec<deliver::Row> = chunk
             .iter()
-            .filter(|o| wanted(Some(cfg), o))
+            .filter(|o| delivers.takes(o))
             .map(|o| deliver::object(o, cfg))
             .collect();
         if batch.is_empty() {
@@ -379,28 +320,14 @@ fn queue_batches(
     Ok(())
 }
 
-/// The outbox made durable, then the staged outcomes delivered.
-async fn commit(state: &JobState) -> Result<(), StateError> {
-    state.flush().await?;
-    state.commit_staged()?;
-    state.flush().await
-}
-
-/// Sends the webhook batches waiting, oldest first; the first one not accepted and those
-/// after it stay for the next run.
+/// Sends the webhook batches waiting, oldest first, one read from the state at a time;
+/// the first one not accepted and those after it stay for the next run.
 pub(crate) async fn send_outbox(state: &JobState, job: &JobConfig, report: &mut OutcomesReport) {
     let Some(w) = job.outcomes.as_ref().and_then(|c| c.webhook.as_ref()) else {
         return;
     };
-    let waiting = match state.outbox() {
-        Ok(b) => b,
-        Err(e) => {
-            report.error = Some(format!("reading the webhook's outbox: {}", error_chain(&e)));
-            return;
-        }
-    };
-    report.batches_waiting = waiting.len() as u64;
-    if waiting.is_empty() {
+    report.batches_waiting = state.outbox_len() as u64;
+    if report.batches_waiting == 0 {
         return;
     }
     let secrets = w
@@ -420,7 +347,16 @@ pub(crate) async fn send_outbox(state: &JobState, job: &JobConfig, report: &mut 
         .redirect(reqwest::redirect::Policy::limited(3))
         .build()
         .unwrap_or_default();
-    for (id, json) in waiting {
+    let mut after: Option<String> = None;
+    loop {
+        let (id, json) = match state.outbox_after(after.as_deref()) {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => {
+                report.error = Some(format!("reading the webhook's outbox: {}", error_chain(&e)));
+                break;
+            }
+        };
         let body = crate::alerts::Body {
             headers: vec![(
                 "X-Dialsync-Signature",
@@ -437,25 +373,22 @@ pub(crate) async fn send_outbox(state: &JobState, job: &JobConfig, report: &mut 
             w.retries,
         )
         .await;
-        match sent {
-            Ok(()) => {
-                report.batches_sent += 1;
-                report.batches_waiting -= 1;
-                if let Err(e) = state.outbox_remove(&id) {
-                    report.error = Some(format!("clearing a sent batch: {}", error_chain(&e)));
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(job = %job.name, batch = %id, waiting = report.batches_waiting, error = %e,
-                    "the outcome webhook did not take a batch; it is kept and sent again by the next run");
-                report.error = Some(format!(
-                    "the outcome webhook {e}; {} batch(es) kept for the next run",
-                    report.batches_waiting
-                ));
-                break;
-            }
+        if let Err(e) = sent {
+            tracing::warn!(job = %job.name, batch = %id, waiting = report.batches_waiting, error = %e,
+                "the outcome webhook did not take a batch; it is kept and sent again by the next run");
+            report.error = Some(format!(
+                "the outcome webhook {e}; {} batch(es) kept for the next run",
+                report.batches_waiting
+            ));
+            break;
         }
+        report.batches_sent += 1;
+        report.batches_waiting -= 1;
+        if let Err(e) = state.outbox_remove(&id) {
+            report.error = Some(format!("clearing a sent batch: {}", error_chain(&e)));
+            break;
+        }
+        after = Some(id);
     }
     if let Err(e) = state.flush().await {
         tracing::warn!(error = %error_chain(&e), "could not store the webhook's outbox");
@@ -498,11 +431,11 @@ pub async fn query(
         .map_err(|e| error_chain(&e))?;
     let dialler =
         Dialler::for_tenant(&config.dialler, &token, tenant).map_err(|e| error_chain(&e))?;
-    let shared = prepare(&dialler, job, &state, "", Keep::All)
+    let reading = Reading::start(&dialler, job, &state, "", Keep::All)
         .await
         .map_err(|e| error_chain(&e))?;
-    let listed = list(&dialler, &shared).await;
-    let g = gathered(&shared);
+    let listed = reading.list(&dialler).await;
+    let g = reading.finish();
     listed.map_err(|e| error_chain(&e))?;
     if let Some(e) = g.error {
         return Err(error_chain(&e));
@@ -523,17 +456,24 @@ pub async fn query(
 /// or with `json` as one JSON array; in the job's columns (the default ones without
 /// `[job.outcomes]`).
 pub fn render(job: &JobConfig, outcomes: &[Outcome], json: bool) -> Vec<u8> {
-    let cfg = job.outcomes.clone().unwrap_or_default();
+    let default;
+    let cfg = match &job.outcomes {
+        Some(c) => c,
+        None => {
+            default = OutcomesConfig::default();
+            &default
+        }
+    };
     if json {
-        let rows: Vec<deliver::Row> = outcomes.iter().map(|o| deliver::object(o, &cfg)).collect();
+        let rows: Vec<deliver::Row> = outcomes.iter().map(|o| deliver::object(o, cfg)).collect();
         let mut v = serde_json::to_vec_pretty(&rows).expect("rows serialize");
         v.push(b'\n');
         return v;
     }
     let write = || -> std::io::Result<Vec<u8>> {
-        let mut w = deliver::RowWriter::new(Vec::new(), &cfg, false)?;
+        let mut w = deliver::RowWriter::new(Vec::new(), cfg, false)?;
         for o in outcomes {
-            w.row(o, &cfg)?;
+            w.row(o, cfg)?;
         }
         w.finish()
     };

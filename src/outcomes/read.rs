@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
+use crate::config::OutcomesConfig;
 use crate::dialler::{record_campaign, record_id, Record};
 use crate::key::{key_hash, record_key};
 use crate::state::{Entry, JobState, Outcome, StateError, StateView};
@@ -70,8 +71,17 @@ pub(crate) fn outcome_of(
         .and_then(|c| codes.0.get(&c))
         .cloned()
         .unwrap_or_default();
-    let tries = (1..=6)
-        .filter_map(|i| record.get(&format!("nTriesPhoneNumber{i}"))?.as_u64())
+    const TRIES: [&str; 6] = [
+        "nTriesPhoneNumber1",
+        "nTriesPhoneNumber2",
+        "nTriesPhoneNumber3",
+        "nTriesPhoneNumber4",
+        "nTriesPhoneNumber5",
+        "nTriesPhoneNumber6",
+    ];
+    let tries = TRIES
+        .iter()
+        .filter_map(|k| record.get(*k)?.as_u64())
         .sum::<u64>()
         .min(u64::from(u32::MAX)) as u32;
     let next_try = record
@@ -100,20 +110,46 @@ pub(crate) fn outcome_of(
 /// A contact's outcome found by the listing.
 #[derive(Debug)]
 pub(crate) struct Found {
+    /// As the listing has it; unchanged, with the history fields and the first sighting
+    /// of the one delivered.
     pub outcome: Outcome,
-    /// It differs from the one last delivered.
+    /// It differs from the one last delivered (its history is read when asked for).
     pub changed: bool,
-    /// The one last delivered (for its history fields when unchanged).
-    pub stored: Option<Outcome>,
+}
+
+/// Which outcomes a job delivers (`final_only`; nothing without `[job.outcomes]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivers {
+    Nothing,
+    All,
+    FinalOnly,
+}
+
+impl Delivers {
+    pub(crate) fn of(cfg: Option<&OutcomesConfig>) -> Delivers {
+        match cfg {
+            None => Delivers::Nothing,
+            Some(c) if c.final_only => Delivers::FinalOnly,
+            Some(_) => Delivers::All,
+        }
+    }
+
+    pub(crate) fn takes(self, o: &Outcome) -> bool {
+        match self {
+            Delivers::Nothing => false,
+            Delivers::All => true,
+            Delivers::FinalOnly => o.is_final(),
+        }
+    }
 }
 
 /// What the collector does with the outcomes it finds.
 pub(crate) enum Keep {
     /// A run: every changed outcome is staged in the state.
     Stage,
-    /// A dry run: the first `limit` changed outcomes are kept (of those delivered under
-    /// `final_only`), the rest only counted.
-    First { limit: usize, final_only: bool },
+    /// A dry run: the changed outcomes the job delivers are counted, the first `limit`
+    /// kept.
+    First { limit: usize, delivers: Delivers },
     /// `outcomes --fetch`: every outcome, changed or delivered before, is kept.
     All,
 }
@@ -123,11 +159,9 @@ pub(crate) enum Keep {
 pub(crate) struct Gathered {
     /// Contacts of the campaign listed.
     pub listed: u64,
-    /// Of those, the job's contacts (in its state under the same ID).
-    pub known: u64,
-    /// Outcomes changed since the last delivered one.
+    /// Outcomes of the job's contacts changed since the last delivered one.
     pub changed: u64,
-    /// A dry run: changed outcomes that would be delivered (under `final_only`).
+    /// A dry run: changed outcomes the job would deliver.
     pub wanted: u64,
     /// Outcomes kept (see [`Keep`]).
     pub kept: Vec<Found>,
@@ -176,8 +210,7 @@ impl Collector {
             Some(e) if e.id == id => e,
             _ => return Ok(()),
         };
-        g.known += 1;
-        let outcome = outcome_of(r, key, id, &self.codes, &self.at, &self.run);
+        let mut outcome = outcome_of(r, key, id, &self.codes, &self.at, &self.run);
         if self.lock_done && outcome.is_final() {
             if entry.locked {
                 g.final_locked.insert(key_hash(&outcome.user_data));
@@ -185,36 +218,32 @@ impl Collector {
                 g.to_lock.push((outcome.user_data.clone(), entry));
             }
         }
-        let stored_hash = self.state.outcome_hash(&outcome.user_data)?;
-        let changed = match stored_hash {
+        let delivered = self.state.delivered(&outcome.user_data)?;
+        let changed = match delivered.as_ref().and_then(|d| d.hash()) {
             Some(h) => h != outcome.hash(),
             // Nothing happened to it yet, and nothing was delivered: no news.
             None => !outcome.is_empty(),
         };
         g.changed += u64::from(changed);
-        match &self.keep {
+        match self.keep {
             Keep::Stage if changed => self.state.stage_outcome(&outcome)?,
-            Keep::First { limit, final_only } if changed && (!final_only || outcome.is_final()) => {
+            Keep::First { limit, delivers } if changed && delivers.takes(&outcome) => {
                 g.wanted += 1;
-                if g.kept.len() < *limit {
-                    g.kept.push(Found {
-                        outcome,
-                        changed,
-                        stored: None,
-                    });
+                if g.kept.len() < limit {
+                    g.kept.push(Found { outcome, changed });
                 }
             }
-            Keep::All if changed || stored_hash.is_some() => {
-                let stored = if changed {
-                    None
-                } else {
-                    self.state.outcome(&outcome.user_data)?
-                };
-                g.kept.push(Found {
-                    outcome,
-                    changed,
-                    stored,
-                });
+            Keep::All if changed => g.kept.push(Found { outcome, changed }),
+            Keep::All => {
+                if let Some(d) = delivered {
+                    let stored = d.outcome(&outcome.user_data)?;
+                    outcome.last_call_end = stored.last_call_end;
+                    outcome.connected_calls = stored.connected_calls;
+                    outcome.agent_id = stored.agent_id;
+                    outcome.changed_at = stored.changed_at;
+                    outcome.run_id = stored.run_id;
+                    g.kept.push(Found { outcome, changed });
+                }
             }
             _ => {}
         }

@@ -123,3 +123,14 @@ fn user_name(uid: u32) -> Option<String> {
         (id == uid).then(|| name.to_string())
     })
 }
+
+/// Puts `file`, written in full at `tmp`, in place as `path`: on disk first (fsync), then
+/// renamed over `path`, then its folder synced so that the rename outlives a crash. A
+/// reader of `path` sees the old file or the new one, never a part.
+pub(crate) fn replace_durably(file: std::fs::File, tmp: &Path, path: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, path)?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
+}

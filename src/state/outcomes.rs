@@ -42,13 +42,15 @@ impl Outcome {
     /// The hash of what the dialler's listing says (the history follows from it: a call
     /// changes the tries).
     pub fn hash(&self) -> u64 {
-        let listed = (
-            self.contact_id,
-            self.result_code_id,
-            self.tries,
-            self.next_try.as_deref(),
-        );
-        xxhash_rust::xxh3::xxh3_64(&postcard::to_stdvec(&listed).expect("tuples serialize"))
+        // Once per listed contact: fed to the hasher as it is, nothing allocated.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.contact_id.to_le_bytes());
+        h.update(&[u8::from(self.result_code_id.is_some())]);
+        h.update(&self.result_code_id.unwrap_or(0).to_le_bytes());
+        h.update(&self.tries.to_le_bytes());
+        h.update(&[u8::from(self.next_try.is_some())]);
+        h.update(self.next_try.as_deref().unwrap_or("").as_bytes());
+        h.digest()
     }
 
     /// Whether the result is final: done or aborted.
@@ -68,6 +70,13 @@ fn encode(o: &Outcome) -> Vec<u8> {
     v
 }
 
+/// The entries of `tree` after the key `after` (all without), in key order.
+fn entries_after(tree: &sled::Tree, after: Option<&str>) -> sled::Iter {
+    use std::ops::Bound;
+    let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_bytes().to_vec()));
+    tree.range::<Vec<u8>, _>((from, Bound::Unbounded))
+}
+
 fn decode(key: &[u8], v: &[u8]) -> Result<(u64, Outcome), StateError> {
     let corrupt = || StateError::Corrupt {
         key: format!("outcome {}", String::from_utf8_lossy(key)),
@@ -77,21 +86,24 @@ fn decode(key: &[u8], v: &[u8]) -> Result<(u64, Outcome), StateError> {
     Ok((u64::from_be_bytes(*hash), o))
 }
 
-impl JobState {
-    /// The hash of the outcome last delivered for `key`.
-    pub(crate) fn outcome_hash(&self, key: &str) -> Result<Option<u64>, StateError> {
-        Ok(self
-            .outcomes
-            .get(key)?
-            .and_then(|v| v.first_chunk::<8>().map(|h| u64::from_be_bytes(*h))))
+/// An outcome as stored: its hash readable without decoding the rest.
+pub(crate) struct Delivered(sled::IVec);
+
+impl Delivered {
+    pub(crate) fn hash(&self) -> Option<u64> {
+        self.0.first_chunk::<8>().map(|h| u64::from_be_bytes(*h))
     }
 
+    /// The outcome itself (`key` names it if it is damaged).
+    pub(crate) fn outcome(&self, key: &str) -> Result<Outcome, StateError> {
+        decode(key.as_bytes(), &self.0).map(|(_, o)| o)
+    }
+}
+
+impl JobState {
     /// The outcome last delivered for `key`.
-    pub(crate) fn outcome(&self, key: &str) -> Result<Option<Outcome>, StateError> {
-        self.outcomes
-            .get(key)?
-            .map(|v| decode(key.as_bytes(), &v).map(|(_, o)| o))
-            .transpose()
+    pub(crate) fn delivered(&self, key: &str) -> Result<Option<Delivered>, StateError> {
+        Ok(self.outcomes.get(key)?.map(Delivered))
     }
 
     /// Every delivered outcome first seen by a run after `since` (all without), in
@@ -123,17 +135,8 @@ impl JobState {
         after: Option<&str>,
         n: usize,
     ) -> Result<Vec<Outcome>, StateError> {
-        use std::ops::Bound;
-        let from = match after {
-            Some(k) => Bound::Excluded(k.as_bytes().to_vec()),
-            None => Bound::Unbounded,
-        };
         let mut out = Vec::new();
-        for kv in self
-            .staged
-            .range::<Vec<u8>, _>((from, Bound::Unbounded))
-            .take(n)
-        {
+        for kv in entries_after(&self.staged, after).take(n) {
             let (k, v) = kv?;
             out.push(decode(&k, &v)?.1);
         }
@@ -147,15 +150,13 @@ impl JobState {
     }
 
     /// The staged outcomes become the delivered ones (durable at the next flush).
-    pub(crate) fn commit_staged(&self) -> Result<u64, StateError> {
-        let mut n = 0;
+    pub(crate) fn commit_staged(&self) -> Result<(), StateError> {
         for kv in self.staged.iter() {
             let (k, v) = kv?;
             self.outcomes.insert(k, v)?;
-            n += 1;
         }
         self.staged.clear()?;
-        Ok(n)
+        Ok(())
     }
 
     /// Keeps a webhook batch (its idempotency key, its body) until it is accepted.
@@ -164,17 +165,17 @@ impl JobState {
         Ok(())
     }
 
-    /// The batches waiting, oldest first.
-    pub(crate) fn outbox(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let mut out = Vec::new();
-        for kv in self.outbox.iter() {
-            let (k, v) = kv?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
-        }
-        Ok(out)
+    /// The oldest batch waiting after `after` (from the first without): one at a time, so
+    /// that a long outage's batches are never all in memory.
+    pub(crate) fn outbox_after(
+        &self,
+        after: Option<&str>,
+    ) -> Result<Option<(String, Vec<u8>)>, StateError> {
+        let next = entries_after(&self.outbox, after).next().transpose()?;
+        Ok(next.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec())))
     }
 
-    /// How many batches wait.
+    /// How many batches wait (sled counts them by reading the tree: once per run).
     pub(crate) fn outbox_len(&self) -> usize {
         self.outbox.len()
     }

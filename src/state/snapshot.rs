@@ -109,10 +109,7 @@ pub(crate) fn write<'a>(
     let mut inner = out.inner;
     inner.write_all(&sum.to_le_bytes())?;
     let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(folder)?.sync_all()
+    super::replace_durably(file, &tmp, path)
 }
 
 /// Reads a snapshot written by [`write()`]; an error if it is not whole.

@@ -74,6 +74,10 @@ fn two_calls_give_two_rows_and_a_quiet_run_writes_nothing() {
     let (second, code) = env.sync(&[]);
     assert_eq!(code, 0, "{second}");
     assert_eq!(second["outcomes"]["changed"], 2, "{second}");
+    assert_eq!(
+        second["api_calls"], 4,
+        "the listing, the result codes and a history per changed contact: {second}"
+    );
     let rows_written = read_outcomes(&env);
     assert_eq!(rows_written.len(), 2, "{rows_written:?}");
     let cells = |r: &std::collections::BTreeMap<String, String>| -> Vec<String> {
@@ -343,9 +347,15 @@ fn a_dry_run_shows_the_outcomes_and_writes_nothing() {
         !env.path("outcomes.csv").exists(),
         "a dry run writes nothing"
     );
-    for r in env.requests_since(before) {
+    let reads = env.requests_since(before);
+    for r in &reads {
         assert_eq!(r.method, "GET", "read-only: {} {}", r.method, r.path);
     }
+    assert_eq!(
+        reads.len(),
+        2,
+        "no history column, no history call: {reads:?}"
+    );
     let human = env.dialsync(&["sync", "--config", "dialsync.toml", "--dry-run"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("would write 1 row to"), "{text}");
@@ -393,11 +403,37 @@ fn on_done_lock_locks_finished_contacts_until_the_crm_resets_them() {
         (Some(0), Some(0)),
         "{quiet}"
     );
+    assert_eq!(
+        (quiet["changed"].as_u64(), quiet["unchanged"].as_u64()),
+        (Some(0), Some(3)),
+        "the unlock not sent leaves its row unchanged: {quiet}"
+    );
     assert_eq!(env.requests_since(before).len(), 2);
     assert!(env.contact("K1").locked);
 
+    // A finished contact with an update to send: updated now, locked by the next run.
+    call(&env, "K3", "Aufleger");
+    let mut moved = rows(3, "Köln");
+    moved[2] = moved[2].replace(";Köln;", ";Bonn;");
+    env.write_rows(&moved);
+    let (update, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{update}");
+    assert_eq!(
+        (update["updated"].as_u64(), update["locked"].as_u64()),
+        (Some(1), Some(0)),
+        "{update}"
+    );
+    assert!(!env.contact("K3").locked);
+    let (next, _) = env.sync(&[]);
+    assert_eq!(
+        (next["locked"].as_u64(), next["done_locks"].as_u64()),
+        (Some(1), Some(1)),
+        "{next}"
+    );
+    assert!(env.contact("K3").locked);
+
     // The CRM re-opens it: a new round is a reset trigger.
-    let mut again = rows(3, "Köln");
+    let mut again = moved.clone();
     again[0] = again[0].replace(";Köln;1", ";Köln;2");
     env.write_rows(&again);
     let (reset, code) = env.sync(&[]);
@@ -575,4 +611,46 @@ fn an_unwritable_outcome_file_loses_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+}
+
+/// `format = "ndjson"` with `{run}` in the path: a file per run that found news, named
+/// after the run, one JSON object per line in the configured columns and order, readable
+/// by the file's group (mode 0640, whatever the service's umask).
+#[test]
+fn ndjson_files_one_per_run_in_the_columns_order() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write_config(
+        crate::common::TOKEN,
+        "[job.outcomes]\npath = \"out/o-{run}.ndjson\"\nformat = \"ndjson\"\ncolumns = [\"Tries\", \"UserData\", \"Done\"]",
+    );
+    std::fs::create_dir(env.path("out")).unwrap();
+    env.write_rows(&rows(2, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0);
+    call(&env, "K1", "ABG");
+    let (first, _) = env.sync(&[]);
+    call(&env, "K2", "WV");
+    let (second, _) = env.sync(&[]);
+    let (quiet, _) = env.sync(&[]);
+    assert_eq!(quiet["outcomes"]["changed"], 0, "{quiet}");
+    let mut files: Vec<String> = std::fs::read_dir(env.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let run = |r: &Value| format!("o-{}.ndjson", r["run_id"].as_str().unwrap());
+    assert_eq!(
+        files,
+        [run(&first), run(&second)],
+        "no file for the quiet run"
+    );
+    let text = std::fs::read_to_string(env.path("out").join(run(&first))).unwrap();
+    assert_eq!(text, "{\"Tries\":1,\"UserData\":\"K1\",\"Done\":true}\n");
+    let text = std::fs::read_to_string(env.path("out").join(run(&second))).unwrap();
+    assert_eq!(text, "{\"Tries\":1,\"UserData\":\"K2\",\"Done\":false}\n");
+    let mode = std::fs::metadata(env.path("out").join(run(&first)))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
 }
