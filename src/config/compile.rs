@@ -9,10 +9,9 @@ use toml::Spanned;
 
 use super::{
     compile_dialler, compile_job, key, raw, AlertsConfig, Config, Ctx, Guards, MetricsConfig,
-    Secret, Seg, SourceConfig, SourceKind, StateConfig, TokenSource, DEFAULT_ALERT_RETRIES,
-    DEFAULT_ALERT_TIMEOUT, DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT,
-    DEFAULT_MAX_RESETS_PERCENT, DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY,
-    DEFAULT_STATE_PATH,
+    Secret, Seg, StateConfig, TokenSource, DEFAULT_ALERT_RETRIES, DEFAULT_ALERT_TIMEOUT,
+    DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
+    DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_PATH,
 };
 
 /// What is wrong with the CA file at `path`, if anything: it must be readable and hold
@@ -377,121 +376,4 @@ pub(super) fn delimiter(
         );
     }
     byte
-}
-
-/// The most lines `skip_header_lines` or `skip_footer_lines` may skip.
-const MAX_SKIPPED_LINES: u64 = 1000;
-
-pub(super) fn compile_source(
-    ctx: &mut Ctx<'_>,
-    root: &Spanned<DeTable<'_>>,
-    prefix: &[Seg],
-    s: raw::RawSource,
-    resolve: &dyn Fn(PathBuf) -> PathBuf,
-) -> Option<SourceConfig> {
-    let at = |k: &str| -> Vec<Seg> { prefix.iter().cloned().chain([key(k)]).collect() };
-    let start = ctx.problems.len();
-    if s.kind.is_none() {
-        ctx.missing(
-            root,
-            prefix,
-            "type",
-            "missing key `type` (\"csv\" or \"json\")",
-        );
-    }
-    if s.path.is_none() {
-        ctx.missing(
-            root,
-            prefix,
-            "path",
-            "missing key `path` (where the CRM export is)",
-        );
-    }
-    let delimiter = s
-        .delimiter
-        .as_deref()
-        .and_then(|d| delimiter(ctx, root, &at("delimiter"), d));
-    if delimiter.is_some() && s.kind == Some(SourceKind::Json) {
-        ctx.at(root, &at("delimiter"), "only applies to CSV sources");
-    }
-    let encoding = s.encoding.as_deref().and_then(|e| {
-        match encoding_rs::Encoding::for_label(e.trim().as_bytes()) {
-            Some(enc) if enc == encoding_rs::UTF_8 => None,
-            Some(enc) if enc.output_encoding() == enc => Some(enc),
-            _ => {
-                ctx.at(
-                    root,
-                    &at("encoding"),
-                    format!("`{e}` is not a supported encoding: use \"utf-8\", \"windows-1252\" or \"iso-8859-1\" (any WHATWG label works)"),
-                );
-                None
-            }
-        }
-    });
-    let comment = s.comment.as_deref().and_then(|c| {
-        let ok = c.len() == 1 && c.is_ascii() && !matches!(c, "\"" | "\n" | "\r" | " ");
-        let byte = c.as_bytes().first().copied().filter(|_| ok);
-        if byte.is_none() || byte == delimiter {
-            ctx.at(
-                root,
-                &at("comment"),
-                format!("`{c}` cannot start a comment: use one character such as \"#\", not the delimiter"),
-            );
-            return None;
-        }
-        byte
-    });
-    for (name, n) in [
-        ("skip_header_lines", s.skip_header_lines),
-        ("skip_footer_lines", s.skip_footer_lines),
-    ] {
-        if n.is_some_and(|n| n > MAX_SKIPPED_LINES) {
-            ctx.at(
-                root,
-                &at(name),
-                format!("at most {MAX_SKIPPED_LINES} lines can be skipped"),
-            );
-        }
-    }
-    let record_path: Vec<String> = match s.record_path.as_deref() {
-        None => Vec::new(),
-        Some(p) => {
-            let parts: Vec<String> = p.split('.').map(str::to_string).collect();
-            if parts.iter().any(|k| k.trim().is_empty()) {
-                ctx.at(
-                    root,
-                    &at("record_path"),
-                    format!("`{p}` is not a path: keys separated by dots, e.g. \"results\" or \"data.items\""),
-                );
-            }
-            if s.kind == Some(SourceKind::Csv) {
-                ctx.at(root, &at("record_path"), "only applies to JSON sources");
-            }
-            parts
-        }
-    };
-    if s.kind == Some(SourceKind::Json) {
-        for (name, set) in [
-            ("skip_header_lines", s.skip_header_lines.is_some()),
-            ("skip_footer_lines", s.skip_footer_lines.is_some()),
-            ("comment", s.comment.is_some()),
-        ] {
-            if set {
-                ctx.at(root, &at(name), "only applies to CSV sources");
-            }
-        }
-    }
-    if ctx.problems.len() > start {
-        return None;
-    }
-    Some(SourceConfig {
-        kind: s.kind?,
-        path: resolve(s.path?),
-        delimiter,
-        encoding,
-        record_path,
-        skip_header_lines: s.skip_header_lines.unwrap_or(0),
-        skip_footer_lines: s.skip_footer_lines.unwrap_or(0),
-        comment,
-    })
 }

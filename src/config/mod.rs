@@ -16,6 +16,7 @@ mod problems;
 pub(crate) mod raw;
 pub(crate) mod schedule;
 mod secret;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -33,10 +34,15 @@ pub(crate) use problems::Problem;
 pub(crate) use raw::{OnBadPhone, OnMissing, PhoneFormat, SourceKind};
 pub use secret::{Secret, TokenError, TokenSource};
 
-use compile::{ca_file_problem, compile, compile_guards, compile_source};
+use compile::{ca_file_problem, compile, compile_guards};
 use dialler::compile_dialler;
 use job::compile_job;
 use problems::{key, Ctx, Seg};
+#[allow(unused_imports)]
+pub(crate) use raw::{ClientAuth, HttpFormat, HttpMethod};
+use source::compile_source;
+#[allow(unused_imports)]
+pub(crate) use source::{HttpAuth, HttpSource, PageKind, Pagination};
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_CREDENTIAL_CHECK: Duration = Duration::from_secs(3600);
@@ -263,6 +269,9 @@ pub struct SourceConfig {
     pub skip_footer_lines: u64,
     /// CSV: lines starting with this character are skipped.
     pub comment: Option<u8>,
+    /// `type = "http"`: the export is downloaded from here first (`path` is then its URL
+    /// as messages show it).
+    pub http: Option<Box<HttpSource>>,
 }
 
 #[cfg(test)]
@@ -278,6 +287,7 @@ impl SourceConfig {
             skip_header_lines: 0,
             skip_footer_lines: 0,
             comment: None,
+            http: None,
         }
     }
 }

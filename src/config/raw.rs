@@ -133,8 +133,23 @@ pub enum OnDone {
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawSource {
     #[serde(rename = "type")]
-    pub kind: Option<SourceKind>,
+    pub kind: Option<SourceType>,
     pub path: Option<PathBuf>,
+    /// `type = "http"`: the export's address and how to ask for it.
+    pub url: Option<String>,
+    pub method: Option<HttpMethod>,
+    pub body: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub format: Option<HttpFormat>,
+    pub timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub max_bytes: Option<ByteSize>,
+    pub ca_file: Option<PathBuf>,
+    pub follow_redirects: Option<bool>,
+    pub retries: Option<i64>,
+    pub retry_delay: Option<HumanDuration>,
+    pub auth: Option<RawAuth>,
+    pub pagination: Option<RawPagination>,
     pub delimiter: Option<String>,
     pub encoding: Option<String>,
     pub record_path: Option<String>,
@@ -176,11 +191,159 @@ pub enum OnBadPhone {
     RejectRow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How the reader parses an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
     Csv,
     Json,
+}
+
+/// `[job.source] type`: a file of either format, or an HTTP(S) export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SourceType {
+    Csv,
+    Json,
+    Http,
+}
+
+/// What an HTTP export's body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpFormat {
+    Csv,
+    /// One JSON document: an array of records, or a wrapper holding them at `record_path`.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+/// `[job.source.auth]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawAuth {
+    #[serde(rename = "type")]
+    pub kind: Option<AuthType>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub password_credential: Option<String>,
+    pub name: Option<String>,
+    pub value: Option<String>,
+    pub value_file: Option<PathBuf>,
+    pub value_env: Option<String>,
+    pub value_credential: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_credential: Option<String>,
+    pub scope: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AuthType {
+    Bearer,
+    Basic,
+    Header,
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials,
+}
+
+/// How an OAuth2 client sends its credentials to the token endpoint (RFC 6749 2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic authentication (the default: every server must take it).
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Body,
+}
+
+/// `[job.source.pagination]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawPagination {
+    #[serde(rename = "type")]
+    pub kind: Option<PageType>,
+    pub path: Option<String>,
+    pub param: Option<String>,
+    pub size_param: Option<String>,
+    pub size: Option<i64>,
+    pub start: Option<i64>,
+    pub max_pages: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PageType {
+    NextUrl,
+    LinkHeader,
+    Cursor,
+    Offset,
+    Page,
+}
+
+/// A size in bytes: a whole number, or text such as `"500 MB"` or `"1 GiB"`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub(crate) fn parse(text: &str) -> Option<u64> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" => 1 << 10,
+            "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            _ => return None,
+        };
+        n.checked_mul(factor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a size such as "500 MB" or "1 GiB", or whole bytes"#)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                ByteSize::parse(v).map(ByteSize).ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a size: write e.g. \"500 MB\" or \"1 GiB\" (units B, kB, MB, GB, KiB, MiB, GiB)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A duration written as `"30s"`, `"2m 30s"`, `"500ms"`, or a whole number of seconds.

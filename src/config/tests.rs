@@ -474,3 +474,74 @@ fn outcomes_settings_have_defaults_and_each_mistake_its_line() {
         problems(&short)
     );
 }
+
+/// `type = "http"`: every key is checked with its line, mistakes of auth and pagination
+/// named by their keys, and a source with no mistake is still refused (the download is
+/// not in this version yet), saying what to do instead.
+#[test]
+fn http_source_keys_are_checked_and_the_type_is_refused_for_now() {
+    let http = |source: &str| {
+        let text = GOOD.replace(
+            "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\ndelimiter = \";\"\nencoding = \"windows-1252\"",
+            source,
+        );
+        problems(&text)
+    };
+    let good = "[job.source]\ntype = \"http\"\nurl = \"https://crm.example.com/api/contacts\"\nformat = \"json\"\nrecord_path = \"results\"\n[job.source.auth]\ntype = \"bearer\"\ntoken_env = \"CRM_TOKEN\"\n[job.source.pagination]\ntype = \"next_url\"\npath = \"paging.next.link\"";
+    let p = http(good);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].1, "job[1].source.type");
+    assert_eq!(p[0].0, Some(19));
+    assert!(
+        p[0].2.contains("not read by this version yet"),
+        "{}",
+        p[0].2
+    );
+
+    let p = http("[job.source]\ntype = \"http\"\nurl = \"https://user:pw@crm.example.com/x\"\nformat = \"csv\"\nmethod = \"GET\"\nbody = \"{}\"\nheaders = { Authorization = \"Bearer x\" }\nmax_bytes = \"12 parsecs\"\n[job.source.pagination]\ntype = \"offset\"\nsize = 100\n[job.source.auth]\ntype = \"basic\"\npassword = \"pw\"\ntoken = \"t\"");
+    let keys: Vec<(Option<usize>, &str)> = p.iter().map(|(l, k, _)| (*l, k.as_str())).collect();
+    for (line, key) in [
+        (Some(20), "job[1].source.url"),
+        (Some(23), "job[1].source.body"),
+        (Some(24), "job[1].source.headers.Authorization"),
+        (Some(25), "job[1].source.max_bytes"),
+        (Some(27), "job[1].source.pagination.type"),
+        (Some(26), "job[1].source.pagination.param"),
+        (Some(26), "job[1].source.pagination.size_param"),
+        (Some(29), "job[1].source.auth.username"),
+        (Some(32), "job[1].source.auth.token"),
+    ] {
+        assert!(
+            keys.contains(&(line, key)),
+            "{key} at {line:?} missing from {p:#?}"
+        );
+    }
+    let url = p.iter().find(|(_, k, _)| k == "job[1].source.url").unwrap();
+    assert!(
+        url.2.contains("[job.source.auth]") && !url.2.contains("pw"),
+        "{}",
+        url.2
+    );
+
+    // HTTP keys on a file source say where they belong.
+    let p = http(
+        "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\nurl = \"https://crm.example.com/x\"",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].0, p[0].1.as_str()), (Some(21), "job[1].source.url"));
+    assert!(
+        p[0].2.contains("only applies to type = \"http\""),
+        "{}",
+        p[0].2
+    );
+}
+
+#[test]
+fn byte_sizes_read_as_operators_write_them() {
+    use super::raw::ByteSize;
+    assert_eq!(ByteSize::parse("1 GiB"), Some(1 << 30));
+    assert_eq!(ByteSize::parse("500MB"), Some(500_000_000));
+    assert_eq!(ByteSize::parse("42"), Some(42));
+    assert_eq!(ByteSize::parse("12 parsecs"), None);
+    assert_eq!(ByteSize::parse("MB"), None);
+}
