@@ -38,11 +38,8 @@ use compile::{ca_file_problem, compile, compile_guards};
 use dialler::compile_dialler;
 use job::compile_job;
 use problems::{key, Ctx, Seg};
-#[allow(unused_imports)]
-pub(crate) use raw::{ClientAuth, HttpFormat, HttpMethod};
 use source::compile_source;
-#[allow(unused_imports)]
-pub(crate) use source::{HttpAuth, HttpSource, PageKind, Pagination};
+use source::HttpSource;
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_CREDENTIAL_CHECK: Duration = Duration::from_secs(3600);

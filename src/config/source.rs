@@ -486,7 +486,7 @@ fn compile_auth(
             ],
         }
     };
-    let given: [(&str, bool); 9] = [
+    let given: [(&str, bool); 10] = [
         (
             "token",
             a.token.is_some()
@@ -519,7 +519,8 @@ fn compile_auth(
                 || a.client_secret_env.is_some()
                 || a.client_secret_credential.is_some(),
         ),
-        ("scope", a.scope.is_some() || a.client_auth.is_some()),
+        ("scope", a.scope.is_some()),
+        ("client_auth", a.client_auth.is_some()),
     ];
     let start = ctx.problems.len();
     for (name, set) in given {

@@ -523,6 +523,15 @@ fn http_source_keys_are_checked_and_the_type_is_refused_for_now() {
         url.2
     );
 
+    // An OAuth2 key on another type of auth is named as written.
+    let p = http("[job.source]\ntype = \"http\"\nurl = \"https://crm.example.com/x\"\nformat = \"csv\"\n[job.source.auth]\ntype = \"bearer\"\ntoken = \"t\"\nclient_auth = \"body\"");
+    assert!(
+        p.iter().any(|(l, k, m)| *l == Some(25)
+            && k == "job[1].source.auth.client_auth"
+            && m.contains("does not apply")),
+        "{p:#?}"
+    );
+
     // HTTP keys on a file source say where they belong.
     let p = http(
         "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\nurl = \"https://crm.example.com/x\"",
