@@ -10,7 +10,9 @@
 //!
 //! `DIALSYNC_BENCH=quick cargo bench` runs the 100k scenarios only, `DIALSYNC_BENCH=1m`
 //! the 1M-row ones only (import, no-op, 1% changed), `DIALSYNC_BENCH=net` only those
-//! about the network (latency, rate limit, load generator). With `DIALSYNC_BENCH_KEEP=1` the
+//! about the network (latency, rate limit, load generator), `DIALSYNC_BENCH=sql` the
+//! 1M rows from a private PostgreSQL (started as the tests start it; `.ci/test`
+//! installs it) next to the same rows from the CSV file. With `DIALSYNC_BENCH_KEEP=1` the
 //! state and config of the size scenarios stay in `target/bench-data` for profiling (a
 //! no-op sync makes one read-only call, the token's check, so profiling it needs an
 //! emulator listening at the config's address).
@@ -21,6 +23,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dialsync::{Emulator, EmulatorConfig, Faults};
+
+// The private PostgreSQL of the SQL source tests, for the SQL rows.
+#[allow(dead_code)]
+#[path = "../tests/it/dbserver.rs"]
+mod dbserver;
 
 const TOKEN: &str = "bench-token";
 
@@ -267,7 +274,7 @@ fn main() {
     let sizes: &[usize] = match mode.as_str() {
         "quick" => &[100_000],
         "1m" => &[1_000_000],
-        "net" => &[],
+        "net" | "sql" => &[],
         _ => &[100_000, 1_000_000],
     };
     for &n in sizes {
@@ -374,6 +381,13 @@ fn main() {
         b.print();
         return;
     }
+    if mode.is_empty() || mode == "sql" {
+        sql_rows(&mut b, &data, keep);
+        if mode == "sql" {
+            b.print();
+            return;
+        }
+    }
 
     // Throughput at the dialler's pace: 20 ms per call, 32 in flight; ideal 1,600 calls/s.
     let dir = tempfile::tempdir_in(&data).unwrap();
@@ -442,6 +456,79 @@ fn main() {
     ));
 
     b.print();
+}
+
+/// 1M rows from PostgreSQL: a no-op and 1% changed, each next to the same rows from the
+/// CSV file in the same state. The state is made by a CSV import of the same data: the
+/// query returns the file's values as text, so its rows hash the same, and the first
+/// PostgreSQL run is a no-op (asserted: one call, the token's check).
+fn sql_rows(b: &mut Bench, data: &Path, keep: bool) {
+    let Some(db) = dbserver::DbServer::postgres("bench sql") else {
+        b.rows.push("| 1M rows from PostgreSQL: skipped, no PostgreSQL installed (run .ci/test once) | | | | | | | | |".into());
+        return;
+    };
+    let n = 1_000_000;
+    let file = data.join("export-1M.csv");
+    let changed = data.join("export-1M-1pct.csv");
+    export(&file, n, None);
+    export(&changed, n, Some(100));
+    let baseline = (0..3).map(|_| parse_baseline(&file)).min().unwrap();
+    db.sql(
+        "CREATE TABLE contacts (\"CustomerNo\" text PRIMARY KEY, \"LastName\" text, \"FirstName\" text, \
+         \"Phone\" text, \"Mobile\" text, \"Street\" text, \"PostalCode\" text, \"City\" text, \
+         \"Email\" text, \"Round\" integer)",
+    );
+    db.sql(&format!(
+        "\\copy contacts FROM '{}' WITH (FORMAT csv, HEADER true)",
+        file.display()
+    ));
+    db.sql("VACUUM ANALYZE contacts");
+    let dir = tempfile::Builder::new()
+        .prefix("run-sql-")
+        .disable_cleanup(keep)
+        .tempdir_in(data)
+        .unwrap();
+    let (_emu, base) = b.emulator(Faults::default());
+    std::fs::write(dir.path().join("db-url"), db.url()).unwrap();
+    let pg = |dir: &Path| {
+        let cfg = config(dir, &base, &file, 32, "");
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("type = \"csv\"\npath = \"{}\"\n", file.display()),
+            "type = \"postgres\"\nurl_file = \"db-url\"\nquery = 'SELECT * FROM contacts'\n",
+        );
+        std::fs::write(&cfg, text).unwrap();
+    };
+    config(dir.path(), &base, &file, 32, "");
+    let o = sync(dir.path());
+    assert_eq!(o.calls, n as u64);
+    pg(dir.path());
+    let o = (0..3)
+        .map(|_| sync(dir.path()))
+        .min_by_key(|o| o.wall)
+        .unwrap();
+    assert_eq!(o.calls, 1, "the query's rows hash as the file's do");
+    b.row("no-op 1M from PostgreSQL (best of 3)", &o, Some(baseline));
+    config(dir.path(), &base, &file, 32, "");
+    let o = (0..3)
+        .map(|_| sync(dir.path()))
+        .min_by_key(|o| o.wall)
+        .unwrap();
+    assert_eq!(o.calls, 1);
+    b.row("no-op 1M from the CSV file (best of 3)", &o, Some(baseline));
+    db.sql(
+        "UPDATE contacts SET \"City\" = 'Neustadt' WHERE substr(\"CustomerNo\", 2)::int % 100 = 0",
+    );
+    pg(dir.path());
+    let o = sync(dir.path());
+    assert_eq!(o.calls, n as u64 / 100);
+    b.row("1% changed 1M from PostgreSQL", &o, Some(baseline));
+    // Back to the file's unchanged rows (10,000 updates), then its 1% again.
+    config(dir.path(), &base, &file, 32, "");
+    assert_eq!(sync(dir.path()).calls, n as u64 / 100);
+    config(dir.path(), &base, &changed, 32, "");
+    let o = sync(dir.path());
+    assert_eq!(o.calls, n as u64 / 100);
+    b.row("1% changed 1M from the CSV file", &o, Some(baseline));
 }
 
 impl Bench {

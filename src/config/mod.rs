@@ -31,7 +31,9 @@ use crate::fields::Field;
 pub(crate) use outcomes::{Column, OnDone, OutcomeFormat, OutcomesConfig};
 pub use problems::ConfigError;
 pub(crate) use problems::Problem;
-pub(crate) use raw::{OnBadPhone, OnMissing, PhoneFormat, SourceKind};
+pub(crate) use raw::{
+    ClientAuth, HttpFormat, HttpMethod, OnBadPhone, OnMissing, PhoneFormat, SourceKind,
+};
 pub use secret::{Secret, TokenError, TokenSource};
 
 use compile::{ca_file_problem, compile, compile_guards};
@@ -39,7 +41,9 @@ use dialler::compile_dialler;
 use job::compile_job;
 use problems::{key, Ctx, Seg};
 use source::compile_source;
-use source::HttpSource;
+pub(crate) use source::{
+    display_url, sql_display_url, HttpAuth, HttpSource, PageKind, Pagination, SqlDialect, SqlSource,
+};
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_CREDENTIAL_CHECK: Duration = Duration::from_secs(3600);
@@ -269,6 +273,9 @@ pub struct SourceConfig {
     /// `type = "http"`: the export is downloaded from here first (`path` is then its URL
     /// as messages show it).
     pub http: Option<Box<HttpSource>>,
+    /// `type = "postgres"` or `"mysql"`: the rows of a query (`kind` is then `Sql`, and
+    /// `path` names the database as messages show it).
+    pub sql: Option<Box<SqlSource>>,
 }
 
 #[cfg(test)]
@@ -285,6 +292,7 @@ impl SourceConfig {
             skip_footer_lines: 0,
             comment: None,
             http: None,
+            sql: None,
         }
     }
 }

@@ -137,6 +137,12 @@ pub(crate) struct RawSource {
     pub path: Option<PathBuf>,
     /// `type = "http"`: the export's address and how to ask for it.
     pub url: Option<String>,
+    /// `type = "postgres"` or `"mysql"`: the URL (it holds a password) may come from a
+    /// file, the environment or a credential instead, and `query` is what is run.
+    pub url_file: Option<PathBuf>,
+    pub url_env: Option<String>,
+    pub url_credential: Option<String>,
+    pub query: Option<String>,
     pub method: Option<HttpMethod>,
     pub body: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
@@ -196,15 +202,21 @@ pub enum OnBadPhone {
 pub enum SourceKind {
     Csv,
     Json,
+    /// The rows of a SQL query (`SourceConfig::sql`), read from the database's stream.
+    Sql,
 }
 
-/// `[job.source] type`: a file of either format, or an HTTP(S) export.
+/// `[job.source] type`: a file of either format, an HTTP(S) export or a SQL query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum SourceType {
     Csv,
     Json,
     Http,
+    #[serde(alias = "postgresql")]
+    Postgres,
+    #[serde(alias = "mariadb")]
+    Mysql,
 }
 
 /// What an HTTP export's body is.

@@ -49,6 +49,48 @@ pub struct HttpSource {
     pub retry_delay: Duration,
 }
 
+pub(crate) const DEFAULT_SQL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_SQL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The CRM's rows from a SQL query, read in a read-only transaction from the driver's row
+/// stream (never the whole result in memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlSource {
+    pub dialect: SqlDialect,
+    /// `postgres://user:password@host/db?sslmode=require`: read when a run starts, never
+    /// logged (messages show it without user and password).
+    pub url: TokenSource,
+    /// Its columns are the columns the mapping names.
+    pub query: String,
+    /// Until the first row, and between two rows.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+impl SqlDialect {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SqlDialect::Postgres => "PostgreSQL",
+            SqlDialect::Mysql => "MySQL",
+        }
+    }
+
+    /// The URL schemes the driver takes.
+    pub(crate) fn schemes(self) -> &'static [&'static str] {
+        match self {
+            SqlDialect::Postgres => &["postgres", "postgresql"],
+            SqlDialect::Mysql => &["mysql", "mariadb"],
+        }
+    }
+}
+
 /// How dialsync proves who it is to the CRM. Each secret is read when a run starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HttpAuth {
@@ -108,6 +150,8 @@ fn describe(t: SourceType) -> &'static str {
         SourceType::Csv => "csv",
         SourceType::Json => "json",
         SourceType::Http => "http",
+        SourceType::Postgres => "postgres",
+        SourceType::Mysql => "mysql",
     }
 }
 
@@ -146,7 +190,7 @@ pub(super) fn compile_source(
             root,
             prefix,
             "type",
-            "missing key `type` (\"csv\" or \"json\" for a file, \"http\" for an export URL)",
+            "missing key `type` (\"csv\" or \"json\" for a file, \"http\" for an export URL, \"postgres\" or \"mysql\" for a query)",
         ),
         Some(SourceType::Http) => {
             if s.path.is_some() {
@@ -162,6 +206,15 @@ pub(super) fn compile_source(
                     prefix,
                     "format",
                     "missing key `format` (\"csv\", \"json\" or \"ndjson\": what the URL returns)",
+                );
+            }
+        }
+        Some(SourceType::Postgres | SourceType::Mysql) => {
+            if s.path.is_some() {
+                ctx.at(
+                    root,
+                    &at("path"),
+                    "a SQL source has a `url` and a `query`, not a `path`",
                 );
             }
         }
@@ -189,6 +242,10 @@ pub(super) fn compile_source(
                 ("retry_delay", s.retry_delay.is_some()),
                 ("auth", s.auth.is_some()),
                 ("pagination", s.pagination.is_some()),
+                ("query", s.query.is_some()),
+                ("url_file", s.url_file.is_some()),
+                ("url_env", s.url_env.is_some()),
+                ("url_credential", s.url_credential.is_some()),
             ];
             for (name, set) in http_only {
                 if set {
@@ -196,7 +253,7 @@ pub(super) fn compile_source(
                         root,
                         &at(name),
                         format!(
-                            "only applies to type = \"http\" (this source is a {} file)",
+                            "only applies to an HTTP or SQL source (this source is a {} file)",
                             describe(t)
                         ),
                     );
@@ -210,13 +267,14 @@ pub(super) fn compile_source(
             Some(SourceKind::Csv)
         }
         (Some(SourceType::Json), _) | (Some(SourceType::Http), Some(_)) => Some(SourceKind::Json),
+        (Some(SourceType::Postgres | SourceType::Mysql), _) => Some(SourceKind::Sql),
         _ => None,
     };
     let delimiter = s
         .delimiter
         .as_deref()
         .and_then(|d| delimiter(ctx, root, &at("delimiter"), d));
-    if delimiter.is_some() && kind == Some(SourceKind::Json) {
+    if delimiter.is_some() && matches!(kind, Some(SourceKind::Json | SourceKind::Sql)) {
         ctx.at(root, &at("delimiter"), "only applies to CSV sources");
     }
     let encoding = s.encoding.as_deref().and_then(|e| {
@@ -269,7 +327,7 @@ pub(super) fn compile_source(
                 );
                 Vec::new()
             });
-            if kind == Some(SourceKind::Csv) {
+            if matches!(kind, Some(SourceKind::Csv | SourceKind::Sql)) {
                 ctx.at(root, &at("record_path"), "only applies to JSON sources");
             }
             if s.format == Some(HttpFormat::Ndjson) {
@@ -282,7 +340,7 @@ pub(super) fn compile_source(
             parts
         }
     };
-    if kind == Some(SourceKind::Json) {
+    if matches!(kind, Some(SourceKind::Json | SourceKind::Sql)) {
         for (name, set) in [
             ("skip_header_lines", s.skip_header_lines.is_some()),
             ("skip_footer_lines", s.skip_footer_lines.is_some()),
@@ -293,24 +351,51 @@ pub(super) fn compile_source(
             }
         }
     }
+    if kind == Some(SourceKind::Sql) && s.encoding.is_some() {
+        ctx.at(
+            root,
+            &at("encoding"),
+            "only applies to files and HTTP exports (the database's driver hands over UTF-8)",
+        );
+    }
     let http = match s.kind {
         Some(SourceType::Http) => compile_http(ctx, root, prefix, &mut s, resolve),
         _ => None,
     };
-    if ctx.problems.len() == start && http.is_some() {
-        // The keys above are checked in full; the download itself is still to come.
-        ctx.at(
-            root,
-            &at("type"),
-            "type = \"http\" is not read by this version yet: download the export to a file (curl, a timer) and use type = \"csv\" or \"json\"",
-        );
-    }
+    let sql = match s.kind {
+        Some(SourceType::Postgres) => {
+            compile_sql(ctx, root, prefix, &mut s, SqlDialect::Postgres, resolve)
+        }
+        Some(SourceType::Mysql) => {
+            compile_sql(ctx, root, prefix, &mut s, SqlDialect::Mysql, resolve)
+        }
+        Some(SourceType::Http) => {
+            for name in ["query", "url_file", "url_env", "url_credential"] {
+                let set = match name {
+                    "query" => s.query.is_some(),
+                    "url_file" => s.url_file.is_some(),
+                    "url_env" => s.url_env.is_some(),
+                    _ => s.url_credential.is_some(),
+                };
+                if set {
+                    ctx.at(
+                        root,
+                        &at(name),
+                        "only applies to type = \"postgres\" or \"mysql\"",
+                    );
+                }
+            }
+            None
+        }
+        _ => None,
+    };
     if ctx.problems.len() > start {
         return None;
     }
-    let path = match &http {
-        Some(h) => PathBuf::from(display_url(&h.url)),
-        None => resolve(s.path?),
+    let path = match (&http, &sql) {
+        (Some(h), _) => PathBuf::from(display_url(&h.url)),
+        (_, Some(q)) => PathBuf::from(sql_label(q)),
+        _ => resolve(s.path?),
     };
     Some(SourceConfig {
         kind: kind?,
@@ -322,6 +407,137 @@ pub(super) fn compile_source(
         skip_footer_lines: s.skip_footer_lines.unwrap_or(0),
         comment,
         http: http.map(Box::new),
+        sql: sql.map(Box::new),
+    })
+}
+
+/// What messages call a SQL source before its URL is read: the URL without user and
+/// password when it is in the config, else the dialect and where the URL is.
+pub(crate) fn sql_label(q: &SqlSource) -> String {
+    match &q.url {
+        TokenSource::Inline(url) => sql_display_url(url.expose()),
+        TokenSource::File(p) => format!("{} query (URL in {})", q.dialect.name(), p.display()),
+        TokenSource::Env(v) => format!("{} query (URL in ${v})", q.dialect.name()),
+        TokenSource::Credential(c) => format!("{} query (URL in credential {c})", q.dialect.name()),
+    }
+}
+
+/// A database URL as messages show it: scheme, host, port and database, without user,
+/// password or parameters.
+pub(crate) fn sql_display_url(url: &str) -> String {
+    match reqwest::Url::parse(url.trim()) {
+        Ok(u) => {
+            let mut shown = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+            if let Some(port) = u.port() {
+                shown.push_str(&format!(":{port}"));
+            }
+            shown.push_str(u.path());
+            shown
+        }
+        Err(_) => "a database URL that does not parse".into(),
+    }
+}
+
+/// The keys of `type = "postgres"` / `"mysql"` (problems reported; `None` when one is
+/// wrong).
+fn compile_sql(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    prefix: &[Seg],
+    s: &mut raw::RawSource,
+    dialect: SqlDialect,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Option<SqlSource> {
+    let at = |k: &str| -> Vec<Seg> { prefix.iter().cloned().chain([key(k)]).collect() };
+    let start = ctx.problems.len();
+    let http_only = [
+        ("method", s.method.is_some()),
+        ("body", s.body.is_some()),
+        ("headers", s.headers.is_some()),
+        ("format", s.format.is_some()),
+        ("max_bytes", s.max_bytes.is_some()),
+        ("ca_file", s.ca_file.is_some()),
+        ("follow_redirects", s.follow_redirects.is_some()),
+        ("retries", s.retries.is_some()),
+        ("retry_delay", s.retry_delay.is_some()),
+        ("auth", s.auth.is_some()),
+        ("pagination", s.pagination.is_some()),
+    ];
+    for (name, set) in http_only {
+        if set {
+            let why = if name == "ca_file" {
+                "only applies to type = \"http\" (a database's TLS is set in its URL: sslmode=verify-full&sslrootcert=... for PostgreSQL, ssl-mode=VERIFY_IDENTITY&ssl-ca=... for MySQL)"
+            } else {
+                "only applies to type = \"http\""
+            };
+            ctx.at(root, &at(name), why);
+        }
+    }
+    let schemes = dialect.schemes();
+    let example = match dialect {
+        SqlDialect::Postgres => "postgres://dialsync@crm-db.example/crm?sslmode=verify-full",
+        SqlDialect::Mysql => "mysql://dialsync@crm-db.example/crm?ssl-mode=VERIFY_IDENTITY",
+    };
+    let given = [s.url.take(), s.url_env.take(), s.url_credential.take()];
+    let none_given = given.iter().all(Option::is_none) && s.url_file.is_none();
+    let url = secret_source(
+        ctx,
+        root,
+        prefix,
+        "url",
+        given,
+        s.url_file.take().map(resolve),
+        |u| match reqwest::Url::parse(u) {
+            Ok(url) if schemes.contains(&url.scheme()) => None,
+            _ => Some(match dialect {
+                SqlDialect::Postgres => {
+                    "is not a PostgreSQL URL, e.g. \"postgres://dialsync@crm-db.example/crm\""
+                }
+                SqlDialect::Mysql => {
+                    "is not a MySQL URL, e.g. \"mysql://dialsync@crm-db.example/crm\""
+                }
+            }),
+        },
+    );
+    if none_given {
+        ctx.missing(
+            root,
+            prefix,
+            "url",
+            &format!("missing key `url` (or `url_file`, `url_env`, `url_credential`: the database URL holds its password), e.g. \"{example}\""),
+        );
+    }
+    let query = match s.query.take() {
+        Some(q) if q.trim().trim_end_matches(';').trim().is_empty() => {
+            ctx.at(
+                root,
+                &at("query"),
+                "is empty: the SELECT whose columns the mapping names",
+            );
+            None
+        }
+        Some(q) => Some(q.trim().trim_end_matches(';').trim_end().to_string()),
+        None => {
+            ctx.missing(
+                root,
+                prefix,
+                "query",
+                "missing key `query` (the SELECT whose columns are the columns [job.fields] names)",
+            );
+            None
+        }
+    };
+    if ctx.problems.len() > start {
+        return None;
+    }
+    Some(SqlSource {
+        dialect,
+        url: url?,
+        query: query?,
+        timeout: s.timeout.map_or(DEFAULT_SQL_TIMEOUT, |d| d.0),
+        connect_timeout: s
+            .connect_timeout
+            .map_or(DEFAULT_SQL_CONNECT_TIMEOUT, |d| d.0),
     })
 }
 

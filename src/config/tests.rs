@@ -476,10 +476,9 @@ fn outcomes_settings_have_defaults_and_each_mistake_its_line() {
 }
 
 /// `type = "http"`: every key is checked with its line, mistakes of auth and pagination
-/// named by their keys, and a source with no mistake is still refused (the download is
-/// not in this version yet), saying what to do instead.
+/// named by their keys; a source with no mistake compiles to what it says.
 #[test]
-fn http_source_keys_are_checked_and_the_type_is_refused_for_now() {
+fn http_source_keys_are_checked_with_their_lines() {
     let http = |source: &str| {
         let text = GOOD.replace(
             "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\ndelimiter = \";\"\nencoding = \"windows-1252\"",
@@ -488,14 +487,31 @@ fn http_source_keys_are_checked_and_the_type_is_refused_for_now() {
         problems(&text)
     };
     let good = "[job.source]\ntype = \"http\"\nurl = \"https://crm.example.com/api/contacts\"\nformat = \"json\"\nrecord_path = \"results\"\n[job.source.auth]\ntype = \"bearer\"\ntoken_env = \"CRM_TOKEN\"\n[job.source.pagination]\ntype = \"next_url\"\npath = \"paging.next.link\"";
-    let p = http(good);
-    assert_eq!(p.len(), 1, "{p:?}");
-    assert_eq!(p[0].1, "job[1].source.type");
-    assert_eq!(p[0].0, Some(19));
-    assert!(
-        p[0].2.contains("not read by this version yet"),
-        "{}",
-        p[0].2
+    assert_eq!(http(good), Vec::new());
+    let text = GOOD.replace(
+        "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\ndelimiter = \";\"\nencoding = \"windows-1252\"",
+        good,
+    );
+    let job = &Config::from_str(&text, Path::new("t.toml")).unwrap().jobs[0];
+    let h = job.source.http.as_deref().unwrap();
+    assert_eq!(
+        job.source.path,
+        Path::new("https://crm.example.com/api/contacts")
+    );
+    assert_eq!(job.source.record_path, ["results"]);
+    assert_eq!(h.format, HttpFormat::Json);
+    assert_eq!(
+        h.auth,
+        Some(HttpAuth::Bearer(TokenSource::Env("CRM_TOKEN".into())))
+    );
+    assert_eq!(
+        h.pagination.as_ref().map(|p| (&p.kind, p.max_pages)),
+        Some((
+            &PageKind::NextUrl {
+                path: vec!["paging".into(), "next".into(), "link".into()]
+            },
+            10_000
+        ))
     );
 
     let p = http("[job.source]\ntype = \"http\"\nurl = \"https://user:pw@crm.example.com/x\"\nformat = \"csv\"\nmethod = \"GET\"\nbody = \"{}\"\nheaders = { Authorization = \"Bearer x\" }\nmax_bytes = \"12 parsecs\"\n[job.source.pagination]\ntype = \"offset\"\nsize = 100\n[job.source.auth]\ntype = \"basic\"\npassword = \"pw\"\ntoken = \"t\"");
@@ -539,10 +555,81 @@ fn http_source_keys_are_checked_and_the_type_is_refused_for_now() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!((p[0].0, p[0].1.as_str()), (Some(21), "job[1].source.url"));
     assert!(
-        p[0].2.contains("only applies to type = \"http\""),
+        p[0].2.contains("only applies to an HTTP or SQL source"),
         "{}",
         p[0].2
     );
+}
+
+/// `type = "postgres"` / `"mysql"`: the URL from one source (it holds a password, which no
+/// message shows), a query, the keys of files and HTTP refused with their lines.
+#[test]
+fn sql_source_keys_are_checked_with_their_lines() {
+    let sql = |source: &str| {
+        GOOD.replace(
+            "[job.source]\ntype = \"csv\"\npath = \"leads.csv\"\ndelimiter = \";\"\nencoding = \"windows-1252\"",
+            source,
+        )
+    };
+    let good = sql("[job.source]\ntype = \"postgres\"\nurl_credential = \"crm-db\"\nquery = \"SELECT id AS \\\"CustomerNo\\\" FROM contacts;\"\ntimeout = \"5m\"");
+    assert_eq!(problems(&good), Vec::new());
+    let job = &Config::from_str(&good, Path::new("t.toml")).unwrap().jobs[0];
+    assert_eq!(job.source.kind, SourceKind::Sql);
+    let q = job.source.sql.as_deref().unwrap();
+    assert_eq!(q.dialect, SqlDialect::Postgres);
+    assert_eq!(q.url, TokenSource::Credential("crm-db".into()));
+    assert_eq!(q.query, "SELECT id AS \"CustomerNo\" FROM contacts");
+    assert_eq!(q.timeout, Duration::from_secs(300));
+    assert_eq!(
+        job.source.path,
+        Path::new("PostgreSQL query (URL in credential crm-db)")
+    );
+
+    // An inline URL is shown without its user and password.
+    let inline = sql("[job.source]\ntype = \"mariadb\"\nurl = \"mysql://dialsync:pa55word@db.example:3306/crm\"\nquery = \"SELECT 1\"");
+    let job = &Config::from_str(&inline, Path::new("t.toml")).unwrap().jobs[0];
+    assert_eq!(
+        job.source.sql.as_deref().unwrap().dialect,
+        SqlDialect::Mysql
+    );
+    assert_eq!(job.source.path, Path::new("mysql://db.example:3306/crm"));
+    assert!(!format!("{job:?}").contains("pa55word"));
+
+    let p = problems(&sql("[job.source]\ntype = \"postgres\"\nurl = \"mysql://u:pa55word@db/crm\"\nurl_env = \"X\"\nformat = \"csv\"\ndelimiter = \";\"\nca_file = \"/etc/ca.pem\"\nrecord_path = \"x\""));
+    let keys: Vec<(Option<usize>, &str)> = p.iter().map(|(l, k, _)| (*l, k.as_str())).collect();
+    for (line, key) in [
+        (Some(20), "job[1].source.url"),
+        (Some(22), "job[1].source.format"),
+        (Some(23), "job[1].source.delimiter"),
+        (Some(24), "job[1].source.ca_file"),
+        (Some(25), "job[1].source.record_path"),
+        (Some(18), "job[1].source.query"),
+    ] {
+        assert!(
+            keys.contains(&(line, key)),
+            "{key} at {line:?} missing from {p:#?}"
+        );
+    }
+    assert!(p.iter().all(|(_, _, m)| !m.contains("pa55word")), "{p:#?}");
+    let ca = p
+        .iter()
+        .find(|(_, k, _)| k == "job[1].source.ca_file")
+        .unwrap();
+    assert!(ca.2.contains("sslrootcert"), "{}", ca.2);
+
+    // The wrong scheme, and no URL at all.
+    let p = problems(&sql(
+        "[job.source]\ntype = \"postgres\"\nurl = \"mysql://db/crm\"\nquery = \"SELECT 1\"",
+    ));
+    assert!(p[0].2.contains("not a PostgreSQL URL"), "{p:?}");
+    let p = problems(&sql("[job.source]\ntype = \"mysql\"\nquery = \"SELECT 1\""));
+    assert_eq!(p[0].1, "job[1].source.url", "{p:?}");
+    assert!(p[0].2.contains("url_file"), "{p:?}");
+    // A query on a file source.
+    let p = problems(&sql(
+        "[job.source]\ntype = \"csv\"\npath = \"a.csv\"\nquery = \"SELECT 1\"",
+    ));
+    assert_eq!(p[0].1, "job[1].source.query", "{p:?}");
 }
 
 #[test]

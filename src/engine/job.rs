@@ -17,12 +17,15 @@ use crate::engine::pipeline::{self, PlanError};
 use crate::engine::plan::{Plan, Planner, Policy, Removal, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
+use crate::engine::report::Fetch;
 use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
 use crate::outcomes::{self, Delivers, Keep, OutcomesReport, PrepareError, Reading};
-use crate::source::{self, SourceError};
+use crate::source::http::{self, Download, Fetched, Validators};
+use crate::source::{self, Pages, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
+use std::os::unix::fs::DirBuilderExt;
 
 /// Reads the export and plans it against `state` (empty when `None`).
 pub(super) fn read_and_plan(
@@ -30,6 +33,7 @@ pub(super) fn read_and_plan(
     state: Option<&JobState>,
     users: Option<Arc<HashSet<String>>>,
     handle: &RunHandle,
+    download: Option<&Download>,
 ) -> Result<Plan, PlanError> {
     // A dry run without a state compares with nothing: any key will do.
     let key = match state {
@@ -61,7 +65,34 @@ pub(super) fn read_and_plan(
         None => Planner::new(view, policy),
     }
     .in_flight(in_flight);
-    let file = source::open(&job.source)?;
+    let no_pages = Pages::default();
+    if job.source.kind == crate::config::SourceKind::Sql {
+        // The rows of a query: no text to read again for evidence (see evidence.rs); the
+        // whole result read without error is the evidence.
+        let columns = job.columns();
+        return pipeline::plan_rows(
+            |sink| source::sql::read(&job.source, &columns, source::sql::Read::Rows, sink),
+            &no_pages,
+            &columns,
+            &mapper,
+            planner,
+            handle,
+        );
+    }
+    let (cfg, file, pages) = match download {
+        Some(d) => {
+            let file = d
+                .file
+                .as_file()
+                .try_clone()
+                .map_err(|source| SourceError::Read {
+                    path: job.source.path.clone(),
+                    source,
+                })?;
+            (&d.read_as, file, &d.pages)
+        }
+        None => (&job.source, source::open(&job.source)?, &no_pages),
+    };
     // The same file (not the path, which the CRM may have replaced meanwhile) is read
     // again for the evidence behind each removal.
     let again = file.try_clone().map_err(|source| SourceError::Read {
@@ -69,9 +100,137 @@ pub(super) fn read_and_plan(
         source,
     })?;
     let mut plan =
-        pipeline::read_and_plan(&job.source, file, &job.columns(), &mapper, planner, handle)?;
-    evidence::require(&job.source, again, &mut plan)?;
+        pipeline::read_and_plan(cfg, file, pages, &job.columns(), &mapper, planner, handle)?;
+    evidence::require(cfg, again, &mut plan)?;
     Ok(plan)
+}
+
+/// What a conditional request asks of an HTTP export: whether it changed since these
+/// validators came with it, in a run that ended clean (no stop, no failed operation) and
+/// left the state as it is (`fingerprint`). Only then does an unchanged export make an
+/// unchanged plan: any write to the state since (a verification's repair, a `state
+/// rebuild`, a settled import), or another config, changes the fingerprint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Conditional {
+    fingerprint: u64,
+    #[serde(flatten)]
+    validators: Validators,
+}
+
+/// What the state and the config of `job` are now, as one number (`None`: the state has
+/// no digest, so no fingerprint).
+fn fingerprint(job: &JobConfig, state: &JobState) -> Result<Option<u64>, StateError> {
+    let Some(digest) = state.digest()? else {
+        return Ok(None);
+    };
+    let what = JobConfig {
+        schedule: None,
+        timezone: chrono_tz::UTC,
+        ping_url: None,
+        ..job.clone()
+    };
+    let config = xxhash_rust::xxh3::xxh3_64(format!("{what:?}").as_bytes());
+    Ok(Some(config ^ digest.fingerprint().rotate_left(1)))
+}
+
+/// The validators to send, if they still hold for the state as it is.
+fn conditional(
+    store: &Store,
+    job: &JobConfig,
+    state: &JobState,
+) -> Result<Option<Validators>, StateError> {
+    let Some(bytes) = store.conditional(&job.name)? else {
+        return Ok(None);
+    };
+    let Ok(stored) = serde_json::from_slice::<Conditional>(&bytes) else {
+        return Ok(None);
+    };
+    Ok((fingerprint(job, state)? == Some(stored.fingerprint)).then_some(stored.validators))
+}
+
+/// After a run: keeps the validators of an export downloaded by a clean run, forgets them
+/// after any other download.
+fn remember(
+    store: &Store,
+    job: &JobConfig,
+    state: &JobState,
+    report: &JobReport,
+) -> Result<(), StateError> {
+    let Fetch::Downloaded(validators) = &report.fetch else {
+        return Ok(());
+    };
+    let clean = report.stopped.is_none() && report.failed == 0;
+    let record = match (validators, clean) {
+        (Some(v), true) => fingerprint(job, state)?.map(|fingerprint| {
+            serde_json::to_vec(&Conditional {
+                fingerprint,
+                validators: v.clone(),
+            })
+            .expect("serializes")
+        }),
+        _ => None,
+    };
+    store.set_conditional(&job.name, record.as_deref())
+}
+
+/// Downloads the export of `job` (an HTTP source) into the downloads folder beside the
+/// state, and what the report says of it.
+async fn fetch(
+    config: &Config,
+    job: &JobConfig,
+    conditional: Option<&Validators>,
+    handle: &RunHandle,
+) -> Result<(Fetched, String), SourceError> {
+    let dir = downloads_dir(config);
+    let started = Instant::now();
+    let stop = || handle.stop_requested();
+    let fetched = http::download(
+        &job.source,
+        http::Request {
+            dir: &dir,
+            conditional,
+            sample: false,
+            stop: &stop,
+        },
+    )
+    .await?;
+    let note = match &fetched {
+        Fetched::Export(d) => d.note(&job.source.path.display().to_string(), started.elapsed()),
+        Fetched::Unchanged => String::new(),
+    };
+    Ok((fetched, note))
+}
+
+/// `<state>.downloads`, private to the service (made if missing), or the system's
+/// temporary folder if it cannot be made (a dry run by another user). What a killed run
+/// left there is removed: a download in progress is read through its open file, never by
+/// its name, so removing the name of another run's file takes nothing from it.
+pub(crate) fn downloads_dir(config: &Config) -> std::path::PathBuf {
+    let mut dir = config.state.path.clone().into_os_string();
+    dir.push(".downloads");
+    let dir = std::path::PathBuf::from(dir);
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    match made {
+        Ok(()) if tempfile::tempfile_in(&dir).is_ok() => {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".dialsync-")
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            dir
+        }
+        _ => {
+            tracing::debug!(dir = %dir.display(), "cannot write there; the download goes to the temporary folder");
+            std::env::temp_dir()
+        }
+    }
 }
 
 /// Reads, plans and executes one job; every outcome, including an early stop, ends up
@@ -107,6 +266,11 @@ pub(super) async fn run_job(
         if let Err(e) = state.save_digest().await {
             // Only the next run's speed depends on it.
             tracing::warn!(error = %error_chain(&e), "could not store the state digest");
+        }
+        if let Some(store) = store {
+            if let Err(e) = remember(store, job, state, report) {
+                tracing::warn!(error = %error_chain(&e), "could not store the export's validators (the next run downloads it whole)");
+            }
         }
         // From the digest just stored (or counted, without one).
         report.contacts = Some(state.len() as u64);
@@ -214,13 +378,72 @@ async fn plan_and_execute(
     } else {
         None
     };
+    // An HTTP export is downloaded whole first; unchanged since the last clean run
+    // (304), the run ends here.
+    let download = match &job.source.http {
+        None => None,
+        Some(_) => {
+            let quiet = finals
+                .as_ref()
+                .is_none_or(|(to_lock, _)| to_lock.is_empty());
+            let asked = match (store, state) {
+                (Some(store), Some(state)) if quiet && !mode.force && !job.maps_agents() => {
+                    match conditional(store, job, state) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            report.stop(Abort::state(Step::ReadState, e));
+                            return;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match fetch(config, job, asked.as_ref(), handle).await {
+                Ok((Fetched::Unchanged, _)) => {
+                    tracing::info!(
+                        "the export is unchanged since the last clean run (304 Not Modified)"
+                    );
+                    report.export_unchanged = true;
+                    report.rows = last_good_rows.unwrap_or(0);
+                    report.notes.push(
+                        "the export is unchanged since the last clean run (the CRM answered 304 Not Modified): nothing was downloaded, planned or sent".into(),
+                    );
+                    return;
+                }
+                Ok((Fetched::Export(d), note)) => {
+                    tracing::info!(
+                        bytes = d.bytes,
+                        pages = d.pages.count(),
+                        "export downloaded"
+                    );
+                    report.fetch = Fetch::Downloaded(d.validators.clone());
+                    report.notes.push(note);
+                    Some(d)
+                }
+                Err(SourceError::Stopped) => {
+                    report.stop(Abort::plan(PlanError::Stopped));
+                    return;
+                }
+                Err(e) => {
+                    report.fetch = Fetch::Downloaded(None);
+                    let why = Abort::plan(PlanError::Source(e));
+                    tracing::error!(error = %why.chain(), "the export could not be downloaded; nothing was changed");
+                    report.stop(why);
+                    return;
+                }
+            }
+        }
+    };
     let planning = Instant::now();
     let planned = {
         let job = job.clone();
         let state = state.cloned();
         let handle = Arc::clone(handle);
-        tokio::task::spawn_blocking(move || read_and_plan(&job, state.as_ref(), users, &handle))
-            .await
+        tokio::task::spawn_blocking(move || {
+            // The download's temporary file goes once the plan is made.
+            read_and_plan(&job, state.as_ref(), users, &handle, download.as_deref())
+        })
+        .await
     };
     report.plan_ms = planning.elapsed().as_millis() as u64;
     let mut plan = match planned {
@@ -245,7 +468,7 @@ async fn plan_and_execute(
     }
     report.rows = plan.rows + plan.blank;
     report.blank = plan.blank;
-    report.notes.clone_from(&plan.notes);
+    report.notes.extend(plan.notes.iter().cloned());
     for note in &plan.notes {
         tracing::info!(%note, "export");
     }

@@ -454,7 +454,7 @@ PhoneNumber1 = "Tel"
 
     fn rec<'a>(values: &'a [Option<&'a str>]) -> Item<'a> {
         Item::Record(Record {
-            at: RowRef { row: 2, line: None },
+            at: RowRef::at(2),
             values,
         })
     }

@@ -13,7 +13,7 @@ use crate::engine::mapping::Mapper;
 use crate::engine::plan::{Plan, Planner};
 use crate::engine::progress::RunHandle;
 use crate::key::key_hash;
-use crate::source::{self, recycle, BadRow, Flow, Item, Record, RowRef, SourceError};
+use crate::source::{self, recycle, BadRow, Flow, Item, Pages, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 
 /// Rows per batch: large enough that handing batches over costs nothing per row, small
@@ -89,10 +89,32 @@ impl Batch {
 }
 
 /// Reads the export of `source` from `input` (the `columns` the job uses) and plans every
-/// row with `planner`. A stop request ends the read early ([`PlanError::Stopped`]).
+/// row with `planner`, numbering the rows of a paged download by `pages`. A stop request
+/// ends the read early ([`PlanError::Stopped`]).
 pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
     source: &SourceConfig,
     input: impl std::io::Read,
+    pages: &Pages,
+    columns: &[String],
+    mapper: &Mapper,
+    planner: Planner<'_, S>,
+    handle: &RunHandle,
+) -> Result<Plan, PlanError> {
+    plan_rows(
+        |sink| source::read_from(source, &source.path, input, columns, sink),
+        pages,
+        columns,
+        mapper,
+        planner,
+        handle,
+    )
+}
+
+/// Like [`read_and_plan`], from any reader of rows (`read` hands each row to the sink it
+/// is given): the rows of a SQL query.
+pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
+    read: impl FnOnce(&mut dyn FnMut(Item<'_>) -> Flow) -> Result<source::Summary, SourceError>,
+    pages: &Pages,
     columns: &[String],
     mapper: &Mapper,
     mut planner: Planner<'_, S>,
@@ -119,11 +141,14 @@ pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
         let mut planner_gone = false;
         // The reader stops within a batch of a stop request or of the planner's end (a
         // state error): the rest of the export is not even parsed.
-        let read = source::read_from(source, &source.path, input, columns, &mut |item| {
+        let read = read(&mut |mut item| {
             handle.row_read();
             if handle.stop_requested() {
                 stopped = true;
                 return Flow::Break(());
+            }
+            if pages.count() > 0 {
+                item.locate(pages);
             }
             batch.push(item);
             if batch.rows.len() >= BATCH_ROWS {
@@ -317,6 +342,7 @@ mod tests {
         let got = read_and_plan(
             &job.source,
             open(&job),
+            &Pages::default(),
             &job.columns(),
             &mapper,
             without,
@@ -330,6 +356,7 @@ mod tests {
         let mut got = read_and_plan(
             &job.source,
             open(&job),
+            &Pages::default(),
             &job.columns(),
             &mapper,
             with,
@@ -359,6 +386,7 @@ mod tests {
         let err = read_and_plan(
             &job.source,
             open(&job),
+            &Pages::default(),
             &job.columns(),
             &Mapper::new(&job, Arc::new(HashKey::for_tests())),
             planner,
@@ -427,7 +455,16 @@ mod tests {
                                   state: &(dyn StateView + Sync),
                                   handle: &RunHandle| {
             let planner = Planner::new(state, policy(&job));
-            read_and_plan(&job.source, input, &job.columns(), &mapper, planner, handle).unwrap_err()
+            read_and_plan(
+                &job.source,
+                input,
+                &Pages::default(),
+                &job.columns(),
+                &mapper,
+                planner,
+                handle,
+            )
+            .unwrap_err()
         };
 
         // Stopped on request while reading (after the first batch is handed over).

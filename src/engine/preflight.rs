@@ -6,11 +6,13 @@
 
 use serde_json::Value;
 
-use crate::config::{CampaignRef, Config, JobConfig, Secret};
+use crate::config::{CampaignRef, Config, JobConfig, Secret, SourceKind};
 use crate::dialler::{Dialler, DiallerError};
+use crate::engine::job::downloads_dir;
 use crate::engine::outcome::{error_chain, Exit};
 use crate::engine::report::count;
-use crate::source::{self, Flow};
+use crate::source::http::{self, Download, Fetched};
+use crate::source::{self, Flow, SourceError};
 
 /// One check and what it found.
 #[derive(Debug, Clone)]
@@ -35,9 +37,19 @@ impl Finding {
 pub async fn preflight(config: &Config, token: Option<&Secret>) -> Vec<Finding> {
     let mut found = Vec::new();
     for job in &config.jobs {
+        let download = match &job.source.http {
+            None => None,
+            Some(_) => match first_page(config, job).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    found.push(Finding::job(job, Err((Exit::Export, error_chain(&e)))));
+                    continue;
+                }
+            },
+        };
         let checked = {
             let job = job.clone();
-            tokio::task::spawn_blocking(move || check_export(&job)).await
+            tokio::task::spawn_blocking(move || check_export(&job, download)).await
         };
         found.push(Finding::job(
             job,
@@ -96,15 +108,59 @@ fn check_outcomes(job: &JobConfig) -> Option<Result<String, (Exit, String)>> {
     Some(Ok(said.join("; ")))
 }
 
-/// Reads the export of `job` through, as a run would (without planning).
-fn check_export(job: &JobConfig) -> Result<String, (Exit, String)> {
-    let summary = source::read(&job.source, &job.columns(), &mut |_| Flow::Continue(()))
-        .map_err(|e| (Exit::Export, error_chain(&e)))?;
+/// An HTTP export as `validate` reads it: the first page of a paged one, an unpaged one
+/// whole (only its records show its columns). Never conditional: the columns are checked.
+async fn first_page(config: &Config, job: &JobConfig) -> Result<Download, SourceError> {
+    let dir = downloads_dir(config);
+    let fetched = http::download(
+        &job.source,
+        http::Request {
+            dir: &dir,
+            conditional: None,
+            sample: true,
+            stop: &|| false,
+        },
+    )
+    .await?;
+    match fetched {
+        Fetched::Export(d) => Ok(*d),
+        Fetched::Unchanged => unreachable!("an unconditional request is never answered 304"),
+    }
+}
+
+/// Reads the export of `job` (or what was downloaded of it) through, as a run would
+/// (without planning).
+fn check_export(job: &JobConfig, download: Option<Download>) -> Result<String, (Exit, String)> {
+    let columns = job.columns();
+    let mut each = |_: source::Item<'_>| Flow::Continue(());
+    if job.source.kind == SourceKind::Sql {
+        // The query prepared and run with LIMIT 0: its columns, tables and rights, no data.
+        source::sql::read(&job.source, &columns, source::sql::Read::Columns, &mut each)
+            .map_err(|e| (Exit::Export, error_chain(&e)))?;
+        return Ok(format!(
+            "export {}: the query runs (with LIMIT 0) and returns every mapped column",
+            job.source.path.display()
+        ));
+    }
+    let summary = match &download {
+        None => source::read(&job.source, &columns, &mut each),
+        Some(d) => source::read_from(
+            &d.read_as,
+            &job.source.path,
+            d.file.as_file(),
+            &columns,
+            &mut each,
+        ),
+    }
+    .map_err(|e| (Exit::Export, error_chain(&e)))?;
     let (rows, unreadable) = (summary.records + summary.bad, summary.bad);
+    let what = match &download {
+        Some(d) if d.partial => format!("{} of its first page", count(rows, "row")),
+        _ => count(rows, "row"),
+    };
     let mut line = format!(
-        "export {}: {}, every mapped column present",
+        "export {}: {what}, every mapped column present",
         job.source.path.display(),
-        count(rows, "row")
     );
     if summary.skipped.blank > 0 {
         line.push_str(&format!(" ({} blank)", summary.skipped.blank));

@@ -123,9 +123,25 @@ pub struct JobReport {
     /// Of the locks, those of contacts whose result is done or aborted (`on_done`).
     #[serde(skip_serializing_if = "is_zero")]
     pub done_locks: u64,
+    /// An HTTP export answered 304 Not Modified: nothing was downloaded or planned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub export_unchanged: bool,
+    /// Whether the run downloaded its export, with what (for the next run's conditional
+    /// request).
+    #[serde(skip)]
+    pub(crate) fetch: Fetch,
     /// In a dry run: samples of what would be done.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub preview: Vec<PreviewLine>,
+}
+
+/// What a run downloaded (an HTTP source).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Fetch {
+    #[default]
+    Nothing,
+    /// A download (or an attempt), with the validators of a whole unpaged one.
+    Downloaded(Option<crate::source::http::Validators>),
 }
 
 /// One operation the dialler did not confirm.
@@ -704,7 +720,7 @@ mod tests {
     #[test]
     fn lists_show_the_first_few_and_count_the_rest() {
         let rejected = |row| Rejected {
-            at: RowRef { row, line: None },
+            at: RowRef::at(row),
             key: Some(format!("K{row}")),
             reason: "bad".into(),
             unreadable: false,
@@ -716,7 +732,7 @@ mod tests {
             warnings: 11,
             row_warnings: (2..13)
                 .map(|row| RowWarning {
-                    at: RowRef { row, line: None },
+                    at: RowRef::at(row),
                     user_data: format!("K{row}"),
                     warning: "left out".into(),
                 })

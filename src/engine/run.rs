@@ -303,7 +303,8 @@ fn store_record(config: &Config, store: &Store, report: &JobReport) {
         report.changed_anything(),
         config.state.history_runs,
     );
-    if report.stopped.is_none() {
+    // An unchanged export (304) read no rows: the last good count stands.
+    if report.stopped.is_none() && !report.export_unchanged {
         let rows = report.rows - report.blank;
         recorded = recorded.and_then(|()| store.set_good_rows(&report.job, rows));
     }

@@ -52,7 +52,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     let mut row = 0u64;
     let mut element = |v: Value| {
         row += 1;
-        emit(RowRef { row, line: None }, Ok(v))
+        emit(RowRef::at(row), Ok(v))
     };
     // The records are an array: the file itself, or inside a wrapper object at
     // `record_path` (HubSpot's `results`).
@@ -142,7 +142,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                     if line.iter().all(|b| b.is_ascii_whitespace()) {
                         continue;
                     }
-                    let at = RowRef { row: n, line: None };
+                    let at = RowRef::at(n);
                     let flow = match serde_json::from_slice::<Value>(&line) {
                         Ok(v) => emit(at, Ok(v)),
                         Err(e) => emit(

@@ -10,7 +10,9 @@
 //! JSON array the first element is row 1; for NDJSON the row is the line.
 
 mod csv;
+pub(crate) mod http;
 mod json;
+pub(crate) mod sql;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -26,13 +28,80 @@ pub struct RowRef {
     /// The line in the file where it starts, when that differs from `row`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
+    /// A paged HTTP export: the page (from 1) that held the record, which is then the
+    /// `row`-th of that page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+}
+
+impl RowRef {
+    /// Row `row` of an export without pages, at its own line.
+    pub(crate) fn at(row: u64) -> RowRef {
+        RowRef {
+            row,
+            line: None,
+            page: None,
+        }
+    }
+
+    /// Bits of [`RowRef::pack`] below the page.
+    const ROW_BITS: u32 = 40;
+
+    /// The row and page in one number, never 0 for a real row (the state digest's probe
+    /// keeps where a key was first seen in 62 bits).
+    pub(crate) fn pack(self) -> u64 {
+        let page = u64::from(self.page.unwrap_or(0)).min((1 << 22) - 1);
+        page << Self::ROW_BITS | (self.row & ((1 << Self::ROW_BITS) - 1))
+    }
+
+    pub(crate) fn unpack(n: u64) -> RowRef {
+        let page = (n >> Self::ROW_BITS) as u32;
+        RowRef {
+            row: n & ((1 << Self::ROW_BITS) - 1),
+            line: None,
+            page: (page > 0).then_some(page),
+        }
+    }
 }
 
 impl fmt::Display for RowRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) if line != self.row => write!(f, "row {} (line {line})", self.row),
+        match (self.page, self.line) {
+            (Some(page), _) => write!(f, "page {page}, record {}", self.row),
+            (None, Some(line)) if line != self.row => write!(f, "row {} (line {line})", self.row),
             _ => write!(f, "row {}", self.row),
+        }
+    }
+}
+
+/// Where each page of a paged download starts among its records, to number a record by
+/// its page and its place there. Empty: the export has no pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Pages {
+    /// The records before each page.
+    starts: Vec<u64>,
+}
+
+impl Pages {
+    pub(crate) fn new(starts: Vec<u64>) -> Pages {
+        Pages { starts }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// `at` (the `row`-th record of the whole download) as page and record.
+    pub(crate) fn locate(&self, at: RowRef) -> RowRef {
+        if self.starts.is_empty() || at.row == 0 {
+            return at;
+        }
+        // The last page that starts before the record.
+        let i = self.starts.partition_point(|&s| s < at.row).max(1) - 1;
+        RowRef {
+            row: at.row - self.starts[i],
+            line: None,
+            page: Some(i as u32 + 1),
         }
     }
 }
@@ -67,6 +136,17 @@ pub(crate) struct BadRow {
 pub(crate) enum Item<'a> {
     Record(Record<'a>),
     Bad(BadRow),
+}
+
+impl Item<'_> {
+    /// Numbers the row by its page (see [`Pages::locate`]).
+    pub(crate) fn locate(&mut self, pages: &Pages) {
+        let at = match self {
+            Item::Record(r) => &mut r.at,
+            Item::Bad(b) => &mut b.at,
+        };
+        *at = pages.locate(*at);
+    }
 }
 
 /// Totals of one read.
@@ -186,6 +266,17 @@ pub enum SourceError {
         record_path: String,
         keys: Vec<String>,
     },
+    /// `type = "http"`: the download failed (after its retries) or was cut short.
+    #[error("cannot download the CRM export {url}: {message}")]
+    Download { url: String, message: String },
+    /// `type = "postgres"` / `"mysql"`: the URL, the connection or the query failed, or
+    /// the connection was lost mid-result (the message is the database's, without the
+    /// password).
+    #[error("cannot read the CRM's rows from {db}: {message}")]
+    Database { db: String, message: String },
+    /// A stop was requested during the download.
+    #[error("the download of the CRM export was stopped")]
+    Stopped,
 }
 
 impl SourceError {
@@ -228,6 +319,9 @@ pub(crate) fn read(
     columns: &[String],
     sink: &mut dyn FnMut(Item<'_>) -> Flow,
 ) -> Result<Summary, SourceError> {
+    if cfg.kind == SourceKind::Sql {
+        return sql::read(cfg, columns, sql::Read::Rows, sink);
+    }
     read_from(cfg, &cfg.path, open(cfg)?, columns, sink)
 }
 
@@ -257,6 +351,9 @@ pub(crate) fn read_from(
     let skipped = match cfg.kind {
         SourceKind::Csv => csv::read(export, input, &mut |i| counted.push(i))?,
         SourceKind::Json => json::read(export, input, &mut |i| counted.push(i))?,
+        SourceKind::Sql => {
+            unreachable!("the rows of a query are read by sql::read, not from a file")
+        }
     };
     Ok(Summary {
         skipped,

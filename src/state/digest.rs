@@ -59,6 +59,18 @@ impl Digest {
     }
 
     /// Keys sorted, unique and never 0 (the probe table's "empty").
+    /// A hash of every entry's key, row hash and lock: equal digests mean the entries
+    /// plan alike (an HTTP export's conditional request relies on it).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for ((k, r), l) in self.keys.iter().zip(&self.rows).zip(&self.locked) {
+            h.update(&k.to_le_bytes());
+            h.update(&r.to_le_bytes());
+            h.update(&[u8::from(*l)]);
+        }
+        h.digest()
+    }
+
     fn valid(&self) -> bool {
         self.keys.first() != Some(&0) && self.keys.windows(2).all(|w| w[0] < w[1])
     }

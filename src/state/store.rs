@@ -366,6 +366,30 @@ impl Store {
         Ok(())
     }
 
+    /// What job `job`'s HTTP export was last downloaded with (its validators and what
+    /// they are valid for; see `engine::job`), as stored.
+    pub(crate) fn conditional(&self, job: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .db
+            .open_tree("conditional")?
+            .get(job)?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Stores (or, with `None`, forgets) what `conditional` gives.
+    pub(crate) fn set_conditional(
+        &self,
+        job: &str,
+        record: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        let tree = self.db.open_tree("conditional")?;
+        match record {
+            Some(r) => tree.insert(job, r)?,
+            None => tree.remove(job)?,
+        };
+        Ok(())
+    }
+
     /// The guard that has stopped every run of `job` since it first tripped, if one has.
     pub fn guard_trip(&self, job: &str) -> Result<Option<GuardTrip>, StateError> {
         Ok(self

@@ -17,16 +17,19 @@
 //! `cargo test --test it MODULE::` runs one module.
 
 mod common;
+mod dbserver;
 
 mod cli;
 mod crash;
 mod daemon;
 mod dialler_api;
 mod exports;
+mod http;
 mod monitoring;
 mod noop;
 mod outcome;
 mod outcomes;
 mod reliability;
 mod removals;
+mod sql;
 mod sync;

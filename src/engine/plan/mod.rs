@@ -242,7 +242,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         if !self.doubts.is_empty() && self.doubts.contains_key(key) {
             return false;
         }
-        probe.set_seen_at(i, at.row);
+        probe.set_seen_at(i, at.pack());
         self.plan.rows += 1;
         self.plan.unchanged += 1;
         self.plan.unchanged_by_hash += 1;
@@ -263,7 +263,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let i = probe.find(key_hash(key))?;
         match probe.seen_at(i) {
             0 => {
-                probe.set_seen_at(i, at.row);
+                probe.set_seen_at(i, at.pack());
                 None
             }
             first => Some(first),
@@ -283,7 +283,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                     let mut first = r.at;
                     if self.probe.is_some() && self.state.get(k)?.is_some() {
                         if let Some(row) = self.mark_seen(k, r.at) {
-                            first = RowRef { row, line: None };
+                            first = RowRef::unpack(row);
                         }
                     }
                     self.seen.entry(k.clone()).or_insert(first);
@@ -334,9 +334,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         // The state has it, so the digest has it (at its key hash's position).
         if let Some(row) = self.mark_seen(&c.key, c.at) {
             self.plan.duplicates += 1;
-            self.plan
-                .rejected
-                .push(again(c, RowRef { row, line: None }));
+            self.plan.rejected.push(again(c, RowRef::unpack(row)));
             return Ok(false);
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 
 fn at(row: u64) -> RowRef {
-    RowRef { row, line: None }
+    RowRef::at(row)
 }
 
 fn contact(key: &str, name: &str, phone: &str, round: &str) -> Outcome {

@@ -133,6 +133,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                     let at = RowRef {
                         row: line.unwrap_or(data_rows + 1),
                         line,
+                        page: None,
                     };
                     // Not the end after all: held-back footer lines were rows.
                     for bad in footer.drain(..) {
@@ -176,6 +177,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         let at = RowRef {
             row: line.unwrap_or(data_rows + 1),
             line,
+            page: None,
         };
         let key = || {
             record
