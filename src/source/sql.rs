@@ -82,6 +82,14 @@ pub(crate) fn read(
         }
     };
     match tokio::runtime::Handle::try_current() {
+        // Only a multi-threaded runtime drives the connection's IO while this thread
+        // waits in block_on (a current-thread one would never wake it).
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread => {
+            Err(SourceError::Database {
+                db: shown.clone(),
+                message: "a SQL source is read on a multi-threaded tokio runtime (dialsync's own); this one is current-thread".into(),
+            })
+        }
         Ok(handle) => handle.block_on(work),
         Err(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
