@@ -151,6 +151,16 @@ impl DbServer {
     }
 
     pub(crate) fn postgres(test: &str) -> Option<DbServer> {
+        DbServer::postgres_with(test, false)
+    }
+
+    /// PostgreSQL that also speaks TLS, with the certificate in tests/data (for
+    /// `localhost` and 127.0.0.1, signed by no CA the system knows).
+    pub(crate) fn postgres_tls(test: &str) -> Option<DbServer> {
+        DbServer::postgres_with(test, true)
+    }
+
+    fn postgres_with(test: &str, tls: bool) -> Option<DbServer> {
         let Some(bin) = pg_bin() else {
             return skip(
                 test,
@@ -202,6 +212,34 @@ impl DbServer {
                 .arg(format!("--pwfile={}", pw.display())),
             "initdb",
         );
+        let mut options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            db.port,
+            db.dir.path().display()
+        );
+        if tls {
+            let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+            let (crt, key) = (
+                db.dir.path().join("server.crt"),
+                db.dir.path().join("server.key"),
+            );
+            std::fs::copy(certs.join("untrusted-cert.pem"), &crt).unwrap();
+            std::fs::copy(certs.join("untrusted-key.pem"), &key).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if let Some(u) = &db.user {
+                for f in [&crt, &key] {
+                    run(
+                        Command::new("chown").args([&format!("{u}:"), f.to_str().unwrap()]),
+                        "chown",
+                    );
+                }
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                crt.display(),
+                key.display()
+            ));
+        }
         let pg_ctl = db.bin.join("pg_ctl");
         run(
             db.as_user(&pg_ctl)
@@ -210,11 +248,7 @@ impl DbServer {
                 .arg("-l")
                 .arg(db.dir.path().join("log"))
                 .args(["-w", "-t", "120", "-o"])
-                .arg(format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    db.port,
-                    db.dir.path().display()
-                ))
+                .arg(options)
                 .arg("start"),
             "pg_ctl start",
         );

@@ -267,3 +267,39 @@ fn validate_checks_the_columns_of_a_query() {
     assert!(text.contains("password authentication failed"), "{text}");
     assert!(!text.contains("wrong-pw-123"), "{text}");
 }
+
+/// TLS as the URL sets it: `sslmode=verify-full` refuses a server whose certificate no
+/// trusted CA signed (nothing read, nothing changed), and takes it with that certificate
+/// as `sslrootcert`.
+#[test]
+fn postgres_over_tls_trusts_its_sslrootcert_only() {
+    let Some(db) = DbServer::postgres_tls("sql::postgres_over_tls_trusts_its_sslrootcert_only")
+    else {
+        return;
+    };
+    create_contacts(&db, 2);
+    let env = Env::new();
+    let q = query(Flavor::Postgres);
+    sql_job(&env, &db, &format!("{}?sslmode=verify-full", db.url()), q);
+    let (report, code) = sync_checked(&env);
+    assert_eq!(code, 3, "{report}");
+    assert!(
+        report["aborted"].as_str().unwrap().contains("certificate"),
+        "{report}"
+    );
+    assert!(env.contacts().is_empty());
+
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/untrusted-cert.pem");
+    sql_job(
+        &env,
+        &db,
+        &format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            db.url(),
+            ca.display()
+        ),
+        q,
+    );
+    let (report, code) = sync_checked(&env);
+    assert_eq!((code, count(&report, "imported")), (0, 2), "{report}");
+}
