@@ -12,7 +12,8 @@
 //! the 1M-row ones only (import, no-op, 1% changed), `DIALSYNC_BENCH=net` only those
 //! about the network (latency, rate limit, load generator), `DIALSYNC_BENCH=sql` the
 //! 1M rows from a private PostgreSQL (started as the tests start it; `.ci/test`
-//! installs it) next to the same rows from the CSV file. With `DIALSYNC_BENCH_KEEP=1` the
+//! installs it) next to the same rows from the CSV file, `DIALSYNC_BENCH=idle` the
+//! daemon's cost between runs (20 jobs on `*/5`). With `DIALSYNC_BENCH_KEEP=1` the
 //! state and config of the size scenarios stay in `target/bench-data` for profiling (a
 //! no-op sync makes one read-only call, the token's check, so profiling it needs an
 //! emulator listening at the config's address).
@@ -274,7 +275,7 @@ fn main() {
     let sizes: &[usize] = match mode.as_str() {
         "quick" => &[100_000],
         "1m" => &[1_000_000],
-        "net" | "sql" => &[],
+        "net" | "sql" | "idle" => &[],
         _ => &[100_000, 1_000_000],
     };
     for &n in sizes {
@@ -381,6 +382,13 @@ fn main() {
         b.print();
         return;
     }
+    if mode.is_empty() || mode == "idle" {
+        daemon_idle(&mut b, &data);
+        if mode == "idle" {
+            b.print();
+            return;
+        }
+    }
     if mode.is_empty() || mode == "sql" {
         sql_rows(&mut b, &data, keep);
         if mode == "sql" {
@@ -456,6 +464,127 @@ fn main() {
     ));
 
     b.print();
+}
+
+/// The daemon between runs: 20 jobs on `*/5`, started and ready (READY=1), then watched
+/// for 60 s that hold no schedule's minute: its RSS, its CPU time (utime + stime) and how
+/// often its threads wake (voluntary context switches), from /proc.
+fn daemon_idle(b: &mut Bench, data: &Path) {
+    use std::os::unix::net::UnixDatagram;
+    let jobs = 20;
+    let emu = Emulator::new(EmulatorConfig {
+        client_id: 7,
+        token: TOKEN.into(),
+        campaigns: (0..jobs).map(|i| (1000 + i, format!("Idle {i}"))).collect(),
+        ..EmulatorConfig::default()
+    });
+    let addr =
+        b.rt.block_on(emu.spawn("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+    let dir = tempfile::tempdir_in(data).unwrap();
+    let file = dir.path().join("export.csv");
+    export(&file, 100, None);
+    let mut text = format!(
+        "[dialler]\nbase_url = \"http://{addr}/rest/v1.0\"\nclient_id = 7\ntoken = \"{TOKEN}\"\n\n[state]\npath = \"state\"\n"
+    );
+    for i in 0..jobs {
+        text.push_str(&format!(
+            "\n[[job]]\nname = \"idle{i}\"\nschedule = \"*/5 * * * *\"\ncampaign_id = {}\ndefault_country = \"DE\"\n\
+             [job.source]\ntype = \"csv\"\npath = \"{}\"\n[job.fields]\nUserData = \"CustomerNo\"\nName = \"LastName\"\nPhoneNumber1 = \"Phone\"\n",
+            1000 + i,
+            file.display()
+        ));
+    }
+    std::fs::write(dir.path().join("dialsync.toml"), text).unwrap();
+    let sock = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["run", "--config", "dialsync.toml"])
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &sock)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("the daemon says READY=1");
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    // 60 s without a schedule's minute (every 5 minutes, UTC): start 20 s after one when
+    // the next is less than 75 s away.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_next = 300 - since_epoch % 300;
+    if to_next < 75 {
+        std::thread::sleep(Duration::from_secs(to_next + 20));
+    }
+    let pid = child.id();
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of the whole line.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let switches = |pid: u32| -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .sum()
+    };
+    let rss = |pid: u32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap()
+            / 1024.0
+    };
+    let clk_tck: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(100.0);
+    let window = Duration::from_secs(60);
+    let (t0, s0, started) = (ticks(pid), switches(pid), Instant::now());
+    std::thread::sleep(window);
+    let (t1, s1, took) = (ticks(pid), switches(pid), started.elapsed().as_secs_f64());
+    let rss_mb = rss(pid);
+    let hwm = peak_rss_mb(pid).unwrap_or(rss_mb);
+    let _ = child.kill();
+    let _ = child.wait();
+    let cpu = (t1 - t0) as f64 / clk_tck / took * 100.0;
+    let wakeups = (s1 - s0) as f64 / took;
+    let holds = |ok: bool| if ok { "holds" } else { "MISSED" };
+    b.rows.push(format!(
+        "| daemon idle: {jobs} jobs on */5, {took:.0} s between runs | | | | | | | {rss_mb:.0} MB (peak {hwm:.0} MB) | CPU {cpu:.2}% of a core, {wakeups:.1} wake-ups/s; targets < 30 MB: {}, < 1%: {} |",
+        holds(rss_mb < 30.0),
+        holds(cpu < 1.0),
+    ));
+    eprintln!("{}", b.rows.last().unwrap());
 }
 
 /// 1M rows from PostgreSQL: a no-op and 1% changed, each next to the same rows from the
