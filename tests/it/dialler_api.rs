@@ -498,55 +498,12 @@ async fn a_redirect_is_an_error_naming_base_url_and_is_never_followed() {
     assert!(emu.contacts().is_empty());
 }
 
-/// A TLS server on a free loopback port with the self-signed certificate in tests/data,
-/// answering every request with an empty record list; its base URL.
+/// A TLS server with the untrusted certificate of tests/data, answering every request
+/// with an empty record list; its base URL.
 async fn tls_server() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let certs = vec![CertificateDer::from_pem_file(data.join("untrusted-cert.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(data.join("untrusted-key.pem")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return; // the client refused the certificate
-                };
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = br#"{"records": [], "count": 0, "status": 200}"#;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tls.write_all(head.as_bytes()).await;
-                let _ = tls.write_all(body).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    format!("https://127.0.0.1:{}/rest/v1.0", addr.port())
+    let body = br#"{"records": [], "count": 0, "status": 200}"#.to_vec();
+    let port = crate::common::tls_server("application/json", body).await;
+    format!("https://127.0.0.1:{port}/rest/v1.0")
 }
 
 /// An untrusted certificate is a certificate problem, said as such and naming ca_file;

@@ -713,54 +713,10 @@ fn max_pages_makes_the_export_unreadable_and_validate_reads_one_page() {
 /// with the certificate in `ca_file`.
 #[test]
 fn an_https_export_is_trusted_with_its_ca_file_only() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let certs = vec![CertificateDer::from_pem_file(data.join("untrusted-cert.pem")).unwrap()];
-    let key = PrivateKeyDer::from_pem_file(data.join("untrusted-key.pem")).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
     let body = csv(&(1..=2).map(|i| record(i, "Köln")).collect::<Vec<_>>());
-    rt.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let (acceptor, body) = (acceptor.clone(), body.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return; // the client refused the certificate
-                };
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = tls.write_all(head.as_bytes()).await;
-                let _ = tls.write_all(body.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
+    let port = rt.block_on(crate::common::tls_server("text/csv", body.into_bytes()));
     let env = Env::new();
     let source = format!(
         "type = \"http\"\nurl = \"https://127.0.0.1:{port}/export.csv\"\nformat = \"csv\"\nretries = 0\n"
