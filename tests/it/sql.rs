@@ -136,6 +136,23 @@ fn import_change_delete(flavor: Flavor, test: &str) {
     assert_eq!(env.requests_since(before).len(), 1);
     assert!(env.contact("4").locked);
     assert!(!env.contact("3").locked);
+
+    // Other column types, as the mapping gets them: a timestamp as ISO 8601 (with a T),
+    // a boolean as the database writes it in words or digits.
+    let typed = query(flavor)
+        .replace("first_name AS", "active AS")
+        .replace("city AS", "updated AS");
+    sql_job(&env, &db, &db.url(), &typed);
+    let (report, code) = sync_checked(&env);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "updated"), 4, "{report}");
+    let c = env.contact("3");
+    assert_eq!(field(&c, "City"), "2026-12-04T09:30:00");
+    let yes = match flavor {
+        Flavor::Postgres => "true",
+        Flavor::Mariadb => "1",
+    };
+    assert_eq!(field(&c, "FirstName"), yes);
 }
 
 #[test]
