@@ -113,8 +113,8 @@ impl Redact {
         if let Ok(u) = reqwest::Url::parse(url.expose().trim()) {
             if let Some(p) = u.password().filter(|p| !p.is_empty()) {
                 secrets.push(p.to_string());
-                if let Ok(decoded) = percent_decode(p) {
-                    secrets.push(decoded);
+                if let Ok(decoded) = percent_encoding::percent_decode_str(p).decode_utf8() {
+                    secrets.push(decoded.into_owned());
                 }
             }
         }
@@ -133,23 +133,6 @@ impl Redact {
         }
         message
     }
-}
-
-fn percent_decode(s: &str) -> Result<String, ()> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).map_err(|_| ())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| ())
 }
 
 struct Reading<'a> {
