@@ -176,6 +176,79 @@ pub(crate) fn display_url(url: &reqwest::Url) -> String {
 /// The most lines `skip_header_lines` or `skip_footer_lines` may skip.
 const MAX_SKIPPED_LINES: u64 = 1000;
 
+/// Which types of source a key of `[job.source]` applies to (the keys of every type,
+/// `type`, `path` and the readers' settings, are checked where they are read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    Http,
+    Sql,
+    /// HTTP and SQL, not files.
+    Remote,
+}
+
+/// Each key of `[job.source]` that applies to some types only, and whether it is set.
+fn typed_keys(s: &raw::RawSource) -> [(&'static str, Applies, bool); 18] {
+    use Applies::{Http, Remote, Sql};
+    [
+        ("url", Remote, s.url.is_some()),
+        ("timeout", Remote, s.timeout.is_some()),
+        ("connect_timeout", Remote, s.connect_timeout.is_some()),
+        ("method", Http, s.method.is_some()),
+        ("body", Http, s.body.is_some()),
+        ("headers", Http, s.headers.is_some()),
+        ("format", Http, s.format.is_some()),
+        ("max_bytes", Http, s.max_bytes.is_some()),
+        ("ca_file", Http, s.ca_file.is_some()),
+        ("follow_redirects", Http, s.follow_redirects.is_some()),
+        ("retries", Http, s.retries.is_some()),
+        ("retry_delay", Http, s.retry_delay.is_some()),
+        ("auth", Http, s.auth.is_some()),
+        ("pagination", Http, s.pagination.is_some()),
+        ("query", Sql, s.query.is_some()),
+        ("url_file", Sql, s.url_file.is_some()),
+        ("url_env", Sql, s.url_env.is_some()),
+        ("url_credential", Sql, s.url_credential.is_some()),
+    ]
+}
+
+/// Reports each key set in `s` that a source of type `t` does not take, saying which
+/// types take it.
+fn misplaced_keys(
+    ctx: &mut Ctx<'_>,
+    root: &Spanned<DeTable<'_>>,
+    prefix: &[Seg],
+    s: &raw::RawSource,
+    t: SourceType,
+) {
+    let remote = matches!(
+        t,
+        SourceType::Http | SourceType::Postgres | SourceType::Mysql
+    );
+    let sql = matches!(t, SourceType::Postgres | SourceType::Mysql);
+    for (name, applies, set) in typed_keys(s) {
+        let fits = match applies {
+            Applies::Http => t == SourceType::Http,
+            Applies::Sql => sql,
+            Applies::Remote => remote,
+        };
+        if !set || fits {
+            continue;
+        }
+        let mut why = match applies {
+            Applies::Http => "only applies to type = \"http\"".to_string(),
+            Applies::Sql => "only applies to type = \"postgres\" or \"mysql\"".to_string(),
+            Applies::Remote => "only applies to an HTTP or SQL source".to_string(),
+        };
+        if !remote {
+            why.push_str(&format!(" (this source is a {} file)", describe(t)));
+        } else if sql && name == "ca_file" {
+            why.push_str(" (a database's TLS is set in its URL: sslmode=verify-full&sslrootcert=... for PostgreSQL, ssl-mode=VERIFY_IDENTITY&ssl-ca=... for MySQL)");
+        }
+        let path: Vec<Seg> = prefix.iter().cloned().chain([key(name)]).collect();
+        ctx.at(root, &path, why);
+    }
+}
+
 pub(super) fn compile_source(
     ctx: &mut Ctx<'_>,
     root: &Spanned<DeTable<'_>>,
@@ -227,38 +300,7 @@ pub(super) fn compile_source(
                     "missing key `path` (where the CRM export is)",
                 );
             }
-            let http_only = [
-                ("url", s.url.is_some()),
-                ("method", s.method.is_some()),
-                ("body", s.body.is_some()),
-                ("headers", s.headers.is_some()),
-                ("format", s.format.is_some()),
-                ("timeout", s.timeout.is_some()),
-                ("connect_timeout", s.connect_timeout.is_some()),
-                ("max_bytes", s.max_bytes.is_some()),
-                ("ca_file", s.ca_file.is_some()),
-                ("follow_redirects", s.follow_redirects.is_some()),
-                ("retries", s.retries.is_some()),
-                ("retry_delay", s.retry_delay.is_some()),
-                ("auth", s.auth.is_some()),
-                ("pagination", s.pagination.is_some()),
-                ("query", s.query.is_some()),
-                ("url_file", s.url_file.is_some()),
-                ("url_env", s.url_env.is_some()),
-                ("url_credential", s.url_credential.is_some()),
-            ];
-            for (name, set) in http_only {
-                if set {
-                    ctx.at(
-                        root,
-                        &at(name),
-                        format!(
-                            "only applies to an HTTP or SQL source (this source is a {} file)",
-                            describe(t)
-                        ),
-                    );
-                }
-            }
+            misplaced_keys(ctx, root, prefix, &s, t);
         }
     }
     // What the reader parses.
@@ -370,21 +412,7 @@ pub(super) fn compile_source(
             compile_sql(ctx, root, prefix, &mut s, SqlDialect::Mysql, resolve)
         }
         Some(SourceType::Http) => {
-            for name in ["query", "url_file", "url_env", "url_credential"] {
-                let set = match name {
-                    "query" => s.query.is_some(),
-                    "url_file" => s.url_file.is_some(),
-                    "url_env" => s.url_env.is_some(),
-                    _ => s.url_credential.is_some(),
-                };
-                if set {
-                    ctx.at(
-                        root,
-                        &at(name),
-                        "only applies to type = \"postgres\" or \"mysql\"",
-                    );
-                }
-            }
+            misplaced_keys(ctx, root, prefix, &s, SourceType::Http);
             None
         }
         _ => None,
@@ -450,29 +478,11 @@ fn compile_sql(
 ) -> Option<SqlSource> {
     let at = |k: &str| -> Vec<Seg> { prefix.iter().cloned().chain([key(k)]).collect() };
     let start = ctx.problems.len();
-    let http_only = [
-        ("method", s.method.is_some()),
-        ("body", s.body.is_some()),
-        ("headers", s.headers.is_some()),
-        ("format", s.format.is_some()),
-        ("max_bytes", s.max_bytes.is_some()),
-        ("ca_file", s.ca_file.is_some()),
-        ("follow_redirects", s.follow_redirects.is_some()),
-        ("retries", s.retries.is_some()),
-        ("retry_delay", s.retry_delay.is_some()),
-        ("auth", s.auth.is_some()),
-        ("pagination", s.pagination.is_some()),
-    ];
-    for (name, set) in http_only {
-        if set {
-            let why = if name == "ca_file" {
-                "only applies to type = \"http\" (a database's TLS is set in its URL: sslmode=verify-full&sslrootcert=... for PostgreSQL, ssl-mode=VERIFY_IDENTITY&ssl-ca=... for MySQL)"
-            } else {
-                "only applies to type = \"http\""
-            };
-            ctx.at(root, &at(name), why);
-        }
-    }
+    let kind = match dialect {
+        SqlDialect::Postgres => SourceType::Postgres,
+        SqlDialect::Mysql => SourceType::Mysql,
+    };
+    misplaced_keys(ctx, root, prefix, s, kind);
     let schemes = dialect.schemes();
     let example = match dialect {
         SqlDialect::Postgres => "postgres://dialsync@crm-db.example/crm?sslmode=verify-full",

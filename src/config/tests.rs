@@ -630,6 +630,23 @@ fn sql_source_keys_are_checked_with_their_lines() {
         "[job.source]\ntype = \"csv\"\npath = \"a.csv\"\nquery = \"SELECT 1\"",
     ));
     assert_eq!(p[0].1, "job[1].source.query", "{p:?}");
+    assert!(
+        p[0].2.contains(
+            "only applies to type = \"postgres\" or \"mysql\" (this source is a csv file)"
+        ),
+        "{p:?}"
+    );
+    // Each key says which types take it: HTTP's on a query, a query's on HTTP.
+    let p = problems(&sql("[job.source]\ntype = \"postgres\"\nurl = \"postgres://db/crm\"\nquery = \"SELECT 1\"\nmethod = \"GET\""));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].2.contains("only applies to type = \"http\""), "{p:?}");
+    let p = problems(&sql("[job.source]\ntype = \"http\"\nurl = \"https://crm.example.com/x\"\nformat = \"csv\"\nurl_env = \"X\""));
+    assert_eq!(
+        (p.len(), p[0].1.as_str()),
+        (1, "job[1].source.url_env"),
+        "{p:?}"
+    );
+    assert!(p[0].2.contains("\"postgres\" or \"mysql\""), "{p:?}");
 }
 
 #[test]
