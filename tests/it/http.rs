@@ -33,6 +33,18 @@ struct Crm {
     fail_with: Option<u16>,
 }
 
+impl Crm {
+    /// The records `from..from + n` as JSON objects.
+    fn page(&self, from: usize, n: usize) -> Vec<Value> {
+        self.records
+            .iter()
+            .skip(from)
+            .take(n)
+            .map(as_json)
+            .collect()
+    }
+}
+
 type Shared = Arc<Mutex<Crm>>;
 
 struct Server {
@@ -187,13 +199,7 @@ async fn hubspot(
         c.revoked.push("tok-1".into());
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let page: Vec<Value> = c
-        .records
-        .iter()
-        .skip(after)
-        .take(c.page_size)
-        .map(as_json)
-        .collect();
+    let page = c.page(after, c.page_size);
     let mut body = json!({"results": page});
     if after + c.page_size < c.records.len() {
         body["paging"] = json!({"next": {"after": (after + c.page_size).to_string(),
@@ -215,13 +221,7 @@ async fn linked(
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let n: usize = q.get("p").map_or(1, |a| a.parse().unwrap());
-    let page: Vec<Value> = c
-        .records
-        .iter()
-        .skip((n - 1) * c.page_size)
-        .take(c.page_size)
-        .map(as_json)
-        .collect();
+    let page = c.page((n - 1) * c.page_size, c.page_size);
     let mut links = vec![format!(
         "<http://{}/api/linked?p=1>; rel=\"first\"",
         headers["host"].to_str().unwrap()
@@ -244,13 +244,7 @@ async fn cursor(
     let from: usize = q
         .get("cursor")
         .map_or(0, |a| a.trim_start_matches('c').parse().unwrap());
-    let page: Vec<Value> = c
-        .records
-        .iter()
-        .skip(from)
-        .take(c.page_size)
-        .map(as_json)
-        .collect();
+    let page = c.page(from, c.page_size);
     let next = (from + c.page_size < c.records.len()).then(|| format!("c{}", from + c.page_size));
     axum::Json(json!({"data": page, "meta": {"next_cursor": next}})).into_response()
 }
@@ -275,13 +269,7 @@ async fn numbered(
         (_, Some(p)) => (p - 1) * size,
         _ => 0,
     };
-    let page: Vec<Value> = c
-        .records
-        .iter()
-        .skip(from)
-        .take(size)
-        .map(as_json)
-        .collect();
+    let page = c.page(from, size);
     axum::Json(json!({"items": page})).into_response()
 }
 
