@@ -29,6 +29,7 @@ mod escape;
 mod failpoint;
 mod fields;
 mod key;
+mod keymap;
 mod locking;
 mod metrics;
 mod outcomes;
@@ -74,6 +75,7 @@ pub use metrics::{ApiMetrics, Metrics};
 /// version stored. Not an API.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::engine::execute::window;
     pub use crate::fields::{by_code, FieldValue};
     pub use crate::state::hashing::{legacy_trigger, legacy_value};
     pub use crate::state::{Entry, StateView};

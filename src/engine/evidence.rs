@@ -10,15 +10,18 @@
 //! their string values and bare tokens (a key may be a number). A substring is no
 //! evidence: `501` inside a phone number does not save contact `501`, only a value that
 //! is `501` as a whole does. A key found this way withholds its removal, and the report
-//! names the line. The guards keep removals few, so this pass is rare and its set small.
+//! names the line. The guards keep removals few, so this pass is rare; its set holds the
+//! removals' key hashes (8 bytes each), and a value whose hash is among them is kept with
+//! its line and compared in full.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek};
 
 use crate::config::{SourceConfig, SourceKind};
+use crate::engine::pipeline::PlanError;
 use crate::engine::plan::{KeyInExport, Plan};
 use crate::engine::report::LIST_LIMIT;
-use crate::key::{clean_key, Key};
+use crate::key::{clean_key, key_hash, Key};
 use crate::source::{self, SourceError};
 
 /// Withholds each removal of `plan` whose UserData stands as a whole value anywhere in
@@ -27,7 +30,7 @@ pub(crate) fn require(
     cfg: &SourceConfig,
     mut file: std::fs::File,
     plan: &mut Plan,
-) -> Result<(), SourceError> {
+) -> Result<(), PlanError> {
     if plan.removals.is_empty() {
         return Ok(());
     }
@@ -35,38 +38,40 @@ pub(crate) fn require(
         path: cfg.path.clone(),
         source,
     })?;
-    let wanted: HashSet<&str> = plan.removals.iter().map(|r| r.key.as_str()).collect();
+    let mut wanted = HashSet::with_capacity(plan.removals.len());
+    for r in plan.removals.iter() {
+        wanted.insert(key_hash(&r?.key));
+    }
     let found = find_keys(cfg, file, &wanted)?;
     if found.is_empty() {
         return Ok(());
     }
-    let mut kept = Vec::with_capacity(plan.removals.len());
     let mut listed: Vec<KeyInExport> = Vec::new();
-    for r in std::mem::take(&mut plan.removals) {
-        match found.get(r.key.as_str()) {
-            Some(&line) => {
-                plan.withheld_removals += 1;
-                listed.push(KeyInExport {
-                    user_data: r.key,
-                    line,
-                });
-            }
-            None => kept.push(r),
+    let mut withheld = 0;
+    plan.retain_removals(|r| match found.get(r.key.as_str()) {
+        Some(&line) => {
+            withheld += 1;
+            listed.push(KeyInExport {
+                user_data: r.key.clone(),
+                line,
+            });
+            false
         }
-    }
+        None => true,
+    })?;
+    plan.withheld_removals += withheld;
     listed.sort_by_key(|k| k.line);
     listed.truncate(LIST_LIMIT);
     plan.doubts.keys_in_export = listed;
-    plan.removals = kept;
     Ok(())
 }
 
-/// The keys of `wanted` that stand as a whole value on some line of the export, with the
-/// first such line (1-based).
+/// The values that stand as a whole value on some line of the export and whose
+/// [`key_hash`] is among `wanted`, with the first such line (1-based).
 pub(crate) fn find_keys(
     cfg: &SourceConfig,
     input: impl Read,
-    wanted: &HashSet<&str>,
+    wanted: &HashSet<u64>,
 ) -> Result<HashMap<String, u64>, SourceError> {
     let read_err = |source| SourceError::Read {
         path: cfg.path.clone(),
@@ -79,7 +84,7 @@ pub(crate) fn find_keys(
     let mut line_no = 0u64;
     let check = |value: &str, line_no: u64, found: &mut HashMap<String, u64>| {
         if let Key::Usable(k) = clean_key(value) {
-            if wanted.contains(k.as_ref()) && !found.contains_key(k.as_ref()) {
+            if wanted.contains(&key_hash(&k)) && !found.contains_key(k.as_ref()) {
                 found.insert(k.into_owned(), line_no);
             }
         }
@@ -159,7 +164,7 @@ mod tests {
     }
 
     fn found(kind: SourceKind, text: &str, keys: &[&str]) -> Vec<(String, u64)> {
-        let wanted: HashSet<&str> = keys.iter().copied().collect();
+        let wanted: HashSet<u64> = keys.iter().map(|k| key_hash(k)).collect();
         let mut v: Vec<_> = find_keys(&cfg(kind), text.as_bytes(), &wanted)
             .unwrap()
             .into_iter()
@@ -305,7 +310,7 @@ mod property {
             let job = job(&path, if delete { "delete" } else { "lock" });
             std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", lines.join("\n"))).unwrap();
             let mut state = BTreeMap::new();
-            for (i, c) in plan(&job, &state).imports.into_iter().enumerate() {
+            for (i, c) in plan(&job, &state).imports.to_vec().into_iter().enumerate() {
                 state.insert(c.key.clone(), Entry {
                     id: i as i64 + 1,
                     fields: c.hashes,
@@ -350,7 +355,7 @@ mod property {
             let text = format!("Nr;Name;Tel;Note\n{}\n", lines.join("\n"));
             std::fs::write(&path, &text).unwrap();
             let p = plan(&job, &state);
-            for r in &p.removals {
+            for r in p.removals.to_vec() {
                 prop_assert!(
                     !text.contains(&r.key),
                     "{} removed though it stands in the export:\n{}", r.key, text

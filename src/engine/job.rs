@@ -3,6 +3,7 @@
 //! the guards, execute. Whatever stops it goes into the report.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use crate::engine::guard::{self, Facts, Tripped};
 use crate::engine::mapping::Mapper;
 use crate::engine::outcome::{error_chain, Abort, Step};
 use crate::engine::pipeline::{self, PlanError};
-use crate::engine::plan::{Plan, Planner, Policy, Removal, RemovalKind};
+use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::Fetch;
@@ -34,6 +35,8 @@ pub(super) fn read_and_plan(
     users: Option<Arc<HashSet<String>>>,
     handle: &RunHandle,
     download: Option<&Download>,
+    spool_dir: &Path,
+    finals: Option<Finals>,
 ) -> Result<Plan, PlanError> {
     // A dry run without a state compares with nothing: any key will do.
     let key = match state {
@@ -60,24 +63,30 @@ pub(super) fn read_and_plan(
         .map(JobState::in_flight)
         .transpose()?
         .unwrap_or_default();
-    let planner = match &digest {
+    let mut planner = match &digest {
         Some(d) => Planner::with_digest(view, policy, d),
         None => Planner::new(view, policy),
     }
-    .in_flight(in_flight);
+    .in_flight(in_flight)
+    .spool_in(Arc::from(spool_dir));
+    if let Some((to_lock, final_locked)) = finals {
+        planner = planner.on_done(to_lock, final_locked);
+    }
     let no_pages = Pages::default();
     if job.source.kind == crate::config::SourceKind::Sql {
         // The rows of a query: no text to read again for evidence (see evidence.rs); the
         // whole result read without error is the evidence.
         let columns = job.columns();
-        return pipeline::plan_rows(
+        let mut plan = pipeline::plan_rows(
             |sink| source::sql::read(&job.source, &columns, source::sql::Read::Rows, sink),
             &no_pages,
             &columns,
             &mapper,
             planner,
             handle,
-        );
+        )?;
+        plan.lock_done()?;
+        return Ok(plan);
     }
     let (cfg, file, pages) = match download {
         Some(d) => {
@@ -102,6 +111,7 @@ pub(super) fn read_and_plan(
     let mut plan =
         pipeline::read_and_plan(cfg, file, pages, &job.columns(), &mapper, planner, handle)?;
     evidence::require(cfg, again, &mut plan)?;
+    plan.lock_done()?;
     Ok(plan)
 }
 
@@ -435,18 +445,27 @@ async fn plan_and_execute(
         }
     };
     let planning = Instant::now();
+    let spool_dir = downloads_dir(config);
     let planned = {
         let job = job.clone();
         let state = state.cloned();
         let handle = Arc::clone(handle);
         tokio::task::spawn_blocking(move || {
             // The download's temporary file goes once the plan is made.
-            read_and_plan(&job, state.as_ref(), users, &handle, download.as_deref())
+            read_and_plan(
+                &job,
+                state.as_ref(),
+                users,
+                &handle,
+                download.as_deref(),
+                &spool_dir,
+                finals,
+            )
         })
         .await
     };
     report.plan_ms = planning.elapsed().as_millis() as u64;
-    let mut plan = match planned {
+    let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             let why = Abort::plan(e);
@@ -462,10 +481,7 @@ async fn plan_and_execute(
         }
     };
 
-    // Before any count is taken from the plan.
-    if let Some(finals) = finals {
-        report.done_locks = apply_on_done(&mut plan, finals);
-    }
+    report.done_locks = plan.done_locks;
     report.rows = plan.rows + plan.blank;
     report.blank = plan.blank;
     report.notes.extend(plan.notes.iter().cloned());
@@ -479,7 +495,7 @@ async fn plan_and_execute(
             "an earlier run stopped with calls in flight; those contacts are sent what the export says"
         );
     }
-    report.invalid = plan.rejected.len() as u64 - plan.duplicates;
+    report.invalid = plan.rejects - plan.duplicates;
     report.duplicates = plan.duplicates;
     report.new = plan.imports.len() as u64;
     report.changed = plan.changes.len() as u64;
@@ -489,7 +505,7 @@ async fn plan_and_execute(
     report.withheld_removals = plan.withheld_removals;
     report.withheld = plan.doubts.clone();
     report.problems = plan.rejected.iter().take(LIST_LIMIT).cloned().collect();
-    report.warnings = plan.warnings.len() as u64;
+    report.warnings = plan.warned;
     report.row_warnings = plan.warnings.iter().take(LIST_LIMIT).cloned().collect();
     for r in plan.rejected.iter().take(20) {
         tracing::warn!(row = r.at.row, user_data = r.key.as_deref().unwrap_or(""), reason = %r.reason, "row skipped");
@@ -508,7 +524,7 @@ async fn plan_and_execute(
     let facts = Facts {
         // Blank rows are no data: an export padded with them is no longer for it.
         rows: plan.rows,
-        valid: plan.rows - plan.rejected.len() as u64,
+        valid: plan.rows - plan.rejects,
         known: plan.known,
         last_good_rows,
         // Locks of finished contacts are no removals: no export caused them.
@@ -546,7 +562,10 @@ async fn plan_and_execute(
         report.unlocked = plan.unlocks() as u64;
         report.locked = plan.removals(RemovalKind::Lock) as u64;
         report.deleted = plan.removals(RemovalKind::Delete) as u64;
-        report.preview = crate::engine::report::preview(&plan);
+        match crate::engine::report::preview(&plan) {
+            Ok(lines) => report.preview = lines,
+            Err(e) => report.stop(Abort::plan(e.into())),
+        }
         return;
     }
 
@@ -774,40 +793,6 @@ async fn read_outcomes(
     );
     report.outcomes = Some(out);
     Ok((g.to_lock, g.final_locked))
-}
-
-/// `on_done = "lock"`: a contact whose result is done or aborted is locked, and stays
-/// locked while the export has it, unless a reset trigger fired for it (the reset opens
-/// it again: the dialler deletes its result). One with an update to send this run is
-/// locked by the next. The locks planned.
-fn apply_on_done(plan: &mut Plan, (to_lock, final_locked): Finals) -> u64 {
-    for c in &mut plan.changes {
-        if c.unlock && !c.reset && final_locked.contains(&crate::key::key_hash(&c.key)) {
-            c.unlock = false;
-        }
-    }
-    let before = plan.changes.len();
-    plan.changes
-        .retain(|c| !c.update.is_empty() || c.reset || c.unlock);
-    plan.unchanged += (before - plan.changes.len()) as u64;
-    let busy: HashSet<&str> = plan
-        .changes
-        .iter()
-        .map(|c| c.key.as_str())
-        .chain(plan.removals.iter().map(|r| r.key.as_str()))
-        .collect();
-    let locks: Vec<Removal> = to_lock
-        .into_iter()
-        .filter(|(key, _)| !busy.contains(key.as_str()))
-        .map(|(key, old)| Removal {
-            key,
-            old,
-            kind: RemovalKind::Lock,
-        })
-        .collect();
-    let n = locks.len() as u64;
-    plan.removals.extend(locks);
-    n
 }
 
 /// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).

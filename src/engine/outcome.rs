@@ -11,6 +11,7 @@ use crate::config::TokenError;
 use crate::dialler::{ClientError, DiallerError};
 use crate::engine::guard::Tripped;
 use crate::engine::pipeline::PlanError;
+use crate::engine::plan::SpoolError;
 use crate::engine::reconcile::ReconcileError;
 use crate::state::StateError;
 
@@ -104,6 +105,8 @@ pub enum Step {
     Verify,
     /// Reading the campaign's dialling outcomes (`[job.outcomes]`, `on_done`).
     Outcomes,
+    /// Keeping the plan on disk until it is sent.
+    Plan,
     /// Sending the plan.
     Send,
     /// Making the run's state durable at its end.
@@ -138,6 +141,7 @@ impl fmt::Display for Step {
                 "could not read the campaign's dialling outcomes (its contacts and result \
                  codes), so nothing was changed"
             }
+            Step::Plan => "the plan could not be kept on disk, so nothing was changed",
             Step::Send => "the run stopped; nothing after this call was sent",
             Step::Flush => {
                 "the state could not be written to disk (is it full?); the next run checks \
@@ -174,6 +178,13 @@ pub enum Abort {
         during: Step,
         #[source]
         source: StateError,
+    },
+    /// The plan's temporary file failed (a full disk).
+    #[error("{during}")]
+    Spool {
+        during: Step,
+        #[source]
+        source: SpoolError,
     },
     /// The export could not be read (or its file could not be opened).
     #[error("the export could not be used, so nothing was changed")]
@@ -231,6 +242,10 @@ impl Abort {
     pub fn plan(e: PlanError) -> Abort {
         match e {
             PlanError::State(s) => Abort::state(Step::ReadState, s),
+            PlanError::Spool(source) => Abort::Spool {
+                during: Step::Plan,
+                source,
+            },
             PlanError::Stopped => Abort::Stopped {
                 done: 0,
                 planned: 0,
@@ -246,6 +261,7 @@ impl Abort {
             Abort::Unauthorized { .. } => Exit::Unauthorized,
             Abort::Dialler { .. }
             | Abort::State { .. }
+            | Abort::Spool { .. }
             | Abort::Export(_)
             | Abort::Stopped { .. }
             | Abort::Token(_)
@@ -262,6 +278,7 @@ impl Abort {
             Abort::Unauthorized { .. } => "unauthorized",
             Abort::Dialler { .. } => "dialler",
             Abort::State { .. } => "state",
+            Abort::Spool { .. } => "disk",
             Abort::Export(_) => "export",
             Abort::Stopped { .. } => "stopped",
             Abort::Token(_) => "token",

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use crate::config::SourceConfig;
 use crate::engine::mapping::Mapper;
-use crate::engine::plan::{Plan, Planner};
+use crate::engine::plan::{Plan, Planner, SpoolError};
 use crate::engine::progress::RunHandle;
 use crate::key::key_hash;
 use crate::source::{self, recycle, BadRow, Flow, Item, Pages, Record, RowRef, SourceError};
@@ -31,6 +31,8 @@ pub enum PlanError {
     Source(#[from] SourceError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     #[error("stopped while reading the export (shutdown or cancelled); nothing was changed")]
     Stopped,
 }
@@ -124,7 +126,7 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
     let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
     let n = columns.len();
     std::thread::scope(|scope| {
-        let planning = scope.spawn(move || -> Result<Plan, StateError> {
+        let planning = scope.spawn(move || -> Result<Plan, PlanError> {
             let mut scratch = Scratch::default();
             for mut batch in full_rx {
                 plan_batch(mapper, n, &mut planner, &batch, &mut scratch)?;
@@ -193,7 +195,7 @@ fn plan_batch<S: StateView + ?Sized>(
     planner: &mut Planner<'_, S>,
     batch: &Batch,
     scratch: &mut Scratch,
-) -> Result<(), StateError> {
+) -> Result<(), PlanError> {
     let mut values = recycle(std::mem::take(&mut scratch.values));
     scratch.hashes.clear();
     for row in &batch.rows {
@@ -308,7 +310,7 @@ mod tests {
         let mut state = BTreeMap::new();
         // Half the contacts are known and unchanged, a few known with other values.
         let first = plan_in_one_thread(&job, &state);
-        for (n, c) in first.imports.iter().enumerate() {
+        for (n, c) in first.imports.to_vec().into_iter().enumerate() {
             if n % 2 == 0 {
                 let mut row = c.row;
                 if n % 10 == 0 {
@@ -370,6 +372,50 @@ mod tests {
         assert_eq!(
             expected.withheld_removals, 1,
             "unreadable rows hold the removal back"
+        );
+    }
+
+    /// A first import's plan is never in memory whole: past its buffer, the spool's
+    /// operations are in its file, and they all read back, in the export's order.
+    #[test]
+    fn a_large_plan_is_kept_on_disk_beyond_its_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        let n = 100_000;
+        let mut text = String::from("Nr,Name,Tel\n");
+        for i in 0..n {
+            text.push_str(&format!("K{i},Name {i},0171 {:07}\n", 1_000_000 + i));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let job = job(&path);
+        let state = BTreeMap::new();
+        let spool_dir: std::sync::Arc<Path> = std::sync::Arc::from(dir.path());
+        let planner = Planner::new(&state, policy(&job)).spool_in(spool_dir);
+        let plan = read_and_plan(
+            &job.source,
+            open(&job),
+            &Pages::default(),
+            &job.columns(),
+            &Mapper::new(&job, Arc::new(HashKey::for_tests())),
+            planner,
+            &RunHandle::new(),
+        )
+        .unwrap();
+        assert_eq!(plan.imports.len(), n);
+        assert!(plan.imports.on_disk());
+        assert!(plan.imports.buffered() < crate::engine::plan::spool::BUFFER);
+        let mut read = 0;
+        for (i, c) in plan.imports.iter().enumerate() {
+            let c = c.unwrap();
+            assert_eq!(c.key, format!("K{i}"));
+            assert_eq!(c.at.row, i as u64 + 2, "the header is row 1");
+            read += 1;
+        }
+        assert_eq!(read, n);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "the spool's file has no name: only the export is in the folder"
         );
     }
 

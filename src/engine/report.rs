@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::engine::mapping::Rejected;
 use crate::engine::outcome::{Abort, Exit};
 use crate::engine::plan::Doubts;
-use crate::engine::plan::{Plan, RemovalKind, RowWarning};
+use crate::engine::plan::{Plan, RemovalKind, RowWarning, SpoolError};
 use crate::engine::run::Trigger;
 use crate::escape::printable;
 use crate::state::Verified;
@@ -123,6 +123,10 @@ pub struct JobReport {
     /// Of the locks, those of contacts whose result is done or aborted (`on_done`).
     #[serde(skip_serializing_if = "is_zero")]
     pub done_locks: u64,
+    /// The most operations read from the plan's spools and not yet done at any one time
+    /// (the executor's window: the plan is never in memory whole).
+    #[serde(skip)]
+    pub held_peak: u64,
     /// An HTTP export answered 304 Not Modified: nothing was downloaded or planned.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub export_unchanged: bool,
@@ -621,9 +625,10 @@ pub fn json(reports: &[JobReport]) -> String {
 }
 
 /// The planned operations, in the order a dry run lists them.
-pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
+pub(crate) fn preview(plan: &Plan) -> Result<Vec<PreviewLine>, SpoolError> {
+    let most = LIST_LIMIT * 5;
     let mut out = Vec::new();
-    for c in &plan.imports {
+    for c in plan.imports.first(most)? {
         out.push(PreviewLine {
             operation: "import",
             user_data: c.key.clone(),
@@ -631,7 +636,7 @@ pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
             row: Some(c.at.row),
         });
     }
-    for c in &plan.changes {
+    for c in plan.changes.first(most)? {
         let row = Some(c.at.row);
         if !c.update.is_empty() {
             out.push(PreviewLine {
@@ -658,19 +663,19 @@ pub(crate) fn preview(plan: &Plan) -> Vec<PreviewLine> {
             });
         }
     }
-    for r in &plan.removals {
+    for r in plan.removals.first(most)? {
         out.push(PreviewLine {
             operation: match r.kind {
                 RemovalKind::Lock => "lock",
                 RemovalKind::Delete => "delete",
             },
-            user_data: r.key.clone(),
+            user_data: r.key,
             fields: Vec::new(),
             row: None,
         });
     }
-    out.truncate(LIST_LIMIT * 5);
-    out
+    out.truncate(most);
+    Ok(out)
 }
 
 fn is_zero(n: &u64) -> bool {

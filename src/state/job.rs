@@ -40,6 +40,10 @@ pub struct JobState {
     pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Entries written that the digest cache follows at least (see
+/// [`JobState::after_entry_write`]).
+const MOST_CHANGES: usize = 65_536;
+
 /// The job's digest as this handle knows it: the stored one (read at the first need) and
 /// the entries written since.
 #[derive(Default)]
@@ -107,7 +111,19 @@ impl JobState {
     }
 
     fn after_entry_write(&self, key: &str, now: Option<&Entry>) -> Result<(), StateError> {
-        self.cache()?
+        let mut cache = self.cache()?;
+        let Some(base) = &cache.base else {
+            // No digest to bring up to date: the next one is made from the entries.
+            return Ok(());
+        };
+        // Past a quarter of the entries (a first import, a campaign-wide change), the
+        // changes would cost more memory than reading the entries again at the end.
+        if cache.changes.len() >= (base.len() / 4).max(MOST_CHANGES) {
+            cache.base = None;
+            cache.changes = HashMap::new();
+            return Ok(());
+        }
+        cache
             .changes
             .insert(key_hash(key), now.map(|e| (e.row, e.locked)));
         Ok(())
@@ -198,7 +214,7 @@ impl JobState {
     }
 
     /// Every in-flight mark: UserData -> [`super::in_doubt`] bits.
-    pub fn in_flight(&self) -> Result<HashMap<String, u8>, StateError> {
+    pub(crate) fn in_flight(&self) -> Result<crate::keymap::KeyMap<u8>, StateError> {
         self.in_flight
             .iter()
             .map(|kv| {

@@ -12,7 +12,8 @@
 //! - [`daemon`]: the daemon as a process, synchronised on its sd_notify messages;
 //! - [`dialler_api`]: every dialler function of the client against the emulator;
 //! - [`exports`]: exports as CRMs and spreadsheets write them (`tests/fixtures/`);
-//! - [`monitoring`]: the run history, `status` and `status --check`.
+//! - [`monitoring`]: the run history, `status` and `status --check`;
+//! - [`memory`]: a large plan is never held whole.
 //!
 //! `cargo test --test it MODULE::` runs one module.
 
@@ -25,6 +26,7 @@ mod daemon;
 mod dialler_api;
 mod exports;
 mod http;
+mod memory;
 mod monitoring;
 mod noop;
 mod outcome;

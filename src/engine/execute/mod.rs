@@ -10,6 +10,10 @@
 //! after each call the dialler confirmed, once per call, so a confirmed operation is
 //! recorded even if the run stops afterwards.
 //!
+//! Memory: the plan's operations are read from its spools (see `plan::spool`) as the
+//! journal's window needs them, so at most about two windows and the calls in flight are
+//! in memory, whatever the size of the plan ([`JobReport::held_peak`] says how many).
+//!
 //! Crash safety: every operation but an import is safe to repeat (an update, reset, lock
 //! or unlock sent again changes nothing more; a delete sent again finds the contact gone).
 //! An import is not: its contact ID is only known from the answer. So imports are
@@ -17,7 +21,7 @@
 //! before any of them is sent, and each is cleared once its ID is stored. The next run
 //! resolves what is still pending against the dialler before it plans (`reconcile`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use std::collections::VecDeque;
@@ -144,6 +148,18 @@ pub(crate) async fn campaign_id(
     }
 }
 
+/// How many tasks the journal runs ahead of those started, so at most about this many
+/// imports are pending after a crash. It is written while the calls in flight go on.
+fn ahead(concurrency: usize) -> usize {
+    (concurrency * 4).max(64)
+}
+
+/// More operations than the executor ever holds at once with `concurrency` calls in
+/// flight: the window being journalled, less than a window ready, and those in flight.
+pub fn window(concurrency: usize) -> usize {
+    2 * ahead(concurrency) + concurrency
+}
+
 /// Executes `plan` with at most `concurrency` contacts in flight, adding counts and
 /// failures to `report`. Stops starting operations when `handle` asks to.
 pub(crate) async fn execute(
@@ -170,8 +186,16 @@ pub(crate) async fn execute(
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
     };
-    for (key, entry) in &plan.baselines {
-        if let Err(e) = state.put(key, entry) {
+    let spool_failed = |source| Abort::Spool {
+        during: Step::Send,
+        source,
+    };
+    for baseline in plan.baselines.iter() {
+        let (key, entry) = match baseline {
+            Ok(b) => b,
+            Err(e) => return report.stop(spool_failed(e)),
+        };
+        if let Err(e) = state.put(&key, &entry) {
             return report.stop(Abort::state(Step::Send, e));
         }
     }
@@ -185,18 +209,28 @@ pub(crate) async fn execute(
         Err(e) => return report.stop(Abort::state(Step::ReadState, e)),
     };
     let planned = plan.changes.len() + plan.imports.len() + plan.removals.len();
+    // Operations read from the spools and not yet done, and the most there were.
+    let held = AtomicUsize::new(0);
+    let mut peak = 0usize;
     handle.sending(planned as u64);
     dialler.budget_retries_for(planned as u64);
+    // The operations, read back from the plan's spools; one that does not read back
+    // stops the run (nothing after it is sent).
     let mut tasks = plan
         .changes
-        .into_iter()
-        .map(Task::Change)
-        .chain(plan.imports.into_iter().map(Task::Import))
-        .chain(plan.removals.into_iter().map(Task::Remove));
+        .iter()
+        .map(|c| c.map(Task::Change))
+        .chain(plan.imports.iter().map(|c| c.map(Task::Import)))
+        .chain(plan.removals.iter().map(|r| r.map(Task::Remove)))
+        .map_while(|t| t.map_err(|e| run.halt(spool_failed(e))).ok())
+        .inspect(|_| {
+            held.fetch_add(1, Ordering::Relaxed);
+        });
     // The first task runs alone: a wrong token, ClientsID or base URL then costs the
     // dialler one call, not one per slot of concurrency.
     let mut finished = 0usize;
     let mut absorb = |done: Option<Done>| {
+        held.fetch_sub(1, Ordering::Relaxed);
         let Some(done) = done else { return };
         finished += 1;
         report.imported += done.imported;
@@ -231,13 +265,11 @@ pub(crate) async fn execute(
         }
     };
     if let Some(t) = tasks.next() {
+        peak = held.load(Ordering::Relaxed);
         run.journal(std::slice::from_ref(&t)).await;
         absorb(run.task(t).await);
     }
-    // The journal runs up to this many tasks ahead of those started, so at most about
-    // this many imports are pending after a crash. It is written while the calls in
-    // flight go on.
-    let ahead = (concurrency * 4).max(64);
+    let ahead = ahead(concurrency);
     let mut ready: VecDeque<Task> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut exhausted = false;
@@ -252,9 +284,11 @@ pub(crate) async fn execute(
         // slots never wait for the journal's flush.
         if ready.len() < ahead && !exhausted {
             let chunk: Vec<Task> = tasks.by_ref().take(ahead).collect();
+            peak = peak.max(held.load(Ordering::Relaxed));
             if chunk.is_empty() || run.stopping() {
                 exhausted = true;
                 // Not journalled and never to be started: counted as not finished.
+                held.fetch_sub(chunk.len(), Ordering::Relaxed);
                 drop(chunk);
             } else {
                 let mut journal = std::pin::pin!(run.journalled(chunk));
@@ -280,6 +314,7 @@ pub(crate) async fn execute(
             None => {}
         }
     }
+    report.held_peak = peak as u64;
     let fatal = crate::locking::lock(&run.fatal).take();
     if let Some(why) = fatal {
         report.stop(why);

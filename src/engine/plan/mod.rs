@@ -17,16 +17,25 @@
 //! - anything else is unchanged and costs no call.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::OnMissing;
 use crate::engine::mapping::{Contact, Outcome, Rejected};
+use crate::engine::pipeline::PlanError;
+use crate::engine::report::LIST_LIMIT;
 use crate::fields::Field;
 use crate::fields::FieldValue;
 use crate::key::key_hash;
 use crate::source::RowRef;
 use crate::state::digest::{Digest, Probe};
 use crate::state::hashing;
-use crate::state::{in_doubt, Entry, LastOp, StateError, StateView};
+use crate::state::{in_doubt, Entry, LastOp, StateView};
+
+pub(crate) mod spool;
+
+use crate::keymap::{At, KeyMap};
+pub(crate) use spool::{Spool, SpoolError};
 
 /// The job settings the planner needs.
 #[derive(Debug, Clone, Copy)]
@@ -68,25 +77,37 @@ pub(crate) struct Removal {
     pub kind: RemovalKind,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The plan of one run. Its operations are in [`Spool`]s, read back a window at a time
+/// when sent, so that no run holds its whole plan in memory; their counts are here.
+#[derive(Debug, Default)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Plan {
-    pub imports: Vec<Contact>,
-    pub changes: Vec<Change>,
-    pub removals: Vec<Removal>,
+    pub imports: Spool<Contact>,
+    pub changes: Spool<Change>,
+    pub removals: Spool<Removal>,
     /// State-only refreshes (no call): hashes recorded for a newly mapped field or trigger.
-    pub baselines: Vec<(String, Entry)>,
+    pub baselines: Spool<(String, Entry)>,
+    /// Of the changes, those with an update, a reset, an unlock; of the removals, the
+    /// deletes (the others are locks).
+    pub counts: Counts,
     /// Rows whose contact is as the export says: no call.
     pub unchanged: u64,
     /// Of the unchanged rows, those settled by their hash (see [`Planner::unchanged`]).
     pub unchanged_by_hash: u64,
+    /// The first [`LIST_LIMIT`] rejected rows (the report lists no more).
     pub rejected: Vec<Rejected>,
+    /// Rejected rows, all of them.
+    pub rejects: u64,
     /// Of the rejected rows, those whose UserData an earlier row had.
     pub duplicates: u64,
     /// Contacts absent from the export that stay as they are: locked already, or kept
     /// (`on_missing = "keep"`). Not rows.
     pub absent_kept: u64,
-    /// Rows synced with warnings (a value left out or changed on the way).
+    /// The first [`LIST_LIMIT`] rows synced with warnings (a value left out or changed on
+    /// the way).
     pub warnings: Vec<RowWarning>,
+    /// Rows synced with warnings, all of them.
+    pub warned: u64,
     /// Removals not planned for lack of evidence that their contact left the export.
     pub withheld_removals: u64,
     /// Why they were held back.
@@ -104,6 +125,29 @@ pub(crate) struct Plan {
     pub notes: Vec<String>,
     /// Contacts in the state before the run.
     pub known: u64,
+    /// `on_done = "lock"`: final contacts to lock, unless a change or removal of this run
+    /// is planned for them (see [`Planner::on_done`]); moved to `removals` by
+    /// [`Plan::lock_done`].
+    done: HashMap<String, Entry>,
+    /// Of the removals, those [`Plan::lock_done`] added.
+    pub done_locks: u64,
+}
+
+/// How many of each call a plan's changes and removals make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub updates: u64,
+    pub resets: u64,
+    pub unlocks: u64,
+    pub deletes: u64,
+}
+
+impl Counts {
+    pub(crate) fn add_change(&mut self, c: &Change) {
+        self.updates += u64::from(!c.update.is_empty());
+        self.resets += u64::from(c.reset);
+        self.unlocks += u64::from(c.unlock);
+    }
 }
 
 /// A row that is synced, with what the operator should know about it.
@@ -150,21 +194,84 @@ impl Doubts {
 }
 
 impl Plan {
+    /// A plan whose spools' files go into `dir`.
+    fn in_dir(dir: Arc<Path>) -> Plan {
+        Plan {
+            imports: Spool::new(Arc::clone(&dir)),
+            changes: Spool::new(Arc::clone(&dir)),
+            removals: Spool::new(Arc::clone(&dir)),
+            baselines: Spool::new(dir),
+            ..Plan::default()
+        }
+    }
+
     pub(crate) fn updates(&self) -> usize {
-        self.changes.iter().filter(|c| !c.update.is_empty()).count()
+        self.counts.updates as usize
     }
     pub(crate) fn resets(&self) -> usize {
-        self.changes.iter().filter(|c| c.reset).count()
+        self.counts.resets as usize
     }
     pub(crate) fn unlocks(&self) -> usize {
-        self.changes.iter().filter(|c| c.unlock).count()
+        self.counts.unlocks as usize
     }
     pub(crate) fn removals(&self, kind: RemovalKind) -> usize {
-        self.removals.iter().filter(|r| r.kind == kind).count()
+        let deletes = self.counts.deletes as usize;
+        match kind {
+            RemovalKind::Delete => deletes,
+            RemovalKind::Lock => self.removals.len() - deletes,
+        }
     }
     /// The API calls the plan needs.
     pub(crate) fn calls(&self) -> usize {
         self.imports.len() + self.updates() + self.resets() + self.unlocks() + self.removals.len()
+    }
+
+    /// Adds the removal `r`.
+    pub(crate) fn remove(&mut self, r: &Removal) -> Result<(), SpoolError> {
+        self.removals.push(r)?;
+        self.counts.deletes += u64::from(r.kind == RemovalKind::Delete);
+        Ok(())
+    }
+
+    /// `on_done = "lock"`: adds the locks of the final contacts no change or removal of
+    /// this run is for (after the evidence pass: those contacts are in the export, and
+    /// stay locked there). How many.
+    pub(crate) fn lock_done(&mut self) -> Result<u64, SpoolError> {
+        let mut done: Vec<_> = std::mem::take(&mut self.done).into_iter().collect();
+        done.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, old) in done {
+            self.remove(&Removal {
+                key,
+                old,
+                kind: RemovalKind::Lock,
+            })?;
+            self.done_locks += 1;
+        }
+        Ok(self.done_locks)
+    }
+
+    /// Keeps the removals for which `keep` is true.
+    pub(crate) fn retain_removals(
+        &mut self,
+        mut keep: impl FnMut(&Removal) -> bool,
+    ) -> Result<(), SpoolError> {
+        let empty = self.removals.emptied();
+        let old = std::mem::replace(&mut self.removals, empty);
+        self.counts.deletes = 0;
+        for r in old.iter() {
+            let r = r?;
+            if keep(&r) {
+                self.remove(&r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, r: Rejected) {
+        self.rejects += 1;
+        if self.rejected.len() < LIST_LIMIT {
+            self.rejected.push(r);
+        }
     }
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
@@ -186,10 +293,12 @@ pub(crate) struct Planner<'s, S: StateView + ?Sized> {
     probe: Option<Probe>,
     /// The UserData of every other row (mapped, or rejected with a readable key), with its
     /// first row.
-    seen: HashMap<String, RowRef>,
+    seen: KeyMap<At>,
     /// Contacts with an operation in flight when an earlier run stopped ([`in_doubt`]
     /// bits): what the dialler holds for them is unknown.
-    doubts: HashMap<String, u8>,
+    doubts: KeyMap<u8>,
+    /// `on_done = "lock"`: the key hashes of final contacts locked (see [`Planner::on_done`]).
+    final_locked: std::collections::HashSet<u64>,
     plan: Plan,
 }
 
@@ -199,10 +308,34 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             state,
             policy,
             probe: None,
-            seen: HashMap::new(),
-            doubts: HashMap::new(),
+            seen: KeyMap::default(),
+            doubts: KeyMap::default(),
+            final_locked: Default::default(),
             plan: Plan::default(),
         }
+    }
+
+    /// The plan's files (beyond its first few MB) go into `dir`: the state's private
+    /// folder, not one other users can see. Before the first row.
+    pub(crate) fn spool_in(mut self, dir: Arc<Path>) -> Self {
+        self.plan = Plan::in_dir(dir);
+        self
+    }
+
+    /// `on_done = "lock"`: what the outcomes said. A contact whose result is done or
+    /// aborted is locked, and stays locked while the export has it, unless a reset
+    /// trigger fires for it (the reset opens it again: the dialler deletes its result).
+    /// `to_lock`: the final contacts not locked, each locked unless this run changes or
+    /// removes it (it is locked by the next); `final_locked`: the key hashes of those
+    /// locked, which a change does not unlock.
+    pub(crate) fn on_done(
+        mut self,
+        to_lock: Vec<(String, Entry)>,
+        final_locked: std::collections::HashSet<u64>,
+    ) -> Self {
+        self.plan.done = to_lock.into_iter().collect();
+        self.final_locked = final_locked;
+        self
     }
 
     /// A planner that uses `digest`, which must describe `state` exactly.
@@ -217,7 +350,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     /// export is updated with every mapped field (a field emptied is sent as `null`) and
     /// unlocked if its lock state is in doubt; one missing is locked or deleted per
     /// `on_missing` even if the state says it is locked already.
-    pub(crate) fn in_flight(mut self, marks: HashMap<String, u8>) -> Self {
+    pub(crate) fn in_flight(mut self, marks: KeyMap<u8>) -> Self {
         self.doubts = marks;
         self
     }
@@ -236,10 +369,10 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         if probe.row(i) != row || probe.locked(i) || probe.seen_at(i) != 0 {
             return false;
         }
-        if !self.seen.is_empty() && self.seen.contains_key(key) {
+        if self.seen.contains(key) {
             return false;
         }
-        if !self.doubts.is_empty() && self.doubts.contains_key(key) {
+        if self.doubts.contains(key) {
             return false;
         }
         probe.set_seen_at(i, at.pack());
@@ -270,7 +403,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         }
     }
 
-    pub(crate) fn push(&mut self, outcome: Outcome) -> Result<(), StateError> {
+    pub(crate) fn push(&mut self, outcome: Outcome) -> Result<(), PlanError> {
         self.plan.rows += 1;
         match outcome {
             Outcome::Rejected(r) => {
@@ -286,26 +419,28 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                             first = RowRef::unpack(row);
                         }
                     }
-                    self.seen.entry(k.clone()).or_insert(first);
+                    self.seen.insert(k, first.into());
                 }
-                self.plan.rejected.push(r);
+                self.plan.reject(r);
             }
             Outcome::Contact(mut c) => {
-                if let Some(first) = self.seen.get(&c.key).copied() {
+                if let Some(first) = self.seen.get(&c.key) {
                     self.plan.duplicates += 1;
-                    self.plan.rejected.push(again(c, first));
+                    self.plan.reject(again(c, first.into()));
                     return Ok(());
                 }
-                self.seen.insert(c.key.clone(), c.at);
                 let (at, key) = (c.at, c.key.clone());
                 let mut warnings = std::mem::take(&mut c.warnings);
                 // A row rejected after all (a duplicate) is not synced: no warnings.
                 if self.plan_contact(c, &mut warnings)? && !warnings.is_empty() {
-                    self.plan.warnings.push(RowWarning {
-                        at,
-                        user_data: key,
-                        warning: warnings.join("; "),
-                    });
+                    self.plan.warned += 1;
+                    if self.plan.warnings.len() < LIST_LIMIT {
+                        self.plan.warnings.push(RowWarning {
+                            at,
+                            user_data: key,
+                            warning: warnings.join("; "),
+                        });
+                    }
                 }
             }
         }
@@ -314,16 +449,21 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
 
     /// Plans the row `c`, adding to `warnings` what of it cannot be sent. False: the row
     /// was rejected instead (its UserData was seen before).
-    fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<bool, StateError> {
-        let doubt = self.doubts.get(&c.key).copied().unwrap_or(0);
+    fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<bool, PlanError> {
+        let doubt = self.doubts.get(&c.key).unwrap_or(0);
         let Some(old) = self.state.get(&c.key)? else {
+            self.seen.insert(&c.key, c.at.into());
             if doubt != 0 {
                 // Nothing stored to doubt: a pending import is the journal's business.
                 self.plan.settled.push(c.key.clone());
             }
-            self.plan.imports.push(c);
+            self.plan.imports.push(&c)?;
             return Ok(true);
         };
+        // A key the state has is marked in the probe (below), if there is one.
+        if self.probe.is_none() {
+            self.seen.insert(&c.key, c.at.into());
+        }
         if doubt != 0 {
             self.plan.rechecked += 1;
         }
@@ -334,7 +474,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         // The state has it, so the digest has it (at its key hash's position).
         if let Some(row) = self.mark_seen(&c.key, c.at) {
             self.plan.duplicates += 1;
-            self.plan.rejected.push(again(c, RowRef::unpack(row)));
+            self.plan.reject(again(c, RowRef::unpack(row)));
             return Ok(false);
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
@@ -365,7 +505,16 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 .find(|(c, _)| c == col)
                 .is_some_and(|(_, h)| h != hash)
         });
-        let unlock = old.locked || doubt & in_doubt::LOCK != 0;
+        let mut unlock = old.locked || doubt & in_doubt::LOCK != 0;
+        // A final contact locked by `on_done` stays locked, unless a reset opens it.
+        let done_locked = unlock && !reset && self.final_locked.contains(&key_hash(&c.key));
+        if done_locked {
+            unlock = false;
+            if update.is_empty() {
+                self.plan.unchanged += 1;
+                return Ok(true);
+            }
+        }
         if update.is_empty() && !reset && !unlock {
             if old.fields != c.hashes || old.triggers != c.triggers || old.row != c.row {
                 let mut entry = old;
@@ -373,12 +522,16 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 entry.triggers = c.triggers;
                 entry.row = c.row;
                 entry.last_op = LastOp::Baseline;
-                self.plan.baselines.push((c.key, entry));
+                self.plan.baselines.push(&(c.key, entry))?;
             }
             self.plan.unchanged += 1;
             return Ok(true);
         }
-        self.plan.changes.push(Change {
+        // This run sends it something: `on_done` locks it on the next.
+        if !self.plan.done.is_empty() {
+            self.plan.done.remove(&c.key);
+        }
+        let change = Change {
             at: c.at,
             key: c.key,
             old,
@@ -389,12 +542,14 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             fields: c.hashes,
             triggers: c.triggers,
             row: c.row,
-        });
+        };
+        self.plan.counts.add_change(&change);
+        self.plan.changes.push(&change)?;
         Ok(true)
     }
 
     /// Adds the removals of contacts missing from the export and returns the plan.
-    pub(crate) fn finish(mut self) -> Result<Plan, StateError> {
+    pub(crate) fn finish(mut self) -> Result<Plan, PlanError> {
         let on_missing = self.policy.on_missing;
         let kind_for = |locked: bool| match on_missing {
             OnMissing::Keep => None,
@@ -411,31 +566,43 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 return Ok(self.plan);
             }
         }
-        let mut removals = Vec::new();
         let mut already = 0u64;
         let (seen, probe, doubts) = (&self.seen, &self.probe, &self.doubts);
+        let withhold = self.plan.doubts.withhold_all();
+        let plan = &mut self.plan;
         let mut known = 0u64;
         let mut rechecked = 0u64;
         let mut settled = Vec::new();
+        let mut failed = None;
         self.state.for_each(&mut |key, entry| {
             known += 1;
-            let named = seen.contains_key(key)
+            let named = seen.contains(key)
                 || probe
                     .as_ref()
                     .is_some_and(|p| p.find(key_hash(key)).is_some_and(|i| p.seen_at(i) != 0));
             if named {
                 return;
             }
-            let doubt = doubts.get(key).copied().unwrap_or(0);
+            let doubt = doubts.get(key).unwrap_or(0);
             rechecked += u64::from(doubt != 0);
             // A lock or delete in flight: the lock flag stored may not be the dialler's.
             let locked = entry.locked && doubt & (in_doubt::LOCK | in_doubt::GONE) == 0;
             match kind_for(locked) {
-                Some(kind) => removals.push(Removal {
-                    key: key.to_string(),
-                    old: entry,
-                    kind,
-                }),
+                Some(_) if withhold => plan.withheld_removals += 1,
+                Some(_) if failed.is_some() => {}
+                Some(kind) => {
+                    let removal = Removal {
+                        key: key.to_string(),
+                        old: entry,
+                        kind,
+                    };
+                    if let Err(e) = plan.remove(&removal) {
+                        failed = Some(e);
+                    }
+                    if !plan.done.is_empty() {
+                        plan.done.remove(key);
+                    }
+                }
                 None => {
                     already += 1;
                     if doubt != 0 {
@@ -444,22 +611,20 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 }
             }
         })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         self.plan.rechecked += rechecked;
         self.plan.settled.extend(settled);
         // Marks of contacts the state no longer has (a delete confirmed, its mark not yet
         // cleared) and that no row named: nothing in doubt.
-        for key in self.doubts.keys() {
-            if !seen.contains_key(key) && self.state.get(key)?.is_none() {
-                self.plan.settled.push(key.clone());
+        for (key, _) in self.doubts.iter() {
+            if !seen.contains(key) && self.state.get(key)?.is_none() {
+                self.plan.settled.push(key.to_string());
             }
         }
         self.plan.absent_kept += already;
         self.plan.known = known;
-        if self.plan.doubts.withhold_all() {
-            self.plan.withheld_removals = removals.len() as u64;
-        } else {
-            self.plan.removals = removals;
-        }
         Ok(self.plan)
     }
 }
@@ -526,7 +691,7 @@ pub(crate) fn plan(
     rows: impl IntoIterator<Item = Outcome>,
     state: &(impl StateView + ?Sized),
     policy: Policy,
-) -> Result<Plan, StateError> {
+) -> Result<Plan, PlanError> {
     let mut planner = Planner::new(state, policy);
     for r in rows {
         planner.push(r)?;

@@ -42,9 +42,18 @@ fn rejected(key: Option<&str>, unreadable: bool) -> Outcome {
     })
 }
 
+/// The change `plan` has for `key`.
+fn change_of(plan: &Plan, key: &str) -> Change {
+    plan.changes
+        .to_vec()
+        .into_iter()
+        .find(|c| c.key == key)
+        .unwrap_or_else(|| panic!("a change for {key}"))
+}
+
 /// The state after the dialler confirmed every operation of `plan`.
 fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
-    for c in &plan.imports {
+    for c in plan.imports.to_vec() {
         state.insert(
             c.key.clone(),
             Entry {
@@ -59,14 +68,14 @@ fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
             },
         );
     }
-    for c in &plan.changes {
+    for c in plan.changes.to_vec() {
         let e = state.get_mut(&c.key).unwrap();
         e.fields = c.fields.clone();
         e.triggers = c.triggers.clone();
         e.locked = false;
         e.row = c.row;
     }
-    for r in &plan.removals {
+    for r in plan.removals.to_vec() {
         match r.kind {
             RemovalKind::Lock => state.get_mut(&r.key).unwrap().locked = true,
             RemovalKind::Delete => {
@@ -74,7 +83,7 @@ fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
             }
         }
     }
-    for (k, e) in &plan.baselines {
+    for (k, e) in plan.baselines.to_vec() {
         state.insert(k.clone(), e.clone());
     }
 }
@@ -125,11 +134,11 @@ fn full_cycle() {
     // A's phone changes, B's round changes, C is new.
     let p = plan(with_b(), &state, LOCK).unwrap();
     assert_eq!(p.imports.len(), 1);
-    let a = p.changes.iter().find(|c| c.key == "A").unwrap();
+    let a = change_of(&p, "A");
     assert_eq!(a.update.len(), 1);
     assert_eq!(a.update[0].0.name, "PhoneNumber1");
     assert!(!a.reset && !a.unlock);
-    let b = p.changes.iter().find(|c| c.key == "B").unwrap();
+    let b = change_of(&p, "B");
     assert!(b.update.is_empty() && b.reset);
     assert_eq!(p.calls(), 3);
     apply(&mut state, &p);
@@ -138,7 +147,10 @@ fn full_cycle() {
     let p = plan(without_b(), &state, LOCK).unwrap();
     assert_eq!(p.removals.len(), 1);
     assert_eq!(
-        (p.removals[0].key.as_str(), p.removals[0].kind),
+        (
+            p.removals.to_vec()[0].key.as_str(),
+            p.removals.to_vec()[0].kind
+        ),
         ("B", RemovalKind::Lock)
     );
     apply(&mut state, &p);
@@ -148,7 +160,11 @@ fn full_cycle() {
     assert_eq!((p.rows, p.unchanged, p.absent_kept), (2, 2, 1));
     let p = plan(with_b(), &state, LOCK).unwrap();
     assert_eq!(p.changes.len(), 1);
-    assert!(p.changes[0].unlock && p.changes[0].update.is_empty() && !p.changes[0].reset);
+    assert!(
+        p.changes.to_vec()[0].unlock
+            && p.changes.to_vec()[0].update.is_empty()
+            && !p.changes.to_vec()[0].reset
+    );
 }
 
 #[test]
@@ -163,7 +179,7 @@ fn missing_policy() {
         on_missing: OnMissing::Keep,
     };
     assert_eq!(
-        plan([], &state, del).unwrap().removals[0].kind,
+        plan([], &state, del).unwrap().removals.to_vec()[0].kind,
         RemovalKind::Delete
     );
     let p = plan([], &state, keep).unwrap();
@@ -179,8 +195,9 @@ fn rejected_rows_protect_their_contact() {
     let p = plan([rejected(Some("A"), false)], &state, LOCK).unwrap();
     assert_eq!(
         p.removals
-            .iter()
-            .map(|r| r.key.as_str())
+            .to_vec()
+            .into_iter()
+            .map(|r| r.key)
             .collect::<Vec<_>>(),
         vec!["B"]
     );
@@ -240,7 +257,7 @@ fn new_trigger_and_new_field_are_baselined_without_a_call() {
     assert_eq!(p.baselines.len(), 1);
     apply(&mut state, &p);
     let p = plan([contact("A", "a", "1", "6")], &state, LOCK).unwrap();
-    assert!(p.changes[0].reset);
+    assert!(p.changes.to_vec()[0].reset);
 }
 
 /// Promise 8: a contact whose last call was in flight when a run stopped is planned
@@ -271,7 +288,7 @@ fn in_flight_contacts_are_planned_from_the_export_not_the_state() {
             true => Planner::with_digest(&state, LOCK, &d),
             false => Planner::new(&state, LOCK),
         }
-        .in_flight(marks.clone());
+        .in_flight(marks.clone().into_iter().collect());
         for r in rows.clone() {
             if let Outcome::Contact(c) = &r {
                 assert!(!planner.unchanged(&c.key, key_hash(&c.key), c.row, c.at));
@@ -279,13 +296,13 @@ fn in_flight_contacts_are_planned_from_the_export_not_the_state() {
             planner.push(r).unwrap();
         }
         let p = planner.finish().unwrap();
-        let a = p.changes.iter().find(|c| c.key == "A").expect("A updated");
+        let a = change_of(&p, "A");
         assert_eq!(a.update.len(), 2, "every field of A: {a:?}");
         assert!(!a.unlock && !a.reset);
-        let b = p.changes.iter().find(|c| c.key == "B").expect("B unlocked");
+        let b = change_of(&p, "B");
         assert!(b.unlock && b.update.is_empty(), "{b:?}");
         // C and D left the export: both locked, though the state has C locked.
-        let mut removed: Vec<_> = p.removals.iter().map(|r| r.key.as_str()).collect();
+        let mut removed: Vec<_> = p.removals.to_vec().into_iter().map(|r| r.key).collect();
         removed.sort();
         assert_eq!(removed, ["C", "D"]);
         assert_eq!(p.rechecked, 4);
@@ -297,7 +314,7 @@ fn in_flight_contacts_are_planned_from_the_export_not_the_state() {
     };
     let p = plan(rows.clone(), &state, keep).unwrap();
     assert!(p.removals.is_empty());
-    let mut planner = Planner::new(&state, keep).in_flight(marks);
+    let mut planner = Planner::new(&state, keep).in_flight(marks.into_iter().collect());
     for r in rows {
         planner.push(r).unwrap();
     }
@@ -345,14 +362,14 @@ fn unkeyed_entries_migrate_without_a_call() {
     };
     let p = plan(export(), &old, LOCK).unwrap();
     assert_eq!(p.calls(), 2, "{p:?}");
-    let b = p.changes.iter().find(|c| c.key == "B").unwrap();
+    let b = change_of(&p, "B");
     assert_eq!(b.update.len(), 1);
     assert_eq!(b.update[0].0.name, "PhoneNumber1");
     assert!(b.old.keyed && !b.reset);
-    let c = p.changes.iter().find(|c| c.key == "C").unwrap();
+    let c = change_of(&p, "C");
     assert!(c.reset && c.update.is_empty());
     assert_eq!(p.baselines.len(), 1);
-    let (k, e) = &p.baselines[0];
+    let (k, e) = p.baselines.to_vec().remove(0);
     assert_eq!((k.as_str(), e.keyed), ("A", true));
     assert_eq!(e.fields, keyed["A"].fields);
     assert_eq!(e.triggers, keyed["A"].triggers);
@@ -402,7 +419,7 @@ proptest! {
         for (k, _, _, kind) in &second {
             if *kind == 6 {
                 let key = format!("K{k}");
-                prop_assert!(!p.removals.iter().any(|r| r.key == key));
+                prop_assert!(!p.removals.to_vec().into_iter().any(|r| r.key == key));
             }
         }
         if second.iter().any(|s| s.3 == 7) {
@@ -477,7 +494,7 @@ fn the_digest_settles_unchanged_rows_and_still_finds_duplicates() {
         .contains("appears again (first at row 2)"));
     // B left: locked, found without the digest's help.
     assert_eq!(p.removals.len(), 1);
-    assert_eq!(p.removals[0].key, "B");
+    assert_eq!(p.removals.to_vec()[0].key, "B");
 }
 
 /// `contact(key, name, phone, "1")` with an agent in `ReservedUsersUID`.
@@ -497,12 +514,20 @@ fn with_agent(key: &str, name: &str, agent: &str) -> Outcome {
 fn an_agent_changed_later_is_reported_not_sent() {
     let mut state = BTreeMap::new();
     let p = plan([with_agent("A", "a", "agent1")], &state, LOCK).unwrap();
-    assert_eq!(p.imports[0].fields.len(), 3, "the import sends the agent");
+    assert_eq!(
+        p.imports.to_vec()[0].fields.len(),
+        3,
+        "the import sends the agent"
+    );
     apply(&mut state, &p);
 
     // The agent changes with the name: the update sends the name only.
     let p = plan([with_agent("A", "b", "agent2")], &state, LOCK).unwrap();
-    let names: Vec<_> = p.changes[0].update.iter().map(|(f, _)| f.name).collect();
+    let names: Vec<_> = p.changes.to_vec()[0]
+        .update
+        .iter()
+        .map(|(f, _)| f.name)
+        .collect();
     assert_eq!(names, ["Name"]);
     assert_eq!(p.warnings.len(), 1);
     assert_eq!(
