@@ -69,7 +69,7 @@ async fn cycle(
     let mut exit = dialsync::Exit::Ok;
     // One state for the whole demo: reopening it in the same process races sled's
     // background threads for its lock.
-    let store = dialsync::Store::open(&config.state.path)?;
+    let store = dialsync::Store::open_sized(&config.state.path, config.state.cache_mb)?;
     for (title, bytes) in steps {
         std::fs::write(&export, bytes)?;
         outln!("{title}");

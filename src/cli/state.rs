@@ -32,7 +32,7 @@ pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Fai
         .resolve()
         .map_err(|e| Failure::new(Exit::Config, e))?;
     let dialler = Dialler::new(&cfg.dialler, &token).map_err(|e| Failure::new(Exit::Config, e))?;
-    let store = match Store::open(path) {
+    let store = match Store::open_sized(path, cfg.state.cache_mb) {
         Ok(s) => s,
         Err(e @ (StateError::Open { .. } | StateError::Restore { .. })) if path.exists() => {
             let source = e;
@@ -51,7 +51,8 @@ pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Fai
                      (`dialsync state rebuild` without --job rebuilds all)"
                 );
             }
-            Store::open(path).map_err(|e| Failure::new(Exit::Aborted, e))?
+            Store::open_sized(path, cfg.state.cache_mb)
+                .map_err(|e| Failure::new(Exit::Aborted, e))?
         }
         Err(e) => return Err(Failure::new(Exit::Aborted, e)),
     };

@@ -11,7 +11,7 @@ use super::{
     compile_dialler, compile_job, key, raw, AlertsConfig, Config, Ctx, Guards, MetricsConfig,
     Secret, Seg, StateConfig, TokenSource, DEFAULT_ALERT_RETRIES, DEFAULT_ALERT_TIMEOUT,
     DEFAULT_HISTORY_RUNS, DEFAULT_MAX_REMOVALS_PERCENT, DEFAULT_MAX_RESETS_PERCENT,
-    DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_PATH,
+    DEFAULT_MIN_ROWS_PERCENT, DEFAULT_SNAPSHOT_EVERY, DEFAULT_STATE_CACHE_MB, DEFAULT_STATE_PATH,
 };
 
 /// What is wrong with the CA file at `path`, if anything: it must be readable and hold
@@ -110,10 +110,19 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
 
     let dialler = dialler_raw.and_then(|d| compile_dialler(ctx, &root, d, &resolve, &mut warnings));
-    let (state_path, snapshot_every, history_runs) = match state_raw {
-        Some(s) => (s.path, s.snapshot_every, s.history_runs),
-        None => (None, None, None),
+    let (state_path, snapshot_every, history_runs, cache_mb) = match state_raw {
+        Some(s) => (s.path, s.snapshot_every, s.history_runs, s.cache_mb),
+        None => (None, None, None, None),
     };
+    let cache_mb = ctx
+        .ranged(
+            &root,
+            &[key("state"), key("cache_mb")],
+            cache_mb,
+            8..=65_536,
+            "",
+        )
+        .map_or(DEFAULT_STATE_CACHE_MB, |n| n as u64);
     let history_runs = ctx
         .ranged(
             &root,
@@ -129,6 +138,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_PATH)),
         snapshot_every: snapshot_every.map_or(DEFAULT_SNAPSHOT_EVERY, |d| d.0),
         history_runs,
+        cache_mb,
     };
 
     let mut jobs = Vec::new();

@@ -65,6 +65,8 @@ pub(crate) const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_ALERT_RETRIES: u32 = 2;
 /// How many finished runs each job's history keeps by default.
 pub(crate) const DEFAULT_HISTORY_RUNS: usize = 200;
+/// `[state] cache_mb`: what the state database keeps of its pages in memory, in MB.
+pub(crate) const DEFAULT_STATE_CACHE_MB: u64 = 64;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -199,6 +201,10 @@ pub struct StateConfig {
     pub snapshot_every: Duration,
     /// How many finished runs each job's history keeps (`dialsync history`).
     pub history_runs: usize,
+    /// The state database's page cache, in MB: the most of its memory that grows with
+    /// the campaigns (more makes the outcomes and verification reads of a large campaign
+    /// faster).
+    pub cache_mb: u64,
 }
 
 /// Which campaign a job syncs into.

@@ -36,6 +36,7 @@ pub(crate) struct RawState {
     pub path: Option<PathBuf>,
     pub snapshot_every: Option<HumanDuration>,
     pub history_runs: Option<i64>,
+    pub cache_mb: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -306,6 +306,30 @@ fn a_schedule_that_never_fires_is_rejected_and_six_fields_are_explained() {
     assert_eq!(job.next_runs(3).len(), 3);
 }
 
+/// The state's page cache: 64 MB unless set, in MB, within a range that names the key.
+#[test]
+fn the_state_cache_is_set_in_mb_and_checked() {
+    let c = Config::from_str(GOOD, Path::new("t.toml")).unwrap();
+    assert_eq!(c.state.cache_mb, 64);
+    let set = GOOD.replace(
+        "[state]\npath = \"state\"",
+        "[state]\npath = \"state\"\ncache_mb = 256",
+    );
+    let c = Config::from_str(&set, Path::new("t.toml")).unwrap();
+    assert_eq!(c.state.cache_mb, 256);
+    let bad = GOOD.replace(
+        "[state]\npath = \"state\"",
+        "[state]\npath = \"state\"\ncache_mb = 2",
+    );
+    let p = problems(&bad);
+    assert!(
+        p.iter().any(|(line, key, msg)| line.is_some()
+            && key == "state.cache_mb"
+            && msg.contains("out of range")),
+        "{p:?}"
+    );
+}
+
 #[test]
 fn metrics_and_history_settings_are_checked_with_their_line() {
     let good = GOOD.replace(

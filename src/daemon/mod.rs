@@ -141,7 +141,7 @@ pub async fn run(
         tracing::warn!(config = %path.display(), "{w}");
     }
     config.dialler.token.resolve()?;
-    let store = Store::open(&config.state.path)?;
+    let store = Store::open_sized(&config.state.path, config.state.cache_mb)?;
     let socket = control::socket_path(&config.state.path);
     let listener = bind(&socket)?;
     let metrics = Arc::new(Metrics::new());

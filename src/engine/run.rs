@@ -119,7 +119,7 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     let store = if opts.mode.dry_run && !config.state.path.exists() {
         None
     } else {
-        match Store::open(&config.state.path) {
+        match Store::open_sized(&config.state.path, config.state.cache_mb) {
             Ok(store) => Some(store),
             // Another process or user: what to do differs, the caller says it.
             Err(e @ (StateError::Locked { .. } | StateError::ForeignOwner { .. })) => {

@@ -44,6 +44,13 @@ impl Flusher {
     }
 }
 
+/// How the database at `path` is opened: with a page cache of `cache_mb`.
+fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_mb << 20)
+}
+
 /// The state database.
 #[derive(Clone)]
 pub struct Store {
@@ -62,6 +69,13 @@ impl Store {
     /// 0600 (a state created by an older version is narrowed now), and the process's umask
     /// becomes 077, so that what sled creates later is private too.
     pub fn open(path: &Path) -> Result<Store, StateError> {
+        Store::open_sized(path, crate::config::DEFAULT_STATE_CACHE_MB)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_mb` (`[state] cache_mb`). sled's
+    /// own default is 1 GB, which a campaign of a million contacts fills: a first
+    /// import then peaks at 1.5 GB.
+    pub fn open_sized(path: &Path, cache_mb: u64) -> Result<Store, StateError> {
         refuse_as_root(path)?;
         let io = |e: std::io::Error| StateError::Open {
             path: path.to_path_buf(),
@@ -85,7 +99,7 @@ impl Store {
             path: key_path(path),
             source,
         })?;
-        match sled::Config::new().path(path).open() {
+        match sled_config(path, cache_mb).open() {
             Ok(db) => {
                 let store = Store::on(db, path, key);
                 store.check_key()?;
@@ -95,7 +109,7 @@ impl Store {
                 path: path.to_path_buf(),
             }),
             Err(source) if is_damage(&source) && !snapshot::jobs(path).is_empty() => {
-                Store::restore(path, key, source)
+                Store::restore(path, key, source, cache_mb)
             }
             Err(source) => Err(StateError::Open {
                 path: path.to_path_buf(),
@@ -123,7 +137,12 @@ impl Store {
     /// [`crate::state::snapshot`]). Every restored job is verified against the dialler by its
     /// next run; one whose snapshot was older than its state has every contact's lock
     /// state marked unknown, and its imports look first.
-    fn restore(path: &Path, key: HashKey, broken: sled::Error) -> Result<Store, StateError> {
+    fn restore(
+        path: &Path,
+        key: HashKey,
+        broken: sled::Error,
+        cache_mb: u64,
+    ) -> Result<Store, StateError> {
         let failed = |source: std::io::Error| StateError::Restore {
             path: path.to_path_buf(),
             broken: broken.to_string(),
@@ -137,7 +156,7 @@ impl Store {
             snapshots.push((job, sections, stale));
         }
         let aside = move_aside(path).map_err(failed)?;
-        let db = match sled::Config::new().path(path).open() {
+        let db = match sled_config(path, cache_mb).open() {
             Ok(db) => db,
             Err(e) => {
                 // Put the old one back as it was: nothing is lost by trying.
