@@ -19,6 +19,7 @@ use crate::engine::guard::Tripped;
 use crate::fields::FieldValue;
 use crate::fields::{self, Field};
 use crate::key::{key_hash, record_key};
+use crate::keymap::KeyMap;
 use crate::state::hashing::HashKey;
 use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
 
@@ -333,18 +334,43 @@ pub struct Rebuilt {
 /// lock state is marked unknown (as if a lock or unlock had been in flight), so the next
 /// run unlocks it if it is in the export and locks it if not. Reset triggers start
 /// afresh (their first value is recorded by the next run, without a reset).
+///
+/// The campaign is streamed (never held in memory): each contact's ID and field hashes go
+/// to the job's scratch tree as they arrive (the lowest ID of a UserData stands), and the
+/// state is replaced from there once the listing has been read whole; a listing that
+/// breaks off leaves the state as it was.
 pub async fn rebuild(
     dialler: &Dialler,
     job: &JobConfig,
     state: &JobState,
 ) -> Result<Rebuilt, ReconcileError> {
     let campaign = campaign_id(dialler, &job.campaign).await?;
-    let (by_key, without_user_data) = contacts_by_key(dialler, campaign).await?;
-    let mut locked: HashMap<String, i64> = HashMap::new();
+    let scratch = state.scratch()?;
+    scratch.clear().map_err(StateError::Db)?;
+    let fields: Vec<&'static Field> = job.fields.iter().map(|(f, _)| *f).collect();
+    let gathered = Arc::new(Mutex::new(Listed::default()));
+    {
+        let (scratch, hash_key) = (scratch.clone(), Arc::clone(state.hash_key()));
+        let g = Arc::clone(&gathered);
+        let each = move |r: Record| {
+            crate::locking::lock(&g).see(&r, campaign, &fields, &hash_key, &scratch);
+        };
+        drop(dialler.stream_contacts(campaign, each).await?);
+    }
+    let gathered = std::mem::take(&mut *crate::locking::lock(&gathered));
+    let Listed {
+        without_key: without_user_data,
+        mut shared,
+        error,
+    } = gathered;
+    if let Some(e) = error {
+        return Err(StateError::Db(e).into());
+    }
+    let mut locked: KeyMap<i64> = KeyMap::default();
     // An unreadable old state is what a rebuild is for: its lock flags are lost.
     let _ = state.for_each(&mut |key, e| {
         if e.locked {
-            locked.insert(key.to_string(), e.id);
+            locked.insert(key, e.id);
         }
     });
     state.clear()?;
@@ -354,25 +380,22 @@ pub async fn rebuild(
         without_user_data,
         ..Rebuilt::default()
     };
-    let mut keys: Vec<&String> = by_key.keys().collect();
-    keys.sort();
-    for key in keys {
-        let list = &by_key[key];
-        let first = &list[0];
-        let Some(id) = record_id(first) else { continue };
-        if list.len() > 1 {
-            out.shared
-                .push((key.clone(), list.iter().filter_map(record_id).collect()));
+    // In key order, as the scratch tree keeps them.
+    for kv in scratch.iter() {
+        let (k, v) = kv.map_err(StateError::Db)?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        let Some((id, fields)) = Candidate::decode(&v) else {
+            return Err(StateError::Corrupt { key }.into());
+        };
+        if let Some(mut ids) = shared.remove(&key) {
+            ids.sort_unstable();
+            out.shared.push((key.clone(), ids));
         }
-        let was_locked = locked.get(key) == Some(&id);
+        let was_locked = locked.get(&key) == Some(id);
         out.locked_kept += u64::from(was_locked);
         let entry = Entry {
             id,
-            fields: job
-                .fields
-                .iter()
-                .map(|(f, _)| (f.code, dialler_hash(first, f, state.hash_key())))
-                .collect(),
+            fields,
             triggers: Vec::new(),
             locked: was_locked,
             last_op: LastOp::Baseline,
@@ -380,6 +403,7 @@ pub async fn rebuild(
             row: 0,
             keyed: true,
         };
+        let key = key.as_str();
         state.put(key, &entry)?;
         if !was_locked {
             state.put_in_flight(key, in_doubt::LOCK)?;
@@ -387,9 +411,92 @@ pub async fn rebuild(
         }
         out.contacts += 1;
     }
+    scratch.clear().map_err(StateError::Db)?;
     state.save_digest().await?;
     state.flush().await?;
     Ok(out)
+}
+
+/// What a rebuild gathered while the campaign was listed (the contacts themselves are in
+/// the scratch tree).
+#[derive(Default)]
+struct Listed {
+    without_key: u64,
+    /// UserData values held by several contacts: every ID seen with each.
+    shared: HashMap<String, Vec<i64>>,
+    error: Option<sled::Error>,
+}
+
+/// A contact found for a UserData: its ID and the hashes of what it holds.
+struct Candidate;
+
+impl Candidate {
+    fn encode(id: i64, fields: &[(u8, u64)]) -> Vec<u8> {
+        let mut out = id.to_le_bytes().to_vec();
+        for (code, h) in fields {
+            out.push(*code);
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<(i64, Vec<(u8, u64)>)> {
+        let (id, mut rest) = bytes.split_first_chunk::<8>()?;
+        let mut fields = Vec::new();
+        while let Some((&code, more)) = rest.split_first() {
+            let (h, more) = more.split_first_chunk::<8>()?;
+            fields.push((code, u64::from_le_bytes(*h)));
+            rest = more;
+        }
+        Some((i64::from_le_bytes(*id), fields))
+    }
+}
+
+impl Listed {
+    /// One listed record: kept in `scratch` unless a contact with the same UserData and a
+    /// lower ID is there already. Older servers list the whole tenant: other campaigns'
+    /// contacts are left out.
+    fn see(
+        &mut self,
+        r: &Record,
+        campaign: i64,
+        fields: &[&'static Field],
+        key: &HashKey,
+        scratch: &sled::Tree,
+    ) {
+        if self.error.is_some() || record_campaign(r).is_some_and(|c| c != campaign) {
+            return;
+        }
+        let Some(user_data) = record_key(r) else {
+            self.without_key += 1;
+            return;
+        };
+        let Some(id) = record_id(r) else { return };
+        let found = match scratch.get(&user_data) {
+            Ok(found) => found.and_then(|v| Candidate::decode(&v)),
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
+        if let Some((other, _)) = found {
+            let ids = self
+                .shared
+                .entry(user_data.clone())
+                .or_insert_with(|| vec![other]);
+            ids.push(id);
+            if other < id {
+                return;
+            }
+        }
+        let hashes: Vec<(u8, u64)> = fields
+            .iter()
+            .map(|f| (f.code, dialler_hash(r, f, key)))
+            .collect();
+        if let Err(e) = scratch.insert(user_data.as_bytes(), Candidate::encode(id, &hashes)) {
+            self.error = Some(e);
+        }
+    }
 }
 
 impl Rebuilt {
@@ -409,6 +516,60 @@ impl Rebuilt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rebuild's listing: the lowest ID of a UserData stands, every ID of a shared
+    /// one is named, other campaigns' contacts and those without UserData stay out.
+    #[test]
+    fn a_listed_campaign_keeps_the_lowest_id_of_each_user_data() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let scratch = db.open_tree("scratch").unwrap();
+        let key = HashKey::for_tests();
+        let name = fields::by_name("Name").unwrap();
+        let record = |id: i64, user_data: Option<&str>, campaign: i64, n: &str| {
+            let mut r = Record::new();
+            r.insert("ID".into(), Value::from(id));
+            r.insert("DiallerCampaignsID".into(), Value::from(campaign));
+            if let Some(u) = user_data {
+                r.insert("UserData".into(), Value::from(u));
+            }
+            r.insert("Name".into(), Value::from(n));
+            r
+        };
+        let mut g = Listed::default();
+        for r in [
+            record(5, Some("A"), 538, "five"),
+            record(3, Some("A"), 538, "three"),
+            record(7, Some("A"), 538, "seven"),
+            record(4, Some("B"), 538, "b"),
+            record(1, Some("C"), 999, "elsewhere"),
+            record(2, None, 538, "no key"),
+        ] {
+            g.see(&r, 538, &[name], &key, &scratch);
+        }
+        assert!(g.error.is_none());
+        assert_eq!(g.without_key, 1);
+        let mut ids = g.shared.remove("A").unwrap();
+        ids.sort_unstable();
+        assert_eq!(ids, [3, 5, 7]);
+        assert!(g.shared.is_empty());
+        type Kept = (String, i64, Vec<(u8, u64)>);
+        let got: Vec<Kept> = scratch
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                let (id, f) = Candidate::decode(&v).unwrap();
+                (String::from_utf8(k.to_vec()).unwrap(), id, f)
+            })
+            .collect();
+        let hash = |n: &str| vec![(name.code, key.value(&FieldValue::Text(n.into())))];
+        assert_eq!(
+            got,
+            [
+                ("A".to_string(), 3, hash("three")),
+                ("B".to_string(), 4, hash("b")),
+            ]
+        );
+    }
 
     #[test]
     fn dialler_values_hash_as_the_mapping_hashes_them() {

@@ -29,6 +29,8 @@ pub struct JobState {
     pub(super) staged: sled::Tree,
     /// Webhook batches not yet accepted, by idempotency key.
     pub(super) outbox: sled::Tree,
+    /// What a `state rebuild` gathers before it replaces the entries (empty otherwise).
+    pub(super) scratch: sled::Tree,
     /// Every job's stored digest, by job name.
     pub(super) digests: sled::Tree,
     pub(super) name: String,
@@ -59,6 +61,11 @@ pub(super) struct DigestCache {
 }
 
 impl JobState {
+    /// The job's scratch tree (see [`JobState::scratch`]'s field).
+    pub(crate) fn scratch(&self) -> Result<sled::Tree, StateError> {
+        Ok(self.scratch.clone())
+    }
+
     /// The state's secret, which every stored hash of a value is keyed with.
     pub fn hash_key(&self) -> &Arc<HashKey> {
         &self.key
