@@ -786,3 +786,43 @@ fn a_full_disk_still_gives_a_report_and_loses_nothing() {
         "the token check only"
     );
 }
+
+/// Promise: a plan too large for the disk's room stops the run before any call. Past its
+/// buffer in memory, the plan goes to a temporary file beside the state; when that file
+/// finds no room, nothing is sent and the report says what to free. With room again, the
+/// next run sends every contact, once.
+#[test]
+fn a_plan_that_finds_no_room_on_disk_sends_nothing() {
+    let env = Env::new();
+    env.write_rows(&rows(1, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0, "a state to put on the small disk");
+    // About 120 bytes a planned import: 4.8 MB, past the plan's 1 MB in memory and the
+    // disk's 1.5 MB of room (of which the state takes some as it opens).
+    let all = rows(40_000, "Köln");
+    env.write_rows(&all);
+    let before = env.requests().len();
+    let Some((code, stdout, stderr)) = sync_on_a_full_disk(&env, 1536) else {
+        return;
+    };
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let job = &report["jobs"][0];
+    let why = job["aborted"].as_str().unwrap();
+    assert!(
+        why.starts_with("the plan could not be kept on disk, so nothing was changed")
+            && why.contains("state.downloads")
+            && why.contains("free some space there")
+            && why.contains("No space left on device"),
+        "{why}"
+    );
+    let sent: Vec<_> = env.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(sent.is_empty(), "nothing was sent: {sent:?}");
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "imported")), (0, 39_999), "{report}");
+    env.assert_holds_exactly(&all);
+}
