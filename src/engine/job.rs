@@ -183,21 +183,20 @@ fn remember(
     store.set_conditional(&job.name, record.as_deref())
 }
 
-/// Downloads the export of `job` (an HTTP source) into the downloads folder beside the
-/// state, and what the report says of it.
+/// Downloads the export of `job` (an HTTP source) into `dir` (the downloads folder
+/// beside the state), and what the report says of it.
 async fn fetch(
-    config: &Config,
+    dir: &Path,
     job: &JobConfig,
     conditional: Option<&Validators>,
     handle: &RunHandle,
 ) -> Result<(Fetched, String), SourceError> {
-    let dir = downloads_dir(config);
     let started = Instant::now();
     let stop = || handle.stop_requested();
     let fetched = http::download(
         &job.source,
         http::Request {
-            dir: &dir,
+            dir,
             conditional,
             sample: false,
             stop: &stop,
@@ -390,6 +389,9 @@ async fn plan_and_execute(
     };
     // An HTTP export is downloaded whole first; unchanged since the last clean run
     // (304), the run ends here.
+    // The download and the plan's spools go beside the state (made once per run: it also
+    // clears what a killed run left there).
+    let scratch = downloads_dir(config);
     let download = match &job.source.http {
         None => None,
         Some(_) => {
@@ -408,7 +410,7 @@ async fn plan_and_execute(
                 }
                 _ => None,
             };
-            match fetch(config, job, asked.as_ref(), handle).await {
+            match fetch(&scratch, job, asked.as_ref(), handle).await {
                 Ok((Fetched::Unchanged, _)) => {
                     tracing::info!(
                         "the export is unchanged since the last clean run (304 Not Modified)"
@@ -445,7 +447,6 @@ async fn plan_and_execute(
         }
     };
     let planning = Instant::now();
-    let spool_dir = downloads_dir(config);
     let planned = {
         let job = job.clone();
         let state = state.cloned();
@@ -458,7 +459,7 @@ async fn plan_and_execute(
                 users,
                 &handle,
                 download.as_deref(),
-                &spool_dir,
+                &scratch,
                 finals,
             )
         })
