@@ -225,7 +225,7 @@ mod property {
     use crate::config::{Config, JobConfig};
     use crate::engine::mapping::Mapper;
     use crate::engine::pipeline;
-    use crate::engine::plan::{Plan, Planner, Policy};
+    use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
     use crate::engine::progress::RunHandle;
     use crate::source;
     use crate::state::hashing::HashKey;
@@ -264,7 +264,51 @@ mod property {
         )
         .unwrap();
         super::require(&job.source, again, &mut plan).unwrap();
+        // The withheld removals are gone from the counts too.
+        plan.check_counts();
         plan
+    }
+
+    /// A key that stands in another row's note withholds its delete; the others are
+    /// deleted, and the plan's counts (which the guards see) are those of what is left.
+    #[test]
+    fn a_withheld_delete_leaves_the_counts_of_what_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        let job = job(&path, "delete");
+        let row = |k: &str, note: &str| format!("{k};Name;0171 1234567;{note}");
+        let all = [
+            row("K1", "x"),
+            row("K2", "x"),
+            row("K3", "x"),
+            row("K4", "x"),
+        ];
+        std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", all.join("\n"))).unwrap();
+        let mut state = BTreeMap::new();
+        for (i, c) in plan(&job, &state).imports.to_vec().into_iter().enumerate() {
+            let entry = Entry {
+                id: i as i64 + 1,
+                fields: c.hashes,
+                triggers: c.triggers,
+                locked: false,
+                last_op: LastOp::Imported,
+                last_run: 0,
+                row: c.row,
+                keyed: true,
+            };
+            state.insert(c.key, entry);
+        }
+        // K2 to K4 leave as rows; K2 still stands as a whole value in K1's note.
+        std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", row("K1", "K2"))).unwrap();
+        let p = plan(&job, &state);
+        let mut deleted: Vec<String> = p.removals.to_vec().into_iter().map(|r| r.key).collect();
+        deleted.sort();
+        assert_eq!(deleted, ["K3", "K4"]);
+        assert_eq!(
+            (p.removals(RemovalKind::Delete), p.withheld_removals),
+            (2, 1)
+        );
+        assert_eq!(p.doubts.keys_in_export[0].user_data, "K2");
     }
 
     /// A way real exports break.

@@ -290,6 +290,28 @@ mod tests {
         }
     }
 
+    /// The plan of `job`'s export file by `planner`, with its counts checked against its
+    /// operations.
+    fn plan_file<S: StateView + Sync + ?Sized>(
+        job: &JobConfig,
+        planner: Planner<'_, S>,
+        handle: &RunHandle,
+    ) -> Result<Plan, PlanError> {
+        let mapper = Mapper::new(job, Arc::new(HashKey::for_tests()));
+        let columns = job.columns();
+        let plan = read_and_plan(
+            &job.source,
+            open(job),
+            &Pages::default(),
+            &columns,
+            &mapper,
+            planner,
+            handle,
+        )?;
+        plan.check_counts();
+        Ok(plan)
+    }
+
     /// Rows over many batches, with bad rows and duplicates across batch boundaries: the
     /// two threads plan exactly what one thread plans, with or without the digest.
     #[test]
@@ -337,34 +359,15 @@ mod tests {
         };
         state.insert("gone".into(), gone);
         let expected = plan_in_one_thread(&job, &state);
-        let mapper = Mapper::new(&job, Arc::new(HashKey::for_tests()));
         let handle = RunHandle::new();
 
         let without = Planner::new(&state, policy(&job));
-        let got = read_and_plan(
-            &job.source,
-            open(&job),
-            &Pages::default(),
-            &job.columns(),
-            &mapper,
-            without,
-            &handle,
-        )
-        .unwrap();
+        let got = plan_file(&job, without, &handle).unwrap();
         assert_eq!(got, expected);
 
         let digest = Digest::of(state.iter());
         let with = Planner::with_digest(&state, policy(&job), &digest);
-        let mut got = read_and_plan(
-            &job.source,
-            open(&job),
-            &Pages::default(),
-            &job.columns(),
-            &mapper,
-            with,
-            &handle,
-        )
-        .unwrap();
+        let mut got = plan_file(&job, with, &handle).unwrap();
         assert!(got.unchanged_by_hash > 500, "{}", got.unchanged_by_hash);
         got.unchanged_by_hash = 0;
         assert_eq!(got, expected);
@@ -391,16 +394,7 @@ mod tests {
         let state = BTreeMap::new();
         let spool_dir: std::sync::Arc<Path> = std::sync::Arc::from(dir.path());
         let planner = Planner::new(&state, policy(&job)).spool_in(spool_dir);
-        let plan = read_and_plan(
-            &job.source,
-            open(&job),
-            &Pages::default(),
-            &job.columns(),
-            &Mapper::new(&job, Arc::new(HashKey::for_tests())),
-            planner,
-            &RunHandle::new(),
-        )
-        .unwrap();
+        let plan = plan_file(&job, planner, &RunHandle::new()).unwrap();
         assert_eq!(plan.imports.len(), n);
         assert!(plan.imports.on_disk());
         assert!(plan.imports.buffered() < crate::engine::plan::spool::BUFFER);
@@ -429,16 +423,7 @@ mod tests {
         let handle = RunHandle::new();
         handle.request_stop();
         let planner = Planner::new(&state, policy(&job));
-        let err = read_and_plan(
-            &job.source,
-            open(&job),
-            &Pages::default(),
-            &job.columns(),
-            &Mapper::new(&job, Arc::new(HashKey::for_tests())),
-            planner,
-            &handle,
-        )
-        .unwrap_err();
+        let err = plan_file(&job, planner, &handle).unwrap_err();
         assert!(matches!(err, PlanError::Stopped), "{err}");
     }
 

@@ -236,7 +236,7 @@ impl Plan {
     /// `on_done = "lock"`: adds the locks of the final contacts no change or removal of
     /// this run is for (after the evidence pass: those contacts are in the export, and
     /// stay locked there). How many.
-    pub(crate) fn lock_done(&mut self) -> Result<u64, SpoolError> {
+    pub(crate) fn lock_done(&mut self) -> Result<(), SpoolError> {
         let mut done: Vec<_> = std::mem::take(&mut self.done).into_iter().collect();
         done.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, old) in done {
@@ -247,7 +247,7 @@ impl Plan {
             })?;
             self.done_locks += 1;
         }
-        Ok(self.done_locks)
+        Ok(())
     }
 
     /// Keeps the removals for which `keep` is true.
@@ -273,6 +273,32 @@ impl Plan {
             self.rejected.push(r);
         }
     }
+    /// Asserts that the counts the guards and the report take from the plan are those of
+    /// its operations.
+    #[cfg(test)]
+    pub(crate) fn check_counts(&self) {
+        let changes = self.changes.to_vec();
+        let removals = self.removals.to_vec();
+        let count = |f: &dyn Fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
+        assert_eq!(self.updates(), count(&|c| !c.update.is_empty()), "updates");
+        assert_eq!(self.resets(), count(&|c| c.reset), "resets");
+        assert_eq!(self.unlocks(), count(&|c| c.unlock), "unlocks");
+        let deletes = removals
+            .iter()
+            .filter(|r| r.kind == RemovalKind::Delete)
+            .count();
+        assert_eq!(self.removals(RemovalKind::Delete), deletes, "deletes");
+        assert_eq!(
+            self.removals(RemovalKind::Lock),
+            removals.len() - deletes,
+            "locks"
+        );
+        assert_eq!(self.imports.to_vec().len(), self.imports.len(), "imports");
+        assert!(
+            self.rejects >= self.rejected.len() as u64 && self.warned >= self.warnings.len() as u64
+        );
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.calls() == 0 && self.baselines.is_empty()
@@ -696,7 +722,9 @@ pub(crate) fn plan(
     for r in rows {
         planner.push(r)?;
     }
-    planner.finish()
+    let plan = planner.finish()?;
+    plan.check_counts();
+    Ok(plan)
 }
 
 #[cfg(test)]
