@@ -269,6 +269,25 @@ mod property {
         plan
     }
 
+    /// The state after `job`'s export was imported whole.
+    fn imported(job: &JobConfig) -> BTreeMap<String, Entry> {
+        let mut state = BTreeMap::new();
+        for (i, c) in plan(job, &state).imports.to_vec().into_iter().enumerate() {
+            let entry = Entry {
+                id: i as i64 + 1,
+                fields: c.hashes,
+                triggers: c.triggers,
+                locked: false,
+                last_op: LastOp::Imported,
+                last_run: 0,
+                row: c.row,
+                keyed: true,
+            };
+            state.insert(c.key, entry);
+        }
+        state
+    }
+
     /// A key that stands in another row's note withholds its delete; the others are
     /// deleted, and the plan's counts (which the guards see) are those of what is left.
     #[test]
@@ -284,20 +303,7 @@ mod property {
             row("K4", "x"),
         ];
         std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", all.join("\n"))).unwrap();
-        let mut state = BTreeMap::new();
-        for (i, c) in plan(&job, &state).imports.to_vec().into_iter().enumerate() {
-            let entry = Entry {
-                id: i as i64 + 1,
-                fields: c.hashes,
-                triggers: c.triggers,
-                locked: false,
-                last_op: LastOp::Imported,
-                last_run: 0,
-                row: c.row,
-                keyed: true,
-            };
-            state.insert(c.key, entry);
-        }
+        let state = imported(&job);
         // K2 to K4 leave as rows; K2 still stands as a whole value in K1's note.
         std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", row("K1", "K2"))).unwrap();
         let p = plan(&job, &state);
@@ -353,19 +359,7 @@ mod property {
                 .collect();
             let job = job(&path, if delete { "delete" } else { "lock" });
             std::fs::write(&path, format!("Nr;Name;Tel;Note\n{}\n", lines.join("\n"))).unwrap();
-            let mut state = BTreeMap::new();
-            for (i, c) in plan(&job, &state).imports.to_vec().into_iter().enumerate() {
-                state.insert(c.key.clone(), Entry {
-                    id: i as i64 + 1,
-                    fields: c.hashes,
-                    triggers: c.triggers,
-                    locked: false,
-                    last_op: LastOp::Imported,
-                    last_run: 0,
-                    row: c.row,
-                    keyed: true,
-                });
-            }
+            let state = imported(&job);
             prop_assert_eq!(state.len(), n);
 
             for c in &corruptions {
