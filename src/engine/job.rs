@@ -309,6 +309,19 @@ async fn plan_and_execute(
     // Imports an earlier run sent without storing their result: settle them first, or
     // the plan would import them again. (A dry run only reads, and plans them as imports.)
     if let (Some(state), false) = (state, dry_run) {
+        // The journal's windows a stopped run left: per contact first, so that what
+        // settles a contact's pending import or mark clears it.
+        match state.settle_windows() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                windows = n,
+                "the journal's windows of an interrupted run, per contact"
+            ),
+            Err(e) => {
+                report.stop(Abort::state(Step::Settle, e));
+                return;
+            }
+        }
         match resolve_pending(dialler, job, state).await {
             Ok(r) => {
                 report.recovered = r.found;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{snapshot, Entry, Flusher, Pending, StateError, StateView};
+use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
 use crate::state::digest::Digest;
 use crate::state::hashing::HashKey;
@@ -74,7 +74,7 @@ impl JobState {
     /// Before each write to the job's state: counted, and the first one of this handle
     /// marks the job's snapshot, if it has one, as older than the state (durably, before
     /// the write).
-    fn wrote(&self) -> Result<(), StateError> {
+    pub(super) fn wrote(&self) -> Result<(), StateError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         if self.dirty.load(Ordering::Relaxed) {
             return Ok(());
@@ -189,19 +189,42 @@ impl JobState {
         Ok(())
     }
 
-    /// Every pending import, in key order.
+    /// Every pending import, in key order; those of the journal's window records too
+    /// (see [`super::window`]), after the contacts' own.
     pub fn pending(&self) -> Result<Vec<(String, Pending)>, StateError> {
-        self.pending
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let key = String::from_utf8_lossy(&k).into_owned();
-                match Pending::decode(&v) {
-                    Some(p) => Ok((key, p)),
-                    None => Err(StateError::Corrupt { key }),
+        let mut out = Vec::new();
+        let mut own = std::collections::HashSet::new();
+        let mut windows = Vec::new();
+        for kv in self.pending.iter() {
+            let (k, v) = kv?;
+            if window::is_window(&k) {
+                windows.push(v);
+                continue;
+            }
+            let key = String::from_utf8_lossy(&k).into_owned();
+            match Pending::decode(&v) {
+                Some(p) => {
+                    own.insert(key.clone());
+                    out.push((key, p));
                 }
-            })
-            .collect()
+                None => return Err(StateError::Corrupt { key }),
+            }
+        }
+        for v in windows {
+            let items = window::decode_imports(&v).ok_or_else(|| StateError::Corrupt {
+                key: "a journal window".into(),
+            })?;
+            for (key, p) in items {
+                if own.contains(&key) {
+                    continue;
+                }
+                match Pending::decode(&p) {
+                    Some(p) => out.push((key, p)),
+                    None => return Err(StateError::Corrupt { key }),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Marks `key` as having an operation in flight (`bits`, see [`super::in_doubt`]): until the
@@ -221,16 +244,35 @@ impl JobState {
     }
 
     /// Every in-flight mark: UserData -> [`super::in_doubt`] bits.
+    /// Those of the journal's window records (see [`super::window`]) are added to a
+    /// contact's own.
     pub(crate) fn in_flight(&self) -> Result<crate::keymap::KeyMap<u8>, StateError> {
-        self.in_flight
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                // An unknown mark (another version's) doubts everything.
-                let bits = v.first().copied().unwrap_or(u8::MAX);
-                Ok((String::from_utf8_lossy(&k).into_owned(), bits))
-            })
-            .collect()
+        // The windows' marks (a window or two, after a crash; none otherwise), first.
+        let mut windows: HashMap<String, u8> = HashMap::new();
+        for kv in self.in_flight.scan_prefix([window::WINDOW]) {
+            let (_, v) = kv?;
+            let items = window::decode_marks(&v).ok_or_else(|| StateError::Corrupt {
+                key: "a journal window".into(),
+            })?;
+            for (key, bits) in items {
+                *windows.entry(key).or_default() |= bits;
+            }
+        }
+        let mut marks = crate::keymap::KeyMap::default();
+        for kv in self.in_flight.iter() {
+            let (k, v) = kv?;
+            if window::is_window(&k) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(&k);
+            // An unknown mark (another version's) doubts everything.
+            let bits = v.first().copied().unwrap_or(u8::MAX);
+            marks.insert(&key, bits | windows.remove(key.as_ref()).unwrap_or(0));
+        }
+        for (key, bits) in windows {
+            marks.insert(&key, bits);
+        }
+        Ok(marks)
     }
 
     /// Runs in a row in which each failing row failed.

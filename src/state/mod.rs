@@ -28,6 +28,7 @@ pub(crate) mod snapshot;
 mod store;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use std::collections::BTreeMap;
 

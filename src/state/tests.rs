@@ -334,3 +334,78 @@ fn the_history_keeps_the_newest_runs_and_the_last_change() {
     assert!(String::from_utf8(legacy).unwrap().contains("legacy"));
     assert!(store.last_run("none").unwrap().is_none());
 }
+
+fn pending(row: u64) -> Pending {
+    Pending {
+        fields: vec![(4, row)],
+        triggers: Vec::new(),
+        row,
+        keyed: true,
+    }
+}
+
+/// The journal's window records read as the per-contact records they stand for; a
+/// closed window leaves only the contacts whose outcome is unknown, each with its own
+/// record (a settled contact's own mark, as a rebuild leaves, goes with it); and a window a crash left becomes records per contact, without the imports
+/// that were stored.
+#[test]
+fn journal_windows_stand_for_their_contacts_until_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    job.put_in_flight("M1", in_doubt::FIELDS).unwrap();
+    job.put_window(
+        1,
+        &[("I1", pending(1)), ("I2", pending(2))],
+        &[("M1", in_doubt::LOCK), ("M2", in_doubt::GONE)],
+    )
+    .unwrap();
+    let keys =
+        |p: Vec<(String, Pending)>| p.into_iter().map(|(k, p)| (k, p.row)).collect::<Vec<_>>();
+    assert_eq!(
+        keys(job.pending().unwrap()),
+        [("I1".into(), 1), ("I2".into(), 2)]
+    );
+    let marks = job.in_flight().unwrap();
+    assert_eq!(marks.get("M1"), Some(in_doubt::FIELDS | in_doubt::LOCK));
+    assert_eq!(marks.get("M2"), Some(in_doubt::GONE));
+    assert_eq!(marks.len(), 2);
+
+    // Closed with I2's import and M2's delete of unknown outcome: they alone stay.
+    job.put("I1", &entry()).unwrap();
+    let open: std::collections::HashSet<String> = ["I2".into(), "M2".into()].into();
+    job.close_window(1, &open).unwrap();
+    assert_eq!(keys(job.pending().unwrap()), [("I2".into(), 2)]);
+    let marks = job.in_flight().unwrap();
+    assert_eq!(
+        marks.get("M1"),
+        None,
+        "M1's own mark went with its settled call"
+    );
+    assert_eq!(marks.get("M2"), Some(in_doubt::GONE));
+    assert_eq!(marks.len(), 1);
+    assert_eq!(job.settle_windows().unwrap(), 0, "no window is left");
+
+    // A window a crash left: per contact, less the import stored meanwhile.
+    job.clear_pending("I2").unwrap();
+    job.clear_in_flight("M2").unwrap();
+    job.put_in_flight("M1", in_doubt::FIELDS).unwrap();
+    job.put_window(
+        2,
+        &[("I1", pending(1)), ("I3", pending(3))],
+        &[("M1", in_doubt::LOCK)],
+    )
+    .unwrap();
+    assert_eq!(job.settle_windows().unwrap(), 1);
+    assert_eq!(keys(job.pending().unwrap()), [("I3".into(), 3)]);
+    assert_eq!(
+        job.in_flight().unwrap().get("M1"),
+        Some(in_doubt::FIELDS | in_doubt::LOCK)
+    );
+    // Now per contact: clearing a contact's record clears it.
+    job.clear_pending("I3").unwrap();
+    job.clear_in_flight("M1").unwrap();
+    assert!(job.pending().unwrap().is_empty());
+    assert!(job.in_flight().unwrap().is_empty());
+    assert!(job.pending.iter().next().is_none() && job.in_flight.iter().next().is_none());
+}

@@ -21,8 +21,9 @@
 //! before any of them is sent, and each is cleared once its ID is stored. The next run
 //! resolves what is still pending against the dialler before it plans (`reconcile`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use std::collections::VecDeque;
 
@@ -98,8 +99,23 @@ struct Done {
     failure: Option<Failure>,
 }
 
+/// One window of the journal (see `state::window`): its operations not done yet, and
+/// those done whose outcome is still unknown (they keep a record of their own when the
+/// window closes).
+struct Window {
+    id: u64,
+    left: AtomicUsize,
+    open: Mutex<HashSet<String>>,
+}
+
+/// A task, and the window of the journal that holds it (`None`: its journal was not
+/// written, and it is not sent).
+type Journalled = (Task, Option<Arc<Window>>);
+
 /// Shared by the tasks of one run.
 struct Run<'a> {
+    /// The number of the next window of the journal.
+    next_window: AtomicU64,
     dialler: &'a Dialler,
     state: &'a JobState,
     job: &'a JobConfig,
@@ -176,6 +192,12 @@ pub(crate) async fn execute(
         look_first,
     } = target;
     let run = Run {
+        // Unique across runs: a window's records outlive a crashed run.
+        next_window: AtomicU64::new(
+            chrono::Utc::now()
+                .timestamp_nanos_opt()
+                .map_or(0, |n| n as u64),
+        ),
         dialler,
         state,
         job,
@@ -266,11 +288,11 @@ pub(crate) async fn execute(
     };
     if let Some(t) = tasks.next() {
         peak = held.load(Ordering::Relaxed);
-        run.journal(std::slice::from_ref(&t)).await;
-        absorb(run.task(t).await);
+        let window = run.journal(std::slice::from_ref(&t)).await;
+        absorb(run.task((t, window)).await);
     }
     let ahead = ahead(concurrency);
-    let mut ready: VecDeque<Task> = VecDeque::new();
+    let mut ready: VecDeque<Journalled> = VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut exhausted = false;
     loop {
@@ -332,56 +354,79 @@ impl Run<'_> {
     }
 
     /// Records the imports among `tasks` as pending and every other task as in flight,
-    /// and makes that durable with one flush, before any of them is sent. On failure the
-    /// run stops (and so none of them is sent).
-    async fn journal(&self, tasks: &[Task]) {
+    /// as one window of the journal (one record for the imports, one for the marks), and
+    /// makes that durable with one flush, before any of them is sent. On failure the run
+    /// stops (and so none of them is sent); `None` then.
+    async fn journal(&self, tasks: &[Task]) -> Option<Arc<Window>> {
         if self.stopping() || tasks.is_empty() {
-            return;
+            return None;
         }
+        let mut imports = Vec::new();
+        let mut marks = Vec::new();
         for t in tasks {
-            let written = match t {
-                Task::Import(c) => {
-                    let p = Pending {
+            match t {
+                Task::Import(c) => imports.push((
+                    c.key.as_str(),
+                    Pending {
                         fields: c.hashes.clone(),
                         triggers: c.triggers.clone(),
                         row: c.row,
                         keyed: true,
-                    };
-                    self.state.put_pending(&c.key, &p)
-                }
-                t => self.state.put_in_flight(t.key(), t.in_doubt()),
-            };
-            if let Err(e) = written {
-                return self.halt(Abort::state(Step::Send, e));
+                    },
+                )),
+                t => marks.push((t.key(), t.in_doubt())),
             }
+        }
+        let id = self.next_window.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.state.put_window(id, &imports, &marks) {
+            self.halt(Abort::state(Step::Send, e));
+            return None;
         }
         if let Err(e) = self.state.flush().await {
             self.halt(Abort::state(Step::Send, e));
+            return None;
+        }
+        Some(Arc::new(Window {
+            id,
+            left: AtomicUsize::new(tasks.len()),
+            open: Mutex::default(),
+        }))
+    }
+
+    /// `tasks`, once they are journalled.
+    async fn journalled(&self, tasks: Vec<Task>) -> Vec<Journalled> {
+        let window = self.journal(&tasks).await;
+        tasks.into_iter().map(|t| (t, window.clone())).collect()
+    }
+
+    /// One task of `window` is done; `open`: its outcome is unknown (an import sent but
+    /// not stored, a call that may have been carried out), so it keeps a record of its
+    /// own. The last one closes the window.
+    fn finished(&self, window: Option<&Arc<Window>>, key: &str, open: bool) {
+        let Some(w) = window else { return };
+        if open {
+            crate::locking::lock(&w.open).insert(key.to_string());
+        }
+        if w.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let open = std::mem::take(&mut *crate::locking::lock(&w.open));
+            if let Err(e) = self.state.close_window(w.id, &open) {
+                self.halt(Abort::state(Step::Send, e));
+            }
         }
     }
 
-    /// `tasks`, once their imports are journalled.
-    async fn journalled(&self, tasks: Vec<Task>) -> Vec<Task> {
-        self.journal(&tasks).await;
-        tasks
-    }
-
     /// Runs one task; `None` if it was not started because the run is stopping.
-    async fn task(&self, task: Task) -> Option<Done> {
-        if self.stopping() {
-            // Never sent: no longer pending or in flight (if this fails, the next run
-            // looks it up, or sends what the export says).
-            let _ = match &task {
-                Task::Import(c) => self.state.clear_pending(&c.key),
-                t => self.state.clear_in_flight(t.key()),
-            };
+    async fn task(&self, (task, window): Journalled) -> Option<Done> {
+        if self.stopping() || window.is_none() {
+            // Never sent: no longer pending or in flight once its window closes.
+            self.finished(window.as_ref(), task.key(), false);
             return None;
         }
         let mut done = Done {
             key: task.key().to_string(),
             ..Done::default()
         };
-        let marked = !matches!(task, Task::Import(_));
+        let import = matches!(task, Task::Import(_));
         let result = match task {
             Task::Import(c) => self.import(c, &mut done).await,
             Task::Change(c) => self.change(c, &mut done).await,
@@ -389,17 +434,15 @@ impl Run<'_> {
         };
         // The mark goes once the outcome is known: confirmed and stored, or refused. A
         // call that timed out or kept failing may still have been carried out, so its
-        // mark stays, and the next run sends what the export then says.
+        // mark stays, and the next run sends what the export then says. An import stays
+        // pending unless its contact was stored: the next run looks it up.
         let settled = match &result {
             Ok(()) => true,
+            Err(_) if import => false,
             Err(TaskError::Dialler(_, e)) => e.not_carried_out(),
             Err(TaskError::State(_)) => false,
         };
-        if marked && settled {
-            if let Err(e) = self.state.clear_in_flight(&done.key) {
-                self.halt(Abort::state(Step::Send, e));
-            }
-        }
+        self.finished(window.as_ref(), &done.key, !settled);
         match result {
             Ok(()) => {}
             Err(TaskError::Dialler(op, e)) => {

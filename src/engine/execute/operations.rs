@@ -26,8 +26,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Imports `key` (already journalled as `pending`), stores its entry and clears the
-    /// journal.
+    /// Imports `key` (already journalled as `pending`) and stores its entry; the journal
+    /// is the caller's to clear.
     pub(super) async fn send_import(
         &self,
         key: &str,
@@ -82,7 +82,6 @@ impl Run<'_> {
             keyed: pending.keyed,
         };
         self.state.put(key, &entry)?;
-        self.state.clear_pending(key)?;
         Ok(id)
     }
 
@@ -107,6 +106,7 @@ impl Run<'_> {
         self.state.clear_in_flight(&c.key)?;
         self.state.flush().await?;
         let id = self.send_import(&c.key, &c.values, pending).await?;
+        self.state.clear_pending(&c.key)?;
         tracing::warn!(job = %self.job.name, user_data = %c.key, old_id = c.old.id, new_id = id, error = %gone,
             "the contact was gone from the dialler; imported it again");
         done.imported += 1;
