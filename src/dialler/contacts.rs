@@ -2,7 +2,7 @@
 //! history) and campaigns.
 
 use super::{
-    first_record, record_campaign, record_id, records_of, target_path, Dialler, DiallerError,
+    first_record, record_campaign, record_id, records_of, target_path, Body, Dialler, DiallerError,
     ImportFlags, Record, Req, Target,
 };
 use reqwest::Method;
@@ -69,21 +69,7 @@ impl Dialler {
         let q = &q;
         self.retrying(|n| async move {
             if let (true, Some(user_data)) = (n > 0 || look_first, user_data) {
-                let found = self
-                    .call_once(Req::get(
-                        "/dialler/contacts/contact",
-                        &[("userData", user_data.to_string())],
-                    ))
-                    .await;
-                let found = match found {
-                    Err(e) if e.is_not_found() => Vec::new(),
-                    other => records_of(other?)?,
-                };
-                if let Some(r) = found
-                    .into_iter()
-                    .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
-                    .min_by_key(record_id)
-                {
+                if let Some(r) = self.imported_once(user_data, campaign).await? {
                     return Ok(r);
                 }
             }
@@ -93,6 +79,69 @@ impl Dialler {
             first_record(v)
         })
         .await
+    }
+
+    /// The contact with `user_data` in `campaign` (any, if `None`) that an earlier
+    /// attempt imported, the oldest if several: one look-up, not retried.
+    async fn imported_once(
+        &self,
+        user_data: &str,
+        campaign: Option<i64>,
+    ) -> Result<Option<Record>, DiallerError> {
+        let found = self
+            .call_once(Req::get(
+                "/dialler/contacts/contact",
+                &[("userData", user_data.to_string())],
+            ))
+            .await;
+        let found = match found {
+            Err(e) if e.is_not_found() => Vec::new(),
+            other => records_of(other?)?,
+        };
+        Ok(found
+            .into_iter()
+            .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
+            .min_by_key(record_id))
+    }
+
+    /// [`Dialler::import_with`] for the contact with `user_data` in campaign `campaign`
+    /// whose JSON is `body` (serialized already): the imported contact's ID, `None` if
+    /// the answer's record has none. The answer is read for its ID alone.
+    pub(crate) async fn import_json(
+        &self,
+        body: &[u8],
+        user_data: &str,
+        campaign: i64,
+        flags: ImportFlags,
+        look_first: bool,
+    ) -> Result<Option<i64>, DiallerError> {
+        let q = import_query(flags);
+        let q = &q;
+        let import = Req::post_body("/dialler/contacts/import", q, Body::Json(body));
+        if flags.overwrite_duplicates {
+            return self.retrying(|_| self.first_id_once(import.clone())).await;
+        }
+        self.retrying(|n| {
+            let import = import.clone();
+            async move {
+                if n > 0 || look_first {
+                    if let Some(r) = self.imported_once(user_data, Some(campaign)).await? {
+                        return Ok(record_id(&r));
+                    }
+                }
+                self.first_id_once(import).await
+            }
+        })
+        .await
+    }
+
+    /// [`Dialler::update`] of the contact whose JSON is `body` (serialized already); the
+    /// answer is checked to hold a record, and not read further.
+    pub(crate) async fn update_json(&self, body: &[u8]) -> Result<(), DiallerError> {
+        let req = Req::post_body("/dialler/contacts/update", &[], Body::Json(body));
+        self.retrying(|_| self.first_id_once(req.clone()))
+            .await
+            .map(drop)
     }
 
     /// Updates the fields present in `contact`, which must hold `ID` or `UserData`.

@@ -36,7 +36,7 @@ use crate::metrics::ApiMetrics;
 pub use error::DiallerError;
 
 use error::{certificate_problem, error_text};
-use transport::{first_record, records_of, target_path, Req};
+use transport::{first_record, records_of, target_path, Body, Req};
 
 /// The longest `Retry-After` honoured; a longer one is waited for this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);

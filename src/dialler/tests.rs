@@ -131,3 +131,51 @@ async fn clients_of_one_tenant_share_its_calls_in_flight() {
     assert_eq!(*all.last().unwrap(), 99 * 50);
     assert_eq!(tenant.in_flight(), 0);
 }
+
+/// An import's answer is read for its record's ID alone: the ID, however much else the
+/// record holds; an answer without a record, or that is not JSON, is an error that
+/// says so (the import stays pending, to be looked up); a record without an ID is
+/// `None` (the caller's error).
+#[tokio::test]
+async fn an_imports_answer_is_read_for_its_id() {
+    let answers = [
+        (
+            r#"{"records":[{"ID":4711,"Name":"x","Notes":{"a":[1,2]}}],"more":true}"#,
+            Ok(Some(4711)),
+        ),
+        (r#"{"records":[{"Name":"x"}]}"#, Ok(None)),
+        (r#"{"records":[]}"#, Err("the answer holds no record")),
+        (r#"{}"#, Err("the answer holds no record")),
+        ("", Err("expected a JSON object with `records`")),
+        ("<html>", Err("expected value")),
+    ];
+    for (body, expected) in answers {
+        let app = axum::Router::new().fallback(move || async move { body });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let text = format!(
+            "[dialler]\nbase_url = \"http://{addr}/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\nmax_retries = 0\n\
+             [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\npath = \"x\"\n\
+             [job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+        );
+        let cfg = crate::config::Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let d = Dialler::new(&cfg.dialler, &Secret::new("x")).unwrap();
+        let flags = ImportFlags {
+            overwrite_duplicates: true,
+            reset_contact: None,
+            unlock_contact: None,
+        };
+        let got = d
+            .import_json(br#"{"UserData":"K1"}"#, "K1", 538, flags, false)
+            .await;
+        match (got, expected) {
+            (Ok(id), Ok(want)) => assert_eq!(id, want, "{body}"),
+            (Err(DiallerError::Decode(msg)), Err(want)) => {
+                assert!(msg.contains(want), "{body}: {msg}")
+            }
+            (got, _) => panic!("{body}: {got:?}"),
+        }
+        assert_eq!(d.calls(), 1, "{body}: one call, not retried");
+    }
+}

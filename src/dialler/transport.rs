@@ -21,10 +21,18 @@ pub(super) struct Req<'a> {
     pub(super) path: &'a str,
     pub(super) query: &'a [(&'a str, String)],
     /// Sent as JSON.
-    pub(super) body: Option<&'a Value>,
+    pub(super) body: Option<Body<'a>>,
     /// A whole campaign's listing, read as it streams in: bounded by `timeout` between
     /// reads, not as a whole (a million contacts take longer than one call may).
     pub(super) streamed: bool,
+}
+
+/// A request's JSON body: a value, or its text serialized already (an import's, without
+/// building a map of its fields first).
+#[derive(Clone, Copy)]
+pub(super) enum Body<'a> {
+    Value(&'a Value),
+    Json(&'a [u8]),
 }
 
 /// The most a streamed listing may take as a whole (it must not stall for `timeout`).
@@ -50,6 +58,14 @@ impl<'a> Req<'a> {
     }
 
     pub(super) fn post(path: &'a str, query: &'a [(&'a str, String)], body: &'a Value) -> Req<'a> {
+        Req::post_body(path, query, Body::Value(body))
+    }
+
+    pub(super) fn post_body(
+        path: &'a str,
+        query: &'a [(&'a str, String)],
+        body: Body<'a>,
+    ) -> Req<'a> {
         Req {
             method: Method::POST,
             path,
@@ -148,18 +164,51 @@ impl Dialler {
         self.retrying(|_| self.call_once(req.clone())).await
     }
 
+    /// Sends `req` once; the ID of the first record it answers with, read without
+    /// building the records (an import's answer holds the whole contact).
+    pub(super) async fn first_id_once(&self, req: Req<'_>) -> Result<Option<i64>, DiallerError> {
+        /// The part of an answer read: `records[].ID`, the rest skipped.
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            records: Option<Vec<IdOnly>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            #[serde(rename = "ID")]
+            id: Option<Value>,
+        }
+        let Some(bytes) = self.answer_once(req).await? else {
+            return Err(DiallerError::Decode(
+                "expected a JSON object with `records`".into(),
+            ));
+        };
+        let answer: Answer =
+            serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()))?;
+        match answer.records.unwrap_or_default().into_iter().next() {
+            Some(r) => Ok(r.id.as_ref().and_then(Value::as_i64)),
+            None => Err(DiallerError::Decode("the answer holds no record".into())),
+        }
+    }
+
     /// Sends `req` once; its JSON answer.
     pub(super) async fn call_once(&self, req: Req<'_>) -> Result<Value, DiallerError> {
+        match self.answer_once(req).await? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()))
+            }
+            None => Ok(Value::Null),
+        }
+    }
+
+    /// Sends `req` once; its answer's body, `None` if it is empty (or only white space).
+    async fn answer_once(&self, req: Req<'_>) -> Result<Option<bytes::Bytes>, DiallerError> {
         // The call is in flight until its answer is read.
         let (resp, _slot) = self.respond_once(req).await?;
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| DiallerError::Transport(e.without_url()))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| DiallerError::Decode(e.to_string()))
+        Ok(Some(bytes).filter(|b| !b.iter().all(u8::is_ascii_whitespace)))
     }
 
     /// Sends one request, once the tenant admits it (a free slot, its turn under the rate
@@ -185,9 +234,10 @@ impl Dialler {
             req = req.timeout(STREAMED_TIMEOUT);
         }
         if let Some(b) = body {
-            req = req
-                .header(CONTENT_TYPE, "application/json")
-                .body(serde_json::to_vec(b).expect("JSON values serialize"));
+            req = req.header(CONTENT_TYPE, "application/json").body(match b {
+                Body::Value(v) => serde_json::to_vec(v).expect("JSON values serialize"),
+                Body::Json(text) => text.to_vec(),
+            });
         }
         let slot = self.tenant.admit().await;
         self.calls.fetch_add(1, Ordering::Relaxed);

@@ -2,8 +2,6 @@
 //! it: an import (and its look-up before a re-send), an update/reset/unlock, a lock or a
 //! delete (after checking that the stored ID still holds the contact).
 
-use serde_json::{Map, Value};
-
 use super::{Done, Run, TaskError};
 use crate::dialler::{self, record_campaign, record_id, DiallerError, ImportFlags};
 use crate::engine::mapping::Contact;
@@ -12,6 +10,48 @@ use crate::fields::Field;
 use crate::fields::FieldValue;
 use crate::key::record_key;
 use crate::state::{Entry, LastOp, Pending};
+
+/// An import's JSON: the campaign, the UserData and each value that is not empty,
+/// written straight from the mapped contact.
+struct ImportBody<'a> {
+    campaign_id: i64,
+    key: &'a str,
+    values: &'a [(&'static Field, FieldValue)],
+}
+
+impl serde::Serialize for ImportBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("DiallerCampaignsID", &self.campaign_id)?;
+        m.serialize_entry("UserData", self.key)?;
+        for (f, v) in self.values {
+            if !v.is_null() {
+                m.serialize_entry(f.name, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// An update's JSON: the contact's ID and each value to change (an empty one as `null`,
+/// which clears it).
+struct UpdateBody<'a> {
+    id: i64,
+    values: &'a [(&'static Field, FieldValue)],
+}
+
+impl serde::Serialize for UpdateBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("ID", &self.id)?;
+        for (f, v) in self.values {
+            m.serialize_entry(f.name, v)?;
+        }
+        m.end()
+    }
+}
 
 impl Run<'_> {
     pub(super) async fn import(&self, c: Contact, done: &mut Done) -> Result<(), TaskError> {
@@ -38,25 +78,20 @@ impl Run<'_> {
             .campaign_id()
             .await
             .map_err(|e| TaskError::Dialler("import", e))?;
-        let mut body = Map::new();
-        body.insert("DiallerCampaignsID".into(), Value::from(campaign_id));
-        body.insert("UserData".into(), Value::from(key));
-        for (f, v) in values {
-            if !v.is_null() {
-                body.insert(
-                    f.name.into(),
-                    serde_json::to_value(v).expect("values serialize"),
-                );
-            }
-        }
+        let body = serde_json::to_vec(&ImportBody {
+            campaign_id,
+            key,
+            values,
+        })
+        .expect("values serialize");
         let flags = ImportFlags {
             overwrite_duplicates: self.job.overwrite_duplicates,
             reset_contact: self.job.reset_contact,
             unlock_contact: self.job.unlock_contact,
         };
-        let record = self
+        let id = self
             .dialler
-            .import_with(&Value::Object(body), flags, self.look_first)
+            .import_json(&body, key, campaign_id, flags, self.look_first)
             .await
             .map_err(|e| match e {
                 // The only object an import refers to is its campaign.
@@ -64,13 +99,13 @@ impl Run<'_> {
                     TaskError::Dialler("import", DiallerError::CampaignIdNotFound(campaign_id))
                 }
                 e => TaskError::Dialler("import", e),
+            })?
+            .ok_or_else(|| {
+                TaskError::Dialler(
+                    "import",
+                    DiallerError::Decode("the imported contact has no ID".into()),
+                )
             })?;
-        let id = record_id(&record).ok_or_else(|| {
-            TaskError::Dialler(
-                "import",
-                DiallerError::Decode("the imported contact has no ID".into()),
-            )
-        })?;
         let entry = Entry {
             id,
             fields: pending.fields,
@@ -127,15 +162,12 @@ impl Run<'_> {
         entry.row = 0;
         let target = dialler::Target::Id(entry.id);
         if !c.update.is_empty() {
-            let mut body = Map::new();
-            body.insert("ID".into(), Value::from(entry.id));
-            for (f, v) in &c.update {
-                body.insert(
-                    f.name.into(),
-                    serde_json::to_value(v).expect("values serialize"),
-                );
-            }
-            match self.dialler.update(&Value::Object(body)).await {
+            let body = serde_json::to_vec(&UpdateBody {
+                id: entry.id,
+                values: &c.update,
+            })
+            .expect("values serialize");
+            match self.dialler.update_json(&body).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => return self.reimport(c, e, done).await,
                 Err(e) => return Err(TaskError::Dialler("update", e)),
@@ -267,5 +299,56 @@ impl Run<'_> {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str) -> &'static Field {
+        crate::fields::by_name(name).unwrap()
+    }
+
+    /// The bodies are written straight from the contact: an import leaves empty values
+    /// out, an update sends them as null (to clear them); both are the JSON the
+    /// dialler's functions take.
+    #[test]
+    fn import_and_update_bodies_are_the_contacts_json() {
+        let values = [
+            (field("Name"), FieldValue::Text("Müller \"Quote\"".into())),
+            (field("City"), FieldValue::Null),
+            (
+                field("PhoneNumber1"),
+                FieldValue::Text("+4989123456".into()),
+            ),
+        ];
+        let import: serde_json::Value = serde_json::from_slice(
+            &serde_json::to_vec(&ImportBody {
+                campaign_id: 538,
+                key: "K1",
+                values: &values,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            import,
+            serde_json::json!({"DiallerCampaignsID": 538, "UserData": "K1",
+                "Name": "Müller \"Quote\"", "PhoneNumber1": "+4989123456"})
+        );
+        let update: serde_json::Value = serde_json::from_slice(
+            &serde_json::to_vec(&UpdateBody {
+                id: 100_001,
+                values: &values,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            update,
+            serde_json::json!({"ID": 100_001, "Name": "Müller \"Quote\"", "City": null,
+                "PhoneNumber1": "+4989123456"})
+        );
     }
 }
