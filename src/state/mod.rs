@@ -8,8 +8,9 @@
 //! calls at the end of each run.
 //!
 //! Beside the entries, per job: the *pending* imports (the journal: an import is recorded
-//! here, durably, before it is sent, and cleared once its contact ID is stored; after a
-//! crash the next run looks each one up on the dialler before planning), and how many runs
+//! here, durably, before it is sent, and cleared once its contact ID is stored; a run
+//! records a window of them as one record (`window`); after a crash the next run
+//! looks each one up on the dialler before planning), and how many runs
 //! in a row each failing row has failed; and the job's [`digest::Digest`] (a compact copy of the
 //! entries' key and row hashes, removed before the entries change and stored again at the
 //! end of the run). Per store: the row count of each job's last run that was not aborted

@@ -17,9 +17,11 @@
 //! Crash safety: every operation but an import is safe to repeat (an update, reset, lock
 //! or unlock sent again changes nothing more; a delete sent again finds the contact gone).
 //! An import is not: its contact ID is only known from the answer. So imports are
-//! journalled: a window of the imports ahead is recorded as pending and flushed to disk
-//! before any of them is sent, and each is cleared once its ID is stored. The next run
-//! resolves what is still pending against the dialler before it plans (`reconcile`).
+//! journalled: a window of the operations ahead is recorded (its imports as pending, the
+//! others as in flight, one record each: see `state::window`) and flushed to disk before
+//! any of them is sent, and the record goes once each of them is done, after those whose
+//! outcome is unknown got a record of their own. The next run resolves what is still
+//! pending against the dialler before it plans (`reconcile`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
