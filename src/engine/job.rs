@@ -314,8 +314,8 @@ async fn plan_and_execute(
         match state.settle_windows() {
             Ok(0) => {}
             Ok(n) => tracing::debug!(
-                windows = n,
-                "the journal's windows of an interrupted run, per contact"
+                records = n,
+                "the journal's window records of an interrupted run, now per contact"
             ),
             Err(e) => {
                 report.stop(Abort::state(Step::Settle, e));

@@ -1,7 +1,7 @@
 //! One job's state: its entries, pending imports, in-flight marks, failure counts and
 //! digest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -190,37 +190,25 @@ impl JobState {
     }
 
     /// Every pending import, in key order; those of the journal's window records too
-    /// (see [`super::window`]), after the contacts' own.
+    /// (see `super::window`), after the contacts' own.
     pub fn pending(&self) -> Result<Vec<(String, Pending)>, StateError> {
+        let decode = |key: String, v: &[u8]| match Pending::decode(v) {
+            Some(p) => Ok((key, p)),
+            None => Err(StateError::Corrupt { key }),
+        };
         let mut out = Vec::new();
-        let mut own = std::collections::HashSet::new();
-        let mut windows = Vec::new();
         for kv in self.pending.iter() {
             let (k, v) = kv?;
-            if window::is_window(&k) {
-                windows.push(v);
-                continue;
-            }
-            let key = String::from_utf8_lossy(&k).into_owned();
-            match Pending::decode(&v) {
-                Some(p) => {
-                    own.insert(key.clone());
-                    out.push((key, p));
-                }
-                None => return Err(StateError::Corrupt { key }),
+            if !window::is_window(&k) {
+                out.push(decode(String::from_utf8_lossy(&k).into_owned(), &v)?);
             }
         }
-        for v in windows {
-            let items = window::decode_imports(&v).ok_or_else(|| StateError::Corrupt {
-                key: "a journal window".into(),
-            })?;
-            for (key, p) in items {
-                if own.contains(&key) {
-                    continue;
-                }
-                match Pending::decode(&p) {
-                    Some(p) => out.push((key, p)),
-                    None => return Err(StateError::Corrupt { key }),
+        let windows = self.window_imports()?;
+        if !windows.is_empty() {
+            let own: HashSet<String> = out.iter().map(|(k, _)| k.clone()).collect();
+            for (key, p) in windows {
+                if !own.contains(&key) {
+                    out.push(decode(key, &p)?);
                 }
             }
         }
@@ -236,6 +224,12 @@ impl JobState {
         Ok(())
     }
 
+    /// Adds `bits` to the mark of `key` (none: a mark of `bits`).
+    pub(crate) fn add_in_flight(&self, key: &str, bits: u8) -> Result<(), StateError> {
+        let had = self.in_flight.get(key)?.and_then(|v| v.first().copied());
+        self.put_in_flight(key, had.unwrap_or(0) | bits)
+    }
+
     /// Clears the mark of `key`: its operation's outcome is stored (or it was refused).
     pub fn clear_in_flight(&self, key: &str) -> Result<(), StateError> {
         self.wrote()?;
@@ -243,21 +237,11 @@ impl JobState {
         Ok(())
     }
 
-    /// Every in-flight mark: UserData -> [`super::in_doubt`] bits.
-    /// Those of the journal's window records (see [`super::window`]) are added to a
-    /// contact's own.
+    /// Every in-flight mark: UserData -> [`super::in_doubt`] bits; those of the journal's
+    /// window records (see `super::window`) are added to a contact's own.
     pub(crate) fn in_flight(&self) -> Result<crate::keymap::KeyMap<u8>, StateError> {
-        // The windows' marks (a window or two, after a crash; none otherwise), first.
-        let mut windows: HashMap<String, u8> = HashMap::new();
-        for kv in self.in_flight.scan_prefix([window::WINDOW]) {
-            let (_, v) = kv?;
-            let items = window::decode_marks(&v).ok_or_else(|| StateError::Corrupt {
-                key: "a journal window".into(),
-            })?;
-            for (key, bits) in items {
-                *windows.entry(key).or_default() |= bits;
-            }
-        }
+        // A window or two after a crash; none otherwise.
+        let mut windows = self.window_marks()?;
         let mut marks = crate::keymap::KeyMap::default();
         for kv in self.in_flight.iter() {
             let (k, v) = kv?;

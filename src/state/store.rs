@@ -219,8 +219,7 @@ impl Store {
             let mut keys = Vec::new();
             state.for_each(&mut |k, _| keys.push(k.to_string()))?;
             for k in keys {
-                let bits = state.in_flight.get(&k)?.and_then(|v| v.first().copied());
-                state.put_in_flight(&k, bits.unwrap_or(0) | in_doubt::LOCK)?;
+                state.add_in_flight(&k, in_doubt::LOCK)?;
             }
             self.db
                 .open_tree("meta")?

@@ -396,7 +396,11 @@ fn journal_windows_stand_for_their_contacts_until_closed() {
         &[("M1", in_doubt::LOCK)],
     )
     .unwrap();
-    assert_eq!(job.settle_windows().unwrap(), 1);
+    assert_eq!(
+        job.settle_windows().unwrap(),
+        2,
+        "its imports' record and its marks'"
+    );
     assert_eq!(keys(job.pending().unwrap()), [("I3".into(), 3)]);
     assert_eq!(
         job.in_flight().unwrap().get("M1"),

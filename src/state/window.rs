@@ -19,12 +19,14 @@
 //! Keys: the byte 0xFF, which no UTF-8 text (a UserData) begins with, and the window's
 //! number (big-endian).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use serde::de::DeserializeOwned;
 
 use super::{JobState, Pending, StateError};
 
 /// The first byte of a window record's key.
-pub(super) const WINDOW: u8 = 0xFF;
+const WINDOW: u8 = 0xFF;
 /// The version of the records' encoding.
 const VERSION: u8 = 1;
 
@@ -45,29 +47,49 @@ fn encode<T: serde::Serialize>(items: &T) -> Vec<u8> {
     out
 }
 
-/// The pending imports of a window record: (UserData, encoded [`Pending`]).
-pub(super) fn decode_imports(bytes: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
-    match bytes.split_first() {
+/// The items of the window record `value` at `key`: (UserData, encoded [`Pending`]) in
+/// `pending`, (UserData, in-doubt bits) in `in_flight`.
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<Vec<T>, StateError> {
+    match value.split_first() {
         Some((&VERSION, rest)) => postcard::from_bytes(rest).ok(),
         _ => None,
     }
+    .ok_or_else(|| StateError::Corrupt {
+        key: format!(
+            "journal window {}",
+            key.get(1..)
+                .and_then(|id| <[u8; 8]>::try_from(id).ok())
+                .map_or(0, u64::from_be_bytes)
+        ),
+    })
 }
 
-/// The marks of a window record: (UserData, in-doubt bits).
-pub(super) fn decode_marks(bytes: &[u8]) -> Option<Vec<(String, u8)>> {
-    match bytes.split_first() {
-        Some((&VERSION, rest)) => postcard::from_bytes(rest).ok(),
-        _ => None,
-    }
-}
-
-fn corrupt(key: &[u8]) -> StateError {
-    StateError::Corrupt {
-        key: format!("journal window {}", String::from_utf8_lossy(&key[1..])),
-    }
+/// Every window record of `tree`, with its key.
+fn records(tree: &sled::Tree) -> Result<Vec<(sled::IVec, sled::IVec)>, StateError> {
+    Ok(tree.scan_prefix([WINDOW]).collect::<Result<_, _>>()?)
 }
 
 impl JobState {
+    /// The pending imports of every window record: (UserData, encoded [`Pending`]).
+    pub(super) fn window_imports(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut out = Vec::new();
+        for (k, v) in records(&self.pending)? {
+            out.extend(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The marks of every window record, a contact's bits in several windows combined.
+    pub(super) fn window_marks(&self) -> Result<HashMap<String, u8>, StateError> {
+        let mut out: HashMap<String, u8> = HashMap::new();
+        for (k, v) in records(&self.in_flight)? {
+            for (key, bits) in decode::<(String, u8)>(&k, &v)? {
+                *out.entry(key).or_default() |= bits;
+            }
+        }
+        Ok(out)
+    }
+
     /// Records window `id`: `imports` as pending and `marks` as in flight, one record per
     /// tree. Durable after the next [`JobState::flush`], which comes before any of them is
     /// sent.
@@ -100,20 +122,21 @@ impl JobState {
         let key = window_key(id);
         if !open.is_empty() {
             if let Some(v) = self.pending.get(key)? {
-                for (k, p) in decode_imports(&v).ok_or_else(|| corrupt(&key))? {
+                for (k, p) in decode::<(String, Vec<u8>)>(&key, &v)? {
                     if open.contains(&k) {
                         self.pending.insert(k.as_bytes(), p)?;
                     }
                 }
             }
         }
+        // Window records sort last: a first key that is not one is a contact's own mark.
+        // Without any (every run but one after a rebuild or a crash), no mark is read.
+        let own_marks = self.in_flight.first()?.is_some_and(|(k, _)| !is_window(&k));
         if let Some(v) = self.in_flight.get(key)? {
-            for (k, bits) in decode_marks(&v).ok_or_else(|| corrupt(&key))? {
-                let own = self.in_flight.get(k.as_bytes())?;
+            for (k, bits) in decode::<(String, u8)>(&key, &v)? {
                 if open.contains(&k) {
-                    let had = own.and_then(|b| b.first().copied()).unwrap_or(0);
-                    self.put_in_flight(&k, had | bits)?;
-                } else if own.is_some() {
+                    self.add_in_flight(&k, bits)?;
+                } else if own_marks && self.in_flight.contains_key(k.as_bytes())? {
                     self.clear_in_flight(&k)?;
                 }
             }
@@ -126,48 +149,26 @@ impl JobState {
     /// Turns the window records a stopped or crashed run left into records per contact
     /// (a pending import whose contact is stored already was done, and is left out; a
     /// contact's mark is added to any it has), and removes them. Called before a run
-    /// resolves what is pending; returns how many windows there were.
+    /// resolves what is pending; returns how many records there were.
     pub(crate) fn settle_windows(&self) -> Result<usize, StateError> {
-        let windows: Vec<_> = self
-            .pending
-            .scan_prefix([WINDOW])
-            .chain(self.in_flight.scan_prefix([WINDOW]))
-            .map(|kv| kv.map(|(k, _)| k))
-            .collect::<Result<_, _>>()?;
-        if windows.is_empty() {
+        let left = records(&self.pending)?.len() + records(&self.in_flight)?.len();
+        if left == 0 {
             return Ok(0);
         }
         self.wrote()?;
-        for (k, v) in self
-            .pending
-            .scan_prefix([WINDOW])
-            .collect::<Result<Vec<_>, _>>()?
-        {
-            for (key, p) in decode_imports(&v).ok_or_else(|| corrupt(&k))? {
-                if self.tree.get(key.as_bytes())?.is_none() {
-                    self.pending.insert(key.as_bytes(), p)?;
-                }
+        for (key, p) in self.window_imports()? {
+            if !self.tree.contains_key(key.as_bytes())? {
+                self.pending.insert(key.as_bytes(), p)?;
             }
-            self.pending.remove(k)?;
         }
-        for (k, v) in self
-            .in_flight
-            .scan_prefix([WINDOW])
-            .collect::<Result<Vec<_>, _>>()?
-        {
-            for (key, bits) in decode_marks(&v).ok_or_else(|| corrupt(&k))? {
-                let had = self
-                    .in_flight
-                    .get(key.as_bytes())?
-                    .and_then(|b| b.first().copied())
-                    .unwrap_or(0);
-                self.put_in_flight(&key, had | bits)?;
+        for (key, bits) in self.window_marks()? {
+            self.add_in_flight(&key, bits)?;
+        }
+        for tree in [&self.pending, &self.in_flight] {
+            for (k, _) in records(tree)? {
+                tree.remove(k)?;
             }
-            self.in_flight.remove(k)?;
         }
-        let mut ids = windows;
-        ids.sort();
-        ids.dedup();
-        Ok(ids.len())
+        Ok(left)
     }
 }

@@ -41,6 +41,61 @@ fn a_struggling_dialler_ends_exactly_right_within_the_retry_bounds() {
     env.assert_holds_exactly(&moved);
 }
 
+/// Calls that time out may have been carried out: their contacts stay pending or in
+/// doubt after the run (and after the journal's window that held them is closed), so
+/// that a later run settles them from the dialler and the export, even when the export
+/// has gone back to what the state holds. Here a fifth of the calls are carried out and
+/// never answered, and nothing is retried within a run.
+#[test]
+fn calls_of_unknown_outcome_stay_in_doubt_after_their_window_closes() {
+    let env = Env::with_faults(Faults {
+        timeout_rate: 0.2,
+        seed: 17,
+        ..Faults::default()
+    });
+    env.write_config(common::TOKEN, "overwrite_duplicates = false");
+    env.edit_config(
+        "token = ",
+        "timeout = \"300ms\"\nretry_delay = \"1ms\"\nmax_retries = 0\ntoken = ",
+    );
+    // Runs until one does everything without a failure; the reports of all of them.
+    let settle = || {
+        let mut reports = Vec::new();
+        for _ in 0..20 {
+            let (report, code) = env.sync(&[]);
+            let clean = code == 0 && count(&report, "failed") == 0;
+            reports.push(report);
+            if clean {
+                return reports;
+            }
+        }
+        panic!("not settled in 20 runs: {:?}", reports.last());
+    };
+    let first = rows(200, "Köln");
+    env.write_rows(&first);
+    let imports = settle();
+    assert!(count(&imports[0], "failed") > 0, "{}", imports[0]);
+    assert!(
+        imports[1..]
+            .iter()
+            .map(|r| count(r, "recovered"))
+            .sum::<u64>()
+            > 0,
+        "imports that timed out were looked up, not sent again: {imports:?}"
+    );
+    env.assert_holds_exactly(&first);
+
+    // Every city changes; the updates that time out may have reached the dialler.
+    env.write_rows(&rows(200, "Bonn"));
+    let (changed, _) = env.sync(&[]);
+    assert!(count(&changed, "failed") > 0, "{changed}");
+    // Back to what the state holds for them: they are rechecked, not taken as unchanged.
+    env.write_rows(&first);
+    let reverted = settle();
+    assert!(count(&reverted[0], "rechecked") > 0, "{}", reverted[0]);
+    env.assert_holds_exactly(&first);
+}
+
 /// A run under faults either did all `expected` operations, or gave up on a few contacts
 /// after HTTP 500 kept coming back (bounded: 500 may be the request's own fault); those
 /// are listed as failed with their run count, and the next run does them.
