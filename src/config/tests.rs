@@ -310,7 +310,7 @@ fn a_schedule_that_never_fires_is_rejected_and_six_fields_are_explained() {
 #[test]
 fn the_state_cache_is_set_in_mb_and_checked() {
     let c = Config::from_str(GOOD, Path::new("t.toml")).unwrap();
-    assert_eq!(c.state.cache_mb, 64);
+    assert_eq!(c.state.cache_mb, 16);
     let set = GOOD.replace(
         "[state]\npath = \"state\"",
         "[state]\npath = \"state\"\ncache_mb = 256",
