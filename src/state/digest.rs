@@ -15,13 +15,29 @@ use std::collections::HashMap;
 pub(crate) type Item = (u64, u64, bool);
 
 const VERSION: u8 = 1;
+/// Version and entry count.
+const HEADER: usize = 9;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Stored as it is kept in memory, `VERSION`, the entry count, then the key hashes, the
+/// row hashes (8 bytes each, little-endian) and a lock byte per entry: the bytes read from
+/// the state are used as they are, shared with its page cache, and the bytes stored are
+/// the digest itself, so a digest of a million entries is in memory once (17 MB), not
+/// once in arrays and again as the value read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
-    /// Key hashes, sorted, unique, never 0.
-    keys: Vec<u64>,
-    rows: Vec<u64>,
-    locked: Vec<bool>,
+    /// Key hashes sorted, unique, never 0.
+    bytes: sled::IVec,
+    n: usize,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest::from_sorted(Vec::new()).expect("no keys: valid")
+    }
+}
+
+fn word(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 impl Digest {
@@ -45,42 +61,60 @@ impl Digest {
 
     fn from_sorted(items: Vec<Item>) -> Option<Digest> {
         let n = items.len();
-        let mut d = Digest {
-            keys: Vec::with_capacity(n),
-            rows: Vec::with_capacity(n),
-            locked: Vec::with_capacity(n),
+        let mut out = Vec::with_capacity(HEADER + n * 17);
+        out.push(VERSION);
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.extend(items.iter().flat_map(|i| i.0.to_le_bytes()));
+        out.extend(items.iter().flat_map(|i| i.1.to_le_bytes()));
+        out.extend(items.iter().map(|i| u8::from(i.2)));
+        drop(items);
+        let d = Digest {
+            bytes: sled::IVec::from(out),
+            n,
         };
-        for (k, r, l) in items {
-            d.keys.push(k);
-            d.rows.push(r);
-            d.locked.push(l);
-        }
         d.valid().then_some(d)
     }
 
-    /// Keys sorted, unique and never 0 (the probe table's "empty").
+    fn key(&self, i: usize) -> u64 {
+        word(&self.bytes, HEADER + 8 * i)
+    }
+
+    fn row(&self, i: usize) -> u64 {
+        word(&self.bytes, HEADER + 8 * (self.n + i))
+    }
+
+    fn locked(&self, i: usize) -> bool {
+        self.bytes[HEADER + 16 * self.n + i] != 0
+    }
+
+    /// Every entry, in key hash order.
+    fn items(&self) -> impl Iterator<Item = Item> + '_ {
+        (0..self.n).map(|i| (self.key(i), self.row(i), self.locked(i)))
+    }
+
     /// A hash of every entry's key, row hash and lock: equal digests mean the entries
     /// plan alike (an HTTP export's conditional request relies on it).
     pub fn fingerprint(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for ((k, r), l) in self.keys.iter().zip(&self.rows).zip(&self.locked) {
+        for (k, r, l) in self.items() {
             h.update(&k.to_le_bytes());
             h.update(&r.to_le_bytes());
-            h.update(&[u8::from(*l)]);
+            h.update(&[u8::from(l)]);
         }
         h.digest()
     }
 
+    /// Keys sorted, unique and never 0 (the probe table's "empty").
     fn valid(&self) -> bool {
-        self.keys.first() != Some(&0) && self.keys.windows(2).all(|w| w[0] < w[1])
+        (self.n == 0 || self.key(0) != 0) && (1..self.n).all(|i| self.key(i - 1) < self.key(i))
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.n
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.n == 0
     }
 
     /// This digest with `changes` applied (key hash -> new row hash and lock flag, or
@@ -91,9 +125,7 @@ impl Digest {
             .filter_map(|(&k, v)| v.map(|(r, l)| (k, r, l)))
             .collect();
         added.sort_unstable_by_key(|i| i.0);
-        let kept = (0..self.len())
-            .filter(|&i| !changes.contains_key(&self.keys[i]))
-            .map(|i| (self.keys[i], self.rows[i], self.locked[i]));
+        let kept = self.items().filter(|i| !changes.contains_key(&i.0));
         // Merge two sorted runs.
         let mut out = Vec::with_capacity(self.len() + added.len());
         let mut added = added.into_iter().peekable();
@@ -107,42 +139,23 @@ impl Digest {
         Digest::from_sorted(out)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        let n = self.len();
-        let mut out = Vec::with_capacity(9 + n * 17);
-        out.push(VERSION);
-        out.extend_from_slice(&(n as u64).to_le_bytes());
-        for k in &self.keys {
-            out.extend_from_slice(&k.to_le_bytes());
-        }
-        for r in &self.rows {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
-        out.extend(self.locked.iter().map(|&l| u8::from(l)));
-        out
+    /// The bytes to store: the digest's own (see [`Digest`]).
+    pub fn encode(&self) -> sled::IVec {
+        self.bytes.clone()
     }
 
-    /// `None` for anything [`Digest::encode`] did not write.
-    pub fn decode(bytes: &[u8]) -> Option<Digest> {
+    /// `None` for anything [`Digest::encode`] did not write. The bytes are kept as they
+    /// are, not copied.
+    pub fn decode(bytes: sled::IVec) -> Option<Digest> {
         let (&version, rest) = bytes.split_first()?;
         if version != VERSION || rest.len() < 8 {
             return None;
         }
         let n = usize::try_from(u64::from_le_bytes(rest[..8].try_into().ok()?)).ok()?;
-        let rest = &rest[8..];
-        if rest.len() != n.checked_mul(17)? {
+        if rest.len() - 8 != n.checked_mul(17)? {
             return None;
         }
-        let words = |b: &[u8]| -> Vec<u64> {
-            b.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect()
-        };
-        let d = Digest {
-            keys: words(&rest[..n * 8]),
-            rows: words(&rest[n * 8..n * 16]),
-            locked: rest[n * 16..].iter().map(|&b| b != 0).collect(),
-        };
+        let d = Digest { bytes, n };
         d.valid().then_some(d)
     }
 
@@ -154,15 +167,15 @@ impl Digest {
         let mut slots: Vec<Slot> = Vec::with_capacity(size + 16);
         slots.resize(size, Slot::EMPTY);
         let mut next = 0usize;
-        for i in 0..n {
-            let at = home(self.keys[i], size).max(next);
+        for (key, row, locked) in self.items() {
+            let at = home(key, size).max(next);
             if at >= slots.len() {
                 slots.resize(at + 1, Slot::EMPTY);
             }
             slots[at] = Slot {
-                key: self.keys[i],
-                row: self.rows[i],
-                meta: if self.locked[i] { LOCKED } else { 0 },
+                key,
+                row,
+                meta: if locked { LOCKED } else { 0 },
             };
             next = at + 1;
         }
@@ -314,7 +327,7 @@ mod tests {
                     assert_eq!(p.find(probe), None);
                 }
             }
-            assert_eq!(Digest::decode(&d.encode()), Some(d));
+            assert_eq!(Digest::decode(d.encode()), Some(d));
         }
     }
 
@@ -324,14 +337,29 @@ mod tests {
         assert_eq!(Digest::build(vec![(0, 1, false)]), None);
         let d = Digest::build(vec![(5, 1, false), (9, 2, true)]).unwrap();
         let bytes = d.encode();
-        assert_eq!(Digest::decode(&bytes[..bytes.len() - 1]), None);
-        assert_eq!(Digest::decode(&[]), None);
-        let mut unsorted = bytes.clone();
+        let decode = |b: &[u8]| Digest::decode(sled::IVec::from(b));
+        assert_eq!(decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode(&[]), None);
+        let mut unsorted = bytes.to_vec();
         unsorted[9..17].copy_from_slice(&10u64.to_le_bytes());
-        assert_eq!(Digest::decode(&unsorted), None);
-        let mut other_version = bytes;
+        assert_eq!(decode(&unsorted), None);
+        let mut other_version = bytes.to_vec();
         other_version[0] = 99;
-        assert_eq!(Digest::decode(&other_version), None);
+        assert_eq!(decode(&other_version), None);
+        assert_eq!(decode(&bytes), Some(d));
+    }
+
+    /// The digest read from the state is those bytes, not a copy of them, and the digest
+    /// stored is the digest's own bytes: a 1M digest is in memory once.
+    #[test]
+    fn a_digest_is_its_stored_bytes() {
+        let items: Vec<Item> = (1..=1000u64).map(|i| (i * 7919, i, i % 2 == 0)).collect();
+        let d = Digest::build(items).unwrap();
+        let stored = d.encode();
+        assert_eq!(stored.as_ptr(), d.encode().as_ptr());
+        let read = Digest::decode(stored.clone()).unwrap();
+        assert_eq!(read.encode().as_ptr(), stored.as_ptr());
+        assert_eq!(read, d);
     }
 
     proptest! {

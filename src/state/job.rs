@@ -97,7 +97,7 @@ impl JobState {
         let mut cache = crate::locking::lock(&self.digest);
         if !cache.loaded {
             let stored = self.digests.get(&self.name)?;
-            cache.base = stored.and_then(|b| Digest::decode(&b)).map(Arc::new);
+            cache.base = stored.and_then(Digest::decode).map(Arc::new);
             cache.stored = cache.base.is_some();
             cache.loaded = true;
         }
