@@ -7,7 +7,7 @@
 //! next plan sends exactly the fields in which the dialler differs from the export, and
 //! nothing when they agree.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -171,8 +171,9 @@ pub(crate) async fn resolve_pending(
 #[derive(Default)]
 struct Gathered {
     listed: u64,
-    /// Key hashes of the entries found under their stored ID.
-    confirmed: HashSet<u64>,
+    /// Key hashes of the entries found under their stored ID (sorted once the listing
+    /// is read: 8 bytes an entry, where a hash set took 19 to 28).
+    confirmed: Vec<u64>,
     /// Entries found under their ID with other values: the entry to store instead.
     differ: Vec<(String, Entry)>,
     /// UserData found under another ID than the stored one: the lowest such ID, and the
@@ -226,7 +227,7 @@ pub(crate) async fn verify(
             };
             match state.get(&key) {
                 Ok(Some(e)) if e.id == id => {
-                    g.confirmed.insert(key_hash(&key));
+                    g.confirmed.push(key_hash(&key));
                     let now = held(&e.fields);
                     // Unkeyed hashes (an older state) cannot be compared here.
                     if e.keyed && now != e.fields {
@@ -262,11 +263,12 @@ pub(crate) async fn verify(
         listed: g.listed,
         ..Verified::default()
     };
+    g.confirmed.sort_unstable();
     let mut relearn = Vec::new();
     let mut missing = Vec::new();
     state.for_each(&mut |key, e| {
         out.checked += 1;
-        if g.confirmed.contains(&key_hash(key)) {
+        if g.confirmed.binary_search(&key_hash(key)).is_ok() {
             out.confirmed += 1;
         } else if let Some((id, fields)) = g.elsewhere.remove(key) {
             relearn.push((
@@ -345,8 +347,8 @@ pub async fn rebuild(
     state: &JobState,
 ) -> Result<Rebuilt, ReconcileError> {
     let campaign = campaign_id(dialler, &job.campaign).await?;
-    let scratch = state.scratch()?;
-    scratch.clear().map_err(StateError::Db)?;
+    let scratch_db = state.scratch()?;
+    let scratch: sled::Tree = (*scratch_db).clone();
     let fields: Vec<&'static Field> = job.fields.iter().map(|(f, _)| *f).collect();
     let gathered = Arc::new(Mutex::new(Listed::default()));
     {
@@ -411,7 +413,8 @@ pub async fn rebuild(
         }
         out.contacts += 1;
     }
-    scratch.clear().map_err(StateError::Db)?;
+    drop(scratch);
+    drop(scratch_db);
     state.save_digest().await?;
     state.flush().await?;
     Ok(out)

@@ -26,6 +26,15 @@ pub enum StateError {
         source: sled::Error,
     },
     #[error(
+        "cannot make the rebuild's scratch database {path} (check that the folder is \
+         writable and the disk has room; the state was not changed)"
+    )]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
         "cannot open the state database {path} ({broken}), nor restore it from its snapshots; \
          `dialsync state rebuild` moves it aside and rebuilds it from the dialler"
     )]

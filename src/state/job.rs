@@ -2,6 +2,7 @@
 //! digest.
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,6 @@ pub struct JobState {
     pub(super) staged: sled::Tree,
     /// Webhook batches not yet accepted, by idempotency key.
     pub(super) outbox: sled::Tree,
-    /// What a `state rebuild` gathers before it replaces the entries (empty otherwise).
-    pub(super) scratch: sled::Tree,
     /// Every job's stored digest, by job name.
     pub(super) digests: sled::Tree,
     pub(super) name: String,
@@ -61,9 +60,37 @@ pub(super) struct DigestCache {
 }
 
 impl JobState {
-    /// The job's scratch tree (see [`JobState::scratch`]'s field).
-    pub(crate) fn scratch(&self) -> Result<sled::Tree, StateError> {
-        Ok(self.scratch.clone())
+    /// Where a `state rebuild` gathers the campaign's contacts before it replaces the
+    /// entries: a database of its own in `<state>.downloads/rebuild-<job>`, removed when
+    /// dropped (after a crash, by the next rebuild). In the state's own database the
+    /// scratch pages, freed at the end, stayed in its page table, which every later run
+    /// loads whole when it opens the state. A scratch tree an older version left in the
+    /// state is dropped.
+    pub(crate) fn scratch(&self) -> Result<sled::Db, StateError> {
+        self.flusher
+            .db
+            .drop_tree(format!("scratch/{}", self.name))?;
+        let mut dir = self.state_path.clone().into_os_string();
+        dir.push(".downloads");
+        let path = PathBuf::from(dir).join(format!("rebuild-{}", self.name));
+        let open = |source| StateError::Scratch {
+            path: path.clone(),
+            source,
+        };
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| open(sled::Error::Io(e)))?;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| open(sled::Error::Io(e)))?;
+        sled::Config::new()
+            .path(&path)
+            .temporary(true)
+            .cache_capacity(8 << 20)
+            .open()
+            .map_err(open)
     }
 
     /// The state's secret, which every stored hash of a value is keyed with.

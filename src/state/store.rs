@@ -358,7 +358,6 @@ impl Store {
             outcomes: self.db.open_tree(format!("outcomes/{name}"))?,
             staged: self.db.open_tree(format!("outstaged/{name}"))?,
             outbox: self.db.open_tree(format!("outbox/{name}"))?,
-            scratch: self.db.open_tree(format!("scratch/{name}"))?,
             digests: self.db.open_tree("digest")?,
             name: name.to_string(),
             digest: Arc::default(),

@@ -219,12 +219,20 @@ fn state_rebuild_restores_a_lost_state_so_the_next_sync_sends_only_what_differs(
     env.write_rows(&all);
 
     std::fs::remove_dir_all(env.path("state")).unwrap();
+    // What a rebuild killed halfway left of its scratch database.
+    let scratch = env.path("state.downloads/rebuild-leads");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(scratch.join("db"), "left by a killed rebuild").unwrap();
     let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !scratch.exists(),
+        "the scratch database is removed, the leftover with it"
     );
     assert!(
         stdout.contains("rebuilt from campaign 538: 30 contacts"),
