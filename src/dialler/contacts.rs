@@ -46,37 +46,78 @@ impl Dialler {
         contact: &Value,
         flags: ImportFlags,
     ) -> Result<Record, DiallerError> {
-        self.import_with(contact, flags, false).await
-    }
-
-    /// [`Dialler::import`]; with `look_first`, an import without `overwrite_duplicates`
-    /// looks the contact up before its first attempt too (after a restore from an older
-    /// snapshot, an earlier import of it may have reached the dialler unrecorded).
-    pub async fn import_with(
-        &self,
-        contact: &Value,
-        flags: ImportFlags,
-        look_first: bool,
-    ) -> Result<Record, DiallerError> {
         let q = import_query(flags);
-        if flags.overwrite_duplicates {
-            return self
-                .one(Req::post("/dialler/contacts/import", &q, contact))
-                .await;
-        }
+        let import = Req::post("/dialler/contacts/import", &q, contact);
         let user_data = contact.get("UserData").and_then(Value::as_str);
         let campaign = contact.get("DiallerCampaignsID").and_then(Value::as_i64);
-        let q = &q;
+        self.import_retrying(
+            user_data,
+            campaign,
+            flags,
+            false,
+            |r| r,
+            || {
+                let import = import.clone();
+                async move { first_record(self.call_once(import).await?) }
+            },
+        )
+        .await
+    }
+
+    /// [`Dialler::import`] for the contact with `user_data` in campaign `campaign` whose
+    /// JSON is `body` (serialized already): the imported contact's ID, `None` if the
+    /// answer's record has none. The answer is read for its ID alone. With `look_first`,
+    /// an import without `overwrite_duplicates` looks the contact up before its first
+    /// attempt too (after a restore from an older snapshot, an earlier import of it may
+    /// have reached the dialler unrecorded).
+    pub(crate) async fn import_json(
+        &self,
+        body: &[u8],
+        user_data: &str,
+        campaign: i64,
+        flags: ImportFlags,
+        look_first: bool,
+    ) -> Result<Option<i64>, DiallerError> {
+        let q = import_query(flags);
+        let import = Req::post_body("/dialler/contacts/import", &q, Body::Json(body));
+        let found = |r: Record| record_id(&r);
+        self.import_retrying(
+            Some(user_data),
+            Some(campaign),
+            flags,
+            look_first,
+            found,
+            || self.first_id_once(import.clone()),
+        )
+        .await
+    }
+
+    /// An import's attempts: `send` once per attempt, retried while the failure is
+    /// transient. Without `overwrite_duplicates` (and `user_data` known), each retry, and
+    /// with `look_first` the first attempt too, looks first for the contact that an
+    /// earlier attempt may have imported, and `found` makes the result of it.
+    async fn import_retrying<T, Fut>(
+        &self,
+        user_data: Option<&str>,
+        campaign: Option<i64>,
+        flags: ImportFlags,
+        look_first: bool,
+        found: impl Fn(Record) -> T,
+        send: impl Fn() -> Fut,
+    ) -> Result<T, DiallerError>
+    where
+        Fut: std::future::Future<Output = Result<T, DiallerError>>,
+    {
+        let (found, send) = (&found, &send);
         self.retrying(|n| async move {
-            if let (true, Some(user_data)) = (n > 0 || look_first, user_data) {
+            if let (false, true, Some(user_data)) =
+                (flags.overwrite_duplicates, n > 0 || look_first, user_data)
+            {
                 if let Some(r) = self.imported_once(user_data, campaign).await? {
-                    return Ok(r);
+                    return Ok(found(r));
                 }
             }
-            let v = self
-                .call_once(Req::post("/dialler/contacts/import", q, contact))
-                .await?;
-            first_record(v)
+            send().await
         })
         .await
     }
@@ -102,37 +143,6 @@ impl Dialler {
             .into_iter()
             .filter(|r| campaign.is_none() || record_campaign(r) == campaign)
             .min_by_key(record_id))
-    }
-
-    /// [`Dialler::import_with`] for the contact with `user_data` in campaign `campaign`
-    /// whose JSON is `body` (serialized already): the imported contact's ID, `None` if
-    /// the answer's record has none. The answer is read for its ID alone.
-    pub(crate) async fn import_json(
-        &self,
-        body: &[u8],
-        user_data: &str,
-        campaign: i64,
-        flags: ImportFlags,
-        look_first: bool,
-    ) -> Result<Option<i64>, DiallerError> {
-        let q = import_query(flags);
-        let q = &q;
-        let import = Req::post_body("/dialler/contacts/import", q, Body::Json(body));
-        if flags.overwrite_duplicates {
-            return self.retrying(|_| self.first_id_once(import.clone())).await;
-        }
-        self.retrying(|n| {
-            let import = import.clone();
-            async move {
-                if n > 0 || look_first {
-                    if let Some(r) = self.imported_once(user_data, Some(campaign)).await? {
-                        return Ok(record_id(&r));
-                    }
-                }
-                self.first_id_once(import).await
-            }
-        })
-        .await
     }
 
     /// [`Dialler::update`] of the contact whose JSON is `body` (serialized already); the

@@ -215,9 +215,7 @@ async fn fetch(
 /// left there is removed: a download in progress is read through its open file, never by
 /// its name, so removing the name of another run's file takes nothing from it.
 pub(crate) fn downloads_dir(config: &Config) -> std::path::PathBuf {
-    let mut dir = config.state.path.clone().into_os_string();
-    dir.push(".downloads");
-    let dir = std::path::PathBuf::from(dir);
+    let dir = crate::state::downloads_path(&config.state.path);
     let made = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -33,6 +33,14 @@ pub(crate) fn key_path(state: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The folder beside the state at `state` for a run's temporary files (downloads, the
+/// spooled plan, a rebuild's scratch database): `/var/lib/dialsync/state.downloads`.
+pub(crate) fn downloads_path(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".downloads");
+    PathBuf::from(p)
+}
+
 /// The state's secret: read, or made (32 random bytes, 0600, written durably) when there
 /// is none.
 pub(super) fn load_or_create_key(state: &Path) -> std::io::Result<HashKey> {

@@ -70,9 +70,7 @@ impl JobState {
         self.flusher
             .db
             .drop_tree(format!("scratch/{}", self.name))?;
-        let mut dir = self.state_path.clone().into_os_string();
-        dir.push(".downloads");
-        let path = PathBuf::from(dir).join(format!("rebuild-{}", self.name));
+        let path = super::downloads_path(&self.state_path).join(format!("rebuild-{}", self.name));
         let open = |source| StateError::Scratch {
             path: path.clone(),
             source,

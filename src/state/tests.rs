@@ -346,8 +346,9 @@ fn pending(row: u64) -> Pending {
 
 /// The journal's window records read as the per-contact records they stand for; a
 /// closed window leaves only the contacts whose outcome is unknown, each with its own
-/// record (a settled contact's own mark, as a rebuild leaves, goes with it); and a window a crash left becomes records per contact, without the imports
-/// that were stored.
+/// record (a settled contact's own mark, as a rebuild leaves, goes with it); and a
+/// window a crash left becomes records per contact, without the imports that were
+/// stored.
 #[test]
 fn journal_windows_stand_for_their_contacts_until_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -412,4 +413,27 @@ fn journal_windows_stand_for_their_contacts_until_closed() {
     assert!(job.pending().unwrap().is_empty());
     assert!(job.in_flight().unwrap().is_empty());
     assert!(job.pending.iter().next().is_none() && job.in_flight.iter().next().is_none());
+}
+
+/// A rebuild's scratch is a database of its own beside the state, gone when dropped;
+/// the scratch tree an older version kept in the state itself is dropped.
+#[test]
+fn a_rebuilds_scratch_is_outside_the_state_and_gone_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let old = store.db.open_tree("scratch/a").unwrap();
+    old.insert("K1", "left by an older version").unwrap();
+    let job = store.job("a").unwrap();
+    let scratch = job.scratch().unwrap();
+    let at = dir.path().join("state.downloads/rebuild-a");
+    assert!(at.is_dir());
+    scratch.insert("K1", "candidate").unwrap();
+    assert!(!store
+        .db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == b"scratch/a"));
+    drop(scratch);
+    assert!(!at.exists(), "removed with its last handle");
 }

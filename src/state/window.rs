@@ -69,25 +69,35 @@ fn records(tree: &sled::Tree) -> Result<Vec<(sled::IVec, sled::IVec)>, StateErro
     Ok(tree.scan_prefix([WINDOW]).collect::<Result<_, _>>()?)
 }
 
+/// The pending imports of the window `records` of the `pending` tree.
+fn imports_of(records: &[(sled::IVec, sled::IVec)]) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    let mut out = Vec::new();
+    for (k, v) in records {
+        out.extend(decode(k, v)?);
+    }
+    Ok(out)
+}
+
+/// The marks of the window `records` of the `in_flight` tree, combined per contact.
+fn marks_of(records: &[(sled::IVec, sled::IVec)]) -> Result<HashMap<String, u8>, StateError> {
+    let mut out: HashMap<String, u8> = HashMap::new();
+    for (k, v) in records {
+        for (key, bits) in decode::<(String, u8)>(k, v)? {
+            *out.entry(key).or_default() |= bits;
+        }
+    }
+    Ok(out)
+}
+
 impl JobState {
     /// The pending imports of every window record: (UserData, encoded [`Pending`]).
     pub(super) fn window_imports(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let mut out = Vec::new();
-        for (k, v) in records(&self.pending)? {
-            out.extend(decode(&k, &v)?);
-        }
-        Ok(out)
+        imports_of(&records(&self.pending)?)
     }
 
     /// The marks of every window record, a contact's bits in several windows combined.
     pub(super) fn window_marks(&self) -> Result<HashMap<String, u8>, StateError> {
-        let mut out: HashMap<String, u8> = HashMap::new();
-        for (k, v) in records(&self.in_flight)? {
-            for (key, bits) in decode::<(String, u8)>(&k, &v)? {
-                *out.entry(key).or_default() |= bits;
-            }
-        }
-        Ok(out)
+        marks_of(&records(&self.in_flight)?)
     }
 
     /// Records window `id`: `imports` as pending and `marks` as in flight, one record per
@@ -151,24 +161,24 @@ impl JobState {
     /// contact's mark is added to any it has), and removes them. Called before a run
     /// resolves what is pending; returns how many records there were.
     pub(crate) fn settle_windows(&self) -> Result<usize, StateError> {
-        let left = records(&self.pending)?.len() + records(&self.in_flight)?.len();
-        if left == 0 {
+        let (imports, marks) = (records(&self.pending)?, records(&self.in_flight)?);
+        if imports.is_empty() && marks.is_empty() {
             return Ok(0);
         }
         self.wrote()?;
-        for (key, p) in self.window_imports()? {
+        for (key, p) in imports_of(&imports)? {
             if !self.tree.contains_key(key.as_bytes())? {
                 self.pending.insert(key.as_bytes(), p)?;
             }
         }
-        for (key, bits) in self.window_marks()? {
+        for (key, bits) in marks_of(&marks)? {
             self.add_in_flight(&key, bits)?;
         }
-        for tree in [&self.pending, &self.in_flight] {
-            for (k, _) in records(tree)? {
+        for (tree, records) in [(&self.pending, &imports), (&self.in_flight, &marks)] {
+            for (k, _) in records {
                 tree.remove(k)?;
             }
         }
-        Ok(left)
+        Ok(imports.len() + marks.len())
     }
 }

@@ -151,7 +151,7 @@ pub(crate) struct Target<'a> {
     pub job: &'a JobConfig,
     /// Contacts in flight at most.
     pub concurrency: usize,
-    /// Imports look the contact up first (see [`Dialler::import_with`]).
+    /// Imports look the contact up first (see [`Dialler::import_json`]).
     pub look_first: bool,
 }
 
