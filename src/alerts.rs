@@ -49,7 +49,7 @@ impl Alerts {
     fn http(&self) -> reqwest::Client {
         self.http
             .get_or_init(|| {
-                reqwest::Client::builder()
+                crate::tls::with_system_roots(reqwest::Client::builder())
                     .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
                     .timeout(self.cfg.timeout)
                     .redirect(reqwest::redirect::Policy::limited(3))

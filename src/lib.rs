@@ -35,6 +35,7 @@ mod metrics;
 mod outcomes;
 mod source;
 mod state;
+mod tls;
 
 // Loading the config.
 pub use config::{Config, ConfigError, Secret, TokenError, TokenSource};

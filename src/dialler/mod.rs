@@ -206,7 +206,7 @@ impl Dialler {
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, auth);
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::tls::with_system_roots(reqwest::Client::builder())
             .default_headers(headers)
             .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(cfg.connect_timeout)

@@ -341,7 +341,7 @@ pub(crate) async fn send_outbox(state: &JobState, job: &JobConfig, report: &mut 
             return;
         }
     };
-    let http = reqwest::Client::builder()
+    let http = crate::tls::with_system_roots(reqwest::Client::builder())
         .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
         .timeout(w.timeout)
         .redirect(reqwest::redirect::Policy::limited(3))

@@ -234,7 +234,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(http: &'a HttpSource, req: &Request<'a>) -> Result<Session<'a>, Failure> {
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::tls::with_system_roots(reqwest::Client::builder())
             .user_agent(concat!("dialsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(http.connect_timeout)
             // Between two reads, not for the whole export: a large one takes its time.
