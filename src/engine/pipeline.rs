@@ -2,7 +2,7 @@
 //! into a batch (batches are recycled, so nothing is allocated per row); the planner
 //! hashes the rows, settles the unchanged ones against the state digest, and maps and
 //! plans the others, in export order. Each digest lookup is a cache miss, so the planner
-//! hashes a whole batch first and prefetches the slot of a row a few rows ahead of the
+//! hashes a whole batch first and prefetches the digest entry of a row a few rows ahead of the
 //! one it looks up. With a core per side, a sync with nothing to do takes little more
 //! than parsing the export.
 
@@ -21,7 +21,8 @@ use crate::state::{StateError, StateView};
 const BATCH_ROWS: usize = 512;
 /// Batches on their way to the planner; the reader waits when it is this far ahead.
 const IN_FLIGHT: usize = 4;
-/// How many rows ahead the planner prefetches a digest slot.
+/// How many rows ahead the planner prefetches a row's digest bucket (and half as many,
+/// its entry).
 const AHEAD: usize = 12;
 
 /// Why reading and planning stopped.
@@ -215,6 +216,9 @@ fn plan_batch<S: StateView + ?Sized>(
     for (i, row) in batch.rows.iter().enumerate() {
         if let Some(Some((ahead, _))) = scratch.hashes.get(i + AHEAD) {
             planner.prefetch(*ahead);
+        }
+        if let Some(Some((near, _))) = scratch.hashes.get(i + AHEAD / 2) {
+            planner.prefetch_entry(*near);
         }
         let outcome = match row {
             Row::Bad(b) => mapper.map(Item::Bad(b.clone())),

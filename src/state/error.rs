@@ -50,6 +50,15 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot write the state digest {path} (check that the folder is writable and the disk \
+         has room; the next run reads the entries instead)"
+    )]
+    Digest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read or create the state's key file {path}")]
     Key {
         path: PathBuf,

@@ -41,6 +41,14 @@ pub(crate) fn downloads_path(state: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The folder beside the state at `state` for its jobs' digests (see
+/// [`crate::state::digest::Seal`]): `/var/lib/dialsync/state.digests`.
+pub(crate) fn digests_path(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".digests");
+    PathBuf::from(p)
+}
+
 /// The state's secret: read, or made (32 random bytes, 0600, written durably) when there
 /// is none.
 pub(super) fn load_or_create_key(state: &Path) -> std::io::Result<HashKey> {

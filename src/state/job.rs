@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
-use crate::state::digest::Digest;
+use crate::state::digest::{Digest, Seal};
 use crate::state::hashing::HashKey;
 
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
@@ -30,7 +30,7 @@ pub struct JobState {
     pub(super) staged: sled::Tree,
     /// Webhook batches not yet accepted, by idempotency key.
     pub(super) outbox: sled::Tree,
-    /// Every job's stored digest, by job name.
+    /// Every job's digest seal (see [`Seal`]), by job name.
     pub(super) digests: sled::Tree,
     pub(super) name: String,
     pub(super) digest: Arc<Mutex<DigestCache>>,
@@ -50,11 +50,12 @@ const MOST_CHANGES: usize = 65_536;
 #[derive(Default)]
 pub(super) struct DigestCache {
     loaded: bool,
-    /// The digest stored when this handle first needed it (`None`: none, or unreadable).
+    /// The digest stored when this handle first needed it (`None`: none, or unusable).
     base: Option<Arc<Digest>>,
-    /// Whether a readable copy is still stored (it is removed before the first entry
-    /// write; an unreadable one is replaced at the end of the run).
-    stored: bool,
+    /// Whether the database holds a seal for the job, usable or not. It is removed before
+    /// the first entry write (a file that does not match it now might match it later:
+    /// put back, or readable again), and replaced at the end of the run.
+    sealed: bool,
     /// Entries written since, by key hash: (row hash, locked), or `None` if removed.
     changes: HashMap<u64, Option<(u64, bool)>>,
 }
@@ -121,12 +122,62 @@ impl JobState {
     fn cache(&self) -> Result<std::sync::MutexGuard<'_, DigestCache>, StateError> {
         let mut cache = crate::locking::lock(&self.digest);
         if !cache.loaded {
-            let stored = self.digests.get(&self.name)?;
-            cache.base = stored.and_then(Digest::decode).map(Arc::new);
-            cache.stored = cache.base.is_some();
+            let seal = self.digests.get(&self.name)?;
+            cache.sealed = seal.is_some();
+            cache.base = match seal.as_deref().map(Seal::decode) {
+                Some(Some(seal)) => self.read_digest(seal).map(Arc::new),
+                // An older version's digest, in the database: replaced at the end.
+                Some(None) | None => None,
+            };
             cache.loaded = true;
         }
         Ok(cache)
+    }
+
+    /// The job's digest file (see [`Seal`]).
+    pub(crate) fn digest_file(&self) -> PathBuf {
+        super::digests_path(&self.state_path).join(format!("{}.digest", self.name))
+    }
+
+    /// The digest in the job's file, if it is the one `seal` was made for. Without it the
+    /// run compares every row in full and stores a new one; no error.
+    fn read_digest(&self, seal: Seal) -> Option<Digest> {
+        let path = self.digest_file();
+        let why = match std::fs::read(&path) {
+            Ok(bytes) if seal.matches(&bytes) => return Digest::decode(bytes),
+            Ok(_) => "it does not match the state (changed, damaged or from another copy of it)"
+                .to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            path = %path.display(),
+            "the state digest is not used: {why}; this run reads the entries instead and stores a new one"
+        );
+        None
+    }
+
+    /// Writes `digest` to the job's file durably (see [`Seal`]) and gives its seal.
+    fn write_digest(&self, digest: &Digest) -> Result<Seal, StateError> {
+        use std::io::Write;
+        let path = self.digest_file();
+        let failed = |source| StateError::Digest {
+            path: path.clone(),
+            source,
+        };
+        let dir = super::digests_path(&self.state_path);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(failed)?;
+        let tmp = dir.join(format!("{}.digest.tmp", self.name));
+        let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+        file.write_all(digest.as_bytes()).map_err(failed)?;
+        super::replace_durably(file, &tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            failed(e)
+        })?;
+        Ok(Seal::of(digest.as_bytes()))
     }
 
     /// Before an entry changes: the stored digest goes, durably, so that no crash can leave
@@ -134,10 +185,10 @@ impl JobState {
     fn before_entry_write(&self) -> Result<(), StateError> {
         self.wrote()?;
         let mut cache = self.cache()?;
-        if cache.stored {
+        if cache.sealed {
             self.digests.remove(&self.name)?;
             self.flusher.now()?;
-            cache.stored = false;
+            cache.sealed = false;
         }
         Ok(())
     }
@@ -175,8 +226,13 @@ impl JobState {
     /// matches: from what was stored and what changed since, or else (no usable digest was
     /// stored) by reading every entry. Called at the end of a run, after its writes.
     pub async fn save_digest(&self) -> Result<(), StateError> {
-        if self.cache()?.stored {
-            return Ok(());
+        {
+            // Sealed means no entry was written since it was read: if it is usable,
+            // it is the digest of the entries.
+            let cache = self.cache()?;
+            if cache.sealed && cache.base.is_some() {
+                return Ok(());
+            }
         }
         let digest = match self.digest()? {
             Some(d) => Some(d),
@@ -191,12 +247,15 @@ impl JobState {
             tracing::debug!(job = %self.name, "two UserData values share a hash: no digest, every row is compared in full");
             return Ok(());
         };
-        // The entries first: the digest must never be durable before what it describes.
+        // The entries first, then the file, then its seal: the digest must never be in use
+        // before what it describes is durable.
         self.flusher.run().await?;
-        self.digests.insert(self.name.as_str(), digest.encode())?;
+        let seal = self.write_digest(&digest)?;
+        self.digests
+            .insert(self.name.as_str(), &seal.encode()[..])?;
         let mut cache = self.cache()?;
         cache.base = Some(digest);
-        cache.stored = true;
+        cache.sealed = true;
         cache.changes.clear();
         Ok(())
     }

@@ -278,6 +278,73 @@ async fn the_digest_follows_the_entries() {
     assert_eq!(digest_of(&rebuilt).len(), 1);
 }
 
+/// The digest's file is used only while it matches the seal in the database. A file
+/// changed, missing, or from another copy of the state is not used; the seal goes before
+/// the first entry write all the same, so a file put back after a crash is not taken for
+/// the digest of entries it no longer describes.
+#[tokio::test]
+async fn a_digest_file_is_used_only_while_it_matches_its_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    job.put("K1", &entry()).unwrap();
+    job.put("K2", &Entry { row: 7, ..entry() }).unwrap();
+    job.save_digest().await.unwrap();
+    let file = job.digest_file();
+    let good = std::fs::read(&file).unwrap();
+    assert_eq!(store.job("a").unwrap().digest().unwrap().unwrap().len(), 2);
+
+    // Changed (a byte of a row hash): not used, and the end of the run stores a good one.
+    let mut changed = good.clone();
+    let last = changed.len() - 3;
+    changed[last] ^= 1;
+    std::fs::write(&file, &changed).unwrap();
+    let run = store.job("a").unwrap();
+    assert!(run.digest().unwrap().is_none());
+    assert_eq!(run.len(), 2, "counted from the entries");
+    run.save_digest().await.unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), good);
+    assert_eq!(store.job("a").unwrap().digest().unwrap().unwrap().len(), 2);
+
+    // Missing while a run writes an entry and is killed before it stores a new one; the
+    // old file put back is not used.
+    std::fs::rename(&file, dir.path().join("aside")).unwrap();
+    let killed = store.job("a").unwrap();
+    assert!(killed.digest().unwrap().is_none());
+    killed.put("K3", &entry()).unwrap();
+    drop(killed);
+    std::fs::rename(dir.path().join("aside"), &file).unwrap();
+    let next = store.job("a").unwrap();
+    assert!(
+        next.digest().unwrap().is_none(),
+        "its seal went with the write"
+    );
+    next.save_digest().await.unwrap();
+    assert_eq!(store.job("a").unwrap().digest().unwrap().unwrap().len(), 3);
+}
+
+/// An older version kept the digest itself in the database: it is not used, and the
+/// first run stores a file and its seal in its place.
+#[tokio::test]
+async fn an_older_versions_digest_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    job.put("K1", &entry()).unwrap();
+    let old = crate::state::digest::Digest::build(vec![(key_hash("K1"), 1, false)]).unwrap();
+    store
+        .db
+        .open_tree("digest")
+        .unwrap()
+        .insert("a", old.as_bytes())
+        .unwrap();
+    let run = store.job("a").unwrap();
+    assert!(run.digest().unwrap().is_none());
+    run.save_digest().await.unwrap();
+    assert!(run.digest_file().exists());
+    assert_eq!(store.job("a").unwrap().digest().unwrap().unwrap().len(), 1);
+}
+
 /// The history keeps the newest `keep` runs, newest first; a run recorded again (its
 /// flush failed) replaces its record; a smaller `keep` drops all that is beyond it; the
 /// last change is kept apart from the history.

@@ -365,7 +365,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     }
 
     /// A planner that uses `digest`, which must describe `state` exactly.
-    pub(crate) fn with_digest(state: &'s S, policy: Policy, digest: &Digest) -> Self {
+    pub(crate) fn with_digest(state: &'s S, policy: Policy, digest: &Arc<Digest>) -> Self {
         let mut p = Planner::new(state, policy);
         p.probe = Some(digest.probe());
         p
@@ -408,10 +408,18 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         true
     }
 
-    /// Prefetches the digest slot of a row to be looked up soon.
+    /// The first step of prefetching the digest entry of a row to be looked up soon
+    /// (see [`Probe::prefetch`]).
     pub(crate) fn prefetch(&self, key_hash: u64) {
         if let Some(p) = &self.probe {
             p.prefetch(key_hash);
+        }
+    }
+
+    /// The second step, some rows after the first (see [`Probe::prefetch_entry`]).
+    pub(crate) fn prefetch_entry(&self, key_hash: u64) {
+        if let Some(p) = &self.probe {
+            p.prefetch_entry(key_hash);
         }
     }
 
