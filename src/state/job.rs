@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
-use crate::state::digest::{Digest, Seal};
+use crate::state::digest::{Builder, Digest, Seal};
 use crate::state::hashing::HashKey;
 
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
@@ -238,9 +238,9 @@ impl JobState {
             Some(d) => Some(d),
             None if self.cache()?.base.is_some() => None, // a key hash collision
             None => {
-                let mut items = Vec::new();
-                self.for_each(&mut |key, e| items.push((key_hash(key), e.row, e.locked)))?;
-                Digest::build(items).map(Arc::new)
+                let mut digest = Builder::default();
+                self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
+                digest.finish().map(Arc::new)
             }
         };
         let Some(digest) = digest else {
