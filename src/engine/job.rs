@@ -26,7 +26,6 @@ use crate::source::http::{self, Download, Fetched, Validators};
 use crate::source::{self, Pages, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
-use std::os::unix::fs::DirBuilderExt;
 
 /// Reads the export and plans it against `state` (empty when `None`).
 pub(super) fn read_and_plan(
@@ -216,10 +215,7 @@ async fn fetch(
 /// its name, so removing the name of another run's file takes nothing from it.
 pub(crate) fn downloads_dir(config: &Config) -> std::path::PathBuf {
     let dir = crate::state::downloads_path(&config.state.path);
-    let made = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir);
+    let made = crate::state::private_dir(&dir);
     match made {
         Ok(()) if tempfile::tempfile_in(&dir).is_ok() => {
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -2,9 +2,9 @@
 //! into a batch (batches are recycled, so nothing is allocated per row); the planner
 //! hashes the rows, settles the unchanged ones against the state digest, and maps and
 //! plans the others, in export order. Each digest lookup is a cache miss, so the planner
-//! hashes a whole batch first and prefetches the digest entry of a row a few rows ahead of the
-//! one it looks up. With a core per side, a sync with nothing to do takes little more
-//! than parsing the export.
+//! hashes a whole batch first and prefetches the digest entry of a row a few rows ahead
+//! of the one it looks up. With a core per side, a sync with nothing to do takes little
+//! more than parsing the export.
 
 use std::sync::mpsc;
 

@@ -146,7 +146,8 @@ fn word(b: &[u8], at: usize) -> u64 {
 
 impl Digest {
     /// A digest of `items` in any order; `None` if two of them share a key hash (or one
-    /// hashes to 0).
+    /// hashes to 0). (A run builds with a [`Builder`], from the entries one at a time.)
+    #[cfg(test)]
     pub fn build(items: Vec<Item>) -> Option<Digest> {
         let mut b = Builder::with_capacity(items.len());
         for i in items {
@@ -290,8 +291,8 @@ fn index(i: usize) -> u32 {
 /// that named it. The digest is sorted by key hash and the hashes are uniform, so a
 /// directory by a hash's top bits (a position per bucket, between one and two buckets an
 /// entry) leads each lookup to its entry in one or two steps. With the marks that is 12
-/// bytes an entry beside the digest's 17, built in one pass; a hash table of copies of
-/// the entries took 36 bytes an entry and 25 ms for a million.
+/// to 16 bytes an entry beside the digest's 17, built in one pass; a hash table of copies
+/// of the entries took 36 bytes an entry and 25 ms for a million.
 #[derive(Debug, Clone)]
 pub struct Probe {
     digest: Arc<Digest>,

@@ -140,6 +140,28 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
+/// Makes the folder `dir` (and its parents) if missing, 0700 whatever the umask: the
+/// state's folders say who is called and when.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or empties) the file at `path` for writing, 0600 whatever the umask: the
+/// temporary file of a [`replace_durably`].
+pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Puts `file`, written in full at `tmp`, in place as `path`: on disk first (fsync), then
 /// renamed over `path`, then its folder synced so that the rename outlives a crash. A
 /// reader of `path` sees the old file or the new one, never a part.

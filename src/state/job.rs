@@ -2,7 +2,6 @@
 //! digest.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,11 +78,7 @@ impl JobState {
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| open(sled::Error::Io(e)))?;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .map_err(|e| open(sled::Error::Io(e)))?;
+        super::private_dir(&path).map_err(|e| open(sled::Error::Io(e)))?;
         sled::Config::new()
             .path(&path)
             .temporary(true)
@@ -165,13 +160,9 @@ impl JobState {
             source,
         };
         let dir = super::digests_path(&self.state_path);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(failed)?;
+        super::private_dir(&dir).map_err(failed)?;
         let tmp = dir.join(format!("{}.digest.tmp", self.name));
-        let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+        let mut file = super::private_file(&tmp).map_err(failed)?;
         file.write_all(digest.as_bytes()).map_err(failed)?;
         super::replace_durably(file, &tmp, &path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);

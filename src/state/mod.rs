@@ -37,7 +37,9 @@ pub use entry::Entry;
 pub(crate) use entry::{in_doubt, LastOp, Pending};
 pub use error::StateError;
 pub use files::move_aside;
-pub(crate) use files::{digests_path, downloads_path, key_path, replace_durably};
+pub(crate) use files::{
+    digests_path, downloads_path, key_path, private_dir, private_file, replace_durably,
+};
 pub(crate) use job::JobState;
 pub use outcomes::Outcome;
 pub use store::Store;

@@ -77,19 +77,9 @@ pub(crate) fn write<'a>(
     path: &Path,
     sections: impl IntoIterator<Item = (String, Items<'a>)>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let folder = path.parent().expect("a snapshot has a folder");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(folder)?;
+    super::private_dir(path.parent().expect("a snapshot has a folder"))?;
     let tmp = path.with_extension("snap.tmp");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let file = super::private_file(&tmp)?;
     let mut out = Hashing {
         inner: BufWriter::with_capacity(256 * 1024, file),
         hash: Xxh3::new(),

@@ -1,7 +1,6 @@
 //! The state database: opened (or restored from its snapshots), flushed one flush at a
 //! time, and the per-job records beside the entries (last run, guard, verification).
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,11 +88,7 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(io)?;
+        super::private_dir(path).map_err(io)?;
         make_private(path).map_err(io)?;
         let key = load_or_create_key(path).map_err(|source| StateError::Key {
             path: key_path(path),

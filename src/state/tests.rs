@@ -97,6 +97,27 @@ fn the_state_is_private_whatever_the_umask() {
         }
     }
     assert!(files >= 3, "sled's files and the old one: {files}");
+
+    // The digest beside the state, written with the umask widened again.
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe {
+        libc::umask(0o022)
+    };
+    let job = store.job("a").unwrap();
+    let saved = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(job.save_digest());
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe {
+        libc::umask(0o077)
+    };
+    saved.unwrap();
+    let digest = job.digest_file();
+    assert_eq!(mode(digest.parent().unwrap()), 0o700);
+    assert_eq!(mode(&digest), 0o600);
 }
 
 #[test]
