@@ -12,21 +12,27 @@ use clap::Parser;
 /// freed, such blocks come from the heap and their pages stay with the process: a 1M
 /// import peaked at 408 MB where 226 MB were needed. A fixed threshold (glibc's starting
 /// value, 128 KiB) keeps large blocks in their own mappings, given back when freed.
+///
+/// glibc also gives every thread that allocates its own arena (up to 8 per core), and
+/// each keeps the pages of its freed small blocks: a daemon with 20 jobs idled at 38 MB,
+/// 22 MB of it anonymous memory spread over nine arenas of 0.7-3.2 MB. Two arenas (the
+/// main one and one shared by the runtime's threads) idle the same daemon at 20 MB.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_large_blocks_mapped() {
-    // SAFETY: mallopt only sets a parameter of the allocator; called before any thread
+fn tune_allocator() {
+    // SAFETY: mallopt only sets parameters of the allocator; called before any thread
     // starts, and a refused setting (it returns 0) leaves the default in place.
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_large_blocks_mapped() {}
+fn tune_allocator() {}
 
 fn main() -> ExitCode {
-    keep_large_blocks_mapped();
+    tune_allocator();
     let args = cli::Cli::parse();
     cli::init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

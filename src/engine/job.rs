@@ -16,6 +16,7 @@ use crate::engine::mapping::Mapper;
 use crate::engine::outcome::{error_chain, Abort, Step};
 use crate::engine::pipeline::{self, PlanError};
 use crate::engine::plan::{Plan, Planner, Policy, RemovalKind};
+use crate::engine::planners;
 use crate::engine::progress::RunHandle;
 use crate::engine::reconcile::{self, resolve_pending, ReconcileError};
 use crate::engine::report::Fetch;
@@ -453,14 +454,15 @@ async fn plan_and_execute(
             }
         }
     };
-    let planning = Instant::now();
     let planned = {
         let job = job.clone();
         let state = state.cloned();
         let handle = Arc::clone(handle);
-        tokio::task::spawn_blocking(move || {
+        // The wait for a planning thread (another job's plan) is not counted.
+        planners::plan_on(move || {
+            let planning = Instant::now();
             // The download's temporary file goes once the plan is made.
-            read_and_plan(
+            let plan = read_and_plan(
                 &job,
                 state.as_ref(),
                 users,
@@ -468,11 +470,15 @@ async fn plan_and_execute(
                 download.as_deref(),
                 &scratch,
                 finals,
-            )
+            );
+            (plan, planning.elapsed())
         })
         .await
     };
-    report.plan_ms = planning.elapsed().as_millis() as u64;
+    let planned = planned.map(|(plan, took)| {
+        report.plan_ms = took.as_millis() as u64;
+        plan
+    });
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {

@@ -1,4 +1,5 @@
-//! Reading and planning on two threads. The reader parses the export and copies each row
+//! Reading and planning on two threads. The reader (a thread of its own) parses the
+//! export and copies each row
 //! into a batch (batches are recycled, so nothing is allocated per row); the planner
 //! hashes the rows, settles the unchanged ones against the state digest, and maps and
 //! plans the others, in export order. Each digest lookup is a cache miss, so the planner
@@ -96,7 +97,7 @@ impl Batch {
 /// ends the read early ([`PlanError::Stopped`]).
 pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
     source: &SourceConfig,
-    input: impl std::io::Read,
+    input: impl std::io::Read + Send,
     pages: &Pages,
     columns: &[String],
     mapper: &Mapper,
@@ -116,7 +117,7 @@ pub(crate) fn read_and_plan<S: StateView + Sync + ?Sized>(
 /// Like [`read_and_plan`], from any reader of rows (`read` hands each row to the sink it
 /// is given): the rows of a SQL query.
 pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
-    read: impl FnOnce(&mut dyn FnMut(Item<'_>) -> Flow) -> Result<source::Summary, SourceError>,
+    read: impl FnOnce(&mut dyn FnMut(Item<'_>) -> Flow) -> Result<source::Summary, SourceError> + Send,
     pages: &Pages,
     columns: &[String],
     mapper: &Mapper,
@@ -126,48 +127,60 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
     let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Batch>();
     let n = columns.len();
-    std::thread::scope(|scope| {
-        let planning = scope.spawn(move || -> Result<Plan, PlanError> {
+    // A SQL source reads through the caller's runtime.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    // The planner works on this thread (one of the planning threads, see
+    // `engine::planners`: the thread that maps keeps the phone patterns' caches), the
+    // reader beside it. `full_rx` is this closure's own: if planning ends early (a state
+    // error, or a panic unwinding), it is dropped before the reader is joined, and the
+    // reader's next hand-over fails and ends the read.
+    std::thread::scope(move |scope| {
+        let reading = scope.spawn(move || {
+            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let mut batch = Batch::default();
+            let mut stopped = false;
+            // The planner ended early (a state error): nothing more to hand over.
+            let mut planner_gone = false;
+            // The reader stops within a batch of a stop request or of the planner's end
+            // (a state error): the rest of the export is not even parsed.
+            let read = read(&mut |mut item| {
+                handle.row_read();
+                if handle.stop_requested() {
+                    stopped = true;
+                    return Flow::Break(());
+                }
+                if pages.count() > 0 {
+                    item.locate(pages);
+                }
+                batch.push(item);
+                if batch.rows.len() >= BATCH_ROWS {
+                    let next = empty_rx.try_recv().unwrap_or_default();
+                    planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
+                    if planner_gone {
+                        return Flow::Break(());
+                    }
+                }
+                Flow::Continue(())
+            });
+            if !batch.rows.is_empty() && !stopped && !planner_gone {
+                let _ = full_tx.send(batch);
+            }
+            (read, stopped)
+        });
+
+        let full_rx = full_rx;
+        let planned = (|| -> Result<Plan, PlanError> {
             let mut scratch = Scratch::default();
-            for mut batch in full_rx {
+            for mut batch in &full_rx {
                 plan_batch(mapper, n, &mut planner, &batch, &mut scratch)?;
                 batch.clear();
                 // The reader may be done and gone: then the batch is simply dropped.
                 let _ = empty_tx.send(batch);
             }
             planner.finish()
-        });
-
-        let mut batch = Batch::default();
-        let mut stopped = false;
-        // The planner ended early (a state error): nothing more to hand over.
-        let mut planner_gone = false;
-        // The reader stops within a batch of a stop request or of the planner's end (a
-        // state error): the rest of the export is not even parsed.
-        let read = read(&mut |mut item| {
-            handle.row_read();
-            if handle.stop_requested() {
-                stopped = true;
-                return Flow::Break(());
-            }
-            if pages.count() > 0 {
-                item.locate(pages);
-            }
-            batch.push(item);
-            if batch.rows.len() >= BATCH_ROWS {
-                let next = empty_rx.try_recv().unwrap_or_default();
-                planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
-                if planner_gone {
-                    return Flow::Break(());
-                }
-            }
-            Flow::Continue(())
-        });
-        if !batch.rows.is_empty() && !stopped && !planner_gone {
-            let _ = full_tx.send(batch);
-        }
-        drop(full_tx);
-        let planned = planning
+        })();
+        drop(full_rx);
+        let (read, stopped) = reading
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let summary = read?;
