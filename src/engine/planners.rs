@@ -101,7 +101,8 @@ mod tests {
             .await
             .unwrap();
             assert!(
-                name.as_deref().is_some_and(|n| n.starts_with("dialsync-plan-")),
+                name.as_deref()
+                    .is_some_and(|n| n.starts_with("dialsync-plan-")),
                 "planned on {name:?}"
             );
             seen.insert(id);
