@@ -475,11 +475,10 @@ async fn plan_and_execute(
         })
         .await
     };
-    let planned = planned.map(|(plan, took)| {
+    if let Ok((_, took)) = &planned {
         report.plan_ms = took.as_millis() as u64;
-        plan
-    });
-    let plan = match planned {
+    }
+    let plan = match planned.map(|(plan, _)| plan) {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             let why = Abort::plan(e);

@@ -1,8 +1,8 @@
 //! Reading and planning on two threads. The reader (a thread of its own) parses the
-//! export and copies each row
-//! into a batch (batches are recycled, so nothing is allocated per row); the planner
-//! hashes the rows, settles the unchanged ones against the state digest, and maps and
-//! plans the others, in export order. Each digest lookup is a cache miss, so the planner
+//! export and copies each row into a batch (batches are recycled, so nothing is
+//! allocated per row); the planner (the calling thread) hashes the rows, settles the
+//! unchanged ones against the state digest, and maps and plans the others, in export
+//! order. Each digest lookup is a cache miss, so the planner
 //! hashes a whole batch first and prefetches the digest entry of a row a few rows ahead
 //! of the one it looks up. With a core per side, a sync with nothing to do takes little
 //! more than parsing the export.
@@ -168,7 +168,6 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
             (read, stopped)
         });
 
-        let full_rx = full_rx;
         let planned = (|| -> Result<Plan, PlanError> {
             let mut scratch = Scratch::default();
             for mut batch in &full_rx {

@@ -5,8 +5,8 @@
 //! the number patterns from the `regex` crate, kept by the pattern after the thread ends
 //! (one for the first thread to use it, then up to eight more, one per slot the threads'
 //! IDs fall in). A daemon that planned each run on a new thread grew them to nine: 20
-//! jobs with phone numbers held 6 MB of such caches where one thread holds 0.7 MB (heaptrack
-//! of `dialsync run`, 2026-12-05). So plans run here, one per two cores at a time (more
+//! jobs with phone numbers held 6 MB of such caches where one thread holds 0.7 MB
+//! (heaptrack of `dialsync run`, 2026-12-05). So plans run here, one per two cores at a time (more
 //! would only share the same cores), in the order they come.
 
 use std::panic::AssertUnwindSafe;
@@ -46,6 +46,8 @@ fn queue() -> Option<&'static Sender<Work>> {
 
 fn serve(rx: &Mutex<Receiver<Work>>) {
     loop {
+        // The queue's lock is let go before the work runs (in a `while let` it would be
+        // held through the body, and the other planning threads would wait on it).
         let next = crate::locking::lock(rx).recv();
         match next {
             Ok(work) => work(),

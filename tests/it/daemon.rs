@@ -217,6 +217,20 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     env.write_config(TOKEN, r#"schedule = "* * * * * *""#);
     let mut daemon = Daemon::start(&env);
     daemon.wait_runs(2);
+    // The runs planned on the process's planning threads, not on a new thread each (a
+    // thread that maps phone numbers leaves its own pattern caches behind): they are
+    // there between runs, one per two cores.
+    let planners = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("dialsync-plan"))
+            .collect()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(planners().len(), cores.div_ceil(2), "{:?}", planners());
     if !daemon.seen.iter().any(|m| m.trim() == "WATCHDOG=1") {
         daemon.wait_for(|m| m.trim() == "WATCHDOG=1");
     }
