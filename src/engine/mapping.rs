@@ -178,7 +178,7 @@ impl Mapper {
     }
 
     fn map_record(&self, record: Record<'_>, row_hash: Option<u64>) -> Outcome {
-        let Record { at, values } = record;
+        let Record { at, values, .. } = record;
         let mut reasons = Vec::new();
         let key = match values[0].map_or(Key::Blank, clean_key) {
             Key::Usable(k) => {
@@ -456,6 +456,7 @@ PhoneNumber1 = "Tel"
         Item::Record(Record {
             at: RowRef::at(2),
             values,
+            text: None,
         })
     }
 

@@ -7,6 +7,7 @@
 //! of the one it looks up. With a core per side, a sync with nothing to do takes little
 //! more than parsing the export.
 
+use std::borrow::Cow;
 use std::sync::mpsc;
 
 use crate::config::SourceConfig;
@@ -17,9 +18,9 @@ use crate::key::key_hash;
 use crate::source::{self, recycle, BadRow, Flow, Item, Pages, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 
-/// Rows per batch: large enough that handing batches over costs nothing per row, small
-/// enough to stay in cache.
-const BATCH_ROWS: usize = 512;
+/// Rows per batch: large enough that handing batches over costs nothing per row (each
+/// hand-over may wake the other thread), small enough to stay in cache.
+const BATCH_ROWS: usize = 2048;
 /// Batches on their way to the planner; the reader waits when it is this far ahead.
 const IN_FLIGHT: usize = 4;
 /// How many rows ahead the planner prefetches a row's digest bucket (and half as many,
@@ -62,11 +63,26 @@ impl Batch {
         match item {
             Item::Record(r) => {
                 let first = self.spans.len();
+                // A CSV record's values are slices of its text: one copy of the text, and
+                // each value's place in it (a value found elsewhere is copied on its own).
+                let (base, whole) = match r.text {
+                    Some(t) => {
+                        let base = self.text.len();
+                        self.text.push_str(t);
+                        (base, t)
+                    }
+                    None => (0, ""),
+                };
                 for v in r.values {
                     self.spans.push(v.map(|v| {
-                        let start = self.text.len();
-                        self.text.push_str(v);
-                        (start, self.text.len())
+                        let offset = (v.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+                        if offset <= whole.len() && v.len() <= whole.len() - offset {
+                            (base + offset, base + offset + v.len())
+                        } else {
+                            let start = self.text.len();
+                            self.text.push_str(v);
+                            (start, self.text.len())
+                        }
                     }));
                 }
                 self.rows.push(Row::Record { at: r.at, first });
@@ -198,6 +214,8 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
 struct Scratch {
     /// Per row of the batch: (key hash, row hash) of a record with a UserData.
     hashes: Vec<Option<(u64, u64)>>,
+    /// Per row of the batch: its UserData, if it has one.
+    keys: Vec<Option<Cow<'static, str>>>,
     values: Vec<Option<&'static str>>,
     buf: Vec<u8>,
 }
@@ -210,20 +228,23 @@ fn plan_batch<S: StateView + ?Sized>(
     scratch: &mut Scratch,
 ) -> Result<(), PlanError> {
     let mut values = recycle(std::mem::take(&mut scratch.values));
+    let mut keys = recycle_keys(std::mem::take(&mut scratch.keys));
     scratch.hashes.clear();
+    // First the hashes of every row (to prefetch their digest entries ahead of the
+    // lookups), and their keys.
     for row in &batch.rows {
-        scratch.hashes.push(match row {
+        let key = match row {
             Row::Record { first, .. } => {
                 batch.values(*first, columns, &mut values);
-                mapper.key(&values).map(|k| {
-                    (
-                        key_hash(&k),
-                        mapper.row_hash_with(&values, &mut scratch.buf),
-                    )
-                })
+                mapper.key(&values)
             }
             Row::Bad(_) => None,
-        });
+        };
+        scratch.hashes.push(
+            key.as_ref()
+                .map(|k| (key_hash(k), mapper.row_hash_with(&values, &mut scratch.buf))),
+        );
+        keys.push(key);
     }
     for (i, row) in batch.rows.iter().enumerate() {
         if let Some(Some((ahead, _))) = scratch.hashes.get(i + AHEAD) {
@@ -235,27 +256,36 @@ fn plan_batch<S: StateView + ?Sized>(
         let outcome = match row {
             Row::Bad(b) => mapper.map(Item::Bad(b.clone())),
             Row::Record { at, first } => {
+                if let (Some((kh, rh)), Some(key)) = (scratch.hashes[i], &keys[i]) {
+                    if planner.unchanged(key, kh, rh, *at) {
+                        continue;
+                    }
+                }
                 batch.values(*first, columns, &mut values);
                 let record = Record {
                     at: *at,
                     values: &values,
+                    text: None,
                 };
-                match (scratch.hashes[i], mapper.key(&values)) {
-                    (Some((kh, rh)), Some(key)) => {
-                        if planner.unchanged(&key, kh, rh, *at) {
-                            continue;
-                        }
-                        mapper.map_hashed(record, rh)
-                    }
+                match scratch.hashes[i] {
+                    Some((_, rh)) => mapper.map_hashed(record, rh),
                     // No UserData: rejected, nothing to hash.
-                    _ => mapper.map(Item::Record(record)),
+                    None => mapper.map(Item::Record(record)),
                 }
             }
         };
         planner.push(outcome)?;
     }
     scratch.values = recycle(values);
+    scratch.keys = recycle_keys(keys);
     Ok(())
+}
+
+/// An empty vector for the next batch's keys, reusing the allocation (as
+/// [`recycle`] does for values).
+fn recycle_keys<'b>(mut keys: Vec<Option<Cow<'_, str>>>) -> Vec<Option<Cow<'b, str>>> {
+    keys.clear();
+    keys.into_iter().map(|_| None).collect()
 }
 
 #[cfg(test)]
@@ -540,5 +570,36 @@ mod tests {
         assert!(matches!(err, PlanError::State(_)), "{err}");
         let read = taken.load(std::sync::atomic::Ordering::Relaxed);
         assert!(read <= bound, "{read} bytes read of {}", text.len());
+    }
+
+    /// A record handed over with its text keeps its values (copied once, with the text);
+    /// a value that is not a slice of the text is copied on its own, not mistaken for
+    /// part of it.
+    #[test]
+    fn a_batch_keeps_the_values_of_records_with_and_without_their_text() {
+        let text = String::from("K1,Ärger , x,\u{1f600}");
+        let elsewhere = String::from("from elsewhere");
+        let in_text = |a: usize, b: usize| Some(&text[a..b]);
+        let values = [
+            in_text(0, 2),
+            in_text(3, 10),
+            None,
+            Some(elsewhere.as_str()),
+            in_text(14, 18),
+        ];
+        let mut batch = Batch::default();
+        for text in [Some(text.as_str()), None] {
+            batch.push(Item::Record(Record {
+                at: RowRef::at(2),
+                values: &values,
+                text,
+            }));
+        }
+        let mut out = Vec::new();
+        for (row, first) in [(0, 0), (1, values.len())] {
+            assert!(matches!(batch.rows[row], Row::Record { first: f, .. } if f == first));
+            batch.values(first, values.len(), &mut out);
+            assert_eq!(out, values, "row {row}");
+        }
     }
 }

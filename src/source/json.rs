@@ -45,6 +45,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
             sink(Item::Record(Record {
                 at,
                 values: &values,
+                text: None,
             }))
         }
         Err(bad) => sink(Item::Bad(bad)),

@@ -113,6 +113,19 @@ impl Pages {
 pub(crate) struct Record<'a> {
     pub at: RowRef,
     pub values: &'a [Option<&'a str>],
+    /// The record's whole text, when every value is a slice of it (a CSV record): a
+    /// consumer that keeps the values may copy it once instead of each value.
+    pub text: Option<&'a str>,
+}
+
+/// Whether a value is blank (empty or whitespace only): read as absent. Most values
+/// start with a printable ASCII character, which settles it without decoding.
+pub(crate) fn blank(value: &str) -> bool {
+    match value.as_bytes().first() {
+        None => true,
+        Some(b) if b.is_ascii_graphic() => false,
+        Some(_) => value.trim_start().is_empty(),
+    }
 }
 
 /// An empty vector for the values of the next record, reusing the allocation of the

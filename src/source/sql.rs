@@ -402,6 +402,7 @@ impl Reading<'_> {
                     sink(Item::Record(Record {
                         at,
                         values: &values,
+                        text: None,
                     }))
                 }
                 Some(reason) => {

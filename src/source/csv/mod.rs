@@ -255,7 +255,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                 None => std::str::from_utf8(record.get(i).unwrap_or_default()),
             };
             match value {
-                Ok(v) => values.push(Some(v).filter(|v| !v.trim_start().is_empty())),
+                Ok(v) => values.push((!super::blank(v)).then_some(v)),
                 Err(_) => {
                     bad = Some(format!("column `{name}` is {ENCODING_HINT}"));
                     break;
@@ -268,9 +268,11 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
                 key: key(),
                 reason,
             })),
+            // The values are slices of the whole record's text when it is valid.
             None => sink(Item::Record(Record {
                 at,
                 values: &values,
+                text: whole,
             })),
         };
         spare = recycle(values);
