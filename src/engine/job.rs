@@ -143,6 +143,13 @@ fn fingerprint(job: &JobConfig, state: &JobState) -> Result<Option<u64>, StateEr
     Ok(Some(config ^ digest.fingerprint().rotate_left(1)))
 }
 
+/// Whether an interrupted run left calls in flight or imports pending in `state`. Until
+/// a run has planned them, an export as the last clean run read it does not make an
+/// unchanged plan: a killed run may have changed the dialler, and the export reverted.
+fn left_in_flight(state: &JobState) -> Result<bool, StateError> {
+    Ok(!state.in_flight()?.is_empty() || !state.pending()?.is_empty())
+}
+
 /// The validators to send, if they still hold for the state as it is.
 fn conditional(
     store: &Store,
@@ -301,6 +308,19 @@ async fn plan_and_execute(
             return;
         }
     };
+    // What an interrupted run left (calls in flight, imports pending): the dialler may
+    // hold what no clean run confirmed, so this run plans the export whatever its
+    // validators say (see `conditional`).
+    let interrupted = match state.filter(|_| job.source.http.is_some()) {
+        Some(state) => match left_in_flight(state) {
+            Ok(left) => left,
+            Err(e) => {
+                report.stop(Abort::state(Step::ReadState, e));
+                return;
+            }
+        },
+        None => false,
+    };
     // Imports an earlier run sent without storing their result: settle them first, or
     // the plan would import them again. (A dry run only reads, and plans them as imports.)
     if let (Some(state), false) = (state, dry_run) {
@@ -407,7 +427,9 @@ async fn plan_and_execute(
                 .as_ref()
                 .is_none_or(|(to_lock, _)| to_lock.is_empty());
             let asked = match (store, state) {
-                (Some(store), Some(state)) if quiet && !mode.force && !job.maps_agents() => {
+                (Some(store), Some(state))
+                    if quiet && !interrupted && !mode.force && !job.maps_agents() =>
+                {
                     match conditional(store, job, state) {
                         Ok(c) => c,
                         Err(e) => {

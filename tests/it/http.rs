@@ -425,6 +425,45 @@ fn a_csv_export_url_with_basic_auth_and_conditional_requests() {
     assert_eq!(env.contacts().iter().filter(|c| c.locked).count(), 0);
 }
 
+/// A run killed after the dialler confirmed a change it had no time to store, then the
+/// CRM's previous export back (with its previous ETag): the calls in flight make the next
+/// run download and plan the export, not take the 304, and the dialler gets the old value
+/// back. A 304 says the export is as the last clean run read it, not that the dialler is
+/// as that run left it.
+#[test]
+fn a_304_after_a_killed_run_still_checks_the_calls_in_flight() {
+    let crm = Server::start(3, 0);
+    let env = Env::new();
+    http_job(
+        &env,
+        &format!(
+            "type = \"http\"\nurl = \"{}\"\nformat = \"csv\"\n\n[job.source.auth]\ntype = \"basic\"\nusername = \"crm\"\npassword = \"s3cret\"\n",
+            crm.url("/export.csv")
+        ),
+    );
+    assert_eq!(sync_quietly(&env).1, 0);
+    crm.crm.lock().unwrap().records[1][4] = "Bonn".into();
+    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+        .args(["sync", "--config", "dialsync.toml", "--output", "json"])
+        .current_dir(env.dir.path())
+        .env("DIALSYNC_FAILPOINT", "update-confirmed")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
+    assert_eq!(field(&env.contact("K2"), "City"), "Bonn");
+
+    crm.crm.lock().unwrap().records[1][4] = "Köln".into();
+    let (report, code) = sync_quietly(&env);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.get("export_unchanged").is_none(), "{report}");
+    assert_eq!(count(&report, "rechecked"), 1, "{report}");
+    assert_eq!(field(&env.contact("K2"), "City"), "Köln");
+    // Settled: now the 304 holds.
+    let (report, _) = sync_quietly(&env);
+    assert_eq!(report["export_unchanged"], true, "{report}");
+}
+
 /// HubSpot-style pages (`results`, `paging.next.link`, relative) behind OAuth2 client
 /// credentials: one token for the run, a fresh one when the CRM refuses it mid-way, rows
 /// numbered by page and record.

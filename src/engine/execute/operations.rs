@@ -172,6 +172,7 @@ impl Run<'_> {
                 Err(e) if e.is_not_found() => return self.reimport(c, e, done).await,
                 Err(e) => return Err(TaskError::Dialler("update", e)),
             }
+            crate::failpoint::hit("update-confirmed");
             entry.fields.clone_from(&c.fields);
             if !c.reset {
                 entry.triggers.clone_from(&c.triggers);
