@@ -5,7 +5,9 @@
 //! `target/bench-data`. Each scenario runs `dialsync sync` as a child process and reads
 //! its wall time, its peak RSS (from `wait4`) and its API calls (from its JSON report).
 //! The parse baseline reads the same file with the `csv` crate, touching every field.
-//! The no-op sync, the baseline and the outcomes read without news are repeatable and
+//! The no-op sync (read with `--force`, and again as it runs unforced: the export file
+//! unchanged, compared by its length and hash), the baseline and the outcomes read
+//! without news are repeatable and
 //! are timed as the median of five runs (the machine is a shared VM); the other
 //! scenarios run once. After the scenarios' table comes the performance targets' table
 //! (issue 17), each with its verdict: peak RSS of a 1M import, 1M updates, a rebuild and
@@ -48,6 +50,8 @@ struct Outcome {
     /// less these.
     retries: u64,
     rows: u64,
+    /// The export was as the last clean run read it: not read again.
+    skipped: bool,
 }
 
 impl Outcome {
@@ -180,7 +184,16 @@ fn sync_with(dir: &Path, extra: &[&str]) -> Outcome {
         calls: job["api_calls"].as_u64().unwrap(),
         retries: job["retries"].as_u64().unwrap_or(0),
         rows: job["rows"].as_u64().unwrap(),
+        skipped: job["export_unchanged"] == true,
     }
+}
+
+/// `dialsync sync --force`: the export read and planned whatever its bytes (a no-op
+/// otherwise goes by the file's length and hash after the first).
+fn sync_read(dir: &Path) -> Outcome {
+    let o = sync_with(dir, &["--force"]);
+    assert!(!o.skipped);
+    o
 }
 
 /// The baseline: the same file read with the `csv` crate, every field touched.
@@ -384,13 +397,26 @@ fn main() {
         );
         let import = o;
         b.rss_target(&format!("1. peak RSS, initial import {label}"), &import);
-        let o = median_of_five(|| sync(dir.path()), |o| o.wall);
+        // Read and planned: every row hashed and looked up (--force; without it the runs
+        // after the first would go by the file's length and hash).
+        let o = median_of_five(|| sync_read(dir.path()), |o| o.wall);
         // A manual sync checks the token with one read-only call even with nothing to send.
         assert_eq!(o.sent(), 1);
-        b.row(&format!("no-op {label} (median of 5)"), &o, Some(baseline));
+        b.row(
+            &format!("no-op {label}, export read (median of 5)"),
+            &o,
+            Some(baseline),
+        );
+        let unchanged = median_of_five(|| sync(dir.path()), |o| o.wall);
+        assert!(unchanged.skipped && unchanged.sent() == 1);
+        b.row(
+            &format!("no-op {label}, export file unchanged: length and hash (median of 5)"),
+            &unchanged,
+            Some(baseline),
+        );
         let ratio = o.wall.as_secs_f64() / baseline.as_secs_f64();
         b.target(
-            &format!("3. no-op {label} vs csv parse (medians of 5)"),
+            &format!("3. no-op {label}, export read, vs csv parse (medians of 5)"),
             format!(
                 "{ratio:.2}x ({:.2} s vs {:.2} s)",
                 o.wall.as_secs_f64(),
@@ -500,6 +526,7 @@ fn main() {
             calls: 1,
             retries: 0,
             rows: 0,
+            skipped: false,
         };
         b.row(&format!("state rebuild {label}"), &rebuilt, None);
         b.rss_target(&format!("1. peak RSS, state rebuild {label}"), &rebuilt);
@@ -825,11 +852,15 @@ fn sql_rows(b: &mut Bench, data: &Path, keep: bool) {
     b.row("no-op 1M from PostgreSQL (best of 3)", &o, Some(baseline));
     config(dir.path(), &base, &file, 32, "");
     let o = (0..3)
-        .map(|_| sync(dir.path()))
+        .map(|_| sync_read(dir.path()))
         .min_by_key(|o| o.wall)
         .unwrap();
     assert_eq!(o.sent(), 1);
-    b.row("no-op 1M from the CSV file (best of 3)", &o, Some(baseline));
+    b.row(
+        "no-op 1M from the CSV file, read (best of 3)",
+        &o,
+        Some(baseline),
+    );
     db.sql(
         "UPDATE contacts SET \"City\" = 'Neustadt' WHERE substr(\"CustomerNo\", 2)::int % 100 = 0",
     );

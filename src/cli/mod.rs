@@ -96,7 +96,8 @@ enum Command {
         #[arg(long, requires = "dry_run")]
         offline: bool,
         /// Run even if a guard trips (an empty or truncated export, more removals or
-        /// resets than the job's limits). For this run only.
+        /// resets than the job's limits), and read the export even if it is unchanged since
+        /// the last clean run. For this run only.
         #[arg(long)]
         force: bool,
         /// Read the campaign back and check the state against it before planning, whether

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::SourceKind;
 use crate::config::{CampaignRef, Config, JobConfig};
 use crate::dialler::{Dialler, DiallerError};
 use crate::engine::evidence;
@@ -24,11 +25,12 @@ use crate::engine::report::{JobReport, LIST_LIMIT};
 use crate::engine::run::{RunMode, Verify};
 use crate::outcomes::{self, Delivers, Keep, OutcomesReport, PrepareError, Reading};
 use crate::source::http::{self, Download, Fetched, Validators};
-use crate::source::{self, Pages, SourceError};
+use crate::source::{self, FileSeen, Hashed, Pages, SourceError};
 use crate::state::hashing::HashKey;
 use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
 
-/// Reads the export and plans it against `state` (empty when `None`).
+/// Reads the export and plans it against `state` (empty when `None`); with an export
+/// file, what was read of it.
 pub(super) fn read_and_plan(
     job: &JobConfig,
     state: Option<&JobState>,
@@ -37,7 +39,7 @@ pub(super) fn read_and_plan(
     download: Option<&Download>,
     spool_dir: &Path,
     finals: Option<Finals>,
-) -> Result<Plan, PlanError> {
+) -> Result<(Plan, Option<FileSeen>), PlanError> {
     // A dry run without a state compares with nothing: any key will do.
     let key = match state {
         Some(s) => Arc::clone(s.hash_key()),
@@ -46,6 +48,7 @@ pub(super) fn read_and_plan(
             source,
         })?),
     };
+    let export_hash = key.export();
     let mut mapper = Mapper::new(job, key);
     if let Some(users) = users {
         mapper = mapper.with_users(users);
@@ -86,7 +89,7 @@ pub(super) fn read_and_plan(
             handle,
         )?;
         plan.lock_done()?;
-        return Ok(plan);
+        return Ok((plan, None));
     }
     let (cfg, file, pages) = match download {
         Some(d) => {
@@ -108,23 +111,38 @@ pub(super) fn read_and_plan(
         path: job.source.path.clone(),
         source,
     })?;
-    let mut plan =
-        pipeline::read_and_plan(cfg, file, pages, &job.columns(), &mapper, planner, handle)?;
+    // An export file's bytes are hashed as they are read: the next run that finds the
+    // same bytes need not read them (see `Conditional`). A download has its validators.
+    let mut file = Hashed::new(file, export_hash);
+    let mut plan = pipeline::read_and_plan(
+        cfg,
+        &mut file,
+        pages,
+        &job.columns(),
+        &mapper,
+        planner,
+        handle,
+    )?;
     evidence::require(cfg, again, &mut plan)?;
     plan.lock_done()?;
-    Ok(plan)
+    let seen = download.is_none().then(|| file.seen());
+    Ok((plan, seen))
 }
 
-/// What a conditional request asks of an HTTP export: whether it changed since these
-/// validators came with it, in a run that ended clean (no stop, no failed operation) and
-/// left the state as it is (`fingerprint`). Only then does an unchanged export make an
-/// unchanged plan: any write to the state since (a verification's repair, a `state
-/// rebuild`, a settled import), or another config, changes the fingerprint.
+/// What the last clean run (no stop, no failed operation) read of the export: the
+/// validators an HTTP export came with (for a conditional request: has it changed
+/// since?), or an export file's length and hash; and the state as that run left it
+/// (`fingerprint`). Only an export unchanged since, with the state unchanged since, makes
+/// an unchanged plan: any write to the state (a verification's repair, a `state
+/// rebuild`, a settled import), or another config, changes the fingerprint, and calls an
+/// interrupted run left in flight are planned first (see `left_in_flight`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Conditional {
     fingerprint: u64,
     #[serde(flatten)]
     validators: Validators,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<FileSeen>,
 }
 
 /// What the state and the config of `job` are now, as one number (`None`: the state has
@@ -150,42 +168,50 @@ fn left_in_flight(state: &JobState) -> Result<bool, StateError> {
     Ok(!state.in_flight()?.is_empty() || !state.pending()?.is_empty())
 }
 
-/// The validators to send, if they still hold for the state as it is.
+/// What the last clean run read of the export, if the state is still as it left it.
 fn conditional(
     store: &Store,
     job: &JobConfig,
     state: &JobState,
-) -> Result<Option<Validators>, StateError> {
+) -> Result<Option<Conditional>, StateError> {
     let Some(bytes) = store.conditional(&job.name)? else {
         return Ok(None);
     };
     let Ok(stored) = serde_json::from_slice::<Conditional>(&bytes) else {
         return Ok(None);
     };
-    Ok((fingerprint(job, state)? == Some(stored.fingerprint)).then_some(stored.validators))
+    Ok((fingerprint(job, state)? == Some(stored.fingerprint)).then_some(stored))
 }
 
-/// After a run: keeps the validators of an export downloaded by a clean run, forgets them
-/// after any other download.
+/// After a run: keeps what a clean run read of the export (the validators of a download;
+/// the length and hash of a file, if the run had nothing to do or report), forgets it
+/// after any other run that read the export.
 fn remember(
     store: &Store,
     job: &JobConfig,
     state: &JobState,
     report: &JobReport,
 ) -> Result<(), StateError> {
-    let Fetch::Downloaded(validators) = &report.fetch else {
-        return Ok(());
-    };
     let clean = report.stopped.is_none() && report.failed == 0;
-    let record = match (validators, clean) {
-        (Some(v), true) => fingerprint(job, state)?.map(|fingerprint| {
+    let read = match &report.fetch {
+        Fetch::Nothing => return Ok(()),
+        Fetch::Downloaded(Some(v)) if clean => Some((v.clone(), None)),
+        // Only a run that found nothing to do or report: the run it spares would say the same.
+        Fetch::Read(seen) if clean && report.quiet_no_op() => {
+            Some((Validators::default(), Some(seen.clone())))
+        }
+        Fetch::Downloaded(_) | Fetch::Read(_) => None,
+    };
+    let record = match read {
+        Some((validators, file)) => fingerprint(job, state)?.map(|fingerprint| {
             serde_json::to_vec(&Conditional {
                 fingerprint,
-                validators: v.clone(),
+                validators,
+                file,
             })
             .expect("serializes")
         }),
-        _ => None,
+        None => None,
     };
     store.set_conditional(&job.name, record.as_deref())
 }
@@ -311,7 +337,7 @@ async fn plan_and_execute(
     // What an interrupted run left (calls in flight, imports pending): the dialler may
     // hold what no clean run confirmed, so this run plans the export whatever its
     // validators say (see `conditional`).
-    let interrupted = match state.filter(|_| job.source.http.is_some()) {
+    let interrupted = match state.filter(|_| job.source.kind != SourceKind::Sql) {
         Some(state) => match left_in_flight(state) {
             Ok(left) => left,
             Err(e) => {
@@ -420,26 +446,57 @@ async fn plan_and_execute(
     // The download and the plan's spools go beside the state (made once per run: it also
     // clears what a killed run left there).
     let scratch = downloads_dir(config);
+    // What the last clean run read of the export, if this run may go by it: no outcome
+    // to lock, nothing an interrupted run left, no --force, no agents (whose logins the
+    // dialler may have changed), the state and the config as that run left them.
+    let quiet = finals
+        .as_ref()
+        .is_none_or(|(to_lock, _)| to_lock.is_empty());
+    let last_read = match (store, state) {
+        (Some(store), Some(state))
+            if job.source.kind != SourceKind::Sql
+                && quiet
+                && !interrupted
+                && !mode.force
+                && !job.maps_agents() =>
+        {
+            match conditional(store, job, state) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.stop(Abort::state(Step::ReadState, e));
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    // An export file with the bytes the last clean run read: the run ends here.
+    if let (Some(seen), Some(state), None) = (
+        last_read.as_ref().and_then(|c| c.file.as_ref()),
+        state,
+        &job.source.http,
+    ) {
+        match source::file_unchanged(&job.source.path, seen, state.hash_key().export()) {
+            Ok(true) => {
+                tracing::info!("the export file is unchanged since the last clean run");
+                report.export_unchanged = true;
+                report.rows = last_good_rows.unwrap_or(0);
+                report.notes.push(format!(
+                    "the export file is unchanged since the last clean run read it (the same {} bytes): nothing was planned or sent",
+                    seen.bytes
+                ));
+                prove_token(dialler, job, mode, report).await;
+                return;
+            }
+            Ok(false) => {}
+            // The plan reads it, and says what is wrong.
+            Err(e) => tracing::debug!(error = %e, "could not compare the export file"),
+        }
+    }
     let download = match &job.source.http {
         None => None,
         Some(_) => {
-            let quiet = finals
-                .as_ref()
-                .is_none_or(|(to_lock, _)| to_lock.is_empty());
-            let asked = match (store, state) {
-                (Some(store), Some(state))
-                    if quiet && !interrupted && !mode.force && !job.maps_agents() =>
-                {
-                    match conditional(store, job, state) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            report.stop(Abort::state(Step::ReadState, e));
-                            return;
-                        }
-                    }
-                }
-                _ => None,
-            };
+            let asked = last_read.map(|c| c.validators);
             match fetch(&scratch, job, asked.as_ref(), handle).await {
                 Ok((Fetched::Unchanged, _)) => {
                     tracing::info!(
@@ -450,6 +507,7 @@ async fn plan_and_execute(
                     report.notes.push(
                         "the export is unchanged since the last clean run (the CRM answered 304 Not Modified): nothing was downloaded, planned or sent".into(),
                     );
+                    prove_token(dialler, job, mode, report).await;
                     return;
                 }
                 Ok((Fetched::Export(d), note)) => {
@@ -501,7 +559,12 @@ async fn plan_and_execute(
         report.plan_ms = took.as_millis() as u64;
     }
     let plan = match planned.map(|(plan, _)| plan) {
-        Ok(Ok(plan)) => plan,
+        Ok(Ok((plan, seen))) => {
+            if let Some(seen) = seen {
+                report.fetch = Fetch::Read(seen);
+            }
+            plan
+        }
         Ok(Err(e)) => {
             let why = Abort::plan(e);
             if let Abort::Export(_) = why {
@@ -615,14 +678,8 @@ async fn plan_and_execute(
         ));
         return;
     };
-    // Nothing to send, and no call made yet: one read-only call proves the token still
-    // works, so a token revoked in the portal is reported without waiting for a change.
-    if plan.calls() == 0 && !dialler.token_accepted() && !mode.credentials_recent {
-        if let Err(e) = check_campaign(dialler, &job.campaign).await {
-            tracing::error!(error = %error_chain(&e), "the dialler refused the run's check of the token");
-            report.stop(Abort::dialler(Step::Credentials, e));
-            return;
-        }
+    if plan.calls() == 0 && !prove_token(dialler, job, mode, report).await {
+        return;
     }
     let look_first = match store.imports_unsure(&job.name) {
         Ok(unsure) => unsure,
@@ -831,6 +888,28 @@ async fn read_outcomes(
 }
 
 /// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).
+/// With nothing to send and no call made yet: one read-only call proves the token still
+/// works, so a token revoked in the portal is reported without waiting for a change.
+/// False if the dialler refused it (the report says so).
+async fn prove_token(
+    dialler: &Dialler,
+    job: &JobConfig,
+    mode: RunMode,
+    report: &mut JobReport,
+) -> bool {
+    if mode.dry_run || dialler.token_accepted() || mode.credentials_recent {
+        return true;
+    }
+    match check_campaign(dialler, &job.campaign).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "the dialler refused the run's check of the token");
+            report.stop(Abort::dialler(Step::Credentials, e));
+            false
+        }
+    }
+}
+
 async fn check_campaign(dialler: &Dialler, campaign: &CampaignRef) -> Result<(), DiallerError> {
     let id = campaign_id(dialler, campaign).await?;
     if let CampaignRef::Id(_) = campaign {

@@ -127,7 +127,8 @@ pub struct JobReport {
     /// (the executor's window: the plan is never in memory whole).
     #[serde(skip)]
     pub held_peak: u64,
-    /// An HTTP export answered 304 Not Modified: nothing was downloaded or planned.
+    /// The export is as the last clean run read it (an HTTP export answered 304 Not
+    /// Modified, or an export file holds the same bytes): nothing was read or planned.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub export_unchanged: bool,
     /// Whether the run downloaded its export, with what (for the next run's conditional
@@ -139,13 +140,15 @@ pub struct JobReport {
     pub preview: Vec<PreviewLine>,
 }
 
-/// What a run downloaded (an HTTP source).
+/// What a run downloaded (an HTTP source) or read (an export file).
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Fetch {
     #[default]
     Nothing,
     /// A download (or an attempt), with the validators of a whole unpaged one.
     Downloaded(Option<crate::source::http::Validators>),
+    /// An export file read and planned: what was read of it.
+    Read(crate::source::FileSeen),
 }
 
 /// One operation the dialler did not confirm.
@@ -249,6 +252,22 @@ impl JobReport {
                 + self.deleted
                 + self.recovered
                 > 0
+    }
+
+    /// Whether the run read the export and found nothing to do and nothing to report: no
+    /// operation, no rejected, doubtful or absent row, no warning, no note. The same export
+    /// file against the same state makes such a run again, so the next run may go by the
+    /// file's length and hash instead (see `engine::job::Conditional`).
+    pub(crate) fn quiet_no_op(&self) -> bool {
+        self.exit() == Exit::Ok
+            && !self.dry_run
+            && !self.changed_anything()
+            && self.new + self.changed + self.failed == 0
+            && self.invalid + self.duplicates + self.warnings == 0
+            && self.withheld_removals + self.stale_ids + self.already_gone == 0
+            && self.absent_kept + self.rechecked + self.done_locks == 0
+            && self.withheld == Doubts::default()
+            && self.notes.is_empty()
     }
 
     /// How the run ended.

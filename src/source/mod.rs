@@ -481,6 +481,65 @@ pub(crate) fn decoded<R: Read>(
 
 pub(crate) use csv::detect_delimiter;
 
+/// An export file as a run read it: how many bytes, and their keyed hash
+/// ([`crate::state::hashing::HashKey::export`]), in hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileSeen {
+    pub bytes: u64,
+    pub hash: String,
+}
+
+/// A reader that hashes every byte read through it (see [`FileSeen`]).
+pub(crate) struct Hashed<R> {
+    inner: R,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl<R: Read> Hashed<R> {
+    pub(crate) fn new(inner: R, hasher: xxhash_rust::xxh3::Xxh3) -> Hashed<R> {
+        Hashed {
+            inner,
+            hasher,
+            bytes: 0,
+        }
+    }
+
+    /// What was read so far.
+    pub(crate) fn seen(&self) -> FileSeen {
+        FileSeen {
+            bytes: self.bytes,
+            hash: format!("{:032x}", self.hasher.digest128()),
+        }
+    }
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Whether the export file at `path` holds exactly the bytes `seen` describes: the same
+/// length (from its metadata, without reading it), then the same hash of all of them.
+pub(crate) fn file_unchanged(
+    path: &Path,
+    seen: &FileSeen,
+    hasher: xxhash_rust::xxh3::Xxh3,
+) -> std::io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != seen.bytes {
+        return Ok(false);
+    }
+    let mut hashed = Hashed::new(file, hasher);
+    let mut buf = vec![0u8; 256 * 1024];
+    while hashed.read(&mut buf)? > 0 {}
+    Ok(hashed.seen() == *seen)
+}
+
 struct Counting<'a> {
     inner: &'a mut dyn FnMut(Item<'_>) -> Flow,
     summary: Summary,

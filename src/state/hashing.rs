@@ -98,6 +98,12 @@ impl HashKey {
         xxh3_64_with_secret(buf, &self.row[..]).max(1)
     }
 
+    /// A hasher of an export file's bytes (128 bits, with the row hash's secret): how a
+    /// run tells an export file unchanged since the last clean run read it.
+    pub(crate) fn export(&self) -> xxhash_rust::xxh3::Xxh3 {
+        xxhash_rust::xxh3::Xxh3::with_secret(*self.row)
+    }
+
     /// A fingerprint of the key itself, stored in the state to notice a key file that is
     /// not the one the state was made with. Reveals nothing of the key.
     pub fn check(&self) -> u64 {

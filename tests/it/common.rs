@@ -120,6 +120,20 @@ impl Env {
             .unwrap()
     }
 
+    /// `dialsync sync`, killed as `kill -9` would kill it at the crash point `point` (see
+    /// `src/failpoint.rs`); asserts that it was.
+    pub(crate) fn sync_killed_at(&self, point: &str) {
+        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
+            .args(["sync", "--config", "dialsync.toml", "--output", "json"])
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("DIALSYNC_FAILPOINT", point)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
+    }
+
     /// `dialsync sync --output json` plus `args`: the job's report and the exit code.
     pub(crate) fn sync(&self, args: &[&str]) -> (Value, i32) {
         let mut all = vec!["sync", "--config", "dialsync.toml", "--output", "json"];

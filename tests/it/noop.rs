@@ -58,15 +58,35 @@ fn a_no_op_sync_of_10000_rows_makes_no_call_and_no_state_write() {
     );
 
     // A manual sync (or a scheduled one an hour after the token was last proven) makes
-    // one read-only call with nothing to send, so a revoked token is noticed.
-    let manual = run_with(&SyncOptions::default());
-    assert_eq!((manual[0].unchanged, manual[0].api_calls), (10_000, 1));
-    let sent = &env.requests()[calls..];
-    assert!(
-        sent.len() == 1 && sent[0].method == "GET" && sent[0].path.ends_with("/campaigns/538"),
-        "{sent:?}"
-    );
-    assert_eq!(store.job_writes(), writes);
+    // one read-only call with nothing to send, so a revoked token is noticed: whether it
+    // reads the export (--force) or goes by the file's bytes, unchanged since the last
+    // run, which had nothing to do.
+    let forced = SyncOptions {
+        mode: dialsync::RunMode {
+            force: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for (opts, unchanged, skipped) in [(&forced, 10_000, false), (&SyncOptions::default(), 0, true)]
+    {
+        let calls = env.requests().len();
+        let manual = run_with(opts);
+        assert_eq!(
+            (
+                manual[0].unchanged,
+                manual[0].export_unchanged,
+                manual[0].api_calls
+            ),
+            (unchanged, skipped, 1)
+        );
+        let sent = &env.requests()[calls..];
+        assert!(
+            sent.len() == 1 && sent[0].method == "GET" && sent[0].path.ends_with("/campaigns/538"),
+            "{sent:?}"
+        );
+        assert_eq!(store.job_writes(), writes);
+    }
 }
 
 /// A change of the mapping (here the phone format) makes the stored row hashes miss:
@@ -137,4 +157,116 @@ fn a_partly_applied_change_is_not_mistaken_for_unchanged_later() {
     env.assert_holds_exactly(&original);
     let (report, _) = env.sync(&[]);
     assert_eq!(count(&report, "api_calls"), 1, "the token check only");
+}
+
+/// The job's report and exit code of a manual sync.
+fn sync(env: &Env) -> (serde_json::Value, i32) {
+    env.sync(&[])
+}
+
+/// An export file with the bytes a run read that had nothing to do or report, the state
+/// as that run left it: the next run compares the file's length and hash and ends, with
+/// the token's check as its one call. The same bytes written again (a new file, a new
+/// time) are still the same; a value changed to one of the same length is not; a run
+/// with --force reads the file whatever its bytes.
+#[test]
+fn an_export_file_unchanged_since_a_quiet_run_is_not_read_again() {
+    let env = Env::new();
+    let mut all = rows(200, "Köln");
+    env.write_rows(&all);
+    assert_eq!(count(&sync(&env).0, "imported"), 200);
+    // The import changed the dialler: the next run reads the export.
+    let (report, code) = sync(&env);
+    assert_eq!((code, count(&report, "unchanged")), (0, 200), "{report}");
+    assert!(report.get("export_unchanged").is_none(), "{report}");
+
+    for rewrite in [false, true] {
+        if rewrite {
+            std::fs::remove_file(env.path("export.csv")).unwrap();
+            env.write_rows(&all);
+        }
+        let before = env.requests().len();
+        let (report, code) = sync(&env);
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(report["export_unchanged"], true, "{report}");
+        assert_eq!(
+            (count(&report, "rows"), count(&report, "unchanged")),
+            (200, 0),
+            "the last good count, nothing planned: {report}"
+        );
+        assert!(
+            report["notes"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("the export file is unchanged since the last clean run"),
+            "{report}"
+        );
+        let sent = env.requests_since(before);
+        assert!(
+            sent.len() == 1 && sent[0].method == "GET",
+            "the token's check only: {sent:?}"
+        );
+    }
+    let (report, _) = env.sync(&["--force"]);
+    assert_eq!(count(&report, "unchanged"), 200, "{report}");
+
+    // Köln -> Bonn: the same length in the file's encoding.
+    all[41] = all[41].replace("Köln", "Bonn");
+    let len = std::fs::metadata(env.path("export.csv")).unwrap().len();
+    env.write_rows(&all);
+    assert_eq!(
+        std::fs::metadata(env.path("export.csv")).unwrap().len(),
+        len
+    );
+    let (report, _) = sync(&env);
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "unchanged")),
+        (1, 199),
+        "{report}"
+    );
+    assert_eq!(common::field(&env.contact("K42"), "City"), "Bonn");
+    // Read again after the change, then not.
+    assert_eq!(count(&sync(&env).0, "unchanged"), 200);
+    assert_eq!(sync(&env).0["export_unchanged"], true);
+}
+
+/// A run that has something to report (here a row without a phone number) reads the
+/// export every time: a run spared would not report it.
+#[test]
+fn an_export_with_a_rejected_row_is_read_every_time() {
+    let env = Env::new();
+    let mut all = rows(20, "Köln");
+    all.push("K21;Name21;First21;;Köln;1".into());
+    env.write_rows(&all);
+    for _ in 0..3 {
+        let (report, code) = sync(&env);
+        assert_eq!((code, count(&report, "invalid")), (1, 1), "{report}");
+        assert!(report.get("export_unchanged").is_none(), "{report}");
+    }
+}
+
+/// A run killed after the dialler confirmed an update it had no time to store, then the
+/// CRM's previous file back, byte for byte the one the last quiet run read: the call in
+/// flight makes the next run read it and put the old value back on the dialler.
+#[test]
+fn a_file_reverted_after_a_killed_run_is_read_again() {
+    let env = Env::new();
+    let mut all = rows(20, "Köln");
+    env.write_rows(&all);
+    assert_eq!(sync(&env).1, 0);
+    assert_eq!(sync(&env).1, 0); // a quiet run: the file's bytes are kept
+    assert_eq!(sync(&env).0["export_unchanged"], true);
+
+    let before = all.clone();
+    all[1] = all[1].replace("Köln", "Bonn");
+    env.write_rows(&all);
+    env.sync_killed_at("update-confirmed");
+    assert_eq!(common::field(&env.contact("K2"), "City"), "Bonn");
+
+    env.write_rows(&before);
+    let (report, code) = sync(&env);
+    assert_eq!(code, 0, "{report}");
+    assert!(report.get("export_unchanged").is_none(), "{report}");
+    assert_eq!(count(&report, "rechecked"), 1, "{report}");
+    env.assert_holds_exactly(&before);
 }

@@ -136,14 +136,7 @@ fn a_crash_between_the_file_and_the_state_writes_the_outcomes_again() {
     call(&env, "K1", "ABG");
     call(&env, "K2", "Termin");
 
-    let killed = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
-        .args(["sync", "--config", "dialsync.toml", "--output", "json"])
-        .current_dir(env.dir.path())
-        .env("DIALSYNC_FAILPOINT", "outcomes-file-written")
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
+    env.sync_killed_at("outcomes-file-written");
     let first: Vec<String> = read_outcomes(&env)
         .iter()
         .map(|r| r["UserData"].clone())
