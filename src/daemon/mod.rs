@@ -260,6 +260,10 @@ pub async fn run(
     daemon.store.flush().await?;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
+    // STOPPING=1 and the last STATUS, sent before the process ends.
+    tokio::task::spawn_blocking(|| notify::flush(Duration::from_secs(1)))
+        .await
+        .ok();
     Ok(ended)
 }
 

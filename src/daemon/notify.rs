@@ -19,6 +19,44 @@ pub(super) enum Note {
 /// Notifications waiting for the sender thread; more are dropped (systemd is not reading).
 const QUEUED: usize = 64;
 
+/// What the sender thread is handed: notifications to send, or a request to say when
+/// it has sent everything handed to it before.
+enum Queued {
+    Notes(Vec<Note>),
+    Flushed(std::sync::mpsc::Sender<()>),
+}
+
+/// The sender thread's queue (`None`: no `$NOTIFY_SOCKET`, or no thread).
+fn queue() -> Option<&'static std::sync::mpsc::SyncSender<Queued>> {
+    static SENDER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Queued>>> =
+        std::sync::OnceLock::new();
+    SENDER
+        .get_or_init(|| {
+            std::env::var_os("NOTIFY_SOCKET")?;
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(QUEUED);
+            let spawned = std::thread::Builder::new()
+                .name("sd-notify".into())
+                .spawn(move || {
+                    for queued in rx {
+                        match queued {
+                            Queued::Notes(notes) => send(&notes),
+                            Queued::Flushed(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the systemd notification thread; systemd is not notified");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
 /// Sends a notification to systemd (nothing without `$NOTIFY_SOCKET`), without ever
 /// blocking the caller: the socket's send blocks while its queue is full (a receiver that
 /// stopped reading; Linux queues 10 datagrams), and a blocked tokio worker can stall the
@@ -26,30 +64,23 @@ const QUEUED: usize = 64;
 /// stuck, further notifications are dropped, which systemd tolerates (a later STATUS
 /// replaces an earlier one; a missed watchdog ping is what a stuck daemon deserves).
 pub(super) fn notify(notes: &[Note]) {
-    static SENDER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Vec<Note>>>> =
-        std::sync::OnceLock::new();
-    let sender = SENDER.get_or_init(|| {
-        std::env::var_os("NOTIFY_SOCKET")?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Note>>(QUEUED);
-        let spawned = std::thread::Builder::new()
-            .name("sd-notify".into())
-            .spawn(move || {
-                for notes in rx {
-                    send(&notes);
-                }
-            });
-        match spawned {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the systemd notification thread; systemd is not notified");
-                None
-            }
-        }
-    });
-    if let Some(tx) = sender {
-        if tx.try_send(notes.to_vec()).is_err() {
+    if let Some(tx) = queue() {
+        if tx.try_send(Queued::Notes(notes.to_vec())).is_err() {
             tracing::debug!(notes = ?notes, "systemd is not reading its notifications; dropped");
         }
+    }
+}
+
+/// Before the process exits: waits (up to `patience`) until the notifications handed
+/// over so far are sent, so that the last of them (STOPPING) is not lost with the
+/// process. A sender stuck on a systemd that stopped reading is not waited for longer.
+pub(super) fn flush(patience: std::time::Duration) {
+    let Some(tx) = queue() else {
+        return;
+    };
+    let (done, sent) = std::sync::mpsc::channel();
+    if tx.try_send(Queued::Flushed(done)).is_ok() && sent.recv_timeout(patience).is_err() {
+        tracing::debug!("systemd's notifications were not all sent before the exit");
     }
 }
 
