@@ -113,7 +113,7 @@ pub(super) fn read_and_plan(
     })?;
     // An export file's bytes are hashed as they are read: the next run that finds the
     // same bytes need not read them (see `Conditional`). A download has its validators.
-    let mut file = Hashed::new(file, export_hash);
+    let mut file = Hashed::new(file, download.is_none().then_some(export_hash));
     let mut plan = pipeline::read_and_plan(
         cfg,
         &mut file,
@@ -125,8 +125,7 @@ pub(super) fn read_and_plan(
     )?;
     evidence::require(cfg, again, &mut plan)?;
     plan.lock_done()?;
-    let seen = download.is_none().then(|| file.seen());
-    Ok((plan, seen))
+    Ok((plan, file.seen()))
 }
 
 /// What the last clean run (no stop, no failed operation) read of the export: the

@@ -489,15 +489,16 @@ pub(crate) struct FileSeen {
     pub hash: String,
 }
 
-/// A reader that hashes every byte read through it (see [`FileSeen`]).
+/// A reader that hashes every byte read through it (see [`FileSeen`]), or (without a
+/// hasher) only passes them on.
 pub(crate) struct Hashed<R> {
     inner: R,
-    hasher: xxhash_rust::xxh3::Xxh3,
+    hasher: Option<xxhash_rust::xxh3::Xxh3>,
     bytes: u64,
 }
 
 impl<R: Read> Hashed<R> {
-    pub(crate) fn new(inner: R, hasher: xxhash_rust::xxh3::Xxh3) -> Hashed<R> {
+    pub(crate) fn new(inner: R, hasher: Option<xxhash_rust::xxh3::Xxh3>) -> Hashed<R> {
         Hashed {
             inner,
             hasher,
@@ -505,19 +506,21 @@ impl<R: Read> Hashed<R> {
         }
     }
 
-    /// What was read so far.
-    pub(crate) fn seen(&self) -> FileSeen {
-        FileSeen {
+    /// What was read so far, if it was hashed.
+    pub(crate) fn seen(&self) -> Option<FileSeen> {
+        self.hasher.as_ref().map(|h| FileSeen {
             bytes: self.bytes,
-            hash: format!("{:032x}", self.hasher.digest128()),
-        }
+            hash: format!("{:032x}", h.digest128()),
+        })
     }
 }
 
 impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -534,10 +537,10 @@ pub(crate) fn file_unchanged(
     if file.metadata()?.len() != seen.bytes {
         return Ok(false);
     }
-    let mut hashed = Hashed::new(file, hasher);
+    let mut hashed = Hashed::new(file, Some(hasher));
     let mut buf = vec![0u8; 256 * 1024];
     while hashed.read(&mut buf)? > 0 {}
-    Ok(hashed.seen() == *seen)
+    Ok(hashed.seen().as_ref() == Some(seen))
 }
 
 struct Counting<'a> {
@@ -586,6 +589,55 @@ pub(crate) fn read_all(
         Flow::Continue(())
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod file_seen {
+    use super::*;
+    use crate::state::hashing::HashKey;
+
+    /// What a read hashed is what `file_unchanged` finds in the same bytes, and only
+    /// there: one byte changed (same length), one more byte, or another key differ.
+    #[test]
+    fn a_file_is_unchanged_only_with_the_same_bytes_and_key() {
+        let key = HashKey::for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.csv");
+        let text: String = (0..20_000).map(|i| format!("K{i};Name {i}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let mut read = Hashed::new(std::fs::File::open(&path).unwrap(), Some(key.export()));
+        let mut sink = Vec::new();
+        // In small pieces, as a parser reads.
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = read.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sink.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(sink, text.as_bytes());
+        let seen = read.seen().unwrap();
+        assert_eq!(seen.bytes, text.len() as u64);
+        assert!(file_unchanged(&path, &seen, key.export()).unwrap());
+        let other = HashKey::from_bytes([8; 32]);
+        assert!(!file_unchanged(&path, &seen, other.export()).unwrap());
+        std::fs::write(&path, text.replacen("Name 7", "Name 8", 1)).unwrap();
+        assert!(!file_unchanged(&path, &seen, key.export()).unwrap());
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        assert!(!file_unchanged(&path, &seen, key.export()).unwrap());
+        std::fs::write(&path, &text).unwrap();
+        assert!(file_unchanged(&path, &seen, key.export()).unwrap());
+        let unhashed = Hashed::new(text.as_bytes(), None);
+        assert_eq!(unhashed.seen(), None);
+        // A tiny file's hash is keyed too.
+        let tiny = |key: &HashKey| {
+            let mut h = Hashed::new(&b"K1;A\n"[..], Some(key.export()));
+            h.read_to_end(&mut Vec::new()).unwrap();
+            h.seen().unwrap()
+        };
+        assert_ne!(tiny(&key), tiny(&other));
+    }
 }
 
 #[cfg(test)]
