@@ -475,7 +475,17 @@ async fn plan_and_execute(
         state,
         &job.source.http,
     ) {
-        match source::file_unchanged(&job.source.path, seen, state.hash_key().export()) {
+        // Reading the file (up to its length) is no work for the async runtime's threads.
+        let (path, stored, hasher) = (
+            job.source.path.clone(),
+            seen.clone(),
+            state.hash_key().export(),
+        );
+        let compared =
+            tokio::task::spawn_blocking(move || source::file_unchanged(&path, &stored, hasher))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match compared {
             Ok(true) => {
                 tracing::info!("the export file is unchanged since the last clean run");
                 report.export_unchanged = true;
