@@ -487,14 +487,11 @@ async fn plan_and_execute(
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match compared {
             Ok(true) => {
-                tracing::info!("the export file is unchanged since the last clean run");
-                report.export_unchanged = true;
-                report.rows = last_good_rows.unwrap_or(0);
-                report.notes.push(format!(
+                let note = format!(
                     "the export file is unchanged since the last clean run read it (the same {} bytes): nothing was planned or sent",
                     seen.bytes
-                ));
-                prove_token(dialler, job, mode, report).await;
+                );
+                end_unchanged(note, last_good_rows, dialler, job, mode, report).await;
                 return;
             }
             Ok(false) => {}
@@ -508,15 +505,8 @@ async fn plan_and_execute(
             let asked = last_read.map(|c| c.validators);
             match fetch(&scratch, job, asked.as_ref(), handle).await {
                 Ok((Fetched::Unchanged, _)) => {
-                    tracing::info!(
-                        "the export is unchanged since the last clean run (304 Not Modified)"
-                    );
-                    report.export_unchanged = true;
-                    report.rows = last_good_rows.unwrap_or(0);
-                    report.notes.push(
-                        "the export is unchanged since the last clean run (the CRM answered 304 Not Modified): nothing was downloaded, planned or sent".into(),
-                    );
-                    prove_token(dialler, job, mode, report).await;
+                    let note = "the export is unchanged since the last clean run (the CRM answered 304 Not Modified): nothing was downloaded, planned or sent";
+                    end_unchanged(note.into(), last_good_rows, dialler, job, mode, report).await;
                     return;
                 }
                 Ok((Fetched::Export(d), note)) => {
@@ -896,7 +886,23 @@ async fn read_outcomes(
     Ok((g.to_lock, g.final_locked))
 }
 
-/// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).
+/// Ends a run whose export is as the last clean run read it (`note` says how it is
+/// known): nothing is planned, the last good row count stands, and the token is proven.
+async fn end_unchanged(
+    note: String,
+    last_good_rows: Option<u64>,
+    dialler: &Dialler,
+    job: &JobConfig,
+    mode: RunMode,
+    report: &mut JobReport,
+) {
+    tracing::info!(%note, "export");
+    report.export_unchanged = true;
+    report.rows = last_good_rows.unwrap_or(0);
+    report.notes.push(note);
+    prove_token(dialler, job, mode, report).await;
+}
+
 /// With nothing to send and no call made yet: one read-only call proves the token still
 /// works, so a token revoked in the portal is reported without waiting for a change.
 /// False if the dialler refused it (the report says so).
@@ -919,6 +925,7 @@ async fn prove_token(
     }
 }
 
+/// Checks `campaign` on the dialler with one read-only call (a name is looked up anyway).
 async fn check_campaign(dialler: &Dialler, campaign: &CampaignRef) -> Result<(), DiallerError> {
     let id = campaign_id(dialler, campaign).await?;
     if let CampaignRef::Id(_) = campaign {

@@ -228,7 +228,7 @@ fn plan_batch<S: StateView + ?Sized>(
     scratch: &mut Scratch,
 ) -> Result<(), PlanError> {
     let mut values = recycle(std::mem::take(&mut scratch.values));
-    let mut keys = recycle_keys(std::mem::take(&mut scratch.keys));
+    let mut keys = recycle(std::mem::take(&mut scratch.keys));
     scratch.hashes.clear();
     // First the hashes of every row (to prefetch their digest entries ahead of the
     // lookups), and their keys.
@@ -277,15 +277,8 @@ fn plan_batch<S: StateView + ?Sized>(
         planner.push(outcome)?;
     }
     scratch.values = recycle(values);
-    scratch.keys = recycle_keys(keys);
+    scratch.keys = recycle(keys);
     Ok(())
-}
-
-/// An empty vector for the next batch's keys, reusing the allocation (as
-/// [`recycle`] does for values).
-fn recycle_keys<'b>(mut keys: Vec<Option<Cow<'_, str>>>) -> Vec<Option<Cow<'b, str>>> {
-    keys.clear();
-    keys.into_iter().map(|_| None).collect()
 }
 
 #[cfg(test)]

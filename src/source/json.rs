@@ -384,7 +384,7 @@ fn to_values(
                 }
             }
         };
-        values.push(v.filter(|s| !s.trim().is_empty()));
+        values.push(v.filter(|s| !super::blank(s)));
     }
     Ok(values)
 }

@@ -113,8 +113,8 @@ impl Pages {
 pub(crate) struct Record<'a> {
     pub at: RowRef,
     pub values: &'a [Option<&'a str>],
-    /// The record's whole text, when every value is a slice of it (a CSV record): a
-    /// consumer that keeps the values may copy it once instead of each value.
+    /// The record's whole text, when every value is a slice of it (a CSV record, a
+    /// query's row): a consumer that keeps the values may copy it once instead of each.
     pub text: Option<&'a str>,
 }
 
@@ -128,10 +128,10 @@ pub(crate) fn blank(value: &str) -> bool {
     }
 }
 
-/// An empty vector for the values of the next record, reusing the allocation of the
-/// previous record's (the lifetimes differ, the layout does not; `collect` over a mapped
-/// `into_iter` reuses the buffer in place).
-pub(crate) fn recycle<'b>(mut values: Vec<Option<&str>>) -> Vec<Option<&'b str>> {
+/// An empty vector for the values of the next record (or the keys of the next batch),
+/// reusing the allocation of the previous one's (the lifetimes differ, the layout does
+/// not; `collect` over a mapped `into_iter` reuses the buffer in place).
+pub(crate) fn recycle<T, U>(mut values: Vec<Option<T>>) -> Vec<Option<U>> {
     values.clear();
     values.into_iter().map(|_| None).collect()
 }

@@ -402,7 +402,7 @@ impl Reading<'_> {
                     sink(Item::Record(Record {
                         at,
                         values: &values,
-                        text: None,
+                        text: Some(&text),
                     }))
                 }
                 Some(reason) => {

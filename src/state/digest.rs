@@ -190,6 +190,7 @@ impl Digest {
 
     /// A hash of every entry's key, row hash and lock: equal digests mean the entries
     /// plan alike (an HTTP export's conditional request relies on it).
+    ///
     /// The entries are stored as those bytes, so it is one hash over them (a million
     /// entries: 1 ms; fed to a streaming hasher entry by entry, as before, 16 ms).
     pub fn fingerprint(&self) -> u64 {

@@ -159,11 +159,6 @@ fn a_partly_applied_change_is_not_mistaken_for_unchanged_later() {
     assert_eq!(count(&report, "api_calls"), 1, "the token check only");
 }
 
-/// The job's report and exit code of a manual sync.
-fn sync(env: &Env) -> (serde_json::Value, i32) {
-    env.sync(&[])
-}
-
 /// An export file with the bytes a run read that had nothing to do or report, the state
 /// as that run left it: the next run compares the file's length and hash and ends, with
 /// the token's check as its one call. The same bytes written again (a new file, a new
@@ -174,9 +169,9 @@ fn an_export_file_unchanged_since_a_quiet_run_is_not_read_again() {
     let env = Env::new();
     let mut all = rows(200, "Köln");
     env.write_rows(&all);
-    assert_eq!(count(&sync(&env).0, "imported"), 200);
+    assert_eq!(count(&env.sync(&[]).0, "imported"), 200);
     // The import changed the dialler: the next run reads the export.
-    let (report, code) = sync(&env);
+    let (report, code) = env.sync(&[]);
     assert_eq!((code, count(&report, "unchanged")), (0, 200), "{report}");
     assert!(report.get("export_unchanged").is_none(), "{report}");
 
@@ -186,7 +181,7 @@ fn an_export_file_unchanged_since_a_quiet_run_is_not_read_again() {
             env.write_rows(&all);
         }
         let before = env.requests().len();
-        let (report, code) = sync(&env);
+        let (report, code) = env.sync(&[]);
         assert_eq!(code, 0, "{report}");
         assert_eq!(report["export_unchanged"], true, "{report}");
         assert_eq!(
@@ -218,7 +213,7 @@ fn an_export_file_unchanged_since_a_quiet_run_is_not_read_again() {
         std::fs::metadata(env.path("export.csv")).unwrap().len(),
         len
     );
-    let (report, _) = sync(&env);
+    let (report, _) = env.sync(&[]);
     assert_eq!(
         (count(&report, "updated"), count(&report, "unchanged")),
         (1, 199),
@@ -226,8 +221,8 @@ fn an_export_file_unchanged_since_a_quiet_run_is_not_read_again() {
     );
     assert_eq!(common::field(&env.contact("K42"), "City"), "Bonn");
     // Read again after the change, then not.
-    assert_eq!(count(&sync(&env).0, "unchanged"), 200);
-    assert_eq!(sync(&env).0["export_unchanged"], true);
+    assert_eq!(count(&env.sync(&[]).0, "unchanged"), 200);
+    assert_eq!(env.sync(&[]).0["export_unchanged"], true);
 }
 
 /// A run that has something to report (here a row without a phone number) reads the
@@ -239,7 +234,7 @@ fn an_export_with_a_rejected_row_is_read_every_time() {
     all.push("K21;Name21;First21;;Köln;1".into());
     env.write_rows(&all);
     for _ in 0..3 {
-        let (report, code) = sync(&env);
+        let (report, code) = env.sync(&[]);
         assert_eq!((code, count(&report, "invalid")), (1, 1), "{report}");
         assert!(report.get("export_unchanged").is_none(), "{report}");
     }
@@ -253,9 +248,9 @@ fn a_file_reverted_after_a_killed_run_is_read_again() {
     let env = Env::new();
     let mut all = rows(20, "Köln");
     env.write_rows(&all);
-    assert_eq!(sync(&env).1, 0);
-    assert_eq!(sync(&env).1, 0); // a quiet run: the file's bytes are kept
-    assert_eq!(sync(&env).0["export_unchanged"], true);
+    assert_eq!(env.sync(&[]).1, 0);
+    assert_eq!(env.sync(&[]).1, 0); // a quiet run: the file's bytes are kept
+    assert_eq!(env.sync(&[]).0["export_unchanged"], true);
 
     let before = all.clone();
     all[1] = all[1].replace("Köln", "Bonn");
@@ -264,7 +259,7 @@ fn a_file_reverted_after_a_killed_run_is_read_again() {
     assert_eq!(common::field(&env.contact("K2"), "City"), "Bonn");
 
     env.write_rows(&before);
-    let (report, code) = sync(&env);
+    let (report, code) = env.sync(&[]);
     assert_eq!(code, 0, "{report}");
     assert!(report.get("export_unchanged").is_none(), "{report}");
     assert_eq!(count(&report, "rechecked"), 1, "{report}");

@@ -367,6 +367,31 @@ fn a_dry_run_shows_the_outcomes_and_writes_nothing() {
     );
 }
 
+/// An export file unchanged since a run with nothing to do is not read again, but a
+/// contact finished since then (`on_done = "lock"`) makes the run read it and lock the
+/// contact: the shortcut never skips a lock the outcomes call for.
+#[test]
+fn a_contact_finished_under_an_unchanged_export_file_is_locked() {
+    let env = Env::new();
+    env.write_config(crate::common::TOKEN, "on_done = \"lock\"");
+    env.write_rows(&rows(3, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0);
+    assert_eq!(env.sync(&[]).1, 0); // nothing to do: the file's bytes are kept
+    let (skipped, _) = env.sync(&[]);
+    assert_eq!(skipped["export_unchanged"], true, "{skipped}");
+
+    call(&env, "K2", "ABG");
+    let (run, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{run}");
+    assert!(run.get("export_unchanged").is_none(), "{run}");
+    assert_eq!(
+        (run["locked"].as_u64(), run["done_locks"].as_u64()),
+        (Some(1), Some(1)),
+        "{run}"
+    );
+    assert!(env.contact("K2").locked);
+}
+
 /// `on_done = "lock"`: a contact whose result is done or aborted is locked although the
 /// export still has it, stays locked, and a reset trigger in the CRM opens it again.
 #[test]
