@@ -1,14 +1,14 @@
 //! One job's state: its entries, pending imports, in-flight marks, failure counts and
 //! digest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
-use crate::state::digest::{Builder, Digest, Seal};
+use crate::state::digest::{Builder, Digest, Patched, Seal};
 use crate::state::hashing::HashKey;
 
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
@@ -40,10 +40,6 @@ pub struct JobState {
     pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Entries written that the digest cache follows at least (see
-/// [`JobState::after_entry_write`]).
-const MOST_CHANGES: usize = 65_536;
-
 /// The job's digest as this handle knows it: the stored one (read at the first need) and
 /// the entries written since.
 #[derive(Default)]
@@ -55,8 +51,9 @@ pub(super) struct DigestCache {
     /// the first entry write (a file that does not match it now might match it later:
     /// put back, or readable again), and replaced at the end of the run.
     sealed: bool,
-    /// Entries written since, by key hash: (row hash, locked), or `None` if removed.
-    changes: HashMap<u64, Option<(u64, bool)>>,
+    /// The digest with the entries written since, once one was written (`base` is then
+    /// taken into it, see [`Patched`]).
+    patched: Option<Patched>,
 }
 
 impl JobState {
@@ -121,6 +118,8 @@ impl JobState {
             cache.sealed = seal.is_some();
             cache.base = match seal.as_deref().map(Seal::decode) {
                 Some(Some(seal)) => self.read_digest(seal).map(Arc::new),
+                // A job without entries (its first run) starts from the empty digest.
+                None if self.tree.is_empty() => Some(Arc::default()),
                 // An older version's digest, in the database: replaced at the end.
                 Some(None) | None => None,
             };
@@ -186,30 +185,28 @@ impl JobState {
 
     fn after_entry_write(&self, key: &str, now: Option<&Entry>) -> Result<(), StateError> {
         let mut cache = self.cache()?;
-        let Some(base) = &cache.base else {
-            // No digest to bring up to date: the next one is made from the entries.
-            return Ok(());
-        };
-        // Past a quarter of the entries (a first import, a campaign-wide change), the
-        // changes would cost more memory than reading the entries again at the end.
-        if cache.changes.len() >= (base.len() / 4).max(MOST_CHANGES) {
-            cache.base = None;
-            cache.changes = HashMap::new();
-            return Ok(());
+        if cache.patched.is_none() {
+            let Some(base) = cache.base.take() else {
+                // No digest to bring up to date: the next one is made from the entries.
+                return Ok(());
+            };
+            // The planner has let go of it by now, as a rule: then it is not copied.
+            let base = Arc::try_unwrap(base).unwrap_or_else(|shared| (*shared).clone());
+            cache.patched = Some(Patched::from(base));
         }
-        cache
-            .changes
-            .insert(key_hash(key), now.map(|e| (e.row, e.locked)));
+        if let Some(patched) = &mut cache.patched {
+            patched.set(key_hash(key), now.map(|e| (e.row, e.locked)));
+        }
         Ok(())
     }
 
     /// The digest of the entries as they are now, if the job has one (see [`Digest`]).
     pub fn digest(&self) -> Result<Option<Arc<Digest>>, StateError> {
         let cache = self.cache()?;
-        Ok(match &cache.base {
-            Some(base) if cache.changes.is_empty() => Some(Arc::clone(base)),
-            Some(base) => base.with_changes(&cache.changes).map(Arc::new),
-            None => None,
+        Ok(match (&cache.base, &cache.patched) {
+            (Some(base), _) => Some(Arc::clone(base)),
+            (None, Some(patched)) => patched.clone().finish().map(Arc::new),
+            (None, None) => None,
         })
     }
 
@@ -225,9 +222,19 @@ impl JobState {
                 return Ok(());
             }
         }
-        let digest = match self.digest()? {
+        let digest = {
+            let mut cache = self.cache()?;
+            match (cache.patched.take(), &cache.base) {
+                // `None`: a new key's hash is another's.
+                (Some(patched), _) => patched.finish().map(Arc::new),
+                (None, Some(base)) => Some(Arc::clone(base)),
+                (None, None) => None,
+            }
+            .inspect(|d| cache.base = Some(Arc::clone(d)))
+        };
+        let digest = match digest {
             Some(d) => Some(d),
-            None if self.cache()?.base.is_some() => None, // a key hash collision
+            None if self.cache()?.base.is_some() => None,
             None => {
                 let mut digest = Builder::default();
                 self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
@@ -245,9 +252,12 @@ impl JobState {
         self.digests
             .insert(self.name.as_str(), &seal.encode()[..])?;
         let mut cache = self.cache()?;
-        cache.base = Some(digest);
-        cache.sealed = true;
-        cache.changes.clear();
+        // A run writes nothing after this; were an entry written meanwhile, its patch
+        // stays for the next save.
+        if cache.patched.is_none() {
+            cache.base = Some(digest);
+            cache.sealed = true;
+        }
         Ok(())
     }
 
@@ -367,7 +377,7 @@ impl JobState {
         self.failures.clear()?;
         let mut cache = self.cache()?;
         cache.base = Some(Arc::default());
-        cache.changes.clear();
+        cache.patched = None;
         Ok(())
     }
 

@@ -237,7 +237,11 @@ async fn the_digest_follows_the_entries() {
     };
 
     let job = store.job("a").unwrap();
-    assert!(job.digest().unwrap().is_none(), "none before the first run");
+    assert_eq!(
+        job.digest().unwrap().expect("a job without entries").len(),
+        0,
+        "empty before the first run"
+    );
     job.put("K1", &entry()).unwrap();
     job.put(
         "K2",
@@ -268,6 +272,30 @@ async fn the_digest_follows_the_entries() {
     );
     next.save_digest().await.unwrap();
     assert_eq!(digest_of(&store.job("a").unwrap()).len(), 2);
+
+    // A run that writes every entry (a campaign-wide change), removes one and brings one
+    // back: the digest is brought up to date in place, not read from the entries.
+    let all = store.job("a").unwrap();
+    all.put("K2", &Entry { row: 11, ..entry() }).unwrap();
+    all.put(
+        "K3",
+        &Entry {
+            row: 12,
+            locked: false,
+            ..entry()
+        },
+    )
+    .unwrap();
+    all.remove("K2").unwrap();
+    all.put("K1", &Entry { row: 13, ..entry() }).unwrap();
+    all.save_digest().await.unwrap();
+    let items = digest_of(&store.job("a").unwrap());
+    assert_eq!(items.len(), 2, "K1 and K3");
+    assert!(items.contains(&(key_hash("K1"), 13, true)));
+    all.put("K2", &Entry { row: 7, ..entry() }).unwrap();
+    all.remove("K1").unwrap();
+    all.save_digest().await.unwrap();
+    assert_eq!(digest_of(&store.job("a").unwrap()).len(), 2, "K2 and K3");
 
     // A run that stopped before storing it: the next one builds it from the entries.
     let interrupted = store.job("a").unwrap();
