@@ -164,7 +164,7 @@ fn fingerprint(job: &JobConfig, state: &JobState) -> Result<Option<u64>, StateEr
 /// a run has planned them, an export as the last clean run read it does not make an
 /// unchanged plan: a killed run may have changed the dialler, and the export reverted.
 fn left_in_flight(state: &JobState) -> Result<bool, StateError> {
-    Ok(!state.in_flight()?.is_empty() || !state.pending()?.is_empty())
+    state.left_in_doubt()
 }
 
 /// What the last clean run read of the export, if the state is still as it left it.

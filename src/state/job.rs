@@ -344,6 +344,14 @@ impl JobState {
         Ok(marks)
     }
 
+    /// Whether any call is marked in flight or any import pending (a contact's own record
+    /// or a journal window's). Looks at the first record of each tree only: after a
+    /// `state rebuild` every contact is marked, and reading a million marks to learn that
+    /// there is one kept 150 MB of sled's pages resident.
+    pub(crate) fn left_in_doubt(&self) -> Result<bool, StateError> {
+        Ok(!self.in_flight.is_empty() || !self.pending.is_empty())
+    }
+
     /// Runs in a row in which each failing row failed.
     pub fn failure_counts(&self) -> Result<std::collections::HashMap<String, u32>, StateError> {
         self.failures
