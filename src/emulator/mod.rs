@@ -245,6 +245,19 @@ impl Emulator {
         }
     }
 
+    /// Locks or unlocks a contact as someone in the jtel portal would (tests of a lock
+    /// the state does not know of).
+    pub fn set_locked(&self, id: i64, locked: bool) -> bool {
+        let mut d = crate::locking::lock(&self.shared.data);
+        match d.contacts.get_mut(&id) {
+            Some(c) => {
+                c.locked = locked;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Answers the next `n` API calls whose path contains `fragment` with 400 and does not
     /// carry them out (tests of a permanent error on one operation).
     pub fn reject_next(&self, fragment: &str, n: usize) {

@@ -333,8 +333,10 @@ pub struct Rebuilt {
 /// Replaces the state of `job` with the contacts of its campaign on the dialler: ID and
 /// field hashes by UserData. The dialler does not say which contacts are locked; a lock
 /// recorded in the old state for the same contact ID is kept, and every other contact's
-/// lock state is marked unknown (as if a lock or unlock had been in flight), so the next
-/// run unlocks it if it is in the export and locks it if not. Reset triggers start
+/// lock state is marked unknown in its entry (`LastOp::Rebuilt`, planned as if a lock or
+/// unlock had been in flight), so the next run unlocks it if it is in the export and locks
+/// it if not (under `on_missing = "keep"` it stays in doubt until it comes back, then is
+/// unlocked). Reset triggers start
 /// afresh (their first value is recorded by the next run, without a reset).
 ///
 /// The campaign is streamed (never held in memory): each contact's ID and field hashes go
@@ -400,17 +402,18 @@ pub async fn rebuild(
             fields,
             triggers: Vec::new(),
             locked: was_locked,
-            last_op: LastOp::Baseline,
+            // Unless kept as locked, its lock state is unknown (see `LastOp::Rebuilt`).
+            last_op: if was_locked {
+                LastOp::Baseline
+            } else {
+                LastOp::Rebuilt
+            },
             last_run: now,
             row: 0,
             keyed: true,
         };
-        let key = key.as_str();
-        state.put(key, &entry)?;
-        if !was_locked {
-            state.put_in_flight(key, in_doubt::LOCK)?;
-            out.lock_unknown += 1;
-        }
+        state.put(&key, &entry)?;
+        out.lock_unknown += u64::from(!was_locked);
         out.contacts += 1;
     }
     drop(scratch);

@@ -108,9 +108,25 @@ pub enum LastOp {
     Unlocked,
     /// Hashes recorded without a call (a field or trigger newly added to the config).
     Baseline,
+    /// Written by `state rebuild`: the dialler does not say whether the contact is locked,
+    /// so the next run unlocks it if the export has it and locks it if not (as after a
+    /// lock or unlock in flight), then writes the entry anew. Kept in the entry, not as an
+    /// in-flight mark per contact: a million marks read through sled's page cache kept
+    /// 150 MB resident in the run after a rebuild.
+    Rebuilt,
 }
 
 impl Entry {
+    /// What of the contact on the dialler the entry itself leaves in doubt ([`in_doubt`]
+    /// bits, as an in-flight mark would): its lock state after a `state rebuild`.
+    pub(crate) fn doubt(&self) -> u8 {
+        if self.last_op == LastOp::Rebuilt {
+            in_doubt::LOCK
+        } else {
+            0
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![if self.keyed {
             ENTRY_VERSION

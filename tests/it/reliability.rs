@@ -437,6 +437,80 @@ fn after_a_rebuild_locks_follow_the_export() {
     );
 }
 
+/// After `state rebuild` a contact's lock state is unknown until a call settles it: with
+/// `on_missing = "keep"` a contact that left the export is left alone (no call for it, in
+/// this run or later) and unlocked if it comes back; a run killed between an update's
+/// answer and its state write leaves the contact in doubt: the next run updates it again
+/// and unlocks it.
+#[test]
+fn after_a_rebuild_the_lock_doubt_stays_until_a_call_settles_it() {
+    let env = Env::new();
+    env.write_config(common::TOKEN, "on_missing = \"keep\"");
+    let all = rows(5, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    std::fs::remove_dir_all(env.path("state")).unwrap();
+    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+    assert!(out.status.success(), "{out:?}");
+    // K5 has left the export; "keep" leaves it on the dialler as it is.
+    env.write_rows(&all[..4]);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (
+            code,
+            count(&report, "unlocked"),
+            count(&report, "locked"),
+            count(&report, "rechecked"),
+            count(&report, "api_calls")
+        ),
+        (0, 4, 0, 4, 4),
+        "{report}"
+    );
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "rechecked"), count(&report, "api_calls")),
+        (0, 1),
+        "nothing asked again: {report}"
+    );
+    // Locked in the portal meanwhile, K5 comes back: its lock was never known, so it is
+    // unlocked.
+    let k5 = env.contact("K5");
+    assert!(env.emu.set_locked(k5.id, true));
+    env.write_rows(&all);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "unlocked"), count(&report, "api_calls")),
+        (1, 1),
+        "{report}"
+    );
+    assert!(!env.contact("K5").locked);
+
+    // Rebuilt again, K1 changed: its update is confirmed, and the run dies before the
+    // state has it.
+    std::fs::remove_dir_all(env.path("state")).unwrap();
+    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+    assert!(out.status.success(), "{out:?}");
+    let k1 = env.contact("K1");
+    assert!(
+        env.emu.set_locked(k1.id, true),
+        "K1 locked on the dialler meanwhile"
+    );
+    let mut changed = all.clone();
+    changed[0] = changed[0].replace("Köln", "Bonn");
+    env.write_rows(&changed);
+    env.sync_killed_at("update-confirmed");
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    let k1 = env.contact("K1");
+    assert_eq!((field(&k1, "City"), k1.locked), ("Bonn", false), "{report}");
+    assert!(env.contacts().iter().all(|c| !c.locked));
+    assert_eq!(
+        count(&env.sync(&[]).0, "api_calls"),
+        1,
+        "the token check only"
+    );
+}
+
 #[test]
 fn a_contact_deleted_on_the_dialler_is_imported_again_when_it_changes() {
     let env = Env::new();

@@ -498,6 +498,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         if self.probe.is_none() {
             self.seen.insert(&c.key, c.at.into());
         }
+        let doubt = doubt | old.doubt();
         if doubt != 0 {
             self.plan.rechecked += 1;
         }
@@ -617,10 +618,11 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             if named {
                 return;
             }
-            let doubt = doubts.get(key).unwrap_or(0);
-            rechecked += u64::from(doubt != 0);
+            let marked = doubts.get(key).unwrap_or(0);
+            let doubt = marked | entry.doubt();
             // A lock or delete in flight: the lock flag stored may not be the dialler's.
             let locked = entry.locked && doubt & (in_doubt::LOCK | in_doubt::GONE) == 0;
+            rechecked += u64::from(marked != 0 || (doubt != 0 && kind_for(locked).is_some()));
             match kind_for(locked) {
                 Some(_) if withhold => plan.withheld_removals += 1,
                 Some(_) if failed.is_some() => {}
@@ -639,7 +641,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 }
                 None => {
                     already += 1;
-                    if doubt != 0 {
+                    // A rebuilt entry's doubt stays until a call settles it: should
+                    // the contact come back, it is unlocked.
+                    if marked != 0 {
                         settled.push(key.to_string());
                     }
                 }
