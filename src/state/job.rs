@@ -345,9 +345,9 @@ impl JobState {
     }
 
     /// Whether any call is marked in flight or any import pending (a contact's own record
-    /// or a journal window's). Looks at the first record of each tree only: after a
-    /// `state rebuild` every contact is marked, and reading a million marks to learn that
-    /// there is one kept 150 MB of sled's pages resident.
+    /// or a journal window's). Looks at the first record of each tree only: reading every
+    /// mark to learn that there is one cost, with the mark per contact that a `state
+    /// rebuild` used to leave, 150 MB of sled's pages resident.
     pub(crate) fn left_in_doubt(&self) -> Result<bool, StateError> {
         Ok(!self.in_flight.is_empty() || !self.pending.is_empty())
     }
