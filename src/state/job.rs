@@ -222,19 +222,16 @@ impl JobState {
                 return Ok(());
             }
         }
-        let digest = {
+        // `Some(None)`: a new key's hash is another's, so no digest.
+        let known = {
             let mut cache = self.cache()?;
-            match (cache.patched.take(), &cache.base) {
-                // `None`: a new key's hash is another's.
-                (Some(patched), _) => patched.finish().map(Arc::new),
-                (None, Some(base)) => Some(Arc::clone(base)),
-                (None, None) => None,
+            match cache.patched.take() {
+                Some(patched) => Some(patched.finish().map(Arc::new)),
+                None => cache.base.clone().map(Some),
             }
-            .inspect(|d| cache.base = Some(Arc::clone(d)))
         };
-        let digest = match digest {
-            Some(d) => Some(d),
-            None if self.cache()?.base.is_some() => None,
+        let digest = match known {
+            Some(d) => d,
             None => {
                 let mut digest = Builder::default();
                 self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
@@ -252,12 +249,8 @@ impl JobState {
         self.digests
             .insert(self.name.as_str(), &seal.encode()[..])?;
         let mut cache = self.cache()?;
-        // A run writes nothing after this; were an entry written meanwhile, its patch
-        // stays for the next save.
-        if cache.patched.is_none() {
-            cache.base = Some(digest);
-            cache.sealed = true;
-        }
+        cache.base = Some(digest);
+        cache.sealed = true;
         Ok(())
     }
 

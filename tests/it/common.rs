@@ -134,6 +134,14 @@ impl Env {
         assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
     }
 
+    /// The state lost (its directory removed), then `dialsync state rebuild`, which must
+    /// succeed.
+    pub(crate) fn lose_state_and_rebuild(&self) {
+        std::fs::remove_dir_all(self.path("state")).unwrap();
+        let out = self.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// `dialsync sync --output json` plus `args`: the job's report and the exit code.
     pub(crate) fn sync(&self, args: &[&str]) -> (Value, i32) {
         let mut all = vec!["sync", "--config", "dialsync.toml", "--output", "json"];

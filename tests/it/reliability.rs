@@ -402,9 +402,7 @@ fn after_a_rebuild_locks_follow_the_export() {
     assert_eq!(env.sync(&[]).1, 0);
     env.write_rows(&all[..18]);
     assert_eq!(count(&env.sync(&[]).0, "locked"), 2);
-    std::fs::remove_dir_all(env.path("state")).unwrap();
-    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
-    assert!(out.status.success());
+    env.lose_state_and_rebuild();
     // K19 comes back, K18 and K20 leave: unlock 18 (K19 among them), lock K18 and K20.
     let mut next = all[..17].to_vec();
     next.push(all[18].clone());
@@ -449,9 +447,7 @@ fn after_a_rebuild_the_lock_doubt_stays_until_a_call_settles_it() {
     let all = rows(5, "Köln");
     env.write_rows(&all);
     assert_eq!(env.sync(&[]).1, 0);
-    std::fs::remove_dir_all(env.path("state")).unwrap();
-    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
-    assert!(out.status.success(), "{out:?}");
+    env.lose_state_and_rebuild();
     // K5 has left the export; "keep" leaves it on the dialler as it is.
     env.write_rows(&all[..4]);
     let (report, code) = env.sync(&[]);
@@ -487,9 +483,7 @@ fn after_a_rebuild_the_lock_doubt_stays_until_a_call_settles_it() {
 
     // Rebuilt again, K1 changed: its update is confirmed, and the run dies before the
     // state has it.
-    std::fs::remove_dir_all(env.path("state")).unwrap();
-    let out = env.dialsync(&["state", "rebuild", "--config", "dialsync.toml"]);
-    assert!(out.status.success(), "{out:?}");
+    env.lose_state_and_rebuild();
     let k1 = env.contact("K1");
     assert!(
         env.emu.set_locked(k1.id, true),

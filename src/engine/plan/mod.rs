@@ -622,8 +622,9 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             let doubt = marked | entry.doubt();
             // A lock or delete in flight: the lock flag stored may not be the dialler's.
             let locked = entry.locked && doubt & (in_doubt::LOCK | in_doubt::GONE) == 0;
-            rechecked += u64::from(marked != 0 || (doubt != 0 && kind_for(locked).is_some()));
-            match kind_for(locked) {
+            let kind = kind_for(locked);
+            rechecked += u64::from(marked != 0 || (doubt != 0 && kind.is_some()));
+            match kind {
                 Some(_) if withhold => plan.withheld_removals += 1,
                 Some(_) if failed.is_some() => {}
                 Some(kind) => {
