@@ -6,7 +6,6 @@
 //! which of them are real numbers.
 
 use phonenumber::country;
-use phonenumber::Mode;
 
 use crate::config::PhoneFormat;
 
@@ -60,8 +59,11 @@ pub(crate) fn normalise(
     if !phonenumber::is_valid(&number) {
         return Err(PhoneError::Invalid(number.country().id().or(region)));
     }
-    // E.164 has no extension: formatting leaves it off.
-    let e164 = number.format().mode(Mode::E164).to_string();
+    // E.164 is `+`, the country code and the national number (with the leading zeros an
+    // Italian number keeps), and has no extension. The crate's formatter writes the same
+    // but first matches the national number against the country's formatting patterns,
+    // which E.164 does not use: a fifth of the cost of a number (perf, 2026-12-05).
+    let e164 = format!("+{}{}", number.code().value(), number.national());
     Ok(Normalised {
         number: match format {
             PhoneFormat::E164 => e164,
@@ -104,6 +106,33 @@ mod tests {
                 .number,
             "498912345678"
         );
+    }
+
+    /// The E.164 form written directly is the crate's formatter's, in countries with
+    /// and without a trunk prefix. (Italian fixed-line numbers are not among them: the
+    /// crate's parser drops the 0 they keep after +39, and rejects them as invalid, with
+    /// its formatter as without.)
+    #[test]
+    fn e164_is_the_formatters() {
+        use phonenumber::Mode;
+        for (raw, region, e164) in [
+            ("089 1234567", country::Id::DE, "+49891234567"),
+            ("+39 347 123 4567", country::Id::DE, "+393471234567"),
+            ("020 7946 0018", country::Id::GB, "+442079460018"),
+            ("(212) 555-0123", country::Id::US, "+12125550123"),
+            ("01 42 68 53 00", country::Id::FR, "+33142685300"),
+            ("+43 1 5344455", country::Id::AT, "+4315344455"),
+            ("0800 123 456", country::Id::CH, "+41800123456"),
+        ] {
+            let number = phonenumber::parse(Some(region), raw).unwrap();
+            assert_eq!(
+                number.format().mode(Mode::E164).to_string(),
+                e164,
+                "{raw}"
+            );
+            let ours = normalise(raw, Some(region), PhoneFormat::E164);
+            assert_eq!(ours.map(|n| n.number).as_deref(), Ok(e164), "{raw}");
+        }
     }
 
     #[test]
