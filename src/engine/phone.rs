@@ -125,11 +125,7 @@ mod tests {
             ("0800 123 456", country::Id::CH, "+41800123456"),
         ] {
             let number = phonenumber::parse(Some(region), raw).unwrap();
-            assert_eq!(
-                number.format().mode(Mode::E164).to_string(),
-                e164,
-                "{raw}"
-            );
+            assert_eq!(number.format().mode(Mode::E164).to_string(), e164, "{raw}");
             let ours = normalise(raw, Some(region), PhoneFormat::E164);
             assert_eq!(ours.map(|n| n.number).as_deref(), Ok(e164), "{raw}");
         }

@@ -363,6 +363,13 @@ mod tests {
                 5 => text.push_str("broken,row\n"), // two fields of three: unreadable
                 11 => text.push_str(&format!("K{i},,0171 1234567\n")), // no name
                 13 => text.push_str(&format!("K{},Again,0171 1234567\n", i.saturating_sub(600))), // duplicate
+                // A later row's key first, mostly in the same batch: as that row, and changed.
+                17 => text.push_str(&format!(
+                    "K{0},Name {0},0171 {1:07}\n",
+                    i + 300,
+                    1_000_300 + i
+                )),
+                19 => text.push_str(&format!("K{},Early,0171 1234567\n", i + 300)),
                 _ => text.push_str(&format!("K{i},Name {i},0171 {:07}\n", 1_000_000 + i)),
             }
         }
