@@ -1,0 +1,81 @@
+#!/bin/sh
+# Where an import's CPU time goes (issue 17, target 2): a first import of ROWS contacts
+# (default 100000) against the built-in emulator under `perf record`, its samples split
+# into the parts of the work per contact by benches/perf_budget.py. For comparison, the
+# same import's wall and CPU time without perf. Needs perf (Debian: linux-perf) and
+# python3; builds a release binary with symbols into target/profile (or
+# $PROFILE_TARGET_DIR).
+#
+#   benches/profile_import.sh [ROWS]
+set -eu
+rows=${1:-100000}
+freq=499
+cd "$(dirname "$0")/.."
+CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    cargo build --release --target-dir "${PROFILE_TARGET_DIR:=$PWD/target/profile}"
+bin=$PROFILE_TARGET_DIR/release/dialsync
+dir=$(mktemp -d)
+emulator=
+cleanup() {
+    [ -n "$emulator" ] && kill "$emulator" 2>/dev/null
+    rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+# Rows like the benchmark's (benches/sync.rs): two phone numbers each.
+awk -v n="$rows" 'BEGIN {
+    print "CustomerNo,LastName,FirstName,Phone,Mobile,Street,PostalCode,City,Email,Round"
+    for (i = 0; i < n; i++)
+        printf "C%08d,Müller-%d,Anna %d,089 %d,0171 %d,Hauptstraße %d,%05d,%s,anna.%d@example.com,1\n",
+            i, i, i, 1000000 + i, 2000000 + i, i + 1, 10000 + i % 90000, (i % 2 ? "Köln" : "München"), i
+}' > "$dir/export.csv"
+
+# A fresh emulator for each import, on a free port: its first line says where.
+start_emulator() {
+    [ -n "$emulator" ] && kill "$emulator" 2>/dev/null && wait "$emulator" 2>/dev/null
+    rm -f "$dir/ready"
+    mkfifo "$dir/ready"
+    "$bin" emulator --listen 127.0.0.1:0 -qq > "$dir/ready" &
+    emulator=$!
+    read -r line < "$dir/ready"
+    url=${line##* }
+    rm -rf "$dir/state" "$dir/state".*
+    cat > "$dir/dialsync.toml" <<TOML
+[dialler]
+base_url = "${url%/*}"
+client_id = ${url##*/}
+token = "emulator-token"
+max_concurrency = 32
+[state]
+path = "state"
+[[job]]
+name = "profile"
+campaign_id = 538
+default_country = "DE"
+[job.source]
+type = "csv"
+path = "export.csv"
+[job.fields]
+UserData = "CustomerNo"
+Name = "LastName"
+FirstName = "FirstName"
+PhoneNumber1 = "Phone"
+PhoneNumber2 = "Mobile"
+Address = "Street"
+PostalCode = "PostalCode"
+City = "City"
+Email = "Email"
+TOML
+}
+
+cd "$dir"
+if [ -x /usr/bin/time ]; then
+    start_emulator
+    /usr/bin/time -f "import of $rows without perf: %e s wall, %U s user, %S s system, %M KB peak RSS" \
+        "$bin" sync --config dialsync.toml > /dev/null
+fi
+start_emulator
+perf record -q -F "$freq" --call-graph dwarf,16384 -o perf.data \
+    "$bin" sync --config dialsync.toml > /dev/null
+perf script -i perf.data -F comm,tid,ip,sym 2> /dev/null \
+    | python3 "$OLDPWD/benches/perf_budget.py" "$freq" "$rows"
