@@ -22,12 +22,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Rows like the benchmark's (benches/sync.rs): two phone numbers each.
+# The rows of the benchmark's exports (`export` in benches/sync.rs): two phone numbers each.
 awk -v n="$rows" 'BEGIN {
+    split("München Köln Berlin Hamburg Leipzig Bonn Jena Kiel", city, " ")
     print "CustomerNo,LastName,FirstName,Phone,Mobile,Street,PostalCode,City,Email,Round"
     for (i = 0; i < n; i++)
-        printf "C%08d,Müller-%d,Anna %d,089 %d,0171 %d,Hauptstraße %d,%05d,%s,anna.%d@example.com,1\n",
-            i, i, i, 1000000 + i, 2000000 + i, i + 1, 10000 + i % 90000, (i % 2 ? "Köln" : "München"), i
+        printf "C%08d,Müller-%d,Anna %d,089 %07d,0171 %07d,Hauptstraße %d,%05d,%s,anna.%d@example.com,1\n",
+            i, i, i % 97, 1000000 + i % 8999999, 2000000 + i % 7999999, i % 200 + 1,
+            10000 + i % 89999, city[i % 8 + 1], i
 }' > "$dir/export.csv"
 
 # A fresh emulator for each import, on a free port: its first line says where.
@@ -52,6 +54,7 @@ path = "state"
 name = "profile"
 campaign_id = 538
 default_country = "DE"
+reset_when_changed = ["Round"]
 [job.source]
 type = "csv"
 path = "export.csv"

@@ -222,17 +222,13 @@ impl JobState {
                 return Ok(());
             }
         }
-        // `Some(None)`: a new key's hash is another's, so no digest.
-        let known = {
-            let mut cache = self.cache()?;
-            match cache.patched.take() {
-                Some(patched) => Some(patched.finish().map(Arc::new)),
-                None => cache.base.clone().map(Some),
-            }
-        };
-        let digest = match known {
-            Some(d) => d,
-            None => {
+        let patched = self.cache()?.patched.take();
+        let base = self.cache()?.base.clone();
+        let digest = match (patched, base) {
+            // `None`: a new key's hash is another's, so no digest.
+            (Some(patched), _) => patched.finish().map(Arc::new),
+            (None, Some(base)) => Some(base),
+            (None, None) => {
                 let mut digest = Builder::default();
                 self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
                 digest.finish().map(Arc::new)
