@@ -67,7 +67,7 @@ pub use outcomes::{
 };
 pub use state::Outcome;
 // The state database.
-pub use state::{move_aside, StateError, Store};
+pub use state::{move_aside, Compacted, StateError, Store};
 // Text made safe for a terminal or a log line.
 pub use escape::printable;
 pub use metrics::{ApiMetrics, Metrics};

@@ -1,4 +1,5 @@
-//! `dialsync state rebuild`: a job's state rebuilt from the dialler's contacts.
+//! `dialsync state rebuild`: a job's state rebuilt from the dialler's contacts;
+//! `dialsync state compact`: the state database written afresh.
 
 use anyhow::Context;
 use dialsync::select_jobs;
@@ -11,20 +12,57 @@ use dialsync::{StateError, Store};
 
 use super::{connect, Failure};
 
-/// `state rebuild`: each selected job's state from its campaign on the dialler.
-pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
+/// Refuses while the daemon runs on the state: it holds the database.
+async fn daemon_stopped(cfg: &Config, what: &str) -> Result<(), Failure> {
     let path = &cfg.state.path;
-    let socket = socket_path(path);
-    if connect(&socket).await?.is_some() {
+    if connect(&socket_path(path)).await?.is_some() {
         return Err(Failure::new(
             Exit::Aborted,
             anyhow::anyhow!(
                 "the daemon is running on this state ({}): stop it (`systemctl stop dialsync`), \
-                 rebuild, then start it again",
+                 {what}, then start it again",
                 path.display()
             ),
         ));
     }
+    Ok(())
+}
+
+/// `state compact`: the state database written afresh (see `dialsync::Store::compact`).
+pub(super) async fn compact(cfg: &Config) -> Result<Exit, Failure> {
+    daemon_stopped(cfg, "compact").await?;
+    let path = &cfg.state.path;
+    if !path.exists() {
+        return Err(Failure::new(
+            Exit::Aborted,
+            anyhow::anyhow!("there is no state at {} to compact", path.display()),
+        ));
+    }
+    let store =
+        Store::open_sized(path, cfg.state.cache_mb).map_err(|e| Failure::new(Exit::Aborted, e))?;
+    let cache_mb = cfg.state.cache_mb;
+    let done = tokio::task::spawn_blocking(move || store.compact(cache_mb))
+        .await
+        .map_err(|e| Failure::new(Exit::Aborted, anyhow::anyhow!(e)))?
+        .map_err(|e| Failure::new(Exit::Aborted, e))?;
+    let mb = |b: u64| b as f64 / 1e6;
+    outln!(
+        "compacted the state {}: {} records in {} trees, {:.0} MB on disk before, {:.0} MB \
+         after, {:.1} s",
+        path.display(),
+        done.records,
+        done.trees,
+        mb(done.bytes_before),
+        mb(done.bytes_after),
+        done.seconds
+    );
+    Ok(Exit::Ok)
+}
+
+/// `state rebuild`: each selected job's state from its campaign on the dialler.
+pub(super) async fn rebuild(cfg: &Config, job: Option<&str>) -> Result<Exit, Failure> {
+    let path = &cfg.state.path;
+    daemon_stopped(cfg, "rebuild").await?;
     let jobs = select_jobs(cfg, job).map_err(|e| Failure::new(e.exit(), e))?;
     let token = cfg
         .dialler

@@ -44,6 +44,16 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot compact the state into {path} (check that the folder is writable and the disk \
+         has room for a second copy of the state; the state was not changed unless this \
+         message says it was moved)"
+    )]
+    Compact {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the state's snapshot in {path}")]
     Snapshot {
         path: PathBuf,

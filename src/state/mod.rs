@@ -17,6 +17,7 @@
 //! (the truncated-export guard compares against it), and the run history
 //! ([`history`]).
 
+mod compact;
 pub(crate) mod digest;
 mod entry;
 mod error;
@@ -33,6 +34,7 @@ mod window;
 
 use std::collections::BTreeMap;
 
+pub use compact::Compacted;
 pub use entry::Entry;
 pub(crate) use entry::{in_doubt, LastOp, Pending};
 pub use error::StateError;

@@ -44,7 +44,7 @@ impl Flusher {
 }
 
 /// How the database at `path` is opened: with a page cache of `cache_mb`.
-fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
+pub(super) fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
     sled::Config::new()
         .path(path)
         .cache_capacity(cache_mb << 20)
@@ -88,6 +88,14 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
+        // Before anything looks at the path: a compaction cut short is completed or
+        // undone, unless one is running.
+        let held = super::compact::hold(path)
+            .map_err(io)?
+            .ok_or_else(|| StateError::Locked {
+                path: path.to_path_buf(),
+            })?;
+        super::compact::finish_interrupted(path, &held).map_err(io)?;
         super::private_dir(path).map_err(io)?;
         make_private(path).map_err(io)?;
         let key = load_or_create_key(path).map_err(|source| StateError::Key {

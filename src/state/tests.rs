@@ -553,3 +553,65 @@ fn a_rebuilds_scratch_is_outside_the_state_and_gone_when_dropped() {
     drop(scratch);
     assert!(!at.exists(), "removed with its last handle");
 }
+
+#[test]
+fn a_compaction_with_an_old_a_new_and_a_moved_database_is_left_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    store.job("j").unwrap().put("K1", &entry()).unwrap();
+    drop(store);
+    // Not a state the compaction leaves: which database is the state is not known.
+    for leftover in ["state.compact", "state.before-compact"] {
+        std::fs::create_dir(dir.path().join(leftover)).unwrap();
+    }
+    std::fs::write(dir.path().join("state.compact-done"), "").unwrap();
+    let e = Store::open(&path).err().expect("refused").to_string();
+    assert!(e.contains("cannot open the state database"), "{e}");
+    let source = format!("{:?}", Store::open(&path).err().unwrap());
+    assert!(source.contains("move the one you do not want"), "{source}");
+    // Nothing was moved.
+    for kept in [
+        "state",
+        "state.compact",
+        "state.before-compact",
+        "state.compact-done",
+    ] {
+        assert!(dir.path().join(kept).exists(), "{kept}");
+    }
+    // Once the operator moved the copy away, the state opens as it was.
+    std::fs::rename(
+        dir.path().join("state.compact"),
+        dir.path().join("elsewhere"),
+    )
+    .unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(store.job("j").unwrap().get("K1").unwrap().is_some());
+}
+
+#[test]
+fn an_open_during_a_compaction_leaves_its_copy_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    store.job("j").unwrap().put("K1", &entry()).unwrap();
+    drop(store);
+    // A compaction in progress (in another process, as far as flock can tell: another
+    // open file description): its copy, not yet marked complete.
+    let held = super::compact::hold(&path).unwrap().expect("free");
+    std::fs::create_dir(dir.path().join("state.compact")).unwrap();
+    assert!(matches!(
+        Store::open(&path).err().expect("refused"),
+        StateError::Locked { .. }
+    ));
+    assert!(
+        dir.path().join("state.compact").exists(),
+        "the copy being written is not taken for a crash's leftover"
+    );
+    drop(held);
+    // Once it is over (here: as if killed before the copy was complete), the next open
+    // discards the copy and the state is as it was.
+    let store = Store::open(&path).unwrap();
+    assert!(!dir.path().join("state.compact").exists());
+    assert!(store.job("j").unwrap().get("K1").unwrap().is_some());
+}

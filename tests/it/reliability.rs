@@ -959,3 +959,87 @@ fn a_plan_that_finds_no_room_on_disk_sends_nothing() {
     assert_eq!((code, count(&report, "imported")), (0, 39_999), "{report}");
     env.assert_holds_exactly(&all);
 }
+
+/// After `state compact` (whole, or killed at any step and then recovered by the next
+/// open), the state holds every contact as before: a changed row costs one update and
+/// nothing is imported again, and no leftover of the compaction stays beside the state.
+#[test]
+fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
+    for point in [
+        None,
+        Some("compact-copying"),
+        Some("compact-copied"),
+        Some("compact-moved-aside"),
+        Some("compact-swapped"),
+    ] {
+        let env = Env::new();
+        let all = rows(30, "Berlin");
+        env.write_rows(&all);
+        let (report, code) = env.sync(&[]);
+        assert_eq!((code, count(&report, "imported")), (0, 30), "{report}");
+
+        let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
+        compact
+            .args(["state", "compact", "--config", "dialsync.toml"])
+            .current_dir(env.path(""))
+            .env_remove("RUST_LOG");
+        if let Some(point) = point {
+            compact.env("DIALSYNC_FAILPOINT", point);
+        }
+        let out = compact.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match point {
+            None => {
+                assert!(out.status.success(), "{out:?}");
+                assert!(stdout.contains("compacted the state"), "{stdout}");
+            }
+            Some(point) => {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(out.status.signal(), Some(9), "{point}: {out:?}");
+            }
+        }
+
+        let mut changed = all.clone();
+        changed[6] = changed[6].replace("Berlin", "Bonn");
+        env.write_rows(&changed);
+        let before = env.requests().len();
+        let (report, code) = env.sync(&[]);
+        assert_eq!(code, 0, "{point:?}: {report}");
+        assert_eq!(
+            (
+                count(&report, "imported"),
+                count(&report, "updated"),
+                count(&report, "unchanged")
+            ),
+            (0, 1, 29),
+            "{point:?}: {report}"
+        );
+        let writes = env
+            .requests_since(before)
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .count();
+        assert_eq!(writes, 1, "{point:?}: one call for the one change");
+        env.assert_holds_exactly(&changed);
+        for leftover in [
+            "state.compact",
+            "state.compact-done",
+            "state.before-compact",
+        ] {
+            assert!(
+                !env.path(leftover).exists(),
+                "{point:?}: {leftover} is left"
+            );
+        }
+    }
+}
+
+#[test]
+fn state_compact_refuses_without_a_state() {
+    let env = Env::new();
+    let out = env.dialsync(&["state", "compact", "--config", "dialsync.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("there is no state at"), "{stderr}");
+    assert!(!env.path("state").exists(), "nothing was created");
+}

@@ -1,0 +1,277 @@
+//! `dialsync state compact`: the state database written afresh, with the same records.
+//!
+//! sled 0.34 keeps, for every page of the database, a list of the fragments that make it
+//! up on disk, and loads that list for every page whenever the database is opened. A
+//! write to a record that exists already adds a fragment to its page (a page is rewritten
+//! whole only at its tenth), and a removed page stays listed as free. So after runs that
+//! rewrite most entries (a campaign changed in full, the first sync after a `state
+//! rebuild`, mass removals) a state of a million contacts takes 100-150 MB to open, where
+//! the same records written once in key order take about 35 MB. Compaction writes every
+//! record of every tree into a new database beside the state, in key order, and puts it
+//! in the state's place.
+//!
+//! The swap survives a crash at any point: the copy is made durable and then marked
+//! complete (`<state>.compact-done`) before the state is touched; the old database is
+//! renamed to `<state>.before-compact`, the copy to `<state>`, and the two leftovers are
+//! removed. [`finish_interrupted`], called before every open, completes a marked swap
+//! and discards an unmarked copy, so a state is always either the old database or the
+//! complete copy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{private_dir, StateError, Store};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default)]
+pub struct Compacted {
+    /// Trees copied (the jobs' entries, journals, outcomes, history and the per-store
+    /// records).
+    pub trees: usize,
+    /// Records copied.
+    pub records: u64,
+    /// The database's files on disk before and after, in bytes.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub seconds: f64,
+}
+
+/// `<state>.compact`: where the copy is written.
+fn copy_path(state: &Path) -> PathBuf {
+    sibling(state, "compact")
+}
+
+/// `<state>.compact-done`: the copy is complete and durable.
+fn done_marker(state: &Path) -> PathBuf {
+    sibling(state, "compact-done")
+}
+
+/// `<state>.before-compact`: the old database while the two change places.
+fn old_path(state: &Path) -> PathBuf {
+    sibling(state, "before-compact")
+}
+
+fn sibling(state: &Path, suffix: &str) -> PathBuf {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The bytes of the files in `dir` and its folders.
+fn size_of(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => size_of(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Makes a rename or removal in the folder that holds `path` durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
+}
+
+fn remove_dir_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn remove_file_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `<state>.lock`: held by a compaction from start to end, and by every open of the
+/// state while it looks for a compaction's leftovers (sled's own lock covers the database
+/// only while it is open, not while the copy and the state change places).
+fn lock_path(state: &Path) -> PathBuf {
+    sibling(state, "lock")
+}
+
+/// An exclusive hold of `<state>.lock`, let go when dropped (or when the process ends,
+/// even by `kill -9`). Without a file (`None`): this user cannot make one beside the state
+/// (the folder is not theirs), so no compaction of theirs can be running either.
+pub(super) struct Hold(#[allow(dead_code)] Option<std::fs::File>);
+
+/// Takes the hold of the state at `state`; `None` if another process has it.
+pub(super) fn hold(state: &Path) -> std::io::Result<Option<Hold>> {
+    use std::io::ErrorKind::PermissionDenied;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = lock_path(state);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+    {
+        Err(e) if e.kind() == PermissionDenied => match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if matches!(e.kind(), PermissionDenied | std::io::ErrorKind::NotFound) => {
+                return Ok(Some(Hold(None)))
+            }
+            Err(e) => return Err(e),
+        },
+        other => other?,
+    };
+    // SAFETY: flock on a descriptor this function owns has no other precondition.
+    #[allow(unsafe_code)]
+    let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if taken == 0 {
+        return Ok(Some(Hold(Some(file))));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// Completes a compaction that a crash interrupted, or discards its copy: before the
+/// state at `state` is opened. Without a compaction's leftovers, it looks at three paths
+/// and does nothing. The caller holds [`hold`]: a compaction in progress is not
+/// interrupted.
+pub(super) fn finish_interrupted(state: &Path, held: &Hold) -> std::io::Result<()> {
+    let (copy, done, old) = (copy_path(state), done_marker(state), old_path(state));
+    if held.0.is_none() {
+        if done.exists() || copy.exists() || old.exists() {
+            return Err(std::io::Error::other(format!(
+                "a compaction of the state was interrupted, and this user cannot make {} to \
+                 finish it: run dialsync as the state's owner",
+                lock_path(state).display()
+            )));
+        }
+        return Ok(());
+    }
+    if done.exists() {
+        if copy.exists() {
+            if state.exists() {
+                if old.exists() {
+                    return Err(std::io::Error::other(format!(
+                        "a compaction was interrupted and {}, {} and {} all exist; move the \
+                         one you do not want out of the way and start again",
+                        state.display(),
+                        copy.display(),
+                        old.display()
+                    )));
+                }
+                std::fs::rename(state, &old)?;
+                sync_parent(state)?;
+            }
+            std::fs::rename(&copy, state)?;
+            sync_parent(state)?;
+            tracing::warn!(
+                state = %state.display(),
+                "a compaction of the state was interrupted after its copy was complete: \
+                 the copy is now the state"
+            );
+        }
+        std::fs::remove_file(&done)?;
+        sync_parent(state)?;
+        remove_dir_if_there(&old)?;
+    } else {
+        if copy.exists() {
+            tracing::warn!(
+                copy = %copy.display(),
+                "a compaction of the state was interrupted before its copy was complete: \
+                 the copy is removed, the state is as it was"
+            );
+        }
+        remove_dir_if_there(&copy)?;
+        remove_dir_if_there(&old)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Writes every record into a new database and puts it in this one's place (see the
+    /// module's text). Takes the store: the database must be closed for the swap. No
+    /// other handle of it may be alive (the CLI's `state compact` holds the only one).
+    pub fn compact(self, cache_mb: u64) -> Result<Compacted, StateError> {
+        let started = Instant::now();
+        let state = self.path.clone();
+        let copy = copy_path(&state);
+        let io = |source: std::io::Error| StateError::Compact {
+            path: copy.clone(),
+            source,
+        };
+        let _held = hold(&state)
+            .map_err(io)?
+            .ok_or_else(|| StateError::Locked {
+                path: state.clone(),
+            })?;
+        let db_err = |e: sled::Error| io(std::io::Error::other(e));
+        let bytes_before = size_of(&state);
+        remove_dir_if_there(&copy).map_err(io)?;
+        private_dir(&copy).map_err(io)?;
+        let mut out = Compacted {
+            bytes_before,
+            ..Compacted::default()
+        };
+        {
+            let fresh = super::store::sled_config(&copy, cache_mb)
+                .open()
+                .map_err(db_err)?;
+            for name in self.db.tree_names() {
+                let (from, to) = (
+                    self.db.open_tree(&name)?,
+                    fresh.open_tree(&name).map_err(db_err)?,
+                );
+                for kv in from.iter() {
+                    let (k, v) = kv?;
+                    to.insert(k, v).map_err(db_err)?;
+                    out.records += 1;
+                }
+                out.trees += 1;
+                crate::failpoint::hit("compact-copying");
+            }
+            fresh.flush().map_err(db_err)?;
+        }
+        self.db.flush()?;
+        drop(self);
+        // The copy is durable (sled's flush syncs its files); its folder entries too.
+        std::fs::File::open(&copy)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        let done = done_marker(&state);
+        std::fs::File::create(&done)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| sync_parent(&done))
+            .map_err(io)?;
+        crate::failpoint::hit("compact-copied");
+        let old = old_path(&state);
+        std::fs::rename(&state, &old)
+            .and_then(|()| sync_parent(&state))
+            .map_err(io)?;
+        crate::failpoint::hit("compact-moved-aside");
+        std::fs::rename(&copy, &state)
+            .and_then(|()| sync_parent(&state))
+            .map_err(io)?;
+        crate::failpoint::hit("compact-swapped");
+        remove_file_if_there(&done)
+            .and_then(|()| sync_parent(&done))
+            .and_then(|()| remove_dir_if_there(&old))
+            .map_err(io)?;
+        out.bytes_after = size_of(&state);
+        out.seconds = started.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
