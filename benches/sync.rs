@@ -16,7 +16,8 @@
 //!
 //! `DIALSYNC_BENCH=quick cargo bench` runs the 100k scenarios only, `DIALSYNC_BENCH=1m`
 //! the 1M-row ones only (import, no-op, 1% changed, outcomes, verification, all changed,
-//! rebuild, all removed), `DIALSYNC_BENCH=net` only those
+//! rebuild, all removed, then `state compact` and the verification again),
+//! `DIALSYNC_BENCH=net` only those
 //! about the network (latency, rate limit, load generator), `DIALSYNC_BENCH=sql` the
 //! 1M rows from a private PostgreSQL (started as the tests start it; `.ci/test`
 //! installs it) next to the same rows from the CSV file, `DIALSYNC_BENCH=idle` the
@@ -549,6 +550,30 @@ fn main() {
             None,
         );
         b.rss_target(&format!("1. peak RSS, {label} removals"), &o);
+
+        // The state written afresh (`state compact`), and the verification read again: what
+        // the runs before left in sled's page records, and what compaction gives back.
+        // Not target rows: the targets are measured above, without maintenance.
+        let (wall, rss_mb, out) = measure(dir.path(), &["state", "compact"]);
+        assert!(out.contains("compacted the state"), "{out}");
+        let compacted = Outcome {
+            wall,
+            plan: Duration::ZERO,
+            rss_mb,
+            calls: 0,
+            retries: 0,
+            rows: 0,
+            skipped: false,
+        };
+        b.row(&format!("state compact {label}"), &compacted, None);
+        // The export is still empty: every contact is locked already, nothing is sent.
+        let o = sync_with(dir.path(), &["--verify", "--force"]);
+        assert_eq!(o.calls, 1, "the listing only");
+        b.row(
+            &format!("verification read {label} after state compact"),
+            &o,
+            Some(baseline),
+        );
 
         // The client's throughput next to a plain reqwest loop on a fresh emulator, in
         // the same run.
