@@ -226,7 +226,7 @@ impl Store {
             bytes_before,
             ..Compacted::default()
         };
-        {
+        let copied = (|| -> Result<(), StateError> {
             let fresh = super::store::sled_config(&copy, cache_mb)
                 .open()
                 .map_err(db_err)?;
@@ -244,6 +244,12 @@ impl Store {
                 crate::failpoint::hit("compact-copying");
             }
             fresh.flush().map_err(db_err)?;
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            // A full disk, as a rule: the copy goes, the state was not touched.
+            let _ = remove_dir_if_there(&copy);
+            return Err(e);
         }
         self.db.flush()?;
         drop(self);

@@ -46,8 +46,8 @@ pub enum StateError {
     },
     #[error(
         "cannot compact the state into {path} (check that the folder is writable and the disk \
-         has room for a second copy of the state; the state was not changed unless this \
-         message says it was moved)"
+         has room for a second copy of the state): the state is as it was, or, if the copy \
+         was complete, the next command that opens it puts the copy in its place"
     )]
     Compact {
         path: PathBuf,

@@ -1043,3 +1043,70 @@ fn state_compact_refuses_without_a_state() {
     assert!(stderr.contains("there is no state at"), "{stderr}");
     assert!(!env.path("state").exists(), "nothing was created");
 }
+
+/// Promise: a compaction that finds no room for its copy stops with a message that says
+/// so, removes its copy, and leaves the state as it was.
+#[test]
+fn state_compact_on_a_full_disk_leaves_the_state_as_it_was() {
+    let env = Env::new();
+    let all = rows(3000, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!(
+            "SKIPPED state_compact_on_a_full_disk_leaves_the_state_as_it_was: it needs \
+             `unshare -rm` (util-linux, and user namespaces or root) to mount a small tmpfs"
+        );
+        return;
+    }
+    // The state on a tmpfs with room for far less than a second copy of it.
+    let script = r##"
+        set -e
+        mkdir -p full
+        mount -t tmpfs -o size=16m tmpfs full
+        cp -a state state.key full/
+        sed 's#^path = "state"#path = "full/state"#' dialsync.toml > full.toml
+        dd if=/dev/zero of=full/fill bs=4k 2>/dev/null || true
+        truncate -s -512K full/fill
+        set +e
+        "$BIN" state compact --config full.toml > out.txt 2> err.txt
+        echo $? > code
+        ls -a full > left.txt
+        rm -f full/fill
+        rm -rf state
+        cp -a full/state .
+    "##;
+    let status = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .current_dir(env.dir.path())
+        .env("BIN", env!("CARGO_BIN_EXE_dialsync"))
+        .env_remove("RUST_LOG")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the full-disk script failed");
+    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap();
+    let (code, stderr, left) = (read("code"), read("err.txt"), read("left.txt"));
+    assert_ne!(code.trim(), "0", "{stderr}");
+    assert!(stderr.contains("cannot compact the state"), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(
+        !left.contains("state.compact"),
+        "the copy is removed: {left}"
+    );
+    assert!(!left.contains("before-compact"), "{left}");
+
+    let mut changed = all.clone();
+    changed[100] = changed[100].replace("Köln", "Bonn");
+    env.write_rows(&changed);
+    let (report, code) = env.sync(&[]);
+    assert_eq!(
+        (code, count(&report, "imported"), count(&report, "updated")),
+        (0, 0, 1),
+        "{report}"
+    );
+    env.assert_holds_exactly(&changed);
+}
