@@ -196,6 +196,17 @@ pub(super) fn finish_interrupted(state: &Path, held: &Hold) -> std::io::Result<(
             );
         }
         remove_dir_if_there(&copy)?;
+        if old.exists() && !state.exists() {
+            // Not a state the swap leaves (the mark goes only after the copy took the
+            // state's place), but the old database is whole: it is the state again.
+            std::fs::rename(&old, state)?;
+            sync_parent(state)?;
+            tracing::warn!(
+                state = %state.display(),
+                "the state was found at {} without a complete compaction: moved back",
+                old.display()
+            );
+        }
         remove_dir_if_there(&old)?;
     }
     Ok(())

@@ -615,3 +615,16 @@ fn an_open_during_a_compaction_leaves_its_copy_alone() {
     assert!(!dir.path().join("state.compact").exists());
     assert!(store.job("j").unwrap().get("K1").unwrap().is_some());
 }
+
+#[test]
+fn a_state_moved_aside_without_a_complete_copy_is_moved_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    store.job("j").unwrap().put("K1", &entry()).unwrap();
+    drop(store);
+    std::fs::rename(&path, dir.path().join("state.before-compact")).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert!(store.job("j").unwrap().get("K1").unwrap().is_some());
+    assert!(!dir.path().join("state.before-compact").exists());
+}
