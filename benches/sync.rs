@@ -169,6 +169,22 @@ fn measure(dir: &Path, args: &[&str]) -> (Duration, f64, String) {
     (wall, rss, out)
 }
 
+/// A `dialsync` command other than `sync` (no report): its wall time and peak RSS as an
+/// outcome that made `calls` calls, and its stdout.
+fn command(dir: &Path, args: &[&str], calls: u64) -> (Outcome, String) {
+    let (wall, rss_mb, out) = measure(dir, args);
+    let o = Outcome {
+        wall,
+        plan: Duration::ZERO,
+        rss_mb,
+        calls,
+        retries: 0,
+        rows: 0,
+        skipped: false,
+    };
+    (o, out)
+}
+
 /// `dialsync sync` with `extra` arguments in `dir`, and what its report says.
 fn sync_with(dir: &Path, extra: &[&str]) -> Outcome {
     let mut args = vec!["sync", "--output", "json"];
@@ -519,16 +535,7 @@ fn main() {
 
         // The state rebuilt from the campaign, then the first sync after it: every
         // contact's lock state is unknown, so each is unlocked once.
-        let (wall, rss_mb, _) = measure(dir.path(), &["state", "rebuild"]);
-        let rebuilt = Outcome {
-            wall,
-            plan: Duration::ZERO,
-            rss_mb,
-            calls: 1,
-            retries: 0,
-            rows: 0,
-            skipped: false,
-        };
+        let (rebuilt, _) = command(dir.path(), &["state", "rebuild"], 1);
         b.row(&format!("state rebuild {label}"), &rebuilt, None);
         b.rss_target(&format!("1. peak RSS, state rebuild {label}"), &rebuilt);
         let o = sync(dir.path());
@@ -554,17 +561,8 @@ fn main() {
         // The state written afresh (`state compact`), and the verification read again: what
         // the runs before left in sled's page records, and what compaction gives back.
         // Not target rows: the targets are measured above, without maintenance.
-        let (wall, rss_mb, out) = measure(dir.path(), &["state", "compact"]);
+        let (compacted, out) = command(dir.path(), &["state", "compact"], 0);
         assert!(out.contains("compacted the state"), "{out}");
-        let compacted = Outcome {
-            wall,
-            plan: Duration::ZERO,
-            rss_mb,
-            calls: 0,
-            retries: 0,
-            rows: 0,
-            skipped: false,
-        };
         b.row(&format!("state compact {label}"), &compacted, None);
         // The export is still empty: every contact is locked already, nothing is sent.
         let o = sync_with(dir.path(), &["--verify", "--force"]);

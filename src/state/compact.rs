@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{private_dir, StateError, Store};
+use super::{beside, private_dir, private_file, sync_folder_of, StateError, Store};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Default)]
@@ -38,24 +38,17 @@ pub struct Compacted {
 
 /// `<state>.compact`: where the copy is written.
 fn copy_path(state: &Path) -> PathBuf {
-    sibling(state, "compact")
+    beside(state, "compact")
 }
 
 /// `<state>.compact-done`: the copy is complete and durable.
 fn done_marker(state: &Path) -> PathBuf {
-    sibling(state, "compact-done")
+    beside(state, "compact-done")
 }
 
 /// `<state>.before-compact`: the old database while the two change places.
 fn old_path(state: &Path) -> PathBuf {
-    sibling(state, "before-compact")
-}
-
-fn sibling(state: &Path, suffix: &str) -> PathBuf {
-    let mut name = state.as_os_str().to_owned();
-    name.push(".");
-    name.push(suffix);
-    PathBuf::from(name)
+    beside(state, "before-compact")
 }
 
 /// The bytes of the files in `dir` and its folders.
@@ -71,15 +64,6 @@ fn size_of(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// Makes a rename or removal in the folder that holds `path` durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(parent)?.sync_all()
 }
 
 fn remove_dir_if_there(path: &Path) -> std::io::Result<()> {
@@ -100,7 +84,7 @@ fn remove_file_if_there(path: &Path) -> std::io::Result<()> {
 /// state while it looks for a compaction's leftovers (sled's own lock covers the database
 /// only while it is open, not while the copy and the state change places).
 fn lock_path(state: &Path) -> PathBuf {
-    sibling(state, "lock")
+    beside(state, "lock")
 }
 
 /// An exclusive hold of `<state>.lock`, let go when dropped (or when the process ends,
@@ -151,43 +135,18 @@ pub(super) fn hold(state: &Path) -> std::io::Result<Option<Hold>> {
 /// interrupted.
 pub(super) fn finish_interrupted(state: &Path, held: &Hold) -> std::io::Result<()> {
     let (copy, done, old) = (copy_path(state), done_marker(state), old_path(state));
-    if held.0.is_none() {
-        if done.exists() || copy.exists() || old.exists() {
-            return Err(std::io::Error::other(format!(
-                "a compaction of the state was interrupted, and this user cannot make {} to \
-                 finish it: run dialsync as the state's owner",
-                lock_path(state).display()
-            )));
-        }
+    if !(done.exists() || copy.exists() || old.exists()) {
         return Ok(());
     }
-    if done.exists() {
-        if copy.exists() {
-            if state.exists() {
-                if old.exists() {
-                    return Err(std::io::Error::other(format!(
-                        "a compaction was interrupted and {}, {} and {} all exist; move the \
-                         one you do not want out of the way and start again",
-                        state.display(),
-                        copy.display(),
-                        old.display()
-                    )));
-                }
-                std::fs::rename(state, &old)?;
-                sync_parent(state)?;
-            }
-            std::fs::rename(&copy, state)?;
-            sync_parent(state)?;
-            tracing::warn!(
-                state = %state.display(),
-                "a compaction of the state was interrupted after its copy was complete: \
-                 the copy is now the state"
-            );
-        }
-        std::fs::remove_file(&done)?;
-        sync_parent(state)?;
-        remove_dir_if_there(&old)?;
-    } else {
+    if held.0.is_none() {
+        return Err(std::io::Error::other(format!(
+            "a compaction of the state was interrupted, and this user cannot make {} to \
+             finish it: run dialsync as the state's owner",
+            lock_path(state).display()
+        )));
+    }
+    if !done.exists() {
+        // The copy was not complete: the old database is the state.
         if copy.exists() {
             tracing::warn!(
                 copy = %copy.display(),
@@ -200,16 +159,42 @@ pub(super) fn finish_interrupted(state: &Path, held: &Hold) -> std::io::Result<(
             // Not a state the swap leaves (the mark goes only after the copy took the
             // state's place), but the old database is whole: it is the state again.
             std::fs::rename(&old, state)?;
-            sync_parent(state)?;
+            sync_folder_of(state)?;
             tracing::warn!(
                 state = %state.display(),
                 "the state was found at {} without a complete compaction: moved back",
                 old.display()
             );
         }
-        remove_dir_if_there(&old)?;
+        return remove_dir_if_there(&old);
     }
-    Ok(())
+    if copy.exists() {
+        // Complete: the copy takes the state's place (the state moved aside first,
+        // unless that happened before the crash).
+        if state.exists() && old.exists() {
+            return Err(std::io::Error::other(format!(
+                "a compaction was interrupted and {}, {} and {} all exist; move the one you \
+                 do not want out of the way and start again",
+                state.display(),
+                copy.display(),
+                old.display()
+            )));
+        }
+        if state.exists() {
+            std::fs::rename(state, &old)?;
+            sync_folder_of(state)?;
+        }
+        std::fs::rename(&copy, state)?;
+        sync_folder_of(state)?;
+        tracing::warn!(
+            state = %state.display(),
+            "a compaction of the state was interrupted after its copy was complete: the \
+             copy is now the state"
+        );
+    }
+    std::fs::remove_file(&done)?;
+    sync_folder_of(state)?;
+    remove_dir_if_there(&old)
 }
 
 impl Store {
@@ -262,29 +247,29 @@ impl Store {
             let _ = remove_dir_if_there(&copy);
             return Err(e);
         }
-        self.db.flush()?;
+        // Nothing was written to the old database: closed as it is.
         drop(self);
         // The copy is durable (sled's flush syncs its files); its folder entries too.
         std::fs::File::open(&copy)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
         let done = done_marker(&state);
-        std::fs::File::create(&done)
+        private_file(&done)
             .and_then(|f| f.sync_all())
-            .and_then(|()| sync_parent(&done))
+            .and_then(|()| sync_folder_of(&done))
             .map_err(io)?;
         crate::failpoint::hit("compact-copied");
         let old = old_path(&state);
         std::fs::rename(&state, &old)
-            .and_then(|()| sync_parent(&state))
+            .and_then(|()| sync_folder_of(&state))
             .map_err(io)?;
         crate::failpoint::hit("compact-moved-aside");
         std::fs::rename(&copy, &state)
-            .and_then(|()| sync_parent(&state))
+            .and_then(|()| sync_folder_of(&state))
             .map_err(io)?;
         crate::failpoint::hit("compact-swapped");
         remove_file_if_there(&done)
-            .and_then(|()| sync_parent(&done))
+            .and_then(|()| sync_folder_of(&done))
             .and_then(|()| remove_dir_if_there(&old))
             .map_err(io)?;
         out.bytes_after = size_of(&state);

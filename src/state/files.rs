@@ -24,29 +24,38 @@ pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
+/// `<state>.<suffix>`: a file or folder beside the state's database, not in it.
+pub(super) fn beside(state: &Path, suffix: &str) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".");
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Makes the creation, rename or removal of `path` durable: syncs the folder that
+/// holds it.
+pub(crate) fn sync_folder_of(path: &Path) -> std::io::Result<()> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// Where the secret of the state at `state` is kept: beside the database, not in it
 /// (`/var/lib/dialsync/state.key` for `/var/lib/dialsync/state`), so that a copy of the
 /// database alone reveals no value.
 pub(crate) fn key_path(state: &Path) -> PathBuf {
-    let mut p = state.as_os_str().to_owned();
-    p.push(".key");
-    PathBuf::from(p)
+    beside(state, "key")
 }
 
 /// The folder beside the state at `state` for a run's temporary files (downloads, the
 /// spooled plan, a rebuild's scratch database): `/var/lib/dialsync/state.downloads`.
 pub(crate) fn downloads_path(state: &Path) -> PathBuf {
-    let mut p = state.as_os_str().to_owned();
-    p.push(".downloads");
-    PathBuf::from(p)
+    beside(state, "downloads")
 }
 
 /// The folder beside the state at `state` for its jobs' digests (see
 /// [`crate::state::digest::Seal`]): `/var/lib/dialsync/state.digests`.
 pub(crate) fn digests_path(state: &Path) -> PathBuf {
-    let mut p = state.as_os_str().to_owned();
-    p.push(".digests");
-    PathBuf::from(p)
+    beside(state, "digests")
 }
 
 /// The state's secret: read, or made (32 random bytes, 0600, written durably) when there
@@ -75,9 +84,7 @@ pub(super) fn load_or_create_key(state: &Path) -> std::io::Result<HashKey> {
                 .open(&path)?;
             f.write_all(key.bytes())?;
             f.sync_all()?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            sync_folder_of(&path)?;
             Ok(key)
         }
         Err(e) => Err(e),
@@ -169,6 +176,5 @@ pub(crate) fn replace_durably(file: std::fs::File, tmp: &Path, path: &Path) -> s
     file.sync_all()?;
     drop(file);
     std::fs::rename(tmp, path)?;
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-    std::fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()
+    sync_folder_of(path)
 }

@@ -554,13 +554,18 @@ fn a_rebuilds_scratch_is_outside_the_state_and_gone_when_dropped() {
     assert!(!at.exists(), "removed with its last handle");
 }
 
-#[test]
-fn a_compaction_with_an_old_a_new_and_a_moved_database_is_left_to_the_operator() {
+/// A state at `<dir>/state` whose job `j` holds an entry for K1, closed.
+fn state_holding_k1() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state");
     let store = Store::open(&path).unwrap();
     store.job("j").unwrap().put("K1", &entry()).unwrap();
-    drop(store);
+    (dir, path)
+}
+
+#[test]
+fn a_compaction_with_an_old_a_new_and_a_moved_database_is_left_to_the_operator() {
+    let (dir, path) = state_holding_k1();
     // Not a state the compaction leaves: which database is the state is not known.
     for leftover in ["state.compact", "state.before-compact"] {
         std::fs::create_dir(dir.path().join(leftover)).unwrap();
@@ -591,11 +596,7 @@ fn a_compaction_with_an_old_a_new_and_a_moved_database_is_left_to_the_operator()
 
 #[test]
 fn an_open_during_a_compaction_leaves_its_copy_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state");
-    let store = Store::open(&path).unwrap();
-    store.job("j").unwrap().put("K1", &entry()).unwrap();
-    drop(store);
+    let (dir, path) = state_holding_k1();
     // A compaction in progress (in another process, as far as flock can tell: another
     // open file description): its copy, not yet marked complete.
     let held = super::compact::hold(&path).unwrap().expect("free");
@@ -618,11 +619,7 @@ fn an_open_during_a_compaction_leaves_its_copy_alone() {
 
 #[test]
 fn a_state_moved_aside_without_a_complete_copy_is_moved_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state");
-    let store = Store::open(&path).unwrap();
-    store.job("j").unwrap().put("K1", &entry()).unwrap();
-    drop(store);
+    let (dir, path) = state_holding_k1();
     std::fs::rename(&path, dir.path().join("state.before-compact")).unwrap();
     let store = Store::open(&path).unwrap();
     assert!(store.job("j").unwrap().get("K1").unwrap().is_some());

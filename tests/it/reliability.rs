@@ -800,6 +800,16 @@ fn an_unkeyed_state_migrates_without_api_calls() {
 /// tmpfs in a private mount namespace, filled up), then copies the state back as the
 /// run left it. `None` (and a loud note) where no mount namespace can be made.
 fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)> {
+    on_a_full_disk(env, room_kb, "sync --config full.toml --output json")
+        .map(|(code, stdout, stderr, _)| (code, stdout, stderr))
+}
+
+/// Runs `dialsync {args}` (with `--config full.toml`, the config with the state on the
+/// full file system: a tmpfs in a private mount namespace with `room_kb` free), then
+/// copies the state back as it was left there. Its exit code, stdout, stderr and the
+/// names in the full file system's folder. `None` (and a loud note) where no mount
+/// namespace can be made.
+fn on_a_full_disk(env: &Env, room_kb: u32, args: &str) -> Option<(i32, String, String, String)> {
     let probe = std::process::Command::new("unshare")
         .args(["-rm", "true"])
         .stderr(std::process::Stdio::null())
@@ -820,8 +830,9 @@ fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)>
         dd if=/dev/zero of=full/fill bs=4k 2>/dev/null || true
         truncate -s "-${ROOM_KB}K" full/fill
         set +e
-        "$BIN" sync --config full.toml --output json > out.json 2> err.txt
+        "$BIN" $ARGS > out.json 2> err.txt
         echo $? > code
+        ls -a full > left.txt
         rm -f full/fill
         rm -rf state state.snapshots
         cp -a full/state full/state.snapshots .
@@ -831,6 +842,7 @@ fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)>
         .current_dir(env.dir.path())
         .env("BIN", env!("CARGO_BIN_EXE_dialsync"))
         .env("ROOM_KB", room_kb.to_string())
+        .env("ARGS", args)
         .env_remove("RUST_LOG")
         .status()
         .unwrap();
@@ -840,6 +852,7 @@ fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)>
         read("code").trim().parse().unwrap(),
         read("out.json"),
         read("err.txt"),
+        read("left.txt"),
     ))
 }
 
@@ -1052,45 +1065,13 @@ fn state_compact_on_a_full_disk_leaves_the_state_as_it_was() {
     let all = rows(3000, "Köln");
     env.write_rows(&all);
     assert_eq!(env.sync(&[]).1, 0);
-    let probe = std::process::Command::new("unshare")
-        .args(["-rm", "true"])
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        eprintln!(
-            "SKIPPED state_compact_on_a_full_disk_leaves_the_state_as_it_was: it needs \
-             `unshare -rm` (util-linux, and user namespaces or root) to mount a small tmpfs"
-        );
+    // The state on a file system with room for far less than a second copy of it.
+    let Some((code, _, stderr, left)) =
+        on_a_full_disk(&env, 512, "state compact --config full.toml")
+    else {
         return;
-    }
-    // The state on a tmpfs with room for far less than a second copy of it.
-    let script = r##"
-        set -e
-        mkdir -p full
-        mount -t tmpfs -o size=16m tmpfs full
-        cp -a state state.key full/
-        sed 's#^path = "state"#path = "full/state"#' dialsync.toml > full.toml
-        dd if=/dev/zero of=full/fill bs=4k 2>/dev/null || true
-        truncate -s -512K full/fill
-        set +e
-        "$BIN" state compact --config full.toml > out.txt 2> err.txt
-        echo $? > code
-        ls -a full > left.txt
-        rm -f full/fill
-        rm -rf state
-        cp -a full/state .
-    "##;
-    let status = std::process::Command::new("unshare")
-        .args(["-rm", "sh", "-c", script])
-        .current_dir(env.dir.path())
-        .env("BIN", env!("CARGO_BIN_EXE_dialsync"))
-        .env_remove("RUST_LOG")
-        .status()
-        .unwrap();
-    assert!(status.success(), "the full-disk script failed");
-    let read = |f: &str| std::fs::read_to_string(env.path(f)).unwrap();
-    let (code, stderr, left) = (read("code"), read("err.txt"), read("left.txt"));
-    assert_ne!(code.trim(), "0", "{stderr}");
+    };
+    assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("cannot compact the state"), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     assert!(
