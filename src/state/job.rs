@@ -25,8 +25,9 @@ pub struct JobState {
     pub(super) failures: sled::Tree,
     /// UserData -> the outcome last delivered (see [`super::outcomes`]).
     pub(super) outcomes: sled::Tree,
-    /// The changed outcomes of the run in progress, until they are delivered.
-    pub(super) staged: sled::Tree,
+    /// The changed outcomes of the run in progress, until they are delivered: in a
+    /// scratch database of their own (see [`super::outcomes`]), made at a run's first.
+    pub(super) staged: Arc<Mutex<Option<sled::Db>>>,
     /// Webhook batches not yet accepted, by idempotency key.
     pub(super) outbox: sled::Tree,
     /// Every job's digest seal (see [`Seal`]), by job name.
@@ -67,7 +68,14 @@ impl JobState {
         self.flusher
             .db
             .drop_tree(format!("scratch/{}", self.name))?;
-        let path = super::downloads_path(&self.state_path).join(format!("rebuild-{}", self.name));
+        self.scratch_db("rebuild")
+    }
+
+    /// A new, empty scratch database of the job for `what` in
+    /// `<state>.downloads/<what>-<job>`: what an earlier one left there (a crash) is
+    /// removed first, and the database removes itself when its last handle is dropped.
+    pub(super) fn scratch_db(&self, what: &str) -> Result<sled::Db, StateError> {
+        let path = super::downloads_path(&self.state_path).join(format!("{what}-{}", self.name));
         let open = |source| StateError::Scratch {
             path: path.clone(),
             source,

@@ -359,7 +359,7 @@ impl Store {
             in_flight: self.db.open_tree(format!("inflight/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
             outcomes: self.db.open_tree(format!("outcomes/{name}"))?,
-            staged: self.db.open_tree(format!("outstaged/{name}"))?,
+            staged: Arc::default(),
             outbox: self.db.open_tree(format!("outbox/{name}"))?,
             digests: self.db.open_tree("digest")?,
             name: name.to_string(),

@@ -554,6 +554,48 @@ fn a_rebuilds_scratch_is_outside_the_state_and_gone_when_dropped() {
     assert!(!at.exists(), "removed with its last handle");
 }
 
+/// A run's staged outcomes are kept in a scratch database beside the state, not in it
+/// (a million staged and removed left 50 MB of page records in every later open); the
+/// commit moves them to the delivered ones and removes the scratch database. What a
+/// crashed run left (its scratch folder, or the tree an older version staged in) is gone
+/// at the next run's start.
+#[test]
+fn staged_outcomes_are_outside_the_state_and_gone_once_committed() {
+    use crate::state::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let old = store.db.open_tree("outstaged/a").unwrap();
+    old.insert("K9", "left by an older version").unwrap();
+    let at = dir.path().join("state.downloads/outcomes-a");
+    std::fs::create_dir_all(at.join("left by a crashed run")).unwrap();
+    let job = store.job("a").unwrap();
+    job.clear_staged().unwrap();
+    assert!(!at.exists(), "a crashed run's scratch folder is removed");
+    let outcome = |key: &str, tries| Outcome {
+        user_data: key.to_string(),
+        contact_id: 7,
+        tries,
+        ..Outcome::default()
+    };
+    job.stage_outcome(&outcome("K2", 1)).unwrap();
+    job.stage_outcome(&outcome("K1", 2)).unwrap();
+    assert!(at.is_dir());
+    let names = store.db.tree_names();
+    assert!(!names.iter().any(|n| n.starts_with(b"outstaged")));
+    let staged = job.staged_after(None, 10).unwrap();
+    let keys: Vec<&str> = staged.iter().map(|o| o.user_data.as_str()).collect();
+    assert_eq!(keys, ["K1", "K2"], "in UserData order");
+    assert_eq!(job.staged_after(Some("K1"), 10).unwrap().len(), 1);
+    assert!(job.delivered("K1").unwrap().is_none(), "not delivered before the commit");
+    job.commit_staged().unwrap();
+    assert!(!at.exists(), "removed once committed");
+    assert!(job.staged_after(None, 10).unwrap().is_empty());
+    let delivered = job.delivered("K1").unwrap().unwrap();
+    assert_eq!(delivered.outcome("K1").unwrap(), outcome("K1", 2));
+    assert_eq!(delivered.hash(), Some(outcome("K1", 2).hash()));
+}
+
 /// A state at `<dir>/state` whose job `j` holds an entry for K1, closed.
 fn state_holding_k1() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
