@@ -587,7 +587,10 @@ fn staged_outcomes_are_outside_the_state_and_gone_once_committed() {
     let keys: Vec<&str> = staged.iter().map(|o| o.user_data.as_str()).collect();
     assert_eq!(keys, ["K1", "K2"], "in UserData order");
     assert_eq!(job.staged_after(Some("K1"), 10).unwrap().len(), 1);
-    assert!(job.delivered("K1").unwrap().is_none(), "not delivered before the commit");
+    assert!(
+        job.delivered("K1").unwrap().is_none(),
+        "not delivered before the commit"
+    );
     job.commit_staged().unwrap();
     assert!(!at.exists(), "removed once committed");
     assert!(job.staged_after(None, 10).unwrap().is_empty());
