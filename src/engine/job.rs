@@ -145,9 +145,9 @@ struct Conditional {
 }
 
 /// What the state and the config of `job` are now, as one number (`None`: the state has
-/// no digest, so no fingerprint).
+/// no sealed digest, so no fingerprint).
 fn fingerprint(job: &JobConfig, state: &JobState) -> Result<Option<u64>, StateError> {
-    let Some(digest) = state.digest()? else {
+    let Some(entries) = state.identity()? else {
         return Ok(None);
     };
     let what = JobConfig {
@@ -157,7 +157,7 @@ fn fingerprint(job: &JobConfig, state: &JobState) -> Result<Option<u64>, StateEr
         ..job.clone()
     };
     let config = xxhash_rust::xxh3::xxh3_64(format!("{what:?}").as_bytes());
-    Ok(Some(config ^ digest.fingerprint().rotate_left(1)))
+    Ok(Some(config ^ entries.rotate_left(1)))
 }
 
 /// Whether an interrupted run left calls in flight or imports pending in `state`. Until

@@ -115,6 +115,12 @@ impl Seal {
         })
     }
 
+    /// The digest's identity: the same while no entry is written (the seal is removed
+    /// before the first write and made anew for the digest stored after it).
+    pub(crate) fn identity(&self) -> u64 {
+        self.hash ^ self.len.rotate_left(32)
+    }
+
     /// Whether `bytes` are the digest this seal was made for.
     pub(crate) fn matches(&self, bytes: &[u8]) -> bool {
         *self == Seal::of(bytes)
