@@ -20,7 +20,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{beside, private_dir, private_file, sync_folder_of, StateError, Store};
+use super::{
+    beside, private_dir, private_file, remove_dir_if_there, sync_folder_of, StateError, Store,
+};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Default)]
@@ -64,13 +66,6 @@ fn size_of(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn remove_dir_if_there(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 fn remove_file_if_there(path: &Path) -> std::io::Result<()> {

@@ -32,6 +32,14 @@ pub(super) fn beside(state: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Removes the folder at `path` with what is in it, if it is there.
+pub(crate) fn remove_dir_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Makes the creation, rename or removal of `path` durable: syncs the folder that
 /// holds it.
 pub(crate) fn sync_folder_of(path: &Path) -> std::io::Result<()> {

@@ -71,18 +71,30 @@ impl JobState {
         self.scratch_db("rebuild")
     }
 
+    /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.
+    fn scratch_path(&self, what: &str) -> PathBuf {
+        super::downloads_path(&self.state_path).join(format!("{what}-{}", self.name))
+    }
+
+    /// Removes what a scratch database for `what` left (a crash).
+    pub(super) fn remove_scratch(&self, what: &str) -> Result<(), StateError> {
+        let path = self.scratch_path(what);
+        super::remove_dir_if_there(&path).map_err(|e| StateError::Scratch {
+            path,
+            source: sled::Error::Io(e),
+        })
+    }
+
     /// A new, empty scratch database of the job for `what` in
     /// `<state>.downloads/<what>-<job>`: what an earlier one left there (a crash) is
     /// removed first, and the database removes itself when its last handle is dropped.
     pub(super) fn scratch_db(&self, what: &str) -> Result<sled::Db, StateError> {
-        let path = super::downloads_path(&self.state_path).join(format!("{what}-{}", self.name));
+        self.remove_scratch(what)?;
+        let path = self.scratch_path(what);
         let open = |source| StateError::Scratch {
             path: path.clone(),
             source,
         };
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| open(sled::Error::Io(e)))?;
-        }
         super::private_dir(&path).map_err(|e| open(sled::Error::Io(e)))?;
         sled::Config::new()
             .path(&path)
@@ -219,8 +231,9 @@ impl JobState {
     }
 
     /// What identifies the entries as they are, from the digest's seal alone (`None`:
-    /// none, as while entries are written): the digest itself, 17 MB for a million
-    /// entries, is not read. The seal stands for the entries, not for a readable file: one
+    /// none, as while entries are written): equal identities mean the entries plan alike
+    /// (a quiet run's shortcut and an HTTP export's conditional request rely on it). The
+    /// digest itself, 17 MB for a million entries, is not read. The seal stands for the entries, not for a readable file: one
     /// that does not match is found, and replaced, by the next run that plans.
     pub fn identity(&self) -> Result<Option<u64>, StateError> {
         let seal = self.digests.get(&self.name)?;

@@ -48,7 +48,9 @@ pub use store::Store;
 pub(crate) use store::{GuardTrip, Verified};
 
 use error::{held_elsewhere, is_damage};
-use files::{beside, load_or_create_key, make_private, refuse_as_root, sync_folder_of};
+use files::{
+    beside, load_or_create_key, make_private, refuse_as_root, remove_dir_if_there, sync_folder_of,
+};
 use store::Flusher;
 
 /// Read access to one job's state: what the planner needs.

@@ -128,20 +128,17 @@ impl JobState {
         Ok(())
     }
 
-    /// The scratch database of the staged outcomes, made if `make` and there is none.
-    fn staging(&self, make: bool) -> Result<Option<sled::Db>, StateError> {
-        let mut staged = crate::locking::lock(&self.staged);
-        if staged.is_none() && make {
-            *staged = Some(self.scratch_db(STAGING)?);
-        }
-        Ok(staged.clone())
-    }
-
-    /// Stages a changed outcome of the run in progress.
+    /// Stages a changed outcome of the run in progress (the scratch database is made at
+    /// the run's first).
     pub(crate) fn stage_outcome(&self, o: &Outcome) -> Result<(), StateError> {
-        if let Some(db) = self.staging(true)? {
-            db.insert(o.user_data.as_bytes(), encode(o))?;
-        }
+        let db = {
+            let mut staged = crate::locking::lock(&self.staged);
+            match &*staged {
+                Some(db) => db.clone(),
+                None => staged.insert(self.scratch_db(STAGING)?).clone(),
+            }
+        };
+        db.insert(o.user_data.as_bytes(), encode(o))?;
         Ok(())
     }
 
@@ -152,7 +149,7 @@ impl JobState {
         n: usize,
     ) -> Result<Vec<Outcome>, StateError> {
         let mut out = Vec::new();
-        let Some(db) = self.staging(false)? else {
+        let Some(db) = crate::locking::lock(&self.staged).clone() else {
             return Ok(out);
         };
         for kv in entries_after(&db, after).take(n) {
@@ -171,14 +168,7 @@ impl JobState {
         if db.tree_names().iter().any(|n| n == old.as_bytes()) {
             db.drop_tree(old)?;
         }
-        let left = super::downloads_path(&self.state_path).join(format!("{STAGING}-{}", self.name));
-        match std::fs::remove_dir_all(&left) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Scratch {
-                path: left,
-                source: sled::Error::Io(e),
-            }),
-            _ => Ok(()),
-        }
+        self.remove_scratch(STAGING)
     }
 
     /// The staged outcomes become the delivered ones (durable at the next flush), and
