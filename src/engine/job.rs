@@ -27,7 +27,7 @@ use crate::outcomes::{self, Delivers, Keep, OutcomesReport, PrepareError, Readin
 use crate::source::http::{self, Download, Fetched, Validators};
 use crate::source::{self, FileSeen, Hashed, Pages, SourceError};
 use crate::state::hashing::HashKey;
-use crate::state::{Entry, JobState, StateError, StateView, Store, Verified};
+use crate::state::{Entry, JobState, StateError, StateView, Store, Verified, Worn};
 
 /// Reads the export and plans it against `state` (empty when `None`); with an export
 /// file, what was read of it.
@@ -287,6 +287,14 @@ pub(super) async fn run_job(
             return;
         }
     };
+    if let Some(s) = state.clone() {
+        // A repack that stopped halfway in this process (see `state::repack`) is finished
+        // before anything reads the entries; only the job's own run does so.
+        if let Err(e) = blocking(move || s.finish_repacks()).await {
+            report.stop(Abort::state(Step::ReadState, e));
+            return;
+        }
+    }
     plan_and_execute(
         config,
         job,
@@ -303,6 +311,7 @@ pub(super) async fn run_job(
             // Only the next run's speed depends on it.
             tracing::warn!(error = %error_chain(&e), "could not store the state digest");
         }
+        repack(state).await;
         if let Some(store) = store {
             if let Err(e) = remember(store, job, state, report) {
                 tracing::warn!(error = %error_chain(&e), "could not store the export's validators (the next run downloads it whole)");
@@ -310,6 +319,40 @@ pub(super) async fn run_job(
         }
         // From the digest just stored (or counted, without one).
         report.contacts = Some(state.len() as u64);
+    }
+}
+
+/// `f` on a blocking thread: a state operation that can take seconds.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
+}
+
+/// Repacks the job's trees that runs rewrote in place (see `state::repack`): a few seconds
+/// for a million values, after which opening the state costs what a fresh one does.
+async fn repack(state: &JobState) {
+    let s = state.clone();
+    match blocking(move || s.repack_worn()).await {
+        Ok(done) => {
+            for r in done {
+                let tree = match r.tree {
+                    Worn::Entries => "entries",
+                    Worn::Outcomes => "delivered outcomes",
+                };
+                tracing::info!(
+                    values = r.values,
+                    seconds = format!("{:.1}", r.took.as_secs_f64()),
+                    "repacked the job's {tree} in the state (rewritten in place, they made every \
+                     open of the state load more page records)"
+                );
+            }
+        }
+        // The state is as it was (or finished at the next open): only the next runs' memory
+        // depends on it.
+        Err(e) => tracing::warn!(error = %error_chain(&e), "could not repack the state"),
     }
 }
 

@@ -26,7 +26,7 @@ pub enum StateError {
         source: sled::Error,
     },
     #[error(
-        "cannot make the rebuild's scratch database {path} (check that the folder is \
+        "cannot write {path}, a scratch copy beside the state (check that the folder is \
          writable and the disk has room; the state was not changed)"
     )]
     Scratch {
@@ -53,6 +53,16 @@ pub enum StateError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "job {job}'s state was being repacked when dialsync stopped, and the copy that \
+         finishes it, {path}, cannot be used ({why}); put the copy back, or run `dialsync state \
+         rebuild` to rebuild the job's state from the dialler"
+    )]
+    Repack {
+        path: PathBuf,
+        job: String,
+        why: String,
     },
     #[error("cannot write the state's snapshot in {path}")]
     Snapshot {

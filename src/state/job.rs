@@ -39,6 +39,8 @@ pub struct JobState {
     pub(super) state_path: PathBuf,
     /// Whether this handle made sure the snapshot is marked as older than the state.
     pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// The values this handle rewrote in place, per tree (see [`super::repack`]).
+    pub(super) rewrites: Arc<super::repack::Rewrites>,
 }
 
 /// The job's digest as this handle knows it: the stored one (read at the first need) and
@@ -72,7 +74,7 @@ impl JobState {
     }
 
     /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.
-    fn scratch_path(&self, what: &str) -> PathBuf {
+    pub(super) fn scratch_path(&self, what: &str) -> PathBuf {
         super::downloads_path(&self.state_path).join(format!("{what}-{}", self.name))
     }
 
@@ -406,6 +408,7 @@ impl JobState {
     pub fn clear(&self) -> Result<(), StateError> {
         self.before_entry_write()?;
         self.tree.clear()?;
+        self.forget_rewrites(super::repack::Worn::Entries)?;
         self.pending.clear()?;
         self.in_flight.clear()?;
         self.failures.clear()?;
@@ -422,13 +425,17 @@ impl JobState {
 
     pub fn put(&self, key: &str, entry: &Entry) -> Result<(), StateError> {
         self.before_entry_write()?;
-        self.tree.insert(key, entry.encode())?;
+        if self.tree.insert(key, entry.encode())?.is_some() {
+            self.rewrites.add(super::repack::Worn::Entries);
+        }
         self.after_entry_write(key, Some(entry))
     }
 
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
         self.before_entry_write()?;
-        self.tree.remove(key)?;
+        if self.tree.remove(key)?.is_some() {
+            self.rewrites.add(super::repack::Worn::Entries);
+        }
         self.after_entry_write(key, None)
     }
 

@@ -26,6 +26,7 @@ pub(crate) mod hashing;
 mod history;
 mod job;
 mod outcomes;
+mod repack;
 pub(crate) mod snapshot;
 mod store;
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub(crate) use files::{
 };
 pub(crate) use job::JobState;
 pub use outcomes::Outcome;
+pub(crate) use repack::Worn;
 pub use store::Store;
 pub(crate) use store::{GuardTrip, Verified};
 

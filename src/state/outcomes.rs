@@ -179,7 +179,9 @@ impl JobState {
         };
         for kv in db.iter() {
             let (k, v) = kv?;
-            self.outcomes.insert(k, v)?;
+            if self.outcomes.insert(k, v)?.is_some() {
+                self.rewrites.add(super::repack::Worn::Outcomes);
+            }
         }
         Ok(())
     }

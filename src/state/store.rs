@@ -106,6 +106,7 @@ impl Store {
             Ok(db) => {
                 let store = Store::on(db, path, key);
                 store.check_key()?;
+                store.finish_repacks()?;
                 Ok(store)
             }
             Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
@@ -367,6 +368,7 @@ impl Store {
             writes: Arc::clone(&self.writes),
             state_path: self.path.clone(),
             dirty: Arc::default(),
+            rewrites: Arc::default(),
         })
     }
 

@@ -670,3 +670,244 @@ fn a_state_moved_aside_without_a_complete_copy_is_moved_back() {
     assert!(store.job("j").unwrap().get("K1").unwrap().is_some());
     assert!(!dir.path().join("state.before-compact").exists());
 }
+
+/// `n` entries K0.. whose `id` is `id + i`.
+fn put_entries(job: &JobState, n: u64, id: i64) {
+    for i in 0..n {
+        let e = Entry {
+            id: id + i as i64,
+            ..entry()
+        };
+        job.put(&format!("K{i:05}"), &e).unwrap();
+    }
+}
+
+fn all_entries(job: &JobState) -> Vec<(String, Entry)> {
+    let mut all = Vec::new();
+    job.for_each(&mut |k, e| all.push((k.to_string(), e)))
+        .unwrap();
+    all
+}
+
+/// Promise: once the entries rewritten in place since the last repack reach half of the
+/// job's (counted across runs), the run's end writes the tree afresh and nothing changes
+/// in it; new entries are not rewrites, and no mark or copy is left.
+#[test]
+fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let run = || store.job("a").unwrap();
+    let first = run();
+    put_entries(&first, 3000, 0);
+    assert!(
+        first.repack_worn().unwrap().is_empty(),
+        "new entries are no rewrites"
+    );
+    // 1000 of 3000 rewritten: not yet half.
+    let second = run();
+    put_entries(&second, 1000, 10_000);
+    assert!(second.repack_worn().unwrap().is_empty());
+    // 1000 more (in a run of its own: the count is kept in the state), and one removal.
+    let third = run();
+    put_entries(&third, 1000, 20_000);
+    third.remove("K02999").unwrap();
+    let expected = all_entries(&third);
+    assert_eq!(expected.len(), 2999);
+    let done = third.repack_worn().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].tree, done[0].values), (Worn::Entries, 2999));
+    assert_eq!(all_entries(&run()), expected);
+    let meta = store.db.open_tree("meta").unwrap();
+    assert_eq!(meta.scan_prefix("repacking/").count(), 0, "no mark left");
+    assert_eq!(
+        meta.scan_prefix("worn/job/a").count(),
+        0,
+        "the count starts anew"
+    );
+    assert!(!dir.path().join("state.downloads/repack-entries-a").exists());
+    // Counted anew: one more rewrite is far from half.
+    let fourth = run();
+    put_entries(&fourth, 1, 30_000);
+    assert!(fourth.repack_worn().unwrap().is_empty());
+}
+
+/// Promise: delivered outcomes rewritten by a run (every contact called again) are
+/// repacked too, and read back the same.
+#[test]
+fn delivered_outcomes_rewritten_in_place_are_repacked() {
+    use crate::state::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let deliver = |tries| {
+        let job = store.job("a").unwrap();
+        for i in 0..1200 {
+            job.stage_outcome(&Outcome {
+                user_data: format!("K{i:05}"),
+                tries,
+                ..Outcome::default()
+            })
+            .unwrap();
+        }
+        job.commit_staged().unwrap();
+        job.repack_worn().unwrap()
+    };
+    assert!(deliver(1).is_empty());
+    let done = deliver(2);
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].tree, done[0].values), (Worn::Outcomes, 1200));
+    let job = store.job("a").unwrap();
+    let mut read = Vec::new();
+    job.for_each_outcome(None, &mut |o| read.push((o.user_data, o.tries)))
+        .unwrap();
+    assert_eq!(read.len(), 1200);
+    assert!(read.iter().all(|(_, tries)| *tries == 2));
+}
+
+/// A state at `<dir>/state` whose job `a` holds 2000 entries, and the copy a repack of
+/// them would make, as a crash would leave it: with the mark in the state or (`marked`
+/// false) without, and the tree emptied and filled again halfway (`half`) or untouched.
+fn repack_cut_short(marked: bool, half: bool) -> (tempfile::TempDir, Vec<(String, Entry)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    put_entries(&job, 2000, 0);
+    let all = all_entries(&job);
+    assert_eq!(job.copy(Worn::Entries).unwrap(), 2000);
+    if marked {
+        let meta = store.db.open_tree("meta").unwrap();
+        meta.insert("repacking/job/a", &2000u64.to_le_bytes())
+            .unwrap();
+    }
+    if half {
+        job.tree.clear().unwrap();
+        for (k, e) in all.iter().take(1000) {
+            job.tree.insert(k, e.encode()).unwrap();
+        }
+    }
+    store.db.flush().unwrap();
+    (dir, all)
+}
+
+/// Reopens the state at `<dir>/state` once sled has let go of it.
+fn reopen(dir: &Path) -> Result<Store, StateError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(&dir.join("state")) {
+            Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Promise: a repack cut short loses nothing. With its mark in the state the next open
+/// fills the tree again from the copy before anything reads it; without the mark the tree
+/// was never touched, and the copy is removed.
+#[test]
+fn a_repack_cut_short_is_finished_or_forgotten_at_the_next_open() {
+    for (marked, half) in [(false, false), (true, false), (true, true)] {
+        let (dir, all) = repack_cut_short(marked, half);
+        let store = reopen(dir.path()).unwrap();
+        let job = store.job("a").unwrap();
+        assert_eq!(all_entries(&job), all, "marked {marked}, half {half}");
+        let meta = store.db.open_tree("meta").unwrap();
+        assert_eq!(meta.scan_prefix("repacking/").count(), 0);
+        assert!(!dir.path().join("state.downloads/repack-entries-a").exists());
+    }
+}
+
+/// Promise: a mark whose copy is gone stops the open with an error that names the copy
+/// and what to do; the tree is not emptied.
+#[test]
+fn a_repack_mark_without_its_copy_is_an_error_not_an_empty_job() {
+    let (dir, _) = repack_cut_short(true, false);
+    let copy = dir.path().join("state.downloads/repack-entries-a");
+    let whole = std::fs::read(&copy).unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    let e = reopen(dir.path()).err().expect("refused");
+    let text = e.to_string();
+    assert!(matches!(e, StateError::Repack { .. }), "{e:?}");
+    assert!(text.contains(&copy.display().to_string()), "{text}");
+    assert!(text.contains("state rebuild"), "{text}");
+    // Cut short, or one byte changed: refused too, and the tree is left as it is.
+    std::fs::write(&copy, &whole[..whole.len() / 2]).unwrap();
+    let e = reopen(dir.path())
+        .err()
+        .expect("a copy cut short is refused");
+    assert!(e.to_string().contains("it is cut short"), "{e}");
+    let mut damaged = whole.clone();
+    damaged[whole.len() / 2] ^= 1;
+    std::fs::write(&copy, &damaged).unwrap();
+    let e = reopen(dir.path()).err().expect("a damaged copy is refused");
+    assert!(matches!(e, StateError::Repack { .. }), "{e:?}");
+    let db = sled::open(dir.path().join("state")).unwrap();
+    assert_eq!(
+        db.open_tree("job/a").unwrap().len(),
+        2000,
+        "the tree is as it was"
+    );
+    drop(db);
+    // The whole copy put back: the repack is finished.
+    std::fs::write(&copy, &whole).unwrap();
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(store.job("a").unwrap().tree.len(), 2000);
+    assert!(!copy.exists());
+}
+
+/// Promise: a repack whose copy cannot be written (here: something else in its place;
+/// a full disk fails the same way) changes nothing: the error names the path, the tree
+/// and the count are as they were, and the next run's end tries again.
+#[test]
+fn a_repack_that_cannot_write_its_copy_leaves_the_tree_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    put_entries(&job, 1500, 0);
+    put_entries(&job, 1500, 10_000);
+    let expected = all_entries(&job);
+    let copy = dir.path().join("state.downloads/repack-entries-a");
+    std::fs::create_dir_all(copy.join("in the way")).unwrap();
+    let e = job.repack_worn().expect_err("the copy cannot be written");
+    assert!(e.to_string().contains(&copy.display().to_string()), "{e}");
+    assert!(e.to_string().contains("the state was not changed"), "{e}");
+    assert_eq!(all_entries(&job), expected);
+    let meta = store.db.open_tree("meta").unwrap();
+    assert_eq!(meta.scan_prefix("repacking/").count(), 0, "no mark");
+    std::fs::remove_dir_all(&copy).unwrap();
+    let next = store.job("a").unwrap();
+    put_entries(&next, 1, 20_000);
+    let done = next.repack_worn().unwrap();
+    assert_eq!(
+        done.len(),
+        1,
+        "the count was kept: the next run's end repacks"
+    );
+    assert_eq!(all_entries(&next).len(), 1500);
+}
+
+/// Promise: a repack that stopped halfway while the state stays open (a daemon: a write
+/// failed while the tree was written again) is finished by the job's next run before it
+/// reads the entries.
+#[test]
+fn a_repack_stopped_halfway_in_a_running_process_is_finished_before_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    put_entries(&job, 2000, 0);
+    let all = all_entries(&job);
+    assert_eq!(job.copy(Worn::Entries).unwrap(), 2000);
+    let meta = store.db.open_tree("meta").unwrap();
+    meta.insert("repacking/job/a", &2000u64.to_le_bytes())
+        .unwrap();
+    job.tree.clear().unwrap();
+    let next = store.job("a").unwrap();
+    next.finish_repacks().unwrap();
+    assert_eq!(all_entries(&next), all);
+    assert_eq!(meta.scan_prefix("repacking/").count(), 0);
+    assert!(!dir.path().join("state.downloads/repack-entries-a").exists());
+    // Nothing to finish: nothing happens.
+    next.finish_repacks().unwrap();
+    assert_eq!(all_entries(&next), all);
+}

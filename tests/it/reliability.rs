@@ -293,7 +293,7 @@ fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
     damage_database(&env);
     // The snapshot too: nothing to restore from.
     std::fs::write(env.path("state.snapshots/leads.snap"), b"DSSNAP1\ncut").unwrap();
-    let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "-v"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("dialsync state rebuild"), "{stderr}");
@@ -1012,28 +1012,7 @@ fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
             }
         }
 
-        let mut changed = all.clone();
-        changed[6] = changed[6].replace("Berlin", "Bonn");
-        env.write_rows(&changed);
-        let before = env.requests().len();
-        let (report, code) = env.sync(&[]);
-        assert_eq!(code, 0, "{point:?}: {report}");
-        assert_eq!(
-            (
-                count(&report, "imported"),
-                count(&report, "updated"),
-                count(&report, "unchanged")
-            ),
-            (0, 1, 29),
-            "{point:?}: {report}"
-        );
-        let writes = env
-            .requests_since(before)
-            .into_iter()
-            .filter(|r| r.method != "GET")
-            .count();
-        assert_eq!(writes, 1, "{point:?}: one call for the one change");
-        env.assert_holds_exactly(&changed);
+        one_change_costs_one_call(&env, &all, ("Berlin", "Bonn"), &format!("{point:?}"));
         for leftover in [
             "state.compact",
             "state.compact-done",
@@ -1044,6 +1023,83 @@ fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
                 "{point:?}: {leftover} is left"
             );
         }
+    }
+}
+
+/// The state still holds every contact of `all` (the export as last synced): the city of
+/// one row changed from `from` to `to` costs one update and one call, nothing is imported
+/// again, and the dialler then holds exactly the new export (`what` names the case).
+fn one_change_costs_one_call(env: &Env, all: &[String], (from, to): (&str, &str), what: &str) {
+    let mut changed = all.to_vec();
+    changed[6] = changed[6].replace(from, to);
+    env.write_rows(&changed);
+    let before = env.requests().len();
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{what}: {report}");
+    assert_eq!(
+        (
+            count(&report, "imported"),
+            count(&report, "updated"),
+            count(&report, "unchanged")
+        ),
+        (0, 1, all.len() as u64 - 1),
+        "{what}: {report}"
+    );
+    let writes = env
+        .requests_since(before)
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(writes, 1, "{what}: one call for the one change");
+    env.assert_holds_exactly(&changed);
+}
+
+/// After a run that rewrote every entry (and so repacks them at its end, see
+/// `src/state/repack.rs`), whole or killed at any step of the repack and then finished by
+/// the next open, the state holds every contact as before: a changed row costs one update,
+/// nothing is imported again, and no copy stays beside the state.
+#[test]
+fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
+    // More than the 1000 rewrites below which nothing is repacked.
+    let n = 1200;
+    for point in [
+        None,
+        Some("repack-copied"),
+        Some("repack-marked"),
+        Some("repack-refilling"),
+        Some("repack-refilled"),
+    ] {
+        let env = Env::new();
+        env.write_rows(&rows(n, "Berlin"));
+        let (report, code) = env.sync(&[]);
+        assert_eq!(
+            (code, count(&report, "imported")),
+            (0, n as u64),
+            "{report}"
+        );
+        let all = rows(n, "Bonn");
+        env.write_rows(&all);
+        match point {
+            None => {
+                let out = env.dialsync(&["sync", "--config", "dialsync.toml", "-v"]);
+                assert!(out.status.success(), "{out:?}");
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(stderr.contains("repacked the job's entries"), "{stderr}");
+            }
+            Some(point) => env.sync_killed_at(point),
+        }
+
+        one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), &format!("{point:?}"));
+        let downloads = env.path("state.downloads");
+        let left: Vec<_> = std::fs::read_dir(&downloads)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !left
+                .iter()
+                .any(|f| f.to_string_lossy().starts_with("repack-")),
+            "{point:?}: {left:?}"
+        );
     }
 }
 

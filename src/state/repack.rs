@@ -1,0 +1,393 @@
+//! Repacking a job's trees that runs rewrote in place.
+//!
+//! sled 0.34 stores a page as its base and the changes made to it since, and consolidates
+//! only after ten of them: a value rewritten in place adds a record to its page. Every open
+//! of the state loads each page's list of records, so a million entries rewritten once (a
+//! full update, the first sync after a rebuild, a million removals) or a percent at a time
+//! over many runs roughly doubles what opening the state costs, for good (measured in
+//! BENCHMARKS.md: 80 MB before, 216 MB after). A tree emptied and filled again in key
+//! order is written as fresh pages, one record each. So once the values rewritten since
+//! the last repack reach half of a tree (and at least [`FLOOR`]), the run that found so at
+//! its end copies the tree to a file beside the state (`<state>.downloads/repack-<tree>-<job>`:
+//! read and written a value at a time, checksummed), marks the state, empties the tree and
+//! fills it again from the copy, then removes the mark and the copy.
+//!
+//! A crash at any step loses nothing: before the mark, the tree is untouched and the next
+//! open of the state removes the copy; with the mark, the next open fills the tree again
+//! from the copy (made durable before the mark) before anything reads it.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{JobState, StateError};
+
+/// Fewer rewrites than this never repack: a small tree's page records cost little.
+pub(crate) const FLOOR: u64 = 1000;
+
+/// The trees that are repacked, by what their scratch database is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Worn {
+    Entries,
+    Outcomes,
+}
+
+impl Worn {
+    fn what(self) -> &'static str {
+        match self {
+            Worn::Entries => "repack-entries",
+            Worn::Outcomes => "repack-outcomes",
+        }
+    }
+}
+
+/// The values a job handle rewrote in place (or removed), per tree, not yet added to the
+/// count stored in the state.
+#[derive(Default)]
+pub(super) struct Rewrites {
+    entries: AtomicU64,
+    outcomes: AtomicU64,
+}
+
+impl Rewrites {
+    fn of(&self, tree: Worn) -> &AtomicU64 {
+        match tree {
+            Worn::Entries => &self.entries,
+            Worn::Outcomes => &self.outcomes,
+        }
+    }
+
+    /// Counts one value rewritten or removed in `tree`.
+    pub(super) fn add(&self, tree: Worn) {
+        self.of(tree).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A tree repacked: how many values it holds, and how long it took.
+#[derive(Debug, Clone)]
+pub(crate) struct Repacked {
+    pub(crate) tree: Worn,
+    pub(crate) values: u64,
+    pub(crate) took: std::time::Duration,
+}
+
+/// Where the state counts a tree's rewrites since its last repack, and marks a repack
+/// under way (with the number of values the copy holds).
+fn worn_key(tree: &sled::Tree) -> Vec<u8> {
+    [b"worn/".as_slice(), &tree.name()].concat()
+}
+
+fn mark_key(tree: &sled::Tree) -> Vec<u8> {
+    [b"repacking/".as_slice(), &tree.name()].concat()
+}
+
+fn u64_of(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_le_bytes)
+}
+
+/// No key or value of the state is longer (a length above it is damage).
+const MAX_PART: u32 = 16 << 20;
+
+/// The copy's first line.
+const MAGIC: &[u8] = b"dialsync repack copy 1\n";
+
+/// Writes `tree` to the file at `path`: [`MAGIC`], each key and value with its length
+/// (u32, little-endian), then the number of values and the xxh3 of all before it (u64
+/// each); durable when it returns. How many values it wrote.
+fn write_copy(tree: &sled::Tree, path: &Path) -> std::io::Result<u64> {
+    let file = super::private_file(path)?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let mut put = |out: &mut BufWriter<std::fs::File>, bytes: &[u8]| {
+        hash.update(bytes);
+        out.write_all(bytes)
+    };
+    put(&mut out, MAGIC)?;
+    let mut values = 0u64;
+    for kv in tree.iter() {
+        let (k, v) = kv.map_err(std::io::Error::other)?;
+        for part in [&k[..], &v[..]] {
+            let len = u32::try_from(part.len()).map_err(std::io::Error::other)?;
+            put(&mut out, &len.to_le_bytes())?;
+            put(&mut out, part)?;
+        }
+        values += 1;
+    }
+    put(&mut out, &values.to_le_bytes())?;
+    let sum = hash.digest();
+    out.write_all(&sum.to_le_bytes())?;
+    let file = out
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    super::sync_folder_of(path)?;
+    Ok(values)
+}
+
+/// What a read of a copy does with each key and value.
+type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
+/// A copy being read: each part through the checksum.
+struct Reader {
+    input: BufReader<std::fs::File>,
+    hash: xxhash_rust::xxh3::Xxh3,
+}
+
+impl Reader {
+    fn take(&mut self, buf: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+        buf.resize(n, 0);
+        self.input.read_exact(buf)?;
+        self.hash.update(buf);
+        Ok(())
+    }
+
+    fn take_u64(&mut self, buf: &mut Vec<u8>) -> std::io::Result<u64> {
+        self.take(buf, 8)?;
+        Ok(u64::from_le_bytes(buf[..8].try_into().expect("8 bytes")))
+    }
+
+    /// The whole copy, which must hold `values`, each key and value given to `f`: what is
+    /// wrong with it, if anything (an error of `f` comes back as an error).
+    fn read(&mut self, values: u64, f: &mut Each<'_>) -> std::io::Result<Result<(), String>> {
+        let mut buf = Vec::new();
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        self.take(&mut buf, MAGIC.len())?;
+        if buf != MAGIC {
+            return Ok(Err("it is not a repack copy".into()));
+        }
+        for _ in 0..values {
+            for part in [&mut key, &mut value] {
+                self.take(&mut buf, 4)?;
+                let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                if len > MAX_PART {
+                    return Ok(Err("it is damaged".into()));
+                }
+                self.take(part, len as usize)?;
+            }
+            f(&key, &value).map_err(std::io::Error::other)?;
+        }
+        let n = self.take_u64(&mut buf)?;
+        let sum = self.hash.digest();
+        if n != values || self.take_u64(&mut buf)? != sum {
+            return Ok(Err(format!(
+                "it does not hold the {values} values it should"
+            )));
+        }
+        if !self.input.fill_buf()?.is_empty() {
+            return Ok(Err("it is longer than it should be".into()));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Reads the copy at `path`, which must hold `values`, giving each key and value to `f`:
+/// what is wrong with it, if anything (an error of `f` is returned as it is).
+fn read_copy(path: &Path, values: u64, f: &mut Each<'_>) -> Result<Result<(), String>, StateError> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let mut reader = Reader {
+        input: BufReader::with_capacity(1 << 16, file),
+        hash: xxhash_rust::xxh3::Xxh3::new(),
+    };
+    match reader.read(values, f) {
+        Ok(r) => Ok(r),
+        Err(e) => match e.downcast::<StateError>() {
+            Ok(state) => Err(state),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Err(format!(
+                "it is cut short (it should hold {values} values)"
+            ))),
+            Err(e) => Ok(Err(e.to_string())),
+        },
+    }
+}
+
+impl JobState {
+    fn worn_tree(&self, tree: Worn) -> &sled::Tree {
+        match tree {
+            Worn::Entries => &self.tree,
+            Worn::Outcomes => &self.outcomes,
+        }
+    }
+
+    fn meta(&self) -> Result<sled::Tree, StateError> {
+        Ok(self.flusher.db.open_tree("meta")?)
+    }
+
+    /// At the end of a run: adds this handle's rewrites to the state's counts, and repacks
+    /// each tree whose count reached half of it (see the module's text). Durable when it
+    /// returns.
+    pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
+        let meta = self.meta()?;
+        let mut done = Vec::new();
+        for tree in [Worn::Entries, Worn::Outcomes] {
+            let now = self.rewrites.of(tree).swap(0, Ordering::Relaxed);
+            let t = self.worn_tree(tree);
+            let key = worn_key(t);
+            let before = meta.get(&key)?.as_deref().and_then(u64_of).unwrap_or(0);
+            let total = before.saturating_add(now);
+            if now > 0 {
+                // Kept until a repack succeeds.
+                meta.insert(&key, &total.to_le_bytes())?;
+            }
+            // Counting reads the tree: only once the floor is reached.
+            if total < FLOOR || total.saturating_mul(2) < u64::try_from(t.len()).unwrap_or(u64::MAX)
+            {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let values = self.repack(tree)?;
+            meta.remove(&key)?;
+            done.push(Repacked {
+                tree,
+                values,
+                took: started.elapsed(),
+            });
+        }
+        self.flusher.now()?;
+        Ok(done)
+    }
+
+    /// Forgets the rewrites counted for `tree` (emptied: what is written next is new).
+    pub(super) fn forget_rewrites(&self, tree: Worn) -> Result<(), StateError> {
+        self.rewrites.of(tree).store(0, Ordering::Relaxed);
+        self.meta()?.remove(worn_key(self.worn_tree(tree)))?;
+        Ok(())
+    }
+
+    /// The copy of `tree` made by a repack.
+    pub(super) fn copy_path(&self, tree: Worn) -> std::path::PathBuf {
+        self.scratch_path(tree.what())
+    }
+
+    /// Repacks `tree`: copied durably, marked, emptied, filled again, unmarked.
+    fn repack(&self, tree: Worn) -> Result<u64, StateError> {
+        let t = self.worn_tree(tree);
+        let path = self.copy_path(tree);
+        let values = self.copy(tree).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+        crate::failpoint::hit("repack-copied");
+        self.meta()?.insert(mark_key(t), &values.to_le_bytes())?;
+        self.flusher.now()?;
+        crate::failpoint::hit("repack-marked");
+        self.refill(tree, values)
+            .inspect_err(|e| tracing::warn!(error = %e, "a repack stopped halfway: the next open of the state finishes it"))?;
+        Ok(values)
+    }
+
+    /// Writes the copy of `tree` (see [`write_copy`]).
+    pub(super) fn copy(&self, tree: Worn) -> Result<u64, StateError> {
+        let path = self.copy_path(tree);
+        let failed = |e: std::io::Error| StateError::Scratch {
+            path: path.clone(),
+            source: sled::Error::Io(e),
+        };
+        super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
+        write_copy(self.worn_tree(tree), &path).map_err(failed)
+    }
+
+    /// Empties `tree` and fills it from its copy (which holds `values`, checked before
+    /// the tree is touched: a copy that is not whole leaves it as it is), then removes the
+    /// mark and the copy, durably.
+    fn refill(&self, tree: Worn, values: u64) -> Result<(), StateError> {
+        let t = self.worn_tree(tree);
+        let path = self.copy_path(tree);
+        let bad = |why| self.lost_copy(tree, why);
+        read_copy(&path, values, &mut |_, _| Ok(()))?.map_err(bad)?;
+        t.clear()?;
+        let mut n = 0u64;
+        read_copy(&path, values, &mut |k, v| {
+            t.insert(k, v)?;
+            n += 1;
+            if n == values / 2 {
+                crate::failpoint::hit("repack-refilling");
+            }
+            Ok(())
+        })?
+        .map_err(bad)?;
+        self.flusher.now()?;
+        crate::failpoint::hit("repack-refilled");
+        self.meta()?.remove(mark_key(t))?;
+        self.flusher.now()?;
+        self.remove_copy(tree)
+    }
+
+    fn remove_copy(&self, tree: Worn) -> Result<(), StateError> {
+        let path = self.copy_path(tree);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Scratch {
+                path,
+                source: sled::Error::Io(e),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn lost_copy(&self, tree: Worn, why: String) -> StateError {
+        StateError::Repack {
+            path: self.copy_path(tree),
+            job: self.name.clone(),
+            why,
+        }
+    }
+
+    /// Before a run reads the job: finishes a repack of its trees that stopped halfway
+    /// (a crash: the open of the state does this too; or an error while the tree was
+    /// being written again, in a daemon that keeps the state open), from its copy.
+    pub(crate) fn finish_repacks(&self) -> Result<(), StateError> {
+        let meta = self.meta()?;
+        for tree in [Worn::Entries, Worn::Outcomes] {
+            let Some(mark) = meta.get(mark_key(self.worn_tree(tree)))? else {
+                continue;
+            };
+            let values = u64_of(&mark)
+                .ok_or_else(|| self.lost_copy(tree, "the state's mark of it is damaged".into()))?;
+            tracing::warn!(
+                job = %self.name,
+                values,
+                "a repack of the job's state stopped halfway (dialsync stopped, or a write \
+                 failed): finishing it from its copy"
+            );
+            self.refill(tree, values)?;
+        }
+        Ok(())
+    }
+}
+
+impl super::Store {
+    /// When the state is opened, before anything reads it: finishes every repack a crash
+    /// interrupted, and removes the copies of those that had not yet changed their tree.
+    pub(super) fn finish_repacks(&self) -> Result<(), StateError> {
+        let meta = self.db.open_tree("meta")?;
+        let mut jobs = std::collections::BTreeSet::new();
+        for key in meta.scan_prefix(b"repacking/").keys() {
+            let key = key?;
+            let name = &key[b"repacking/".len()..];
+            if let Some(job) = name
+                .strip_prefix(b"job/")
+                .or_else(|| name.strip_prefix(b"outcomes/"))
+            {
+                jobs.insert(String::from_utf8_lossy(job).into_owned());
+            }
+        }
+        for job in jobs {
+            self.job(&job)?.finish_repacks()?;
+        }
+        let downloads = super::downloads_path(&self.path);
+        let Ok(dir) = std::fs::read_dir(&downloads) else {
+            return Ok(());
+        };
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("repack-") {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| StateError::Scratch {
+                    path,
+                    source: sled::Error::Io(e),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
