@@ -764,12 +764,10 @@ fn delivered_outcomes_rewritten_in_place_are_repacked() {
     assert!(read.iter().all(|(_, tries)| *tries == 2));
 }
 
-/// A state at `<dir>/state` whose job `a` holds 2000 entries, and the copy a repack of
-/// them would make, as a crash would leave it: with the mark in the state or (`marked`
-/// false) without, and the tree emptied and filled again halfway (`half`) or untouched.
-fn repack_cut_short(marked: bool, half: bool) -> (tempfile::TempDir, Vec<(String, Entry)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state")).unwrap();
+/// Job `a` of `store` with 2000 entries, and the copy a repack of them would make, as a
+/// crash would leave it: with the mark in the state or (`marked` false) without, and the
+/// tree emptied and filled again halfway (`half`) or untouched. Its entries before.
+fn cut_short_in(store: &Store, marked: bool, half: bool) -> Vec<(String, Entry)> {
     let job = store.job("a").unwrap();
     put_entries(&job, 2000, 0);
     let all = all_entries(&job);
@@ -786,6 +784,14 @@ fn repack_cut_short(marked: bool, half: bool) -> (tempfile::TempDir, Vec<(String
         }
     }
     store.db.flush().unwrap();
+    all
+}
+
+/// [`cut_short_in`] a state at `<dir>/state`, closed.
+fn repack_cut_short(marked: bool, half: bool) -> (tempfile::TempDir, Vec<(String, Entry)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let all = cut_short_in(&store, marked, half);
     (dir, all)
 }
 
@@ -894,14 +900,8 @@ fn a_repack_that_cannot_write_its_copy_leaves_the_tree_as_it_was() {
 fn a_repack_stopped_halfway_in_a_running_process_is_finished_before_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state")).unwrap();
-    let job = store.job("a").unwrap();
-    put_entries(&job, 2000, 0);
-    let all = all_entries(&job);
-    assert_eq!(job.copy(Worn::Entries).unwrap(), 2000);
+    let all = cut_short_in(&store, true, true);
     let meta = store.db.open_tree("meta").unwrap();
-    meta.insert("repacking/job/a", &2000u64.to_le_bytes())
-        .unwrap();
-    job.tree.clear().unwrap();
     let next = store.job("a").unwrap();
     next.finish_repacks().unwrap();
     assert_eq!(all_entries(&next), all);
