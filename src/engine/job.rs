@@ -311,7 +311,7 @@ pub(super) async fn run_job(
             // Only the next run's speed depends on it.
             tracing::warn!(error = %error_chain(&e), "could not store the state digest");
         }
-        repack(state).await;
+        repack(state, report).await;
         if let Some(store) = store {
             if let Err(e) = remember(store, job, state, report) {
                 tracing::warn!(error = %error_chain(&e), "could not store the export's validators (the next run downloads it whole)");
@@ -331,9 +331,10 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
 }
 
-/// Repacks the job's trees that runs rewrote in place (see `state::repack`): a few seconds
-/// for a million values, after which opening the state costs what a fresh one does.
-async fn repack(state: &JobState) {
+/// Repacks the job's trees that runs rewrote in place (see `state::repack`): seconds for a
+/// million values, after which opening the state costs what a fresh one does. Said in the
+/// report's notes, since the run takes that much longer.
+async fn repack(state: &JobState, report: &mut JobReport) {
     let s = state.clone();
     match blocking(move || s.repack_worn()).await {
         Ok(done) => {
@@ -342,17 +343,29 @@ async fn repack(state: &JobState) {
                     Worn::Entries => "entries",
                     Worn::Outcomes => "delivered outcomes",
                 };
+                let seconds = format!("{:.1}", r.took.as_secs_f64());
                 tracing::info!(
                     values = r.values,
-                    seconds = format!("{:.1}", r.took.as_secs_f64()),
+                    seconds,
                     "repacked the job's {tree} in the state (rewritten in place, they made every \
                      open of the state load more page records)"
                 );
+                report.notes.push(format!(
+                    "the state's {tree} were repacked ({} in {seconds} s): runs had rewritten \
+                     half of them, which made every open of the state take more memory",
+                    r.values
+                ));
             }
         }
-        // The state is as it was (or finished at the next open): only the next runs' memory
-        // depends on it.
-        Err(e) => tracing::warn!(error = %error_chain(&e), "could not repack the state"),
+        // The state is as it was (or finished before the next run): only the next runs'
+        // memory depends on it.
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not repack the state");
+            report.notes.push(format!(
+                "the state could not be repacked ({}); the next run tries again",
+                error_chain(&e)
+            ));
+        }
     }
 }
 

@@ -1085,6 +1085,9 @@ fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
                 assert!(out.status.success(), "{out:?}");
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 assert!(stderr.contains("repacked the job's entries"), "{stderr}");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let note = format!("note: the state's entries were repacked ({n} in ");
+                assert!(stdout.contains(&note), "{stdout}");
             }
             Some(point) => env.sync_killed_at(point),
         }
