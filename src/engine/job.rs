@@ -27,7 +27,7 @@ use crate::outcomes::{self, Delivers, Keep, OutcomesReport, PrepareError, Readin
 use crate::source::http::{self, Download, Fetched, Validators};
 use crate::source::{self, FileSeen, Hashed, Pages, SourceError};
 use crate::state::hashing::HashKey;
-use crate::state::{Entry, JobState, StateError, StateView, Store, Verified, Worn};
+use crate::state::{blocking, Entry, JobState, StateError, StateView, Store, Verified};
 
 /// Reads the export and plans it against `state` (empty when `None`); with an export
 /// file, what was read of it.
@@ -322,15 +322,6 @@ pub(super) async fn run_job(
     }
 }
 
-/// `f` on a blocking thread: a state operation that can take seconds.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
-) -> Result<T, StateError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
-}
-
 /// Repacks the job's trees that runs rewrote in place (see `state::repack`): seconds for a
 /// million values, after which opening the state costs what a fresh one does. Said in the
 /// report's notes, since the run takes that much longer.
@@ -339,10 +330,7 @@ async fn repack(state: &JobState, report: &mut JobReport) {
     match blocking(move || s.repack_worn()).await {
         Ok(done) => {
             for r in done {
-                let tree = match r.tree {
-                    Worn::Entries => "entries",
-                    Worn::Outcomes => "delivered outcomes",
-                };
+                let tree = r.tree.label();
                 let seconds = format!("{:.1}", r.took.as_secs_f64());
                 tracing::info!(
                     values = r.values,
@@ -357,12 +345,12 @@ async fn repack(state: &JobState, report: &mut JobReport) {
                 ));
             }
         }
-        // The state is as it was (or finished before the next run): only the next runs'
-        // memory depends on it.
+        // The state is as it was, or the repack is finished before the job's next run
+        // reads it: only the next runs' memory depends on it.
         Err(e) => {
             tracing::warn!(error = %error_chain(&e), "could not repack the state");
             report.notes.push(format!(
-                "the state could not be repacked ({}); the next run tries again",
+                "the state could not be repacked ({}); the next run tries again, or finishes it",
                 error_chain(&e)
             ));
         }

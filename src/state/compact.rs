@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{
-    beside, private_dir, private_file, remove_dir_if_there, sync_folder_of, StateError, Store,
+    beside, private_dir, private_file, remove_dir_if_there, remove_file_if_there, sync_folder_of,
+    StateError, Store,
 };
 
 /// What a compaction did.
@@ -66,13 +67,6 @@ fn size_of(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn remove_file_if_there(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// `<state>.lock`: held by a compaction from start to end, and by every open of the

@@ -40,6 +40,14 @@ pub(crate) fn remove_dir_if_there(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the file at `path`, if it is there.
+pub(crate) fn remove_file_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Makes the creation, rename or removal of `path` durable: syncs the folder that
 /// holds it.
 pub(crate) fn sync_folder_of(path: &Path) -> std::io::Result<()> {

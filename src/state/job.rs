@@ -235,8 +235,9 @@ impl JobState {
     /// What identifies the entries as they are, from the digest's seal alone (`None`:
     /// none, as while entries are written): equal identities mean the entries plan alike
     /// (a quiet run's shortcut and an HTTP export's conditional request rely on it). The
-    /// digest itself, 17 MB for a million entries, is not read. The seal stands for the entries, not for a readable file: one
-    /// that does not match is found, and replaced, by the next run that plans.
+    /// digest itself, 17 MB for a million entries, is not read. The seal stands for the
+    /// entries, not for a readable file: one that does not match is found, and replaced,
+    /// by the next run that plans.
     pub fn identity(&self) -> Result<Option<u64>, StateError> {
         let seal = self.digests.get(&self.name)?;
         Ok(seal.as_deref().and_then(Seal::decode).map(|s| s.identity()))

@@ -45,13 +45,13 @@ pub(crate) use files::{
 };
 pub(crate) use job::JobState;
 pub use outcomes::Outcome;
-pub(crate) use repack::Worn;
 pub use store::Store;
-pub(crate) use store::{GuardTrip, Verified};
+pub(crate) use store::{blocking, GuardTrip, Verified};
 
 use error::{held_elsewhere, is_damage};
 use files::{
-    beside, load_or_create_key, make_private, refuse_as_root, remove_dir_if_there, sync_folder_of,
+    beside, load_or_create_key, make_private, refuse_as_root, remove_dir_if_there,
+    remove_file_if_there, sync_folder_of,
 };
 use store::Flusher;
 

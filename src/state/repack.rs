@@ -13,8 +13,9 @@
 //! fills it again from the copy, then removes the mark and the copy.
 //!
 //! A crash at any step loses nothing: before the mark, the tree is untouched and the next
-//! open of the state removes the copy; with the mark, the next open fills the tree again
-//! from the copy (made durable before the mark) before anything reads it.
+//! open of the state removes the copy; with the mark, the next open (or, in a daemon that
+//! stayed up after a failed write, the job's next run) fills the tree again from the copy
+//! (made durable before the mark) before anything reads it.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -25,7 +26,7 @@ use super::{JobState, StateError};
 /// Fewer rewrites than this never repack: a small tree's page records cost little.
 pub(crate) const FLOOR: u64 = 1000;
 
-/// The trees that are repacked, by what their scratch database is called.
+/// The trees that are repacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Worn {
     Entries,
@@ -33,10 +34,19 @@ pub(crate) enum Worn {
 }
 
 impl Worn {
+    /// What its copy is called in `<state>.downloads`, before the job's name.
     fn what(self) -> &'static str {
         match self {
             Worn::Entries => "repack-entries",
             Worn::Outcomes => "repack-outcomes",
+        }
+    }
+
+    /// What it holds, for the report.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Worn::Entries => "entries",
+            Worn::Outcomes => "delivered outcomes",
         }
     }
 }
@@ -64,7 +74,7 @@ impl Rewrites {
 }
 
 /// A tree repacked: how many values it holds, and how long it took.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Repacked {
     pub(crate) tree: Worn,
     pub(crate) values: u64,
@@ -217,12 +227,14 @@ impl JobState {
 
     /// At the end of a run: adds this handle's rewrites to the state's counts, and repacks
     /// each tree whose count reached half of it (see the module's text). Durable when it
-    /// returns.
+    /// returns; a run that rewrote nothing writes nothing.
     pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
         let meta = self.meta()?;
         let mut done = Vec::new();
+        let mut wrote = false;
         for tree in [Worn::Entries, Worn::Outcomes] {
             let now = self.rewrites.of(tree).swap(0, Ordering::Relaxed);
+            wrote |= now > 0;
             let t = self.worn_tree(tree);
             let key = worn_key(t);
             let before = meta.get(&key)?.as_deref().and_then(u64_of).unwrap_or(0);
@@ -245,7 +257,9 @@ impl JobState {
                 took: started.elapsed(),
             });
         }
-        self.flusher.now()?;
+        if wrote {
+            self.flusher.now()?;
+        }
         Ok(done)
     }
 
@@ -264,16 +278,15 @@ impl JobState {
     /// Repacks `tree`: copied durably, marked, emptied, filled again, unmarked.
     fn repack(&self, tree: Worn) -> Result<u64, StateError> {
         let t = self.worn_tree(tree);
-        let path = self.copy_path(tree);
         let values = self.copy(tree).inspect_err(|_| {
-            let _ = std::fs::remove_file(&path);
+            let _ = self.remove_copy(tree);
         })?;
         crate::failpoint::hit("repack-copied");
         self.meta()?.insert(mark_key(t), &values.to_le_bytes())?;
         self.flusher.now()?;
         crate::failpoint::hit("repack-marked");
-        self.refill(tree, values)
-            .inspect_err(|e| tracing::warn!(error = %e, "a repack stopped halfway: the next open of the state finishes it"))?;
+        // Should writing the tree again fail, the mark stays: see `finish_repacks`.
+        self.refill(tree, values)?;
         Ok(values)
     }
 
@@ -316,13 +329,10 @@ impl JobState {
 
     fn remove_copy(&self, tree: Worn) -> Result<(), StateError> {
         let path = self.copy_path(tree);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Scratch {
-                path,
-                source: sled::Error::Io(e),
-            }),
-            _ => Ok(()),
-        }
+        super::remove_file_if_there(&path).map_err(|e| StateError::Scratch {
+            path,
+            source: sled::Error::Io(e),
+        })
     }
 
     fn lost_copy(&self, tree: Worn, why: String) -> StateError {
@@ -382,7 +392,7 @@ impl super::Store {
         for entry in dir.flatten() {
             if entry.file_name().to_string_lossy().starts_with("repack-") {
                 let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| StateError::Scratch {
+                super::remove_file_if_there(&path).map_err(|e| StateError::Scratch {
                     path,
                     source: sled::Error::Io(e),
                 })?;

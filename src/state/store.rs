@@ -37,10 +37,17 @@ impl Flusher {
     /// Flushes on a blocking thread.
     pub(super) async fn run(&self) -> Result<(), StateError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.now())
-            .await
-            .map_err(|e| StateError::Db(sled::Error::Io(std::io::Error::other(e))))?
+        blocking(move || me.now()).await
     }
+}
+
+/// `f`, a state operation that blocks (a flush, a repack), on a blocking thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
 }
 
 /// How the database at `path` is opened: with a page cache of `cache_mb`.

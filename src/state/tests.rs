@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::key::key_hash;
 use crate::state::hashing::{HashKey, KEY_BYTES};
+use crate::state::repack::Worn;
 
 fn entry() -> Entry {
     Entry {
@@ -704,6 +705,12 @@ fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
         first.repack_worn().unwrap().is_empty(),
         "new entries are no rewrites"
     );
+    let meta = store.db.open_tree("meta").unwrap();
+    assert_eq!(
+        meta.scan_prefix("worn/").count(),
+        0,
+        "nothing counted, nothing written"
+    );
     // 1000 of 3000 rewritten: not yet half.
     let second = run();
     put_entries(&second, 1000, 10_000);
@@ -718,7 +725,6 @@ fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
     assert_eq!(done.len(), 1);
     assert_eq!((done[0].tree, done[0].values), (Worn::Entries, 2999));
     assert_eq!(all_entries(&run()), expected);
-    let meta = store.db.open_tree("meta").unwrap();
     assert_eq!(meta.scan_prefix("repacking/").count(), 0, "no mark left");
     assert_eq!(
         meta.scan_prefix("worn/job/a").count(),
