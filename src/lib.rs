@@ -36,6 +36,7 @@ mod outcomes;
 mod source;
 mod state;
 mod tls;
+mod trim;
 
 // Loading the config.
 pub use config::{Config, ConfigError, Secret, TokenError, TokenSource};

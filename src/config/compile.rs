@@ -119,7 +119,7 @@ pub(super) fn compile(ctx: &mut Ctx<'_>, base_dir: &Path, file: &Path) -> Option
             &root,
             &[key("state"), key("cache_mb")],
             cache_mb,
-            8..=65_536,
+            1..=65_536,
             "",
         )
         .map_or(DEFAULT_STATE_CACHE_MB, |n| n as u64);

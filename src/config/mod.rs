@@ -66,7 +66,7 @@ pub(crate) const DEFAULT_ALERT_RETRIES: u32 = 2;
 /// How many finished runs each job's history keeps by default.
 pub(crate) const DEFAULT_HISTORY_RUNS: usize = 200;
 /// `[state] cache_mb`: what the state database keeps of its pages in memory, in MB.
-pub(crate) const DEFAULT_STATE_CACHE_MB: u64 = 8;
+pub(crate) const DEFAULT_STATE_CACHE_MB: u64 = 2;
 
 /// The checked configuration.
 #[derive(Debug, Clone)]

@@ -306,11 +306,11 @@ fn a_schedule_that_never_fires_is_rejected_and_six_fields_are_explained() {
     assert_eq!(job.next_runs(3).len(), 3);
 }
 
-/// The state's page cache: 8 MB unless set, in MB, within a range that names the key.
+/// The state's page cache: 2 MB unless set, in MB, within a range that names the key.
 #[test]
 fn the_state_cache_is_set_in_mb_and_checked() {
     let c = Config::from_str(GOOD, Path::new("t.toml")).unwrap();
-    assert_eq!(c.state.cache_mb, 8);
+    assert_eq!(c.state.cache_mb, 2);
     let set = GOOD.replace(
         "[state]\npath = \"state\"",
         "[state]\npath = \"state\"\ncache_mb = 256",
@@ -319,7 +319,7 @@ fn the_state_cache_is_set_in_mb_and_checked() {
     assert_eq!(c.state.cache_mb, 256);
     let bad = GOOD.replace(
         "[state]\npath = \"state\"",
-        "[state]\npath = \"state\"\ncache_mb = 2",
+        "[state]\npath = \"state\"\ncache_mb = 0",
     );
     let p = problems(&bad);
     assert!(

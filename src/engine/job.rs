@@ -280,6 +280,7 @@ pub(super) async fn run_job(
     handle: &Arc<RunHandle>,
     report: &mut JobReport,
 ) {
+    let _trimming = crate::trim::while_running();
     let state = match store.map(|s| s.job(&job.name)).transpose() {
         Ok(s) => s,
         Err(e) => {

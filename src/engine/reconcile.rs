@@ -167,19 +167,62 @@ pub(crate) async fn resolve_pending(
     Ok(out)
 }
 
-/// What the verification's pass over the listing gathers.
+/// What the verification's pass over the listing gathers. Per contact, only the
+/// confirmed ones' key hashes are held; what is to be written (other values, another
+/// ID) waits in the scratch database (see [`Found`]), so that a dialler restored from a
+/// backup (a million contacts holding other values) costs no more memory than one that
+/// agrees.
 #[derive(Default)]
 struct Gathered {
     listed: u64,
     /// Key hashes of the entries found under their stored ID (sorted once the listing
     /// is read: 8 bytes an entry, where a hash set took 19 to 28).
     confirmed: Vec<u64>,
-    /// Entries found under their ID with other values: the entry to store instead.
-    differ: Vec<(String, Entry)>,
-    /// UserData found under another ID than the stored one: the lowest such ID, and the
-    /// field hashes of what it holds.
-    elsewhere: HashMap<String, (i64, Vec<(u8, u64)>)>,
+    /// Entries found under their ID with other values (each in [`Found::differ`]).
+    differ: u64,
     error: Option<StateError>,
+}
+
+/// The verification's findings that change the state, in its scratch database, keyed
+/// by UserData, until the check that the dialler was not reset allows writing them.
+struct Found {
+    /// The scratch database (removed when the last handle goes).
+    _db: sled::Db,
+    /// Found under its ID with other values: the entry to store instead.
+    differ: sled::Tree,
+    /// Found under another ID than the stored one: the lowest such ID and the field
+    /// hashes of what it holds ([`Candidate`]).
+    elsewhere: sled::Tree,
+    /// The entry to store for each of `elsewhere`, once the state was read.
+    relearn: sled::Tree,
+    /// Not found at all: to be forgotten.
+    missing: sled::Tree,
+}
+
+impl Found {
+    fn new(state: &JobState) -> Result<Found, StateError> {
+        let db = state.scratch_for("verify")?;
+        let tree = |name: &str| db.open_tree(name).map_err(StateError::Db);
+        Ok(Found {
+            differ: tree("differ")?,
+            elsewhere: tree("elsewhere")?,
+            relearn: tree("relearn")?,
+            missing: tree("missing")?,
+            _db: db,
+        })
+    }
+
+    /// Each (UserData, value) of `tree`, in key order.
+    fn each(
+        tree: &sled::Tree,
+        mut f: impl FnMut(String, &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            f(String::from_utf8_lossy(&k).into_owned(), &v)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the campaign's contacts back (one streamed listing, which `also` sees too) and
@@ -198,10 +241,12 @@ pub(crate) async fn verify(
     also: Option<crate::outcomes::Reading>,
 ) -> Result<Verified, ReconcileError> {
     let campaign = campaign_id(dialler, &job.campaign).await?;
+    let found = Found::new(state)?;
     let gathered = Arc::new(Mutex::new(Gathered::default()));
     let each = {
         let gathered = Arc::clone(&gathered);
         let state = state.clone();
+        let (differ, elsewhere) = (found.differ.clone(), found.elsewhere.clone());
         move |r: Record| {
             if let Some(also) = &also {
                 also.feed(&r);
@@ -225,7 +270,7 @@ pub(crate) async fn verify(
                     })
                     .collect()
             };
-            match state.get(&key) {
+            let seen = match state.get(&key) {
                 Ok(Some(e)) if e.id == id => {
                     g.confirmed.push(key_hash(&key));
                     let now = held(&e.fields);
@@ -236,20 +281,30 @@ pub(crate) async fn verify(
                             row: 0,
                             ..e
                         };
-                        g.differ.push((key, fixed));
+                        g.differ += 1;
+                        differ.insert(key.as_bytes(), fixed.encode()).map(drop)
+                    } else {
+                        Ok(())
                     }
                 }
-                Ok(Some(e)) => {
-                    let hashes = held(&e.fields);
-                    let slot = g.elsewhere.entry(key).or_insert((id, hashes.clone()));
-                    if id < slot.0 {
-                        *slot = (id, hashes);
+                // The lowest ID found for the UserData stands.
+                Ok(Some(e)) => match elsewhere.get(key.as_bytes()) {
+                    Ok(Some(v)) if Candidate::decode(&v).is_some_and(|(other, _)| other < id) => {
+                        Ok(())
                     }
-                }
-                Ok(None) => {}
+                    Ok(_) => elsewhere
+                        .insert(key.as_bytes(), Candidate::encode(id, &held(&e.fields)))
+                        .map(drop),
+                    Err(e) => Err(e),
+                },
+                Ok(None) => Ok(()),
                 Err(e) => {
                     g.error.get_or_insert(e);
+                    Ok(())
                 }
+            };
+            if let Err(e) = seen {
+                g.error.get_or_insert(StateError::Db(e));
             }
         }
     };
@@ -261,31 +316,56 @@ pub(crate) async fn verify(
     let mut out = Verified {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         listed: g.listed,
+        values_differ: g.differ,
         ..Verified::default()
     };
     g.confirmed.sort_unstable();
-    let mut relearn = Vec::new();
-    let mut missing = Vec::new();
+    let mut failed: Option<StateError> = None;
     state.for_each(&mut |key, e| {
         out.checked += 1;
-        if g.confirmed.binary_search(&key_hash(key)).is_ok() {
+        if failed.is_some() {
+            return;
+        }
+        let staged = if g.confirmed.binary_search(&key_hash(key)).is_ok() {
             out.confirmed += 1;
-        } else if let Some((id, fields)) = g.elsewhere.remove(key) {
-            relearn.push((
-                key.to_string(),
-                Entry {
-                    id,
-                    fields,
-                    row: 0,
-                    locked: false,
-                    last_op: LastOp::Baseline,
-                    ..e
-                },
-            ));
+            Ok(())
         } else {
-            missing.push(key.to_string());
+            match found.elsewhere.get(key.as_bytes()) {
+                Ok(Some(v)) => match Candidate::decode(&v) {
+                    Some((id, fields)) => {
+                        out.relearned += 1;
+                        let entry = Entry {
+                            id,
+                            fields,
+                            row: 0,
+                            locked: false,
+                            last_op: LastOp::Baseline,
+                            ..e
+                        };
+                        found
+                            .relearn
+                            .insert(key.as_bytes(), entry.encode())
+                            .map(drop)
+                    }
+                    None => {
+                        failed = Some(StateError::Corrupt { key: key.into() });
+                        Ok(())
+                    }
+                },
+                Ok(None) => {
+                    out.missing += 1;
+                    found.missing.insert(key.as_bytes(), &[]).map(drop)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = staged {
+            failed = Some(StateError::Db(e));
         }
     })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     let unknown = out.checked - out.confirmed;
     if unknown * 2 > out.checked && !force {
         return Err(ReconcileError::DiallerReset(Tripped::DiallerForgot {
@@ -294,22 +374,23 @@ pub(crate) async fn verify(
             checked: out.checked,
         }));
     }
-    out.relearned = relearn.len() as u64;
-    out.missing = missing.len() as u64;
-    out.values_differ = g.differ.len() as u64;
-    for (key, entry) in relearn {
+    let entry = |key: &str, v: &[u8]| {
+        Entry::decode(v).ok_or_else(|| StateError::Corrupt { key: key.into() })
+    };
+    Found::each(&found.relearn, |key, v| {
+        let entry = entry(&key, v)?;
         state.put(&key, &entry)?;
         // Whether the contact under its new ID is locked, nobody knows.
         state.put_in_flight(&key, in_doubt::LOCK)?;
         tracing::warn!(job = %job.name, user_data = %key, id = entry.id, "the contact is on the dialler under another ID: re-learned");
-    }
-    for key in &missing {
-        state.remove(key)?;
-        state.clear_in_flight(key)?;
-    }
-    for (key, entry) in g.differ {
-        state.put(&key, &entry)?;
-    }
+        Ok(())
+    })?;
+    Found::each(&found.missing, |key, _| {
+        state.remove(&key)?;
+        state.clear_in_flight(&key)
+    })?;
+    Found::each(&found.differ, |key, v| state.put(&key, &entry(&key, v)?))?;
+    drop(found);
     state.flush().await?;
     Ok(out)
 }
@@ -348,6 +429,7 @@ pub async fn rebuild(
     job: &JobConfig,
     state: &JobState,
 ) -> Result<Rebuilt, ReconcileError> {
+    let _trimming = crate::trim::while_running();
     let campaign = campaign_id(dialler, &job.campaign).await?;
     let scratch_db = state.scratch()?;
     let scratch: sled::Tree = (*scratch_db).clone();

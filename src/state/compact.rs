@@ -191,6 +191,7 @@ impl Store {
     /// module's text). Takes the store: the database must be closed for the swap. No
     /// other handle of it may be alive (the CLI's `state compact` holds the only one).
     pub fn compact(self, cache_mb: u64) -> Result<Compacted, StateError> {
+        let _trimming = crate::trim::while_running();
         let started = Instant::now();
         let state = self.path.clone();
         let copy = copy_path(&state);

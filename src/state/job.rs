@@ -37,6 +37,8 @@ pub struct JobState {
     pub(super) writes: Arc<AtomicU64>,
     /// The store's path (for the job's snapshot and its marker).
     pub(super) state_path: PathBuf,
+    /// `[state] cache_mb`, for the job's scratch databases.
+    pub(super) cache_mb: u64,
     /// Whether this handle made sure the snapshot is marked as older than the state.
     pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
     /// The values this handle rewrote in place, per tree (see [`super::repack`]).
@@ -73,6 +75,12 @@ impl JobState {
         self.scratch_db("rebuild")
     }
 
+    /// A new, empty scratch database of the job for the verification or another pass
+    /// that stages what it found before it may write it (see [`JobState::scratch_db`]).
+    pub(crate) fn scratch_for(&self, what: &str) -> Result<sled::Db, StateError> {
+        self.scratch_db(what)
+    }
+
     /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.
     pub(super) fn scratch_path(&self, what: &str) -> PathBuf {
         super::downloads_path(&self.state_path).join(format!("{what}-{}", self.name))
@@ -101,7 +109,7 @@ impl JobState {
         sled::Config::new()
             .path(&path)
             .temporary(true)
-            .cache_capacity(8 << 20)
+            .cache_capacity(self.cache_mb << 20)
             .open()
             .map_err(open)
     }

@@ -67,6 +67,8 @@ pub struct Store {
     pub(super) key: Arc<HashKey>,
     /// Writes to job state (entries, journal, failure counts) through this handle.
     pub(super) writes: Arc<AtomicU64>,
+    /// `[state] cache_mb`, which the jobs' scratch databases are opened with too.
+    pub(super) cache_mb: u64,
 }
 
 impl Store {
@@ -111,7 +113,7 @@ impl Store {
         })?;
         match sled_config(path, cache_mb).open() {
             Ok(db) => {
-                let store = Store::on(db, path, key);
+                let store = Store::on(db, path, key, cache_mb);
                 store.check_key()?;
                 store.finish_repacks()?;
                 Ok(store)
@@ -130,7 +132,7 @@ impl Store {
     }
 
     /// A store on the open database `db` at `path`, with the state's secret.
-    fn on(db: sled::Db, path: &Path, key: HashKey) -> Store {
+    fn on(db: sled::Db, path: &Path, key: HashKey, cache_mb: u64) -> Store {
         Store {
             flusher: Flusher {
                 db: db.clone(),
@@ -140,6 +142,7 @@ impl Store {
             path: path.to_path_buf(),
             key: Arc::new(key),
             writes: Arc::default(),
+            cache_mb,
         }
     }
 
@@ -176,7 +179,7 @@ impl Store {
                 return Err(failed(std::io::Error::other(e)));
             }
         };
-        let store = Store::on(db, path, key);
+        let store = Store::on(db, path, key, cache_mb);
         for (job, sections, stale) in snapshots {
             store.load_snapshot(&job, sections, stale)?;
             tracing::warn!(
@@ -374,6 +377,7 @@ impl Store {
             digest: Arc::default(),
             writes: Arc::clone(&self.writes),
             state_path: self.path.clone(),
+            cache_mb: self.cache_mb,
             dirty: Arc::default(),
             rewrites: Arc::default(),
         })
