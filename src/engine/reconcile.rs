@@ -21,7 +21,11 @@ use crate::fields::{self, Field};
 use crate::key::{key_hash, record_key};
 use crate::keymap::KeyMap;
 use crate::state::hashing::HashKey;
-use crate::state::{in_doubt, Entry, JobState, LastOp, StateError, StateView, Verified};
+use crate::state::{Entry, JobState, LastOp, StateError, StateView, Verified};
+
+/// Up to this many re-learned contacts are logged each as a warning; the rest at debug
+/// level, with a count.
+const LOG_EACH: u64 = 20;
 
 /// Up to this many pending imports are looked up one by one; more, with one listing of
 /// the campaign.
@@ -193,8 +197,6 @@ struct Found {
     /// Found under another ID than the stored one: the lowest such ID and the field
     /// hashes of what it holds ([`Candidate`]).
     elsewhere: sled::Tree,
-    /// The entry to store for each of `elsewhere`, once the state was read.
-    relearn: sled::Tree,
     /// Not found at all: to be forgotten.
     missing: sled::Tree,
 }
@@ -206,7 +208,6 @@ impl Found {
         Ok(Found {
             differ: tree("differ")?,
             elsewhere: tree("elsewhere")?,
-            relearn: tree("relearn")?,
             missing: tree("missing")?,
             _db: db,
         })
@@ -321,7 +322,7 @@ pub(crate) async fn verify(
     };
     g.confirmed.sort_unstable();
     let mut failed: Option<StateError> = None;
-    state.for_each(&mut |key, e| {
+    state.for_each(&mut |key, _| {
         out.checked += 1;
         if failed.is_some() {
             return;
@@ -330,29 +331,12 @@ pub(crate) async fn verify(
             out.confirmed += 1;
             Ok(())
         } else {
-            match found.elsewhere.get(key.as_bytes()) {
-                Ok(Some(v)) => match Candidate::decode(&v) {
-                    Some((id, fields)) => {
-                        out.relearned += 1;
-                        let entry = Entry {
-                            id,
-                            fields,
-                            row: 0,
-                            locked: false,
-                            last_op: LastOp::Baseline,
-                            ..e
-                        };
-                        found
-                            .relearn
-                            .insert(key.as_bytes(), entry.encode())
-                            .map(drop)
-                    }
-                    None => {
-                        failed = Some(StateError::Corrupt { key: key.into() });
-                        Ok(())
-                    }
-                },
-                Ok(None) => {
+            match found.elsewhere.contains_key(key.as_bytes()) {
+                Ok(true) => {
+                    out.relearned += 1;
+                    Ok(())
+                }
+                Ok(false) => {
                     out.missing += 1;
                     found.missing.insert(key.as_bytes(), &[]).map(drop)
                 }
@@ -377,14 +361,39 @@ pub(crate) async fn verify(
     let entry = |key: &str, v: &[u8]| {
         Entry::decode(v).ok_or_else(|| StateError::Corrupt { key: key.into() })
     };
-    Found::each(&found.relearn, |key, v| {
-        let entry = entry(&key, v)?;
+    // The entries found under another ID (and not also under their own), in key order.
+    // Each is logged; after the first few (a dialler restored under new IDs re-learns
+    // every contact), at debug level, and a count closes the list.
+    let mut relearned = 0u64;
+    Found::each(&found.elsewhere, |key, v| {
+        if g.confirmed.binary_search(&key_hash(&key)).is_ok() {
+            return Ok(());
+        }
+        let (Some((id, fields)), Some(e)) = (Candidate::decode(v), state.get(&key)?) else {
+            return Err(StateError::Corrupt { key });
+        };
+        let entry = Entry {
+            id,
+            fields,
+            row: 0,
+            locked: false,
+            // Whether the contact under its new ID is locked, nobody knows: the next run
+            // unlocks or locks it (see `LastOp::Rebuilt`).
+            last_op: LastOp::Rebuilt,
+            ..e
+        };
         state.put(&key, &entry)?;
-        // Whether the contact under its new ID is locked, nobody knows.
-        state.put_in_flight(&key, in_doubt::LOCK)?;
-        tracing::warn!(job = %job.name, user_data = %key, id = entry.id, "the contact is on the dialler under another ID: re-learned");
+        relearned += 1;
+        if relearned <= LOG_EACH {
+            tracing::warn!(job = %job.name, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
+        } else {
+            tracing::debug!(job = %job.name, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
+        }
         Ok(())
     })?;
+    if relearned > LOG_EACH {
+        tracing::warn!(job = %job.name, more = relearned - LOG_EACH, "more contacts are on the dialler under another ID and were re-learned (each one at debug level)");
+    }
     Found::each(&found.missing, |key, _| {
         state.remove(&key)?;
         state.clear_in_flight(&key)

@@ -108,9 +108,10 @@ pub enum LastOp {
     Unlocked,
     /// Hashes recorded without a call (a field or trigger newly added to the config).
     Baseline,
-    /// Written by `state rebuild`: the dialler does not say whether the contact is locked,
-    /// so the next run unlocks it if the export has it and locks it if not (as after a
-    /// lock or unlock in flight), then writes the entry anew. Kept in the entry, not as an
+    /// Written by `state rebuild`, or by a verification that re-learned the contact's ID:
+    /// the dialler does not say whether the contact is locked, so the next run unlocks it
+    /// if the export has it and locks it if not (as after a lock or unlock in flight),
+    /// then writes the entry anew. Kept in the entry, not as an
     /// in-flight mark per contact: a million marks read through sled's page cache kept
     /// 150 MB resident in the run after a rebuild.
     Rebuilt,

@@ -273,6 +273,57 @@ fn a_delete_whose_id_now_holds_another_contact_deletes_nothing() {
     env.assert_holds_exactly(&next);
 }
 
+/// Promise: a dialler restored under new IDs is not acted on until confirmed: the
+/// verification finds every contact under another ID, writes nothing and says so; with
+/// --force it re-learns every ID, and the next run puts each contact's lock right. What
+/// the verification found waits in a scratch database until it may be written (never
+/// in memory), and nothing of it is left behind either way.
+#[test]
+fn a_renumbered_dialler_is_relearned_only_when_confirmed_and_nothing_stays_staged() {
+    let (env, all) = synced(30);
+    assert_eq!(env.emu.renumber(), 30);
+    let staged = || {
+        std::fs::read_dir(env.path("state.downloads"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("verify-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--config", "dialsync.toml", "--output", "json"];
+        args.extend_from_slice(extra);
+        let out = env.dialsync(&args);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+
+    let (code, v) = verify(&[]);
+    assert_eq!(code, Some(5), "{v}");
+    assert_eq!(staged(), 0);
+    // Nothing was written: the same verification finds the same, and re-learns it now.
+    let (code, v) = verify(&["--force"]);
+    assert_eq!(code, Some(0), "{v}");
+    let found = &v["jobs"][0]["verified"];
+    assert_eq!(
+        (&found["relearned"], &found["missing"], &found["confirmed"]),
+        (&30.into(), &0.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(staged(), 0);
+
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "deleted")), (0, 0), "{report}");
+    env.assert_holds_exactly(&all);
+    let (code, v) = verify(&[]);
+    assert_eq!(
+        (code, &v["jobs"][0]["verified"]["confirmed"]),
+        (Some(0), &30.into()),
+        "{v}"
+    );
+}
+
 /// Promise: a dialler that lost its data (restored empty, wiped, another server behind
 /// the same URL) stops the run with a clear message instead of acting on IDs it no
 /// longer knows; confirmed with --force, the contacts come back.
