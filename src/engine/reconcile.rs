@@ -203,7 +203,7 @@ struct Found {
 
 impl Found {
     fn new(state: &JobState) -> Result<Found, StateError> {
-        let db = state.scratch_for("verify")?;
+        let db = state.verify_scratch()?;
         let tree = |name: &str| db.open_tree(name).map_err(StateError::Db);
         Ok(Found {
             differ: tree("differ")?,

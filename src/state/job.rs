@@ -61,6 +61,9 @@ pub(super) struct DigestCache {
     patched: Option<Patched>,
 }
 
+/// What the verification's scratch database is called (`<state>.downloads/verify-<job>`).
+const VERIFY: &str = "verify";
+
 impl JobState {
     /// Where a `state rebuild` gathers the campaign's contacts before it replaces the
     /// entries: a database of its own in `<state>.downloads/rebuild-<job>`, removed when
@@ -75,10 +78,17 @@ impl JobState {
         self.scratch_db("rebuild")
     }
 
-    /// A new, empty scratch database of the job for the verification or another pass
-    /// that stages what it found before it may write it (see [`JobState::scratch_db`]).
-    pub(crate) fn scratch_for(&self, what: &str) -> Result<sled::Db, StateError> {
-        self.scratch_db(what)
+    /// A new, empty scratch database for the verification, which stages there what it
+    /// found until it may write it (see [`JobState::scratch_db`]).
+    pub(crate) fn verify_scratch(&self) -> Result<sled::Db, StateError> {
+        self.scratch_db(VERIFY)
+    }
+
+    /// Removes what a verification killed before its end left staged (see
+    /// [`JobState::scratch_for`]): nothing of it was written, and the next verification
+    /// reads the campaign again.
+    pub(crate) fn remove_verify_scratch(&self) -> Result<(), StateError> {
+        self.remove_scratch(VERIFY)
     }
 
     /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.

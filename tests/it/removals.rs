@@ -324,6 +324,24 @@ fn a_renumbered_dialler_is_relearned_only_when_confirmed_and_nothing_stays_stage
     );
 }
 
+/// Promise: what a verification killed before its end left staged takes no disk space
+/// for long: the job's next run removes it (a dry run leaves it), and nothing of it is
+/// applied.
+#[test]
+fn a_verification_killed_before_its_end_leaves_nothing_after_the_next_run() {
+    let (env, all) = synced(10);
+    let left = env.path("state.downloads/verify-leads");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("db"), b"what a killed verification staged").unwrap();
+    let (report, code) = env.sync(&["--dry-run"]);
+    assert_eq!(code, 0, "{report}");
+    assert!(left.exists(), "a dry run changes nothing on disk");
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "api_calls")), (0, 1), "{report}");
+    assert!(!left.exists());
+    env.assert_holds_exactly(&all);
+}
+
 /// Promise: a dialler that lost its data (restored empty, wiped, another server behind
 /// the same URL) stops the run with a clear message instead of acting on IDs it no
 /// longer knows; confirmed with --force, the contacts come back.
