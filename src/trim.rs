@@ -64,7 +64,7 @@ fn start() -> Option<Thread> {
             }
             std::thread::sleep(EVERY);
             if RUNS.load(Ordering::SeqCst) > 0 {
-                trim();
+                release_free_memory();
             }
         });
     match spawned {
@@ -76,10 +76,15 @@ fn start() -> Option<Thread> {
     }
 }
 
+/// Gives the memory freed so far back to the system (`malloc_trim(0)`): what the
+/// trimming thread does while runs work, and the daemon after each run. glibc keeps
+/// what its threads free in their arenas, and a daemon between runs has no use for it:
+/// 20 jobs of 100 rows each left 45 MB resident, 38 MB with this after each run
+/// (measured with `dialsync run` against `dialsync emulator`, the jobs on `* * * * *`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim only releases free memory of the allocator's arenas, under
-    // their locks; it touches no block in use.
+pub(crate) fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the
+    // system; it takes the arenas' locks itself and has no preconditions.
     #[allow(unsafe_code)]
     unsafe {
         libc::malloc_trim(0);
@@ -87,7 +92,7 @@ fn trim() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
+pub(crate) fn release_free_memory() {}
 
 #[cfg(test)]
 mod tests {

@@ -296,12 +296,6 @@ pub(super) async fn run_job(
             return;
         }
     }
-    if let (Some(s), false) = (&state, mode.dry_run) {
-        if let Err(e) = s.remove_verify_scratch() {
-            // Only disk space is at stake: the run goes on, and the next one tries again.
-            tracing::warn!(job = %job.name, error = %e, "could not remove what a stopped verification left in the state's downloads folder");
-        }
-    }
     plan_and_execute(
         config,
         job,

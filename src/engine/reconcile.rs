@@ -271,7 +271,7 @@ pub(crate) async fn verify(
                     })
                     .collect()
             };
-            let seen = match state.get(&key) {
+            let seen: Result<(), StateError> = match state.get(&key) {
                 Ok(Some(e)) if e.id == id => {
                     g.confirmed.push(key_hash(&key));
                     let now = held(&e.fields);
@@ -287,25 +287,15 @@ pub(crate) async fn verify(
                     } else {
                         Ok(())
                     }
+                    .map_err(StateError::from)
                 }
-                // The lowest ID found for the UserData stands.
-                Ok(Some(e)) => match elsewhere.get(key.as_bytes()) {
-                    Ok(Some(v)) if Candidate::decode(&v).is_some_and(|(other, _)| other < id) => {
-                        Ok(())
-                    }
-                    Ok(_) => elsewhere
-                        .insert(key.as_bytes(), Candidate::encode(id, &held(&e.fields)))
-                        .map(drop),
-                    Err(e) => Err(e),
-                },
+                Ok(Some(e)) => Candidate::keep_lowest(&elsewhere, &key, id, &held(&e.fields))
+                    .map_err(StateError::from),
                 Ok(None) => Ok(()),
-                Err(e) => {
-                    g.error.get_or_insert(e);
-                    Ok(())
-                }
+                Err(e) => Err(e),
             };
             if let Err(e) = seen {
-                g.error.get_or_insert(StateError::Db(e));
+                g.error.get_or_insert(e);
             }
         }
     };
@@ -327,25 +317,22 @@ pub(crate) async fn verify(
         if failed.is_some() {
             return;
         }
-        let staged = if g.confirmed.binary_search(&key_hash(key)).is_ok() {
+        if g.confirmed.binary_search(&key_hash(key)).is_ok() {
             out.confirmed += 1;
-            Ok(())
-        } else {
-            match found.elsewhere.contains_key(key.as_bytes()) {
-                Ok(true) => {
-                    out.relearned += 1;
-                    Ok(())
-                }
-                Ok(false) => {
-                    out.missing += 1;
-                    found.missing.insert(key.as_bytes(), &[]).map(drop)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        if let Err(e) = staged {
-            failed = Some(StateError::Db(e));
+            return;
         }
+        let staged = match found.elsewhere.contains_key(key.as_bytes()) {
+            Ok(true) => {
+                out.relearned += 1;
+                Ok(())
+            }
+            Ok(false) => {
+                out.missing += 1;
+                found.missing.insert(key.as_bytes(), &[]).map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        failed = staged.err().map(StateError::from);
     })?;
     if let Some(e) = failed {
         return Err(e.into());
@@ -358,9 +345,6 @@ pub(crate) async fn verify(
             checked: out.checked,
         }));
     }
-    let entry = |key: &str, v: &[u8]| {
-        Entry::decode(v).ok_or_else(|| StateError::Corrupt { key: key.into() })
-    };
     // The entries found under another ID (and not also under their own), in key order.
     // Each is logged; after the first few (a dialler restored under new IDs re-learns
     // every contact), at debug level, and a count closes the list.
@@ -398,7 +382,10 @@ pub(crate) async fn verify(
         state.remove(&key)?;
         state.clear_in_flight(&key)
     })?;
-    Found::each(&found.differ, |key, v| state.put(&key, &entry(&key, v)?))?;
+    Found::each(&found.differ, |key, v| match Entry::decode(v) {
+        Some(entry) => state.put(&key, &entry),
+        None => Err(StateError::Corrupt { key }),
+    })?;
     drop(found);
     state.flush().await?;
     Ok(out)
@@ -537,6 +524,22 @@ impl Candidate {
         out
     }
 
+    /// Stores (`id`, `fields`) as the candidate for `key` in `tree`, unless one with a
+    /// lower ID is there: the lowest ID found for a UserData stands.
+    fn keep_lowest(
+        tree: &sled::Tree,
+        key: &str,
+        id: i64,
+        fields: &[(u8, u64)],
+    ) -> Result<(), sled::Error> {
+        if let Some(v) = tree.get(key)? {
+            if Candidate::decode(&v).is_some_and(|(other, _)| other < id) {
+                return Ok(());
+            }
+        }
+        tree.insert(key, Candidate::encode(id, fields)).map(drop)
+    }
+
     fn decode(bytes: &[u8]) -> Option<(i64, Vec<(u8, u64)>)> {
         let (id, mut rest) = bytes.split_first_chunk::<8>()?;
         let mut fields = Vec::new();
@@ -613,6 +616,19 @@ impl Rebuilt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verification's contact found under other IDs: the lowest ID stands, with what
+    /// it holds, whatever order the listing gives them in.
+    #[test]
+    fn a_verification_keeps_the_lowest_id_found_elsewhere() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let elsewhere = db.open_tree("elsewhere").unwrap();
+        for id in [7, 5, 9] {
+            Candidate::keep_lowest(&elsewhere, "K1", id, &[(1, id as u64)]).unwrap();
+        }
+        let v = elsewhere.get("K1").unwrap().unwrap();
+        assert_eq!(Candidate::decode(&v), Some((5, vec![(1, 5)])));
+    }
 
     /// A rebuild's listing: the lowest ID of a UserData stands, every ID of a shared
     /// one is named, other campaigns' contacts and those without UserData stay out.

@@ -111,9 +111,9 @@ pub enum LastOp {
     /// Written by `state rebuild`, or by a verification that re-learned the contact's ID:
     /// the dialler does not say whether the contact is locked, so the next run unlocks it
     /// if the export has it and locks it if not (as after a lock or unlock in flight),
-    /// then writes the entry anew. Kept in the entry, not as an
-    /// in-flight mark per contact: a million marks read through sled's page cache kept
-    /// 150 MB resident in the run after a rebuild.
+    /// then writes the entry anew. Kept in the entry, not as an in-flight mark per
+    /// contact: a million marks read through sled's page cache kept 150 MB resident in the
+    /// run after a rebuild.
     Rebuilt,
 }
 

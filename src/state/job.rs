@@ -61,13 +61,17 @@ pub(super) struct DigestCache {
     patched: Option<Patched>,
 }
 
-/// What the verification's scratch database is called (`<state>.downloads/verify-<job>`).
+/// What the rebuild's and the verification's scratch databases are called
+/// (`<state>.downloads/<what>-<job>`). Neither pass is ever resumed: what a crash left of
+/// them is removed when the state is next opened (see `Store::remove_leftovers`).
+const REBUILD: &str = "rebuild";
 const VERIFY: &str = "verify";
+pub(super) const NEVER_RESUMED: [&str; 2] = [REBUILD, VERIFY];
 
 impl JobState {
     /// Where a `state rebuild` gathers the campaign's contacts before it replaces the
     /// entries: a database of its own in `<state>.downloads/rebuild-<job>`, removed when
-    /// dropped (after a crash, by the next rebuild). In the state's own database the
+    /// dropped (after a crash, by the next open of the state). In the state's own database the
     /// scratch pages, freed at the end, stayed in its page table, which every later run
     /// loads whole when it opens the state. A scratch tree an older version left in the
     /// state is dropped.
@@ -75,20 +79,13 @@ impl JobState {
         self.flusher
             .db
             .drop_tree(format!("scratch/{}", self.name))?;
-        self.scratch_db("rebuild")
+        self.scratch_db(REBUILD)
     }
 
     /// A new, empty scratch database for the verification, which stages there what it
     /// found until it may write it (see [`JobState::scratch_db`]).
     pub(crate) fn verify_scratch(&self) -> Result<sled::Db, StateError> {
         self.scratch_db(VERIFY)
-    }
-
-    /// Removes what a verification killed before its end left staged (see
-    /// [`JobState::scratch_for`]): nothing of it was written, and the next verification
-    /// reads the campaign again.
-    pub(crate) fn remove_verify_scratch(&self) -> Result<(), StateError> {
-        self.remove_scratch(VERIFY)
     }
 
     /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.

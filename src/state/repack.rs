@@ -368,7 +368,8 @@ impl JobState {
 
 impl super::Store {
     /// When the state is opened, before anything reads it: finishes every repack a crash
-    /// interrupted, and removes the copies of those that had not yet changed their tree.
+    /// interrupted (the copies of those that had not yet changed their tree go with the
+    /// other leftovers, see `Store::remove_leftovers`).
     pub(super) fn finish_repacks(&self) -> Result<(), StateError> {
         let meta = self.db.open_tree("meta")?;
         let mut jobs = std::collections::BTreeSet::new();
@@ -384,19 +385,6 @@ impl super::Store {
         }
         for job in jobs {
             self.job(&job)?.finish_repacks()?;
-        }
-        let downloads = super::downloads_path(&self.path);
-        let Ok(dir) = std::fs::read_dir(&downloads) else {
-            return Ok(());
-        };
-        for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("repack-") {
-                let path = entry.path();
-                super::remove_file_if_there(&path).map_err(|e| StateError::Scratch {
-                    path,
-                    source: sled::Error::Io(e),
-                })?;
-            }
         }
         Ok(())
     }

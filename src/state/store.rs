@@ -116,6 +116,7 @@ impl Store {
                 let store = Store::on(db, path, key, cache_mb);
                 store.check_key()?;
                 store.finish_repacks()?;
+                store.remove_leftovers()?;
                 Ok(store)
             }
             Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
@@ -351,6 +352,37 @@ impl Store {
             None => {
                 meta.insert("key_check", &check)?;
             }
+        }
+        Ok(())
+    }
+
+    /// When the state is opened, after the repacks were finished: removes what a crash
+    /// left in `<state>.downloads` that nothing resumes: repack copies (a finished
+    /// repack's, or one that had not yet changed its tree) and the scratch databases of
+    /// rebuilds and verifications (nothing of them was written). No other process has the
+    /// state open, so none of them is in use.
+    fn remove_leftovers(&self) -> Result<(), StateError> {
+        let downloads = super::downloads_path(&self.path);
+        let Ok(dir) = std::fs::read_dir(&downloads) else {
+            return Ok(());
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let removed = if name.starts_with("repack-") {
+                super::remove_file_if_there(&path)
+            } else if super::job::NEVER_RESUMED
+                .iter()
+                .any(|what| name.starts_with(&format!("{what}-")))
+            {
+                super::remove_dir_if_there(&path)
+            } else {
+                continue;
+            };
+            removed.map_err(|e| StateError::Scratch {
+                path,
+                source: sled::Error::Io(e),
+            })?;
         }
         Ok(())
     }

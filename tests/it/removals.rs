@@ -324,21 +324,23 @@ fn a_renumbered_dialler_is_relearned_only_when_confirmed_and_nothing_stays_stage
     );
 }
 
-/// Promise: what a verification killed before its end left staged takes no disk space
-/// for long: the job's next run removes it (a dry run leaves it), and nothing of it is
-/// applied.
+/// Promise: what a verification or a rebuild killed before its end left staged takes no
+/// disk space for long and is never applied: the next command that opens the state
+/// removes it.
 #[test]
-fn a_verification_killed_before_its_end_leaves_nothing_after_the_next_run() {
+fn a_verification_or_rebuild_killed_before_its_end_leaves_nothing_after_the_next_open() {
     let (env, all) = synced(10);
-    let left = env.path("state.downloads/verify-leads");
-    std::fs::create_dir_all(&left).unwrap();
-    std::fs::write(left.join("db"), b"what a killed verification staged").unwrap();
-    let (report, code) = env.sync(&["--dry-run"]);
-    assert_eq!(code, 0, "{report}");
-    assert!(left.exists(), "a dry run changes nothing on disk");
+    let downloads = env.path("state.downloads");
+    let left = ["verify-leads", "rebuild-leads"].map(|name| downloads.join(name));
+    for dir in &left {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("db"), b"what a killed pass staged").unwrap();
+    }
     let (report, code) = env.sync(&[]);
     assert_eq!((code, count(&report, "api_calls")), (0, 1), "{report}");
-    assert!(!left.exists());
+    for dir in &left {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
     env.assert_holds_exactly(&all);
 }
 
