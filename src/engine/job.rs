@@ -440,7 +440,15 @@ async fn plan_and_execute(
         (Some(state), true) => {
             let concurrency = config.dialler.max_concurrency;
             let read = read_outcomes(dialler, job, store, state, mode, due, concurrency, report);
-            match read.await {
+            let read = read.await;
+            // What opening the delivered outcomes took goes back before the contacts are
+            // planned (see `state::outcomes`).
+            let s = state.clone();
+            if let Err(e) = blocking(move || s.close_outcomes()).await {
+                report.stop(Abort::state(Step::Flush, e));
+                return;
+            }
+            match read {
                 Ok(f) => finals = Some(f),
                 Err(stop) => {
                     report.stop(stop);

@@ -89,6 +89,7 @@ impl Reading {
         }
         let collector = Collector {
             state: state.clone(),
+            delivered: state.delivered_outcomes()?,
             codes,
             campaign,
             keep,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::config::OutcomesConfig;
 use crate::dialler::{record_campaign, record_id, Record};
 use crate::key::{key_hash, record_key};
-use crate::state::{Entry, JobState, Outcome, StateError, StateView};
+use crate::state::{DeliveredOutcomes, Entry, JobState, Outcome, StateError, StateView};
 
 /// A result code of the campaign.
 #[derive(Debug, Clone, Default)]
@@ -176,6 +176,8 @@ pub(crate) struct Gathered {
 /// outcome of the job's contacts that changed since the one last delivered.
 pub(crate) struct Collector {
     pub(crate) state: JobState,
+    /// What was delivered before (`None`: nothing yet).
+    pub(crate) delivered: Option<DeliveredOutcomes>,
     pub(crate) codes: Codes,
     pub(crate) campaign: i64,
     pub(crate) keep: Keep,
@@ -218,7 +220,10 @@ impl Collector {
                 g.to_lock.push((outcome.user_data.clone(), entry));
             }
         }
-        let delivered = self.state.delivered(&outcome.user_data)?;
+        let delivered = match &self.delivered {
+            Some(d) => d.get(&outcome.user_data)?,
+            None => None,
+        };
         let changed = match delivered.as_ref().and_then(|d| d.hash()) {
             Some(h) => h != outcome.hash(),
             // Nothing happened to it yet, and nothing was delivered: no news.

@@ -28,7 +28,7 @@ use super::{
 /// What a compaction did.
 #[derive(Debug, Clone, Default)]
 pub struct Compacted {
-    /// Trees copied (the jobs' entries, journals, outcomes, history and the per-store
+    /// Trees copied (the jobs' entries, journals, history and the per-store
     /// records).
     pub trees: usize,
     /// Records copied.

@@ -23,8 +23,9 @@ pub struct JobState {
     /// is not stored yet.
     pub(super) in_flight: sled::Tree,
     pub(super) failures: sled::Tree,
-    /// UserData -> the outcome last delivered (see [`super::outcomes`]).
-    pub(super) outcomes: sled::Tree,
+    /// UserData -> the outcome last delivered: in a database of their own, opened when
+    /// needed (see [`super::outcomes`]).
+    pub(super) delivered: super::outcomes::DeliveredDb,
     /// The changed outcomes of the run in progress, until they are delivered: in a
     /// scratch database of their own (see [`super::outcomes`]), made at a run's first.
     pub(super) staged: Arc<Mutex<Option<sled::Db>>>,

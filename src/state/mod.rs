@@ -44,6 +44,7 @@ pub(crate) use files::{
     digests_path, downloads_path, key_path, private_dir, private_file, replace_durably,
 };
 pub(crate) use job::JobState;
+pub(crate) use outcomes::DeliveredOutcomes;
 pub use outcomes::Outcome;
 pub use store::Store;
 pub(crate) use store::{blocking, GuardTrip, Verified};

@@ -82,13 +82,13 @@ pub(crate) struct Repacked {
 }
 
 /// Where the state counts a tree's rewrites since its last repack, and marks a repack
-/// under way (with the number of values the copy holds).
-fn worn_key(tree: &sled::Tree) -> Vec<u8> {
-    [b"worn/".as_slice(), &tree.name()].concat()
+/// under way (with the number of values the copy holds), by the tree's name.
+fn worn_key(tree: &[u8]) -> Vec<u8> {
+    [b"worn/".as_slice(), tree].concat()
 }
 
-fn mark_key(tree: &sled::Tree) -> Vec<u8> {
-    [b"repacking/".as_slice(), &tree.name()].concat()
+fn mark_key(tree: &[u8]) -> Vec<u8> {
+    [b"repacking/".as_slice(), tree].concat()
 }
 
 fn u64_of(v: &[u8]) -> Option<u64> {
@@ -214,14 +214,23 @@ fn read_copy(path: &Path, values: u64, f: &mut Each<'_>) -> Result<Result<(), St
 }
 
 impl JobState {
-    fn worn_tree(&self, tree: Worn) -> &sled::Tree {
+    /// The tree itself: the delivered outcomes' database is opened for it.
+    fn worn_tree(&self, tree: Worn) -> Result<sled::Tree, StateError> {
         match tree {
-            Worn::Entries => &self.tree,
-            Worn::Outcomes => &self.outcomes,
+            Worn::Entries => Ok(self.tree.clone()),
+            Worn::Outcomes => self.delivered.tree(&self.name),
         }
     }
 
-    fn meta(&self) -> Result<sled::Tree, StateError> {
+    /// The tree's name (which its counts and marks are kept under), without opening it.
+    fn worn_name(&self, tree: Worn) -> Vec<u8> {
+        match tree {
+            Worn::Entries => self.tree.name().to_vec(),
+            Worn::Outcomes => super::outcomes::tree_name(&self.name).into_bytes(),
+        }
+    }
+
+    pub(super) fn meta(&self) -> Result<sled::Tree, StateError> {
         Ok(self.flusher.db.open_tree("meta")?)
     }
 
@@ -235,8 +244,7 @@ impl JobState {
         for tree in [Worn::Entries, Worn::Outcomes] {
             let now = self.rewrites.of(tree).swap(0, Ordering::Relaxed);
             wrote |= now > 0;
-            let t = self.worn_tree(tree);
-            let key = worn_key(t);
+            let key = worn_key(&self.worn_name(tree));
             let before = meta.get(&key)?.as_deref().and_then(u64_of).unwrap_or(0);
             let total = before.saturating_add(now);
             if now > 0 {
@@ -244,8 +252,11 @@ impl JobState {
                 meta.insert(&key, &total.to_le_bytes())?;
             }
             // Counting reads the tree: only once the floor is reached.
-            if total < FLOOR || total.saturating_mul(2) < u64::try_from(t.len()).unwrap_or(u64::MAX)
-            {
+            if total < FLOOR {
+                continue;
+            }
+            let len = self.worn_tree(tree)?.len();
+            if total.saturating_mul(2) < u64::try_from(len).unwrap_or(u64::MAX) {
                 continue;
             }
             let started = std::time::Instant::now();
@@ -266,7 +277,7 @@ impl JobState {
     /// Forgets the rewrites counted for `tree` (emptied: what is written next is new).
     pub(super) fn forget_rewrites(&self, tree: Worn) -> Result<(), StateError> {
         self.rewrites.of(tree).store(0, Ordering::Relaxed);
-        self.meta()?.remove(worn_key(self.worn_tree(tree)))?;
+        self.meta()?.remove(worn_key(&self.worn_name(tree)))?;
         Ok(())
     }
 
@@ -277,12 +288,12 @@ impl JobState {
 
     /// Repacks `tree`: copied durably, marked, emptied, filled again, unmarked.
     fn repack(&self, tree: Worn) -> Result<u64, StateError> {
-        let t = self.worn_tree(tree);
         let values = self.copy(tree).inspect_err(|_| {
             let _ = self.remove_copy(tree);
         })?;
         crate::failpoint::hit("repack-copied");
-        self.meta()?.insert(mark_key(t), &values.to_le_bytes())?;
+        self.meta()?
+            .insert(mark_key(&self.worn_name(tree)), &values.to_le_bytes())?;
         self.flusher.now()?;
         crate::failpoint::hit("repack-marked");
         // Should writing the tree again fail, the mark stays: see `finish_repacks`.
@@ -298,14 +309,14 @@ impl JobState {
             source: sled::Error::Io(e),
         };
         super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
-        write_copy(self.worn_tree(tree), &path).map_err(failed)
+        write_copy(&self.worn_tree(tree)?, &path).map_err(failed)
     }
 
     /// Empties `tree` and fills it from its copy (which holds `values`, checked before
     /// the tree is touched: a copy that is not whole leaves it as it is), then removes the
     /// mark and the copy, durably.
     fn refill(&self, tree: Worn, values: u64) -> Result<(), StateError> {
-        let t = self.worn_tree(tree);
+        let t = self.worn_tree(tree)?;
         let path = self.copy_path(tree);
         let bad = |why| self.lost_copy(tree, why);
         read_copy(&path, values, &mut |_, _| Ok(()))?.map_err(bad)?;
@@ -322,7 +333,7 @@ impl JobState {
         .map_err(bad)?;
         self.flusher.now()?;
         crate::failpoint::hit("repack-refilled");
-        self.meta()?.remove(mark_key(t))?;
+        self.meta()?.remove(mark_key(&t.name()))?;
         self.flusher.now()?;
         self.remove_copy(tree)
     }
@@ -349,7 +360,7 @@ impl JobState {
     pub(crate) fn finish_repacks(&self) -> Result<(), StateError> {
         let meta = self.meta()?;
         for tree in [Worn::Entries, Worn::Outcomes] {
-            let Some(mark) = meta.get(mark_key(self.worn_tree(tree)))? else {
+            let Some(mark) = meta.get(mark_key(&self.worn_name(tree)))? else {
                 continue;
             };
             let values = u64_of(&mark)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::outcomes::{self, DeliveredDb};
 use super::{
     held_elsewhere, in_doubt, is_damage, key_path, load_or_create_key, make_private, move_aside,
     refuse_as_root, snapshot, JobState, StateError, StateView,
@@ -23,6 +24,8 @@ use crate::state::hashing::HashKey;
 #[derive(Clone)]
 pub(super) struct Flusher {
     pub(super) db: sled::Db,
+    /// Flushed too while it is open.
+    pub(super) delivered: DeliveredDb,
     pub(super) gate: Arc<Mutex<()>>,
 }
 
@@ -31,7 +34,16 @@ impl Flusher {
     pub(super) fn now(&self) -> Result<(), StateError> {
         let _one = crate::locking::lock(&self.gate);
         self.db.flush()?;
+        if let Some(delivered) = self.delivered.if_open() {
+            delivered.flush()?;
+        }
         Ok(())
+    }
+
+    /// Closes the delivered outcomes' database, durably (see [`super::outcomes`]).
+    pub(super) fn close_delivered(&self) -> Result<(), StateError> {
+        let _one = crate::locking::lock(&self.gate);
+        self.delivered.close()
     }
 
     /// Flushes on a blocking thread.
@@ -69,6 +81,8 @@ pub struct Store {
     pub(super) writes: Arc<AtomicU64>,
     /// `[state] cache_mb`, which the jobs' scratch databases are opened with too.
     pub(super) cache_mb: u64,
+    /// The delivered outcomes' database (see [`super::outcomes`]).
+    pub(super) delivered: DeliveredDb,
 }
 
 impl Store {
@@ -115,8 +129,10 @@ impl Store {
             Ok(db) => {
                 let store = Store::on(db, path, key, cache_mb);
                 store.check_key()?;
+                store.move_outcomes_out()?;
                 store.finish_repacks()?;
                 store.remove_leftovers()?;
+                store.flusher.close_delivered()?;
                 Ok(store)
             }
             Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
@@ -134,11 +150,14 @@ impl Store {
 
     /// A store on the open database `db` at `path`, with the state's secret.
     fn on(db: sled::Db, path: &Path, key: HashKey, cache_mb: u64) -> Store {
+        let delivered = DeliveredDb::new(path, cache_mb);
         Store {
             flusher: Flusher {
                 db: db.clone(),
+                delivered: delivered.clone(),
                 gate: Arc::default(),
             },
+            delivered,
             db,
             path: path.to_path_buf(),
             key: Arc::new(key),
@@ -199,6 +218,7 @@ impl Store {
         }
         store.check_key()?;
         store.db.flush()?;
+        store.flusher.close_delivered()?;
         Ok(store)
     }
 
@@ -209,6 +229,7 @@ impl Store {
         sections: snapshot::Sections,
         stale: bool,
     ) -> Result<(), StateError> {
+        let mut delivered = Vec::new();
         for (name, items) in sections.0 {
             if name == "records" {
                 for (record, value) in items {
@@ -224,9 +245,28 @@ impl Store {
                 }
                 continue;
             }
+            if name == "outcomes" {
+                delivered = items;
+                continue;
+            }
             let tree = self.db.open_tree(format!("{name}/{job}"))?;
             for (k, v) in items {
                 tree.insert(k, v)?;
+            }
+        }
+        // The delivered outcomes' own database was not damaged with the state's: what it
+        // holds is as new as the snapshot's, or newer. Only an empty one is filled.
+        if !delivered.is_empty() || outcomes::db_path(&self.path).exists() {
+            let tree = self.delivered.tree(job)?;
+            if tree.is_empty() {
+                for (k, v) in delivered {
+                    tree.insert(k, v)?;
+                }
+            }
+            if !tree.is_empty() {
+                self.db
+                    .open_tree("meta")?
+                    .insert(outcomes::marker(job), &[])?;
             }
         }
         if stale {
@@ -296,10 +336,20 @@ impl Store {
         };
         let mut sections: Vec<(String, snapshot::Items<'static>)> = Vec::new();
         for name in [
-            "job", "pending", "inflight", "failures", "history", "outcomes", "outbox",
+            "job", "pending", "inflight", "failures", "history", "outbox",
         ] {
             let tree = self.db.open_tree(format!("{name}/{job}"))?;
             sections.push((name.to_string(), tree_items(tree)));
+        }
+        // Their database is opened for it only if the job has some, and closed after.
+        let was_open = self.delivered.if_open().is_some();
+        if self
+            .db
+            .open_tree("meta")?
+            .contains_key(outcomes::marker(job))?
+        {
+            let tree = self.delivered.tree(job)?;
+            sections.push(("outcomes".to_string(), tree_items(tree)));
         }
         let mut records = Vec::new();
         if let Some(v) = self.db.open_tree("good_rows")?.get(job)? {
@@ -313,7 +363,11 @@ impl Store {
         }
         sections.push(("records".into(), Box::new(records.into_iter().map(Ok))));
         snapshot::write(&snapshot::file(&self.path, job), sections)
-            .map_err(|e| self.snapshot_error(e))
+            .map_err(|e| self.snapshot_error(e))?;
+        if !was_open {
+            self.flusher.close_delivered()?;
+        }
+        Ok(())
     }
 
     fn snapshot_error(&self, source: std::io::Error) -> StateError {
@@ -351,6 +405,54 @@ impl Store {
             }
             None => {
                 meta.insert("key_check", &check)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the state is opened: moves the delivered outcomes that an older version kept
+    /// in the state's own database into theirs (see [`super::outcomes`]), each job's
+    /// durably before its tree in the state is dropped (a crash in between copies them
+    /// again). The pages they took stay listed in the state until `dialsync state
+    /// compact` writes it afresh, which the log says.
+    fn move_outcomes_out(&self) -> Result<(), StateError> {
+        let old: Vec<sled::IVec> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|name| name.starts_with(b"outcomes/"))
+            .collect();
+        let meta = self.db.open_tree("meta")?;
+        for name in old {
+            let job = String::from_utf8_lossy(&name["outcomes/".len()..]).into_owned();
+            let from = self.db.open_tree(&name)?;
+            let mut moved = 0u64;
+            if !from.is_empty() {
+                let to = self.delivered.tree(&job)?;
+                for kv in from.iter() {
+                    let (k, v) = kv?;
+                    to.insert(k, v)?;
+                    moved += 1;
+                }
+                drop(to);
+                self.delivered.db()?.flush()?;
+                meta.insert(outcomes::marker(&job), &[])?;
+                // Emptied one record at a time before it is dropped: sled drops a tree
+                // holding all its pages in memory at once (400 MB for a million).
+                from.clear()?;
+            }
+            drop(from);
+            self.db.drop_tree(&name)?;
+            self.db.flush()?;
+            if moved > 0 {
+                tracing::warn!(
+                    job = %job,
+                    outcomes = moved,
+                    to = %outcomes::db_path(&self.path).display(),
+                    "moved the job's delivered outcomes out of the state's database into their \
+                     own, which only runs that read outcomes open; `dialsync state compact` \
+                     gives back the memory they still take when the state is opened"
+                );
             }
         }
         Ok(())
@@ -401,7 +503,7 @@ impl Store {
             pending: self.db.open_tree(format!("pending/{name}"))?,
             in_flight: self.db.open_tree(format!("inflight/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,
-            outcomes: self.db.open_tree(format!("outcomes/{name}"))?,
+            delivered: self.delivered.clone(),
             staged: Arc::default(),
             outbox: self.db.open_tree(format!("outbox/{name}"))?,
             digests: self.db.open_tree("digest")?,
@@ -503,6 +605,12 @@ impl Store {
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StateError> {
         self.flusher.run().await
+    }
+
+    /// Closes the delivered outcomes' database if a run left it open (see
+    /// [`super::outcomes`]), durably.
+    pub fn close_outcomes(&self) -> Result<(), StateError> {
+        self.flusher.close_delivered()
     }
 }
 

@@ -589,13 +589,15 @@ fn staged_outcomes_are_outside_the_state_and_gone_once_committed() {
     assert_eq!(keys, ["K1", "K2"], "in UserData order");
     assert_eq!(job.staged_after(Some("K1"), 10).unwrap().len(), 1);
     assert!(
-        job.delivered("K1").unwrap().is_none(),
+        job.delivered_outcomes().unwrap().is_none(),
         "not delivered before the commit"
     );
     job.commit_staged().unwrap();
     assert!(!at.exists(), "removed once committed");
     assert!(job.staged_after(None, 10).unwrap().is_empty());
-    let delivered = job.delivered("K1").unwrap().unwrap();
+    let delivered = job.delivered_outcomes().unwrap().unwrap();
+    assert!(delivered.get("K3").unwrap().is_none());
+    let delivered = delivered.get("K1").unwrap().unwrap();
     assert_eq!(delivered.outcome("K1").unwrap(), outcome("K1", 2));
     assert_eq!(delivered.hash(), Some(outcome("K1", 2).hash()));
 }
@@ -736,6 +738,119 @@ fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
     let fourth = run();
     put_entries(&fourth, 1, 30_000);
     assert!(fourth.repack_worn().unwrap().is_empty());
+}
+
+fn outcome(key: &str, tries: u32) -> crate::state::Outcome {
+    crate::state::Outcome {
+        user_data: key.to_string(),
+        contact_id: 7,
+        tries,
+        ..crate::state::Outcome::default()
+    }
+}
+
+/// Delivered outcomes live in a database of their own, `<state>.outcomes`: opening the
+/// state does not open it, a job without outcomes never does, and closing it really
+/// closes it (it opens again when needed, with what was committed).
+#[test]
+fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let apart = dir.path().join("state.outcomes");
+    let store = Store::open(&path).unwrap();
+    let job = store.job("a").unwrap();
+    assert!(job.delivered_outcomes().unwrap().is_none());
+    let mut n = 0;
+    job.for_each_outcome(None, &mut |_| n += 1).unwrap();
+    assert_eq!(n, 0);
+    assert!(!apart.exists(), "not made for a job without outcomes");
+
+    job.stage_outcome(&outcome("K1", 1)).unwrap();
+    job.stage_outcome(&outcome("K2", 3)).unwrap();
+    job.commit_staged().unwrap();
+    assert!(store.delivered.if_open().is_some());
+    assert!(apart.join("db").exists());
+    assert!(
+        !store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.starts_with(b"outcomes/")),
+        "none in the state's database"
+    );
+    job.close_outcomes().unwrap();
+    assert!(store.delivered.if_open().is_none());
+    // Closed for good: another open of the folder fails while any handle of the first
+    // is alive.
+    drop(super::outcomes::DeliveredDb::new(&path, 1).db().unwrap());
+
+    let d = job.delivered_outcomes().unwrap().unwrap();
+    assert_eq!(
+        d.get("K2").unwrap().unwrap().outcome("K2").unwrap(),
+        outcome("K2", 3)
+    );
+    drop(d);
+    job.close_outcomes().unwrap();
+    // Another job of the same state has none.
+    assert!(store
+        .job("b")
+        .unwrap()
+        .delivered_outcomes()
+        .unwrap()
+        .is_none());
+    drop((job, store));
+    let store = Store::open(&path).unwrap();
+    assert!(
+        store.delivered.if_open().is_none(),
+        "opening the state leaves it closed"
+    );
+    let mut read = Vec::new();
+    store
+        .job("a")
+        .unwrap()
+        .for_each_outcome(None, &mut |o| read.push(o.user_data))
+        .unwrap();
+    assert_eq!(read, ["K1", "K2"]);
+    assert!(store.delivered.if_open().is_none(), "closed after the read");
+}
+
+/// A state whose delivered outcomes an older version kept in its own database has them
+/// moved into theirs when it is opened, none lost, and the old trees dropped.
+#[test]
+fn outcomes_an_older_version_kept_in_the_state_are_moved_out_when_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    {
+        let store = Store::open(&path).unwrap();
+        let old = store.db.open_tree("outcomes/a").unwrap();
+        for i in 0..50 {
+            let o = outcome(&format!("K{i:02}"), i);
+            old.insert(o.user_data.as_bytes(), super::outcomes::encode(&o))
+                .unwrap();
+        }
+        // Every job got an empty tree from older versions.
+        store.db.open_tree("outcomes/b").unwrap();
+        store.db.flush().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(!store
+        .db
+        .tree_names()
+        .iter()
+        .any(|n| n.starts_with(b"outcomes/")));
+    assert!(store.delivered.if_open().is_none());
+    let job = store.job("a").unwrap();
+    let mut read = Vec::new();
+    job.for_each_outcome(None, &mut |o| read.push((o.user_data, o.tries)))
+        .unwrap();
+    assert_eq!(read.len(), 50);
+    assert_eq!(read[49], ("K49".to_string(), 49));
+    assert!(store
+        .job("b")
+        .unwrap()
+        .delivered_outcomes()
+        .unwrap()
+        .is_none());
 }
 
 /// Promise: delivered outcomes rewritten by a run (every contact called again) are

@@ -157,6 +157,16 @@ impl Env {
         (v["jobs"][0].clone(), out.status.code().unwrap())
     }
 
+    /// `dialsync sync --output json`, which must succeed: the job's report and what it
+    /// logged.
+    pub(crate) fn sync_logged(&self) -> (Value, String) {
+        let out = self.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (report["jobs"][0].clone(), stderr)
+    }
+
     pub(crate) fn contacts(&self) -> Vec<EmuContact> {
         self.emu.contacts()
     }
@@ -232,6 +242,13 @@ impl Env {
 }
 
 /// A count from a job's JSON report.
+/// Garbage where sled keeps its configuration and log in the database at `dir`, as a
+/// full disk or a broken file system leaves them.
+pub(crate) fn damage_database(dir: &std::path::Path) {
+    std::fs::write(dir.join("conf"), b"\xff\xfe garbage").unwrap();
+    std::fs::write(dir.join("db"), vec![0xA5u8; 4096]).unwrap();
+}
+
 pub(crate) fn count(report: &Value, key: &str) -> u64 {
     report[key]
         .as_u64()

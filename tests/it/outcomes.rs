@@ -5,7 +5,7 @@
 use dialsync::Call;
 use serde_json::Value;
 
-use crate::common::{rows, Env};
+use crate::common::{damage_database, rows, Env};
 
 /// `[job.outcomes]` writing `outcomes.csv` beside the config, plus `extra` lines.
 fn outcomes_config(env: &Env, extra: &str) {
@@ -671,4 +671,54 @@ fn ndjson_files_one_per_run_in_the_columns_order() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o640);
+}
+
+/// The delivered outcomes are a database of their own (`state.outcomes`). When the
+/// state's database is damaged and restored from its snapshot, they are kept: nothing is
+/// delivered twice. When their own database is damaged, it is moved aside and begun
+/// anew: each outcome is delivered once more, never lost.
+#[test]
+fn a_damaged_database_never_loses_a_delivered_outcome() {
+    let env = Env::new();
+    outcomes_config(&env, "");
+    env.write_rows(&rows(3, "Köln"));
+    assert_eq!(env.sync(&[]).1, 0);
+    call(&env, "K1", "ABG");
+    let (second, code) = env.sync(&[]);
+    assert_eq!(
+        (code, &second["outcomes"]["changed"]),
+        (0, &1.into()),
+        "{second}"
+    );
+    assert!(env.path("state.outcomes").is_dir());
+    std::fs::remove_file(env.path("outcomes.csv")).unwrap();
+
+    damage_database(&env.path("state"));
+    let (report, stderr) = env.sync_logged();
+    assert!(
+        stderr.contains("restored from the job's snapshot"),
+        "{stderr}"
+    );
+    assert_eq!(report["verified"]["confirmed"], 3, "{report}");
+    assert_eq!(report["outcomes"]["changed"], 0, "kept: {report}");
+    assert!(!env.path("outcomes.csv").exists());
+
+    damage_database(&env.path("state.outcomes"));
+    let (report, stderr) = env.sync_logged();
+    assert!(stderr.contains("moved aside and begun anew"), "{stderr}");
+    assert_eq!(report["outcomes"]["changed"], 1, "{report}");
+    let written = read_outcomes(&env);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["UserData"], "K1");
+    assert!(std::fs::read_dir(env.dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("state.outcomes.broken-")));
+    let (quiet, code) = env.sync(&[]);
+    assert_eq!(
+        (code, &quiet["outcomes"]["changed"]),
+        (0, &0.into()),
+        "{quiet}"
+    );
 }

@@ -310,11 +310,8 @@ fn a_damaged_state_says_how_to_rebuild_and_rebuild_moves_it_aside() {
     assert_eq!((code, count(&report, "api_calls")), (0, 1), "{report}");
 }
 
-/// Garbage where sled keeps its configuration and log, as a full disk or a broken file
-/// system leaves them.
 fn damage_database(env: &Env) {
-    std::fs::write(env.path("state").join("conf"), b"\xff\xfe garbage").unwrap();
-    std::fs::write(env.path("state").join("db"), vec![0xA5u8; 4096]).unwrap();
+    crate::common::damage_database(&env.path("state"));
 }
 
 /// Promise: a state database that cannot be opened is restored from the job's snapshot,
@@ -333,15 +330,12 @@ fn a_damaged_database_is_restored_from_the_snapshot_and_verified() {
     // The snapshot is the state: restored, verified (one listing), nothing else sent.
     damage_database(&env);
     let n = env.requests().len();
-    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (report, stderr) = env.sync_logged();
     assert!(
         stderr.contains("restored from the job's snapshot"),
         "{stderr}"
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = &report["jobs"][0];
+    let report = &report;
     assert_eq!(report["verified"]["confirmed"], 30, "{report}");
     assert_eq!(count(report, "api_calls"), 1, "{report}");
     assert_eq!(env.requests().len(), n + 1);
@@ -371,15 +365,12 @@ fn a_damaged_database_is_restored_from_the_snapshot_and_verified() {
     );
     damage_database(&env);
     env.write_rows(&all);
-    let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (report, stderr) = env.sync_logged();
     assert!(
         stderr.contains("sets every contact's lock as the export says"),
         "{stderr}"
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = &report["jobs"][0];
+    let report = &report;
     assert_eq!(report["verified"]["values_differ"], 5, "{report}");
     assert_eq!(count(report, "updated"), 5, "{report}");
     assert_eq!(count(report, "unlocked"), 30, "{report}");
