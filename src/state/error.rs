@@ -25,6 +25,19 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// The delivered outcomes' own database (see `state::outcomes`): not the state's, so
+    /// `state rebuild` never takes it for a damaged state.
+    #[error(
+        "cannot open {path}, the database of the outcomes already delivered (check that it \
+         and its folder belong to the user dialsync runs as and the disk is readable; a \
+         damaged one is moved aside by itself, and if you move it aside by hand, each \
+         outcome is delivered once more)"
+    )]
+    OutcomesOpen {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
     #[error(
         "cannot write {path}, a scratch copy beside the state (check that the folder is \
          writable and the disk has room; the state was not changed)"

@@ -88,7 +88,7 @@ impl DeliveredDb {
     /// Opens the database. One that cannot be read is moved aside and begun anew: what
     /// was delivered is then delivered again, once (delivery is at least once anyway).
     fn open(&self) -> Result<sled::Db, StateError> {
-        let failed = |source| StateError::Open {
+        let failed = |source| StateError::OutcomesOpen {
             path: self.path.clone(),
             source,
         };

@@ -740,6 +740,17 @@ fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
     assert!(fourth.repack_worn().unwrap().is_empty());
 }
 
+/// The UserData of job `job`'s delivered outcomes, in order.
+fn delivered_keys(store: &Store, job: &str) -> Vec<String> {
+    let mut read = Vec::new();
+    store
+        .job(job)
+        .unwrap()
+        .for_each_outcome(None, &mut |o| read.push(o.user_data))
+        .unwrap();
+    read
+}
+
 fn outcome(key: &str, tries: u32) -> crate::state::Outcome {
     crate::state::Outcome {
         user_data: key.to_string(),
@@ -804,13 +815,7 @@ fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
         store.delivered.if_open().is_none(),
         "opening the state leaves it closed"
     );
-    let mut read = Vec::new();
-    store
-        .job("a")
-        .unwrap()
-        .for_each_outcome(None, &mut |o| read.push(o.user_data))
-        .unwrap();
-    assert_eq!(read, ["K1", "K2"]);
+    assert_eq!(delivered_keys(&store, "a"), ["K1", "K2"]);
     assert!(store.delivered.if_open().is_none(), "closed after the read");
 }
 
@@ -851,6 +856,37 @@ fn outcomes_an_older_version_kept_in_the_state_are_moved_out_when_it_is_opened()
         .delivered_outcomes()
         .unwrap()
         .is_none());
+}
+
+/// An outcomes database that cannot be opened for a reason other than damage (here: a
+/// file where its folder should be) stops the open with its own error, which `state
+/// rebuild` does not take for a damaged state (it would move the state aside), and the
+/// outcomes an older version kept in the state stay where they were.
+#[test]
+fn an_outcomes_database_that_cannot_be_opened_is_not_taken_for_a_damaged_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    {
+        let store = Store::open(&path).unwrap();
+        let o = outcome("K1", 1);
+        store
+            .db
+            .open_tree("outcomes/a")
+            .unwrap()
+            .insert("K1", super::outcomes::encode(&o))
+            .unwrap();
+        store.db.flush().unwrap();
+    }
+    std::fs::write(dir.path().join("state.outcomes"), b"not a folder").unwrap();
+    let e = Store::open(&path).err().expect("refused");
+    assert!(
+        matches!(&e, StateError::OutcomesOpen { path, .. } if path.ends_with("state.outcomes")),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("outcomes already delivered"), "{e}");
+    std::fs::remove_file(dir.path().join("state.outcomes")).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(delivered_keys(&store, "a"), ["K1"]);
 }
 
 /// Promise: delivered outcomes rewritten by a run (every contact called again) are
