@@ -620,8 +620,8 @@ fn main() {
             eprintln!("kept {}", dir.path().display());
         }
         // The section's emulators stay up while the runtime does, and their contacts
-        // with their calls take about 10 GB for a million: emptied, so that the next
-        // section reuses that memory (a full run that kept them reached 16 GB).
+        // with their calls take gigabytes: emptied, so that the sections after this one
+        // reuse that memory (the 1M section alone takes the process to about 16 GB).
         emu.reset();
         fresh_emu.reset();
     }
