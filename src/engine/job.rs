@@ -439,14 +439,23 @@ async fn plan_and_execute(
     match (state, reads_outcomes) {
         (Some(state), true) => {
             let concurrency = config.dialler.max_concurrency;
+            // The delivered outcomes' database is open from the read to the commit, and
+            // closed before the contacts are planned: what opening it took goes back
+            // (see `state::outcomes`).
+            let held = match state.hold_outcomes() {
+                Ok(h) => h,
+                Err(e) => {
+                    report.stop(Abort::state(Step::ReadState, e));
+                    return;
+                }
+            };
             let read = read_outcomes(dialler, job, store, state, mode, due, concurrency, report);
             let read = read.await;
-            // What opening the delivered outcomes took goes back before the contacts are
-            // planned (see `state::outcomes`).
-            let s = state.clone();
-            if let Err(e) = blocking(move || s.close_outcomes()).await {
-                report.stop(Abort::state(Step::Flush, e));
-                return;
+            if let Some(held) = held {
+                if let Err(e) = blocking(move || held.end()).await {
+                    report.stop(Abort::state(Step::Flush, e));
+                    return;
+                }
             }
             match read {
                 Ok(f) => finals = Some(f),

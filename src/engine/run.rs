@@ -207,14 +207,6 @@ async fn settle(config: &Config, store: &Store, job: &str, report: &mut JobRepor
             tracing::warn!(job, error = %error_chain(&e), "could not write the job's snapshot")
         }
     }
-    // A repack of the delivered outcomes opened their database after the read; flushed
-    // above.
-    if let Err(e) = store.close_outcomes() {
-        let why = Abort::state(Step::Flush, e);
-        tracing::error!(job, error = %why.chain(), "the state could not be flushed");
-        report.stop(why);
-        return false;
-    }
     true
 }
 

@@ -36,53 +36,105 @@ pub(super) fn marker(job: &str) -> String {
     format!("delivered/{job}")
 }
 
-/// The delivered outcomes' database, shared by every handle of a store: opened when first
-/// needed, closed by [`DeliveredDb::close`] (see the module's text). Nothing keeps a tree
-/// of it between two calls, so that closing really closes it.
+/// The delivered outcomes' database, shared by every handle of a store: open while any
+/// [`InUse`] of it lives, flushed and closed when the last one ends (see the module's
+/// text). The daemon runs its jobs at once, so one job's end of use must not close it
+/// under another's.
 #[derive(Clone)]
 pub(super) struct DeliveredDb {
     path: PathBuf,
     cache_mb: u64,
-    slot: Arc<Mutex<Option<sled::Db>>>,
+    slot: Arc<Mutex<Slot>>,
+    /// The store's flush gate (see `Flusher`): the last use flushes through it.
+    gate: Arc<Mutex<()>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    db: Option<sled::Db>,
+    uses: usize,
+}
+
+/// One use of the delivered outcomes' database, which stays open while it lives. Trees
+/// taken from it must not outlive it.
+pub(crate) struct InUse {
+    db: sled::Db,
+    owner: DeliveredDb,
+    /// [`InUse::end`] released it already.
+    ended: bool,
+}
+
+impl InUse {
+    /// Job `job`'s tree.
+    pub(super) fn tree(&self, job: &str) -> Result<sled::Tree, StateError> {
+        Ok(self.db.open_tree(tree_name(job))?)
+    }
+
+    /// Ends the use: the last one flushes the database and closes it. What a flush
+    /// failed to make durable is an error here (dropped, it is only logged).
+    pub(crate) fn end(mut self) -> Result<(), StateError> {
+        self.ended = true;
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), StateError> {
+        let last = {
+            let mut slot = crate::locking::lock(&self.owner.slot);
+            slot.uses -= 1;
+            if slot.uses == 0 {
+                slot.db.take()
+            } else {
+                None
+            }
+        };
+        // The slot is let go first: `Flusher::now` takes the gate, then the slot.
+        if let Some(db) = last {
+            let _one = crate::locking::lock(&self.owner.gate);
+            db.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "could not flush the delivered outcomes' database when closing it");
+        }
+    }
 }
 
 impl DeliveredDb {
-    pub(super) fn new(state: &Path, cache_mb: u64) -> DeliveredDb {
+    pub(super) fn new(state: &Path, cache_mb: u64, gate: Arc<Mutex<()>>) -> DeliveredDb {
         DeliveredDb {
             path: db_path(state),
             cache_mb,
             slot: Arc::default(),
+            gate,
         }
     }
 
-    /// The database, opened now if it is not open.
-    pub(super) fn db(&self) -> Result<sled::Db, StateError> {
+    /// A use of the database, opened now if no other use has it open.
+    pub(super) fn begin(&self) -> Result<InUse, StateError> {
         let mut slot = crate::locking::lock(&self.slot);
-        if let Some(db) = &*slot {
-            return Ok(db.clone());
-        }
-        let db = self.open()?;
-        Ok(slot.insert(db).clone())
+        let db = match &slot.db {
+            Some(db) => db.clone(),
+            None => slot.db.insert(self.open()?).clone(),
+        };
+        slot.uses += 1;
+        Ok(InUse {
+            db,
+            owner: self.clone(),
+            ended: false,
+        })
     }
 
-    /// Job `job`'s tree, the database opened now if it is not open.
-    pub(super) fn tree(&self, job: &str) -> Result<sled::Tree, StateError> {
-        Ok(self.db()?.open_tree(tree_name(job))?)
-    }
-
-    /// The database if it is open.
+    /// The database if a use has it open (for the store's flush).
     pub(super) fn if_open(&self) -> Option<sled::Db> {
-        crate::locking::lock(&self.slot).clone()
-    }
-
-    /// Makes the database's writes durable and closes it (the next need opens it again).
-    /// Through [`super::Flusher::close_delivered`], one flush at a time.
-    pub(super) fn close(&self) -> Result<(), StateError> {
-        let db = crate::locking::lock(&self.slot).take();
-        if let Some(db) = db {
-            db.flush()?;
-        }
-        Ok(())
+        crate::locking::lock(&self.slot).db.clone()
     }
 
     /// Opens the database. One that cannot be read is moved aside and begun anew: what
@@ -214,12 +266,16 @@ fn decode(key: &[u8], v: &[u8]) -> Result<(u64, Outcome), StateError> {
 }
 
 /// A job's delivered outcomes, see [`JobState::delivered_outcomes`].
-pub(crate) struct DeliveredOutcomes(sled::Tree);
+pub(crate) struct DeliveredOutcomes {
+    /// Dropped before the use that keeps it open (fields drop in this order).
+    tree: sled::Tree,
+    _held: InUse,
+}
 
 impl DeliveredOutcomes {
     /// The outcome last delivered for `key`.
     pub(crate) fn get(&self, key: &str) -> Result<Option<Delivered>, StateError> {
-        Ok(self.0.get(key)?.map(Delivered))
+        Ok(self.tree.get(key)?.map(Delivered))
     }
 }
 
@@ -239,24 +295,32 @@ impl Delivered {
 
 impl JobState {
     /// The job's delivered outcomes, for one read of the campaign (`None`: it has none
-    /// yet). Their database stays open while this is held: it is dropped before
-    /// [`JobState::close_outcomes`].
+    /// yet). Their database stays open while this is held.
     pub(crate) fn delivered_outcomes(&self) -> Result<Option<DeliveredOutcomes>, StateError> {
+        let Some(held) = self.hold_outcomes()? else {
+            return Ok(None);
+        };
+        Ok(Some(DeliveredOutcomes {
+            tree: held.tree(&self.name)?,
+            _held: held,
+        }))
+    }
+
+    /// Keeps the delivered outcomes' database open while the result lives, if the job
+    /// has any (`None`: nothing to keep open, and nothing is made). A run holds it from
+    /// the outcomes read to their commit, so that it is opened once; when the last hold
+    /// or use ends, it is closed, and what opening it took goes back before the contacts
+    /// are planned.
+    pub(crate) fn hold_outcomes(&self) -> Result<Option<InUse>, StateError> {
         if !self.has_delivered()? {
             return Ok(None);
         }
-        Ok(Some(DeliveredOutcomes(self.delivered.tree(&self.name)?)))
+        self.delivered.begin().map(Some)
     }
 
     /// Whether the job has delivered outcomes (without opening their database).
     pub(crate) fn has_delivered(&self) -> Result<bool, StateError> {
         Ok(self.meta()?.contains_key(marker(&self.name))?)
-    }
-
-    /// Closes the delivered outcomes' database, durably, when the run is done with them:
-    /// what it took to open goes back before the contacts are planned.
-    pub(crate) fn close_outcomes(&self) -> Result<(), StateError> {
-        self.flusher.close_delivered()
     }
 
     /// Every delivered outcome first seen by a run after `since` (all without), in
@@ -266,21 +330,17 @@ impl JobState {
         since: Option<&str>,
         f: &mut dyn FnMut(Outcome),
     ) -> Result<(), StateError> {
-        if !self.has_delivered()? {
+        let Some(held) = self.hold_outcomes()? else {
             return Ok(());
-        }
-        let was_open = self.delivered.if_open().is_some();
-        for kv in self.delivered.tree(&self.name)?.iter() {
+        };
+        for kv in held.tree(&self.name)?.iter() {
             let (k, v) = kv?;
             let (_, o) = decode(&k, &v)?;
             if since.is_none_or(|s| o.run_id.as_str() > s) {
                 f(o);
             }
         }
-        if !was_open {
-            self.flusher.close_delivered()?;
-        }
-        Ok(())
+        held.end()
     }
 
     /// Stages a changed outcome of the run in progress (the scratch database is made at
@@ -332,18 +392,19 @@ impl JobState {
         let Some(db) = crate::locking::lock(&self.staged).take() else {
             return Ok(());
         };
-        let meta = self.meta()?;
-        if !meta.contains_key(marker(&self.name))? {
-            meta.insert(marker(&self.name), &[])?;
+        if !self.has_delivered()? {
+            self.meta()?.insert(marker(&self.name), &[])?;
         }
-        let delivered = self.delivered.tree(&self.name)?;
+        let held = self.delivered.begin()?;
+        let delivered = held.tree(&self.name)?;
         for kv in db.iter() {
             let (k, v) = kv?;
             if delivered.insert(k, v)?.is_some() {
                 self.rewrites.add(super::repack::Worn::Outcomes);
             }
         }
-        Ok(())
+        drop(delivered);
+        held.end()
     }
 
     /// Keeps a webhook batch (its idempotency key, its body) until it is accepted.

@@ -21,6 +21,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::outcomes::InUse;
 use super::{JobState, StateError};
 
 /// Fewer rewrites than this never repack: a small tree's page records cost little.
@@ -214,11 +215,16 @@ fn read_copy(path: &Path, values: u64, f: &mut Each<'_>) -> Result<Result<(), St
 }
 
 impl JobState {
-    /// The tree itself: the delivered outcomes' database is opened for it.
-    fn worn_tree(&self, tree: Worn) -> Result<sled::Tree, StateError> {
+    /// The tree itself, and for the delivered outcomes the use that keeps their
+    /// database open (bound first, so that it is dropped after the tree).
+    fn worn_tree(&self, tree: Worn) -> Result<(Option<InUse>, sled::Tree), StateError> {
         match tree {
-            Worn::Entries => Ok(self.tree.clone()),
-            Worn::Outcomes => self.delivered.tree(&self.name),
+            Worn::Entries => Ok((None, self.tree.clone())),
+            Worn::Outcomes => {
+                let held = self.delivered.begin()?;
+                let t = held.tree(&self.name)?;
+                Ok((Some(held), t))
+            }
         }
     }
 
@@ -255,8 +261,9 @@ impl JobState {
             if total < FLOOR {
                 continue;
             }
-            let len = self.worn_tree(tree)?.len();
-            if total.saturating_mul(2) < u64::try_from(len).unwrap_or(u64::MAX) {
+            // Open through the repack: it is not opened again for each step.
+            let (_held, t) = self.worn_tree(tree)?;
+            if total.saturating_mul(2) < u64::try_from(t.len()).unwrap_or(u64::MAX) {
                 continue;
             }
             let started = std::time::Instant::now();
@@ -309,14 +316,15 @@ impl JobState {
             source: sled::Error::Io(e),
         };
         super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
-        write_copy(&self.worn_tree(tree)?, &path).map_err(failed)
+        let (_held, t) = self.worn_tree(tree)?;
+        write_copy(&t, &path).map_err(failed)
     }
 
     /// Empties `tree` and fills it from its copy (which holds `values`, checked before
     /// the tree is touched: a copy that is not whole leaves it as it is), then removes the
     /// mark and the copy, durably.
     fn refill(&self, tree: Worn, values: u64) -> Result<(), StateError> {
-        let t = self.worn_tree(tree)?;
+        let (_held, t) = self.worn_tree(tree)?;
         let path = self.copy_path(tree);
         let bad = |why| self.lost_copy(tree, why);
         read_copy(&path, values, &mut |_, _| Ok(()))?.map_err(bad)?;

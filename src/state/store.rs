@@ -40,12 +40,6 @@ impl Flusher {
         Ok(())
     }
 
-    /// Closes the delivered outcomes' database, durably (see [`super::outcomes`]).
-    pub(super) fn close_delivered(&self) -> Result<(), StateError> {
-        let _one = crate::locking::lock(&self.gate);
-        self.delivered.close()
-    }
-
     /// Flushes on a blocking thread.
     pub(super) async fn run(&self) -> Result<(), StateError> {
         let me = self.clone();
@@ -132,7 +126,6 @@ impl Store {
                 store.move_outcomes_out()?;
                 store.finish_repacks()?;
                 store.remove_leftovers()?;
-                store.flusher.close_delivered()?;
                 Ok(store)
             }
             Err(e) if held_elsewhere(&e) => Err(StateError::Locked {
@@ -150,12 +143,13 @@ impl Store {
 
     /// A store on the open database `db` at `path`, with the state's secret.
     fn on(db: sled::Db, path: &Path, key: HashKey, cache_mb: u64) -> Store {
-        let delivered = DeliveredDb::new(path, cache_mb);
+        let gate = Arc::default();
+        let delivered = DeliveredDb::new(path, cache_mb, Arc::clone(&gate));
         Store {
             flusher: Flusher {
                 db: db.clone(),
                 delivered: delivered.clone(),
-                gate: Arc::default(),
+                gate,
             },
             delivered,
             db,
@@ -218,7 +212,6 @@ impl Store {
         }
         store.check_key()?;
         store.db.flush()?;
-        store.flusher.close_delivered()?;
         Ok(store)
     }
 
@@ -257,7 +250,8 @@ impl Store {
         // The delivered outcomes' own database was not damaged with the state's: what it
         // holds is as new as the snapshot's, or newer. Only an empty one is filled.
         if !delivered.is_empty() || outcomes::db_path(&self.path).exists() {
-            let tree = self.delivered.tree(job)?;
+            let held = self.delivered.begin()?;
+            let tree = held.tree(job)?;
             if tree.is_empty() {
                 for (k, v) in delivered {
                     tree.insert(k, v)?;
@@ -268,6 +262,8 @@ impl Store {
                     .open_tree("meta")?
                     .insert(outcomes::marker(job), &[])?;
             }
+            drop(tree);
+            held.end()?;
         }
         if stale {
             let state = self.job(job)?;
@@ -341,15 +337,15 @@ impl Store {
             let tree = self.db.open_tree(format!("{name}/{job}"))?;
             sections.push((name.to_string(), tree_items(tree)));
         }
-        // Their database is opened for it only if the job has some, and closed after.
-        let was_open = self.delivered.if_open().is_some();
-        if self
+        // Their database is opened for it only if the job has some, and kept open until
+        // the snapshot is written (which consumes `sections`).
+        let has_outcomes = self
             .db
             .open_tree("meta")?
-            .contains_key(outcomes::marker(job))?
-        {
-            let tree = self.delivered.tree(job)?;
-            sections.push(("outcomes".to_string(), tree_items(tree)));
+            .contains_key(outcomes::marker(job))?;
+        let held = has_outcomes.then(|| self.delivered.begin()).transpose()?;
+        if let Some(held) = &held {
+            sections.push(("outcomes".to_string(), tree_items(held.tree(job)?)));
         }
         let mut records = Vec::new();
         if let Some(v) = self.db.open_tree("good_rows")?.get(job)? {
@@ -363,11 +359,7 @@ impl Store {
         }
         sections.push(("records".into(), Box::new(records.into_iter().map(Ok))));
         snapshot::write(&snapshot::file(&self.path, job), sections)
-            .map_err(|e| self.snapshot_error(e))?;
-        if !was_open {
-            self.flusher.close_delivered()?;
-        }
-        Ok(())
+            .map_err(|e| self.snapshot_error(e))
     }
 
     fn snapshot_error(&self, source: std::io::Error) -> StateError {
@@ -428,14 +420,15 @@ impl Store {
             let from = self.db.open_tree(&name)?;
             let mut moved = 0u64;
             if !from.is_empty() {
-                let to = self.delivered.tree(&job)?;
+                let held = self.delivered.begin()?;
+                let to = held.tree(&job)?;
                 for kv in from.iter() {
                     let (k, v) = kv?;
                     to.insert(k, v)?;
                     moved += 1;
                 }
                 drop(to);
-                self.delivered.db()?.flush()?;
+                held.end()?;
                 meta.insert(outcomes::marker(&job), &[])?;
                 // Emptied one record at a time before it is dropped: sled drops a tree
                 // holding all its pages in memory at once (400 MB for a million).
@@ -605,12 +598,6 @@ impl Store {
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StateError> {
         self.flusher.run().await
-    }
-
-    /// Closes the delivered outcomes' database if a run left it open (see
-    /// [`super::outcomes`]), durably.
-    pub fn close_outcomes(&self) -> Result<(), StateError> {
-        self.flusher.close_delivered()
     }
 }
 

@@ -761,8 +761,9 @@ fn outcome(key: &str, tries: u32) -> crate::state::Outcome {
 }
 
 /// Delivered outcomes live in a database of their own, `<state>.outcomes`: opening the
-/// state does not open it, a job without outcomes never does, and closing it really
-/// closes it (it opens again when needed, with what was committed).
+/// state does not open it, a job without outcomes never does, and it is open exactly
+/// while something uses it. Uses overlap (the daemon runs its jobs at once): the first
+/// to end leaves it open for the other, the last closes it for good.
 #[test]
 fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
     let dir = tempfile::tempdir().unwrap();
@@ -771,6 +772,7 @@ fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
     let store = Store::open(&path).unwrap();
     let job = store.job("a").unwrap();
     assert!(job.delivered_outcomes().unwrap().is_none());
+    assert!(job.hold_outcomes().unwrap().is_none());
     let mut n = 0;
     job.for_each_outcome(None, &mut |_| n += 1).unwrap();
     assert_eq!(n, 0);
@@ -779,7 +781,10 @@ fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
     job.stage_outcome(&outcome("K1", 1)).unwrap();
     job.stage_outcome(&outcome("K2", 3)).unwrap();
     job.commit_staged().unwrap();
-    assert!(store.delivered.if_open().is_some());
+    assert!(
+        store.delivered.if_open().is_none(),
+        "closed when the commit ended"
+    );
     assert!(apart.join("db").exists());
     assert!(
         !store
@@ -789,19 +794,30 @@ fn delivered_outcomes_are_kept_apart_and_opened_only_when_needed() {
             .any(|n| n.starts_with(b"outcomes/")),
         "none in the state's database"
     );
-    job.close_outcomes().unwrap();
-    assert!(store.delivered.if_open().is_none());
     // Closed for good: another open of the folder fails while any handle of the first
     // is alive.
-    drop(super::outcomes::DeliveredDb::new(&path, 1).db().unwrap());
+    let other = super::outcomes::DeliveredDb::new(&path, 1, std::sync::Arc::default());
+    other.begin().unwrap().end().unwrap();
 
-    let d = job.delivered_outcomes().unwrap().unwrap();
+    let held = job.hold_outcomes().unwrap().expect("it has outcomes now");
+    let d = store
+        .job("a")
+        .unwrap()
+        .delivered_outcomes()
+        .unwrap()
+        .unwrap();
+    held.end().unwrap();
+    assert!(store.delivered.if_open().is_some(), "still in use");
     assert_eq!(
         d.get("K2").unwrap().unwrap().outcome("K2").unwrap(),
         outcome("K2", 3)
     );
     drop(d);
-    job.close_outcomes().unwrap();
+    assert!(
+        store.delivered.if_open().is_none(),
+        "the last use closed it"
+    );
+    other.begin().unwrap().end().unwrap();
     // Another job of the same state has none.
     assert!(store
         .job("b")
