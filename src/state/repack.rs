@@ -11,6 +11,11 @@
 //! its end copies the tree to a file beside the state (`<state>.downloads/repack-<tree>-<job>`:
 //! read and written a value at a time, checksummed), marks the state, empties the tree and
 //! fills it again from the copy, then removes the mark and the copy.
+//! Whether half is reached needs the tree's length, and counting it walks the whole tree
+//! (and opens the delivered outcomes' database), which cost every run after a percent was
+//! rewritten 15-50 MB: a run that counted and found no repack due keeps the length, and the
+//! runs after it count again only once the rewrites since could have brought the tree down
+//! to twice their number.
 //!
 //! A crash at any step loses nothing: before the mark, the tree is untouched and the next
 //! open of the state removes the copy; with the mark, the next open (or, in a daemon that
@@ -92,8 +97,18 @@ fn mark_key(tree: &[u8]) -> Vec<u8> {
     [b"repacking/".as_slice(), tree].concat()
 }
 
+/// Where the state keeps a tree's length when a run last counted it (and found no
+/// repack due), with the rewrites counted then: two u64, little-endian.
+fn counted_key(tree: &[u8]) -> Vec<u8> {
+    [b"worn-len/".as_slice(), tree].concat()
+}
+
 fn u64_of(v: &[u8]) -> Option<u64> {
     v.try_into().ok().map(u64::from_le_bytes)
+}
+
+fn pair_of(v: &[u8]) -> Option<(u64, u64)> {
+    Some((u64_of(v.get(..8)?)?, u64_of(v.get(8..)?)?))
 }
 
 /// No key or value of the state is longer (a length above it is damage).
@@ -242,7 +257,8 @@ impl JobState {
 
     /// At the end of a run: adds this handle's rewrites to the state's counts, and repacks
     /// each tree whose count reached half of it (see the module's text). Durable when it
-    /// returns; a run that rewrote nothing writes nothing.
+    /// returns; a run that rewrote nothing writes nothing (but the length it counted, once,
+    /// on a state an older version made).
     pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
         let meta = self.meta()?;
         let mut done = Vec::new();
@@ -261,14 +277,29 @@ impl JobState {
             if total < FLOOR {
                 continue;
             }
+            // Counting walks the whole tree (and opens the outcomes' database): what sled
+            // holds while it does is most of a run's memory. A tree counted before can
+            // have lost at most the values rewritten since (a removal counts as one); if
+            // even the fewest it can hold is more than twice the rewrites, it is not due.
+            let counted = counted_key(&self.worn_name(tree));
+            if let Some((len, then)) = meta.get(&counted)?.as_deref().and_then(pair_of) {
+                let fewest = len.saturating_sub(total.saturating_sub(then));
+                if total.saturating_mul(2) < fewest {
+                    continue;
+                }
+            }
             // Open through the repack: it is not opened again for each step.
             let (_held, t) = self.worn_tree(tree)?;
-            if total.saturating_mul(2) < u64::try_from(t.len()).unwrap_or(u64::MAX) {
+            let len = u64::try_from(t.len()).unwrap_or(u64::MAX);
+            if total.saturating_mul(2) < len {
+                meta.insert(&counted, [len.to_le_bytes(), total.to_le_bytes()].concat())?;
+                wrote = true;
                 continue;
             }
             let started = std::time::Instant::now();
             let values = self.repack(tree)?;
             meta.remove(&key)?;
+            meta.remove(&counted)?;
             done.push(Repacked {
                 tree,
                 values,
@@ -284,7 +315,9 @@ impl JobState {
     /// Forgets the rewrites counted for `tree` (emptied: what is written next is new).
     pub(super) fn forget_rewrites(&self, tree: Worn) -> Result<(), StateError> {
         self.rewrites.of(tree).store(0, Ordering::Relaxed);
-        self.meta()?.remove(worn_key(&self.worn_name(tree)))?;
+        let meta = self.meta()?;
+        meta.remove(worn_key(&self.worn_name(tree)))?;
+        meta.remove(counted_key(&self.worn_name(tree)))?;
         Ok(())
     }
 

@@ -740,6 +740,76 @@ fn runs_that_rewrote_half_the_entries_repack_them_and_lose_nothing() {
     assert!(fourth.repack_worn().unwrap().is_empty());
 }
 
+/// Promise: counting a tree walks all of it (and opens the delivered outcomes'
+/// database), so a run that found no repack due keeps the length it counted, and the
+/// runs after it do not count again while the tree cannot have come down to twice the
+/// rewrites; removals since the count bring that nearer (each is a rewrite), and a tree
+/// that came down to it is repacked.
+#[test]
+fn a_tree_counted_once_is_not_walked_again_by_every_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let run = || store.job("a").unwrap();
+    let meta = store.db.open_tree("meta").unwrap();
+    let counted = |name: &str| {
+        meta.get(format!("worn-len/{name}"))
+            .unwrap()
+            .map(|v| v.to_vec())
+    };
+    let deliver = |from: u32, n: u32, tries: u32| {
+        let job = run();
+        for i in from..from + n {
+            job.stage_outcome(&outcome(&format!("K{i:05}"), tries))
+                .unwrap();
+        }
+        job.commit_staged().unwrap();
+        job.repack_worn().unwrap()
+    };
+    // 3000 outcomes, then 1000 of them again: counted once, not due.
+    assert!(deliver(0, 3000, 1).is_empty());
+    assert!(deliver(0, 1000, 2).is_empty());
+    let outcomes = [3000u64.to_le_bytes(), 1000u64.to_le_bytes()].concat();
+    assert_eq!(counted("outcomes/a"), Some(outcomes.clone()));
+    // Another process holds the outcomes' database: a run that must open it fails. One
+    // that rewrote nothing does not count the tree again, so it never opens it.
+    let other = super::outcomes::DeliveredDb::new(&path, 1, std::sync::Arc::default());
+    let held = other.begin().unwrap();
+    assert!(run().repack_worn().unwrap().is_empty());
+    held.end().unwrap();
+    drop(other);
+    assert_eq!(counted("outcomes/a"), Some(outcomes));
+    // 500 more rewrites: 1500 of at most 3000, half: repacked, and counted anew.
+    let done = deliver(1000, 500, 2);
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].tree, done[0].values), (Worn::Outcomes, 3000));
+    assert_eq!(counted("outcomes/a"), None);
+    assert_eq!(delivered_keys(&store, "a").len(), 3000);
+
+    // Entries: 10000, 1000 rewritten (counted, not due), then 3000 removed: 4000
+    // rewrites of the 7000 left is more than half, though not of the 10000 counted.
+    let first = run();
+    put_entries(&first, 10_000, 0);
+    assert!(first.repack_worn().unwrap().is_empty());
+    let second = run();
+    put_entries(&second, 1000, 20_000);
+    assert!(second.repack_worn().unwrap().is_empty());
+    assert_eq!(
+        counted("job/a"),
+        Some([10_000u64.to_le_bytes(), 1000u64.to_le_bytes()].concat())
+    );
+    let third = run();
+    for i in 7000..10_000 {
+        third.remove(&format!("K{i:05}")).unwrap();
+    }
+    let expected = all_entries(&third);
+    let done = third.repack_worn().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!((done[0].tree, done[0].values), (Worn::Entries, 7000));
+    assert_eq!(all_entries(&run()), expected);
+    assert_eq!(counted("job/a"), None);
+}
+
 /// The UserData of job `job`'s delivered outcomes, in order.
 fn delivered_keys(store: &Store, job: &str) -> Vec<String> {
     let mut read = Vec::new();
