@@ -224,6 +224,16 @@ impl Emulator {
             .collect()
     }
 
+    /// The IDs of the first `n` contacts, in order (without copying the contacts).
+    pub fn ids(&self, n: usize) -> Vec<i64> {
+        crate::locking::lock(&self.shared.data)
+            .contacts
+            .keys()
+            .copied()
+            .take(n)
+            .collect()
+    }
+
     /// Every API call received so far.
     pub fn requests(&self) -> Vec<RequestLog> {
         crate::locking::lock(&self.shared.data)
