@@ -256,6 +256,71 @@ impl Digest {
 /// The lock byte of an entry removed since the digest was read (see [`Patched`]).
 const REMOVED: u8 = 2;
 
+/// What a write of `key` changes: the entry is now `now` (row hash, locked), or removed
+/// (`None`).
+fn change(key: u64, now: Option<(u64, bool)>) -> Record {
+    match now {
+        Some((row, locked)) => record((key, row, locked)),
+        None => {
+            let mut r = record((key, 0, false));
+            r[16] = REMOVED;
+            r
+        }
+    }
+}
+
+/// The entry writes of a run, as the records [`Patched::set`] would apply, in a file
+/// (`<state>.downloads/digest-writes-<job>`): a run that writes a million entries does not
+/// keep the digest's 17 MB, and 17 bytes for each new key, in memory while it sends. They
+/// are applied to the digest, read again, when it is stored at the end of the run. Not
+/// durable, and need not be: the stored digest's seal went before the first write, so
+/// after a crash the next run makes a new digest from the entries.
+pub(crate) struct WriteLog {
+    out: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl WriteLog {
+    /// A new, empty log at `path` (whatever was there is replaced).
+    pub(crate) fn create(path: &std::path::Path) -> std::io::Result<WriteLog> {
+        Ok(WriteLog {
+            out: std::io::BufWriter::with_capacity(1 << 16, super::private_file(path)?),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Logs a write of `key`: the entry is now `now`, or removed (`None`).
+    pub(crate) fn push(&mut self, key: u64, now: Option<(u64, bool)>) -> std::io::Result<()> {
+        use std::io::Write;
+        self.out.write_all(&change(key, now))
+    }
+
+    /// `base` with every logged write applied, in the order written (the file goes when
+    /// the log is dropped).
+    pub(crate) fn apply_to(mut self, base: Digest) -> std::io::Result<Patched> {
+        use std::io::{Read, Write};
+        self.out.flush()?;
+        let mut patched = Patched::from(base);
+        let mut input =
+            std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&self.path)?);
+        let mut r: Record = [0; 17];
+        loop {
+            match input.read_exact(&mut r) {
+                Ok(()) => patched.apply(r),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(patched)
+    }
+}
+
+impl Drop for WriteLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A digest brought up to date write by write, in its own bytes: an entry written is found
 /// by binary search and its row hash and lock byte changed in place (a removed one
 /// marked), and only a key the digest did not hold is noted apart (17 bytes each).
@@ -296,15 +361,14 @@ impl Patched {
     }
 
     /// The entry of `key` is now `now` (row hash, locked), or removed (`None`).
+    #[cfg(test)]
     pub(crate) fn set(&mut self, key: u64, now: Option<(u64, bool)>) {
-        let r = match now {
-            Some((row, locked)) => record((key, row, locked)),
-            None => {
-                let mut r = record((key, 0, false));
-                r[16] = REMOVED;
-                r
-            }
-        };
+        self.apply(change(key, now));
+    }
+
+    /// Applies a record made by [`change`].
+    fn apply(&mut self, r: Record) {
+        let key = word(&r, 0);
         match self.find(key) {
             Some(i) => {
                 let at = HEADER + 17 * i;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
-use crate::state::digest::{Builder, Digest, Patched, Seal};
+use crate::state::digest::{Builder, Digest, Seal, WriteLog};
 use crate::state::hashing::HashKey;
 
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
@@ -53,14 +53,36 @@ pub(super) struct DigestCache {
     loaded: bool,
     /// The digest stored when this handle first needed it (`None`: none, or unusable).
     base: Option<Arc<Digest>>,
+    /// The seal of the file `base` was read from (`None`: it was not read from one).
+    read_with: Option<Seal>,
     /// Whether the database holds a seal for the job, usable or not. It is removed before
     /// the first entry write (a file that does not match it now might match it later:
     /// put back, or readable again), and replaced at the end of the run.
     sealed: bool,
-    /// The digest with the entries written since, once one was written (`base` is then
-    /// taken into it, see [`Patched`]).
-    patched: Option<Patched>,
+    /// The entries written since, once one was written (`base` is then let go of, if its
+    /// file can be read again: see [`WriteLog`]).
+    writes: Option<Writes>,
+    /// The number of entries, from the digest stored at the end of the run (which is not
+    /// kept in memory), while nothing is written.
+    counted: Option<usize>,
 }
+
+/// The entry writes of a handle and the digest they apply to.
+struct Writes {
+    /// `None`: the log could not be written; the digest is made from the entries.
+    log: Option<WriteLog>,
+    onto: Onto,
+}
+
+enum Onto {
+    /// The digest file with this seal, read again at the end.
+    File(Seal),
+    /// A digest not read from a file (a first run's empty one).
+    Memory(Arc<Digest>),
+}
+
+/// Where a handle logs its entry writes for the digest (see [`WriteLog`]).
+pub(super) const DIGEST_WRITES: &str = "digest-writes";
 
 /// What the rebuild's and the verification's scratch databases are called
 /// (`<state>.downloads/<what>-<job>`). Neither pass is ever resumed: what a crash left of
@@ -154,8 +176,13 @@ impl JobState {
         if !cache.loaded {
             let seal = self.digests.get(&self.name)?;
             cache.sealed = seal.is_some();
+            cache.read_with = None;
             cache.base = match seal.as_deref().map(Seal::decode) {
-                Some(Some(seal)) => self.read_digest(seal).map(Arc::new),
+                Some(Some(seal)) => {
+                    let read = self.read_digest(seal).map(Arc::new);
+                    cache.read_with = read.is_some().then_some(seal);
+                    read
+                }
                 // A job without entries (its first run) starts from the empty digest.
                 None if self.tree.is_empty() => Some(Arc::default()),
                 // An older version's digest, in the database: replaced at the end.
@@ -223,29 +250,109 @@ impl JobState {
 
     fn after_entry_write(&self, key: &str, now: Option<&Entry>) -> Result<(), StateError> {
         let mut cache = self.cache()?;
-        if cache.patched.is_none() {
+        cache.counted = None;
+        if cache.writes.is_none() {
             let Some(base) = cache.base.take() else {
                 // No digest to bring up to date: the next one is made from the entries.
                 return Ok(());
             };
-            // The planner has let go of it by now, as a rule: then it is not copied.
-            let base = Arc::try_unwrap(base).unwrap_or_else(|shared| (*shared).clone());
-            cache.patched = Some(Patched::from(base));
+            // A digest read from its file is let go of (the planner's copy goes when the
+            // plan is made), and read again at the end.
+            let onto = match cache.read_with.take() {
+                Some(seal) => Onto::File(seal),
+                None => Onto::Memory(base),
+            };
+            // One file per handle: two handles of a job never share one.
+            static HANDLES: AtomicU64 = AtomicU64::new(0);
+            let n = HANDLES.fetch_add(1, Ordering::Relaxed);
+            let path = self.scratch_path(&format!("{DIGEST_WRITES}-{n}"));
+            let log = super::private_dir(&super::downloads_path(&self.state_path))
+                .and_then(|()| WriteLog::create(&path))
+                .inspect_err(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "the run's writes cannot be logged for the state digest: it is made from the entries at the end");
+                })
+                .ok();
+            cache.writes = Some(Writes { log, onto });
         }
-        if let Some(patched) = &mut cache.patched {
-            patched.set(key_hash(key), now.map(|e| (e.row, e.locked)));
+        if let Some(Writes { log, .. }) = &mut cache.writes {
+            if let Some(l) = log {
+                if let Err(e) = l.push(key_hash(key), now.map(|e| (e.row, e.locked))) {
+                    tracing::warn!(error = %e, "the run's writes cannot be logged for the state digest: it is made from the entries at the end");
+                    *log = None;
+                }
+            }
         }
         Ok(())
     }
 
+    /// The digest with `writes` applied: `None` if it cannot be made so (the log or the
+    /// file could not be read); `Some(None)` if the keys do not allow one (see
+    /// [`Digest`]).
+    fn apply_writes(&self, writes: Writes) -> Option<Option<Digest>> {
+        let Writes { log, onto } = writes;
+        let log = log?;
+        let base = match onto {
+            Onto::Memory(d) => Arc::try_unwrap(d).unwrap_or_else(|shared| (*shared).clone()),
+            Onto::File(seal) => {
+                let path = self.digest_file();
+                match std::fs::read(&path) {
+                    Ok(bytes) if seal.matches(&bytes) => Digest::decode(bytes)?,
+                    read => {
+                        let why = read.map_or_else(|e| e.to_string(), |_| "it changed".into());
+                        tracing::warn!(path = %path.display(), "the state digest read at the start of the run cannot be read again ({why}): it is made from the entries");
+                        return None;
+                    }
+                }
+            }
+        };
+        match log.apply_to(base) {
+            Ok(patched) => Some(patched.finish()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the run's writes logged for the state digest cannot be read: it is made from the entries");
+                None
+            }
+        }
+    }
+
+    /// Whether this handle keeps a digest in memory (tests).
+    #[cfg(test)]
+    pub(super) fn holds_digest(&self) -> bool {
+        let c = crate::locking::lock(&self.digest);
+        c.base.is_some()
+            || matches!(
+                c.writes,
+                Some(Writes {
+                    onto: Onto::Memory(_),
+                    ..
+                })
+            )
+    }
+
+    /// A digest made by reading every entry.
+    fn digest_from_entries(&self) -> Result<Option<Digest>, StateError> {
+        let mut digest = Builder::default();
+        self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
+        Ok(digest.finish())
+    }
+
     /// The digest of the entries as they are now, if the job has one (see [`Digest`]).
     pub fn digest(&self) -> Result<Option<Arc<Digest>>, StateError> {
-        let cache = self.cache()?;
-        Ok(match (&cache.base, &cache.patched) {
-            (Some(base), _) => Some(Arc::clone(base)),
-            (None, Some(patched)) => patched.clone().finish().map(Arc::new),
-            (None, None) => None,
-        })
+        let mut cache = self.cache()?;
+        if let Some(base) = &cache.base {
+            return Ok(Some(Arc::clone(base)));
+        }
+        let Some(writes) = cache.writes.take() else {
+            return Ok(None);
+        };
+        // In the middle of a run: the writes so far applied, and kept as the digest
+        // that the next writes apply to.
+        let digest = match self.apply_writes(writes) {
+            Some(d) => d,
+            None => self.digest_from_entries()?,
+        }
+        .map(Arc::new);
+        cache.base.clone_from(&digest);
+        Ok(digest)
     }
 
     /// What identifies the entries as they are, from the digest's seal alone (`None`:
@@ -278,17 +385,13 @@ impl JobState {
                 return Ok(());
             }
         }
-        let patched = self.cache()?.patched.take();
-        let base = self.cache()?.base.clone();
-        let digest = match (patched, base) {
+        let writes = self.cache()?.writes.take();
+        let base = self.cache()?.base.take();
+        let digest = match (writes.map(|w| self.apply_writes(w)), base) {
             // `None`: a new key's hash is another's, so no digest.
-            (Some(patched), _) => patched.finish().map(Arc::new),
-            (None, Some(base)) => Some(base),
-            (None, None) => {
-                let mut digest = Builder::default();
-                self.for_each(&mut |key, e| digest.push((key_hash(key), e.row, e.locked)))?;
-                digest.finish().map(Arc::new)
-            }
+            (Some(Some(patched)), _) => patched,
+            (None, Some(base)) => Some(Arc::unwrap_or_clone(base)),
+            (Some(None), _) | (None, None) => self.digest_from_entries()?,
         };
         let Some(digest) = digest else {
             tracing::debug!(job = %self.name, "two UserData values share a hash: no digest, every row is compared in full");
@@ -300,9 +403,12 @@ impl JobState {
         let seal = self.write_digest(&digest)?;
         self.digests
             .insert(self.name.as_str(), &seal.encode()[..])?;
+        // Not kept: read again from its file if this handle needs it.
         let mut cache = self.cache()?;
-        cache.base = Some(digest);
-        cache.sealed = true;
+        cache.loaded = false;
+        cache.base = None;
+        cache.read_with = None;
+        cache.counted = Some(digest.len());
         Ok(())
     }
 
@@ -431,7 +537,9 @@ impl JobState {
         self.failures.clear()?;
         let mut cache = self.cache()?;
         cache.base = Some(Arc::default());
-        cache.patched = None;
+        cache.read_with = None;
+        cache.writes = None;
+        cache.counted = None;
         Ok(())
     }
 
@@ -459,6 +567,9 @@ impl JobState {
     /// The number of entries: from the digest when the job has one (reading a million
     /// entries takes a second), else by counting.
     pub fn len(&self) -> usize {
+        if let Some(n) = crate::locking::lock(&self.digest).counted {
+            return n;
+        }
         if let Ok(Some(d)) = self.digest() {
             return d.len();
         }

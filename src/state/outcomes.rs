@@ -146,21 +146,8 @@ impl DeliveredDb {
         };
         let io = |e: std::io::Error| failed(sled::Error::Io(e));
         super::private_dir(&self.path).map_err(io)?;
-        // Only this process opens it (it holds the state's database), but sled lets go
-        // of its file lock a moment after the last handle is dropped, once its I/O
-        // threads are done: a run that closed it and needs it again may find it still
-        // held, for milliseconds.
-        let mut opened = super::store::sled_config(&self.path, self.cache_mb).open();
-        for _ in 0..200 {
-            match &opened {
-                Err(e) if super::held_elsewhere(e) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    opened = super::store::sled_config(&self.path, self.cache_mb).open();
-                }
-                _ => break,
-            }
-        }
-        match opened {
+        // Only this process opens it (it holds the state's database); see `open_waiting`.
+        match super::store::open_waiting(&self.path, self.cache_mb) {
             Ok(db) => Ok(db),
             Err(broken) if super::is_damage(&broken) => {
                 let aside = super::move_aside(&self.path).map_err(io)?;
@@ -404,6 +391,10 @@ impl JobState {
             }
         }
         drop(delivered);
+        // sled removes a temporary database when its last handle goes, which can be its
+        // flusher thread's, a moment later: removed here, so that it is gone on return.
+        drop(db);
+        self.remove_scratch(STAGING)?;
         held.end()
     }
 

@@ -56,6 +56,24 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
 }
 
+/// Opens the sled database at `path`, waiting up to 2 s while its file lock is held:
+/// sled lets go of it a moment after a database's last handle is dropped, once its I/O
+/// threads are done, so an open right after a close in the same process can find it
+/// still held, for milliseconds. Held by another process, it fails 2 s later.
+pub(super) fn open_waiting(path: &Path, cache_mb: u64) -> sled::Result<sled::Db> {
+    let mut opened = sled_config(path, cache_mb).open();
+    for _ in 0..200 {
+        match &opened {
+            Err(e) if super::held_elsewhere(e) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                opened = sled_config(path, cache_mb).open();
+            }
+            _ => break,
+        }
+    }
+    opened
+}
+
 /// How the database at `path` is opened: with a page cache of `cache_mb`.
 pub(super) fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
     sled::Config::new()
@@ -119,7 +137,7 @@ impl Store {
             path: key_path(path),
             source,
         })?;
-        match sled_config(path, cache_mb).open() {
+        match open_waiting(path, cache_mb) {
             Ok(db) => {
                 let store = Store::on(db, path, key, cache_mb);
                 store.check_key()?;
@@ -464,7 +482,9 @@ impl Store {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let removed = if name.starts_with("repack-") {
+            let removed = if name.starts_with("repack-")
+                || name.starts_with(&format!("{}-", super::job::DIGEST_WRITES))
+            {
                 super::remove_file_if_there(&path)
             } else if super::job::NEVER_RESUMED
                 .iter()
