@@ -270,7 +270,7 @@ fn change(key: u64, now: Option<(u64, bool)>) -> Record {
 }
 
 /// The entry writes of a run, as the records [`Patched::set`] would apply, in a file
-/// (`<state>.downloads/digest-writes-<job>`): a run that writes a million entries does not
+/// (`<state>.downloads/digest-writes-<n>-<job>`, one per handle): a run that writes a million entries does not
 /// keep the digest's 17 MB, and 17 bytes for each new key, in memory while it sends. They
 /// are applied to the digest, read again, when it is stored at the end of the run. Not
 /// durable, and need not be: the stored digest's seal went before the first write, so

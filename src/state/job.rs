@@ -51,10 +51,14 @@ pub struct JobState {
 #[derive(Default)]
 pub(super) struct DigestCache {
     loaded: bool,
-    /// The digest stored when this handle first needed it (`None`: none, or unusable).
+    /// The digest this handle holds: the stored one once read, a first run's empty one,
+    /// or the writes applied to it in the middle of a run (`None`: not read, none, or
+    /// unusable).
     base: Option<Arc<Digest>>,
-    /// The seal of the file `base` was read from (`None`: it was not read from one).
-    read_with: Option<Seal>,
+    /// The seal of the job's digest file while what this handle starts from is that file
+    /// (`base`, if it was read): the file is read when the digest is first needed, and a
+    /// run that writes entries without planning (a rebuild, a verification) never reads it.
+    file: Option<Seal>,
     /// Whether the database holds a seal for the job, usable or not. It is removed before
     /// the first entry write (a file that does not match it now might match it later:
     /// put back, or readable again), and replaced at the end of the run.
@@ -176,18 +180,10 @@ impl JobState {
         if !cache.loaded {
             let seal = self.digests.get(&self.name)?;
             cache.sealed = seal.is_some();
-            cache.read_with = None;
-            cache.base = match seal.as_deref().map(Seal::decode) {
-                Some(Some(seal)) => {
-                    let read = self.read_digest(seal).map(Arc::new);
-                    cache.read_with = read.is_some().then_some(seal);
-                    read
-                }
-                // A job without entries (its first run) starts from the empty digest.
-                None if self.tree.is_empty() => Some(Arc::default()),
-                // An older version's digest, in the database: replaced at the end.
-                Some(None) | None => None,
-            };
+            cache.file = seal.as_deref().and_then(Seal::decode);
+            // A job without entries (its first run) starts from the empty digest; an
+            // older version's seal, in the database, is replaced at the end.
+            cache.base = (seal.is_none() && self.tree.is_empty()).then(Arc::default);
             cache.loaded = true;
         }
         Ok(cache)
@@ -252,15 +248,13 @@ impl JobState {
         let mut cache = self.cache()?;
         cache.counted = None;
         if cache.writes.is_none() {
-            let Some(base) = cache.base.take() else {
-                // No digest to bring up to date: the next one is made from the entries.
-                return Ok(());
-            };
             // A digest read from its file is let go of (the planner's copy goes when the
             // plan is made), and read again at the end.
-            let onto = match cache.read_with.take() {
-                Some(seal) => Onto::File(seal),
-                None => Onto::Memory(base),
+            let onto = match (cache.file.take(), cache.base.take()) {
+                (Some(seal), _) => Onto::File(seal),
+                (None, Some(base)) => Onto::Memory(base),
+                // No digest to bring up to date: the next one is made from the entries.
+                (None, None) => return Ok(()),
             };
             // One file per handle: two handles of a job never share one.
             static HANDLES: AtomicU64 = AtomicU64::new(0);
@@ -275,11 +269,12 @@ impl JobState {
             cache.writes = Some(Writes { log, onto });
         }
         if let Some(Writes { log, .. }) = &mut cache.writes {
-            if let Some(l) = log {
-                if let Err(e) = l.push(key_hash(key), now.map(|e| (e.row, e.locked))) {
-                    tracing::warn!(error = %e, "the run's writes cannot be logged for the state digest: it is made from the entries at the end");
-                    *log = None;
-                }
+            let pushed = log
+                .as_mut()
+                .map(|l| l.push(key_hash(key), now.map(|e| (e.row, e.locked))));
+            if let Some(Err(e)) = pushed {
+                tracing::warn!(error = %e, "the run's writes cannot be logged for the state digest: it is made from the entries at the end");
+                *log = None;
             }
         }
         Ok(())
@@ -293,17 +288,7 @@ impl JobState {
         let log = log?;
         let base = match onto {
             Onto::Memory(d) => Arc::try_unwrap(d).unwrap_or_else(|shared| (*shared).clone()),
-            Onto::File(seal) => {
-                let path = self.digest_file();
-                match std::fs::read(&path) {
-                    Ok(bytes) if seal.matches(&bytes) => Digest::decode(bytes)?,
-                    read => {
-                        let why = read.map_or_else(|e| e.to_string(), |_| "it changed".into());
-                        tracing::warn!(path = %path.display(), "the state digest read at the start of the run cannot be read again ({why}): it is made from the entries");
-                        return None;
-                    }
-                }
-            }
+            Onto::File(seal) => self.read_digest(seal)?,
         };
         match log.apply_to(base) {
             Ok(patched) => Some(patched.finish()),
@@ -342,7 +327,17 @@ impl JobState {
             return Ok(Some(Arc::clone(base)));
         }
         let Some(writes) = cache.writes.take() else {
-            return Ok(None);
+            // The stored one, read now (once: a file that cannot be used is not read
+            // again).
+            let read = cache
+                .file
+                .and_then(|seal| self.read_digest(seal))
+                .map(Arc::new);
+            if read.is_none() {
+                cache.file = None;
+            }
+            cache.base.clone_from(&read);
+            return Ok(read);
         };
         // In the middle of a run: the writes so far applied, and kept as the digest
         // that the next writes apply to.
@@ -378,10 +373,10 @@ impl JobState {
             return Ok(());
         }
         {
-            // Sealed means no entry was written since it was read: if it is usable,
-            // it is the digest of the entries.
+            // Sealed means no entry was written since the seal was loaded: the stored
+            // digest stands, unless this handle found its file unusable.
             let cache = self.cache()?;
-            if cache.sealed && cache.base.is_some() {
+            if cache.sealed && (cache.base.is_some() || cache.file.is_some()) {
                 return Ok(());
             }
         }
@@ -407,7 +402,7 @@ impl JobState {
         let mut cache = self.cache()?;
         cache.loaded = false;
         cache.base = None;
-        cache.read_with = None;
+        cache.file = None;
         cache.counted = Some(digest.len());
         Ok(())
     }
@@ -537,7 +532,7 @@ impl JobState {
         self.failures.clear()?;
         let mut cache = self.cache()?;
         cache.base = Some(Arc::default());
-        cache.read_with = None;
+        cache.file = None;
         cache.writes = None;
         cache.counted = None;
         Ok(())

@@ -797,6 +797,32 @@ async fn a_runs_writes_keep_the_digest_out_of_memory() {
     run.save_digest().await.unwrap();
     assert_eq!(logs(), 0);
     assert_eq!(digest_matches_entries(&store, "a"), 99);
+
+    // A run that writes without planning (a rebuild, a verification) does not read the
+    // digest to write: its file, gone while the run writes, is read only when the new
+    // one is stored, and the writes are applied to it.
+    let run = store.job("a").unwrap();
+    let file = run.digest_file();
+    let aside = file.with_extension("aside");
+    std::fs::rename(&file, &aside).unwrap();
+    run.put(
+        "K004",
+        &Entry {
+            row: 3000,
+            ..entry()
+        },
+    )
+    .unwrap();
+    assert!(!run.holds_digest());
+    assert_eq!(
+        logs(),
+        1,
+        "logged for the stored digest, which was not read"
+    );
+    std::fs::rename(&aside, &file).unwrap();
+    run.save_digest().await.unwrap();
+    assert_eq!(logs(), 0);
+    assert_eq!(digest_matches_entries(&store, "a"), 99);
 }
 
 /// Promise: once the entries rewritten in place since the last repack reach half of the
