@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use crate::common::{count, field, rows, Env};
+use crate::common::{count, field, rows, Env, TOKEN};
 use dialsync::Faults;
 use serde_json::Value;
 
@@ -1105,6 +1105,44 @@ fn state_compact_refuses_without_a_state() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("there is no state at"), "{stderr}");
     assert!(!env.path("state").exists(), "nothing was created");
+}
+
+/// sled writes over every free segment of the state's file whenever it opens it, and a
+/// large state that runs rewrote keeps such space for good: an open that wrote much of
+/// it says so and names `state compact`; one that wrote little says nothing. (The free
+/// space is made here by lengthening the file: sled rewrites it at the next open, then
+/// cuts the file's free end, so only that open speaks.)
+#[test]
+fn an_open_that_rewrites_much_free_space_names_state_compact() {
+    let env = Env::new();
+    let all = rows(30, "Berlin");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let dry_run = || {
+        let out = env.dialsync(&["sync", "--config", "dialsync.toml", "--dry-run"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = dry_run();
+    assert!(!stderr.contains("state compact"), "{stderr}");
+
+    let db = env.path("state/db");
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len + (72 << 20)).unwrap();
+    drop(file);
+    let stderr = dry_run();
+    assert!(
+        stderr.contains("over free space in its database file")
+            && stderr.contains("`dialsync state compact` gives it back"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+
+    // Nothing lost, and the next open has nothing more to say.
+    let stderr = dry_run();
+    assert!(!stderr.contains("state compact"), "{stderr}");
+    one_change_costs_one_call(&env, &all, ("Berlin", "Hamm"), "after the rewrite");
 }
 
 /// Promise: a compaction that finds no room for its copy stops with a message that says
