@@ -21,6 +21,7 @@ use crate::fields::{self, Field};
 use crate::key::{key_hash, record_key};
 use crate::keymap::KeyMap;
 use crate::state::hashing::HashKey;
+use crate::state::Scratch;
 use crate::state::{Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many re-learned contacts are logged each as a warning; the rest at debug
@@ -190,8 +191,8 @@ struct Gathered {
 /// The verification's findings that change the state, in its scratch database, keyed
 /// by UserData, until the check that the dialler was not reset allows writing them.
 struct Found {
-    /// The scratch database (removed when the last handle goes).
-    _db: sled::Db,
+    /// The scratch database (removed when this goes).
+    _db: Scratch,
     /// Found under its ID with other values: the entry to store instead.
     differ: sled::Tree,
     /// Found under another ID than the stored one: the lowest such ID and the field
@@ -428,7 +429,7 @@ pub async fn rebuild(
     let _trimming = crate::trim::while_running();
     let campaign = campaign_id(dialler, &job.campaign).await?;
     let scratch_db = state.scratch()?;
-    let scratch: sled::Tree = (*scratch_db).clone();
+    let scratch: sled::Tree = sled::Tree::clone(&scratch_db);
     let fields: Vec<&'static Field> = job.fields.iter().map(|(f, _)| *f).collect();
     let gathered = Arc::new(Mutex::new(Listed::default()));
     {

@@ -95,6 +95,33 @@ const REBUILD: &str = "rebuild";
 const VERIFY: &str = "verify";
 pub(super) const NEVER_RESUMED: [&str; 2] = [REBUILD, VERIFY];
 
+/// A rebuild's or a verification's scratch database, gone from disk once this is dropped.
+/// sled removes a temporary database only when its last handle goes, which can be its
+/// flusher thread's, a moment after the caller let go: removed here as well, so that it
+/// is gone when the rebuild or verification returns.
+pub(crate) struct Scratch {
+    db: Option<sled::Db>,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        self.db.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        if let Err(e) = super::remove_dir_if_there(&self.path) {
+            // The next open of the state removes it.
+            tracing::debug!(path = %self.path.display(), error = %e, "could not remove a scratch database");
+        }
+    }
+}
+
 impl JobState {
     /// Where a `state rebuild` gathers the campaign's contacts before it replaces the
     /// entries: a database of its own in `<state>.downloads/rebuild-<job>`, removed when
@@ -102,17 +129,23 @@ impl JobState {
     /// scratch pages, freed at the end, stayed in its page table, which every later run
     /// loads whole when it opens the state. A scratch tree an older version left in the
     /// state is dropped.
-    pub(crate) fn scratch(&self) -> Result<sled::Db, StateError> {
+    pub(crate) fn scratch(&self) -> Result<Scratch, StateError> {
         self.flusher
             .db
             .drop_tree(format!("scratch/{}", self.name))?;
-        self.scratch_db(REBUILD)
+        Ok(Scratch {
+            path: self.scratch_path(REBUILD),
+            db: Some(self.scratch_db(REBUILD)?),
+        })
     }
 
     /// A new, empty scratch database for the verification, which stages there what it
     /// found until it may write it (see [`JobState::scratch_db`]).
-    pub(crate) fn verify_scratch(&self) -> Result<sled::Db, StateError> {
-        self.scratch_db(VERIFY)
+    pub(crate) fn verify_scratch(&self) -> Result<Scratch, StateError> {
+        Ok(Scratch {
+            path: self.scratch_path(VERIFY),
+            db: Some(self.scratch_db(VERIFY)?),
+        })
     }
 
     /// Where the job's scratch database for `what` is: `<state>.downloads/<what>-<job>`.
