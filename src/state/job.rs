@@ -133,18 +133,20 @@ impl JobState {
         self.flusher
             .db
             .drop_tree(format!("scratch/{}", self.name))?;
-        Ok(Scratch {
-            path: self.scratch_path(REBUILD),
-            db: Some(self.scratch_db(REBUILD)?),
-        })
+        self.scratch_guarded(REBUILD)
     }
 
     /// A new, empty scratch database for the verification, which stages there what it
     /// found until it may write it (see [`JobState::scratch_db`]).
     pub(crate) fn verify_scratch(&self) -> Result<Scratch, StateError> {
+        self.scratch_guarded(VERIFY)
+    }
+
+    /// [`JobState::scratch_db`] for `what`, removed from disk when the guard is dropped.
+    fn scratch_guarded(&self, what: &str) -> Result<Scratch, StateError> {
         Ok(Scratch {
-            path: self.scratch_path(VERIFY),
-            db: Some(self.scratch_db(VERIFY)?),
+            db: Some(self.scratch_db(what)?),
+            path: self.scratch_path(what),
         })
     }
 

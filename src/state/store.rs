@@ -92,8 +92,8 @@ fn bytes_written() -> Option<u64> {
 /// sled writes over every free segment of its file whenever it opens a database (so that
 /// no stale page is ever read as live), and its file never shrinks but at the end: after
 /// runs that rewrote most of a large state (a repack, the first sync after a rebuild), a
-/// million contacts' state held 119 MB of free segments, which every open wrote again
-/// (0.14 s more for each manual sync, and the disk's wear). A rewrite of at least
+/// million contacts' state held 115 MB of free segments, which every open wrote again
+/// (0.11 s more for each manual sync, and the disk's wear; see BENCHMARKS.md). A rewrite of at least
 /// [`REWRITE_TO_MENTION`] is logged as a warning that names the remedy, `state compact`,
 /// which writes the state afresh without free space.
 fn say_if_free_space_rewritten(path: &Path, written: u64) {
