@@ -22,7 +22,7 @@ use crate::key::{key_hash, record_key};
 use crate::keymap::KeyMap;
 use crate::state::hashing::HashKey;
 use crate::state::Scratch;
-use crate::state::{Entry, JobState, LastOp, StateError, StateView, Verified};
+use crate::state::{Change, Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many re-learned contacts are logged each as a warning; the rest at debug
 /// level, with a count.
@@ -346,50 +346,158 @@ pub(crate) async fn verify(
             checked: out.checked,
         }));
     }
-    // The entries found under another ID (and not also under their own), in key order.
-    // Each is logged; after the first few (a dialler restored under new IDs re-learns
-    // every contact), at debug level, and a count closes the list.
-    let mut relearned = 0u64;
-    Found::each(&found.elsewhere, |key, v| {
-        if g.confirmed.binary_search(&key_hash(&key)).is_ok() {
-            return Ok(());
-        }
-        let (Some((id, fields)), Some(e)) = (Candidate::decode(v), state.get(&key)?) else {
-            return Err(StateError::Corrupt { key });
-        };
-        let entry = Entry {
-            id,
-            fields,
-            row: 0,
-            locked: false,
-            // Whether the contact under its new ID is locked, nobody knows: the next run
-            // unlocks or locks it (see `LastOp::Rebuilt`).
-            last_op: LastOp::Rebuilt,
-            ..e
-        };
-        state.put(&key, &entry)?;
-        relearned += 1;
-        if relearned <= LOG_EACH {
-            tracing::warn!(job = %job.name, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
-        } else {
-            tracing::debug!(job = %job.name, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
-        }
-        Ok(())
-    })?;
-    if relearned > LOG_EACH {
-        tracing::warn!(job = %job.name, more = relearned - LOG_EACH, "more contacts are on the dialler under another ID and were re-learned (each one at debug level)");
+    let mut log = Relearning {
+        job: &job.name,
+        n: 0,
+    };
+    let changes = out.relearned + out.missing + g.differ;
+    if changes >= REWRITE_FROM && changes.saturating_mul(2) >= out.checked {
+        // Most entries change (a dialler restored under new IDs): written afresh, not
+        // each in place (see `JobState::rewrite_entries`).
+        rewrite(state, &found, &g.confirmed, &mut log)?;
+        Found::each(&found.missing, |key, _| state.clear_in_flight(&key))?;
+    } else {
+        // The entries found under another ID (and not also under their own), in key
+        // order.
+        Found::each(&found.elsewhere, |key, v| {
+            if g.confirmed.binary_search(&key_hash(&key)).is_ok() {
+                return Ok(());
+            }
+            let Some(e) = state.get(&key)? else {
+                return Err(StateError::Corrupt { key });
+            };
+            let now = relearned(&key, e, v)?;
+            state.put(&key, &now)?;
+            log.one(&key, now.id);
+            Ok(())
+        })?;
+        Found::each(&found.missing, |key, _| {
+            state.remove(&key)?;
+            state.clear_in_flight(&key)
+        })?;
+        Found::each(&found.differ, |key, v| match Entry::decode(v) {
+            Some(entry) => state.put(&key, &entry),
+            None => Err(StateError::Corrupt { key }),
+        })?;
     }
-    Found::each(&found.missing, |key, _| {
-        state.remove(&key)?;
-        state.clear_in_flight(&key)
-    })?;
-    Found::each(&found.differ, |key, v| match Entry::decode(v) {
-        Some(entry) => state.put(&key, &entry),
-        None => Err(StateError::Corrupt { key }),
-    })?;
+    log.close();
     drop(found);
     state.flush().await?;
     Ok(out)
+}
+
+/// From this many changes to the entries, and half of them, a verification writes the
+/// entries afresh instead of each change in place (the repack's floor: fewer page records
+/// cost little).
+const REWRITE_FROM: u64 = 1000;
+
+/// The entry of `key` (`e` now) under the ID found for it elsewhere: `candidate`, the
+/// lowest such ID and the field hashes of what it holds ([`Candidate`]).
+fn relearned(key: &str, e: Entry, candidate: &[u8]) -> Result<Entry, StateError> {
+    let Some((id, fields)) = Candidate::decode(candidate) else {
+        return Err(StateError::Corrupt { key: key.into() });
+    };
+    Ok(Entry {
+        id,
+        fields,
+        row: 0,
+        locked: false,
+        // Whether the contact under its new ID is locked, nobody knows: the next run
+        // unlocks or locks it (see `LastOp::Rebuilt`).
+        last_op: LastOp::Rebuilt,
+        ..e
+    })
+}
+
+/// Each contact re-learned is logged; after the first few (a dialler restored under new
+/// IDs re-learns every contact), at debug level, and a count closes the list.
+struct Relearning<'a> {
+    job: &'a str,
+    n: u64,
+}
+
+impl Relearning<'_> {
+    fn one(&mut self, key: &str, id: i64) {
+        self.n += 1;
+        if self.n <= LOG_EACH {
+            tracing::warn!(job = %self.job, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
+        } else {
+            tracing::debug!(job = %self.job, user_data = %key, id, "the contact is on the dialler under another ID: re-learned");
+        }
+    }
+
+    fn close(&self) {
+        if self.n > LOG_EACH {
+            tracing::warn!(job = %self.job, more = self.n - LOG_EACH, "more contacts are on the dialler under another ID and were re-learned (each one at debug level)");
+        }
+    }
+}
+
+/// The verification's findings written by rewriting the entries: each entry as the
+/// scratch trees say, read in key order beside them.
+fn rewrite(
+    state: &JobState,
+    found: &Found,
+    confirmed: &[u64],
+    log: &mut Relearning<'_>,
+) -> Result<(), StateError> {
+    let mut differ = Cursor::new(&found.differ);
+    let mut elsewhere = Cursor::new(&found.elsewhere);
+    let mut missing = Cursor::new(&found.missing);
+    state.rewrite_entries(&mut |key, e| {
+        let (differs, moved, gone) = (differ.take(key)?, elsewhere.take(key)?, missing.take(key)?);
+        if let Some(v) = differs {
+            return match Entry::decode(&v) {
+                Some(now) => Ok(Change::Put(now)),
+                None => Err(StateError::Corrupt { key: key.into() }),
+            };
+        }
+        if let Some(v) = moved.filter(|_| confirmed.binary_search(&key_hash(key)).is_err()) {
+            let now = relearned(key, e, &v)?;
+            log.one(key, now.id);
+            return Ok(Change::Put(now));
+        }
+        Ok(if gone.is_some() {
+            Change::Remove
+        } else {
+            Change::Keep
+        })
+    })?;
+    Ok(())
+}
+
+/// A scratch tree read in key order beside the entries.
+struct Cursor {
+    iter: sled::Iter,
+    head: Option<(sled::IVec, sled::IVec)>,
+}
+
+impl Cursor {
+    fn new(tree: &sled::Tree) -> Cursor {
+        Cursor {
+            iter: tree.iter(),
+            head: None,
+        }
+    }
+
+    /// The value of `key` if the tree holds it. The keys asked for must ascend.
+    fn take(&mut self, key: &str) -> Result<Option<sled::IVec>, StateError> {
+        loop {
+            let (k, _) = match &self.head {
+                Some(head) => head,
+                None => match self.iter.next() {
+                    Some(kv) => self.head.insert(kv?),
+                    None => return Ok(None),
+                },
+            };
+            match k.as_ref().cmp(key.as_bytes()) {
+                // A key the entries do not hold (none: each was staged from one).
+                std::cmp::Ordering::Less => self.head = None,
+                std::cmp::Ordering::Equal => return Ok(self.head.take().map(|(_, v)| v)),
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
 }
 
 /// What `state rebuild` did.

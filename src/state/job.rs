@@ -71,6 +71,13 @@ pub(super) struct DigestCache {
     counted: Option<usize>,
 }
 
+/// What [`JobState::rewrite_entries`] does with an entry.
+pub(crate) enum Change {
+    Keep,
+    Put(Entry),
+    Remove,
+}
+
 /// The entry writes of a handle and the digest they apply to.
 struct Writes {
     /// `None`: the log could not be written; the digest is made from the entries.
@@ -592,6 +599,57 @@ impl JobState {
             self.rewrites.add(super::repack::Worn::Entries);
         }
         self.after_entry_write(key, None)
+    }
+
+    /// Changes most of the job's entries at once, the way a repack writes a tree (see
+    /// [`super::repack`]): each entry as `change` says, copied durably, then the tree
+    /// emptied and filled again from the copy (a crash after the copy is marked finishes
+    /// the refill at the next open). A million entries put in place would leave a page
+    /// record each, held in memory by every later open until a repack (the verification
+    /// that re-learned a renumbered dialler peaked at 190 MB with them, and repacked
+    /// after); written afresh, the tree is as compact as after a repack, in one pass.
+    /// The digest is kept up to date as [`JobState::put`] and [`JobState::remove`] keep
+    /// it. How many entries the job holds after.
+    pub(crate) fn rewrite_entries(
+        &self,
+        change: &mut dyn FnMut(&str, Entry) -> Result<Change, StateError>,
+    ) -> Result<u64, StateError> {
+        use super::repack::{Rewrite, Worn};
+        self.before_entry_write()?;
+        let rewritten = self.repack_with(Worn::Entries, &mut |k, v| {
+            let key = String::from_utf8_lossy(k);
+            let Some(entry) = Entry::decode(v) else {
+                return Err(StateError::Corrupt {
+                    key: key.into_owned(),
+                });
+            };
+            Ok(match change(&key, entry)? {
+                Change::Keep => Rewrite::Keep,
+                Change::Put(now) => {
+                    self.after_entry_write(&key, Some(&now))?;
+                    Rewrite::Put(now.encode())
+                }
+                Change::Remove => {
+                    self.after_entry_write(&key, None)?;
+                    Rewrite::Drop
+                }
+            })
+        });
+        match rewritten {
+            Ok(values) => {
+                // Fresh pages: nothing rewritten in place since.
+                self.forget_rewrites(Worn::Entries)?;
+                Ok(values)
+            }
+            Err(e) => {
+                // The digest's log may name writes the tree never got (or, with the mark,
+                // not yet): the digest is made from the entries instead.
+                if let Some(w) = &mut self.cache()?.writes {
+                    w.log = None;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The number of entries: from the digest when the job has one (reading a million

@@ -43,7 +43,7 @@ pub use files::move_aside;
 pub(crate) use files::{
     digests_path, downloads_path, key_path, private_dir, private_file, replace_durably,
 };
-pub(crate) use job::{JobState, Scratch};
+pub(crate) use job::{Change, JobState, Scratch};
 pub(crate) use outcomes::DeliveredOutcomes;
 pub use outcomes::Outcome;
 pub use store::Store;

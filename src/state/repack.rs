@@ -117,10 +117,22 @@ const MAX_PART: u32 = 16 << 20;
 /// The copy's first line.
 const MAGIC: &[u8] = b"dialsync repack copy 1\n";
 
-/// Writes `tree` to the file at `path`: [`MAGIC`], each key and value with its length
-/// (u32, little-endian), then the number of values and the xxh3 of all before it (u64
-/// each); durable when it returns. How many values it wrote.
-fn write_copy(tree: &sled::Tree, path: &Path) -> std::io::Result<u64> {
+/// What a copy does with a value of the tree it copies: keeps it, writes another in its
+/// place, or leaves it out.
+pub(crate) enum Rewrite {
+    Keep,
+    Put(Vec<u8>),
+    Drop,
+}
+
+/// What a copy asks of each key and value of the tree (an error stops the copy).
+type Change<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Rewrite, StateError> + 'a;
+
+/// Writes `tree` to the file at `path`, each value as `change` says: [`MAGIC`], each key
+/// and value with its length (u32, little-endian), then the number of values and the
+/// xxh3 of all before it (u64 each); durable when it returns. How many values it wrote.
+/// An error of `change` comes back inside the `io::Error` (see [`JobState::copy_with`]).
+fn write_copy(tree: &sled::Tree, path: &Path, change: &mut Change<'_>) -> std::io::Result<u64> {
     let file = super::private_file(path)?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
@@ -132,7 +144,12 @@ fn write_copy(tree: &sled::Tree, path: &Path) -> std::io::Result<u64> {
     let mut values = 0u64;
     for kv in tree.iter() {
         let (k, v) = kv.map_err(std::io::Error::other)?;
-        for part in [&k[..], &v[..]] {
+        let put_instead = match change(&k, &v).map_err(std::io::Error::other)? {
+            Rewrite::Keep => None,
+            Rewrite::Put(instead) => Some(instead),
+            Rewrite::Drop => continue,
+        };
+        for part in [&k[..], put_instead.as_deref().unwrap_or(&v[..])] {
             let len = u32::try_from(part.len()).map_err(std::io::Error::other)?;
             put(&mut out, &len.to_le_bytes())?;
             put(&mut out, part)?;
@@ -328,7 +345,17 @@ impl JobState {
 
     /// Repacks `tree`: copied durably, marked, emptied, filled again, unmarked.
     fn repack(&self, tree: Worn) -> Result<u64, StateError> {
-        let values = self.copy(tree).inspect_err(|_| {
+        self.repack_with(tree, &mut |_, _| Ok(Rewrite::Keep))
+    }
+
+    /// Like [`JobState::repack`], with each value as `change` says: what the tree holds
+    /// once the copy is marked (a crash after that finishes the refill from the copy).
+    pub(super) fn repack_with(
+        &self,
+        tree: Worn,
+        change: &mut Change<'_>,
+    ) -> Result<u64, StateError> {
+        let values = self.copy_with(tree, change).inspect_err(|_| {
             let _ = self.remove_copy(tree);
         })?;
         crate::failpoint::hit("repack-copied");
@@ -342,7 +369,13 @@ impl JobState {
     }
 
     /// Writes the copy of `tree` (see [`write_copy`]).
+    #[cfg(test)]
     pub(super) fn copy(&self, tree: Worn) -> Result<u64, StateError> {
+        self.copy_with(tree, &mut |_, _| Ok(Rewrite::Keep))
+    }
+
+    /// Writes the copy of `tree` with each value as `change` says (see [`write_copy`]).
+    fn copy_with(&self, tree: Worn, change: &mut Change<'_>) -> Result<u64, StateError> {
         let path = self.copy_path(tree);
         let failed = |e: std::io::Error| StateError::Scratch {
             path: path.clone(),
@@ -350,7 +383,10 @@ impl JobState {
         };
         super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
         let (_held, t) = self.worn_tree(tree)?;
-        write_copy(&t, &path).map_err(failed)
+        write_copy(&t, &path, change).map_err(|e| match e.downcast::<StateError>() {
+            Ok(state) => state,
+            Err(e) => failed(e),
+        })
     }
 
     /// Empties `tree` and fills it from its copy (which holds `values`, checked before

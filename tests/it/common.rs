@@ -43,6 +43,16 @@ PhoneNumber1 = "Phone"
 City = "City"
 "#;
 
+/// The crash points of a repack (see `src/state/repack.rs`), and none: a kill after each
+/// step, and a whole run.
+pub(crate) const REPACK_STEPS: [Option<&str>; 5] = [
+    None,
+    Some("repack-copied"),
+    Some("repack-marked"),
+    Some("repack-refilling"),
+    Some("repack-refilled"),
+];
+
 pub(crate) const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
 
 impl Env {

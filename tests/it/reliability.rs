@@ -1053,13 +1053,7 @@ fn one_change_costs_one_call(env: &Env, all: &[String], (from, to): (&str, &str)
 fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
     // More than the 1000 rewrites below which nothing is repacked.
     let n = 1200;
-    for point in [
-        None,
-        Some("repack-copied"),
-        Some("repack-marked"),
-        Some("repack-refilling"),
-        Some("repack-refilled"),
-    ] {
+    for point in common::REPACK_STEPS {
         let env = Env::new();
         env.write_rows(&rows(n, "Berlin"));
         let (report, code) = env.sync(&[]);

@@ -324,6 +324,96 @@ fn a_renumbered_dialler_is_relearned_only_when_confirmed_and_nothing_stays_stage
     );
 }
 
+/// Promise: a dialler restored under new IDs, with a thousand contacts or more: `verify
+/// --force` re-learns them by writing the entries afresh in one pass (not one by one in
+/// place, which a repack at the end of the run would have to undo), and forgets those gone
+/// from the dialler. Killed at any step of that rewrite, nothing is lost: the next open
+/// finishes it or the next verification does it again. The next sync imports what was
+/// forgotten, deletes nothing, and leaves the dialler holding exactly the export.
+#[test]
+fn a_renumbered_dialler_of_many_contacts_is_relearned_in_one_rewrite_even_when_killed() {
+    // From 1000 changes the entries are rewritten.
+    let n = 1200;
+    for point in common::REPACK_STEPS {
+        let (env, all) = synced(n);
+        assert_eq!(env.emu.renumber(), n);
+        for key in ["K3", "K700"] {
+            assert!(env.emu.remove_contact(by_key(&env, key)));
+        }
+        let verify = |failpoint: Option<&str>| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
+            cmd.args([
+                "verify",
+                "--config",
+                "dialsync.toml",
+                "--force",
+                "--output",
+                "json",
+            ])
+            .current_dir(env.path("."))
+            .env_remove("RUST_LOG");
+            if let Some(point) = failpoint {
+                cmd.env("DIALSYNC_FAILPOINT", point);
+            }
+            cmd.output().unwrap()
+        };
+        let what = format!("{point:?}");
+        let v = match point {
+            None => verify(None),
+            Some(point) => {
+                use std::os::unix::process::ExitStatusExt;
+                let killed = verify(Some(point));
+                assert_eq!(killed.status.signal(), Some(9), "{what}: {killed:?}");
+                // Again: whatever the kill left undone, this one does.
+                verify(None)
+            }
+        };
+        assert_eq!(v.status.code(), Some(0), "{what}: {v:?}");
+        let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+        let found = &v["jobs"][0]["verified"];
+        let done = (
+            found["relearned"].as_u64().unwrap(),
+            found["missing"].as_u64().unwrap(),
+            found["confirmed"].as_u64().unwrap(),
+        );
+        match point {
+            // The kill came before the rewrite was marked: the entries are as they were.
+            None | Some("repack-copied") => assert_eq!(done, (n as u64 - 2, 2, 0), "{what}: {v}"),
+            // The open finished the rewrite before the verification read the entries.
+            _ => assert_eq!(done, (0, 0, n as u64 - 2), "{what}: {v}"),
+        }
+        let notes = v["jobs"][0]["notes"].to_string();
+        assert!(
+            !notes.contains("repacked"),
+            "{what}: written afresh, not repacked: {notes}"
+        );
+        let left: Vec<_> = std::fs::read_dir(env.path("state.downloads"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !left.iter().any(|f| {
+                let f = f.to_string_lossy();
+                f.starts_with("repack-") || f.starts_with("verify-")
+            }),
+            "{what}: {left:?}"
+        );
+
+        let (report, code) = env.sync(&[]);
+        assert_eq!(code, 0, "{what}: {report}");
+        assert_eq!(
+            (
+                count(&report, "imported"),
+                count(&report, "deleted"),
+                count(&report, "locked")
+            ),
+            (2, 0, 0),
+            "{what}: {report}"
+        );
+        env.assert_holds_exactly(&all);
+        assert_eq!(env.contacts().len(), n, "{what}: no duplicate");
+    }
+}
+
 /// Promise: what a verification or a rebuild killed before its end left staged takes no
 /// disk space for long and is never applied: the next command that opens the state
 /// removes it.
