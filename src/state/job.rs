@@ -643,9 +643,12 @@ impl JobState {
             }
             Err(e) => {
                 // The digest's log may name writes the tree never got (or, with the mark,
-                // not yet): the digest is made from the entries instead.
-                if let Some(w) = &mut self.cache()?.writes {
-                    w.log = None;
+                // not yet): the digest is made from the entries instead. (A cache that
+                // cannot be read has no log to trust either; `e` says what went wrong.)
+                if let Ok(mut cache) = self.cache() {
+                    if let Some(w) = &mut cache.writes {
+                        w.log = None;
+                    }
                 }
                 Err(e)
             }

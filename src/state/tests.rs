@@ -725,6 +725,74 @@ fn digest_matches_entries(store: &Store, job: &str) -> usize {
     n
 }
 
+/// Rewriting the entries (a verification that changes most of them) leaves the tree as
+/// `change` said, with fresh pages (no rewrite counted), and the stored digest matching
+/// it. A rewrite that fails half-way changes no entry, and the digest stored after it
+/// still matches the entries: the writes it had logged are not applied.
+#[tokio::test]
+async fn a_rewrite_of_the_entries_keeps_the_digest_and_a_failed_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    put_entries(&job, 30, 1);
+    job.save_digest().await.unwrap();
+
+    let run = store.job("a").unwrap();
+    drop(run.digest().unwrap());
+    let held = run
+        .rewrite_entries(&mut |key, e| {
+            let i: i64 = key[1..].parse().unwrap();
+            Ok(match i % 3 {
+                0 => Change::Keep,
+                1 => Change::Put(Entry {
+                    id: e.id + 1000,
+                    row: 7,
+                    locked: false,
+                    ..e
+                }),
+                _ => Change::Remove,
+            })
+        })
+        .unwrap();
+    assert_eq!(held, 20);
+    let all = all_entries(&run);
+    assert_eq!(all.len(), 20);
+    for (key, e) in &all {
+        let i: i64 = key[1..].parse().unwrap();
+        match i % 3 {
+            0 => assert_eq!((e.id, e.row, e.locked), (1 + i, entry().row, true), "{key}"),
+            _ => assert_eq!((e.id, e.row, e.locked), (1001 + i, 7, false), "{key}"),
+        }
+    }
+    run.save_digest().await.unwrap();
+    assert_eq!(digest_matches_entries(&store, "a"), 20);
+    assert_eq!(
+        run.repack_worn().unwrap().len(),
+        0,
+        "nothing rewritten in place"
+    );
+
+    // Fails at the tenth entry, after logging changes for the nine before it.
+    let run = store.job("a").unwrap();
+    drop(run.digest().unwrap());
+    let before = all_entries(&run);
+    let mut seen = 0;
+    let failed = run.rewrite_entries(&mut |key, e| {
+        seen += 1;
+        if seen == 10 {
+            return Err(StateError::Corrupt { key: key.into() });
+        }
+        Ok(Change::Put(Entry { row: 99, ..e }))
+    });
+    assert!(
+        matches!(failed, Err(StateError::Corrupt { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(all_entries(&run), before);
+    run.save_digest().await.unwrap();
+    assert_eq!(digest_matches_entries(&store, "a"), 20);
+}
+
 /// A run's entry writes go to a file for the digest, which is not kept in memory while
 /// the run sends (17 MB a million entries) and is read again when the new one is stored;
 /// if its file changed meanwhile, the new one is made from the entries. Either way it
