@@ -414,6 +414,56 @@ fn a_renumbered_dialler_of_many_contacts_is_relearned_in_one_rewrite_even_when_k
     }
 }
 
+/// Promise: a dialler restored from an older backup holds other values for most contacts
+/// under their IDs: the verification (which writes them afresh, a thousand or more) marks
+/// each to be sent again, and the next sync puts back what the export says, one update
+/// per contact.
+#[test]
+fn values_the_dialler_lost_for_most_contacts_are_sent_again_after_the_rewrite() {
+    let n = 1200;
+    let (env, all) = synced(n);
+    let (rt, d) = portal(&env);
+    let changed = 1100;
+    for i in 1..=changed {
+        let id = by_key(&env, &format!("K{i}"));
+        rt.block_on(d.update(&serde_json::json!({"ID": id, "City": "Bonn"})))
+            .unwrap();
+    }
+    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found = &v["jobs"][0]["verified"];
+    assert_eq!(
+        (
+            &found["values_differ"],
+            &found["confirmed"],
+            &found["relearned"]
+        ),
+        (&changed.into(), &n.into(), &0.into()),
+        "{v}"
+    );
+    let notes = v["jobs"][0]["notes"].to_string();
+    assert!(!notes.contains("repacked"), "written afresh: {notes}");
+
+    let before = env.requests().len();
+    let (report, code) = env.sync(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "imported")),
+        (changed as u64, 0),
+        "{report}"
+    );
+    assert_eq!(
+        env.requests_since(before)
+            .iter()
+            .filter(|r| r.method != "GET")
+            .count(),
+        changed,
+        "one call per contact put back"
+    );
+    env.assert_holds_exactly(&all);
+}
+
 /// Promise: what a verification or a rebuild killed before its end left staged takes no
 /// disk space for long and is never applied: the next command that opens the state
 /// removes it.
