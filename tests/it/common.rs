@@ -122,24 +122,29 @@ impl Env {
     }
 
     pub(crate) fn dialsync(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
-            .args(args)
+        self.dialsync_at(args, None)
+    }
+
+    /// `dialsync` with `args`, killed as `kill -9` would kill it at the crash point
+    /// `point` if it is given (see `src/failpoint.rs`).
+    pub(crate) fn dialsync_at(&self, args: &[&str], point: Option<&str>) -> Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
+        cmd.args(args)
             .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
+            .env_remove("RUST_LOG");
+        if let Some(point) = point {
+            cmd.env("DIALSYNC_FAILPOINT", point);
+        }
+        cmd.output().unwrap()
     }
 
     /// `dialsync sync`, killed as `kill -9` would kill it at the crash point `point` (see
     /// `src/failpoint.rs`); asserts that it was.
     pub(crate) fn sync_killed_at(&self, point: &str) {
-        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"))
-            .args(["sync", "--config", "dialsync.toml", "--output", "json"])
-            .current_dir(self.dir.path())
-            .env_remove("RUST_LOG")
-            .env("DIALSYNC_FAILPOINT", point)
-            .output()
-            .unwrap();
+        let killed = self.dialsync_at(
+            &["sync", "--config", "dialsync.toml", "--output", "json"],
+            Some(point),
+        );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
     }

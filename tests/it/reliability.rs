@@ -982,15 +982,7 @@ fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
         let (report, code) = env.sync(&[]);
         assert_eq!((code, count(&report, "imported")), (0, 30), "{report}");
 
-        let mut compact = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
-        compact
-            .args(["state", "compact", "--config", "dialsync.toml"])
-            .current_dir(env.path(""))
-            .env_remove("RUST_LOG");
-        if let Some(point) = point {
-            compact.env("DIALSYNC_FAILPOINT", point);
-        }
-        let out = compact.output().unwrap();
+        let out = env.dialsync_at(&["state", "compact", "--config", "dialsync.toml"], point);
         let stdout = String::from_utf8_lossy(&out.stdout);
         match point {
             None => {

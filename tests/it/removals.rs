@@ -341,21 +341,15 @@ fn a_renumbered_dialler_of_many_contacts_is_relearned_in_one_rewrite_even_when_k
             assert!(env.emu.remove_contact(by_key(&env, key)));
         }
         let verify = |failpoint: Option<&str>| {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
-            cmd.args([
+            let args = [
                 "verify",
                 "--config",
                 "dialsync.toml",
                 "--force",
                 "--output",
                 "json",
-            ])
-            .current_dir(env.path("."))
-            .env_remove("RUST_LOG");
-            if let Some(point) = failpoint {
-                cmd.env("DIALSYNC_FAILPOINT", point);
-            }
-            cmd.output().unwrap()
+            ];
+            env.dialsync_at(&args, failpoint)
         };
         let what = format!("{point:?}");
         let v = match point {
