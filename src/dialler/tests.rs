@@ -179,3 +179,13 @@ async fn an_imports_answer_is_read_for_its_id() {
         assert_eq!(d.calls(), 1, "{body}: one call, not retried");
     }
 }
+
+#[test]
+fn only_a_dialler_over_https_gets_the_systems_certificate_authorities() {
+    assert!(!needs_system_roots("http://dialler.example/rest/v1.0"));
+    assert!(!needs_system_roots("HTTP://127.0.0.1:8080/rest/v1.0"));
+    assert!(needs_system_roots("https://dialler.example/rest/v1.0"));
+    assert!(needs_system_roots("HTTPS://dialler.example/rest/v1.0"));
+    // Whatever cannot be read as a URL is refused elsewhere; here it keeps the roots.
+    assert!(needs_system_roots("dialler.example/rest/v1.0"));
+}
