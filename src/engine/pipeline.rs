@@ -160,7 +160,6 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
             // The reader stops within a batch of a stop request or of the planner's end
             // (a state error): the rest of the export is not even parsed.
             let read = read(&mut |mut item| {
-                handle.row_read();
                 if handle.stop_requested() {
                     stopped = true;
                     return Flow::Break(());
@@ -170,6 +169,7 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
                 }
                 batch.push(item);
                 if batch.rows.len() >= BATCH_ROWS {
+                    handle.rows_read(batch.rows.len() as u64);
                     let next = empty_rx.try_recv().unwrap_or_default();
                     planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
                     if planner_gone {
@@ -178,6 +178,7 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
                 }
                 Flow::Continue(())
             });
+            handle.rows_read(batch.rows.len() as u64);
             if !batch.rows.is_empty() && !stopped && !planner_gone {
                 let _ = full_tx.send(batch);
             }

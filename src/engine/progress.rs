@@ -60,8 +60,10 @@ impl RunHandle {
         }
     }
 
-    pub fn row_read(&self) {
-        self.rows.fetch_add(1, Ordering::Relaxed);
+    /// `n` more rows read (counted by the batch: one atomic add per row would cost the
+    /// reader of a 1M-row export a few ms).
+    pub fn rows_read(&self, n: u64) {
+        self.rows.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn sending(&self, planned: u64) {
