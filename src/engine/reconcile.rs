@@ -305,6 +305,33 @@ pub(crate) async fn verify(
     if let Some(e) = g.error.take() {
         return Err(e.into());
     }
+    // The rest reads and writes only the state, a million entries in tens of seconds:
+    // on a thread for blocking work, not on one of the runtime's (in the daemon, other
+    // jobs' runs and the status socket share those).
+    // Its log lines keep the run's span (job and run ID).
+    let (s, name, span) = (state.clone(), job.name.clone(), tracing::Span::current());
+    let out =
+        tokio::task::spawn_blocking(move || span.in_scope(|| settle(&s, &name, force, found, g)))
+            .await
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime shutting down before the thread started: nothing was written.
+                Err(e) => Err(StateError::Db(sled::Error::Io(std::io::Error::other(e))).into()),
+            })?;
+    state.flush().await?;
+    Ok(out)
+}
+
+/// The verification's findings once the listing is read whole (`g`, staged in `found`):
+/// every entry checked, the dialler-reset guard, then the state changed (rewritten afresh
+/// when most entries change). Blocking: the state's I/O.
+fn settle(
+    state: &JobState,
+    job: &str,
+    force: bool,
+    found: Found,
+    mut g: Gathered,
+) -> Result<Verified, ReconcileError> {
     let mut out = Verified {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         listed: g.listed,
@@ -341,15 +368,12 @@ pub(crate) async fn verify(
     let unknown = out.checked - out.confirmed;
     if unknown * 2 > out.checked && !force {
         return Err(ReconcileError::DiallerReset(Tripped::DiallerForgot {
-            job: job.name.clone(),
+            job: job.to_string(),
             confirmed: out.confirmed,
             checked: out.checked,
         }));
     }
-    let mut log = Relearning {
-        job: &job.name,
-        n: 0,
-    };
+    let mut log = Relearning { job, n: 0 };
     let changes = out.relearned + out.missing + g.differ;
     if changes >= REWRITE_FROM && changes.saturating_mul(2) >= out.checked {
         // Most entries change (a dialler restored under new IDs): written afresh, not
@@ -382,7 +406,6 @@ pub(crate) async fn verify(
     }
     log.close();
     drop(found);
-    state.flush().await?;
     Ok(out)
 }
 
