@@ -135,7 +135,8 @@ impl fmt::Display for Step {
                  was changed"
             }
             Step::Verify => {
-                "could not verify the state against the dialler, so nothing was changed"
+                "could not verify the state against the dialler; nothing was sent to the \
+                 dialler"
             }
             Step::Outcomes => {
                 "could not read the campaign's dialling outcomes (its contacts and result \

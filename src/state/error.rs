@@ -77,6 +77,21 @@ pub enum StateError {
         job: String,
         why: String,
     },
+    /// A repack, or a verification's rewrite of the entries, failed while it wrote the
+    /// tree again: the tree is half written, and its copy and the state's mark stay, so
+    /// that it is finished before anything reads it.
+    #[error(
+        "rewriting job {job}'s {what} in the state stopped halfway; they are finished from \
+         their copy {path} before anything reads them (when the state is next opened, or at \
+         the job's next run), so leave the copy where it is"
+    )]
+    Unfinished {
+        job: String,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<StateError>,
+    },
     #[error("cannot write the state's snapshot in {path}")]
     Snapshot {
         path: PathBuf,

@@ -364,7 +364,16 @@ impl JobState {
         self.flusher.now()?;
         crate::failpoint::hit("repack-marked");
         // Should writing the tree again fail, the mark stays: see `finish_repacks`.
-        self.refill(tree, values)?;
+        self.refill(tree, values).map_err(|e| match e {
+            // The copy is unusable: that error says what to do.
+            e @ StateError::Repack { .. } => e,
+            e => StateError::Unfinished {
+                job: self.name.clone(),
+                what: tree.label(),
+                path: self.copy_path(tree),
+                source: Box::new(e),
+            },
+        })?;
         Ok(values)
     }
 

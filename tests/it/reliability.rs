@@ -797,7 +797,8 @@ fn sync_on_a_full_disk(env: &Env, room_kb: u32) -> Option<(i32, String, String)>
 
 /// Runs `dialsync {args}` (with `--config full.toml`, the config with the state on the
 /// full file system: a tmpfs in a private mount namespace with `room_kb` free), then
-/// copies the state back as it was left there. Its exit code, stdout, stderr and the
+/// copies the state back as it was left there (its database, snapshots and the scratch
+/// files beside it, such as a repack's copy). Its exit code, stdout, stderr and the
 /// names in the full file system's folder. `None` (and a loud note) where no mount
 /// namespace can be made.
 fn on_a_full_disk(env: &Env, room_kb: u32, args: &str) -> Option<(i32, String, String, String)> {
@@ -825,8 +826,9 @@ fn on_a_full_disk(env: &Env, room_kb: u32, args: &str) -> Option<(i32, String, S
         echo $? > code
         ls -a full > left.txt
         rm -f full/fill
-        rm -rf state state.snapshots
+        rm -rf state state.snapshots state.downloads
         cp -a full/state full/state.snapshots .
+        if [ -d full/state.downloads ]; then cp -a full/state.downloads .; fi
     "##;
     let status = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c", script])
@@ -1164,4 +1166,95 @@ fn state_compact_on_a_full_disk_leaves_the_state_as_it_was() {
         "{report}"
     );
     env.assert_holds_exactly(&changed);
+}
+
+/// Promise: a verification that finds no room on the disk for its rewrite of the entries
+/// (a dialler restored under new IDs: a thousand contacts or more re-learned at once)
+/// loses nothing and says where it stopped: before the rewrite began, the state is as it
+/// was; halfway through writing the entries again, the report says so and the copy stays,
+/// and the next open of the state finishes the rewrite from it. Either way the next
+/// verification (with room again) finds every contact under its ID, and the sync after it
+/// imports nothing and removes nothing. Tried with less and less room, so that the state's
+/// open, the verification's scratch database, the rewrite's copy or its refill finds none
+/// first; both steps of the rewrite must have been hit.
+#[test]
+fn a_verification_whose_rewrite_finds_no_room_loses_nothing() {
+    let n = 1200;
+    let (mut in_copy, mut in_refill) = (Vec::new(), Vec::new());
+    let rooms = [0, 64]
+        .into_iter()
+        .chain((96..=608).step_by(32))
+        .chain([1024]);
+    for room_kb in rooms {
+        let env = Env::new();
+        let all = rows(n, "Köln");
+        env.write_rows(&all);
+        assert_eq!(env.sync(&[]).1, 0);
+        assert_eq!(env.emu.renumber(), n);
+        let Some((code, stdout, stderr, _)) = on_a_full_disk(
+            &env,
+            room_kb,
+            "verify --config full.toml --force --output json",
+        ) else {
+            return;
+        };
+        let what = format!("{room_kb} KB of room");
+        if code != 0 {
+            assert_eq!(code, 3, "{what}: {stdout}{stderr}");
+            let report: Value = serde_json::from_str(&stdout).unwrap();
+            let why = report["jobs"][0]["aborted"].as_str().unwrap().to_string();
+            assert!(why.contains("No space left on device"), "{what}: {why}");
+            let copy = env.path("state.downloads/repack-entries-leads");
+            if why.contains("stopped halfway") {
+                assert!(
+                    why.contains("finished from their copy") && copy.exists(),
+                    "{what}: {why}"
+                );
+                in_refill.push(room_kb);
+            } else {
+                assert!(!copy.exists(), "{what}: a copy left for nothing: {why}");
+                if why.contains("repack-entries") {
+                    in_copy.push(room_kb);
+                }
+            }
+        }
+        let v = env.dialsync_at(
+            &[
+                "verify",
+                "--config",
+                "dialsync.toml",
+                "--force",
+                "--output",
+                "json",
+            ],
+            None,
+        );
+        assert_eq!(v.status.code(), Some(0), "{what}: {v:?}");
+        let v: Value = serde_json::from_slice(&v.stdout).unwrap();
+        let found = &v["jobs"][0]["verified"];
+        let relearned = found["relearned"].as_u64().unwrap();
+        let confirmed = found["confirmed"].as_u64().unwrap();
+        assert_eq!(
+            (relearned + confirmed, found["missing"].as_u64().unwrap()),
+            (n as u64, 0),
+            "{what}: {v}"
+        );
+        let (report, code) = env.sync(&[]);
+        assert_eq!(
+            (
+                code,
+                count(&report, "imported"),
+                count(&report, "deleted"),
+                count(&report, "locked")
+            ),
+            (0, 0, 0, 0),
+            "{what}: {report}"
+        );
+        env.assert_holds_exactly(&all);
+        assert_eq!(env.contacts().len(), n, "{what}: no duplicate");
+    }
+    assert!(
+        !in_copy.is_empty() && !in_refill.is_empty(),
+        "the rewrite's copy failed with {in_copy:?} KB of room, its refill with {in_refill:?}"
+    );
 }
