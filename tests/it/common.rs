@@ -138,6 +138,14 @@ impl Env {
         cmd.output().unwrap()
     }
 
+    /// `dialsync verify --output json` with `extra` arguments (`--force`), killed at the
+    /// crash point `point` if it is given.
+    pub(crate) fn verify_at(&self, extra: &[&str], point: Option<&str>) -> Output {
+        let mut args = vec!["verify", "--config", "dialsync.toml", "--output", "json"];
+        args.extend_from_slice(extra);
+        self.dialsync_at(&args, point)
+    }
+
     /// `dialsync sync`, killed as `kill -9` would kill it at the crash point `point` (see
     /// `src/failpoint.rs`); asserts that it was.
     pub(crate) fn sync_killed_at(&self, point: &str) {

@@ -1218,17 +1218,7 @@ fn a_verification_whose_rewrite_finds_no_room_loses_nothing() {
                 }
             }
         }
-        let v = env.dialsync_at(
-            &[
-                "verify",
-                "--config",
-                "dialsync.toml",
-                "--force",
-                "--output",
-                "json",
-            ],
-            None,
-        );
+        let v = env.verify_at(&["--force"], None);
         assert_eq!(v.status.code(), Some(0), "{what}: {v:?}");
         let v: Value = serde_json::from_slice(&v.stdout).unwrap();
         let found = &v["jobs"][0]["verified"];

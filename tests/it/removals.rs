@@ -292,9 +292,7 @@ fn a_renumbered_dialler_is_relearned_only_when_confirmed_and_nothing_stays_stage
             .unwrap_or(0)
     };
     let verify = |extra: &[&str]| {
-        let mut args = vec!["verify", "--config", "dialsync.toml", "--output", "json"];
-        args.extend_from_slice(extra);
-        let out = env.dialsync(&args);
+        let out = env.verify_at(extra, None);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         (out.status.code(), v)
     };
@@ -340,17 +338,7 @@ fn a_renumbered_dialler_of_many_contacts_is_relearned_in_one_rewrite_even_when_k
         for key in ["K3", "K700"] {
             assert!(env.emu.remove_contact(by_key(&env, key)));
         }
-        let verify = |failpoint: Option<&str>| {
-            let args = [
-                "verify",
-                "--config",
-                "dialsync.toml",
-                "--force",
-                "--output",
-                "json",
-            ];
-            env.dialsync_at(&args, failpoint)
-        };
+        let verify = |failpoint: Option<&str>| env.verify_at(&["--force"], failpoint);
         let what = format!("{point:?}");
         let v = match point {
             None => verify(None),
