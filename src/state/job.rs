@@ -407,6 +407,13 @@ impl JobState {
     /// matches: from what was stored and what changed since, or else (no usable digest was
     /// stored) by reading every entry. Called at the end of a run, after its writes.
     pub async fn save_digest(&self) -> Result<(), StateError> {
+        if self.refill_pending(super::repack::Worn::Entries)? {
+            // The entries are half written (a repack or a verification's rewrite failed
+            // after its mark): a digest made now would miss the rest, which the refill
+            // from the copy brings back. The first run after it makes one.
+            tracing::debug!(job = %self.name, "no state digest stored: the entries are to be finished from a repack's copy");
+            return Ok(());
+        }
         if !crate::locking::lock(&self.digest).loaded && self.identity()?.is_some() {
             // Sealed, and this handle did not read it: no entry was written since the
             // seal was made (see `identity`), so it stands, and 17 MB a million entries

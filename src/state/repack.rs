@@ -355,6 +355,10 @@ impl JobState {
         tree: Worn,
         change: &mut Change<'_>,
     ) -> Result<u64, StateError> {
+        // One that stopped halfway earlier in this process (a write failed after its
+        // mark) is finished first: a new copy of the half-written tree would replace the
+        // copy that holds the rest of it.
+        self.finish_repack(tree)?;
         let values = self.copy_with(tree, change).inspect_err(|_| {
             let _ = self.remove_copy(tree);
         })?;
@@ -444,22 +448,33 @@ impl JobState {
     /// (a crash: the open of the state does this too; or an error while the tree was
     /// being written again, in a daemon that keeps the state open), from its copy.
     pub(crate) fn finish_repacks(&self) -> Result<(), StateError> {
-        let meta = self.meta()?;
         for tree in [Worn::Entries, Worn::Outcomes] {
-            let Some(mark) = meta.get(mark_key(&self.worn_name(tree)))? else {
-                continue;
-            };
-            let values = u64_of(&mark)
-                .ok_or_else(|| self.lost_copy(tree, "the state's mark of it is damaged".into()))?;
-            tracing::warn!(
-                job = %self.name,
-                values,
-                "a repack of the job's state stopped halfway (dialsync stopped, or a write \
-                 failed): finishing it from its copy"
-            );
-            self.refill(tree, values)?;
+            self.finish_repack(tree)?;
         }
         Ok(())
+    }
+
+    /// Finishes the repack of `tree` from its copy if one stopped halfway (see
+    /// [`JobState::finish_repacks`]).
+    fn finish_repack(&self, tree: Worn) -> Result<(), StateError> {
+        let Some(mark) = self.meta()?.get(mark_key(&self.worn_name(tree)))? else {
+            return Ok(());
+        };
+        let values = u64_of(&mark)
+            .ok_or_else(|| self.lost_copy(tree, "the state's mark of it is damaged".into()))?;
+        tracing::warn!(
+            job = %self.name,
+            values,
+            "a repack of the job's state stopped halfway (dialsync stopped, or a write \
+             failed): finishing it from its copy"
+        );
+        self.refill(tree, values)
+    }
+
+    /// Whether `tree` is half written: a repack of it stopped after its mark, and is to be
+    /// finished from its copy before anything reads it.
+    pub(crate) fn refill_pending(&self, tree: Worn) -> Result<bool, StateError> {
+        Ok(self.meta()?.contains_key(mark_key(&self.worn_name(tree)))?)
     }
 }
 

@@ -1271,6 +1271,33 @@ fn a_repack_cut_short_is_finished_or_forgotten_at_the_next_open() {
     }
 }
 
+/// Promise: entries half written again (a repack or a verification's rewrite whose write
+/// failed after its mark, in a process that goes on, such as the daemon) are never taken
+/// for the whole tree: no digest is stored from them, and the next repack or rewrite
+/// finishes the refill from the copy before it copies anything (a copy of the half tree
+/// would replace the copy that holds the rest).
+#[tokio::test]
+async fn a_half_written_tree_gets_no_digest_and_no_new_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let all = cut_short_in(&store, true, true);
+    let job = store.job("a").unwrap();
+    assert!(job.refill_pending(Worn::Entries).unwrap());
+    job.save_digest().await.unwrap();
+    assert_eq!(
+        job.identity().unwrap(),
+        None,
+        "no digest of 1000 of 2000 entries"
+    );
+
+    let rewritten = job.rewrite_entries(&mut |_, _| Ok(Change::Keep)).unwrap();
+    assert_eq!(rewritten, 2000);
+    assert_eq!(all_entries(&job), all);
+    assert!(!job.refill_pending(Worn::Entries).unwrap());
+    job.save_digest().await.unwrap();
+    assert_eq!(digest_matches_entries(&store, "a"), 2000);
+}
+
 /// Promise: a mark whose copy is gone stops the open with an error that names the copy
 /// and what to do; the tree is not emptied.
 #[test]
