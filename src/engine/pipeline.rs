@@ -26,6 +26,9 @@ const IN_FLIGHT: usize = 4;
 /// How many rows ahead the planner prefetches a row's digest bucket (and half as many,
 /// its entry).
 const AHEAD: usize = 12;
+/// A batch is handed over once its text reaches this, however few its rows: rows of long
+/// notes keep a batch to a few MB, and its values' places within 32 bits.
+const BATCH_TEXT: usize = 16 << 20;
 
 /// Why reading and planning stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,55 +43,94 @@ pub enum PlanError {
     Stopped,
 }
 
+/// A row of a batch: 40 bytes (a bad row is rare and boxed), since each is written by
+/// the reader's core and read by the planner's.
 enum Row {
     /// A record whose values are `spans[first..first + columns]`.
     Record {
         at: RowRef,
         first: usize,
     },
-    Bad(BadRow),
+    Bad(Box<BadRow>),
+}
+
+/// A value's place in a batch's text, from and to (8 bytes: what the reader writes and
+/// the planner reads per value, a million rows of ten values in a no-op sync, is half
+/// the batch); [`Span::NONE`] for a value absent or blank.
+#[derive(Clone, Copy)]
+struct Span(u32, u32);
+
+impl Span {
+    const NONE: Span = Span(u32::MAX, u32::MAX);
 }
 
 /// Rows copied out of the reader's buffers.
 #[derive(Default)]
 struct Batch {
     text: String,
-    /// Per record and column: the value's range in `text`, or `None` (absent or blank).
-    spans: Vec<Option<(usize, usize)>>,
+    /// Per record and column: the value's place in `text`.
+    spans: Vec<Span>,
     rows: Vec<Row>,
 }
 
 impl Batch {
     fn push(&mut self, item: Item<'_>) {
-        match item {
-            Item::Record(r) => {
-                let first = self.spans.len();
-                // A CSV record's values are slices of its text: one copy of the text, and
-                // each value's place in it (a value found elsewhere is copied on its own).
-                let (base, whole) = match r.text {
-                    Some(t) => {
-                        let base = self.text.len();
-                        self.text.push_str(t);
-                        (base, t)
-                    }
-                    None => (0, ""),
-                };
-                for v in r.values {
-                    self.spans.push(v.map(|v| {
-                        let offset = (v.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
-                        if offset <= whole.len() && v.len() <= whole.len() - offset {
-                            (base + offset, base + offset + v.len())
-                        } else {
-                            let start = self.text.len();
-                            self.text.push_str(v);
-                            (start, self.text.len())
-                        }
-                    }));
-                }
-                self.rows.push(Row::Record { at: r.at, first });
-            }
-            Item::Bad(b) => self.rows.push(Row::Bad(b)),
+        self.push_within(item, u32::MAX as usize);
+    }
+
+    /// [`Batch::push`], with the places of values in the text kept below `limit`: a
+    /// record that would take the text past it (4 GiB in one record; batches are handed
+    /// over at [`BATCH_TEXT`]) is kept as an unreadable row instead.
+    fn push_within(&mut self, item: Item<'_>, limit: usize) {
+        let r = match item {
+            Item::Record(r) => r,
+            Item::Bad(b) => return self.rows.push(Row::Bad(Box::new(b))),
+        };
+        let (text, first) = (self.text.len(), self.spans.len());
+        if self.copy_values(&r, limit).is_none() {
+            self.text.truncate(text);
+            self.spans.truncate(first);
+            self.rows.push(Row::Bad(Box::new(BadRow {
+                at: r.at,
+                key: None,
+                reason: "is longer than 4 GiB: not read".into(),
+            })));
+            return;
         }
+        self.rows.push(Row::Record { at: r.at, first });
+    }
+
+    /// The places of the values of `r`, noted in `spans` (`None`: past `limit`). A CSV
+    /// record's values are slices of its text: one copy of the text, and each value's
+    /// place in it; a value found elsewhere is copied on its own.
+    fn copy_values(&mut self, r: &Record<'_>, limit: usize) -> Option<()> {
+        let at = |n: usize| u32::try_from(n).ok().filter(|&n| (n as usize) < limit);
+        let (base, whole) = match r.text {
+            Some(t) => {
+                let base = self.text.len();
+                at(base + t.len())?;
+                self.text.push_str(t);
+                (base, t)
+            }
+            None => (0, ""),
+        };
+        for v in r.values {
+            let Some(v) = v else {
+                self.spans.push(Span::NONE);
+                continue;
+            };
+            let offset = (v.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+            let (from, to) = if offset <= whole.len() && v.len() <= whole.len() - offset {
+                (base + offset, base + offset + v.len())
+            } else {
+                let from = self.text.len();
+                at(from + v.len())?;
+                self.text.push_str(v);
+                (from, self.text.len())
+            };
+            self.spans.push(Span(at(from)?, at(to)?));
+        }
+        Some(())
     }
 
     /// The values of the record whose first span is `first`, into `out`.
@@ -97,8 +139,13 @@ impl Batch {
         out.extend(
             self.spans[first..first + columns]
                 .iter()
-                .map(|s| s.map(|(a, b)| &self.text[a..b])),
+                .map(|&Span(a, b)| (a != Span::NONE.0).then(|| &self.text[a as usize..b as usize])),
         );
+    }
+
+    /// Whether the batch is full: handed over to the planner.
+    fn full(&self) -> bool {
+        self.rows.len() >= BATCH_ROWS || self.text.len() >= BATCH_TEXT
     }
 
     fn clear(&mut self) {
@@ -168,7 +215,7 @@ pub(crate) fn plan_rows<S: StateView + Sync + ?Sized>(
                     item.locate(pages);
                 }
                 batch.push(item);
-                if batch.rows.len() >= BATCH_ROWS {
+                if batch.full() {
                     handle.rows_read(batch.rows.len() as u64);
                     let next = empty_rx.try_recv().unwrap_or_default();
                     planner_gone = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
@@ -255,7 +302,7 @@ fn plan_batch<S: StateView + ?Sized>(
             planner.prefetch_entry(*near);
         }
         let outcome = match row {
-            Row::Bad(b) => mapper.map(Item::Bad(b.clone())),
+            Row::Bad(b) => mapper.map(Item::Bad((**b).clone())),
             Row::Record { at, first } => {
                 if let (Some((kh, rh)), Some(key)) = (scratch.hashes[i], &keys[i]) {
                     if planner.unchanged(key, kh, rh, *at) {
@@ -601,6 +648,77 @@ mod tests {
             assert!(matches!(batch.rows[row], Row::Record { first: f, .. } if f == first));
             batch.values(first, values.len(), &mut out);
             assert_eq!(out, values, "row {row}");
+        }
+    }
+
+    /// A batch is full at its 2,048th row, or earlier at 16 MB of text (rows of long
+    /// notes): its size is bounded either way.
+    #[test]
+    fn a_batch_is_full_by_its_rows_or_its_text() {
+        let note = "x".repeat(BATCH_TEXT / 2);
+        let mut batch = Batch::default();
+        for n in 1..=2 {
+            batch.push(Item::Record(Record {
+                at: RowRef::at(n + 1),
+                values: &[Some(note.as_str())],
+                text: Some(&note),
+            }));
+            assert_eq!(batch.full(), n == 2, "{n} rows");
+        }
+        let mut batch = Batch::default();
+        for n in 1..=BATCH_ROWS {
+            assert!(!batch.full(), "{n} rows");
+            batch.push(Item::Record(Record {
+                at: RowRef::at(n as u64 + 1),
+                values: &[Some("K")],
+                text: Some("K"),
+            }));
+        }
+        assert!(batch.full());
+    }
+
+    /// A record that would take a batch's text past what a value's place can say (4 GiB;
+    /// here 40 bytes) is kept as an unreadable row, and the batch's other records as they
+    /// were, before and after it.
+    #[test]
+    fn a_record_past_the_places_a_batch_can_note_is_unreadable() {
+        let short = String::from("K1,Anna");
+        let long = format!("K2,{}", "x".repeat(40));
+        let mut batch = Batch::default();
+        for text in [&short, &long, &short] {
+            let (k, v) = text.split_once(',').unwrap();
+            let values = [Some(k), Some(v)];
+            batch.push_within(
+                Item::Record(Record {
+                    at: RowRef::at(2),
+                    values: &values,
+                    text: Some(text),
+                }),
+                40,
+            );
+        }
+        // Without its text: each value copied on its own, the second past the limit.
+        let elsewhere = ["K3".to_string(), "y".repeat(40)];
+        let values = [Some(elsewhere[0].as_str()), Some(elsewhere[1].as_str())];
+        batch.push_within(
+            Item::Record(Record {
+                at: RowRef::at(5),
+                values: &values,
+                text: None,
+            }),
+            40,
+        );
+        assert!(matches!(&batch.rows[1], Row::Bad(b) if b.reason.contains("longer than 4 GiB")));
+        assert!(matches!(&batch.rows[3], Row::Bad(b) if b.at == RowRef::at(5)));
+        assert_eq!(batch.text, "K1,AnnaK1,Anna", "nothing of the rows left out");
+        assert!(!batch.full());
+        let mut out = Vec::new();
+        for row in [0, 2] {
+            let Row::Record { first, .. } = batch.rows[row] else {
+                panic!("row {row} is a record");
+            };
+            batch.values(first, 2, &mut out);
+            assert_eq!(out, [Some("K1"), Some("Anna")], "row {row}");
         }
     }
 }
