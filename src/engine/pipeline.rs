@@ -120,6 +120,8 @@ impl Batch {
                 continue;
             };
             let offset = (v.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+            // Both ends are within an end checked against the limit: the record's text,
+            // or the value copied.
             let (from, to) = if offset <= whole.len() && v.len() <= whole.len() - offset {
                 (base + offset, base + offset + v.len())
             } else {
@@ -128,7 +130,7 @@ impl Batch {
                 self.text.push_str(v);
                 (from, self.text.len())
             };
-            self.spans.push(Span(at(from)?, at(to)?));
+            self.spans.push(Span(from as u32, to as u32));
         }
         Some(())
     }

@@ -21,7 +21,7 @@ use crate::fields::{self, Field};
 use crate::key::{key_hash, record_key};
 use crate::keymap::KeyMap;
 use crate::state::hashing::HashKey;
-use crate::state::Scratch;
+use crate::state::{blocking, Scratch};
 use crate::state::{Change, Entry, JobState, LastOp, StateError, StateView, Verified};
 
 /// Up to this many re-learned contacts are logged each as a warning; the rest at debug
@@ -308,16 +308,8 @@ pub(crate) async fn verify(
     // The rest reads and writes only the state, a million entries in tens of seconds:
     // on a thread for blocking work, not on one of the runtime's (in the daemon, other
     // jobs' runs and the status socket share those).
-    // Its log lines keep the run's span (job and run ID).
-    let (s, name, span) = (state.clone(), job.name.clone(), tracing::Span::current());
-    let out =
-        tokio::task::spawn_blocking(move || span.in_scope(|| settle(&s, &name, force, found, g)))
-            .await
-            .unwrap_or_else(|e| match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                // The runtime shutting down before the thread started: nothing was written.
-                Err(e) => Err(StateError::Db(sled::Error::Io(std::io::Error::other(e))).into()),
-            })?;
+    let (s, name) = (state.clone(), job.name.clone());
+    let out = blocking(move || Ok(settle(&s, &name, force, found, g))).await??;
     state.flush().await?;
     Ok(out)
 }

@@ -457,7 +457,7 @@ impl JobState {
     /// Finishes the repack of `tree` from its copy if one stopped halfway (see
     /// [`JobState::finish_repacks`]).
     fn finish_repack(&self, tree: Worn) -> Result<(), StateError> {
-        let Some(mark) = self.meta()?.get(mark_key(&self.worn_name(tree)))? else {
+        let Some(mark) = self.mark(tree)? else {
             return Ok(());
         };
         let values = u64_of(&mark)
@@ -473,8 +473,14 @@ impl JobState {
 
     /// Whether `tree` is half written: a repack of it stopped after its mark, and is to be
     /// finished from its copy before anything reads it.
-    pub(crate) fn refill_pending(&self, tree: Worn) -> Result<bool, StateError> {
-        Ok(self.meta()?.contains_key(mark_key(&self.worn_name(tree)))?)
+    pub(super) fn refill_pending(&self, tree: Worn) -> Result<bool, StateError> {
+        Ok(self.mark(tree)?.is_some())
+    }
+
+    /// The state's mark of a repack of `tree` under way: the number of values its copy
+    /// holds.
+    fn mark(&self, tree: Worn) -> Result<Option<sled::IVec>, StateError> {
+        Ok(self.meta()?.get(mark_key(&self.worn_name(tree)))?)
     }
 }
 

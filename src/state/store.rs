@@ -47,11 +47,13 @@ impl Flusher {
     }
 }
 
-/// `f`, a state operation that blocks (a flush, a repack), on a blocking thread.
+/// `f`, a state operation that blocks (a flush, a repack, a verification's writes), on a
+/// blocking thread, in the caller's tracing span (its log lines keep the job and run).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, StateError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
 }

@@ -146,6 +146,28 @@ impl Env {
         self.dialsync_at(&args, point)
     }
 
+    /// The row of `key` taken out of the export `all`, then a sync: it locks that contact
+    /// and no other (`what` names the case).
+    pub(crate) fn leave_and_lock(&self, all: &[String], key: &str, what: &str) {
+        let row = format!("{key};");
+        let rest: Vec<String> = all
+            .iter()
+            .filter(|r| !r.starts_with(&row))
+            .cloned()
+            .collect();
+        assert_eq!(
+            rest.len() + 1,
+            all.len(),
+            "{what}: {key} is in the export once"
+        );
+        self.write_rows(&rest);
+        let (report, code) = self.sync(&[]);
+        assert_eq!((code, count(&report, "locked")), (0, 1), "{what}: {report}");
+        let locked: Vec<_> = self.contacts().into_iter().filter(|c| c.locked).collect();
+        assert_eq!(locked.len(), 1, "{what}");
+        assert_eq!(field(&locked[0], "UserData"), key, "{what}");
+    }
+
     /// `dialsync sync`, killed as `kill -9` would kill it at the crash point `point` (see
     /// `src/failpoint.rs`); asserts that it was.
     pub(crate) fn sync_killed_at(&self, point: &str) {

@@ -525,7 +525,7 @@ fn a_manual_sync_is_handed_to_the_running_daemon() {
     // `verify` is handed over too: the daemon reads the campaign back, nothing else.
     env.emu.remove_contact(env.contact("C1").id);
     let n = env.requests().len();
-    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    let out = env.verify_at(&[], None);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["jobs"][0]["verified"]["missing"], 1, "{v}");

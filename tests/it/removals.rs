@@ -411,7 +411,7 @@ fn values_the_dialler_lost_for_most_contacts_are_sent_again_after_the_rewrite() 
         rt.block_on(d.update(&serde_json::json!({"ID": id, "City": "Bonn"})))
             .unwrap();
     }
-    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    let out = env.verify_at(&[], None);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let found = &v["jobs"][0]["verified"];
@@ -570,17 +570,7 @@ fn verification_relearns_ids_restores_lost_contacts_and_values() {
     env.assert_holds_exactly(&all);
 
     // K10 leaves: the lock goes to its new ID.
-    let next: Vec<String> = all
-        .iter()
-        .filter(|r| !r.starts_with("K10;"))
-        .cloned()
-        .collect();
-    env.write_rows(&next);
-    let (report, code) = env.sync(&[]);
-    assert_eq!((code, count(&report, "locked")), (0, 1), "{report}");
-    let locked: Vec<_> = env.contacts().into_iter().filter(|c| c.locked).collect();
-    assert_eq!(locked.len(), 1);
-    assert_eq!(common::field(&locked[0], "UserData"), "K10");
+    env.leave_and_lock(&all, "K10", "K10 leaves");
 }
 
 /// A dialler restored empty within `verify_every`: every changed contact finds itself
@@ -600,7 +590,7 @@ fn changed_contacts_found_gone_are_imported_again_all_at_once() {
     let (report, code) = env.sync(&[]);
     assert_eq!((code, count(&report, "imported")), (0, 300), "{report}");
     env.assert_holds_exactly(&moved);
-    let out = env.dialsync(&["verify", "--config", "dialsync.toml", "--output", "json"]);
+    let out = env.verify_at(&[], None);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["jobs"][0]["verified"]["confirmed"], 300, "{v}");
 }
