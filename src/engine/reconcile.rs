@@ -205,7 +205,7 @@ struct Found {
 impl Found {
     fn new(state: &JobState) -> Result<Found, StateError> {
         let db = state.verify_scratch()?;
-        let tree = |name: &str| db.open_tree(name).map_err(StateError::Db);
+        let tree = |name: &str| db.open_tree(name).map_err(StateError::from);
         Ok(Found {
             differ: tree("differ")?,
             elsewhere: tree("elsewhere")?,
@@ -570,7 +570,7 @@ pub async fn rebuild(
         error,
     } = gathered;
     if let Some(e) = error {
-        return Err(StateError::Db(e).into());
+        return Err(StateError::from(e).into());
     }
     let mut locked: KeyMap<i64> = KeyMap::default();
     // An unreadable old state is what a rebuild is for: its lock flags are lost.
@@ -588,7 +588,7 @@ pub async fn rebuild(
     };
     // In key order, as the scratch tree keeps them.
     for kv in scratch.iter() {
-        let (k, v) = kv.map_err(StateError::Db)?;
+        let (k, v) = kv.map_err(StateError::from)?;
         let key = String::from_utf8_lossy(&k).into_owned();
         let Some((id, fields)) = Candidate::decode(&v) else {
             return Err(StateError::Corrupt { key }.into());

@@ -204,7 +204,7 @@ impl Store {
             .ok_or_else(|| StateError::Locked {
                 path: state.clone(),
             })?;
-        let db_err = |e: sled::Error| io(std::io::Error::other(e));
+        let db_err = |e: sled::Error| io(std::io::Error::other(super::DbError(e)));
         let bytes_before = size_of(&state);
         remove_dir_if_there(&copy).map_err(io)?;
         private_dir(&copy).map_err(io)?;

@@ -23,7 +23,7 @@ pub enum StateError {
     Open {
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: DbError,
     },
     /// The delivered outcomes' own database (see `state::outcomes`): not the state's, so
     /// `state rebuild` never takes it for a damaged state.
@@ -36,7 +36,7 @@ pub enum StateError {
     OutcomesOpen {
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: DbError,
     },
     #[error(
         "cannot write {path}, a scratch copy beside the state (check that the folder is \
@@ -45,7 +45,7 @@ pub enum StateError {
     Scratch {
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: DbError,
     },
     #[error(
         "cannot open the state database {path} ({broken}), nor restore it from its snapshots; \
@@ -114,9 +114,77 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error("the state database failed")]
-    Db(#[from] sled::Error),
+    Db(#[source] DbError),
     #[error("the state entry for UserData {key:?} is unreadable (written by a newer dialsync?)")]
     Corrupt { key: String },
+}
+
+impl From<sled::Error> for StateError {
+    fn from(e: sled::Error) -> StateError {
+        StateError::Db(DbError(e))
+    }
+}
+
+/// A failure of sled, said plainly. sled keeps an I/O error of its background writes (a
+/// full disk) and hands out copies of it, which it makes from the error's debug form:
+/// `IO error: Os { code: 28, kind: StorageFull, message: "No space left on device" }`.
+/// This says what the system said (`No space left on device (os error 28)`), and a
+/// damaged database without sled's backtrace.
+#[derive(Debug)]
+pub struct DbError(pub(crate) sled::Error);
+
+impl DbError {
+    /// An I/O error met around sled (a folder or file of the state).
+    pub(crate) fn io(e: std::io::Error) -> DbError {
+        DbError(sled::Error::Io(e))
+    }
+}
+
+impl From<sled::Error> for DbError {
+    fn from(e: sled::Error) -> DbError {
+        DbError(e)
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sled::Error::Io(e) if e.raw_os_error().is_some() => write!(f, "{e}"),
+            sled::Error::Io(e) => f.write_str(&plain_io(&e.to_string())),
+            sled::Error::Corruption { at: Some(at), .. } => {
+                write!(f, "the database's data at {at:?} is damaged")
+            }
+            sled::Error::Corruption { at: None, .. } => {
+                f.write_str("the database's data is damaged")
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// Its message already says it all.
+impl std::error::Error for DbError {}
+
+/// An I/O error's message, from the debug form a copy of it carries
+/// (`Os { code: 28, kind: StorageFull, message: "No space left on device" }`; a copy of a
+/// copy wraps that in `Custom { kind: .., error: ".." }`): as the system's error reads
+/// (`No space left on device (os error 28)`). Anything else is shown as it is.
+fn plain_io(text: &str) -> String {
+    let os = || -> Option<String> {
+        let rest = text.strip_prefix("Os { code: ")?;
+        let (code, rest) = rest.split_once(',')?;
+        let (_, message) = rest.split_once("message: \"")?;
+        let message = message.strip_suffix("\" }")?;
+        Some(format!("{message} (os error {code})"))
+    };
+    let custom = || -> Option<String> {
+        let rest = text.strip_prefix("Custom { kind: ")?;
+        let (_, error) = rest.split_once("error: \"")?;
+        let error = error.strip_suffix("\" }")?;
+        Some(error.replace("\\\"", "\"").replace("\\\\", "\\"))
+    };
+    os().or_else(|| custom().map(|inner| plain_io(&inner)))
+        .unwrap_or_else(|| text.to_string())
 }
 
 /// Whether sled could not open the database because another process holds it. sled says
@@ -140,5 +208,32 @@ pub(super) fn is_damage(e: &sled::Error) -> bool {
             matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk met by sled's flusher reaches the caller as a copy of the error, which
+    /// sled makes from its debug form (twice over, when a copy is copied again).
+    #[test]
+    fn a_full_disk_reads_as_the_system_says_it() {
+        let full = || sled::Error::Io(std::io::Error::from_raw_os_error(28));
+        let said = "No space left on device (os error 28)";
+        assert_eq!(DbError(full()).to_string(), said);
+        assert!(
+            full().clone().to_string().contains("StorageFull"),
+            "sled's own form"
+        );
+        assert_eq!(DbError(full().clone()).to_string(), said);
+        assert_eq!(DbError(full().clone().clone()).to_string(), said);
+        let chain = crate::engine::outcome::error_chain(&StateError::from(full().clone()));
+        assert_eq!(chain, format!("the state database failed: {said}"));
+        // Anything else as it is.
+        let other = sled::Error::Io(std::io::Error::other("could not acquire lock"));
+        assert_eq!(DbError(other).to_string(), "could not acquire lock");
+        let bug = sled::Error::Unsupported("a \"quoted\" word".into());
+        assert_eq!(DbError(bug).to_string(), "Unsupported: a \"quoted\" word");
     }
 }

@@ -167,7 +167,7 @@ impl JobState {
         let path = self.scratch_path(what);
         super::remove_dir_if_there(&path).map_err(|e| StateError::Scratch {
             path,
-            source: sled::Error::Io(e),
+            source: super::DbError::io(e),
         })
     }
 
@@ -177,9 +177,9 @@ impl JobState {
     pub(super) fn scratch_db(&self, what: &str) -> Result<sled::Db, StateError> {
         self.remove_scratch(what)?;
         let path = self.scratch_path(what);
-        let open = |source| StateError::Scratch {
+        let open = |source: sled::Error| StateError::Scratch {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
         super::private_dir(&path).map_err(|e| open(sled::Error::Io(e)))?;
         sled::Config::new()

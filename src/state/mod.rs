@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 pub use compact::Compacted;
 pub use entry::Entry;
 pub(crate) use entry::{in_doubt, LastOp, Pending};
+pub(crate) use error::DbError;
 pub use error::StateError;
 pub use files::move_aside;
 pub(crate) use files::{

@@ -140,9 +140,9 @@ impl DeliveredDb {
     /// Opens the database. One that cannot be read is moved aside and begun anew: what
     /// was delivered is then delivered again, once (delivery is at least once anyway).
     fn open(&self) -> Result<sled::Db, StateError> {
-        let failed = |source| StateError::OutcomesOpen {
+        let failed = |source: sled::Error| StateError::OutcomesOpen {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         };
         let io = |e: std::io::Error| failed(sled::Error::Io(e));
         super::private_dir(&self.path).map_err(io)?;

@@ -392,7 +392,7 @@ impl JobState {
         let path = self.copy_path(tree);
         let failed = |e: std::io::Error| StateError::Scratch {
             path: path.clone(),
-            source: sled::Error::Io(e),
+            source: super::DbError::io(e),
         };
         super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
         let (_held, t) = self.worn_tree(tree)?;
@@ -432,7 +432,7 @@ impl JobState {
         let path = self.copy_path(tree);
         super::remove_file_if_there(&path).map_err(|e| StateError::Scratch {
             path,
-            source: sled::Error::Io(e),
+            source: super::DbError::io(e),
         })
     }
 

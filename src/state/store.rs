@@ -55,7 +55,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
-        .unwrap_or_else(|e| Err(StateError::Db(sled::Error::Io(std::io::Error::other(e)))))
+        .unwrap_or_else(|e| Err(StateError::from(sled::Error::Io(std::io::Error::other(e)))))
 }
 
 /// Opens the sled database at `path`, waiting up to 2 s while its file lock is held:
@@ -150,7 +150,7 @@ impl Store {
         refuse_as_root(path)?;
         let io = |e: std::io::Error| StateError::Open {
             path: path.to_path_buf(),
-            source: sled::Error::Io(e),
+            source: super::DbError::io(e),
         };
         // SAFETY: umask has no preconditions and cannot fail.
         #[allow(unsafe_code)]
@@ -195,7 +195,7 @@ impl Store {
             }
             Err(source) => Err(StateError::Open {
                 path: path.to_path_buf(),
-                source,
+                source: source.into(),
             }),
         }
     }
@@ -230,6 +230,7 @@ impl Store {
         broken: sled::Error,
         cache_mb: u64,
     ) -> Result<Store, StateError> {
+        let broken = super::DbError(broken);
         let failed = |source: std::io::Error| StateError::Restore {
             path: path.to_path_buf(),
             broken: broken.to_string(),
@@ -249,7 +250,7 @@ impl Store {
                 // Put the old one back as it was: nothing is lost by trying.
                 let _ = std::fs::remove_dir_all(path);
                 let _ = std::fs::rename(&aside, path);
-                return Err(failed(std::io::Error::other(e)));
+                return Err(failed(std::io::Error::other(super::DbError(e))));
             }
         };
         let store = Store::on(db, path, key, cache_mb);
@@ -537,7 +538,7 @@ impl Store {
             };
             removed.map_err(|e| StateError::Scratch {
                 path,
-                source: sled::Error::Io(e),
+                source: super::DbError::io(e),
             })?;
         }
         Ok(())
