@@ -572,54 +572,62 @@ pub async fn rebuild(
     if let Some(e) = error {
         return Err(StateError::from(e).into());
     }
-    let mut locked: KeyMap<i64> = KeyMap::default();
-    // An unreadable old state is what a rebuild is for: its lock flags are lost.
-    let _ = state.for_each(&mut |key, e| {
-        if e.locked {
-            locked.insert(key, e.id);
-        }
-    });
-    state.clear()?;
-    let now = chrono::Utc::now().timestamp();
+    // The state replaced from the scratch tree, a million writes for a campaign of a
+    // million contacts: on a thread for blocking work, not on the runtime's.
     let mut out = Rebuilt {
         campaign,
         without_user_data,
         ..Rebuilt::default()
     };
-    // In key order, as the scratch tree keeps them.
-    for kv in scratch.iter() {
-        let (k, v) = kv.map_err(StateError::from)?;
-        let key = String::from_utf8_lossy(&k).into_owned();
-        let Some((id, fields)) = Candidate::decode(&v) else {
-            return Err(StateError::Corrupt { key }.into());
-        };
-        if let Some(mut ids) = shared.remove(&key) {
-            ids.sort_unstable();
-            out.shared.push((key.clone(), ids));
+    let job_state = state.clone();
+    let out = blocking(move || {
+        let state = job_state;
+        let mut locked: KeyMap<i64> = KeyMap::default();
+        // An unreadable old state is what a rebuild is for: its lock flags are lost.
+        let _ = state.for_each(&mut |key, e| {
+            if e.locked {
+                locked.insert(key, e.id);
+            }
+        });
+        state.clear()?;
+        let now = chrono::Utc::now().timestamp();
+        // In key order, as the scratch tree keeps them.
+        for kv in scratch.iter() {
+            let (k, v) = kv.map_err(StateError::from)?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Some((id, fields)) = Candidate::decode(&v) else {
+                return Err(StateError::Corrupt { key });
+            };
+            if let Some(mut ids) = shared.remove(&key) {
+                ids.sort_unstable();
+                out.shared.push((key.clone(), ids));
+            }
+            let was_locked = locked.get(&key) == Some(id);
+            out.locked_kept += u64::from(was_locked);
+            let entry = Entry {
+                id,
+                fields,
+                triggers: Vec::new(),
+                locked: was_locked,
+                // Unless kept as locked, its lock state is unknown (see `LastOp::Rebuilt`).
+                last_op: if was_locked {
+                    LastOp::Baseline
+                } else {
+                    LastOp::Rebuilt
+                },
+                last_run: now,
+                row: 0,
+                keyed: true,
+            };
+            state.put(&key, &entry)?;
+            out.lock_unknown += u64::from(!was_locked);
+            out.contacts += 1;
         }
-        let was_locked = locked.get(&key) == Some(id);
-        out.locked_kept += u64::from(was_locked);
-        let entry = Entry {
-            id,
-            fields,
-            triggers: Vec::new(),
-            locked: was_locked,
-            // Unless kept as locked, its lock state is unknown (see `LastOp::Rebuilt`).
-            last_op: if was_locked {
-                LastOp::Baseline
-            } else {
-                LastOp::Rebuilt
-            },
-            last_run: now,
-            row: 0,
-            keyed: true,
-        };
-        state.put(&key, &entry)?;
-        out.lock_unknown += u64::from(!was_locked);
-        out.contacts += 1;
-    }
-    drop(scratch);
-    drop(scratch_db);
+        drop(scratch);
+        drop(scratch_db);
+        Ok(out)
+    })
+    .await?;
     state.save_digest().await?;
     state.flush().await?;
     Ok(out)
