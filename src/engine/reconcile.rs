@@ -242,6 +242,9 @@ pub(crate) async fn verify(
     force: bool,
     also: Option<crate::outcomes::Reading>,
 ) -> Result<Verified, ReconcileError> {
+    // The digest read ahead for the plan describes the entries as they were: not kept
+    // through the listing (17 MB for a million contacts), which may change them.
+    state.forget_read_ahead();
     let campaign = campaign_id(dialler, &job.campaign).await?;
     let found = Found::new(state)?;
     let gathered = Arc::new(Mutex::new(Gathered::default()));

@@ -111,7 +111,7 @@ impl SyncError {
 
 /// Runs the selected jobs one after the other, opening the state for the run.
 pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>, SyncError> {
-    select_jobs(config, opts.job.as_deref())?;
+    let jobs = select_jobs(config, opts.job.as_deref())?;
     // Check the token and client settings before touching the state: a mistake there is
     // a config error (exit 2), not a failed run.
     Dialler::new(&config.dialler, &config.dialler.token.resolve()?)?;
@@ -119,8 +119,16 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     let store = if opts.mode.dry_run && !config.state.path.exists() {
         None
     } else {
+        // The first job's digest is read while the database opens, if its run plans
+        // from it first: not a verification alone or first, not after the outcomes
+        // (their listing comes before the plan). A verification that turns out due
+        // lets go of it (see `reconcile::verify`).
+        let ahead = jobs
+            .first()
+            .filter(|job| opts.mode.verify == Verify::WhenDue && !job.reads_outcomes())
+            .and_then(|job| Store::read_digest_ahead(&config.state.path, &job.name));
         match Store::open_sized(&config.state.path, config.state.cache_mb) {
-            Ok(store) => Some(store),
+            Ok(store) => Some(store.with_digest_read_ahead(ahead)),
             // Another process or user: what to do differs, the caller says it.
             Err(e @ (StateError::Locked { .. } | StateError::ForeignOwner { .. })) => {
                 return Err(e.into())

@@ -127,6 +127,47 @@ impl Seal {
     }
 }
 
+/// A job's digest file read ahead, on a thread of its own, while the state database
+/// opens (sled replays its log and loads its page table first, tens of milliseconds for
+/// a million contacts on one core): the file's bytes, their seal and the digest they
+/// hold. Used only if the seal the database holds once open is theirs (see
+/// [`crate::state::JobState`]); anything else reads the file again.
+pub(crate) struct ReadAhead {
+    job: String,
+    read: std::thread::JoinHandle<Option<(Seal, Option<Digest>)>>,
+}
+
+impl ReadAhead {
+    /// Starts reading job `job`'s digest file `path`. `None` if no thread can be had
+    /// (the file is then read when needed, as without this).
+    pub(crate) fn start(job: &str, path: std::path::PathBuf) -> Option<ReadAhead> {
+        let read = std::thread::Builder::new()
+            .name("dialsync-digest".into())
+            .spawn(move || {
+                let bytes = std::fs::read(path).ok()?;
+                Some((Seal::of(&bytes), Digest::decode(bytes)))
+            })
+            .ok()?;
+        Some(ReadAhead {
+            job: job.to_string(),
+            read,
+        })
+    }
+
+    pub(crate) fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The digest read, if its file was the one `seal` was made for (`Some(None)`: it
+    /// was, but holds no usable digest); `None` if it was not, or could not be read.
+    pub(crate) fn digest_for(self, seal: Seal) -> Option<Option<Digest>> {
+        match self.read.join() {
+            Ok(Some((read, digest))) if read == seal => Some(digest),
+            _ => None,
+        }
+    }
+}
+
 /// Stored as it is kept in memory, `VERSION`, the entry count, then per entry its key
 /// hash and row hash (8 bytes each, little-endian) and its lock byte, together so that a
 /// lookup reads one place: the bytes read from the digest's file are used as they are,

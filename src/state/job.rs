@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{snapshot, window, Entry, Flusher, Pending, StateError, StateView};
 use crate::key::key_hash;
-use crate::state::digest::{Builder, Digest, Seal, WriteLog};
+use crate::state::digest::{Builder, Digest, ReadAhead, Seal, WriteLog};
 use crate::state::hashing::HashKey;
 
 /// One job's entries, pending imports, in-flight marks, failure counts and digest.
@@ -69,6 +69,18 @@ pub(super) struct DigestCache {
     /// The number of entries, from the digest stored at the end of the run (which is not
     /// kept in memory), while nothing is written.
     counted: Option<usize>,
+    /// The digest file, read ahead while the state opened (see [`ReadAhead`]).
+    ahead: Option<ReadAhead>,
+}
+
+impl DigestCache {
+    /// Nothing known yet, the digest file perhaps read ahead.
+    pub(super) fn new(ahead: Option<ReadAhead>) -> DigestCache {
+        DigestCache {
+            ahead,
+            ..DigestCache::default()
+        }
+    }
 }
 
 /// What [`JobState::rewrite_entries`] does with an entry.
@@ -231,6 +243,12 @@ impl JobState {
         Ok(cache)
     }
 
+    /// Lets go of the digest file read ahead while the state opened, if this handle
+    /// holds it (see [`ReadAhead`]): for work that does not plan from it.
+    pub(crate) fn forget_read_ahead(&self) {
+        crate::locking::lock(&self.digest).ahead = None;
+    }
+
     /// The job's digest file (see [`Seal`]).
     pub(crate) fn digest_file(&self) -> PathBuf {
         super::digests_path(&self.state_path).join(format!("{}.digest", self.name))
@@ -238,7 +256,11 @@ impl JobState {
 
     /// The digest in the job's file, if it is the one `seal` was made for. Without it the
     /// run compares every row in full and stores a new one; no error.
-    fn read_digest(&self, seal: Seal) -> Option<Digest> {
+    fn read_digest(&self, seal: Seal, ahead: Option<ReadAhead>) -> Option<Digest> {
+        // Read ahead, and still the file the seal was made for.
+        if let Some(digest) = ahead.and_then(|a| a.digest_for(seal)) {
+            return digest;
+        }
         let path = self.digest_file();
         let why = match std::fs::read(&path) {
             Ok(bytes) if seal.matches(&bytes) => return Digest::decode(bytes),
@@ -330,7 +352,7 @@ impl JobState {
         let log = log?;
         let base = match onto {
             Onto::Memory(d) => Arc::try_unwrap(d).unwrap_or_else(|shared| (*shared).clone()),
-            Onto::File(seal) => self.read_digest(seal)?,
+            Onto::File(seal) => self.read_digest(seal, None)?,
         };
         match log.apply_to(base) {
             Ok(patched) => Some(patched.finish()),
@@ -371,9 +393,10 @@ impl JobState {
         let Some(writes) = cache.writes.take() else {
             // The stored one, read now (once: a file that cannot be used is not read
             // again).
+            let ahead = cache.ahead.take();
             let read = cache
                 .file
-                .and_then(|seal| self.read_digest(seal))
+                .and_then(|seal| self.read_digest(seal, ahead))
                 .map(Arc::new);
             if read.is_none() {
                 cache.file = None;

@@ -373,6 +373,71 @@ async fn a_digest_file_is_used_only_while_it_matches_its_seal() {
     assert_eq!(store.job("a").unwrap().digest().unwrap().unwrap().len(), 3);
 }
 
+/// The first job's digest file is read while the database opens. What was read is used
+/// only if the opened database's seal is that file's: a digest stored by another process
+/// between the read and the open (which waits for that process's lock) is read again
+/// from its file, never taken from the stale bytes. (Read here from copies of the file,
+/// so that what the thread reads does not depend on when it runs.)
+#[tokio::test]
+async fn a_digest_read_ahead_is_used_only_if_the_opened_state_seals_it() {
+    use crate::state::digest::ReadAhead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let keys = |job: &JobState| -> Option<Vec<u64>> {
+        let d = job.digest().unwrap()?.probe();
+        let mut found: Vec<u64> = ["K1", "K2", "K3"]
+            .iter()
+            .map(|k| key_hash(k))
+            .filter(|&h| d.find(h).is_some())
+            .collect();
+        found.sort_unstable();
+        Some(found)
+    };
+    let sorted = |keys: &[&str]| {
+        let mut v: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
+        v.sort_unstable();
+        Some(v)
+    };
+    {
+        let store = Store::open(&path).unwrap();
+        let job = store.job("a").unwrap();
+        job.put("K1", &entry()).unwrap();
+        job.put("K2", &Entry { row: 7, ..entry() }).unwrap();
+        job.save_digest().await.unwrap();
+    }
+    assert!(Store::read_digest_ahead(&path, "a").is_some());
+    assert!(Store::read_digest_ahead(&path, "b").is_none(), "no file");
+    let file = crate::state::digests_path(&path).join("a.digest");
+    let copy = dir.path().join("copy.digest");
+    std::fs::copy(&file, &copy).unwrap();
+
+    // Read ahead, and the file the state seals: used. The file itself is gone by the
+    // time the digest is asked for, so nothing else could have given it.
+    let ahead = ReadAhead::start("a", copy.clone());
+    let store = Store::open(&path).unwrap().with_digest_read_ahead(ahead);
+    // Another job's handle leaves it alone.
+    assert_eq!(keys(&store.job("b").unwrap()), Some(vec![]));
+    let aside = dir.path().join("aside");
+    std::fs::rename(&file, &aside).unwrap();
+    assert_eq!(keys(&store.job("a").unwrap()), sorted(&["K1", "K2"]));
+    // Only the first handle on the job's state gets it: the next one reads the file.
+    assert_eq!(keys(&store.job("a").unwrap()), None);
+    std::fs::rename(&aside, &file).unwrap();
+    drop(store);
+
+    // Another process's run writes K3 and stores its digest after the read: the bytes
+    // read are not used, the file the new seal names is.
+    let stale = ReadAhead::start("a", copy);
+    {
+        let store = Store::open(&path).unwrap();
+        let job = store.job("a").unwrap();
+        job.put("K3", &entry()).unwrap();
+        job.save_digest().await.unwrap();
+    }
+    let store = Store::open(&path).unwrap().with_digest_read_ahead(stale);
+    assert_eq!(keys(&store.job("a").unwrap()), sorted(&["K1", "K2", "K3"]));
+}
+
 /// An older version kept the digest itself in the database: it is not used, and the
 /// first run stores a file and its seal in its place.
 #[tokio::test]
