@@ -62,10 +62,7 @@ impl Builder {
         let header = &mut self.0[0];
         header[0] = VERSION;
         header[1..9].copy_from_slice(&(n as u64).to_le_bytes());
-        let d = Digest {
-            bytes: self.0.into_flattened(),
-            n,
-        };
+        let d = Digest::with(self.0.into_flattened(), n);
         d.valid().then_some(d)
     }
 }
@@ -145,7 +142,12 @@ impl ReadAhead {
             .name("dialsync-digest".into())
             .spawn(move || {
                 let bytes = std::fs::read(path).ok()?;
-                Some((Seal::of(&bytes), Digest::decode(bytes)))
+                let seal = Seal::of(&bytes);
+                let digest = Digest::decode(bytes);
+                if let Some(d) = &digest {
+                    d.directory();
+                }
+                Some((seal, digest))
             })
             .ok()?;
         Some(ReadAhead {
@@ -173,12 +175,39 @@ impl ReadAhead {
 /// lookup reads one place: the bytes read from the digest's file are used as they are,
 /// and the bytes written are the digest itself, so a digest of a million entries is in
 /// memory once (17 MB), not once in arrays and again as the bytes read or written.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Digest {
     /// Key hashes sorted, unique, never 0.
     bytes: Vec<u8>,
     n: usize,
+    /// The lookup directory (see [`Probe`]), made at the first need: by the thread that
+    /// read the digest ahead (see [`ReadAhead`]), or by the run's first lookup table.
+    dir: std::sync::OnceLock<Directory>,
 }
+
+/// `dir[b]`: the first entry whose key's top bits (the key shifted right by `shift`) are
+/// `b` or more; one more at the end.
+#[derive(Debug)]
+struct Directory {
+    dir: Vec<u32>,
+    shift: u32,
+}
+
+impl Clone for Digest {
+    /// The entries; the directory is made again if needed.
+    fn clone(&self) -> Digest {
+        Digest::with(self.bytes.clone(), self.n)
+    }
+}
+
+/// Two digests are equal if their entries are.
+impl PartialEq for Digest {
+    fn eq(&self, other: &Digest) -> bool {
+        self.n == other.n && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Digest {}
 
 impl Default for Digest {
     fn default() -> Self {
@@ -263,12 +292,26 @@ impl Digest {
         if bytes.len() - HEADER != n.checked_mul(17)? {
             return None;
         }
-        let d = Digest { bytes, n };
+        let d = Digest::with(bytes, n);
         d.valid().then_some(d)
     }
 
-    /// The lookup table of one run (see [`Probe`]).
-    pub fn probe(self: &Arc<Digest>) -> Probe {
+    fn with(bytes: Vec<u8>, n: usize) -> Digest {
+        Digest {
+            bytes,
+            n,
+            dir: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The lookup directory, made now if it was not yet: one pass over the keys, 2 to 4
+    /// bytes an entry (8 MB and about 10 ms for a million, worth making on the thread
+    /// that read the digest, while the state opens, rather than on the planner's).
+    pub(crate) fn directory(&self) -> &[u32] {
+        &self.dir.get_or_init(|| self.make_directory()).dir
+    }
+
+    fn make_directory(&self) -> Directory {
         let n = self.len();
         // 2^bits buckets, between n and 2n: at most one entry a bucket on average.
         let bits = (usize::BITS - n.leading_zeros()).clamp(1, 31);
@@ -283,11 +326,17 @@ impl Digest {
             dir.push(index(i));
         }
         dir.push(index(n));
+        Directory { dir, shift }
+    }
+
+    /// The lookup table of one run (see [`Probe`]).
+    pub fn probe(self: &Arc<Digest>) -> Probe {
+        self.directory();
+        let shift = self.dir.get().map_or(63, |d| d.shift);
         Probe {
             digest: Arc::clone(self),
-            dir,
             shift,
-            seen: vec![0; n],
+            seen: vec![0; self.len()],
         }
     }
 }
@@ -470,7 +519,7 @@ impl Patched {
             }
         }
         bytes[1..9].copy_from_slice(&(total as u64).to_le_bytes());
-        let d = Digest { bytes, n: total };
+        let d = Digest::with(bytes, total);
         d.valid().then_some(d)
     }
 }
@@ -487,9 +536,9 @@ fn index(i: usize) -> u32 {
 /// of the entries took 36 bytes an entry and 25 ms for a million.
 #[derive(Debug, Clone)]
 pub struct Probe {
+    /// With its directory made.
     digest: Arc<Digest>,
-    /// `dir[b]`: the first entry whose key's top bits are `b` or more; one more at the end.
-    dir: Vec<u32>,
+    /// The directory's.
     shift: u32,
     /// Per entry: the row that first named it in this run (0: none yet).
     seen: Vec<u64>,
@@ -527,7 +576,8 @@ impl Probe {
     /// The position of the entry with key hash `key`.
     pub fn find(&self, key: u64) -> Option<usize> {
         let b = self.bucket(key);
-        let (first, end) = (self.dir[b] as usize, self.dir[b + 1] as usize);
+        let dir = self.digest.directory();
+        let (first, end) = (dir[b] as usize, dir[b + 1] as usize);
         (first..end)
             .map(|i| (i, self.digest.key(i)))
             .take_while(|&(_, k)| k <= key)
@@ -536,13 +586,13 @@ impl Probe {
 
     /// The first step of a lookup of `key` some rows ahead: its directory bucket.
     pub fn prefetch(&self, key: u64) {
-        prefetch(&self.dir[self.bucket(key)]);
+        prefetch(&self.digest.directory()[self.bucket(key)]);
     }
 
     /// The second step, a few rows later (the bucket is in cache by then): the entry's
     /// bytes in the digest and its mark.
     pub fn prefetch_entry(&self, key: u64) {
-        let i = self.dir[self.bucket(key)] as usize;
+        let i = self.digest.directory()[self.bucket(key)] as usize;
         if i < self.len() {
             let at = self.digest.bytes[HEADER + 17 * i..].as_ptr();
             prefetch(at);
@@ -659,9 +709,46 @@ mod tests {
                 .map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()), i, false))
                 .collect();
             let p = Arc::new(Digest::build(items).unwrap()).probe();
-            let bytes = p.dir.capacity() * 4 + p.seen.capacity() * 8;
+            let dir = p
+                .digest
+                .dir
+                .get()
+                .expect("made for the probe")
+                .dir
+                .capacity();
+            let bytes = dir * 4 + p.seen.capacity() * 8;
             assert!(bytes <= 16 * n + 8, "{bytes} bytes for {n} entries");
         }
+    }
+
+    /// The thread that reads a digest ahead also makes its lookup directory, so that the
+    /// planner's thread finds it made; a copy of a digest (to be patched) leaves it behind.
+    #[test]
+    fn a_digest_read_ahead_comes_with_its_directory() {
+        let items: Vec<Item> = (0..5000u64)
+            .map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()), i, i % 7 == 0))
+            .collect();
+        let d = Digest::build(items).unwrap();
+        assert!(d.dir.get().is_none(), "made at the first need only");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("j.digest");
+        std::fs::write(&file, d.as_bytes()).unwrap();
+        let read = ReadAhead::start("j", file)
+            .unwrap()
+            .digest_for(Seal::of(d.as_bytes()))
+            .expect("the sealed file")
+            .expect("a digest");
+        assert!(read.dir.get().is_some(), "made by the reading thread");
+        assert_eq!(read, d);
+        assert!(read.clone().dir.get().is_none());
+        // The same lookups either way.
+        let (ahead, made) = (Arc::new(read).probe(), Arc::new(d).probe());
+        for i in 0..5000u64 {
+            let k = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            assert_eq!(ahead.find(k), made.find(k));
+            assert!(ahead.find(k).is_some());
+        }
+        assert_eq!(ahead.find(1), None);
     }
 
     #[test]
