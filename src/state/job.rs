@@ -249,6 +249,12 @@ impl JobState {
         crate::locking::lock(&self.digest).ahead = None;
     }
 
+    /// Whether this handle still holds a digest read ahead.
+    #[cfg(test)]
+    pub(super) fn holds_read_ahead(&self) -> bool {
+        crate::locking::lock(&self.digest).ahead.is_some()
+    }
+
     /// The job's digest file (see [`Seal`]).
     pub(crate) fn digest_file(&self) -> PathBuf {
         super::digests_path(&self.state_path).join(format!("{}.digest", self.name))
@@ -387,13 +393,15 @@ impl JobState {
     /// The digest of the entries as they are now, if the job has one (see [`Digest`]).
     pub fn digest(&self) -> Result<Option<Arc<Digest>>, StateError> {
         let mut cache = self.cache()?;
+        // The digest read ahead is used by the first need, or let go of (a first run's
+        // empty digest, or entries written already).
+        let ahead = cache.ahead.take();
         if let Some(base) = &cache.base {
             return Ok(Some(Arc::clone(base)));
         }
         let Some(writes) = cache.writes.take() else {
             // The stored one, read now (once: a file that cannot be used is not read
             // again).
-            let ahead = cache.ahead.take();
             let read = cache
                 .file
                 .and_then(|seal| self.read_digest(seal, ahead))

@@ -435,7 +435,27 @@ async fn a_digest_read_ahead_is_used_only_if_the_opened_state_seals_it() {
         job.save_digest().await.unwrap();
     }
     let store = Store::open(&path).unwrap().with_digest_read_ahead(stale);
-    assert_eq!(keys(&store.job("a").unwrap()), sorted(&["K1", "K2", "K3"]));
+    let job = store.job("a").unwrap();
+    assert_eq!(keys(&job), sorted(&["K1", "K2", "K3"]));
+    assert!(!job.holds_read_ahead());
+    drop((job, store));
+
+    // A state begun anew beside an old digest file: the first run starts from the empty
+    // digest, and lets go of the bytes read ahead at once (17 MB at a million) rather
+    // than carry them through its imports.
+    let fresh = dir.path().join("fresh");
+    let store = Store::open(&fresh).unwrap();
+    drop(store);
+    let old = crate::state::digests_path(&fresh).join("a.digest");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::copy(&file, &old).unwrap();
+    let ahead = Store::read_digest_ahead(&fresh, "a");
+    assert!(ahead.is_some());
+    let store = Store::open(&fresh).unwrap().with_digest_read_ahead(ahead);
+    let job = store.job("a").unwrap();
+    assert!(job.holds_read_ahead());
+    assert_eq!(keys(&job), Some(vec![]), "the empty digest of a first run");
+    assert!(!job.holds_read_ahead(), "let go of at the first need");
 }
 
 /// An older version kept the digest itself in the database: it is not used, and the
