@@ -582,58 +582,69 @@ pub async fn rebuild(
         without_user_data,
         ..Rebuilt::default()
     };
-    let job_state = state.clone();
+    let s = state.clone();
     let out = blocking(move || {
-        let state = job_state;
-        let mut locked: KeyMap<i64> = KeyMap::default();
-        // An unreadable old state is what a rebuild is for: its lock flags are lost.
-        let _ = state.for_each(&mut |key, e| {
-            if e.locked {
-                locked.insert(key, e.id);
-            }
-        });
-        state.clear()?;
-        let now = chrono::Utc::now().timestamp();
-        // In key order, as the scratch tree keeps them.
-        for kv in scratch.iter() {
-            let (k, v) = kv.map_err(StateError::from)?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let Some((id, fields)) = Candidate::decode(&v) else {
-                return Err(StateError::Corrupt { key });
-            };
-            if let Some(mut ids) = shared.remove(&key) {
-                ids.sort_unstable();
-                out.shared.push((key.clone(), ids));
-            }
-            let was_locked = locked.get(&key) == Some(id);
-            out.locked_kept += u64::from(was_locked);
-            let entry = Entry {
-                id,
-                fields,
-                triggers: Vec::new(),
-                locked: was_locked,
-                // Unless kept as locked, its lock state is unknown (see `LastOp::Rebuilt`).
-                last_op: if was_locked {
-                    LastOp::Baseline
-                } else {
-                    LastOp::Rebuilt
-                },
-                last_run: now,
-                row: 0,
-                keyed: true,
-            };
-            state.put(&key, &entry)?;
-            out.lock_unknown += u64::from(!was_locked);
-            out.contacts += 1;
-        }
-        drop(scratch);
-        drop(scratch_db);
+        replace_entries(&s, &scratch, &mut shared, &mut out)?;
+        drop((scratch, scratch_db));
         Ok(out)
     })
     .await?;
     state.save_digest().await?;
     state.flush().await?;
     Ok(out)
+}
+
+/// The rebuild's last step: job `state`'s entries replaced with the contacts in the
+/// `scratch` tree, in key order (a lock the old state recorded for the same contact ID
+/// kept), counted in `out`; `shared` gives the IDs of each UserData found more than once.
+fn replace_entries(
+    state: &JobState,
+    scratch: &sled::Tree,
+    shared: &mut HashMap<String, Vec<i64>>,
+    out: &mut Rebuilt,
+) -> Result<(), StateError> {
+    let mut locked: KeyMap<i64> = KeyMap::default();
+    // An unreadable old state is what a rebuild is for: its lock flags are lost.
+    let _ = state.for_each(&mut |key, e| {
+        if e.locked {
+            locked.insert(key, e.id);
+        }
+    });
+    state.clear()?;
+    let now = chrono::Utc::now().timestamp();
+    // In key order, as the scratch tree keeps them.
+    for kv in scratch.iter() {
+        let (k, v) = kv.map_err(StateError::from)?;
+        let key = String::from_utf8_lossy(&k).into_owned();
+        let Some((id, fields)) = Candidate::decode(&v) else {
+            return Err(StateError::Corrupt { key });
+        };
+        if let Some(mut ids) = shared.remove(&key) {
+            ids.sort_unstable();
+            out.shared.push((key.clone(), ids));
+        }
+        let was_locked = locked.get(&key) == Some(id);
+        out.locked_kept += u64::from(was_locked);
+        let entry = Entry {
+            id,
+            fields,
+            triggers: Vec::new(),
+            locked: was_locked,
+            // Unless kept as locked, its lock state is unknown (see `LastOp::Rebuilt`).
+            last_op: if was_locked {
+                LastOp::Baseline
+            } else {
+                LastOp::Rebuilt
+            },
+            last_run: now,
+            row: 0,
+            keyed: true,
+        };
+        state.put(&key, &entry)?;
+        out.lock_unknown += u64::from(!was_locked);
+        out.contacts += 1;
+    }
+    Ok(())
 }
 
 /// What a rebuild gathered while the campaign was listed (the contacts themselves are in
@@ -751,6 +762,53 @@ impl Rebuilt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verification lets go of the digest read ahead for the plan (17 MB for a million
+    /// contacts): it does not plan from it, its listing takes tens of seconds, and the
+    /// entries it changes make the bytes stale anyway.
+    #[tokio::test]
+    async fn a_verification_lets_go_of_the_digest_read_ahead() {
+        use crate::state::{Entry, Store};
+        let emu = crate::emulator::Emulator::new(crate::emulator::EmulatorConfig::default());
+        let addr = emu.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let text = format!(
+            "[dialler]\nbase_url = \"http://{addr}/rest/v1.0\"\nclient_id = 7\n\
+             token = \"emulator-token\"\n\
+             [[job]]\nname = \"j\"\ncampaign_id = 538\n[job.source]\ntype = \"csv\"\n\
+             path = \"x\"\n[job.fields]\nUserData = \"a\"\nName = \"b\"\nPhoneNumber1 = \"c\"\n"
+        );
+        let cfg = crate::config::Config::from_str(&text, std::path::Path::new("t.toml")).unwrap();
+        let dialler = Dialler::new(&cfg.dialler, &cfg.dialler.token.resolve().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        {
+            let store = Store::open(&path).unwrap();
+            let job = store.job("j").unwrap();
+            let entry = Entry {
+                id: 1,
+                fields: Vec::new(),
+                triggers: Vec::new(),
+                locked: false,
+                last_op: LastOp::Baseline,
+                last_run: 0,
+                row: 1,
+                keyed: true,
+            };
+            job.put("K1", &entry).unwrap();
+            job.save_digest().await.unwrap();
+        }
+        let ahead = Store::read_digest_ahead(&path, "j");
+        assert!(ahead.is_some());
+        let store = Store::open(&path).unwrap().with_digest_read_ahead(ahead);
+        let state = store.job("j").unwrap();
+        assert!(state.holds_read_ahead());
+        // The dialler holds none of the state's contacts: forced, K1 is forgotten.
+        let v = verify(&dialler, &cfg.jobs[0], &state, true, None)
+            .await
+            .unwrap();
+        assert_eq!(v.missing, 1);
+        assert!(!state.holds_read_ahead());
+    }
 
     /// A verification's contact found under other IDs: the lowest ID stands, with what
     /// it holds, whatever order the listing gives them in.

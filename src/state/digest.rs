@@ -193,6 +193,13 @@ struct Directory {
     shift: u32,
 }
 
+impl Directory {
+    /// The bucket of key hash `key`.
+    fn bucket(&self, key: u64) -> usize {
+        (key >> self.shift) as usize
+    }
+}
+
 impl Clone for Digest {
     /// The entries; the directory is made again if needed.
     fn clone(&self) -> Digest {
@@ -307,8 +314,8 @@ impl Digest {
     /// The lookup directory, made now if it was not yet: one pass over the keys, 2 to 4
     /// bytes an entry (8 MB and about 10 ms for a million, worth making on the thread
     /// that read the digest, while the state opens, rather than on the planner's).
-    pub(crate) fn directory(&self) -> &[u32] {
-        &self.dir.get_or_init(|| self.make_directory()).dir
+    fn directory(&self) -> &Directory {
+        self.dir.get_or_init(|| self.make_directory())
     }
 
     fn make_directory(&self) -> Directory {
@@ -332,10 +339,8 @@ impl Digest {
     /// The lookup table of one run (see [`Probe`]).
     pub fn probe(self: &Arc<Digest>) -> Probe {
         self.directory();
-        let shift = self.dir.get().map_or(63, |d| d.shift);
         Probe {
             digest: Arc::clone(self),
-            shift,
             seen: vec![0; self.len()],
         }
     }
@@ -538,8 +543,6 @@ fn index(i: usize) -> u32 {
 pub struct Probe {
     /// With its directory made.
     digest: Arc<Digest>,
-    /// The directory's.
-    shift: u32,
     /// Per entry: the row that first named it in this run (0: none yet).
     seen: Vec<u64>,
 }
@@ -569,15 +572,11 @@ impl Probe {
         self.seen.is_empty()
     }
 
-    fn bucket(&self, key: u64) -> usize {
-        (key >> self.shift) as usize
-    }
-
     /// The position of the entry with key hash `key`.
     pub fn find(&self, key: u64) -> Option<usize> {
-        let b = self.bucket(key);
-        let dir = self.digest.directory();
-        let (first, end) = (dir[b] as usize, dir[b + 1] as usize);
+        let d = self.digest.directory();
+        let b = d.bucket(key);
+        let (first, end) = (d.dir[b] as usize, d.dir[b + 1] as usize);
         (first..end)
             .map(|i| (i, self.digest.key(i)))
             .take_while(|&(_, k)| k <= key)
@@ -586,13 +585,15 @@ impl Probe {
 
     /// The first step of a lookup of `key` some rows ahead: its directory bucket.
     pub fn prefetch(&self, key: u64) {
-        prefetch(&self.digest.directory()[self.bucket(key)]);
+        let d = self.digest.directory();
+        prefetch(&d.dir[d.bucket(key)]);
     }
 
     /// The second step, a few rows later (the bucket is in cache by then): the entry's
     /// bytes in the digest and its mark.
     pub fn prefetch_entry(&self, key: u64) {
-        let i = self.digest.directory()[self.bucket(key)] as usize;
+        let d = self.digest.directory();
+        let i = d.dir[d.bucket(key)] as usize;
         if i < self.len() {
             let at = self.digest.bytes[HEADER + 17 * i..].as_ptr();
             prefetch(at);

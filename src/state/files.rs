@@ -74,6 +74,11 @@ pub(crate) fn digests_path(state: &Path) -> PathBuf {
     beside(state, "digests")
 }
 
+/// Job `job`'s digest file in [`digests_path`]: `state.digests/<job>.digest`.
+pub(crate) fn digest_file(state: &Path, job: &str) -> PathBuf {
+    digests_path(state).join(format!("{job}.digest"))
+}
+
 /// The state's secret: read, or made (32 random bytes, 0600, written durably) when there
 /// is none.
 pub(super) fn load_or_create_key(state: &Path) -> std::io::Result<HashKey> {

@@ -251,13 +251,13 @@ impl JobState {
 
     /// Whether this handle still holds a digest read ahead.
     #[cfg(test)]
-    pub(super) fn holds_read_ahead(&self) -> bool {
+    pub(crate) fn holds_read_ahead(&self) -> bool {
         crate::locking::lock(&self.digest).ahead.is_some()
     }
 
     /// The job's digest file (see [`Seal`]).
     pub(crate) fn digest_file(&self) -> PathBuf {
-        super::digests_path(&self.state_path).join(format!("{}.digest", self.name))
+        super::digest_file(&self.state_path, &self.name)
     }
 
     /// The digest in the job's file, if it is the one `seal` was made for. Without it the

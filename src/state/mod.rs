@@ -42,7 +42,7 @@ pub(crate) use error::DbError;
 pub use error::StateError;
 pub use files::move_aside;
 pub(crate) use files::{
-    digests_path, downloads_path, key_path, private_dir, private_file, replace_durably,
+    digest_file, digests_path, downloads_path, key_path, private_dir, private_file, replace_durably,
 };
 pub(crate) use job::{Change, JobState, Scratch};
 pub(crate) use outcomes::DeliveredOutcomes;

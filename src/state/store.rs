@@ -231,7 +231,7 @@ impl Store {
     /// [`Store::with_digest_read_ahead`]; the digest is used only if the database's seal
     /// says it is the job's.
     pub(crate) fn read_digest_ahead(path: &Path, job: &str) -> Option<ReadAhead> {
-        let file = super::digests_path(path).join(format!("{job}.digest"));
+        let file = super::digest_file(path, job);
         file.exists().then(|| ReadAhead::start(job, file)).flatten()
     }
 

@@ -407,7 +407,7 @@ async fn a_digest_read_ahead_is_used_only_if_the_opened_state_seals_it() {
     }
     assert!(Store::read_digest_ahead(&path, "a").is_some());
     assert!(Store::read_digest_ahead(&path, "b").is_none(), "no file");
-    let file = crate::state::digests_path(&path).join("a.digest");
+    let file = crate::state::digest_file(&path, "a");
     let copy = dir.path().join("copy.digest");
     std::fs::copy(&file, &copy).unwrap();
 
@@ -446,7 +446,7 @@ async fn a_digest_read_ahead_is_used_only_if_the_opened_state_seals_it() {
     let fresh = dir.path().join("fresh");
     let store = Store::open(&fresh).unwrap();
     drop(store);
-    let old = crate::state::digests_path(&fresh).join("a.digest");
+    let old = crate::state::digest_file(&fresh, "a");
     std::fs::create_dir_all(old.parent().unwrap()).unwrap();
     std::fs::copy(&file, &old).unwrap();
     let ahead = Store::read_digest_ahead(&fresh, "a");
