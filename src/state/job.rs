@@ -693,10 +693,16 @@ impl JobState {
         }
     }
 
+    /// The number of entries of the digest this handle stored, if no entry was written
+    /// since (exact, without reading anything).
+    pub(super) fn counted_len(&self) -> Option<usize> {
+        crate::locking::lock(&self.digest).counted
+    }
+
     /// The number of entries: from the digest when the job has one (reading a million
     /// entries takes a second), else by counting.
     pub fn len(&self) -> usize {
-        if let Some(n) = crate::locking::lock(&self.digest).counted {
+        if let Some(n) = self.counted_len() {
             return n;
         }
         if let Ok(Some(d)) = self.digest() {
