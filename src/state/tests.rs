@@ -1100,9 +1100,9 @@ fn a_tree_counted_once_is_not_walked_again_by_every_run() {
 }
 
 /// Promise: a run that stored its digest at its end knows how many entries the job has,
-/// so its repack check does not walk a million entries rewritten in place (which makes
-/// sled build every page anew: 40 MB at the top of the run's memory), and decides as a
-/// walk would. A handle that stored no digest still counts them.
+/// so its repack check does not walk a million entries rewritten in place (4 s: sled
+/// reads every page's records from disk, and the copy reads them again), and decides as
+/// a walk would. A handle that stored no digest still counts them.
 #[tokio::test]
 async fn a_run_that_stored_its_digest_repacks_without_walking_the_entries() {
     let dir = tempfile::tempdir().unwrap();
