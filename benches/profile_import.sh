@@ -32,52 +32,21 @@ awk -v n="$rows" 'BEGIN {
             10000 + i % 89999, city[i % 8 + 1], i
 }' > "$dir/export.csv"
 
-# A fresh emulator for each import, on a free port: its first line says where.
-start_emulator() {
-    [ -n "$emulator" ] && kill "$emulator" 2>/dev/null && wait "$emulator" 2>/dev/null
-    rm -f "$dir/ready"
-    mkfifo "$dir/ready"
-    "$bin" emulator --listen 127.0.0.1:0 -qq > "$dir/ready" &
-    emulator=$!
-    read -r line < "$dir/ready"
-    url=${line##* }
+. benches/emulator.sh
+# A fresh emulator and state for each import.
+fresh() {
+    start_emulator
     rm -rf "$dir/state" "$dir/state".*
-    cat > "$dir/dialsync.toml" <<TOML
-[dialler]
-base_url = "${url%/*}"
-client_id = ${url##*/}
-token = "emulator-token"
-max_concurrency = 32
-[state]
-path = "state"
-[[job]]
-name = "profile"
-campaign_id = 538
-default_country = "DE"
-reset_when_changed = ["Round"]
-[job.source]
-type = "csv"
-path = "export.csv"
-[job.fields]
-UserData = "CustomerNo"
-Name = "LastName"
-FirstName = "FirstName"
-PhoneNumber1 = "Phone"
-PhoneNumber2 = "Mobile"
-Address = "Street"
-PostalCode = "PostalCode"
-City = "City"
-Email = "Email"
-TOML
+    write_config profile export.csv
 }
 
 cd "$dir"
 if [ -x /usr/bin/time ]; then
-    start_emulator
+    fresh
     /usr/bin/time -f "import of $rows without perf: %e s wall, %U s user, %S s system, %M KB peak RSS" \
         "$bin" sync --config dialsync.toml > /dev/null
 fi
-start_emulator
+fresh
 perf record -q -F "$freq" --call-graph dwarf,16384 -o perf.data \
     "$bin" sync --config dialsync.toml > /dev/null
 perf script -i perf.data -F comm,tid,ip,sym 2> /dev/null \

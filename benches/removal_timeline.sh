@@ -35,44 +35,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# The emulator on a free port: its first line says where.
-mkfifo "$dir/ready"
-"$bin" emulator --listen 127.0.0.1:0 -qq > "$dir/ready" &
-emulator=$!
-read -r line < "$dir/ready"
-url=${line##* }
-
-config() {
-    cat > "$dir/dialsync.toml" <<TOML
-[dialler]
-base_url = "${url%/*}"
-client_id = ${url##*/}
-token = "emulator-token"
-max_concurrency = 32
-[state]
-path = "state"
-[[job]]
-name = "bench"
-campaign_id = 538
-default_country = "DE"
-reset_when_changed = ["Round"]
-max_removals_percent = 100
-max_resets_percent = 100
-[job.source]
-type = "csv"
-path = "$1"
-[job.fields]
-UserData = "CustomerNo"
-Name = "LastName"
-FirstName = "FirstName"
-PhoneNumber1 = "Phone"
-PhoneNumber2 = "Mobile"
-Address = "Street"
-PostalCode = "PostalCode"
-City = "City"
-Email = "Email"
-TOML
-}
+. benches/emulator.sh
+start_emulator
+config() { write_config bench "$1" "max_removals_percent = 100" "max_resets_percent = 100"; }
 
 # One step of the history, with its wall time (and its peak RSS where GNU time is).
 step() {

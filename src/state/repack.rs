@@ -317,12 +317,11 @@ impl JobState {
             }
             // Open through the repack: it is not opened again for each step.
             let (_held, t) = self.worn_tree(tree)?;
-            let len = u64::try_from(self.known_len(tree).unwrap_or_else(|| {
-                #[cfg(test)]
-                self.rewrites.walks.fetch_add(1, Ordering::Relaxed);
-                t.len()
-            }))
-            .unwrap_or(u64::MAX);
+            let len = match self.known_len(tree) {
+                Some(n) => n,
+                None => self.count_by_walk(&t),
+            };
+            let len = u64::try_from(len).unwrap_or(u64::MAX);
             if total.saturating_mul(2) < len {
                 meta.insert(&counted, [len.to_le_bytes(), total.to_le_bytes()].concat())?;
                 wrote = true;
@@ -353,6 +352,13 @@ impl JobState {
             Worn::Entries => self.counted_len(),
             Worn::Outcomes => None,
         }
+    }
+
+    /// The length of `t`, by walking all of it.
+    fn count_by_walk(&self, t: &sled::Tree) -> usize {
+        #[cfg(test)]
+        self.rewrites.walks.fetch_add(1, Ordering::Relaxed);
+        t.len()
     }
 
     /// Forgets the rewrites counted for `tree` (emptied: what is written next is new).
