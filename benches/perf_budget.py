@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Splits the samples of `perf script -F comm,tid,ip,sym` (a `perf record --call-graph
-dwarf` of `dialsync sync`) into the parts of an import's work, and says what each costs
-per contact. Used by benches/profile_import.sh; see BENCHMARKS.md (issue 17).
+dwarf` of `dialsync sync`) into the parts of an import's (or an update's) work, and says
+what each costs per contact. Used by benches/profile_import.sh; see BENCHMARKS.md
+(issue 17).
 
 usage: perf script -F comm,tid,ip,sym | perf_budget.py FREQUENCY CONTACTS
 """
@@ -12,6 +13,7 @@ import sys
 # (part, pattern): a sample counts for the first part whose pattern matches a frame of
 # its stack or its thread ("THREAD:" and the thread's name).
 PARTS = [
+    ("repack of the rewritten entries at the run's end", r"repack_worn|finish_repack"),
     ("phone numbers (phonenumber crate)", r"phonenumber|phone::normalise"),
     ("plan: parse, hash, spool", r"THREAD:dialsync-plan"),
     ("state write per confirmed call (sled insert, encode)", r"JobState::put|Entry::encode"),

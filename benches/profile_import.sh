@@ -2,13 +2,23 @@
 # Where an import's CPU time goes (issue 17, target 2): a first import of ROWS contacts
 # (default 100000) against the built-in emulator under `perf record`, its samples split
 # into the parts of the work per contact by benches/perf_budget.py. For comparison, the
-# same import's wall and CPU time without perf. Needs perf (Debian: linux-perf) and
-# python3; builds a release binary with symbols into target/profile (or
-# $PROFILE_TARGET_DIR).
+# same import's wall and CPU time without perf. With `updates`, the run measured is the
+# one after the import, with every contact's City changed (ROWS updates). Needs perf
+# (Debian: linux-perf) and python3; builds a release binary with symbols into
+# target/profile (or $PROFILE_TARGET_DIR). With PERF_DATA=FILE the samples are kept there
+# (for `perf report -i FILE`).
 #
-#   benches/profile_import.sh [ROWS]
+#   benches/profile_import.sh [ROWS] [import|updates]
 set -eu
 rows=${1:-100000}
+what=${2:-import}
+case $what in
+import | updates) ;;
+*)
+    echo "usage: $0 [ROWS] [import|updates]" >&2
+    exit 2
+    ;;
+esac
 freq=499
 cd "$(dirname "$0")/.."
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
@@ -31,19 +41,34 @@ awk -v n="$rows" 'BEGIN {
             i, i, i % 97, 1000000 + i % 8999999, 2000000 + i % 7999999, i % 200 + 1,
             10000 + i % 89999, city[i % 8 + 1], i
 }' > "$dir/export.csv"
+# The same rows, each in another city: one update per contact.
+sed '2,$ s/,[^,]*,\([^,]*\),[^,]*$/,Neustadt,\1,1/' "$dir/export.csv" > "$dir/changed.csv"
 
 . benches/emulator.sh
-# A fresh emulator and state for each import.
+# A fresh emulator and state for each import; for updates, the state after the import,
+# kept once and copied back before each run (the emulator keeps its contacts: an update
+# sent twice is answered as the first was).
 fresh() {
-    start_emulator
     rm -rf "$dir/state" "$dir/state".*
-    write_config profile export.csv
+    if [ "$what" = import ]; then
+        start_emulator
+        write_config profile export.csv
+    elif [ -d "$dir/kept" ]; then
+        cp -a "$dir/kept/." "$dir/"
+    else
+        start_emulator
+        write_config profile export.csv
+        "$bin" sync --config dialsync.toml -q > /dev/null
+        mkdir "$dir/kept"
+        cp -a "$dir"/state "$dir"/state.* "$dir/kept/" 2> /dev/null || cp -a "$dir/state" "$dir/kept/"
+        write_config profile changed.csv
+    fi
 }
 
 cd "$dir"
 if [ -x /usr/bin/time ]; then
     fresh
-    /usr/bin/time -f "import of $rows without perf: %e s wall, %U s user, %S s system, %M KB peak RSS" \
+    /usr/bin/time -f "$what of $rows without perf: %e s wall, %U s user, %S s system, %M KB peak RSS" \
         "$bin" sync --config dialsync.toml > /dev/null
 fi
 fresh
@@ -51,3 +76,6 @@ perf record -q -F "$freq" --call-graph dwarf,16384 -o perf.data \
     "$bin" sync --config dialsync.toml > /dev/null
 perf script -i perf.data -F comm,tid,ip,sym 2> /dev/null \
     | python3 "$OLDPWD/benches/perf_budget.py" "$freq" "$rows"
+if [ -n "${PERF_DATA:-}" ]; then
+    cp perf.data "$PERF_DATA"
+fi
