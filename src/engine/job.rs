@@ -333,6 +333,8 @@ async fn repack(state: &JobState, report: &mut JobReport) {
             for r in done {
                 let tree = r.tree.label();
                 let seconds = format!("{:.1}", r.took.as_secs_f64());
+                let ms = u64::try_from(r.took.as_millis()).unwrap_or(u64::MAX);
+                *report.repack_ms.get_or_insert(0) += ms;
                 tracing::info!(
                     values = r.values,
                     seconds,

@@ -85,6 +85,10 @@ pub struct JobReport {
     pub duration_ms: u64,
     /// Of that, reading the export and planning (no network).
     pub plan_ms: u64,
+    /// Of that, repacking what runs rewrote in the state (see `state::repack`), at the
+    /// run's end; absent when nothing was repacked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repack_ms: Option<u64>,
     /// Why the run stopped early, if it did (shown as `aborted`, its cause chain). Nothing
     /// after this point was sent.
     #[serde(skip)]

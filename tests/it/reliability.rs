@@ -1067,6 +1067,16 @@ fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 let note = format!("note: the state's entries were repacked ({n} in ");
                 assert!(stdout.contains(&note), "{stdout}");
+                // The JSON report says how long a repack took (every entry rewritten again,
+                // and back), and a run that repacked nothing has no such field.
+                for city in ["Kiel", "Bonn", "Bonn"] {
+                    env.write_rows(&rows(n, city));
+                    let (report, code) = env.sync(&[]);
+                    assert_eq!(code, 0, "{report}");
+                    let rewrote = count(&report, "updated") == n as u64;
+                    assert_eq!(report["repack_ms"].is_u64(), rewrote, "{city}: {report}");
+                    assert_eq!(report.get("repack_ms").is_some(), rewrote, "{report}");
+                }
             }
             Some(point) => env.sync_killed_at(point),
         }
