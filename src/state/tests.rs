@@ -981,6 +981,44 @@ async fn a_runs_writes_keep_the_digest_out_of_memory() {
     assert_eq!(digest_matches_entries(&store, "a"), 99);
 }
 
+/// A repack whose change drops some values and writes others anew, all over a tree of
+/// 1,000: the dropped ones are gone, the rewritten ones have their new value, the others
+/// are as they were, nothing else is there and the copy is gone.
+#[test]
+fn a_repack_with_a_change_drops_and_rewrites_values_all_over_the_tree() {
+    use crate::state::repack::Rewrite;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let job = store.job("a").unwrap();
+    put_entries(&job, 1000, 0);
+    let number = |k: &[u8]| -> i64 { std::str::from_utf8(&k[1..]).unwrap().parse().unwrap() };
+    let values = job
+        .repack_with(Worn::Entries, &mut |k, v| {
+            let e = Entry::decode(v).unwrap();
+            Ok(match number(k) % 7 {
+                0 => Rewrite::Drop,
+                1 => Rewrite::Put(
+                    Entry {
+                        id: e.id + 50_000,
+                        ..e
+                    }
+                    .encode(),
+                ),
+                _ => Rewrite::Keep,
+            })
+        })
+        .unwrap();
+    let all = all_entries(&store.job("a").unwrap());
+    assert_eq!(values, all.len() as u64);
+    let expected: Vec<(String, i64)> = (0..1000)
+        .filter(|i| i % 7 != 0)
+        .map(|i| (format!("K{i:05}"), if i % 7 == 1 { i + 50_000 } else { i }))
+        .collect();
+    let got: Vec<(String, i64)> = all.into_iter().map(|(k, e)| (k, e.id)).collect();
+    assert_eq!(got, expected);
+    assert!(!dir.path().join("state.downloads/repack-entries-a").exists());
+}
+
 /// Promise: once the entries rewritten in place since the last repack reach half of the
 /// job's (counted across runs), the run's end writes the tree afresh and nothing changes
 /// in it; new entries are not rewrites, and no mark or copy is left.
