@@ -256,6 +256,10 @@ fn read_copy(path: &Path, values: u64, f: &mut Each<'_>) -> Result<Result<(), St
     }
 }
 
+/// How many values' keys [`JobState::refill`] empties at a time (in unit tests a few, so
+/// that their trees take many runs).
+const REFILL_RUN: u64 = if cfg!(test) { 64 } else { 131_072 };
+
 impl JobState {
     /// The tree itself, and for the delivered outcomes the use that keeps their
     /// database open (bound first, so that it is dropped after the tree).
@@ -437,14 +441,47 @@ impl JobState {
     /// Empties `tree` and fills it from its copy (which holds `values`, checked before
     /// the tree is touched: a copy that is not whole leaves it as it is), then removes the
     /// mark and the copy, durably.
+    ///
+    /// The tree is emptied a run of [`REFILL_RUN`] values' keys at a time, each run just
+    /// before the copy's values of it are written. Emptied whole first, a tree gives back
+    /// all its pages before any is used again, and sled checks each page it frees against
+    /// its whole list of free pages: 11% of a million entries' repack, 20% of two million
+    /// (sled alone, two million values: 38 s emptied whole, 32 s a run at a time; four
+    /// million: 87 s and 70 s). The pages are written afresh in key order as before.
     fn refill(&self, tree: Worn, values: u64) -> Result<(), StateError> {
         let (_held, t) = self.worn_tree(tree)?;
         let path = self.copy_path(tree);
         let bad = |why| self.lost_copy(tree, why);
-        read_copy(&path, values, &mut |_, _| Ok(()))?.map_err(bad)?;
-        t.clear()?;
+        // The check of the whole copy notes the key each run after the first begins at.
+        let mut starts: Vec<Vec<u8>> = Vec::new();
+        let mut n = 0u64;
+        read_copy(&path, values, &mut |k, _| {
+            if n > 0 && n % REFILL_RUN == 0 {
+                starts.push(k.to_vec());
+            }
+            n += 1;
+            Ok(())
+        })?
+        .map_err(bad)?;
+        // Removes the tree's keys from `from` (its first if `None`) up to the next run's
+        // start (the end if none).
+        let empty = |from: Option<&[u8]>, to: Option<&Vec<u8>>| -> Result<(), StateError> {
+            use std::ops::Bound;
+            let lo = from.map_or(Bound::Unbounded, Bound::Included);
+            let hi = to.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_slice()));
+            for k in t.range::<&[u8], _>((lo, hi)).keys() {
+                t.remove(k?)?;
+            }
+            Ok(())
+        };
+        empty(None, starts.first())?;
+        let mut run = 0;
         let mut n = 0u64;
         read_copy(&path, values, &mut |k, v| {
+            if starts.get(run).is_some_and(|start| start.as_slice() == k) {
+                run += 1;
+                empty(Some(k), starts.get(run))?;
+            }
             t.insert(k, v)?;
             n += 1;
             if n == values / 2 {
