@@ -1,7 +1,33 @@
 # Sourced by the benchmark scripts (benches/profile_import.sh, benches/removal_timeline.sh):
-# the built-in emulator on a free port, and a config for it that reads an export with the
-# benchmark's columns (`export` in benches/sync.rs). Both need $bin (the dialsync binary)
-# and $dir (a scratch folder); POSIX sh.
+# a scratch folder, the built-in emulator on a free port, a config for it that reads an
+# export with the benchmark's columns (`export` in benches/sync.rs), and a state kept and
+# copied back. They need $bin (the dialsync binary) and $dir (from `scratch`); POSIX sh.
+
+# Makes the scratch folder $dir, removed (and the emulator stopped) when the script ends.
+scratch() {
+    dir=$(mktemp -d)
+    emulator=
+    trap scratch_cleanup EXIT INT TERM
+}
+
+scratch_cleanup() {
+    if [ -n "${emulator:-}" ]; then
+        kill "$emulator" 2> /dev/null || true
+    fi
+    rm -rf "$dir"
+}
+
+# Keeps the state in $dir (the database and the files beside it) in $dir/kept.
+keep_state() {
+    mkdir "$dir/kept"
+    cp -a "$dir"/state "$dir"/state.* "$dir/kept/"
+}
+
+# Puts the kept state back in place of the one in $dir.
+restore_state() {
+    rm -rf "$dir"/state "$dir"/state.*
+    cp -a "$dir"/kept/. "$dir/"
+}
 
 # Starts an emulator on a free port, stopping the one started before (a fresh dialler):
 # its first line says where. Sets $emulator (its pid) and $url.

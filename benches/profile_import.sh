@@ -24,13 +24,8 @@ cd "$(dirname "$0")/.."
 CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
     cargo build --release --target-dir "${PROFILE_TARGET_DIR:=$PWD/target/profile}"
 bin=$PROFILE_TARGET_DIR/release/dialsync
-dir=$(mktemp -d)
-emulator=
-cleanup() {
-    [ -n "$emulator" ] && kill "$emulator" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
+. benches/emulator.sh
+scratch
 
 # The rows of the benchmark's exports (`export` in benches/sync.rs): two phone numbers each.
 awk -v n="$rows" 'BEGIN {
@@ -44,23 +39,21 @@ awk -v n="$rows" 'BEGIN {
 # The same rows, each in another city: one update per contact.
 sed '2,$ s/,[^,]*,\([^,]*\),[^,]*$/,Neustadt,\1,1/' "$dir/export.csv" > "$dir/changed.csv"
 
-. benches/emulator.sh
 # A fresh emulator and state for each import; for updates, the state after the import,
 # kept once and copied back before each run (the emulator keeps its contacts: an update
 # sent twice is answered as the first was).
 fresh() {
-    rm -rf "$dir/state" "$dir/state".*
     if [ "$what" = import ]; then
+        rm -rf "$dir/state" "$dir/state".*
         start_emulator
         write_config profile export.csv
     elif [ -d "$dir/kept" ]; then
-        cp -a "$dir/kept/." "$dir/"
+        restore_state
     else
         start_emulator
         write_config profile export.csv
         "$bin" sync --config dialsync.toml -q > /dev/null
-        mkdir "$dir/kept"
-        cp -a "$dir"/state "$dir"/state.* "$dir/kept/" 2> /dev/null || cp -a "$dir/state" "$dir/kept/"
+        keep_state
         write_config profile changed.csv
     fi
 }

@@ -27,15 +27,8 @@ cargo build --release --bin dialsync
 bin=$PWD/target/release/dialsync
 out=${OUT:-$PWD/target/removal-timeline}
 mkdir -p "$out"
-dir=$(mktemp -d)
-emulator=
-cleanup() {
-    [ -n "$emulator" ] && kill "$emulator" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-
 . benches/emulator.sh
+scratch
 start_emulator
 config() { write_config bench "$1" "max_removals_percent = 100" "max_resets_percent = 100"; }
 
@@ -59,13 +52,11 @@ config "$data/export-$size-all.csv"
 step sync
 step state rebuild
 step sync
-mkdir "$dir/kept"
-cp -a "$dir"/state "$dir"/state.* "$dir/kept/"
+keep_state
 config "$data/export-empty.csv"
 
 for n in $(seq "$runs"); do
-    rm -rf "$dir"/state "$dir"/state.*
-    cp -a "$dir"/kept/. "$dir/"
+    restore_state
     touch "$dir/started"
     samples=$out/run-$n.txt
     : > "$samples"

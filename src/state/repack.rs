@@ -465,22 +465,23 @@ impl JobState {
         .map_err(bad)?;
         // Removes the tree's keys from `from` (its first if `None`) up to the next run's
         // start (the end if none).
-        let empty = |from: Option<&[u8]>, to: Option<&Vec<u8>>| -> Result<(), StateError> {
+        let empty = |from: Option<&[u8]>, to: Option<&[u8]>| -> Result<(), StateError> {
             use std::ops::Bound;
             let lo = from.map_or(Bound::Unbounded, Bound::Included);
-            let hi = to.map_or(Bound::Unbounded, |k| Bound::Excluded(k.as_slice()));
+            let hi = to.map_or(Bound::Unbounded, Bound::Excluded);
             for k in t.range::<&[u8], _>((lo, hi)).keys() {
                 t.remove(k?)?;
             }
             Ok(())
         };
-        empty(None, starts.first())?;
+        let start = |run: usize| starts.get(run).map(Vec::as_slice);
+        empty(None, start(0))?;
         let mut run = 0;
         let mut n = 0u64;
         read_copy(&path, values, &mut |k, v| {
-            if starts.get(run).is_some_and(|start| start.as_slice() == k) {
+            if start(run) == Some(k) {
                 run += 1;
-                empty(Some(k), starts.get(run))?;
+                empty(Some(k), start(run))?;
             }
             t.insert(k, v)?;
             n += 1;
