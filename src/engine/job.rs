@@ -312,7 +312,8 @@ pub(super) async fn run_job(
             // Only the next run's speed depends on it.
             tracing::warn!(error = %error_chain(&e), "could not store the state digest");
         }
-        repack(state, report).await;
+        let later = store.is_some_and(Store::compacts_after_runs);
+        repack(state, later, report).await;
         if let Some(store) = store {
             if let Err(e) = remember(store, job, state, report) {
                 tracing::warn!(error = %error_chain(&e), "could not store the export's validators (the next run downloads it whole)");
@@ -325,12 +326,20 @@ pub(super) async fn run_job(
 
 /// Repacks the job's trees that runs rewrote in place (see `state::repack`): seconds for a
 /// million values, after which opening the state costs what a fresh one does. Said in the
-/// report's notes, since the run takes that much longer.
-async fn repack(state: &JobState, report: &mut JobReport) {
+/// report's notes, since the run takes that much longer. With `entries_later`, entries
+/// due are left to the compaction after the runs (see `Store::compacting_after_runs`).
+async fn repack(state: &JobState, entries_later: bool, report: &mut JobReport) {
     let s = state.clone();
-    match blocking(move || s.repack_worn()).await {
+    match blocking(move || s.repack_worn_but(entries_later)).await {
         Ok(done) => {
-            for r in done {
+            if let Some(values) = done.entries_left {
+                tracing::debug!(
+                    values,
+                    "the job's entries are due to be repacked: left to the compaction of the state after the runs"
+                );
+                report.compaction_due = true;
+            }
+            for r in done.repacked {
                 let tree = r.tree.label();
                 let seconds = format!("{:.1}", r.took.as_secs_f64());
                 let ms = u64::try_from(r.took.as_millis()).unwrap_or(u64::MAX);

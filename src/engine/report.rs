@@ -89,6 +89,10 @@ pub struct JobReport {
     /// run's end; absent when nothing was repacked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repack_ms: Option<u64>,
+    /// The job's entries were due to be repacked and are left to the compaction of the
+    /// whole state after the runs of a manual sync (see `engine::run::sync`).
+    #[serde(skip)]
+    pub compaction_due: bool,
     /// Why the run stopped early, if it did (shown as `aborted`, its cause chain). Nothing
     /// after this point was sent.
     #[serde(skip)]

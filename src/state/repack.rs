@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::outcomes::InUse;
+use super::store::ENTRIES;
 use super::{JobState, StateError};
 
 /// Fewer rewrites than this never repack: a small tree's page records cost little.
@@ -97,6 +98,15 @@ pub(crate) struct Repacked {
     pub(crate) took: std::time::Duration,
 }
 
+/// What [`JobState::repack_worn_but`] did.
+#[derive(Debug, Default)]
+pub(crate) struct WornDone {
+    /// The trees repacked.
+    pub(crate) repacked: Vec<Repacked>,
+    /// The entries were due and are left to the compaction after the runs: how many.
+    pub(crate) entries_left: Option<u64>,
+}
+
 /// Where the state counts a tree's rewrites since its last repack, and marks a repack
 /// under way (with the number of values the copy holds), by the tree's name.
 fn worn_key(tree: &[u8]) -> Vec<u8> {
@@ -111,6 +121,18 @@ fn mark_key(tree: &[u8]) -> Vec<u8> {
 /// repack due), with the rewrites counted then: two u64, little-endian.
 fn counted_key(tree: &[u8]) -> Vec<u8> {
     [b"worn-len/".as_slice(), tree].concat()
+}
+
+/// Whether `key` (of the state's `meta` tree) counts the rewrites of a tree of the state's
+/// own database, the jobs' entries: a compaction, which writes them afresh, leaves it out.
+/// (The delivered outcomes have a database of their own, which it does not copy.)
+pub(super) fn counts_rewrites_in_state(key: &[u8]) -> bool {
+    [
+        worn_key(ENTRIES.as_bytes()),
+        counted_key(ENTRIES.as_bytes()),
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 fn u64_of(v: &[u8]) -> Option<u64> {
@@ -136,13 +158,19 @@ pub(crate) enum Rewrite {
 }
 
 /// What a copy asks of each key and value of the tree (an error stops the copy).
-type Change<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Rewrite, StateError> + 'a;
+pub(super) type Change<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Rewrite, StateError> + 'a;
 
 /// Writes `tree` to the file at `path`, each value as `change` says: [`MAGIC`], each key
 /// and value with its length (u32, little-endian), then the number of values and the
-/// xxh3 of all before it (u64 each); durable when it returns. How many values it wrote.
-/// An error of `change` comes back inside the `io::Error` (see [`JobState::copy_with`]).
-fn write_copy(tree: &sled::Tree, path: &Path, change: &mut Change<'_>) -> std::io::Result<u64> {
+/// xxh3 of all before it (u64 each); with `durable`, synced to disk when it returns. How
+/// many values it wrote. An error of `change` comes back inside the `io::Error` (see
+/// [`JobState::copy_with`]).
+pub(super) fn write_copy(
+    tree: &sled::Tree,
+    path: &Path,
+    change: &mut Change<'_>,
+    durable: bool,
+) -> std::io::Result<u64> {
     let file = super::private_file(path)?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
@@ -172,13 +200,15 @@ fn write_copy(tree: &sled::Tree, path: &Path, change: &mut Change<'_>) -> std::i
     let file = out
         .into_inner()
         .map_err(std::io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    super::sync_folder_of(path)?;
+    if durable {
+        file.sync_all()?;
+        super::sync_folder_of(path)?;
+    }
     Ok(values)
 }
 
 /// What a read of a copy does with each key and value.
-type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+pub(super) type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
 
 /// A copy being read: each part through the checksum.
 struct Reader {
@@ -235,7 +265,11 @@ impl Reader {
 
 /// Reads the copy at `path`, which must hold `values`, giving each key and value to `f`:
 /// what is wrong with it, if anything (an error of `f` is returned as it is).
-fn read_copy(path: &Path, values: u64, f: &mut Each<'_>) -> Result<Result<(), String>, StateError> {
+pub(super) fn read_copy(
+    path: &Path,
+    values: u64,
+    f: &mut Each<'_>,
+) -> Result<Result<(), String>, StateError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) => return Ok(Err(e.to_string())),
@@ -287,12 +321,14 @@ impl JobState {
     }
 
     /// At the end of a run: adds this handle's rewrites to the state's counts, and repacks
-    /// each tree whose count reached half of it (see the module's text). Durable when it
-    /// returns; a run that rewrote nothing writes nothing (but the length it counted, once,
-    /// on a state an older version made).
-    pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
+    /// each tree whose count reached half of it (see the module's text), but the entries
+    /// when `entries_later`: a compaction of the whole state follows the run (see
+    /// [`super::Store::compacting_after_runs`]), and their count stays until it is done.
+    /// Durable when it returns; a run that rewrote nothing writes nothing (but the length
+    /// it counted, once, on a state an older version made).
+    pub(crate) fn repack_worn_but(&self, entries_later: bool) -> Result<WornDone, StateError> {
         let meta = self.meta()?;
-        let mut done = Vec::new();
+        let mut done = WornDone::default();
         let mut wrote = false;
         for tree in [Worn::Entries, Worn::Outcomes] {
             let now = self.rewrites.of(tree).swap(0, Ordering::Relaxed);
@@ -331,11 +367,15 @@ impl JobState {
                 wrote = true;
                 continue;
             }
+            if tree == Worn::Entries && entries_later {
+                done.entries_left = Some(len);
+                continue;
+            }
             let started = std::time::Instant::now();
             let values = self.repack(tree)?;
             meta.remove(&key)?;
             meta.remove(&counted)?;
-            done.push(Repacked {
+            done.repacked.push(Repacked {
                 tree,
                 values,
                 took: started.elapsed(),
@@ -345,6 +385,12 @@ impl JobState {
             self.flusher.now()?;
         }
         Ok(done)
+    }
+
+    /// [`JobState::repack_worn_but`] with every tree repacked in place: what it repacked.
+    #[cfg(test)]
+    pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
+        Ok(self.repack_worn_but(false)?.repacked)
     }
 
     /// The length of `tree` if this handle knows it without walking the tree: the number
@@ -432,7 +478,7 @@ impl JobState {
         };
         super::private_dir(&super::downloads_path(&self.state_path)).map_err(failed)?;
         let (_held, t) = self.worn_tree(tree)?;
-        write_copy(&t, &path, change).map_err(|e| match e.downcast::<StateError>() {
+        write_copy(&t, &path, change, true).map_err(|e| match e.downcast::<StateError>() {
             Ok(state) => state,
             Err(e) => failed(e),
         })
@@ -565,7 +611,7 @@ impl super::Store {
             let key = key?;
             let name = &key[b"repacking/".len()..];
             if let Some(job) = name
-                .strip_prefix(b"job/")
+                .strip_prefix(ENTRIES.as_bytes())
                 .or_else(|| name.strip_prefix(b"outcomes/"))
             {
                 jobs.insert(String::from_utf8_lossy(job).into_owned());

@@ -120,6 +120,9 @@ pub(super) fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
         .cache_capacity(cache_mb << 20)
 }
 
+/// The name of a job's tree of entries, before the job's name.
+pub(super) const ENTRIES: &str = "job/";
+
 /// The state database.
 #[derive(Clone)]
 pub struct Store {
@@ -137,6 +140,9 @@ pub struct Store {
     /// A job's digest file read ahead while the database opened, until that job's state
     /// is first asked for (see [`Store::with_digest_read_ahead`]).
     ahead: Arc<Mutex<Option<ReadAhead>>>,
+    /// The process that opened the store holds it alone and compacts it once its runs
+    /// are done (a manual sync: see [`Store::compacting_after_runs`]).
+    compacts: bool,
 }
 
 impl Store {
@@ -222,6 +228,7 @@ impl Store {
             writes: Arc::default(),
             cache_mb,
             ahead: Arc::default(),
+            compacts: false,
         }
     }
 
@@ -240,6 +247,24 @@ impl Store {
     pub(crate) fn with_digest_read_ahead(self, ahead: Option<ReadAhead>) -> Store {
         *crate::locking::lock(&self.ahead) = ahead;
         self
+    }
+
+    /// This store, for a process that holds it alone and calls [`Store::compact`] once its
+    /// runs are done if one of them asks for it: a run whose job's entries are due to be
+    /// repacked (see `state::repack`) leaves them to that compaction, which writes every
+    /// tree afresh in less time than the repack rewrites one within the database, and
+    /// leaves no free space in its file (which sled writes over at every open).
+    pub fn compacting_after_runs(mut self) -> Store {
+        self.compacts = true;
+        self
+    }
+
+    /// Whether the runs on this store leave worn entries to a compaction after them:
+    /// [`Store::compacting_after_runs`], and the state's file system has room for a copy of
+    /// the database (else the run repacks them in place, which needs room for the
+    /// entries alone).
+    pub(crate) fn compacts_after_runs(&self) -> bool {
+        self.compacts && super::compact::room_for_copy(&self.path)
     }
 
     /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
@@ -577,7 +602,7 @@ impl Store {
         Ok(JobState {
             flusher: self.flusher.clone(),
             key: Arc::clone(&self.key),
-            tree: self.db.open_tree(format!("job/{name}"))?,
+            tree: self.db.open_tree(format!("{ENTRIES}{name}"))?,
             pending: self.db.open_tree(format!("pending/{name}"))?,
             in_flight: self.db.open_tree(format!("inflight/{name}"))?,
             failures: self.db.open_tree(format!("failures/{name}"))?,

@@ -53,11 +53,34 @@ pub(crate) const REPACK_STEPS: [Option<&str>; 5] = [
     Some("repack-refilled"),
 ];
 
+/// The crash points of a compaction (see `src/state/compact.rs`), and none.
+pub(crate) const COMPACT_STEPS: [Option<&str>; 6] = [
+    None,
+    Some("compact-copying"),
+    Some("compact-filling"),
+    Some("compact-copied"),
+    Some("compact-moved-aside"),
+    Some("compact-swapped"),
+];
+
 pub(crate) const HEADER: &str = "CustomerNo;LastName;FirstName;Phone;City;Round";
 
 impl Env {
     pub(crate) fn new() -> Env {
         Env::with_faults(Faults::default())
+    }
+
+    /// An env whose first sync imported `rows(n, city)`.
+    pub(crate) fn imported(n: usize, city: &str) -> Env {
+        let env = Env::new();
+        env.write_rows(&rows(n, city));
+        let (report, code) = env.sync(&[]);
+        assert_eq!(
+            (code, count(&report, "imported")),
+            (0, n as u64),
+            "{report}"
+        );
+        env
     }
 
     /// An env whose emulator injects `faults`.
@@ -177,6 +200,52 @@ impl Env {
         );
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(killed.status.signal(), Some(9), "{killed:?}");
+    }
+
+    /// The names of the files in the state's scratch folder (`state.downloads`), which a
+    /// repack's or a verification's copy would have left there.
+    pub(crate) fn scratch_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("state.downloads"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Neither a repack's copy nor a compaction's leftover is beside the state.
+    pub(crate) fn assert_nothing_left_beside_the_state(&self, what: &str) {
+        let left = self.scratch_files();
+        assert!(
+            !left.iter().any(|f| f.starts_with("repack-")),
+            "{what}: {left:?}"
+        );
+        for leftover in [
+            "state.compact",
+            "state.compact-dump",
+            "state.compact-done",
+            "state.before-compact",
+        ] {
+            assert!(!self.path(leftover).exists(), "{what}: {leftover} is left");
+        }
+    }
+
+    /// Three syncs of `n` rows: every row changed (to Kiel), every row back (to Bonn, as the
+    /// export was), nothing changed. The JSON report says how long a repack (or, with
+    /// `compacts`, a manual sync's compaction) took in the two runs that rewrote every
+    /// entry, and a run that rewrote nothing has no such field: it found no count of
+    /// rewrites left.
+    pub(crate) fn rewrite_all_and_back(&self, n: usize, compacts: bool) {
+        for (city, updated) in [("Kiel", n), ("Bonn", n), ("Bonn", 0)] {
+            self.write_rows(&rows(n, city));
+            let (report, code) = self.sync(&[]);
+            assert_eq!((code, count(&report, "updated")), (0, updated as u64));
+            let repack_ms = report.get("repack_ms").map(|ms| ms.is_u64());
+            assert_eq!(repack_ms, (updated > 0).then_some(true), "{report}");
+            let afresh = report["notes"].to_string().contains("written afresh");
+            assert_eq!(afresh, compacts && updated > 0, "{report}");
+        }
     }
 
     /// The state lost (its directory removed), then `dialsync state rebuild`, which must

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{field, Env, TOKEN};
+use crate::common::{count, field, rows, Env, TOKEN};
 use serde_json::Value;
 
 /// Generous bound for one event on a slow, busy machine; never reached when things work.
@@ -33,6 +33,12 @@ impl Daemon {
 
     /// Started with these global flags before `run` (e.g. `--log-format json`).
     fn start_with(env: &Env, flags: &[&str]) -> Daemon {
+        Daemon::start_failing_at(env, flags, None)
+    }
+
+    /// Started with `flags`, and killed by its own hand at the failpoint `point` (see
+    /// `src/failpoint.rs`).
+    fn start_failing_at(env: &Env, flags: &[&str], point: Option<&str>) -> Daemon {
         let sock = env.path("notify.sock");
         // A daemon started before in this env left its socket.
         let _ = std::fs::remove_file(&sock);
@@ -46,6 +52,7 @@ impl Daemon {
             // As systemd's WatchdogSec= would: pings every half period while healthy.
             .env("WATCHDOG_USEC", "400000")
             .env("RUST_LOG", "info")
+            .envs(point.map(|p| ("DIALSYNC_FAILPOINT", p)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1035,4 +1042,47 @@ fn the_daemon_serves_prometheus_metrics() {
     );
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0));
+}
+
+/// The daemon shares the state between its jobs, so a run that rewrote every entry
+/// repacks them within the database at its end (see `src/state/repack.rs`; a manual sync
+/// compacts the whole state instead, see `reliability.rs`). Whole, or with the daemon
+/// killed at any step of the repack and the repack then finished by the next open, the
+/// state holds every contact as before: a changed row costs one update, nothing is
+/// imported again, and no copy stays beside the state.
+#[test]
+fn the_daemon_repacks_rewritten_entries_in_place_even_when_killed_at_any_step() {
+    use std::os::unix::process::ExitStatusExt;
+    // More than the 1000 rewrites below which nothing is repacked.
+    let n = 1200;
+    for point in crate::common::REPACK_STEPS {
+        let env = Env::imported(n, "Berlin");
+        // A schedule that does not fire during the test: the runs are manual ones.
+        env.write_config(TOKEN, r#"schedule = "0 0 1 1 *""#);
+        let all = rows(n, "Bonn");
+        env.write_rows(&all);
+        let mut daemon = Daemon::start_failing_at(&env, &[], point);
+        match point {
+            None => {
+                let (report, code) = env.sync(&[]);
+                assert_eq!((code, count(&report, "updated")), (0, n as u64), "{report}");
+                let note = format!("the state's entries were repacked ({n} in ");
+                assert!(report["notes"].to_string().contains(&note), "{report}");
+                assert!(daemon.logs().contains("repacked the job's entries"));
+                env.rewrite_all_and_back(n, false);
+                daemon.signal("TERM");
+                assert_eq!(daemon.wait_exit().code(), Some(0));
+            }
+            Some(point) => {
+                // The manual sync handed to the daemon loses its daemon halfway.
+                let out = env.dialsync(&["sync", "--config", "dialsync.toml"]);
+                assert!(!out.status.success(), "{point}: {out:?}");
+                assert_eq!(daemon.wait_exit().signal(), Some(9), "{point}");
+            }
+        }
+
+        let what = format!("{point:?}");
+        crate::reliability::one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), &what);
+        env.assert_nothing_left_beside_the_state(&what);
+    }
 }

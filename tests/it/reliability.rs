@@ -971,13 +971,7 @@ fn a_plan_that_finds_no_room_on_disk_sends_nothing() {
 /// nothing is imported again, and no leftover of the compaction stays beside the state.
 #[test]
 fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
-    for point in [
-        None,
-        Some("compact-copying"),
-        Some("compact-copied"),
-        Some("compact-moved-aside"),
-        Some("compact-swapped"),
-    ] {
+    for point in common::COMPACT_STEPS {
         let env = Env::new();
         let all = rows(30, "Berlin");
         env.write_rows(&all);
@@ -997,24 +991,21 @@ fn state_compact_keeps_every_record_even_when_killed_at_any_step() {
             }
         }
 
-        one_change_costs_one_call(&env, &all, ("Berlin", "Bonn"), &format!("{point:?}"));
-        for leftover in [
-            "state.compact",
-            "state.compact-done",
-            "state.before-compact",
-        ] {
-            assert!(
-                !env.path(leftover).exists(),
-                "{point:?}: {leftover} is left"
-            );
-        }
+        let what = format!("{point:?}");
+        one_change_costs_one_call(&env, &all, ("Berlin", "Bonn"), &what);
+        env.assert_nothing_left_beside_the_state(&what);
     }
 }
 
 /// The state still holds every contact of `all` (the export as last synced): the city of
 /// one row changed from `from` to `to` costs one update and one call, nothing is imported
 /// again, and the dialler then holds exactly the new export (`what` names the case).
-fn one_change_costs_one_call(env: &Env, all: &[String], (from, to): (&str, &str), what: &str) {
+pub(crate) fn one_change_costs_one_call(
+    env: &Env,
+    all: &[String],
+    (from, to): (&str, &str),
+    what: &str,
+) {
     let mut changed = all.to_vec();
     changed[6] = changed[6].replace(from, to);
     env.write_rows(&changed);
@@ -1039,23 +1030,19 @@ fn one_change_costs_one_call(env: &Env, all: &[String], (from, to): (&str, &str)
     env.assert_holds_exactly(&changed);
 }
 
-/// After a run that rewrote every entry (and so repacks them at its end, see
-/// `src/state/repack.rs`), whole or killed at any step of the repack and then finished by
-/// the next open, the state holds every contact as before: a changed row costs one update,
-/// nothing is imported again, and no copy stays beside the state.
+/// A manual sync whose run rewrote every entry (which leaves them due to be repacked, see
+/// `src/state/repack.rs`) writes the whole state afresh after the run (a compaction),
+/// whole or killed at any step of it and then finished by the next open: the state holds
+/// every contact as before (a changed row costs one update, nothing is imported again),
+/// the counts of rewrites are gone with the compaction (a run that rewrites nothing does
+/// not compact again), and no copy stays beside the state. (The daemon, which shares the
+/// state between its jobs, repacks in place: see `daemon.rs`.)
 #[test]
-fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
+fn a_manual_sync_that_rewrote_every_entry_compacts_the_state_even_when_killed() {
     // More than the 1000 rewrites below which nothing is repacked.
     let n = 1200;
-    for point in common::REPACK_STEPS {
-        let env = Env::new();
-        env.write_rows(&rows(n, "Berlin"));
-        let (report, code) = env.sync(&[]);
-        assert_eq!(
-            (code, count(&report, "imported")),
-            (0, n as u64),
-            "{report}"
-        );
+    for point in common::COMPACT_STEPS {
+        let env = Env::imported(n, "Berlin");
         let all = rows(n, "Bonn");
         env.write_rows(&all);
         match point {
@@ -1063,34 +1050,22 @@ fn a_repack_keeps_every_entry_even_when_killed_at_any_step() {
                 let out = env.dialsync(&["sync", "--config", "dialsync.toml", "-v"]);
                 assert!(out.status.success(), "{out:?}");
                 let stderr = String::from_utf8_lossy(&out.stderr);
-                assert!(stderr.contains("repacked the job's entries"), "{stderr}");
+                assert!(stderr.contains("wrote the state afresh"), "{stderr}");
+                assert!(!stderr.contains("repacked the job's"), "{stderr}");
                 let stdout = String::from_utf8_lossy(&out.stdout);
-                let note = format!("note: the state's entries were repacked ({n} in ");
-                assert!(stdout.contains(&note), "{stdout}");
-                // The JSON report says how long a repack took (every entry rewritten again,
-                // and back), and a run that repacked nothing has no such field.
-                for (city, updated) in [("Kiel", n), ("Bonn", n), ("Bonn", 0)] {
-                    env.write_rows(&rows(n, city));
-                    let (report, code) = env.sync(&[]);
-                    assert_eq!((code, count(&report, "updated")), (0, updated as u64));
-                    let repack_ms = report.get("repack_ms").map(|ms| ms.is_u64());
-                    assert_eq!(repack_ms, (updated > 0).then_some(true), "{report}");
-                }
+                assert!(
+                    stdout.contains("note: the state was written afresh (")
+                        && stdout.contains("runs had rewritten half of the job's entries"),
+                    "{stdout}"
+                );
+                env.rewrite_all_and_back(n, true);
             }
             Some(point) => env.sync_killed_at(point),
         }
 
-        one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), &format!("{point:?}"));
-        let downloads = env.path("state.downloads");
-        let left: Vec<_> = std::fs::read_dir(&downloads)
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(
-            !left
-                .iter()
-                .any(|f| f.to_string_lossy().starts_with("repack-")),
-            "{point:?}: {left:?}"
-        );
+        let what = format!("{point:?}");
+        one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), &what);
+        env.assert_nothing_left_beside_the_state(&what);
     }
 }
 
@@ -1264,4 +1239,41 @@ fn a_verification_whose_rewrite_finds_no_room_loses_nothing() {
         !in_copy.is_empty() && !in_refill.is_empty(),
         "the rewrite's copy failed with {in_copy:?} KB of room, its refill with {in_refill:?}"
     );
+}
+
+/// Promise: a manual sync compacts the state after its runs only where the state's disk
+/// has room for it (twice the database); with less, the run that rewrote every entry
+/// repacks them in place (which needs room for the entries alone), and nothing is lost.
+#[test]
+fn a_manual_sync_without_room_to_compact_repacks_in_place() {
+    let n = 1200;
+    // The state takes about 470 KB: 1 MB of room is less than two copies, 4 MB is more.
+    for (room_kb, in_place) in [(1024, true), (4096, false)] {
+        let env = Env::new();
+        env.write_rows(&rows(n, "Berlin"));
+        assert_eq!(env.sync(&[]).1, 0);
+        let all = rows(n, "Bonn");
+        env.write_rows(&all);
+        let Some((code, stdout, stderr, left)) =
+            on_a_full_disk(&env, room_kb, "sync --config full.toml --output json")
+        else {
+            return;
+        };
+        let what = format!("{room_kb} KB of room");
+        assert_eq!(code, 0, "{what}: {stdout}{stderr}");
+        let v: Value = serde_json::from_str(&stdout).unwrap();
+        let report = &v["jobs"][0];
+        assert_eq!(count(report, "updated"), n as u64, "{what}: {report}");
+        let notes = report["notes"].to_string();
+        assert_eq!(
+            (
+                notes.contains(&format!("the state's entries were repacked ({n} in ")),
+                notes.contains("the state was written afresh (")
+            ),
+            (in_place, !in_place),
+            "{what}: {notes}"
+        );
+        assert!(!left.contains("compact"), "{what}: {left}");
+        one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), &what);
+    }
 }

@@ -369,14 +369,10 @@ fn a_renumbered_dialler_of_many_contacts_is_relearned_in_one_rewrite_even_when_k
             !notes.contains("repacked"),
             "{what}: written afresh, not repacked: {notes}"
         );
-        let left: Vec<_> = std::fs::read_dir(env.path("state.downloads"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+        env.assert_nothing_left_beside_the_state(&what);
+        let left = env.scratch_files();
         assert!(
-            !left.iter().any(|f| {
-                let f = f.to_string_lossy();
-                f.starts_with("repack-") || f.starts_with("verify-")
-            }),
+            !left.iter().any(|f| f.starts_with("verify-")),
             "{what}: {left:?}"
         );
 
