@@ -13,9 +13,9 @@ import sys
 # (part, pattern): a sample counts for the first part whose pattern matches a frame of
 # its stack or its thread ("THREAD:" and the thread's name).
 PARTS = [
-    # A manual sync compacts the state after its runs instead (Store::compact, on a
+    # A manual sync compacts the state after its runs instead (`Store::compact`, on a
     # blocking thread that tokio names like its runtime threads).
-    ("repack or compaction of the rewritten entries at the run's end", r"repack_worn|finish_repack|Store::compact"),
+    ("repack or compaction of the rewritten entries at the run's end", r"repack_worn|finish_repack|compact_after_runs|state::compact::"),
     ("phone numbers (phonenumber crate)", r"phonenumber|phone::normalise"),
     ("plan: parse, hash, spool", r"THREAD:dialsync-plan"),
     ("state write per confirmed call (sled insert, encode)", r"JobState::put|Entry::encode"),

@@ -243,7 +243,7 @@ enum StateCommand {
     /// removals) sled loads a record of every page's fragments whenever it opens the
     /// state, which makes every later run use more memory (for a million contacts, 100
     /// to 150 MB instead of about 35), and every open writes over the free space such
-    /// runs leave in its file. Needs room for a second copy while it runs; a
+    /// runs leave in its file. Needs room for two more copies while it runs; a
     /// crash leaves the old state or the complete copy. Stop the daemon before.
     Compact {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]

@@ -59,7 +59,7 @@ pub enum StateError {
     },
     #[error(
         "cannot compact the state into {path} (check that the folder is writable and the disk \
-         has room for a second copy of the state): the state is as it was, or, if the copy \
+         has room for two more copies of the state): the state is as it was, or, if the copy \
          was complete, the next command that opens it puts the copy in its place"
     )]
     Compact {
