@@ -3,8 +3,9 @@
 # campaign replayed on the CLI emulator (first import, 1% changed, all changed, `state
 # rebuild`, the first sync after it), the state kept, then RUNS syncs of the empty export
 # (`--force`: every contact locked), each on a fresh copy of the kept state. Each run's
-# VmRSS is sampled every 50 ms with two marks: D once the run has rewritten the state
-# digest file (its end), R while the repack's copy exists. Prints, per run, the peak and
+# VmRSS is sampled every 50 ms with marks: D once the run has rewritten the state digest
+# file (its end), R while the repack's copy exists, C while a compaction's files or copy
+# do (a manual sync compacts instead of repacking in place). Prints, per run, the peak and
 # the climb after the digest; the samples go to $OUT/run-N.txt ("ms KB marks").
 #
 # Needs the benchmark's exports (`DIALSYNC_BENCH=1m cargo bench --bench sync` writes them
@@ -67,6 +68,7 @@ for n in $(seq "$runs"); do
         marks=
         [ "$dir/state.digests/bench.digest" -nt "$dir/started" ] && marks=D
         [ -e "$dir/state.downloads/repack-entries-bench" ] && marks=${marks}R
+        [ -e "$dir/state.compact-dump" ] || [ -e "$dir/state.compact" ] && marks=${marks}C
         kb=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2> /dev/null || true)
         [ -n "$kb" ] && echo "$((($(date +%s%N) - t0) / 1000000)) $kb $marks" >> "$samples"
         sleep 0.05

@@ -90,7 +90,7 @@ fn size_of(dir: &Path) -> u64 {
 /// space the database takes now, for the files of its records and the copy written from
 /// them (each smaller than the database: they leave out its free space and the records of
 /// rewrites).
-pub(super) fn room_for_copy(state: &Path) -> bool {
+pub(super) fn room_to_compact(state: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(state.as_os_str().as_bytes()) else {
         return false;

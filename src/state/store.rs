@@ -264,7 +264,7 @@ impl Store {
     /// the database (else the run repacks them in place, which needs room for the
     /// entries alone).
     pub(crate) fn compacts_after_runs(&self) -> bool {
-        self.compacts && super::compact::room_for_copy(&self.path)
+        self.compacts && super::compact::room_to_compact(&self.path)
     }
 
     /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
