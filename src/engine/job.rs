@@ -312,8 +312,7 @@ pub(super) async fn run_job(
             // Only the next run's speed depends on it.
             tracing::warn!(error = %error_chain(&e), "could not store the state digest");
         }
-        let later = store.is_some_and(Store::compacts_after_runs);
-        repack(state, later, report).await;
+        repack(state, report).await;
         if let Some(store) = store {
             if let Err(e) = remember(store, job, state, report) {
                 tracing::warn!(error = %error_chain(&e), "could not store the export's validators (the next run downloads it whole)");
@@ -326,11 +325,11 @@ pub(super) async fn run_job(
 
 /// Repacks the job's trees that runs rewrote in place (see `state::repack`): seconds for a
 /// million values, after which opening the state costs what a fresh one does. Said in the
-/// report's notes, since the run takes that much longer. With `entries_later`, entries
-/// due are left to the compaction after the runs (see `Store::compacting_after_runs`).
-async fn repack(state: &JobState, entries_later: bool, report: &mut JobReport) {
+/// report's notes, since the run takes that much longer. Entries due may be left to the
+/// compaction after a manual sync's runs instead (see `Store::compacting_after_runs`).
+async fn repack(state: &JobState, report: &mut JobReport) {
     let s = state.clone();
-    match blocking(move || s.repack_worn_but(entries_later)).await {
+    match blocking(move || s.repack_or_leave_worn()).await {
         Ok(done) => {
             if let Some(values) = done.entries_left {
                 tracing::debug!(

@@ -164,8 +164,8 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
 
 /// After the runs of a manual sync: if one of them left its job's entries due to be
 /// repacked (see `state::repack`), writes the whole state afresh (`Store::compact`)
-/// instead, in about half the time of a repack of the entries within the database (8.4 s
-/// against 14.9 s after a million updates), and without the free space the repack leaves
+/// instead, in about half the time of a repack of the entries within the database (7.7-9.7 s
+/// against 14.9-17.1 s after a million updates), and without the free space the repack leaves
 /// in the database's file, which sled writes over at every open (180 MB each time after a
 /// million updates). Said in the notes of the reports that asked for it; its time counts
 /// in the last one's `repack_ms` and `duration_ms`. If it fails, the state is as it was,

@@ -262,7 +262,7 @@ impl Store {
         // once (after a million rewrites in place the old one's takes 35 MB more than a
         // fresh one's, and the copy's grows to 55 MB).
         let dump = dump_path(&state);
-        let dumped = (|| -> Result<Vec<(sled::IVec, u64)>, StateError> {
+        let dumped = (|| -> Result<Vec<(sled::IVec, PathBuf, u64)>, StateError> {
             remove_dir_if_there(&dump).map_err(io)?;
             private_dir(&dump).map_err(io)?;
             let mut trees = Vec::new();
@@ -278,12 +278,14 @@ impl Store {
                     })
                 };
                 let from = self.db.open_tree(&name)?;
-                let values = write_copy(&from, &dump.join(i.to_string()), &mut keep, false)
-                    .map_err(|e| match e.downcast::<StateError>() {
+                let file = dump.join(i.to_string());
+                let values = write_copy(&from, &file, &mut keep, false).map_err(|e| {
+                    match e.downcast::<StateError>() {
                         Ok(state) => state,
                         Err(e) => io(e),
-                    })?;
-                trees.push((name, values));
+                    }
+                })?;
+                trees.push((name, file, values));
                 crate::failpoint::hit("compact-copying");
             }
             Ok(trees)
@@ -294,9 +296,8 @@ impl Store {
             let fresh = super::store::sled_config(&copy, cache_mb)
                 .open()
                 .map_err(db_err)?;
-            for (i, (name, values)) in trees.into_iter().enumerate() {
+            for (name, file, values) in trees {
                 let to = fresh.open_tree(&name).map_err(db_err)?;
-                let file = dump.join(i.to_string());
                 let mut put = |k: &[u8], v: &[u8]| {
                     to.insert(k, v).map_err(db_err)?;
                     Ok(())

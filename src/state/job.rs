@@ -44,6 +44,8 @@ pub struct JobState {
     pub(super) dirty: Arc<std::sync::atomic::AtomicBool>,
     /// The values this handle rewrote in place, per tree (see [`super::repack`]).
     pub(super) rewrites: Arc<super::repack::Rewrites>,
+    /// The store is compacted after the runs (see [`super::Store::compacting_after_runs`]).
+    pub(super) compacts: bool,
 }
 
 /// The job's digest as this handle knows it: the stored one (read at the first need) and

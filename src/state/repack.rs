@@ -98,7 +98,7 @@ pub(crate) struct Repacked {
     pub(crate) took: std::time::Duration,
 }
 
-/// What [`JobState::repack_worn_but`] did.
+/// What [`JobState::repack_or_leave_worn`] did.
 #[derive(Debug, Default)]
 pub(crate) struct WornDone {
     /// The trees repacked.
@@ -321,12 +321,12 @@ impl JobState {
     }
 
     /// At the end of a run: adds this handle's rewrites to the state's counts, and repacks
-    /// each tree whose count reached half of it (see the module's text), but the entries
-    /// when `entries_later`: a compaction of the whole state follows the run (see
-    /// [`super::Store::compacting_after_runs`]), and their count stays until it is done.
-    /// Durable when it returns; a run that rewrote nothing writes nothing (but the length
-    /// it counted, once, on a state an older version made).
-    pub(crate) fn repack_worn_but(&self, entries_later: bool) -> Result<WornDone, StateError> {
+    /// each tree whose count reached half of it (see the module's text). Entries due are
+    /// left to the compaction of the whole state after the runs instead, where it follows
+    /// (see [`super::Store::compacting_after_runs`]) and the disk has room for it; their
+    /// count stays until it is done. Durable when it returns; a run that rewrote nothing
+    /// writes nothing (but the length it counted, once, on a state an older version made).
+    pub(crate) fn repack_or_leave_worn(&self) -> Result<WornDone, StateError> {
         let meta = self.meta()?;
         let mut done = WornDone::default();
         let mut wrote = false;
@@ -367,7 +367,10 @@ impl JobState {
                 wrote = true;
                 continue;
             }
-            if tree == Worn::Entries && entries_later {
+            if tree == Worn::Entries
+                && self.compacts
+                && super::compact::room_to_compact(&self.state_path)
+            {
                 done.entries_left = Some(len);
                 continue;
             }
@@ -387,10 +390,12 @@ impl JobState {
         Ok(done)
     }
 
-    /// [`JobState::repack_worn_but`] with every tree repacked in place: what it repacked.
+    /// [`JobState::repack_or_leave_worn`] on a store that is not compacted after its runs:
+    /// what it repacked.
     #[cfg(test)]
     pub(crate) fn repack_worn(&self) -> Result<Vec<Repacked>, StateError> {
-        Ok(self.repack_worn_but(false)?.repacked)
+        assert!(!self.compacts, "a test's store repacks in place");
+        Ok(self.repack_or_leave_worn()?.repacked)
     }
 
     /// The length of `tree` if this handle knows it without walking the tree: the number

@@ -251,20 +251,13 @@ impl Store {
 
     /// This store, for a process that holds it alone and calls [`Store::compact`] once its
     /// runs are done if one of them asks for it: a run whose job's entries are due to be
-    /// repacked (see `state::repack`) leaves them to that compaction, which writes every
-    /// tree afresh in less time than the repack rewrites one within the database, and
-    /// leaves no free space in its file (which sled writes over at every open).
+    /// repacked (see `state::repack`) leaves them to that compaction where the state's
+    /// disk has room for it, which writes every tree afresh in less time than the repack
+    /// rewrites one within the database, and leaves no free space in its file (which
+    /// sled writes over at every open).
     pub fn compacting_after_runs(mut self) -> Store {
         self.compacts = true;
         self
-    }
-
-    /// Whether the runs on this store leave worn entries to a compaction after them:
-    /// [`Store::compacting_after_runs`], and the state's file system has room for a copy of
-    /// the database (else the run repacks them in place, which needs room for the
-    /// entries alone).
-    pub(crate) fn compacts_after_runs(&self) -> bool {
-        self.compacts && super::compact::room_to_compact(&self.path)
     }
 
     /// The database at `path` cannot be opened (`broken`), but snapshots exist: moves it
@@ -619,6 +612,7 @@ impl Store {
             cache_mb: self.cache_mb,
             dirty: Arc::default(),
             rewrites: Arc::default(),
+            compacts: self.compacts,
         })
     }
 
