@@ -3,6 +3,8 @@
 
 use std::io::{BufRead, Cursor, Read};
 
+use records::{Record as Raw, Records};
+
 use super::{
     recycle, BadRow, Export, Footer, Item, Reading, Record, RowRef, Sink, Skipped, SourceError,
     ENCODING_HINT,
@@ -28,26 +30,15 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     let delimiter = cfg
         .delimiter
         .unwrap_or_else(|| detect_delimiter(&first_line));
-    // The csv crate takes a position before it consumes the `\n` of a `\r\n` line end, so
-    // in CRLF files its line numbers are one short. The header tells the file's line end.
-    // Its lines count from the header: the title lines skipped come before.
-    let crlf = u64::from(first_line.ends_with(b"\r\n"));
-    let line_offset = crlf + cfg.skip_header_lines;
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .comment(cfg.comment)
-        .has_headers(true)
-        .flexible(true)
-        .buffer_capacity(64 * 1024)
-        .from_reader(Watched {
-            inner: Cursor::new(first_line).chain(input),
-            tail: Tail::default(),
-        });
-
-    let header = reader
-        .byte_headers()
-        .map_err(|e| read_err(std::io::Error::other(e)))?
-        .clone();
+    // Line numbers are the file's: the title lines skipped come before the header.
+    let mut reader = Records::new(
+        Cursor::new(first_line).chain(input),
+        delimiter,
+        cfg.comment,
+        1 + cfg.skip_header_lines,
+    );
+    let mut header = Raw::default();
+    reader.read(&mut header).map_err(read_err)?;
     let names: Vec<String> = header
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_string())
@@ -77,97 +68,35 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         });
     }
 
-    let mut record = csv::ByteRecord::new();
+    let mut record = Raw::default();
     let mut spare: Vec<Option<&'static str>> = Vec::with_capacity(index.len());
-    let mut data_rows: u64 = 0;
     // The line after the last record read: the reader skips blank lines silently, so the
     // gap to the next record's first line counts them.
-    let mut next_line = reader.position().line() + line_offset;
+    let mut next_line = header.end.max(reader.line());
     // Whether the last row was a row of empty fields.
     let mut blank_before = false;
     // Lines that may be the report's footer (see below).
     let mut footer: Vec<BadRow> = Vec::new();
     loop {
-        let read = reader.read_byte_record(&mut record);
-        let mut end = reader.position().line() + line_offset;
-        // The last record of an LF file without a final line break: no line end was
-        // consumed, so the position is still on its own line. (In a CRLF file the offset
-        // makes up for it already.)
-        if crlf == 0
-            && matches!(read, Ok(true))
-            && reader
-                .get_ref()
-                .tail
-                .unterminated_at(reader.position().byte())
-        {
-            end += 1;
-        }
-        match read {
-            Ok(true) => {}
-            Ok(false) => {
-                // At the end the whole input is consumed: the position is exact, CRLF or not.
-                skipped.blank += (end - crlf).saturating_sub(next_line);
-                if let (Some(first), Some(last)) = (footer.first(), footer.last()) {
-                    skipped.footer = Some(Footer {
-                        first: first.at.row,
-                        last: last.at.row,
-                    });
-                }
-                break;
+        if !reader.read(&mut record).map_err(read_err)? {
+            // At the end the whole input is consumed.
+            skipped.blank += reader.line().saturating_sub(next_line);
+            if let (Some(first), Some(last)) = (footer.first(), footer.last()) {
+                skipped.footer = Some(Footer {
+                    first: first.at.row,
+                    last: last.at.row,
+                });
             }
-            Err(e) => match e.kind() {
-                csv::ErrorKind::Io(_) => {
-                    let csv::ErrorKind::Io(io) = e.into_kind() else {
-                        unreachable!()
-                    };
-                    return Err(read_err(io));
-                }
-                // Any other error is about this one record: report it and go on.
-                _ => {
-                    data_rows += 1;
-                    let line = e.position().map(|p| p.line() + line_offset);
-                    if let Some(line) = line {
-                        skipped.blank += line.saturating_sub(next_line);
-                    }
-                    next_line = end;
-                    let at = RowRef {
-                        row: line.unwrap_or(data_rows + 1),
-                        line,
-                        page: None,
-                    };
-                    // Not the end after all: held-back footer lines were rows.
-                    for bad in footer.drain(..) {
-                        if sink(Item::Bad(bad)).is_break() {
-                            return Ok(skipped);
-                        }
-                    }
-                    if sink(Item::Bad(BadRow {
-                        at,
-                        key: None,
-                        reason: e.to_string(),
-                    }))
-                    .is_break()
-                    {
-                        return Ok(skipped);
-                    }
-                    continue;
-                }
-            },
+            break;
         }
-        data_rows += 1;
-        let line = record
-            .position()
-            .map(|p| first_line_of(&record, p.line() + line_offset, end));
-        let mut after_blank = blank_before;
-        if let Some(line) = line {
-            skipped.blank += line.saturating_sub(next_line);
-            after_blank |= line > next_line;
-        }
+        let (line, end) = (record.line, record.end);
+        skipped.blank += line.saturating_sub(next_line);
+        let after_blank = blank_before || line > next_line;
         next_line = end;
         // A row of empty fields (`;;;;`, as Excel leaves rows it once touched) is blank,
         // like an empty line: nothing to read, nothing to doubt.
         if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
-            skipped.blank += end.saturating_sub(line.unwrap_or(end)).max(1);
+            skipped.blank += (end - line).max(1);
             blank_before = true;
             continue;
         }
@@ -175,8 +104,8 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         // Row numbers are the file's line numbers, as an editor shows them (a record over
         // several lines: its first).
         let at = RowRef {
-            row: line.unwrap_or(data_rows + 1),
-            line,
+            row: line,
+            line: Some(line),
             page: None,
         };
         let key = || {
@@ -224,9 +153,8 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
             continue;
         }
         // Only a record that ended lines after it began can hold a value over several
-        // lines: the reader's line count says so without looking at the bytes (the
-        // end position is one line short in CRLF files, like the start positions).
-        let spans_lines = line.is_some_and(|first| end >= first + 2);
+        // lines: the reader's line count says so without looking at the bytes.
+        let spans_lines = end >= line + 2;
         if let Some(reason) = spans_lines
             .then(|| swallowed_rows(&record, delimiter, names.len(), at))
             .flatten()
@@ -248,7 +176,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
         // valid record is valid if it starts and ends on character boundaries (two bad
         // halves of a character could sit in adjacent fields); a record that fails is
         // checked value by value (the bad byte may be in a column not used).
-        let whole = std::str::from_utf8(record.as_slice()).ok();
+        let whole = simdutf8::basic::from_utf8(record.as_slice()).ok();
         for (&i, name) in index.iter().zip(columns) {
             let value = match whole.zip(record.range(i)).and_then(|(w, r)| w.get(r)) {
                 Some(v) => Ok(v),
@@ -283,65 +211,11 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
     Ok(skipped)
 }
 
-/// The line `record` starts on. The reader notes a record's position before it skips the
-/// blank lines in front of it (`noted`), so the start is counted back from the line after
-/// the record (`end`): one line for its end, one per line break inside its values.
-fn first_line_of(record: &csv::ByteRecord, noted: u64, end: u64) -> u64 {
-    // Almost every record: one line, nothing skipped before it. No need to look at bytes.
-    if end <= noted + 1 {
-        return noted;
-    }
-    let breaks = record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-    noted.max(end.saturating_sub(breaks + 1))
-}
-
-/// What the CSV reader has taken from its input: how many bytes, whether it met the end,
-/// and the last byte, to tell a last line without a line break.
-#[derive(Default)]
-struct Tail {
-    bytes: u64,
-    ended: bool,
-    last: u8,
-}
-
-impl Tail {
-    /// Whether a record that ends at byte `at` is the input's last line, unterminated.
-    fn unterminated_at(&self, at: u64) -> bool {
-        self.ended && at == self.bytes && self.last != b'\n'
-    }
-}
-
-/// The CSV reader's input, noting its [`Tail`] (read through `csv::Reader::get_ref`).
-struct Watched<R> {
-    inner: R,
-    tail: Tail,
-}
-
-impl<R: Read> Read for Watched<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        match buf[..n].last() {
-            None if !buf.is_empty() => self.tail.ended = true,
-            None => {}
-            Some(&b) => {
-                self.tail.last = b;
-                self.tail.bytes += n as u64;
-            }
-        }
-        Ok(n)
-    }
-}
-
 /// Why `record` is taken for rows swallowed by a stray quote, if it is: one of its quoted
 /// values spans lines, and a later line of it has as many delimiters as a whole row
 /// (`"Rueckruf ab 14 Uhr` opened in a note and closed six lines later turns those lines
 /// into one value). Such a record is unreadable: its lines could be any contacts.
-fn swallowed_rows(
-    record: &csv::ByteRecord,
-    delimiter: u8,
-    columns: usize,
-    at: RowRef,
-) -> Option<String> {
+fn swallowed_rows(record: &Raw, delimiter: u8, columns: usize, at: RowRef) -> Option<String> {
     if columns < 2 || !record.as_slice().contains(&b'\n') {
         return None;
     }
@@ -392,5 +266,6 @@ pub(crate) fn detect_delimiter(line: &[u8]) -> u8 {
     }
 }
 
+mod records;
 #[cfg(test)]
 mod tests;
