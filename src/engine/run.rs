@@ -157,9 +157,37 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
     let mut reports = sync_with(config, opts, against).await?;
     let stopping = opts.handle.as_ref().is_some_and(|h| h.stop_requested());
     if let (Some(store), false) = (store, stopping) {
-        compact_after_runs(store, config.state.cache_mb, &mut reports).await;
+        if compact_after_runs(store, config.state.cache_mb, &mut reports).await {
+            record_compaction(config, &reports).await;
+        }
     }
     Ok(reports)
+}
+
+/// Stores again the records of the runs that asked for the compaction, now with its note
+/// and time (each replaces the record its run stored), in the state as it was written
+/// afresh: one more open of it, a fraction of the compaction's time. If that fails, the
+/// records stay as the runs stored them, and the printed report has both.
+async fn record_compaction(config: &Config, reports: &[JobReport]) {
+    let (path, cache_mb) = (config.state.path.clone(), config.state.cache_mb);
+    let opened = tokio::task::spawn_blocking(move || Store::open_sized(&path, cache_mb))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let stored = match opened {
+        Ok(store) => {
+            for report in reports.iter().filter(|r| r.compaction_due) {
+                store_record(config, &store, report);
+            }
+            store.flush().await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(
+            error = %error_chain(&e),
+            "could not add the compaction's note to the stored records of the runs"
+        );
+    }
 }
 
 /// After the runs of a manual sync: if one of them left its job's entries due to be
@@ -170,9 +198,9 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
 /// million updates). Said in the notes of the reports that asked for it; its time counts
 /// in the last one's `repack_ms` and `duration_ms`. If it fails, the state is as it was,
 /// and the next run repacks or compacts.
-async fn compact_after_runs(store: Store, cache_mb: u64, reports: &mut [JobReport]) {
+async fn compact_after_runs(store: Store, cache_mb: u64, reports: &mut [JobReport]) -> bool {
     let Some(last) = reports.iter().rposition(|r| r.compaction_due) else {
-        return;
+        return false;
     };
     let started = Instant::now();
     let compacted = tokio::task::spawn_blocking(move || store.compact(cache_mb))
@@ -213,6 +241,7 @@ async fn compact_after_runs(store: Store, cache_mb: u64, reports: &mut [JobRepor
             report.duration_ms += ms;
         }
     }
+    true
 }
 
 /// What a run compares with and writes to. Without a state database there is nothing

@@ -281,6 +281,18 @@ impl Env {
         (report["jobs"][0].clone(), stderr)
     }
 
+    /// `dialsync history --output json`: the runs, newest first.
+    pub(crate) fn history(&self) -> Vec<Value> {
+        let out = self.dialsync(&["history", "--config", "dialsync.toml", "--output", "json"]);
+        assert!(
+            out.status.success(),
+            "history failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["runs"].as_array().unwrap().clone()
+    }
+
     pub(crate) fn contacts(&self) -> Vec<EmuContact> {
         self.emu.contacts()
     }

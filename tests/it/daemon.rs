@@ -263,7 +263,7 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
     assert_eq!(sent.len(), 3, "{sent:?}");
     // The history, through the daemon: its scheduled runs, newest first; the first one
     // imported, and status shows it as the last change.
-    let runs = history_json(&env);
+    let runs = env.history();
     assert!(runs.len() >= 2, "{runs:?}");
     assert!(runs.iter().all(|r| r["trigger"] == "schedule"), "{runs:?}");
     let first = runs.last().unwrap();
@@ -295,23 +295,11 @@ fn scheduled_runs_then_sigterm_exits_0_with_the_state_intact() {
         "{report}"
     );
     // The history without the daemon: the manual run, then the daemon's runs.
-    let after = history_json(&env);
+    let after = env.history();
     assert_eq!(after.len(), runs.len() + 1, "{after:?}");
     assert_eq!(after[0]["run_id"], report["run_id"]);
     assert_eq!(after[0]["trigger"], "manual");
     assert_eq!(&after[1..], &runs[..]);
-}
-
-/// `dialsync history --output json`: the runs, newest first.
-fn history_json(env: &Env) -> Vec<Value> {
-    let out = env.dialsync(&["history", "--config", "dialsync.toml", "--output", "json"]);
-    assert!(
-        out.status.success(),
-        "history failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["runs"].as_array().unwrap().clone()
 }
 
 /// `credential_check = "0s"`: every scheduled run with nothing to send proves the token
@@ -375,7 +363,7 @@ fn a_reload_runs_the_jobs_it_changed_at_once() {
         .collect();
     assert!(reloaded[1].contains(r#"rerun=["leads"]"#), "{logs}");
     assert_eq!(field(&env.contact("C1"), "City"), "Meier");
-    let runs = history_json(&env);
+    let runs = env.history();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["trigger"], "reload", "{:?}", runs[0]);
     assert_eq!(runs[0]["imported"], 3, "{:?}", runs[0]);
@@ -471,7 +459,7 @@ fn sighup_picks_up_a_changed_mapping_and_rejects_a_broken_config() {
         status["daemon"]["pid"].as_u64().unwrap().to_string(),
         daemon.pid()
     );
-    assert!(!history_json(&env).is_empty());
+    assert!(!env.history().is_empty());
     let out = env.dialsync(&["status", "--check", "--config", "dialsync.toml"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");

@@ -1047,16 +1047,34 @@ fn a_manual_sync_that_rewrote_every_entry_compacts_the_state_even_when_killed() 
         env.write_rows(&all);
         match point {
             None => {
-                let out = env.dialsync(&["sync", "--config", "dialsync.toml", "-v"]);
+                let out = env.dialsync(&[
+                    "sync",
+                    "--config",
+                    "dialsync.toml",
+                    "-v",
+                    "--output",
+                    "json",
+                ]);
                 assert!(out.status.success(), "{out:?}");
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 assert!(stderr.contains("wrote the state afresh"), "{stderr}");
                 assert!(!stderr.contains("repacked the job's"), "{stderr}");
-                let stdout = String::from_utf8_lossy(&out.stdout);
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let report = &v["jobs"][0];
+                let notes = report["notes"].to_string();
                 assert!(
-                    stdout.contains("note: the state was written afresh (")
-                        && stdout.contains("runs had rewritten half of the job's entries"),
-                    "{stdout}"
+                    notes.contains("the state was written afresh (")
+                        && notes.contains("runs had rewritten half of the job's entries"),
+                    "{notes}"
+                );
+                // The run's stored record counts the compaction's time too (it is stored
+                // again after it).
+                let newest = &env.history()[0];
+                assert_eq!(newest["run_id"], report["run_id"], "{newest}");
+                assert!(
+                    newest["duration_ms"] == report["duration_ms"]
+                        && report["duration_ms"].as_u64() >= report["repack_ms"].as_u64(),
+                    "{newest} against {report}"
                 );
                 env.rewrite_all_and_back(n, true);
             }
