@@ -262,9 +262,11 @@ impl<R: Read> Records<R> {
     /// The record at `buf[at]` through `csv_core` (it may span lines and buffers).
     fn read_quoted(&mut self, record: &mut Record) -> std::io::Result<bool> {
         use csv_core::ReadRecordResult as R;
-        // Room for the record's values (grown as needed), and its values' ends.
-        record.text.resize(record.text.capacity().max(256), 0);
-        self.ends.resize(self.ends.capacity().max(16), 0);
+        // Room for the record's values and their ends, doubled as csv_core asks. (Not the
+        // whole capacity: one long value earlier in the file would make every later
+        // quoted record zero that much.)
+        record.text.resize(256, 0);
+        self.ends.resize(self.ends.len().max(16), 0);
         let (mut out, mut ends) = (0, 0);
         let mut breaks = 0u64;
         // The last byte consumed: a line break there ends the record's last line.
