@@ -59,7 +59,6 @@ impl Record {
     /// delimiters, quotes and `\r` are found at once, and the values' bounds taken from
     /// the delimiters' bits.
     fn split(&mut self, line: &[u8], delimiter: u8) -> bool {
-        self.text.extend_from_slice(line);
         let mut from = 0;
         let mut words = line.chunks_exact(8);
         let mut at = 0;
@@ -89,6 +88,8 @@ impl Record {
             return false;
         }
         self.bounds.push((from, line.len()));
+        // Copied once it is known to be split here: many exports quote every value.
+        self.text.extend_from_slice(line);
         true
     }
 }
@@ -118,7 +119,8 @@ pub(super) struct Records<R> {
     delimiter: u8,
     comment: Option<u8>,
     core: csv_core::Reader,
-    /// Where the values of a record csv_core reads end.
+    /// The values of a record csv_core reads, end to end, and where each ends.
+    out: Vec<u8>,
     ends: Vec<usize>,
 }
 
@@ -146,6 +148,7 @@ impl<R: Read> Records<R> {
             delimiter,
             comment,
             core,
+            out: Vec::new(),
             ends: Vec::new(),
         }
     }
@@ -189,6 +192,11 @@ impl<R: Read> Records<R> {
             return Ok(false);
         }
         record.line = self.line;
+        // A record that starts with a quote is csv_core's from the start (an export that
+        // quotes every value is read as fast as by the csv crate).
+        if self.buf[self.at] == b'"' {
+            return self.read_quoted(record);
+        }
         loop {
             let rest = &self.buf[self.at..self.filled];
             let (line, next, broke) = match memchr::memchr(b'\n', rest) {
@@ -262,23 +270,21 @@ impl<R: Read> Records<R> {
     /// The record at `buf[at]` through `csv_core` (it may span lines and buffers).
     fn read_quoted(&mut self, record: &mut Record) -> std::io::Result<bool> {
         use csv_core::ReadRecordResult as R;
-        // Room for the record's values and their ends, doubled as csv_core asks. (Not the
-        // whole capacity: one long value earlier in the file would make every later
-        // quoted record zero that much.)
-        record.text.resize(256, 0);
+        // Room for the record's values and their ends, kept from record to record and
+        // doubled as csv_core asks (zeroed only as it grows).
+        self.out.resize(self.out.len().max(256), 0);
         self.ends.resize(self.ends.len().max(16), 0);
         let (mut out, mut ends) = (0, 0);
-        let mut breaks = 0u64;
+        // csv_core counts the line breaks it reads.
+        let first = self.core.line();
         // The last byte consumed: a line break there ends the record's last line.
         let mut last = None;
         loop {
             let input = &self.buf[self.at..self.filled];
             let (result, read, wrote, ended) =
                 self.core
-                    .read_record(input, &mut record.text[out..], &mut self.ends[ends..]);
-            let consumed = &input[..read];
-            breaks += memchr::memchr_iter(b'\n', consumed).count() as u64;
-            last = consumed.last().copied().or(last);
+                    .read_record(input, &mut self.out[out..], &mut self.ends[ends..]);
+            last = input[..read].last().copied().or(last);
             self.at += read;
             out += wrote;
             ends += ended;
@@ -289,10 +295,10 @@ impl<R: Read> Records<R> {
                         self.fill()?;
                     }
                 }
-                R::OutputFull => record.text.resize(record.text.len() * 2, 0),
+                R::OutputFull => self.out.resize(self.out.len() * 2, 0),
                 R::OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
                 R::Record | R::End => {
-                    record.text.truncate(out);
+                    record.text.extend_from_slice(&self.out[..out]);
                     // csv_core's ends count from the record's start.
                     let mut from = 0;
                     for &to in &self.ends[..ends] {
@@ -301,6 +307,7 @@ impl<R: Read> Records<R> {
                     }
                     // A line break that ended it (or the input, in a quoted value) ends its
                     // last line.
+                    let breaks = self.core.line() - first;
                     let inside = breaks - u64::from(last == Some(b'\n'));
                     record.end = record.line + inside + 1;
                     self.line += breaks;
