@@ -1,5 +1,5 @@
 //! The export reader's record splitting (`src/source/csv/records.rs`) against the `csv`
-//! crate's `Reader` on the same file: 1M rows as `benches/sync.rs` writes them, once
+//! crate's `Reader` on the same file: 1M rows as `benches/sync.rs` reads them, once
 //! unquoted and once with every value quoted (as Salesforce writes its reports). Each
 //! side's best of nine alternating reads, every value's bytes touched. This is the parse
 //! under target 3 of issue 17 alone, without the state, the planner or the process.
@@ -7,44 +7,25 @@
 //!     cargo bench --bench csv_reader
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[path = "../src/source/csv/records.rs"]
 #[allow(dead_code)]
 mod records;
 
+#[path = "common/export.rs"]
+mod export;
+
 const ROWS: usize = 1_000_000;
 
-fn write(path: &Path, quoted: bool) {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let q = if quoted { "\"" } else { "" };
-    let header = "CustomerNo,LastName,FirstName,Phone,Mobile,Street,PostalCode,City,Email,Round";
-    let line = |values: Vec<String>| {
-        values
-            .iter()
-            .map(|v| format!("{q}{v}{q}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    writeln!(w, "{}", line(header.split(',').map(String::from).collect())).unwrap();
-    const CITIES: [&str; 8] = [
-        "München", "Köln", "Berlin", "Hamburg", "Leipzig", "Bonn", "Jena", "Kiel",
-    ];
-    for i in 0..ROWS {
-        let values = vec![
-            format!("C{i:08}"),
-            format!("Müller-{i}"),
-            format!("Anna {}", i % 97),
-            format!("089 {:07}", 1_000_000 + i % 8_999_999),
-            format!("0171 {:07}", 2_000_000 + i % 7_999_999),
-            format!("Hauptstraße {}", i % 200 + 1),
-            format!("{:05}", 10_000 + i % 89_999),
-            CITIES[i % CITIES.len()].to_string(),
-            format!("anna.{i}@example.com"),
-            "1".to_string(),
-        ];
-        writeln!(w, "{}", line(values)).unwrap();
+/// The file `export` wrote with every value quoted (none of its values holds a comma).
+fn quote_every_value(plain: &Path, quoted: &Path) {
+    let text = std::fs::read_to_string(plain).unwrap();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(quoted).unwrap());
+    for line in text.lines() {
+        let values: Vec<String> = line.split(',').map(|v| format!("\"{v}\"")).collect();
+        writeln!(w, "{}", values.join(",")).unwrap();
     }
 }
 
@@ -78,31 +59,23 @@ fn by_records(path: &Path) -> (Duration, usize) {
 }
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = export::data_dir();
+    let plain = dir.join("reader-plain.csv");
+    export::export(&plain, ROWS, None);
+    let quoted = dir.join("reader-quoted.csv");
+    quote_every_value(&plain, &quoted);
     println!("| export, {ROWS} rows | csv crate | records.rs | ratio |\n|---|---|---|---|");
-    for quoted in [false, true] {
-        let path = dir.join(if quoted {
-            "reader-quoted.csv"
-        } else {
-            "reader-plain.csv"
-        });
-        write(&path, quoted);
+    for (path, what) in [(&plain, "unquoted"), (&quoted, "every value quoted")] {
         let (mut crate_best, mut ours_best) = (Duration::MAX, Duration::MAX);
         for _ in 0..9 {
-            let (a, n) = by_csv_crate(&path);
-            let (b, m) = by_records(&path);
+            let (a, n) = by_csv_crate(path);
+            let (b, m) = by_records(path);
             assert_eq!(n, m, "both read the same values");
             crate_best = crate_best.min(a);
             ours_best = ours_best.min(b);
         }
         println!(
-            "| {} | {:.3} s | {:.3} s | {:.2}x |",
-            if quoted {
-                "every value quoted"
-            } else {
-                "unquoted"
-            },
+            "| {what} | {:.3} s | {:.3} s | {:.2}x |",
             crate_best.as_secs_f64(),
             ours_best.as_secs_f64(),
             ours_best.as_secs_f64() / crate_best.as_secs_f64()

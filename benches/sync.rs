@@ -27,7 +27,6 @@
 //! no-op sync makes one read-only call, the token's check, so profiling it needs an
 //! emulator listening at the config's address).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +37,11 @@ use dialsync::{Emulator, EmulatorConfig, Faults};
 #[allow(dead_code)]
 #[path = "../tests/it/dbserver.rs"]
 mod dbserver;
+
+// The benchmark's export files (shared with `csv_reader.rs`).
+#[path = "common/export.rs"]
+mod export;
+use export::{data_dir, export};
 
 const TOKEN: &str = "bench-token";
 
@@ -62,41 +66,6 @@ impl Outcome {
     /// The calls less the retries: one per operation or read.
     fn sent(&self) -> u64 {
         self.calls - self.retries
-    }
-}
-
-fn data_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes `n` rows; every `change_every`-th row (if any) gets another city.
-fn export(path: &Path, n: usize, change_every: Option<usize>) {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(
-        w,
-        "CustomerNo,LastName,FirstName,Phone,Mobile,Street,PostalCode,City,Email,Round"
-    )
-    .unwrap();
-    const CITIES: [&str; 8] = [
-        "München", "Köln", "Berlin", "Hamburg", "Leipzig", "Bonn", "Jena", "Kiel",
-    ];
-    for i in 0..n {
-        let city = match change_every {
-            Some(k) if i % k == 0 => "Neustadt",
-            _ => CITIES[i % CITIES.len()],
-        };
-        writeln!(
-            w,
-            "C{i:08},Müller-{i},Anna {},089 {:07},0171 {:07},Hauptstraße {},{:05},{city},anna.{i}@example.com,1",
-            i % 97,
-            1_000_000 + i % 8_999_999,
-            2_000_000 + i % 7_999_999,
-            i % 200 + 1,
-            10_000 + i % 89_999,
-        )
-        .unwrap();
     }
 }
 

@@ -152,13 +152,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
             }
             continue;
         }
-        // Only a record that ended lines after it began can hold a value over several
-        // lines: the reader's line count says so without looking at the bytes.
-        let spans_lines = end >= line + 2;
-        if let Some(reason) = spans_lines
-            .then(|| swallowed_rows(&record, delimiter, names.len(), at))
-            .flatten()
-        {
+        if let Some(reason) = swallowed_rows(&record, delimiter, names.len()) {
             if sink(Item::Bad(BadRow {
                 at,
                 key: key(),
@@ -215,8 +209,11 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
 /// values spans lines, and a later line of it has as many delimiters as a whole row
 /// (`"Rueckruf ab 14 Uhr` opened in a note and closed six lines later turns those lines
 /// into one value). Such a record is unreadable: its lines could be any contacts.
-fn swallowed_rows(record: &Raw, delimiter: u8, columns: usize, at: RowRef) -> Option<String> {
-    if columns < 2 || !record.as_slice().contains(&b'\n') {
+fn swallowed_rows(record: &Raw, delimiter: u8, columns: usize) -> Option<String> {
+    // Only a record that ends lines after it began holds a value over several lines: the
+    // reader's line count says so without looking at the bytes.
+    let (first, last) = (record.line, record.end - 1);
+    if columns < 2 || last == first {
         return None;
     }
     // Every line of a value but its first (the rest of the line the value starts on,
@@ -227,16 +224,13 @@ fn swallowed_rows(record: &Raw, delimiter: u8, columns: usize, at: RowRef) -> Op
             .skip(1)
             .any(|l| l.iter().filter(|&&b| b == delimiter).count() + 1 >= columns)
     });
-    if !looks_like_a_row {
-        return None;
-    }
-    let first = at.line.unwrap_or(at.row);
-    let last = first + record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-    Some(format!(
-        "a quoted value runs from line {first} to line {last} and holds lines that look like \
-         whole rows: probably a stray quote (\") at the start of a value on line {first}; \
-         lines {first}-{last} were not read"
-    ))
+    looks_like_a_row.then(|| {
+        format!(
+            "a quoted value runs from line {first} to line {last} and holds lines that look \
+             like whole rows: probably a stray quote (\") at the start of a value on line \
+             {first}; lines {first}-{last} were not read"
+        )
+    })
 }
 
 /// The delimiter of a header line: whichever of `;` `,` tab `|` occurs most often outside
