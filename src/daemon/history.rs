@@ -80,6 +80,10 @@ pub struct RunDetail {
     /// The run's rejected rows and failed operations as its report lists them (the first
     /// 100 of each; the counts are complete).
     pub problems: Vec<RowProblem>,
+    /// What its report noted besides: an unchanged export, a footer skipped, the state
+    /// repacked or written afresh (or why it could not be).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What `history` asks.
@@ -216,6 +220,12 @@ pub fn collect(store: &Store, query: &HistoryQuery) -> Result<Option<History>, S
                 run: Box::new(RunDetail {
                     summary: RunSummary::deserialize(&record).ok()?,
                     problems: problems(&record),
+                    notes: record["notes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect(),
                 }),
             })
         }));
@@ -303,6 +313,9 @@ impl History {
                 }
                 if let Some(a) = &r.aborted {
                     let _ = writeln!(s, "  STOPPED: {}", printable(a));
+                }
+                for n in &run.notes {
+                    let _ = writeln!(s, "  note: {}", printable(n));
                 }
                 let listed = run.problems.len() as u64;
                 let total = r.invalid + r.duplicates + r.failed;

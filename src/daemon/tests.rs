@@ -261,6 +261,7 @@ fn control_messages_round_trip() {
                 run: Box::new(RunDetail {
                     summary,
                     problems: Vec::new(),
+                    notes: vec!["the state was written afresh".into()],
                 }),
             }),
         },

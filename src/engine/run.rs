@@ -227,7 +227,7 @@ async fn compact_after_runs(store: Store, cache_mb: u64, reports: &mut [JobRepor
             tracing::warn!(error = %error_chain(e), "could not write the state afresh (compact it)");
             format!(
                 "the state could not be written afresh ({}); it is as it was, and the next run \
-                 repacks the job's entries",
+                 tries again (or repacks the job's entries in place)",
                 error_chain(e)
             )
         }

@@ -311,6 +311,7 @@ impl Store {
                 out.records += values;
                 out.trees += 1;
                 crate::failpoint::hit("compact-filling");
+                crate::failpoint::fail("compact-filling").map_err(io)?;
             }
             fresh.flush().map_err(db_err)?;
             Ok(())

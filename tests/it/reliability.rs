@@ -1087,6 +1087,82 @@ fn a_manual_sync_that_rewrote_every_entry_compacts_the_state_even_when_killed() 
     }
 }
 
+/// Promise: a manual sync whose compaction fails (the disk full while the copy is being
+/// written: staged with `fail:compact-filling`, since no disk can be filled at just that
+/// moment, the space check before it having passed) loses nothing and says so: the runs'
+/// work stands, the copy is gone, the report and the run's stored record say that the
+/// state could not be written afresh and is as it was, and the next run compacts it.
+#[test]
+fn a_manual_sync_whose_compaction_fails_leaves_the_state_as_it_was_and_says_so() {
+    let n = 1200;
+    let env = Env::imported(n, "Berlin");
+    let all = rows(n, "Bonn");
+    env.write_rows(&all);
+    let out = env.dialsync_at(
+        &["sync", "--config", "dialsync.toml", "--output", "json"],
+        Some("fail:compact-filling"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The runs did their work: only the compaction after them failed.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("could not write the state afresh") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &v["jobs"][0];
+    assert_eq!(count(report, "updated"), n as u64, "{report}");
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains("the state could not be written afresh (")
+            && notes.contains("No space left on device")
+            && notes.contains("it is as it was, and the next run tries again"),
+        "{notes}"
+    );
+    env.assert_nothing_left_beside_the_state("after the failed compaction");
+    // The stored record of the run has the note too (stored again after the compaction),
+    // and `history --run` shows it.
+    let id = report["run_id"].as_str().unwrap();
+    let one = env.dialsync(&[
+        "history",
+        "--config",
+        "dialsync.toml",
+        "--run",
+        id,
+        "--output",
+        "json",
+    ]);
+    assert!(one.status.success(), "{one:?}");
+    let stored: Value = serde_json::from_slice(&one.stdout).unwrap();
+    let stored_notes = stored["run"]["notes"].to_string();
+    assert!(
+        stored_notes.contains("the state could not be written afresh ("),
+        "{stored}"
+    );
+    let human = env.dialsync(&["history", "--config", "dialsync.toml", "--run", id]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("  note: the state could not be written afresh ("),
+        "{human}"
+    );
+
+    // The entries are still due: the next run (one change, one call) compacts them.
+    let mut changed = all.clone();
+    changed[6] = changed[6].replace("Bonn", "Hamm");
+    env.write_rows(&changed);
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "updated")), (0, 1), "{report}");
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("the state was written afresh ("),
+        "{report}"
+    );
+    env.assert_holds_exactly(&changed);
+    env.assert_nothing_left_beside_the_state("after the next run");
+    one_change_costs_one_call(&env, &changed, ("Hamm", "Jena"), "after the compaction");
+}
+
 #[test]
 fn state_compact_refuses_without_a_state() {
     let env = Env::new();
