@@ -170,9 +170,15 @@ pub async fn sync(config: &Config, opts: &SyncOptions) -> Result<Vec<JobReport>,
 /// records stay as the runs stored them, and the printed report has both.
 async fn record_compaction(config: &Config, reports: &[JobReport]) {
     let (path, cache_mb) = (config.state.path.clone(), config.state.cache_mb);
-    let opened = tokio::task::spawn_blocking(move || Store::open_sized(&path, cache_mb))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let opened = tokio::task::spawn_blocking(move || {
+        crate::failpoint::fail("record-compaction").map_err(|e| StateError::Open {
+            path: path.clone(),
+            source: crate::state::DbError::io(e),
+        })?;
+        Store::open_sized(&path, cache_mb)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let stored = match opened {
         Ok(store) => {
             for report in reports.iter().filter(|r| r.compaction_due) {

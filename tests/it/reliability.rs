@@ -1163,6 +1163,65 @@ fn a_manual_sync_whose_compaction_fails_leaves_the_state_as_it_was_and_says_so()
     one_change_costs_one_call(&env, &changed, ("Hamm", "Jena"), "after the compaction");
 }
 
+/// Promise: when the records of the runs cannot be stored again after a compaction that
+/// succeeded (the state will not open once more: staged with `fail:record-compaction`),
+/// the printed report still has the compaction's note and time, the log says why the
+/// stored record lacks them, and the record stays as the run stored it; the state is
+/// compacted and whole.
+#[test]
+fn a_compaction_whose_note_cannot_be_stored_still_reports_it() {
+    let n = 1200;
+    let env = Env::imported(n, "Berlin");
+    let all = rows(n, "Bonn");
+    env.write_rows(&all);
+    let out = env.dialsync_at(
+        &["sync", "--config", "dialsync.toml", "--output", "json"],
+        Some("fail:record-compaction"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("could not add the compaction's note to the stored records of the runs")
+            && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &v["jobs"][0];
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("the state was written afresh ("),
+        "{report}"
+    );
+    // The stored record is the one the run stored before the compaction: no note, and
+    // less time than the printed report's.
+    let newest = &env.history()[0];
+    assert_eq!(newest["run_id"], report["run_id"], "{newest}");
+    assert!(
+        newest["duration_ms"].as_u64() < report["duration_ms"].as_u64(),
+        "{newest} against {report}"
+    );
+    let id = report["run_id"].as_str().unwrap();
+    let one = env.dialsync(&[
+        "history",
+        "--config",
+        "dialsync.toml",
+        "--run",
+        id,
+        "--output",
+        "json",
+    ]);
+    let stored: Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert!(
+        !stored["run"]["notes"]
+            .to_string()
+            .contains("written afresh"),
+        "{stored}"
+    );
+    env.assert_nothing_left_beside_the_state("after the compaction");
+    one_change_costs_one_call(&env, &all, ("Bonn", "Hamm"), "after the compaction");
+}
+
 #[test]
 fn state_compact_refuses_without_a_state() {
     let env = Env::new();
