@@ -220,12 +220,7 @@ pub fn collect(store: &Store, query: &HistoryQuery) -> Result<Option<History>, S
                 run: Box::new(RunDetail {
                     summary: RunSummary::deserialize(&record).ok()?,
                     problems: problems(&record),
-                    notes: record["notes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|n| n.as_str().map(str::to_string))
-                        .collect(),
+                    notes: Vec::deserialize(&record["notes"]).unwrap_or_default(),
                 }),
             })
         }));

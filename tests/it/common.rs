@@ -293,6 +293,25 @@ impl Env {
         v["runs"].as_array().unwrap().clone()
     }
 
+    /// `dialsync history --run ID --output json`, which must succeed: the run.
+    pub(crate) fn history_run(&self, id: &str) -> Value {
+        let out = self.dialsync(&[
+            "history",
+            "--config",
+            "dialsync.toml",
+            "--run",
+            id,
+            "--output",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "history --run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"].clone()
+    }
+
     pub(crate) fn contacts(&self) -> Vec<EmuContact> {
         self.emu.contacts()
     }

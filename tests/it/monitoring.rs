@@ -92,20 +92,9 @@ fn history_keeps_each_run_and_status_the_last_change() {
     for personal in ["Schulz", "Bernd", "not a number", "Meier", "1234567"] {
         assert!(!text.contains(personal), "{personal} in:\n{text}");
     }
-    let one = json(
-        &env,
-        &[
-            "history",
-            "--config",
-            "dialsync.toml",
-            "--run",
-            ids[0],
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(one["run"]["problems"][0]["user_data"], "C2", "{one}");
-    assert_eq!(one["run"]["problems"][0]["kind"], "invalid", "{one}");
+    let one = env.history_run(ids[0]);
+    assert_eq!(one["problems"][0]["user_data"], "C2", "{one}");
+    assert_eq!(one["problems"][0]["kind"], "invalid", "{one}");
     // --limit and --job.
     let two = json(
         &env,

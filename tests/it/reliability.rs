@@ -1087,6 +1087,27 @@ fn a_manual_sync_that_rewrote_every_entry_compacts_the_state_even_when_killed() 
     }
 }
 
+/// A manual sync of 1,200 imported rows all changed (which leaves the entries due to be
+/// compacted after the run), with the write step `point` failing as on a full disk
+/// (`DIALSYNC_FAILPOINT=fail:<point>`): it must exit 0, the runs' work done. The
+/// environment, the rows now exported, the job's report and what was logged.
+fn compaction_run_failing_at(point: &str) -> (Env, Vec<String>, Value, String) {
+    let n = 1200;
+    let env = Env::imported(n, "Berlin");
+    let all = rows(n, "Bonn");
+    env.write_rows(&all);
+    let out = env.dialsync_at(
+        &["sync", "--config", "dialsync.toml", "--output", "json"],
+        Some(&format!("fail:{point}")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = v["jobs"][0].clone();
+    assert_eq!(count(&report, "updated"), n as u64, "{report}");
+    (env, all, report, stderr)
+}
+
 /// Promise: a manual sync whose compaction fails (the disk full while the copy is being
 /// written: staged with `fail:compact-filling`, since no disk can be filled at just that
 /// moment, the space check before it having passed) loses nothing and says so: the runs'
@@ -1094,24 +1115,11 @@ fn a_manual_sync_that_rewrote_every_entry_compacts_the_state_even_when_killed() 
 /// state could not be written afresh and is as it was, and the next run compacts it.
 #[test]
 fn a_manual_sync_whose_compaction_fails_leaves_the_state_as_it_was_and_says_so() {
-    let n = 1200;
-    let env = Env::imported(n, "Berlin");
-    let all = rows(n, "Bonn");
-    env.write_rows(&all);
-    let out = env.dialsync_at(
-        &["sync", "--config", "dialsync.toml", "--output", "json"],
-        Some("fail:compact-filling"),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // The runs did their work: only the compaction after them failed.
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (env, all, report, stderr) = compaction_run_failing_at("compact-filling");
     assert!(
         stderr.contains("could not write the state afresh") && stderr.contains("No space left"),
         "{stderr}"
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = &v["jobs"][0];
-    assert_eq!(count(report, "updated"), n as u64, "{report}");
     let notes = report["notes"].to_string();
     assert!(
         notes.contains("the state could not be written afresh (")
@@ -1123,20 +1131,11 @@ fn a_manual_sync_whose_compaction_fails_leaves_the_state_as_it_was_and_says_so()
     // The stored record of the run has the note too (stored again after the compaction),
     // and `history --run` shows it.
     let id = report["run_id"].as_str().unwrap();
-    let one = env.dialsync(&[
-        "history",
-        "--config",
-        "dialsync.toml",
-        "--run",
-        id,
-        "--output",
-        "json",
-    ]);
-    assert!(one.status.success(), "{one:?}");
-    let stored: Value = serde_json::from_slice(&one.stdout).unwrap();
-    let stored_notes = stored["run"]["notes"].to_string();
+    let stored = env.history_run(id);
     assert!(
-        stored_notes.contains("the state could not be written afresh ("),
+        stored["notes"]
+            .to_string()
+            .contains("the state could not be written afresh ("),
         "{stored}"
     );
     let human = env.dialsync(&["history", "--config", "dialsync.toml", "--run", id]);
@@ -1170,23 +1169,12 @@ fn a_manual_sync_whose_compaction_fails_leaves_the_state_as_it_was_and_says_so()
 /// compacted and whole.
 #[test]
 fn a_compaction_whose_note_cannot_be_stored_still_reports_it() {
-    let n = 1200;
-    let env = Env::imported(n, "Berlin");
-    let all = rows(n, "Bonn");
-    env.write_rows(&all);
-    let out = env.dialsync_at(
-        &["sync", "--config", "dialsync.toml", "--output", "json"],
-        Some("fail:record-compaction"),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (env, all, report, stderr) = compaction_run_failing_at("record-compaction");
     assert!(
         stderr.contains("could not add the compaction's note to the stored records of the runs")
             && stderr.contains("No space left"),
         "{stderr}"
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = &v["jobs"][0];
     assert!(
         report["notes"]
             .to_string()
@@ -1201,21 +1189,9 @@ fn a_compaction_whose_note_cannot_be_stored_still_reports_it() {
         newest["duration_ms"].as_u64() < report["duration_ms"].as_u64(),
         "{newest} against {report}"
     );
-    let id = report["run_id"].as_str().unwrap();
-    let one = env.dialsync(&[
-        "history",
-        "--config",
-        "dialsync.toml",
-        "--run",
-        id,
-        "--output",
-        "json",
-    ]);
-    let stored: Value = serde_json::from_slice(&one.stdout).unwrap();
+    let stored = env.history_run(report["run_id"].as_str().unwrap());
     assert!(
-        !stored["run"]["notes"]
-            .to_string()
-            .contains("written afresh"),
+        !stored["notes"].to_string().contains("written afresh"),
         "{stored}"
     );
     env.assert_nothing_left_beside_the_state("after the compaction");
