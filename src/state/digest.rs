@@ -141,7 +141,7 @@ impl ReadAhead {
         let read = std::thread::Builder::new()
             .name("dialsync-digest".into())
             .spawn(move || {
-                let bytes = std::fs::read(path).ok()?;
+                let bytes = read_file(&path).ok()?;
                 let seal = Seal::of(&bytes);
                 let digest = Digest::decode(bytes);
                 if let Some(d) = &digest {
@@ -325,6 +325,7 @@ impl Digest {
         let shift = 64 - bits;
         let buckets = 1usize << bits;
         let mut dir = Vec::with_capacity(buckets + 1);
+        huge_pages(&dir);
         let mut i = 0usize;
         for b in 0..buckets as u64 {
             while i < n && self.key(i) >> shift < b {
@@ -341,13 +342,57 @@ impl Digest {
         self.directory();
         Probe {
             digest: Arc::clone(self),
-            seen: vec![0; self.len()],
+            seen: {
+                let seen = vec![0; self.len()];
+                huge_pages(&seen);
+                seen
+            },
         }
     }
 }
 
-/// An entry's position as the directory keeps it. A digest of 2^32 entries (73 GB)
-/// cannot be read into memory to begin with.
+/// A digest's file read whole, into memory backed by huge pages where it can be (see
+/// [`huge_pages`]).
+pub(crate) fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    // One byte more, so that a file as long as it was said to be is read without
+    // growing the buffer (`read_to_end` then sees its end at once).
+    let mut bytes = Vec::with_capacity(usize::try_from(len).map_or(0, |n| n.saturating_add(1)));
+    huge_pages(&bytes);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Asks the kernel to back the buffer of `v` with huge pages (2 MB) where it can, before
+/// anything is written to it: the 2 MB-aligned part of its capacity is marked
+/// `MADV_HUGEPAGE` (Linux's transparent huge pages in their default `madvise` mode, a
+/// hint and nothing more). A run's lookups land anywhere in the digest, its directory
+/// and the probe's marks (30 MB for a million entries); with 4 KB pages each of them
+/// also missed the TLB (a walk of two page tables in a VM). A no-op sync of 1M rows used
+/// 7% less CPU with it (issue 17, target 3).
+fn huge_pages<T>(v: &Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let end = start.saturating_add(v.capacity().saturating_mul(std::mem::size_of::<T>()));
+        let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if to > from {
+            // SAFETY: madvise with MADV_HUGEPAGE changes how the kernel backs the pages of
+            // a range the vector owns, never their contents or whether they may be
+            // accessed; on failure (a kernel without THP) nothing changes either.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
 /// The lock byte of an entry removed since the digest was read (see [`Patched`]).
 const REMOVED: u8 = 2;
 
@@ -529,6 +574,8 @@ impl Patched {
     }
 }
 
+/// An entry's position as the directory keeps it. A digest of 2^32 entries (73 GB)
+/// cannot be read into memory to begin with.
 fn index(i: usize) -> u32 {
     u32::try_from(i).expect("fewer than 2^32 entries")
 }
@@ -665,6 +712,36 @@ mod tests {
             }
             assert_eq!(Digest::decode(d.as_bytes().to_vec()).as_ref(), Some(&*d));
         }
+    }
+
+    /// A digest file read into memory marked for huge pages (5 MB here, so that some of
+    /// it is) is the digest written, and its lookups find every key.
+    #[test]
+    fn a_large_digest_read_from_its_file_is_the_one_written() {
+        let items: Vec<Item> = (0..300_000u64)
+            .map(|i| {
+                (
+                    xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()),
+                    i + 1,
+                    i % 7 == 0,
+                )
+            })
+            .collect();
+        let d = Digest::build(items.clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.digest");
+        std::fs::write(&path, d.as_bytes()).unwrap();
+        let bytes = read_file(&path).unwrap();
+        assert_eq!(bytes, d.as_bytes());
+        let read = Arc::new(Digest::decode(bytes).unwrap());
+        let mut p = read.probe();
+        for &(k, r, l) in &items {
+            let s = p.find(k).unwrap();
+            assert_eq!((p.row(s), p.locked(s), p.seen_at(s)), (r, l, 0));
+            p.set_seen_at(s, r);
+        }
+        assert_eq!(p.unseen().count(), 0);
+        assert!(read_file(&dir.path().join("none")).is_err());
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl JobState {
             return digest;
         }
         let path = self.digest_file();
-        let why = match std::fs::read(&path) {
+        let why = match super::digest::read_file(&path) {
             Ok(bytes) if seal.matches(&bytes) => return Digest::decode(bytes),
             Ok(_) => "it does not match the state (changed, damaged or from another copy of it)"
                 .to_string(),
