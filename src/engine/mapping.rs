@@ -131,6 +131,15 @@ impl Mapper {
     /// [`Mapper::row_hash`], with `buf` as scratch space (one hash call over the whole
     /// row is several times faster than feeding a hasher value by value).
     pub(crate) fn row_hash_with(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
+        self.row_hash_of(values.iter().copied(), buf)
+    }
+
+    /// [`Mapper::row_hash_with`] of the values `values` yields, in column order.
+    pub(crate) fn row_hash_of<'v>(
+        &self,
+        values: impl Iterator<Item = Option<&'v str>>,
+        buf: &mut Vec<u8>,
+    ) -> u64 {
         buf.clear();
         buf.extend_from_slice(&self.fingerprint.to_le_bytes());
         for v in values {
@@ -145,10 +154,11 @@ impl Mapper {
         self.key.row(buf)
     }
 
-    /// The row's UserData as the state keys it ([`clean_key`]); `None` if it has no
-    /// usable one (blank, or holding control characters).
-    pub(crate) fn key<'v>(&self, values: &[Option<&'v str>]) -> Option<Cow<'v, str>> {
-        match clean_key(values[0]?) {
+    /// The UserData of the row whose key column holds `value`, as the state keys it
+    /// ([`clean_key`]); `None` if it has no usable one (blank, or holding control
+    /// characters).
+    pub(crate) fn key_of<'v>(&self, value: Option<&'v str>) -> Option<Cow<'v, str>> {
+        match clean_key(value?) {
             Key::Usable(k) => Some(k),
             Key::Blank | Key::Bad(_) => None,
         }
@@ -157,6 +167,16 @@ impl Mapper {
     pub(crate) fn map(&self, item: Item<'_>) -> Outcome {
         let record = match item {
             Item::Record(r) => r,
+            Item::Line(l) => {
+                let mut values = Vec::with_capacity(l.ranges.len());
+                l.values_into(&mut values);
+                let record = Record {
+                    at: l.at,
+                    values: &values,
+                    text: Some(l.text),
+                };
+                return self.map_record(record, None);
+            }
             Item::Bad(b) => {
                 return Outcome::Rejected(Rejected {
                     at: b.at,

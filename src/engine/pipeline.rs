@@ -15,7 +15,7 @@ use crate::engine::mapping::Mapper;
 use crate::engine::plan::{Plan, Planner, SpoolError};
 use crate::engine::progress::RunHandle;
 use crate::key::key_hash;
-use crate::source::{self, recycle, BadRow, Flow, Item, Pages, Record, RowRef, SourceError};
+use crate::source::{self, recycle, BadRow, Flow, Item, Line, Pages, Record, RowRef, SourceError};
 use crate::state::{StateError, StateView};
 
 /// Rows per batch: large enough that handing batches over costs nothing per row (each
@@ -56,7 +56,8 @@ enum Row {
 
 /// A value's place in a batch's text, from and to (8 bytes: what the reader writes and
 /// the planner reads per value, a million rows of ten values in a no-op sync, is half
-/// the batch); [`Span::NONE`] for a value absent or blank.
+/// the batch); [`Span::NONE`] for a value absent (a blank one may have its place: see
+/// [`Batch::values`]).
 #[derive(Clone, Copy)]
 struct Span(u32, u32);
 
@@ -82,22 +83,41 @@ impl Batch {
     /// record that would take the text past it (4 GiB in one record; batches are handed
     /// over at [`BATCH_TEXT`]) is kept as an unreadable row instead.
     fn push_within(&mut self, item: Item<'_>, limit: usize) {
-        let r = match item {
-            Item::Record(r) => r,
+        let (text, first) = (self.text.len(), self.spans.len());
+        let (at, copied) = match item {
+            Item::Record(r) => (r.at, self.copy_values(&r, limit)),
+            Item::Line(l) => (l.at, self.copy_line(&l, limit)),
             Item::Bad(b) => return self.rows.push(Row::Bad(Box::new(b))),
         };
-        let (text, first) = (self.text.len(), self.spans.len());
-        if self.copy_values(&r, limit).is_none() {
+        if copied.is_none() {
             self.text.truncate(text);
             self.spans.truncate(first);
             self.rows.push(Row::Bad(Box::new(BadRow {
-                at: r.at,
+                at,
                 key: None,
                 reason: "is longer than 4 GiB: not read".into(),
             })));
             return;
         }
-        self.rows.push(Row::Record { at: r.at, first });
+        self.rows.push(Row::Record { at, first });
+    }
+
+    /// The text of `l` copied, and its values' places noted in `spans` (blank values
+    /// among them: see [`Batch::values`]); `None` if the text would end past `limit`.
+    fn copy_line(&mut self, l: &Line<'_>, limit: usize) -> Option<()> {
+        let base = self.text.len();
+        if base + l.text.len() >= limit {
+            return None;
+        }
+        self.text.push_str(l.text);
+        // Below the limit, which is at most u32::MAX.
+        let base = base as u32;
+        self.spans.extend(
+            l.ranges
+                .iter()
+                .map(|&(from, to)| Span(base + from, base + to)),
+        );
+        Some(())
     }
 
     /// The places of the values of `r`, noted in `spans` (`None`: past `limit`). A CSV
@@ -135,14 +155,25 @@ impl Batch {
         Some(())
     }
 
-    /// The values of the record whose first span is `first`, into `out`.
+    /// The values of the record whose first span is `first`, into `out` (`None` for a
+    /// value absent or blank).
     fn values<'b>(&'b self, first: usize, columns: usize, out: &mut Vec<Option<&'b str>>) {
         out.clear();
-        out.extend(
-            self.spans[first..first + columns]
-                .iter()
-                .map(|&Span(a, b)| (a != Span::NONE.0).then(|| &self.text[a as usize..b as usize])),
-        );
+        out.extend(self.iter_values(first, columns));
+    }
+
+    /// The values of [`Batch::values`], one by one: what the planner hashes of a row
+    /// that its digest entry may show unchanged, without them collected first.
+    fn iter_values(&self, first: usize, columns: usize) -> impl Iterator<Item = Option<&str>> {
+        self.spans[first..first + columns]
+            .iter()
+            .map(|&s| self.value(s))
+    }
+
+    fn value(&self, Span(a, b): Span) -> Option<&str> {
+        (a != Span::NONE.0)
+            .then(|| &self.text[a as usize..b as usize])
+            .filter(|v| !source::blank(v))
     }
 
     /// Whether the batch is full: handed over to the planner.
@@ -283,17 +314,18 @@ fn plan_batch<S: StateView + ?Sized>(
     // First the hashes of every row (to prefetch their digest entries ahead of the
     // lookups), and their keys.
     for row in &batch.rows {
-        let key = match row {
+        let (key, hashes) = match row {
             Row::Record { first, .. } => {
-                batch.values(*first, columns, &mut values);
-                mapper.key(&values)
+                let key = mapper.key_of(batch.value(batch.spans[*first]));
+                let hashes = key.as_ref().map(|k| {
+                    let values = batch.iter_values(*first, columns);
+                    (key_hash(k), mapper.row_hash_of(values, &mut scratch.buf))
+                });
+                (key, hashes)
             }
-            Row::Bad(_) => None,
+            Row::Bad(_) => (None, None),
         };
-        scratch.hashes.push(
-            key.as_ref()
-                .map(|k| (key_hash(k), mapper.row_hash_with(&values, &mut scratch.buf))),
-        );
+        scratch.hashes.push(hashes);
         keys.push(key);
     }
     for (i, row) in batch.rows.iter().enumerate() {
@@ -651,6 +683,51 @@ mod tests {
             batch.values(first, values.len(), &mut out);
             assert_eq!(out, values, "row {row}");
         }
+    }
+
+    /// A line (a CSV record as its text and its values' places) is kept with the values
+    /// the same row has as a record: blank and whitespace-only values absent, others as
+    /// they are (so its row hash is the same); a line that would take the text past
+    /// what a place can say is unreadable, as a record is.
+    #[test]
+    fn a_batch_keeps_the_values_of_a_line_as_of_the_same_record() {
+        let text = "K1,,  ,\u{a0},Ärger ,\u{1f600}";
+        let ranges = [(0, 2), (3, 3), (4, 6), (7, 9), (10, 17), (18, 22)];
+        let record = [
+            Some("K1"),
+            None,
+            None,
+            None,
+            Some("Ärger "),
+            Some("\u{1f600}"),
+        ];
+        let mut batch = Batch::default();
+        batch.push(Item::Record(Record {
+            at: RowRef::at(2),
+            values: &record,
+            text: Some(text),
+        }));
+        let line = Line {
+            at: RowRef::at(3),
+            text,
+            ranges: &ranges,
+        };
+        batch.push(Item::Line(line));
+        let mut from_line = Vec::new();
+        line.values_into(&mut from_line);
+        assert_eq!(from_line, record);
+        let mut out = Vec::new();
+        for (row, first) in [(0, 0), (1, record.len())] {
+            assert!(matches!(batch.rows[row], Row::Record { first: f, .. } if f == first));
+            batch.values(first, record.len(), &mut out);
+            assert_eq!(out, record, "row {row}");
+        }
+        let before = batch.text.len();
+        batch.push_within(Item::Line(line), before + text.len());
+        assert!(matches!(&batch.rows[2], Row::Bad(b) if b.reason.contains("longer than 4 GiB")));
+        assert_eq!(batch.text.len(), before, "nothing of the row left");
+        batch.push_within(Item::Line(line), before + text.len() + 1);
+        assert!(matches!(batch.rows[3], Row::Record { .. }));
     }
 
     /// A batch is full at its 2,048th row, or earlier at 16 MB of text (rows of long

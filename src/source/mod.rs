@@ -148,7 +148,38 @@ pub(crate) struct BadRow {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Item<'a> {
     Record(Record<'a>),
+    /// A record given as its text and where each requested value lies in it (a CSV
+    /// record): what the planning pipeline copies, without the values' slices made and
+    /// their places found again (see [`Line`]).
+    Line(Line<'a>),
     Bad(BadRow),
+}
+
+/// A record as its text and the place of each requested value in it. Whether a value is
+/// blank is left to whoever reads it ([`Line::value`]): a sync with nothing to do looks
+/// at most values only as the bytes it hashes (issue 17, target 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Line<'a> {
+    pub at: RowRef,
+    pub text: &'a str,
+    /// Per requested column, where its value lies in `text` (from, to), both on
+    /// character boundaries.
+    pub ranges: &'a [(u32, u32)],
+}
+
+impl<'a> Line<'a> {
+    /// The value of requested column `i`; `None` if it is blank.
+    pub(crate) fn value(&self, i: usize) -> Option<&'a str> {
+        let (from, to) = self.ranges[i];
+        let v = &self.text[from as usize..to as usize];
+        (!blank(v)).then_some(v)
+    }
+
+    /// The values of the requested columns, into `out`.
+    pub(crate) fn values_into(&self, out: &mut Vec<Option<&'a str>>) {
+        out.clear();
+        out.extend((0..self.ranges.len()).map(|i| self.value(i)));
+    }
 }
 
 impl Item<'_> {
@@ -156,6 +187,7 @@ impl Item<'_> {
     pub(crate) fn locate(&mut self, pages: &Pages) {
         let at = match self {
             Item::Record(r) => &mut r.at,
+            Item::Line(l) => &mut l.at,
             Item::Bad(b) => &mut b.at,
         };
         *at = pages.locate(*at);
@@ -551,7 +583,7 @@ struct Counting<'a> {
 impl Counting<'_> {
     fn push(&mut self, item: Item<'_>) -> Flow {
         match &item {
-            Item::Record(_) => self.summary.records += 1,
+            Item::Record(_) | Item::Line(_) => self.summary.records += 1,
             Item::Bad(_) => self.summary.bad += 1,
         }
         (self.inner)(item)
@@ -583,6 +615,12 @@ pub(crate) fn read_all(
             Item::Record(r) => OwnedItem::Record(
                 r.at,
                 r.values.iter().map(|v| v.map(str::to_string)).collect(),
+            ),
+            Item::Line(l) => OwnedItem::Record(
+                l.at,
+                (0..l.ranges.len())
+                    .map(|i| l.value(i).map(str::to_string))
+                    .collect(),
             ),
             Item::Bad(b) => OwnedItem::Bad(b),
         });
@@ -716,8 +754,14 @@ mod fuzz {
             &columns,
             &mut |i| {
                 rows += 1;
-                if let Item::Record(r) = i {
-                    assert_eq!(r.values.len(), 2);
+                match i {
+                    Item::Record(r) => assert_eq!(r.values.len(), 2),
+                    Item::Line(l) => {
+                        assert_eq!(l.ranges.len(), 2);
+                        // Every value lies in the text, on character boundaries.
+                        let _ = (l.value(0), l.value(1));
+                    }
+                    Item::Bad(_) => {}
                 }
                 Flow::Continue(())
             },

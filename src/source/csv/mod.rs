@@ -6,8 +6,8 @@ use std::io::{BufRead, Cursor, Read};
 use records::{Record as Raw, Records};
 
 use super::{
-    recycle, BadRow, Export, Footer, Item, Reading, Record, RowRef, Sink, Skipped, SourceError,
-    ENCODING_HINT,
+    recycle, BadRow, Export, Footer, Item, Line, Reading, Record, RowRef, Sink, Skipped,
+    SourceError, ENCODING_HINT,
 };
 
 pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) -> Reading {
@@ -70,6 +70,7 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
 
     let mut record = Raw::default();
     let mut spare: Vec<Option<&'static str>> = Vec::with_capacity(index.len());
+    let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(index.len());
     // The line after the last record read: the reader skips blank lines silently, so the
     // gap to the next record's first line counts them.
     let mut next_line = header.end.max(reader.line());
@@ -164,13 +165,37 @@ pub(super) fn read(export: Export<'_>, mut input: impl BufRead, sink: Sink<'_>) 
             }
             continue;
         }
-        let mut values = recycle(std::mem::take(&mut spare));
-        let mut bad = None;
         // One check of the whole record is much cheaper than one per value. A value of a
         // valid record is valid if it starts and ends on character boundaries (two bad
         // halves of a character could sit in adjacent fields); a record that fails is
         // checked value by value (the bad byte may be in a column not used).
         let whole = simdutf8::basic::from_utf8(record.as_slice()).ok();
+        // Almost every record: valid, handed on as its text and its values' places.
+        if let Some(text) = whole.filter(|t| u32::try_from(t.len()).is_ok()) {
+            ranges.clear();
+            for &i in &index {
+                match record.range(i) {
+                    Some(r) if text.is_char_boundary(r.start) && text.is_char_boundary(r.end) => {
+                        ranges.push((r.start as u32, r.end as u32))
+                    }
+                    _ => break,
+                }
+            }
+            if ranges.len() == index.len() {
+                if sink(Item::Line(Line {
+                    at,
+                    text,
+                    ranges: &ranges,
+                }))
+                .is_break()
+                {
+                    return Ok(skipped);
+                }
+                continue;
+            }
+        }
+        let mut values = recycle(std::mem::take(&mut spare));
+        let mut bad = None;
         for (&i, name) in index.iter().zip(columns) {
             let value = match whole.zip(record.range(i)).and_then(|(w, r)| w.get(r)) {
                 Some(v) => Ok(v),

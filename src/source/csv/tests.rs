@@ -56,6 +56,7 @@ fn rows_and_summary(text: &str) -> (Vec<(u64, &'static str)>, super::super::Summ
         &mut |i| {
             seen.push(match i {
                 super::super::Item::Record(r) => (r.at.row, "record"),
+                super::super::Item::Line(l) => (l.at.row, "record"),
                 super::super::Item::Bad(b) => (b.at.row, "bad"),
             });
             Flow::Continue(())
