@@ -286,5 +286,8 @@ pub(crate) fn detect_delimiter(line: &[u8]) -> u8 {
 }
 
 mod records;
+
+// See `records::BUFFER`.
+const _: () = assert!(records::BUFFER >= 2 * super::READ_BUFFER);
 #[cfg(test)]
 mod tests;
