@@ -105,8 +105,9 @@ impl Record {
     }
 
     /// The bounds of the values that end at the delimiters `found` marks in the block
-    /// at `at` (`bits` bits a byte: a set bit among bits `bits * i` to `bits * i + bits
-    /// - 1` marks byte `i`), the next value starting after each.
+    /// at `at`, the next value starting after each. `found` has `bits` bits per byte of
+    /// the block: byte `i` is marked by a set bit from bit `bits * i` up to, not
+    /// including, bit `bits * (i + 1)`.
     fn bounds_at(&mut self, from: &mut usize, at: usize, mut found: u64, bits: u32) {
         while found != 0 {
             let to = at + (found.trailing_zeros() / bits) as usize;
