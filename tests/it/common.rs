@@ -149,7 +149,8 @@ impl Env {
     }
 
     /// `dialsync` with `args`, killed as `kill -9` would kill it at the crash point
-    /// `point` if it is given (see `src/failpoint.rs`).
+    /// `point` if it is given, or failing there as on a full disk if `point` is
+    /// `fail:<name>` (see `src/failpoint.rs`).
     pub(crate) fn dialsync_at(&self, args: &[&str], point: Option<&str>) -> Output {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dialsync"));
         cmd.args(args)
@@ -274,28 +275,41 @@ impl Env {
     /// `dialsync sync --output json`, which must succeed: the job's report and what it
     /// logged.
     pub(crate) fn sync_logged(&self) -> (Value, String) {
-        let out = self.dialsync(&["sync", "--config", "dialsync.toml", "--output", "json"]);
+        self.sync_logged_at(None)
+    }
+
+    /// [`Env::sync_logged`] with the fail point `point` set (see [`Env::dialsync_at`]).
+    pub(crate) fn sync_logged_at(&self, point: Option<&str>) -> (Value, String) {
+        let out = self.dialsync_at(
+            &["sync", "--config", "dialsync.toml", "--output", "json"],
+            point,
+        );
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         (report["jobs"][0].clone(), stderr)
     }
 
-    /// `dialsync history --output json`: the runs, newest first.
-    pub(crate) fn history(&self) -> Vec<Value> {
-        let out = self.dialsync(&["history", "--config", "dialsync.toml", "--output", "json"]);
+    /// `dialsync` with `args`, which must succeed: its JSON output.
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let out = self.dialsync(args);
         assert!(
             out.status.success(),
-            "history failed: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `dialsync history --output json`: the runs, newest first.
+    pub(crate) fn history(&self) -> Vec<Value> {
+        let v = self.json(&["history", "--config", "dialsync.toml", "--output", "json"]);
         v["runs"].as_array().unwrap().clone()
     }
 
     /// `dialsync history --run ID --output json`, which must succeed: the run.
     pub(crate) fn history_run(&self, id: &str) -> Value {
-        let out = self.dialsync(&[
+        let args = [
             "history",
             "--config",
             "dialsync.toml",
@@ -303,13 +317,8 @@ impl Env {
             id,
             "--output",
             "json",
-        ]);
-        assert!(
-            out.status.success(),
-            "history --run failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["run"].clone()
+        ];
+        self.json(&args)["run"].clone()
     }
 
     pub(crate) fn contacts(&self) -> Vec<EmuContact> {

@@ -6,16 +6,6 @@ use std::time::{Duration, Instant};
 use crate::common::{Env, TOKEN};
 use serde_json::Value;
 
-fn json(env: &Env, args: &[&str]) -> Value {
-    let out = env.dialsync(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// `status --check`: its exit code and its lines.
 fn check(env: &Env) -> (i32, String) {
     let out = env.dialsync(&["status", "--check", "--config", "dialsync.toml"]);
@@ -43,10 +33,7 @@ fn history_keeps_each_run_and_status_the_last_change() {
         assert_eq!(env.sync(&[]).1, 1);
     }
 
-    let h = json(
-        &env,
-        &["history", "--config", "dialsync.toml", "--output", "json"],
-    );
+    let h = env.json(&["history", "--config", "dialsync.toml", "--output", "json"]);
     let runs = h["runs"].as_array().unwrap();
     // history_runs = 3: the oldest of the four runs is gone.
     assert_eq!(runs.len(), 3, "{h}");
@@ -96,18 +83,15 @@ fn history_keeps_each_run_and_status_the_last_change() {
     assert_eq!(one["problems"][0]["user_data"], "C2", "{one}");
     assert_eq!(one["problems"][0]["kind"], "invalid", "{one}");
     // --limit and --job.
-    let two = json(
-        &env,
-        &[
-            "history",
-            "--config",
-            "dialsync.toml",
-            "--limit",
-            "2",
-            "--output",
-            "json",
-        ],
-    );
+    let two = env.json(&[
+        "history",
+        "--config",
+        "dialsync.toml",
+        "--limit",
+        "2",
+        "--output",
+        "json",
+    ]);
     let two: Vec<&str> = two["runs"]
         .as_array()
         .unwrap()
@@ -115,31 +99,25 @@ fn history_keeps_each_run_and_status_the_last_change() {
         .map(|r| r["run_id"].as_str().unwrap())
         .collect();
     assert_eq!(two, ids[..2]);
-    let leads = json(
-        &env,
-        &[
-            "history",
-            "--config",
-            "dialsync.toml",
-            "--job",
-            "leads",
-            "--output",
-            "json",
-        ],
-    );
+    let leads = env.json(&[
+        "history",
+        "--config",
+        "dialsync.toml",
+        "--job",
+        "leads",
+        "--output",
+        "json",
+    ]);
     assert_eq!(leads["runs"].as_array().unwrap().len(), 3);
-    let other = json(
-        &env,
-        &[
-            "history",
-            "--config",
-            "dialsync.toml",
-            "--job",
-            "other",
-            "--output",
-            "json",
-        ],
-    );
+    let other = env.json(&[
+        "history",
+        "--config",
+        "dialsync.toml",
+        "--job",
+        "other",
+        "--output",
+        "json",
+    ]);
     assert_eq!(other["runs"].as_array().unwrap().len(), 0);
     let missing = env.dialsync(&["history", "--config", "dialsync.toml", "--run", "nope"]);
     assert_eq!(missing.status.code(), Some(2));
@@ -147,10 +125,7 @@ fn history_keeps_each_run_and_status_the_last_change() {
 
     // status: the last run, and apart from it the last one that changed something (the
     // first, though the history has let it go).
-    let status = json(
-        &env,
-        &["status", "--config", "dialsync.toml", "--output", "json"],
-    );
+    let status = env.json(&["status", "--config", "dialsync.toml", "--output", "json"]);
     let job = &status["jobs"][0];
     assert_eq!(job["last_run"]["run_id"], ids[0], "{job}");
     assert_eq!(job["last_change"]["run_id"], first["run_id"], "{job}");
@@ -293,16 +268,10 @@ fn root_reads_a_service_owned_state_as_its_owner() {
         std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
     }
 
-    let status = json(
-        &env,
-        &["status", "--config", "dialsync.toml", "--output", "json"],
-    );
+    let status = env.json(&["status", "--config", "dialsync.toml", "--output", "json"]);
     assert_eq!(status["jobs"][0]["contacts"], 1, "{status}");
     assert_eq!(status["jobs"][0]["last_run"]["imported"], 1, "{status}");
-    let h = json(
-        &env,
-        &["history", "--config", "dialsync.toml", "--output", "json"],
-    );
+    let h = env.json(&["history", "--config", "dialsync.toml", "--output", "json"]);
     assert_eq!(h["runs"].as_array().unwrap().len(), 1, "{h}");
 
     let mut stack = vec![state];

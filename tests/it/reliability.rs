@@ -1096,14 +1096,7 @@ fn compaction_run_failing_at(point: &str) -> (Env, Vec<String>, Value, String) {
     let env = Env::imported(n, "Berlin");
     let all = rows(n, "Bonn");
     env.write_rows(&all);
-    let out = env.dialsync_at(
-        &["sync", "--config", "dialsync.toml", "--output", "json"],
-        Some(&format!("fail:{point}")),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = v["jobs"][0].clone();
+    let (report, stderr) = env.sync_logged_at(Some(&format!("fail:{point}")));
     assert_eq!(count(&report, "updated"), n as u64, "{report}");
     (env, all, report, stderr)
 }
