@@ -281,6 +281,7 @@ mod property {
                 last_op: LastOp::Imported,
                 last_run: 0,
                 row: c.row,
+                phones: c.phones,
                 keyed: true,
             };
             state.insert(c.key, entry);

@@ -38,8 +38,24 @@ pub(crate) struct Contact {
     pub legacy_triggers: Vec<u64>,
     /// The row's [`Mapper::row_hash`]; 0 if it has warnings.
     pub row: u64,
+    /// The row's [`Mapper::phones_hash`] if its numbers are as the field hashes say (each
+    /// normalised without a note, or `kept`); 0 if not.
+    pub phones: u64,
+    /// Phone numbers not normalised (field, the CRM's value): their values are those the
+    /// contact's entry has hashes of ([`Known`]), and `hashes` has those. Not sent unless
+    /// the contact is imported again (`Change::values_with_kept`).
+    pub kept: Vec<(&'static Field, String)>,
     /// What was left out or changed on the way, for the report (the row is synced).
     pub warnings: Vec<String>,
+}
+
+/// What the state has of a row's contact that spares mapping part of the row again: the
+/// phone numbers' field hashes, and the [`Mapper::phones_hash`] of the values they came
+/// from ([`crate::state::Entry::phones`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Known<'e> {
+    pub phones: u64,
+    pub fields: &'e [(u8, u64)],
 }
 
 /// Change when the same row would map to other values (normalisation, validation, value
@@ -80,6 +96,8 @@ pub(crate) struct Mapper {
     users: Option<Arc<HashSet<String>>>,
     /// Everything besides the row's values that its mapping depends on.
     fingerprint: u64,
+    /// The columns of the phone fields.
+    phone_columns: Vec<usize>,
     /// The state's secret: every hash of a value is keyed with it.
     key: Arc<HashKey>,
 }
@@ -110,6 +128,12 @@ impl Mapper {
             on_bad_phone: job.on_bad_phone,
             users: None,
             fingerprint: fingerprint(job),
+            phone_columns: job
+                .fields
+                .iter()
+                .filter(|(f, _)| f.kind == Kind::Phone)
+                .map(|(_, c)| idx(c))
+                .collect(),
             key,
         }
     }
@@ -154,6 +178,25 @@ impl Mapper {
         self.key.row(buf)
     }
 
+    /// A hash of the raw values of the row's phone columns and of the mapping: equal
+    /// hashes mean the numbers normalise as before (see [`Known`]). Never 0.
+    pub(crate) fn phones_hash(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
+        buf.clear();
+        // Not a row hash of any row: a row of these values alone hashes without this.
+        buf.extend_from_slice(b"phones");
+        buf.extend_from_slice(&self.fingerprint.to_le_bytes());
+        for &i in &self.phone_columns {
+            match values[i] {
+                Some(v) => {
+                    buf.extend_from_slice(&(v.len() as u64 + 1).to_le_bytes());
+                    buf.extend_from_slice(v.as_bytes());
+                }
+                None => buf.extend_from_slice(&0u64.to_le_bytes()),
+            }
+        }
+        self.key.row(buf)
+    }
+
     /// The UserData of the row whose key column holds `value`, as the state keys it
     /// ([`clean_key`]); `None` if it has no usable one (blank, or holding control
     /// characters).
@@ -175,7 +218,7 @@ impl Mapper {
                     values: &values,
                     text: Some(l.text),
                 };
-                return self.map_record(record, None);
+                return self.map_record(record, None, None);
             }
             Item::Bad(b) => {
                 return Outcome::Rejected(Rejected {
@@ -189,16 +232,46 @@ impl Mapper {
                 })
             }
         };
-        self.map_record(record, None)
+        self.map_record(record, None, None)
     }
 
-    /// [`Mapper::map`] for a record whose [`Mapper::row_hash`] the caller has already.
-    pub(crate) fn map_hashed(&self, record: Record<'_>, row_hash: u64) -> Outcome {
-        self.map_record(record, Some(row_hash))
+    /// [`Mapper::map`] for a record whose [`Mapper::row_hash`] the caller has already,
+    /// with what the state has of its contact: phone numbers whose values are as they
+    /// were are not normalised again (normalising is most of mapping a row).
+    pub(crate) fn map_hashed(
+        &self,
+        record: Record<'_>,
+        row_hash: u64,
+        known: Option<Known<'_>>,
+    ) -> Outcome {
+        self.map_record(record, Some(row_hash), known)
     }
 
-    fn map_record(&self, record: Record<'_>, row_hash: Option<u64>) -> Outcome {
+    fn map_record(
+        &self,
+        record: Record<'_>,
+        row_hash: Option<u64>,
+        known: Option<Known<'_>>,
+    ) -> Outcome {
         let Record { at, values, .. } = record;
+        let phones = if self.phone_columns.is_empty() {
+            0
+        } else {
+            self.phones_hash(values, &mut Vec::new())
+        };
+        // The numbers are those the entry has hashes of: each one's hash is taken from it.
+        let stored = |code: u8| {
+            known.and_then(|k| k.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h))
+        };
+        let keep = known.is_some_and(|k| k.phones != 0 && k.phones == phones)
+            && self
+                .fields
+                .iter()
+                .filter(|(f, _, _)| f.kind == Kind::Phone)
+                .all(|(f, _, _)| stored(f.code).is_some());
+        let mut kept = Vec::new();
+        // Whether every number was normalised without a note (or kept).
+        let mut clean = true;
         let mut reasons = Vec::new();
         let key = match values[0].map_or(Key::Blank, clean_key) {
             Key::Usable(k) => {
@@ -229,8 +302,13 @@ impl Mapper {
         let mut bad_phones = Vec::new();
         for (field, i, column) in &self.fields {
             let raw = values[*i].map(str::trim).filter(|s| !s.is_empty());
+            if let (true, Kind::Phone, Some(raw)) = (keep, field.kind, raw) {
+                kept.push((*field, raw.to_string()));
+                continue;
+            }
             match convert(field, raw, self.region, self.format) {
                 Ok(Converted { value, note }) => {
+                    clean &= field.kind != Kind::Phone || note.is_none();
                     if let Some(note) = note {
                         warnings.push(format!("{} (column `{column}`) {note}", field.name));
                     }
@@ -250,6 +328,7 @@ impl Mapper {
                 Err(why)
                     if field.kind == Kind::Phone && self.on_bad_phone == OnBadPhone::SkipField =>
                 {
+                    clean = false;
                     bad_phones.push(format!("{} (column `{column}`) {why}", field.name));
                 }
                 Err(why) => reasons.push(format!("{} (column `{column}`) {why}", field.name)),
@@ -260,9 +339,10 @@ impl Mapper {
         {
             reasons.push("no Name: the dialler requires one".into());
         }
-        let has_phone = out
-            .iter()
-            .any(|(f, v)| f.kind == Kind::Phone && !v.is_null());
+        let has_phone = !kept.is_empty()
+            || out
+                .iter()
+                .any(|(f, v)| f.kind == Kind::Phone && !v.is_null());
         if has_phone {
             warnings.extend(bad_phones.into_iter().map(|w| w + ": left out"));
         } else if !bad_phones.is_empty() {
@@ -278,10 +358,17 @@ impl Mapper {
                 unreadable: false,
             });
         }
-        let hashes = out
+        let mut hashes: Vec<_> = out
             .iter()
             .map(|(f, v)| (f.code, self.key.value(v)))
             .collect();
+        if !kept.is_empty() {
+            hashes.extend(
+                kept.iter()
+                    .filter_map(|(f, _)| Some((f.code, stored(f.code)?))),
+            );
+            hashes.sort_unstable_by_key(|(code, _)| *code);
+        }
         let triggers = self
             .triggers
             .iter()
@@ -307,6 +394,8 @@ impl Mapper {
             } else {
                 0
             },
+            phones: if clean { phones } else { 0 },
+            kept,
             warnings,
         })
     }
@@ -357,6 +446,29 @@ struct Converted {
 }
 
 /// Converts one CRM value; the error says what is wrong without repeating the value.
+/// `values` with the phone numbers a plan `kept` (not normalised: as the contact's entry
+/// has them, see [`Contact::kept`]) normalised now, in field order: what an import of the
+/// contact sends. A number that no longer normalises (the job's phone settings changed
+/// since the plan) is left out, with a warning.
+pub(crate) fn with_kept(
+    job: &JobConfig,
+    mut values: Vec<(&'static Field, FieldValue)>,
+    kept: &[(&'static Field, String)],
+) -> Vec<(&'static Field, FieldValue)> {
+    if kept.is_empty() {
+        return values;
+    }
+    for (field, raw) in kept {
+        match convert(field, Some(raw), job.default_country, job.phone_format) {
+            Ok(Converted { value, .. }) => values.push((*field, value)),
+            Err(why) => tracing::warn!(job = %job.name, field = field.name, %why,
+                "a phone number that the plan kept as it was does not normalise: left out"),
+        }
+    }
+    values.sort_by_key(|(f, _)| f.code);
+    values
+}
+
 fn convert(
     field: &Field,
     raw: Option<&str>,
@@ -478,6 +590,93 @@ PhoneNumber1 = "Tel"
             values,
             text: None,
         })
+    }
+
+    /// A row whose phone values are those its entry's numbers came from keeps the
+    /// numbers as they are (their stored hashes, no normalising), and maps to what
+    /// mapping it in full gives; other values of the numbers, an unknown phones hash, or
+    /// numbers that had a note are normalised.
+    #[test]
+    fn numbers_as_they_were_are_kept_not_normalised() {
+        let j = job("PhoneNumber2 = \"Mobil\"\nCity = \"Ort\"");
+        assert_eq!(
+            j.columns(),
+            vec!["Nr", "Name", "Ort", "Tel", "Mobil", "Round"]
+        );
+        let m = Mapper::new(&j, Arc::new(HashKey::for_tests()));
+        let map = |values: &[Option<&str>], known: Option<Known<'_>>| {
+            let record = Record {
+                at: RowRef::at(2),
+                values,
+                text: None,
+            };
+            match m.map_hashed(record, m.row_hash(values), known) {
+                Outcome::Contact(c) => c,
+                Outcome::Rejected(r) => panic!("{r:?}"),
+            }
+        };
+        let row = [
+            Some("K1"),
+            Some("Müller"),
+            Some("Köln"),
+            Some("089 1234567"),
+            None,
+            Some("1"),
+        ];
+        let before = map(&row, None);
+        assert_ne!(before.phones, 0);
+        assert!(before.kept.is_empty());
+        let known = Known {
+            phones: before.phones,
+            fields: &before.hashes,
+        };
+        // Only the City changed: the number is kept with its stored hash.
+        let moved = [row[0], row[1], Some("Bonn"), row[3], row[4], row[5]];
+        let full = map(&moved, None);
+        let kept = map(&moved, Some(known));
+        let phone1 = fields::by_name("PhoneNumber1").unwrap();
+        assert_eq!(kept.kept, vec![(phone1, "089 1234567".to_string())]);
+        assert!(kept.fields.iter().all(|(f, _)| f.name != "PhoneNumber1"));
+        assert_eq!(kept.hashes, full.hashes);
+        assert_eq!((kept.phones, kept.row), (full.phones, full.row));
+        // What an import of it sends is what the full mapping sends.
+        assert_eq!(with_kept(&j, kept.fields.clone(), &kept.kept), full.fields);
+
+        // Another number (the second one added counts too), a phones hash not known, or
+        // not the one of these values: normalised.
+        let mobile = [row[0], row[1], row[2], row[3], Some("0171 2345678"), row[5]];
+        let unknown = Known { phones: 0, ..known };
+        let other = Known {
+            phones: before.phones ^ 1,
+            ..known
+        };
+        for (values, known) in [(&mobile, known), (&moved, unknown), (&moved, other)] {
+            let c = map(values, Some(known));
+            assert!(c.kept.is_empty(), "{values:?}");
+            assert_eq!(c.fields, map(values, None).fields);
+        }
+        // An entry without a hash of the number (a field newly mapped): normalised.
+        let c = map(
+            &moved,
+            Some(Known {
+                fields: &[],
+                ..known
+            }),
+        );
+        assert!(c.kept.is_empty());
+
+        // A number with a note (an extension left off) is not known to be as stored:
+        // no phones hash, so the next change normalises it again.
+        let ext = [
+            row[0],
+            row[1],
+            row[2],
+            Some("089 1234567 ext. 12"),
+            None,
+            row[5],
+        ];
+        let noted = map(&ext, None);
+        assert_eq!((noted.phones, noted.warnings.len()), (0, 1));
     }
 
     #[test]

@@ -350,7 +350,13 @@ fn plan_batch<S: StateView + ?Sized>(
                     text: None,
                 };
                 match scratch.hashes[i] {
-                    Some((_, rh)) => mapper.map_hashed(record, rh),
+                    Some((_, rh)) => {
+                        let known = match &keys[i] {
+                            Some(key) => planner.known(key)?,
+                            None => None,
+                        };
+                        mapper.map_hashed(record, rh, known)
+                    }
                     // No UserData: rejected, nothing to hash.
                     None => mapper.map(Item::Record(record)),
                 }
@@ -476,6 +482,8 @@ mod tests {
                         last_op: crate::state::LastOp::Imported,
                         last_run: 0,
                         row,
+                        // Every number normalised again (see the test below).
+                        phones: 0,
                         keyed: true,
                     },
                 );

@@ -162,6 +162,7 @@ pub(crate) async fn resolve_pending(
             last_run: now,
             // The dialler's values, not the row's: the next run compares them in full.
             row: 0,
+            phones: 0,
             keyed: true,
         };
         state.put(&key, &entry)?;
@@ -284,6 +285,7 @@ pub(crate) async fn verify(
                         let fixed = Entry {
                             fields: now,
                             row: 0,
+                            phones: 0,
                             ..e
                         };
                         g.differ += 1;
@@ -419,6 +421,7 @@ fn relearned(key: &str, e: Entry, candidate: &[u8]) -> Result<Entry, StateError>
         id,
         fields,
         row: 0,
+        phones: 0,
         locked: false,
         // Whether the contact under its new ID is locked, nobody knows: the next run
         // unlocks or locks it (see `LastOp::Rebuilt`).
@@ -638,6 +641,7 @@ fn replace_entries(
             },
             last_run: now,
             row: 0,
+            phones: 0,
             keyed: true,
         };
         state.put(&key, &entry)?;
@@ -792,6 +796,7 @@ mod tests {
                 last_op: LastOp::Baseline,
                 last_run: 0,
                 row: 1,
+                phones: 0,
                 keyed: true,
             };
             job.put("K1", &entry).unwrap();

@@ -4,11 +4,15 @@
 use serde::{Deserialize, Serialize};
 
 /// Encoding version of [`Entry`] and [`Pending`]; bump when their layout changes (and
-/// keep decoding the older ones). Version 3 has the layout of 2 with keyed hashes
-/// ([`crate::state::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry read
-/// as such is written back as such until a run compares it and stores keyed hashes.
-const ENTRY_VERSION: u8 = 3;
-/// The version of entries with unkeyed hashes.
+/// keep decoding the older ones). Version 4 adds the hash of the phone numbers as the CRM
+/// wrote them (`phones`) to the layout of 3; 3 has the layout of 2 with keyed hashes
+/// ([`crate::state::hashing`]); 2 and 1 hold unkeyed ones (`keyed: false`), and an entry
+/// read as such is written back as such (as version 2) until a run compares it and stores
+/// keyed hashes.
+const ENTRY_VERSION: u8 = 4;
+/// Keyed hashes, without `phones` (read as 0).
+const NO_PHONES_VERSION: u8 = 3;
+/// The version of entries with unkeyed hashes (and no `phones`).
 const UNKEYED_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,10 @@ pub struct Entry {
     /// full, or 0 when not known (after a partial change, a recovery or a rebuild). A row
     /// with this hash is unchanged without being mapped.
     pub row: u64,
+    /// The hash of the raw values of the job's phone columns (`Mapper::phones_hash`) whose
+    /// numbers the field hashes hold, or 0 when not known: a changed row with the same
+    /// phone values is not normalised again (its numbers' hashes are these).
+    pub phones: u64,
     /// Whether the hashes are keyed with the state's secret (false: written by a version
     /// before keyed hashing; the planner migrates it when a row names it).
     #[serde(skip)]
@@ -55,9 +63,31 @@ pub struct Pending {
     pub triggers: Vec<(String, u64)>,
     /// The row hash to store with it.
     pub row: u64,
+    /// The phones hash to store with it ([`Entry::phones`]).
+    pub phones: u64,
     /// Whether the hashes are keyed (see [`Entry::keyed`]).
     #[serde(skip)]
     pub keyed: bool,
+}
+
+/// An [`Entry`] as versions 2 and 3 write it (no phones hash).
+#[derive(Serialize, Deserialize)]
+struct EntryV3 {
+    id: i64,
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
+    locked: bool,
+    last_op: LastOp,
+    last_run: i64,
+    row: u64,
+}
+
+/// A [`Pending`] as versions 2 and 3 write it.
+#[derive(Serialize, Deserialize)]
+struct PendingV3 {
+    fields: Vec<(u8, u64)>,
+    triggers: Vec<(String, u64)>,
+    row: u64,
 }
 
 /// A [`Pending`] as version 1 wrote it.
@@ -69,22 +99,36 @@ struct PendingV1 {
 
 impl Pending {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![if self.keyed {
-            ENTRY_VERSION
-        } else {
-            UNKEYED_VERSION
-        }];
+        if !self.keyed {
+            let mut out = vec![UNKEYED_VERSION];
+            let old = PendingV3 {
+                fields: self.fields.clone(),
+                triggers: self.triggers.clone(),
+                row: self.row,
+            };
+            out.extend(postcard::to_stdvec(&old).expect("a Pending always serializes"));
+            return out;
+        }
+        let mut out = vec![ENTRY_VERSION];
         out.extend(postcard::to_stdvec(self).expect("a Pending always serializes"));
         out
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Option<Pending> {
         match bytes.split_first() {
-            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
-                postcard::from_bytes(rest).ok().map(|p| Pending {
-                    keyed: v == ENTRY_VERSION,
-                    ..p
-                })
+            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest)
+                .ok()
+                .map(|p| Pending { keyed: true, ..p }),
+            Some((&v @ (NO_PHONES_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes::<PendingV3>(rest)
+                    .ok()
+                    .map(|p| Pending {
+                        fields: p.fields,
+                        triggers: p.triggers,
+                        row: p.row,
+                        phones: 0,
+                        keyed: v == NO_PHONES_VERSION,
+                    })
             }
             Some((1, rest)) => postcard::from_bytes::<PendingV1>(rest)
                 .ok()
@@ -92,6 +136,7 @@ impl Pending {
                     fields: p.fields,
                     triggers: p.triggers,
                     row: 0,
+                    phones: 0,
                     keyed: false,
                 }),
             _ => None,
@@ -129,21 +174,41 @@ impl Entry {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![if self.keyed {
-            ENTRY_VERSION
-        } else {
-            UNKEYED_VERSION
-        }];
+        if !self.keyed {
+            let mut out = vec![UNKEYED_VERSION];
+            let old = EntryV3 {
+                id: self.id,
+                fields: self.fields.clone(),
+                triggers: self.triggers.clone(),
+                locked: self.locked,
+                last_op: self.last_op,
+                last_run: self.last_run,
+                row: self.row,
+            };
+            out.extend(postcard::to_stdvec(&old).expect("an Entry always serializes"));
+            return out;
+        }
+        let mut out = vec![ENTRY_VERSION];
         out.extend(postcard::to_stdvec(self).expect("an Entry always serializes"));
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
         match bytes.split_first() {
-            Some((&v @ (ENTRY_VERSION | UNKEYED_VERSION), rest)) => {
-                postcard::from_bytes(rest).ok().map(|e| Entry {
-                    keyed: v == ENTRY_VERSION,
-                    ..e
+            Some((&ENTRY_VERSION, rest)) => postcard::from_bytes(rest)
+                .ok()
+                .map(|e| Entry { keyed: true, ..e }),
+            Some((&v @ (NO_PHONES_VERSION | UNKEYED_VERSION), rest)) => {
+                postcard::from_bytes::<EntryV3>(rest).ok().map(|e| Entry {
+                    id: e.id,
+                    fields: e.fields,
+                    triggers: e.triggers,
+                    locked: e.locked,
+                    last_op: e.last_op,
+                    last_run: e.last_run,
+                    row: e.row,
+                    phones: 0,
+                    keyed: v == NO_PHONES_VERSION,
                 })
             }
             Some((1, rest)) => postcard::from_bytes::<EntryV1>(rest).ok().map(|e| Entry {
@@ -154,6 +219,7 @@ impl Entry {
                 last_op: e.last_op,
                 last_run: e.last_run,
                 row: 0,
+                phones: 0,
                 keyed: false,
             }),
             _ => None,

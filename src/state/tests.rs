@@ -16,6 +16,7 @@ fn entry() -> Entry {
         last_op: LastOp::Locked,
         last_run: 1_700_000_000,
         row: 0x1234_5678_9abc_def0,
+        phones: 0x0fed_cba9_8765_4321,
         keyed: true,
     }
 }
@@ -164,6 +165,7 @@ fn version_1_entries_and_journal_still_decode() {
         Entry::decode(&bytes),
         Some(Entry {
             row: 0,
+            phones: 0,
             keyed: false,
             ..e.clone()
         })
@@ -176,21 +178,38 @@ fn version_1_entries_and_journal_still_decode() {
             fields: e.fields.clone(),
             triggers: e.triggers.clone(),
             row: 0,
+            phones: 0,
             keyed: false,
         })
     );
 }
 
 /// Entries with unkeyed hashes (version 2) read as such and are written back as such
-/// until the planner migrates them; keyed ones are version 3.
+/// until the planner migrates them; keyed ones are version 4, and those of version 3 (no
+/// phones hash) read with none.
 #[test]
 fn unkeyed_entries_keep_their_version_until_migrated() {
     let keyed = entry();
     let bytes = keyed.encode();
-    assert_eq!(bytes[0], 3);
+    assert_eq!(bytes[0], 4);
     assert_eq!(Entry::decode(&bytes), Some(keyed.clone()));
+    // Version 3: the layout of 2 (which `encode` writes for unkeyed ones), keyed.
+    let mut v3 = Entry {
+        keyed: false,
+        ..keyed.clone()
+    }
+    .encode();
+    v3[0] = 3;
+    assert_eq!(
+        Entry::decode(&v3),
+        Some(Entry {
+            phones: 0,
+            ..keyed.clone()
+        })
+    );
     let old = Entry {
         keyed: false,
+        phones: 0,
         ..keyed
     };
     let bytes = old.encode();
@@ -542,6 +561,7 @@ fn pending(row: u64) -> Pending {
         fields: vec![(4, row)],
         triggers: Vec::new(),
         row,
+        phones: row,
         keyed: true,
     }
 }

@@ -517,6 +517,9 @@ fn a_contact_deleted_on_the_dialler_is_imported_again_when_it_changes() {
     assert_ne!(back.id, gone.id);
     assert_eq!(field(&back, "City"), "Bonn");
     assert_eq!(field(&back, "Name"), "Name2");
+    // Its number, as it was, was not normalised for the planned update (only its City
+    // changed): it is for the import.
+    assert_eq!(field(&back, "PhoneNumber1"), "+491711000002");
     // Its new ID is stored: nothing left to do.
     assert_eq!(
         count(&env.sync(&[]).0, "api_calls"),

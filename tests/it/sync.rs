@@ -88,6 +88,52 @@ fn unchanged_export_makes_no_call_and_changed_field_one_update() {
     assert_eq!(field(&k2, "City"), "Düsseldorf");
 }
 
+/// A changed row's numbers, as they were, are not normalised again (the entry knows
+/// what they came from); once the CRM changes a number, or writes it differently, the
+/// next run sees it: the new number is sent, a number written otherwise is not.
+#[test]
+fn a_number_is_sent_when_it_changes_after_updates_that_kept_it() {
+    let env = Env::new();
+    env.write_export(&ROWS);
+    assert_eq!(env.sync(&[]).1, 0);
+    let mut rows = ROWS;
+    for (n, city) in ["Düsseldorf", "Essen"].into_iter().enumerate() {
+        rows[1] = format!("K2;Weiß;Anna;0171 2345678;{city};1").leak();
+        env.write_export(&rows);
+        let sent = env.requests().len();
+        let (report, code) = env.sync(&[]);
+        assert_eq!(
+            (code, count(&report, "updated")),
+            (0, 1),
+            "run {n}: {report}"
+        );
+        let calls = env.requests_since(sent);
+        let k2 = env.contact("K2");
+        assert_eq!(calls[0].body, Some(json!({"ID": k2.id, "City": city})));
+    }
+    // The same number written another way: no call.
+    rows[1] = "K2;Weiß;Anna;+49 171 2345678;Essen;1";
+    env.write_export(&rows);
+    let (report, _) = env.sync(&[]);
+    assert_eq!(
+        (count(&report, "updated"), count(&report, "api_calls")),
+        (0, 1),
+        "{report}"
+    );
+    // Another number, with the City: both sent.
+    rows[1] = "K2;Weiß;Anna;0171 7654321;Bonn;1";
+    env.write_export(&rows);
+    let sent = env.requests().len();
+    let (report, _) = env.sync(&[]);
+    assert_eq!(count(&report, "updated"), 1, "{report}");
+    let k2 = env.contact("K2");
+    assert_eq!(
+        env.requests_since(sent)[0].body,
+        Some(json!({"ID": k2.id, "PhoneNumber1": "+491717654321", "City": "Bonn"}))
+    );
+    assert_eq!(field(&k2, "PhoneNumber1"), "+491717654321");
+}
+
 #[test]
 fn removed_row_is_locked_once_and_unlocked_when_back() {
     let env = Env::new();

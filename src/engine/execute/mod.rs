@@ -373,6 +373,7 @@ impl Run<'_> {
                         fields: c.hashes.clone(),
                         triggers: c.triggers.clone(),
                         row: c.row,
+                        phones: c.phones,
                         keyed: true,
                     },
                 )),

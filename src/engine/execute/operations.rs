@@ -4,7 +4,7 @@
 
 use super::{Done, Run, TaskError};
 use crate::dialler::{self, record_campaign, record_id, DiallerError, ImportFlags};
-use crate::engine::mapping::Contact;
+use crate::engine::mapping::{self, Contact};
 use crate::engine::plan::{Change, Removal, RemovalKind};
 use crate::fields::Field;
 use crate::fields::FieldValue;
@@ -59,6 +59,7 @@ impl Run<'_> {
             fields: c.hashes,
             triggers: c.triggers,
             row: c.row,
+            phones: c.phones,
             keyed: true,
         };
         self.send_import(&c.key, &c.fields, pending).await?;
@@ -114,6 +115,7 @@ impl Run<'_> {
             last_op: LastOp::Imported,
             last_run: self.now,
             row: pending.row,
+            phones: pending.phones,
             keyed: pending.keyed,
         };
         self.state.put(key, &entry)?;
@@ -134,13 +136,16 @@ impl Run<'_> {
             fields: c.fields,
             triggers: c.triggers,
             row: c.row,
+            phones: c.phones,
             keyed: true,
         };
         self.state.put_pending(&c.key, &pending)?;
         // No entry left to doubt: from here on the journal says what to do.
         self.state.clear_in_flight(&c.key)?;
         self.state.flush().await?;
-        let id = self.send_import(&c.key, &c.values, pending).await?;
+        // The numbers the plan did not normalise (as they were) are needed now.
+        let values = mapping::with_kept(self.job, c.values, &c.kept);
+        let id = self.send_import(&c.key, &values, pending).await?;
         self.state.clear_pending(&c.key)?;
         tracing::warn!(job = %self.job.name, user_data = %c.key, old_id = c.old.id, new_id = id, error = %gone,
             "the contact was gone from the dialler; imported it again");
@@ -174,6 +179,7 @@ impl Run<'_> {
             }
             crate::failpoint::hit("update-confirmed");
             entry.fields.clone_from(&c.fields);
+            entry.phones = c.phones;
             if !c.reset {
                 entry.triggers.clone_from(&c.triggers);
             }
@@ -187,6 +193,7 @@ impl Run<'_> {
         // Without an update, the field hashes can still differ by fields newly added to
         // the config; they go with the next write.
         entry.fields.clone_from(&c.fields);
+        entry.phones = c.phones;
         if c.reset {
             match self.dialler.reset(target).await {
                 Ok(()) => {}

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::OnMissing;
-use crate::engine::mapping::{Contact, Outcome, Rejected};
+use crate::engine::mapping::{Contact, Known, Outcome, Rejected};
 use crate::engine::pipeline::PlanError;
 use crate::engine::report::LIST_LIMIT;
 use crate::fields::Field;
@@ -61,6 +61,12 @@ pub(crate) struct Change {
     pub triggers: Vec<(String, u64)>,
     /// The row hash to store once every part of the change is confirmed.
     pub row: u64,
+    /// The phones hash to store with the field hashes ([`Entry::phones`]).
+    pub phones: u64,
+    /// The phone numbers not normalised (see [`Contact::kept`]): not in `values`, which
+    /// [`crate::engine::mapping::with_kept`] completes should the contact be imported
+    /// again.
+    pub kept: Vec<(&'static Field, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -325,6 +331,8 @@ pub(crate) struct Planner<'s, S: StateView + ?Sized> {
     doubts: KeyMap<u8>,
     /// `on_done = "lock"`: the key hashes of final contacts locked (see [`Planner::on_done`]).
     final_locked: std::collections::HashSet<u64>,
+    /// The entry [`Planner::known`] read (UserData, entry), for the push of its row.
+    fetched: Option<(String, Option<Entry>)>,
     plan: Plan,
 }
 
@@ -337,6 +345,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             seen: KeyMap::default(),
             doubts: KeyMap::default(),
             final_locked: Default::default(),
+            fetched: None,
             plan: Plan::default(),
         }
     }
@@ -408,6 +417,32 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         true
     }
 
+    /// What the state has of the contact of `key` that spares mapping part of its row
+    /// ([`Known`]): nothing if it has no entry, or one whose numbers are not known to be
+    /// the dialler's (in doubt, or its phones hash unknown). The entry read is kept for
+    /// the push of the row, which comes next.
+    pub(crate) fn known(&mut self, key: &str) -> Result<Option<Known<'_>>, PlanError> {
+        let doubt = self.doubts.get(key).unwrap_or(0);
+        let entry = self.state.get(key)?;
+        let (_, entry) = self.fetched.insert((key.to_string(), entry));
+        Ok(entry.as_ref().and_then(|e| {
+            let unknown = doubt | e.doubt();
+            let fields_unknown = unknown & (in_doubt::FIELDS | in_doubt::GONE) != 0;
+            (e.keyed && e.phones != 0 && !fields_unknown).then_some(Known {
+                phones: e.phones,
+                fields: &e.fields,
+            })
+        }))
+    }
+
+    /// The entry of `key` (the one [`Planner::known`] read, if it was for `key`).
+    fn entry(&mut self, key: &str) -> Result<Option<Entry>, crate::state::StateError> {
+        match self.fetched.take() {
+            Some((k, entry)) if k == key => Ok(entry),
+            _ => self.state.get(key),
+        }
+    }
+
     /// The first step of prefetching the digest entry of a row to be looked up soon
     /// (see [`Probe::prefetch`]).
     pub(crate) fn prefetch(&self, key_hash: u64) {
@@ -448,7 +483,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
                 }
                 if let Some(k) = &r.key {
                     let mut first = r.at;
-                    if self.probe.is_some() && self.state.get(k)?.is_some() {
+                    if self.probe.is_some() && self.entry(k)?.is_some() {
                         if let Some(row) = self.mark_seen(k, r.at) {
                             first = RowRef::unpack(row);
                         }
@@ -485,7 +520,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
     /// was rejected instead (its UserData was seen before).
     fn plan_contact(&mut self, c: Contact, warnings: &mut Vec<String>) -> Result<bool, PlanError> {
         let doubt = self.doubts.get(&c.key).unwrap_or(0);
-        let Some(old) = self.state.get(&c.key)? else {
+        let Some(old) = self.entry(&c.key)? else {
             self.seen.insert(&c.key, c.at.into());
             if doubt != 0 {
                 // Nothing stored to doubt: a pending import is the journal's business.
@@ -513,26 +548,36 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             return Ok(false);
         }
         let stored = |code: u8| old.fields.iter().find(|(c, _)| *c == code).map(|(_, h)| *h);
-        for ((field, _), (code, hash)) in c.fields.iter().zip(&c.hashes) {
-            if field.import_only() && stored(*code).is_some_and(|h| h != *hash) && !fields_unknown {
+        // Each value with its hash (`hashes` also has those of numbers `kept`, which are
+        // the stored ones).
+        let hashed = || {
+            c.fields.iter().map(|fv| {
+                let code = fv.0.code;
+                let hash = c
+                    .hashes
+                    .iter()
+                    .find(|(k, _)| *k == code)
+                    .map_or(0, |(_, h)| *h);
+                (fv, code, hash)
+            })
+        };
+        for ((field, _), code, hash) in hashed() {
+            if field.import_only() && stored(code).is_some_and(|h| h != hash) && !fields_unknown {
                 warnings.push(format!(
                     "{} changed, and the dialler takes it on import only: change it in the jtel portal",
                     field.name
                 ));
             }
         }
-        let update: Vec<_> = c
-            .fields
-            .iter()
-            .zip(&c.hashes)
-            .filter(|((field, _), _)| !field.import_only())
-            .filter(|((_, value), (code, hash))| match stored(*code) {
+        let update: Vec<_> = hashed()
+            .filter(|((field, _), _, _)| !field.import_only())
+            .filter(|((_, value), code, hash)| match stored(*code) {
                 _ if fields_unknown => true,
                 Some(h) => h != *hash,
                 // Newly mapped: send it unless there is nothing to send.
                 None => !value.is_null(),
             })
-            .map(|(fv, _)| fv.clone())
+            .map(|(fv, _, _)| fv.clone())
             .collect();
         let reset = c.triggers.iter().any(|(col, hash)| {
             old.triggers
@@ -551,11 +596,14 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             }
         }
         if update.is_empty() && !reset && !unlock {
+            // (Not for the phones hash alone: it spares work, and goes with the next
+            // write.)
             if old.fields != c.hashes || old.triggers != c.triggers || old.row != c.row {
                 let mut entry = old;
                 entry.fields = c.hashes;
                 entry.triggers = c.triggers;
                 entry.row = c.row;
+                entry.phones = c.phones;
                 entry.last_op = LastOp::Baseline;
                 self.plan.baselines.push(&(c.key, entry))?;
             }
@@ -577,6 +625,8 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
             fields: c.hashes,
             triggers: c.triggers,
             row: c.row,
+            phones: c.phones,
+            kept: c.kept,
         };
         self.plan.counts.add_change(&change);
         self.plan.changes.push(&change)?;
@@ -681,13 +731,10 @@ fn migrate(old: Entry, c: &Contact) -> Entry {
         .fields
         .iter()
         .map(|&(code, h)| {
-            let now = c
-                .fields
-                .iter()
-                .zip(&c.hashes)
-                .find(|((f, _), _)| f.code == code);
-            match now {
-                Some(((_, v), &(_, keyed))) if hashing::legacy_value(v) == h => (code, keyed),
+            let value = c.fields.iter().find(|(f, _)| f.code == code);
+            let keyed = c.hashes.iter().find(|(k, _)| *k == code);
+            match (value, keyed) {
+                (Some((_, v)), Some(&(_, keyed))) if hashing::legacy_value(v) == h => (code, keyed),
                 _ => (code, h),
             }
         })

@@ -411,6 +411,23 @@ fn take_values(input: &mut &[u8]) -> Option<Vec<(&'static Field, FieldValue)>> {
     Some(out)
 }
 
+fn put_kept(out: &mut Vec<u8>, kept: &[(&'static Field, String)]) {
+    put_u64(out, kept.len() as u64);
+    for (f, raw) in kept {
+        out.push(f.code);
+        put_bytes(out, raw.as_bytes());
+    }
+}
+
+fn take_kept(input: &mut &[u8]) -> Option<Vec<(&'static Field, String)>> {
+    let n = take_u64(input)? as usize;
+    let mut out = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        out.push((fields::by_code(take_byte(input)?)?, take_string(input)?));
+    }
+    Some(out)
+}
+
 fn put_hashes(out: &mut Vec<u8>, hashes: &[(u8, u64)]) {
     put_u64(out, hashes.len() as u64);
     for (code, h) in hashes {
@@ -475,6 +492,8 @@ impl Spilled for Contact {
         put_hashes(out, &self.hashes);
         put_triggers(out, &self.triggers);
         put_fixed(out, self.row);
+        put_fixed(out, self.phones);
+        put_kept(out, &self.kept);
     }
 
     fn take(input: &mut &[u8]) -> Option<Contact> {
@@ -485,6 +504,8 @@ impl Spilled for Contact {
             hashes: take_hashes(input)?,
             triggers: take_triggers(input)?,
             row: take_fixed(input)?,
+            phones: take_fixed(input)?,
+            kept: take_kept(input)?,
             legacy_triggers: Vec::new(),
             warnings: Vec::new(),
         })
@@ -503,6 +524,8 @@ impl Spilled for Change {
         put_hashes(out, &self.fields);
         put_triggers(out, &self.triggers);
         put_fixed(out, self.row);
+        put_fixed(out, self.phones);
+        put_kept(out, &self.kept);
     }
 
     fn take(input: &mut &[u8]) -> Option<Change> {
@@ -517,6 +540,8 @@ impl Spilled for Change {
             fields: take_hashes(input)?,
             triggers: take_triggers(input)?,
             row: take_fixed(input)?,
+            phones: take_fixed(input)?,
+            kept: take_kept(input)?,
         })
     }
 }
@@ -572,6 +597,7 @@ mod tests {
             last_op: LastOp::Reset,
             last_run: 1_700_000_000,
             row: 0xdead_beef,
+            phones: if keyed { 0xfeed } else { 0 },
             keyed,
         }
     }
@@ -601,6 +627,11 @@ mod tests {
             fields: vec![(1, i), (2, !i)],
             triggers: vec![("T".into(), i)],
             row: i * 31,
+            phones: i * 7,
+            kept: (i % 3 == 0)
+                .then(|| (phone, format!("089 {i}")))
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -29,6 +29,8 @@ fn contact(key: &str, name: &str, phone: &str, round: &str) -> Outcome {
         triggers: vec![("Round".into(), k.trigger(Some(round)))],
         legacy_triggers: vec![hashing::legacy_trigger(Some(round))],
         row: k.row(format!("{key}\0{name}\0{phone}\0{round}").as_bytes()),
+        phones: 0,
+        kept: Vec::new(),
         warnings: Vec::new(),
     })
 }
@@ -64,6 +66,7 @@ fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
                 last_op: LastOp::Imported,
                 last_run: 0,
                 row: c.row,
+                phones: c.phones,
                 keyed: true,
             },
         );
@@ -74,6 +77,7 @@ fn apply(state: &mut BTreeMap<String, Entry>, plan: &Plan) {
         e.triggers = c.triggers.clone();
         e.locked = false;
         e.row = c.row;
+        e.phones = c.phones;
     }
     for r in plan.removals.to_vec() {
         match r.kind {
