@@ -43,7 +43,7 @@ pub(crate) struct Contact {
     pub phones: u64,
     /// Phone numbers not normalised (field, the CRM's value): their values are those the
     /// contact's entry has hashes of ([`Known`]), and `hashes` has those. Not sent unless
-    /// the contact is imported again (`Change::values_with_kept`).
+    /// the contact is imported again ([`with_kept`]).
     pub kept: Vec<(&'static Field, String)>,
     /// What was left out or changed on the way, for the report (the row is synced).
     pub warnings: Vec<String>,
