@@ -164,29 +164,30 @@ impl Mapper {
         values: impl Iterator<Item = Option<&'v str>>,
         buf: &mut Vec<u8>,
     ) -> u64 {
-        buf.clear();
-        buf.extend_from_slice(&self.fingerprint.to_le_bytes());
-        for v in values {
-            match v {
-                Some(v) => {
-                    buf.extend_from_slice(&(v.len() as u64 + 1).to_le_bytes());
-                    buf.extend_from_slice(v.as_bytes());
-                }
-                None => buf.extend_from_slice(&0u64.to_le_bytes()),
-            }
-        }
-        self.key.row(buf)
+        self.hash_values(b"", values, buf)
     }
 
     /// A hash of the raw values of the row's phone columns and of the mapping: equal
     /// hashes mean the numbers normalise as before (see [`Known`]). Never 0.
-    pub(crate) fn phones_hash(&self, values: &[Option<&str>], buf: &mut Vec<u8>) -> u64 {
+    fn phones_hash(&self, values: &[Option<&str>]) -> u64 {
+        // The tag: not the row hash of a row of these values alone.
+        let phones = self.phone_columns.iter().map(|&i| values[i]);
+        self.hash_values(b"phones", phones, &mut Vec::new())
+    }
+
+    /// The keyed hash of `tag`, the mapping's fingerprint and `values` (each with its
+    /// length, an absent one as none), with `buf` as scratch space.
+    fn hash_values<'v>(
+        &self,
+        tag: &[u8],
+        values: impl Iterator<Item = Option<&'v str>>,
+        buf: &mut Vec<u8>,
+    ) -> u64 {
         buf.clear();
-        // Not a row hash of any row: a row of these values alone hashes without this.
-        buf.extend_from_slice(b"phones");
+        buf.extend_from_slice(tag);
         buf.extend_from_slice(&self.fingerprint.to_le_bytes());
-        for &i in &self.phone_columns {
-            match values[i] {
+        for v in values {
+            match v {
                 Some(v) => {
                     buf.extend_from_slice(&(v.len() as u64 + 1).to_le_bytes());
                     buf.extend_from_slice(v.as_bytes());
@@ -257,7 +258,7 @@ impl Mapper {
         let phones = if self.phone_columns.is_empty() {
             0
         } else {
-            self.phones_hash(values, &mut Vec::new())
+            self.phones_hash(values)
         };
         // The numbers are those the entry has hashes of: each one's hash is taken from it.
         let stored = |code: u8| {
@@ -445,7 +446,6 @@ struct Converted {
     note: Option<&'static str>,
 }
 
-/// Converts one CRM value; the error says what is wrong without repeating the value.
 /// `values` with the phone numbers a plan `kept` (not normalised: as the contact's entry
 /// has them, see [`Contact::kept`]) normalised now, in field order: what an import of the
 /// contact sends. A number that no longer normalises (the job's phone settings changed
@@ -469,6 +469,7 @@ pub(crate) fn with_kept(
     values
 }
 
+/// Converts one CRM value; the error says what is wrong without repeating the value.
 fn convert(
     field: &Field,
     raw: Option<&str>,
@@ -641,6 +642,10 @@ PhoneNumber1 = "Tel"
         assert_eq!((kept.phones, kept.row), (full.phones, full.row));
         // What an import of it sends is what the full mapping sends.
         assert_eq!(with_kept(&j, kept.fields.clone(), &kept.kept), full.fields);
+        // A kept value that no longer normalises (the phone settings changed since the
+        // plan) is left out, not sent as the CRM wrote it.
+        let bad = [(phone1, "keine".to_string())];
+        assert_eq!(with_kept(&j, kept.fields.clone(), &bad), kept.fields);
 
         // Another number (the second one added counts too), a phones hash not known, or
         // not the one of these values: normalised.

@@ -236,4 +236,11 @@ pub(crate) mod in_doubt {
     pub(crate) const LOCK: u8 = 2;
     /// A delete was sent: whether the contact still exists is unknown.
     pub(crate) const GONE: u8 = 4;
+
+    /// Whether `bits` leave what the dialler holds in the contact's fields unknown (an
+    /// update or reset in flight, or the contact itself after a delete): the stored
+    /// hashes say nothing of it, and every field is sent.
+    pub(crate) fn fields_unknown(bits: u8) -> bool {
+        bits & (FIELDS | GONE) != 0
+    }
 }

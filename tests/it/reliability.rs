@@ -5,7 +5,7 @@ use crate::common;
 
 use crate::common::{count, field, rows, Env, TOKEN};
 use dialsync::Faults;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[test]
 fn a_struggling_dialler_ends_exactly_right_within_the_retry_bounds() {
@@ -493,6 +493,35 @@ fn after_a_rebuild_the_lock_doubt_stays_until_a_call_settles_it() {
         count(&env.sync(&[]).0, "api_calls"),
         1,
         "the token check only"
+    );
+}
+
+/// A run killed once the dialler confirmed an update leaves that contact's fields in
+/// doubt: the next run sends every field of it, its number too, though the number is as
+/// the stored hashes say (they may not be the dialler's).
+#[test]
+fn after_a_run_killed_mid_update_every_field_is_sent_again_the_number_too() {
+    let env = Env::new();
+    let all = rows(3, "Köln");
+    env.write_rows(&all);
+    assert_eq!(env.sync(&[]).1, 0);
+    let mut changed = all.clone();
+    changed[1] = changed[1].replace("Köln", "Bonn");
+    env.write_rows(&changed);
+    env.sync_killed_at("update-confirmed");
+    let sent = env.requests().len();
+    let (report, code) = env.sync(&[]);
+    assert_eq!((code, count(&report, "updated")), (0, 1), "{report}");
+    let calls = env.requests_since(sent);
+    let update = calls
+        .iter()
+        .find(|c| c.path.ends_with("/dialler/contacts/update"))
+        .unwrap_or_else(|| panic!("no update: {calls:?}"));
+    let body = update.body.as_ref().unwrap();
+    assert_eq!(
+        (&body["City"], &body["Name"], &body["PhoneNumber1"]),
+        (&json!("Bonn"), &json!("Name2"), &json!("+491711000002")),
+        "{body}"
     );
 }
 

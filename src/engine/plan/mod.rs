@@ -426,8 +426,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let entry = self.state.get(key)?;
         let (_, entry) = self.fetched.insert((key.to_string(), entry));
         Ok(entry.as_ref().and_then(|e| {
-            let unknown = doubt | e.doubt();
-            let fields_unknown = unknown & (in_doubt::FIELDS | in_doubt::GONE) != 0;
+            let fields_unknown = in_doubt::fields_unknown(doubt | e.doubt());
             (e.keyed && e.phones != 0 && !fields_unknown).then_some(Known {
                 phones: e.phones,
                 fields: &e.fields,
@@ -540,7 +539,7 @@ impl<'s, S: StateView + ?Sized> Planner<'s, S> {
         let old = migrate(old, &c);
         // Fields (and, after a delete, the contact itself) unknown: send every field; a
         // contact found gone is imported again.
-        let fields_unknown = doubt & (in_doubt::FIELDS | in_doubt::GONE) != 0;
+        let fields_unknown = in_doubt::fields_unknown(doubt);
         // The state has it, so the digest has it (at its key hash's position).
         if let Some(row) = self.mark_seen(&c.key, c.at) {
             self.plan.duplicates += 1;
