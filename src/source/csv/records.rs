@@ -454,9 +454,7 @@ mod tests {
         }
     }
 
-    /// Random inputs of the bytes that matter (delimiters, quotes, line ends, comment
-    /// signs, a BOM) read alike by both readers, over buffers of every size, the lines
-    /// counted right.
+    /// The delimiter of the random input `case`.
     fn delimiter_of(case: u32) -> u8 {
         if case % 5 == 0 {
             b';'
@@ -465,6 +463,9 @@ mod tests {
         }
     }
 
+    /// Random inputs of the bytes that matter (delimiters, quotes, line ends, comment
+    /// signs, a BOM) read alike by both readers, over buffers of every size, the lines
+    /// counted right.
     #[test]
     fn reads_what_the_csv_crate_reads() {
         let alphabet: &[&[u8]] = &[
