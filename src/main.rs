@@ -46,7 +46,12 @@ fn main() -> ExitCode {
             return ExitCode::from(dialsync::Exit::Aborted as u8);
         }
     };
-    let result = runtime.block_on(cli::run(args));
+    let result = runtime.block_on(async {
+        match tokio::spawn(cli::run(args)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    });
     // Work left behind (a daemon that quit at a second signal abandons its calls in
     // flight) is not waited for.
     runtime.shutdown_background();

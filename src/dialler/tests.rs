@@ -1,5 +1,14 @@
 use super::*;
 
+impl Dialler {
+    /// The same client for the dialler at `base` (the root's tests).
+    fn with_base(mut self, base: &str) -> Dialler {
+        self.root = format!("{base}/{}", self.client_id);
+        self.root_url = reqwest::Url::parse(&self.root).ok();
+        self
+    }
+}
+
 fn client(settings: &str) -> Dialler {
     let text = format!(
         "[dialler]\nbase_url = \"http://127.0.0.1:9/rest/v1.0\"\nclient_id = 7\ntoken = \"x\"\n{settings}\n\
@@ -30,6 +39,48 @@ fn backoff_doubles_with_jitter_up_to_the_cap_and_honours_retry_after() {
             d.backoff(0, Some(Duration::from_secs(86_400))),
             MAX_RETRY_AFTER
         );
+    }
+}
+
+/// Each request's URL, built from the root parsed once, is the one reqwest made from the
+/// root and path written together, with the query added as its `query` adds it: for
+/// every path the client sends to and values that need escaping.
+#[test]
+fn a_request_url_is_the_root_and_path_parsed_together() {
+    for base in [
+        "http://127.0.0.1:9/rest/v1.0",
+        "https://dialler.example.com:8443/jtel/rest/v1.0",
+        "http://[::1]:8080/rest/v1.0",
+    ] {
+        let d = client("").with_base(base);
+        let root = d.root_url.clone().expect("the root parses");
+        let value = "Müller & Söhne +49 /?#=%20".to_string();
+        for (path, query) in [
+            (
+                "/dialler/contacts/import",
+                vec![("overwriteDuplicates", "true".into())],
+            ),
+            ("/dialler/contacts/update", vec![]),
+            ("/dialler/contacts/contact/123/lock", vec![]),
+            (
+                "/dialler/contacts/contact",
+                vec![("userData", value.clone())],
+            ),
+            (
+                "/dialler/contacts",
+                vec![
+                    ("DiallerCampaignsID", "538".into()),
+                    ("userData", value.clone()),
+                ],
+            ),
+        ] {
+            let parsed = reqwest::Client::new()
+                .get(format!("{}{path}", d.root))
+                .query(&query)
+                .build()
+                .unwrap();
+            assert_eq!(d.url(&root, path, &query), *parsed.url(), "{base} {path}");
+        }
     }
 }
 

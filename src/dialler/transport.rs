@@ -224,12 +224,21 @@ impl Dialler {
             streamed,
         }: Req<'_>,
     ) -> Result<(reqwest::Response, super::Slot), DiallerError> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{}", self.root, path));
-        if !query.is_empty() {
-            req = req.query(query);
-        }
+        let mut req = match &self.root_url {
+            Some(root) => self
+                .http
+                .request(method.clone(), self.url(root, path, query)),
+            None => {
+                let req = self
+                    .http
+                    .request(method.clone(), format!("{}{}", self.root, path));
+                if query.is_empty() {
+                    req
+                } else {
+                    req.query(query)
+                }
+            }
+        };
         if streamed {
             req = req.timeout(STREAMED_TIMEOUT);
         }
@@ -299,6 +308,26 @@ impl Dialler {
             .await
             .map_err(|e| DiallerError::Transport(e.without_url()))?;
         Err(self.error(status, method, path, &bytes, retry_after))
+    }
+
+    /// The URL of `path` with `query` below `root` (the parsed root URL): what parsing
+    /// `root` and `path` written together, and adding the query as reqwest does, gives.
+    pub(super) fn url(
+        &self,
+        root: &reqwest::Url,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> reqwest::Url {
+        let mut url = root.clone();
+        let mut full = String::with_capacity(root.path().len() + path.len());
+        full.push_str(root.path());
+        full.push_str(path);
+        url.set_path(&full);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
+        }
+        url
     }
 
     pub(super) fn error(
