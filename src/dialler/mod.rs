@@ -72,9 +72,9 @@ pub struct Dialler {
     /// `base_url/{ClientsID}`.
     pub(super) root: String,
     /// `root` parsed, once: each request's URL is a copy with its path and query set,
-    /// which spares parsing the scheme and host again for every call (a tenth of the
-    /// client's CPU of an import, perf 2026-12-08). `None` if it does not parse: then
-    /// each request parses its URL, and the error says what is wrong.
+    /// which spares parsing the scheme and host again for every call (8.7% of the samples
+    /// of the thread that sent an import's calls, perf 2026-12-08). `None` if it does not
+    /// parse: then each request parses its URL, and the error says what is wrong.
     pub(super) root_url: Option<reqwest::Url>,
     pub(super) client_id: u32,
     /// `[dialler] ca_file`, for messages.
