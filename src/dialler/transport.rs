@@ -227,7 +227,7 @@ impl Dialler {
         let mut req = match &self.root_url {
             Some(root) => self
                 .http
-                .request(method.clone(), self.url(root, path, query)),
+                .request(method.clone(), request_url(root, path, query)),
             None => {
                 let req = self
                     .http
@@ -310,26 +310,6 @@ impl Dialler {
         Err(self.error(status, method, path, &bytes, retry_after))
     }
 
-    /// The URL of `path` with `query` below `root` (the parsed root URL): what parsing
-    /// `root` and `path` written together, and adding the query as reqwest does, gives.
-    pub(super) fn url(
-        &self,
-        root: &reqwest::Url,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> reqwest::Url {
-        let mut url = root.clone();
-        let mut full = String::with_capacity(root.path().len() + path.len());
-        full.push_str(root.path());
-        full.push_str(path);
-        url.set_path(&full);
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
-        }
-        url
-    }
-
     pub(super) fn error(
         &self,
         status: StatusCode,
@@ -396,6 +376,25 @@ pub(super) fn first_record(v: Value) -> Result<Record, DiallerError> {
         .into_iter()
         .next()
         .ok_or_else(|| DiallerError::Decode("the answer holds no record".into()))
+}
+
+/// The URL of `path` with `query` below `root` (the parsed root URL): what parsing
+/// `root` and `path` written together, and adding the query as reqwest does, gives.
+pub(super) fn request_url(
+    root: &reqwest::Url,
+    path: &str,
+    query: &[(&str, String)],
+) -> reqwest::Url {
+    let mut url = root.clone();
+    let mut full = String::with_capacity(root.path().len() + path.len());
+    full.push_str(root.path());
+    full.push_str(path);
+    url.set_path(&full);
+    if !query.is_empty() {
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (k, v.as_str())));
+    }
+    url
 }
 
 pub(super) fn target_path(

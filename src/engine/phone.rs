@@ -97,15 +97,19 @@ fn checked(number: &PhoneNumber) -> Option<bool> {
     let Some(regions) = db.region(&code) else {
         return Some(false);
     };
+    // A region's metadata, looked up by its country's ID, as the crate does.
+    let of_region = |region: &str| {
+        region
+            .parse::<country::Id>()
+            .ok()
+            .and_then(|id| db.by_id(id.as_ref()))
+    };
     // `phonenumber::validator::source_for`: the region whose metadata decides.
     let meta = if let [region] = regions[..] {
         if region == "001" {
             db.by_code(&code).and_then(|m| m.into_iter().next())
         } else {
-            region
-                .parse::<country::Id>()
-                .ok()
-                .and_then(|id| db.by_id(id.as_ref()))
+            of_region(region)
         }
     } else {
         let mut found = None;
@@ -116,10 +120,7 @@ fn checked(number: &PhoneNumber) -> Option<bool> {
                 None => known_type(meta, &national)?,
             };
             if decides {
-                found = region
-                    .parse::<country::Id>()
-                    .ok()
-                    .and_then(|id| db.by_id(id.as_ref()));
+                found = of_region(region);
                 break;
             }
         }
