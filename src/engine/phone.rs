@@ -3,7 +3,10 @@
 //! Parsing and validation are libphonenumber's (the `phonenumber` crate carries its
 //! metadata): CRM exports hold numbers as people type them (`089 / 123 456-78`,
 //! `+49 (0)160 ...`, `0049 40 ...`), and only the numbering plan of each country decides
-//! which of them are real numbers.
+//! which of them are real numbers. A number written plainly (digits and the usual
+//! separators) is read and checked here, by the crate's steps with its metadata, the
+//! patterns compiled once per thread ([`plain`], [`valid`]); any other form, and every
+//! number found wanting, is left to the crate, which then says why.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
