@@ -248,13 +248,12 @@ impl Dialler {
                 builder = builder.add_root_certificate(c);
             }
         }
+        let root = format!("{}/{}", cfg.base_url, cfg.client_id);
         Ok(Dialler {
             http: builder.build().map_err(ClientError::Build)?,
             base_url: cfg.base_url.clone(),
-            root: format!("{}/{}", cfg.base_url, cfg.client_id),
-            root_url: reqwest::Url::parse(&format!("{}/{}", cfg.base_url, cfg.client_id))
-                .ok()
-                .filter(|u| u.query().is_none() && u.fragment().is_none()),
+            root_url: transport::root_url(&root),
+            root,
             client_id: cfg.client_id,
             ca_file: cfg.ca_file.clone(),
             calls: AtomicU64::new(0),

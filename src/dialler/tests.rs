@@ -4,7 +4,7 @@ impl Dialler {
     /// The same client for the dialler at `base` (the root's tests).
     fn with_base(mut self, base: &str) -> Dialler {
         self.root = format!("{base}/{}", self.client_id);
-        self.root_url = reqwest::Url::parse(&self.root).ok();
+        self.root_url = transport::root_url(&self.root);
         self
     }
 }

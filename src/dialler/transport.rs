@@ -378,6 +378,14 @@ pub(super) fn first_record(v: Value) -> Result<Record, DiallerError> {
         .ok_or_else(|| DiallerError::Decode("the answer holds no record".into()))
 }
 
+/// `root` parsed, if a request's URL can be built from it by [`request_url`]: not when
+/// it has a query or a fragment (then each request parses its URL).
+pub(super) fn root_url(root: &str) -> Option<reqwest::Url> {
+    reqwest::Url::parse(root)
+        .ok()
+        .filter(|u| u.query().is_none() && u.fragment().is_none())
+}
+
 /// The URL of `path` with `query` below `root` (the parsed root URL): what parsing
 /// `root` and `path` written together, and adding the query as reqwest does, gives.
 pub(super) fn request_url(

@@ -172,12 +172,11 @@ fn plain(s: &str, region: country::Id) -> Option<(u16, String)> {
         if national.len() <= 2 || national.starts_with('0') {
             return None;
         }
-        let len = (1..=3).find(|&len| {
-            national[..len]
-                .parse::<u16>()
-                .is_ok_and(|code| db.by_code(&code).is_some())
-        })?;
-        (national[..len].parse().ok()?, national[len..].to_string())
+        (1..=3).find_map(|len| {
+            let code = national[..len].parse::<u16>().ok()?;
+            db.by_code(&code)
+                .map(|_| (code, national[len..].to_string()))
+        })?
     };
     // The national prefix for parsing (and the carrier code it may capture).
     let mut potential = national.clone();
@@ -389,6 +388,30 @@ fn compiled<R>(source: &str, f: impl FnOnce(&Regex) -> R) -> Option<R> {
 mod tests {
     use super::*;
 
+    /// A fixed sequence of pseudo-random numbers (an LCG): the same numbers every run.
+    struct Lcg(std::cell::Cell<u64>);
+
+    impl Lcg {
+        fn new(seed: u64) -> Lcg {
+            Lcg(std::cell::Cell::new(seed))
+        }
+
+        /// The next number below `n`.
+        fn below(&self, n: u64) -> u64 {
+            let next = self
+                .0
+                .get()
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0.set(next);
+            (next >> 33) % n
+        }
+
+        fn digit(&self) -> char {
+            char::from(b'0' + self.below(10) as u8)
+        }
+    }
+
     fn de(s: &str) -> Result<String, PhoneError> {
         normalise(s, Some(country::Id::DE), PhoneFormat::E164).map(|n| {
             assert!(!n.extension_dropped, "{s}");
@@ -475,16 +498,8 @@ mod tests {
     #[test]
     fn plain_numbers_are_read_as_the_crate_reads_them() {
         let db = &*phonenumber::metadata::DATABASE;
-        // A fixed sequence of pseudo-random numbers below `n` (an LCG).
-        let seed = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
-        let next = |n: u64| {
-            seed.set(
-                seed.get()
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407),
-            );
-            (seed.get() >> 33) % n
-        };
+        let lcg = Lcg::new(0x9e37_79b9_7f4a_7c15);
+        let next = |n| lcg.below(n);
         // Digits in groups of two to four, joined by `sep`.
         let grouped = |digits: &str, sep: &str| {
             let mut out = String::new();
@@ -527,7 +542,7 @@ mod tests {
             for example in examples {
                 let mut changed = example.clone().into_bytes();
                 let at = next(changed.len() as u64) as usize;
-                changed[at] = b'0' + next(10) as u8;
+                changed[at] = lcg.digit() as u8;
                 let changed = String::from_utf8(changed).unwrap();
                 let mut nationals =
                     vec![example.clone(), changed, format!("{example}{}", next(10))];
@@ -599,7 +614,6 @@ mod tests {
                 }
             }
         }
-        eprintln!("COUNTS {compared} {read} {read_spaced}");
         assert!(
             compared > 50_000 && read > 25_000 && read_spaced > 10_000,
             "{compared} compared, {read} read ({read_spaced} written with spaces)"
@@ -613,14 +627,8 @@ mod tests {
     #[test]
     fn validity_is_the_crates() {
         let db = &*phonenumber::metadata::DATABASE;
-        // A fixed sequence of pseudo-random digits (an LCG): the same numbers every run.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut digit = move || {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            char::from(b'0' + ((seed >> 33) % 10) as u8)
-        };
+        let lcg = Lcg::new(0x2545_f491_4f6c_dd1d);
+        let digit = || lcg.digit();
         let (mut tried, mut valid_seen, mut invalid_seen) = (0, 0, 0);
         for meta in db.iter() {
             let code = meta.country_code();
